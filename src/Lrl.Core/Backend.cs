@@ -1,0 +1,94 @@
+namespace Lrl;
+
+/// <summary>
+/// A weight held by a backend, in its stored format (f32/f16/bf16 dense, or quantized).
+/// Matrices follow the Hugging Face Linear layout: <see cref="Rows"/> = out features, <see cref="Cols"/> = in features.
+/// Vectors (norm weights, biases) have Rows = 1.
+/// </summary>
+public abstract class Weight : IDisposable
+{
+    public string Name { get; }
+    /// <summary>Storage format name, e.g. "F32", "BF16", "Q8_G64".</summary>
+    public abstract string Format { get; }
+    public int Rows { get; }
+    public int Cols { get; }
+    /// <summary>Bytes this weight occupies as stored (what a matrix-vector product reads).</summary>
+    public abstract long ByteSize { get; }
+
+    protected Weight(string name, int rows, int cols) { Name = name; Rows = rows; Cols = cols; }
+    public virtual void Dispose() { }
+    public override string ToString() => $"{Name} {Format} [{Rows}, {Cols}]";
+}
+
+/// <summary>An f32 activation buffer owned by a backend (host memory on the CPU, device memory on a GPU).</summary>
+public abstract class DeviceBuffer : IDisposable
+{
+    public long Length { get; }
+    protected DeviceBuffer(long length) => Length = length;
+    public virtual void Dispose() { }
+}
+
+/// <summary>Rotary embedding frequencies (already adjusted for rope_scaling), shared by every layer.</summary>
+public sealed class RopeTable
+{
+    /// <summary>inv_freq[i] for i in [0, rotaryDim/2).</summary>
+    public float[] InvFreq { get; }
+    /// <summary>Dimensions rotated per head (even, ≤ head_dim); HF rotate_half pairing (i, i + rotaryDim/2).</summary>
+    public int RotaryDim => InvFreq.Length * 2;
+    public RopeTable(float[] invFreq) => InvFreq = invFreq;
+}
+
+/// <summary>
+/// The narrow op-level interface every architecture's forward pass is written against.
+/// Activations are f32, row-major [rows, width]. Ops never allocate per call on the hot path.
+/// </summary>
+public interface IBackend : IDisposable
+{
+    string Name { get; }
+
+    /// <summary>Makes a weight from a checkpoint tensor (1-D vector or 2-D [out, in] matrix), keeping its stored dtype.</summary>
+    Weight LoadWeight(HostTensor tensor);
+
+    DeviceBuffer Allocate(long length);
+    void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0);
+    void Download(DeviceBuffer source, long sourceOffset, Span<float> destination);
+    void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count);
+
+    /// <summary>x[r, :] = table[tokens[r], :].</summary>
+    void Embed(Weight table, ReadOnlySpan<int> tokens, DeviceBuffer x);
+
+    /// <summary>y[r] = x[r] / rms(x[r]) * w, rows of width w.Cols.</summary>
+    void RmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, float eps);
+
+    /// <summary>Fused: residual += delta; y = RmsNorm(residual).</summary>
+    void AddRmsNorm(DeviceBuffer residual, DeviceBuffer delta, Weight w, DeviceBuffer y, int rows, float eps);
+
+    /// <summary>y[r] = (x[r] - mean) / sqrt(var + eps) * w + b.</summary>
+    void LayerNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, float eps);
+
+    /// <summary>y[r, o] = Σ_i x[r, i]·W[o, i] (+ bias[o]) for r &lt; rows.</summary>
+    void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null);
+
+    /// <summary>In-place rotary embedding of x [rows, heads·headDim]; row r is at position pos0 + r.</summary>
+    void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope);
+
+    /// <summary>
+    /// Causal attention against a KV cache laid out [position, kvHeads·headDim] that already holds positions
+    /// 0 .. pos0+rows-1. Query row r (position pos0 + r) attends to positions 0 .. pos0 + r.
+    /// q and output are [rows, heads·headDim]; query head h reads kv head h / (heads / kvHeads).
+    /// </summary>
+    void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                   int rows, int pos0, int heads, int kvHeads, int headDim, float scale);
+
+    /// <summary>y[i] = silu(gate[i]) * up[i] for i &lt; n.</summary>
+    void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n);
+
+    /// <summary>In place, x[i] = gelu_tanh(x[i]) (GPT-2's gelu_new).</summary>
+    void Gelu(DeviceBuffer x, long n);
+
+    /// <summary>a[i] += b[i] for i &lt; n.</summary>
+    void Add(DeviceBuffer a, DeviceBuffer b, long n);
+
+    /// <summary>Waits for queued work (no-op on the CPU).</summary>
+    void Synchronize();
+}
