@@ -1,0 +1,175 @@
+using System.Numerics.Tensors;
+
+namespace Lrl.Cpu;
+
+/// <summary>
+/// The default backend: SIMD kernels (System.Numerics.Tensors, Vector256) over host memory, multithreaded with a
+/// persistent <see cref="WorkerPool"/>. Matrices are read in place from the memory-mapped checkpoint in their stored
+/// dtype. No allocation per op: every parallel op is a reusable job object.
+/// </summary>
+public sealed partial class CpuBackend : IBackend
+{
+    private readonly WorkerPool _pool;
+    private readonly MatMulJob _matMul;
+    private readonly AttentionJob _attention;
+
+    public string Name => "cpu";
+    public int Threads => _pool.ThreadCount;
+
+    /// <param name="threads">Worker threads including the caller; 0 = one per core.</param>
+    public CpuBackend(int threads = 0)
+    {
+        if (threads < 0) throw new LrlException($"--threads must be ≥ 0, got {threads}");
+        _pool = new WorkerPool(threads == 0 ? DefaultThreads : threads);
+        _matMul = new MatMulJob(_pool.ThreadCount);
+        _attention = new AttentionJob(_pool.ThreadCount);
+    }
+
+    /// <summary>One thread per core.</summary>
+    public static int DefaultThreads => Environment.ProcessorCount;
+
+    internal WorkerPool Pool => _pool;
+
+    private static float[] D(DeviceBuffer b) => ((CpuBuffer)b).Data;
+
+    public unsafe Weight LoadWeight(HostTensor t)
+    {
+        if (t.Rank == 1)
+            return new CpuVector(t.Name, t.ToFloatArray(), t.DType);
+        if (t.Rank != 2) throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a vector or matrix");
+        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, t.Pointer);
+    }
+
+    public DeviceBuffer Allocate(long length) => new CpuBuffer(length);
+
+    public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) =>
+        source.CopyTo(D(destination).AsSpan(checked((int)destinationOffset)));
+
+    public void Download(DeviceBuffer source, long sourceOffset, Span<float> destination) =>
+        D(source).AsSpan(checked((int)sourceOffset), destination.Length).CopyTo(destination);
+
+    public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count) =>
+        Array.Copy(D(source), sourceOffset, D(destination), destinationOffset, count);
+
+    public void Embed(Weight table, ReadOnlySpan<int> tokens, DeviceBuffer x)
+    {
+        int dim = table.Cols;
+        var X = D(x);
+        for (int r = 0; r < tokens.Length; r++)
+        {
+            int id = tokens[r];
+            if ((uint)id >= (uint)table.Rows) throw new LrlException($"token id {id} is outside the vocabulary (0..{table.Rows - 1})");
+            var dst = X.AsSpan(r * dim, dim);
+            switch (table)
+            {
+                case CpuMatrix m: m.RowToFloat(id, dst); break;
+                case CpuVector v: v.Data.AsSpan(id * dim, dim).CopyTo(dst); break;
+            }
+        }
+    }
+
+    public void RmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, float eps)
+    {
+        int n = w.Cols;
+        var g = ((CpuVector)w).Data;
+        var X = D(x); var Y = D(y);
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = X.AsSpan(r * n, n);
+            float inv = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / n + eps);
+            var yr = Y.AsSpan(r * n, n);
+            TensorPrimitives.Multiply(xr, inv, yr);
+            TensorPrimitives.Multiply(yr, g, yr);
+        }
+    }
+
+    public void AddRmsNorm(DeviceBuffer residual, DeviceBuffer delta, Weight w, DeviceBuffer y, int rows, float eps)
+    {
+        int n = rows * w.Cols;
+        TensorPrimitives.Add(D(residual).AsSpan(0, n), D(delta).AsSpan(0, n), D(residual).AsSpan(0, n));
+        RmsNorm(residual, w, y, rows, eps);
+    }
+
+    public void LayerNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, float eps)
+    {
+        int n = w.Cols;
+        var g = ((CpuVector)w).Data; var bias = ((CpuVector)b).Data;
+        var X = D(x); var Y = D(y);
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = X.AsSpan(r * n, n);
+            var yr = Y.AsSpan(r * n, n);
+            float mean = TensorPrimitives.Sum(xr) / n;
+            TensorPrimitives.Subtract(xr, mean, yr);
+            float inv = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(yr) / n + eps);
+            TensorPrimitives.Multiply(yr, inv, yr);
+            TensorPrimitives.FusedMultiplyAdd(yr, g, bias, yr);
+        }
+    }
+
+    public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null) =>
+        _matMul.Run(_pool, D(x), (CpuMatrix)w, D(y), rows, (bias as CpuVector)?.Data);
+
+    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    {
+        var X = D(x);
+        int half = rope.RotaryDim / 2;
+        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
+        for (int r = 0; r < rows; r++)
+        {
+            double pos = pos0 + r;
+            for (int i = 0; i < half; i++)
+            {
+                double a = pos * rope.InvFreq[i];
+                cos[i] = (float)Math.Cos(a);
+                sin[i] = (float)Math.Sin(a);
+            }
+            for (int h = 0; h < heads; h++)
+            {
+                var v = X.AsSpan((r * heads + h) * headDim, rope.RotaryDim);
+                for (int i = 0; i < half; i++)
+                {
+                    float a0 = v[i], a1 = v[i + half];
+                    v[i] = a0 * cos[i] - a1 * sin[i];
+                    v[i + half] = a1 * cos[i] + a0 * sin[i];
+                }
+            }
+        }
+    }
+
+    public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                          int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
+        _attention.Run(_pool, D(q), D(kCache), D(vCache), D(output), rows, pos0, heads, kvHeads, headDim, scale);
+
+    public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
+    {
+        var g = D(gate).AsSpan(0, (int)n); var u = D(up).AsSpan(0, (int)n); var o = D(y).AsSpan(0, (int)n);
+        // silu(g)·u = g·u / (1 + e^-g); y may alias gate or up.
+        for (int i = 0; i < o.Length; i++)
+        {
+            float gv = g[i];
+            o[i] = gv * u[i] / (1f + MathF.Exp(-gv));
+        }
+    }
+
+    public void Gelu(DeviceBuffer x, long n)
+    {
+        var v = D(x).AsSpan(0, (int)n);
+        const float c = 0.7978845608028654f; // sqrt(2/pi)
+        for (int i = 0; i < v.Length; i++)
+        {
+            float a = v[i];
+            v[i] = 0.5f * a * (1f + MathF.Tanh(c * (a + 0.044715f * a * a * a)));
+        }
+    }
+
+    public void Add(DeviceBuffer a, DeviceBuffer b, long n)
+    {
+        var A = D(a).AsSpan(0, (int)n);
+        TensorPrimitives.Add(A, D(b).AsSpan(0, (int)n), A);
+    }
+
+    public void Synchronize() { }
+
+    public void Dispose() => _pool.Dispose();
+}

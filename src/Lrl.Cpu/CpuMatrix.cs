@@ -1,0 +1,133 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Lrl.Cpu;
+
+/// <summary>
+/// A weight matrix [Rows = out, Cols = in] as the CPU backend reads it. Each storage format (dense f32/f16/bf16,
+/// quantized) implements the two primitives the backend's products are built from.
+/// </summary>
+public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, rows, cols)
+{
+    /// <summary>y[o - rowStart] = W[o, :] · x for o in [rowStart, rowEnd).</summary>
+    public abstract void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd);
+
+    /// <summary>Row <paramref name="row"/> converted to f32.</summary>
+    public abstract void RowToFloat(int row, Span<float> destination);
+}
+
+/// <summary>A dense matrix read in place from memory-mapped storage (f32, f16 or bf16; converted inside the kernel).</summary>
+public sealed unsafe class DenseMatrix : CpuMatrix
+{
+    private readonly byte* _data;
+    private readonly DType _dtype;
+
+    public DenseMatrix(string name, int rows, int cols, DType dtype, byte* data) : base(name, rows, cols)
+    {
+        if (dtype is not (DType.F32 or DType.F16 or DType.BF16))
+            throw new LrlException($"{name}: a dense matrix must be F32, F16 or BF16, not {dtype}");
+        _dtype = dtype;
+        _data = data;
+    }
+
+    public override string Format => _dtype.ToString();
+    public override long ByteSize => (long)Rows * Cols * _dtype.Size();
+
+    public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
+    {
+        int n = Cols;
+        switch (_dtype)
+        {
+            case DType.F32:
+                for (int o = rowStart; o < rowEnd; o++)
+                    y[o - rowStart] = TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)_data + (long)o * n, n), x);
+                break;
+            case DType.BF16:
+                for (int o = rowStart; o < rowEnd; o++)
+                    y[o - rowStart] = Simd.DotBF16((ushort*)_data + (long)o * n, x);
+                break;
+            case DType.F16:
+                for (int o = rowStart; o < rowEnd; o++)
+                    y[o - rowStart] = Simd.DotF16((Half*)_data + (long)o * n, x);
+                break;
+        }
+    }
+
+    public override void RowToFloat(int row, Span<float> d)
+    {
+        int n = Cols;
+        switch (_dtype)
+        {
+            case DType.F32: new ReadOnlySpan<float>((float*)_data + (long)row * n, n).CopyTo(d); break;
+            case DType.F16: TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)_data + (long)row * n, n), d); break;
+            case DType.BF16: Simd.BF16ToFloat((ushort*)_data + (long)row * n, d[..n]); break;
+        }
+    }
+}
+
+/// <summary>SIMD inner loops with the f16/bf16 → f32 conversion fused into the dot product.</summary>
+public static unsafe class Simd
+{
+    /// <summary>Σ bf16(w[i]) · x[i].</summary>
+    public static float DotBF16(ushort* w, ReadOnlySpan<float> x)
+    {
+        int n = x.Length, i = 0;
+        fixed (float* xp = x)
+        {
+            if (Vector256.IsHardwareAccelerated && n >= 32)
+            {
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (; i <= n - 32; i += 32)
+                {
+                    a0 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i)), Vector256.Load(xp + i), a0);
+                    a1 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 8)), Vector256.Load(xp + i + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 16)), Vector256.Load(xp + i + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 24)), Vector256.Load(xp + i + 24), a3);
+                }
+                for (; i <= n - 8; i += 8)
+                    a0 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i)), Vector256.Load(xp + i), a0);
+                float s = Vector256.Sum((a0 + a1) + (a2 + a3));
+                for (; i < n; i++) s += DTypes.BF16ToFloat(w[i]) * xp[i];
+                return s;
+            }
+            float r = 0;
+            for (; i < n; i++) r += DTypes.BF16ToFloat(w[i]) * xp[i];
+            return r;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> WidenBF16(Vector128<ushort> v)
+    {
+        var (lo, hi) = Vector128.Widen(v);
+        return Vector256.Create(Vector128.ShiftLeft(lo, 16), Vector128.ShiftLeft(hi, 16)).AsSingle();
+    }
+
+    /// <summary>Σ f16(w[i]) · x[i], converting in chunks through the stack.</summary>
+    public static float DotF16(Half* w, ReadOnlySpan<float> x)
+    {
+        const int Chunk = 512;
+        Span<float> tmp = stackalloc float[Chunk];
+        float s = 0;
+        for (int i = 0; i < x.Length; i += Chunk)
+        {
+            int len = Math.Min(Chunk, x.Length - i);
+            var t = tmp[..len];
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + i, len), t);
+            s += TensorPrimitives.Dot(t, x.Slice(i, len));
+        }
+        return s;
+    }
+
+    public static void BF16ToFloat(ushort* src, Span<float> dst)
+    {
+        int n = dst.Length, i = 0;
+        fixed (float* d = dst)
+        {
+            if (Vector256.IsHardwareAccelerated)
+                for (; i <= n - 8; i += 8) WidenBF16(Vector128.Load(src + i)).Store(d + i);
+            for (; i < n; i++) d[i] = DTypes.BF16ToFloat(src[i]);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+using Lrl.Loading;
+
+namespace Lrl.Models;
+
+/// <summary>
+/// The Llama family forward pass (Llama, Mistral, Qwen2, SmolLM): RMSNorm, RoPE (rotate_half), grouped-query attention
+/// with a preallocated KV cache, SwiGLU MLP, optionally tied embeddings and q/k/v biases. Written once over <see cref="IBackend"/>.
+/// </summary>
+public sealed class Llama : ILanguageModel
+{
+    private sealed record Layer(Weight AttnNorm, Weight Wq, Weight Wk, Weight Wv, Weight Wo,
+                                Weight? Bq, Weight? Bk, Weight? Bv, Weight MlpNorm, Weight Gate, Weight Up, Weight Down,
+                                DeviceBuffer KCache, DeviceBuffer VCache);
+
+    private readonly Checkpoint _checkpoint;
+    private readonly IBackend _b;
+    private readonly Layer[] _layers;
+    private readonly Weight _embed, _finalNorm, _lmHead;
+    private readonly RopeTable _rope;
+    private readonly int _batch;
+    // Activations for up to _batch rows, allocated once (shape comments: [rows, width]).
+    private readonly DeviceBuffer _x;      // [batch, hidden] residual stream
+    private readonly DeviceBuffer _xb;     // [batch, hidden] normed input of a block
+    private readonly DeviceBuffer _q;      // [batch, heads·headDim]
+    private readonly DeviceBuffer _k, _v;  // [batch, kvHeads·headDim]
+    private readonly DeviceBuffer _att;    // [batch, heads·headDim]
+    private readonly DeviceBuffer _delta;  // [batch, hidden] block output before the residual add
+    private readonly DeviceBuffer _gate, _up; // [batch, intermediate]
+    private readonly DeviceBuffer _last;   // [1, hidden] the last row, for last-token logits
+    private readonly DeviceBuffer _logits; // [batch, vocab]
+
+    public LlamaConfig Config { get; }
+    public string Architecture => Config.Architecture;
+    public int VocabSize => Config.VocabSize;
+    public int ContextLength { get; }
+    public IBackend Backend => _b;
+    public long ParameterCount { get; }
+    public long WeightBytesPerToken { get; }
+
+    public Llama(Checkpoint checkpoint, LlamaConfig config, IBackend backend, ModelLoadOptions options)
+    {
+        _checkpoint = checkpoint;
+        _b = backend;
+        Config = config;
+        var c = config;
+        ContextLength = options.ResolveContext(c.MaxPositions);
+        _batch = Math.Min(options.BatchSize, ContextLength);
+
+        Weight W(string name, params int[] shape) => _b.LoadWeight(checkpoint.Get(name, shape));
+        _embed = W("model.embed_tokens.weight", c.VocabSize, c.HiddenSize);
+        _finalNorm = W("model.norm.weight", c.HiddenSize);
+        _lmHead = c.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight") ? _embed : W("lm_head.weight", c.VocabSize, c.HiddenSize);
+        _layers = new Layer[c.NumLayers];
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Weight? Bias(string name, int n) => c.AttentionBias ? W(p + name, n) : null;
+            _layers[i] = new Layer(
+                W(p + "input_layernorm.weight", c.HiddenSize),
+                W(p + "self_attn.q_proj.weight", c.QDim, c.HiddenSize),
+                W(p + "self_attn.k_proj.weight", c.KvDim, c.HiddenSize),
+                W(p + "self_attn.v_proj.weight", c.KvDim, c.HiddenSize),
+                W(p + "self_attn.o_proj.weight", c.HiddenSize, c.QDim),
+                Bias("self_attn.q_proj.bias", c.QDim), Bias("self_attn.k_proj.bias", c.KvDim), Bias("self_attn.v_proj.bias", c.KvDim),
+                W(p + "post_attention_layernorm.weight", c.HiddenSize),
+                W(p + "mlp.gate_proj.weight", c.IntermediateSize, c.HiddenSize),
+                W(p + "mlp.up_proj.weight", c.IntermediateSize, c.HiddenSize),
+                W(p + "mlp.down_proj.weight", c.HiddenSize, c.IntermediateSize),
+                _b.Allocate((long)ContextLength * c.KvDim), _b.Allocate((long)ContextLength * c.KvDim));
+        }
+        _rope = new RopeTable(c.RopeInvFreq());
+
+        _x = _b.Allocate((long)_batch * c.HiddenSize);
+        _xb = _b.Allocate((long)_batch * c.HiddenSize);
+        _q = _b.Allocate((long)_batch * c.QDim);
+        _k = _b.Allocate((long)_batch * c.KvDim);
+        _v = _b.Allocate((long)_batch * c.KvDim);
+        _att = _b.Allocate((long)_batch * c.QDim);
+        _delta = _b.Allocate((long)_batch * c.HiddenSize);
+        _gate = _b.Allocate((long)_batch * c.IntermediateSize);
+        _up = _b.Allocate((long)_batch * c.IntermediateSize);
+        _last = _b.Allocate(c.HiddenSize);
+        _logits = _b.Allocate((long)_batch * c.VocabSize);
+
+        ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
+        WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }.Sum(w => w.ByteSize))
+                              + _lmHead.ByteSize;
+    }
+
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    {
+        int n = tokens.Length, vocab = Config.VocabSize;
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        bool all = logits.Length == (long)n * vocab;
+        if (!all && logits.Length != vocab)
+            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+
+        for (int done = 0; done < n; done += _batch)
+        {
+            int rows = Math.Min(_batch, n - done);
+            RunChunk(tokens.Slice(done, rows), startPos + done);
+            if (all)
+            {
+                _b.MatMul(_xb, _lmHead, _logits, rows);
+                _b.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
+            }
+            else if (done + rows == n)
+            {
+                // Only the last token's logits are needed: one row through the (large) head.
+                _b.Copy(_xb, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
+                _b.MatMul(_last, _lmHead, _logits, 1);
+                _b.Download(_logits, 0, logits);
+            }
+        }
+    }
+
+    /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
+    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
+    {
+        var c = Config;
+        int rows = tokens.Length;
+        float eps = (float)c.RmsNormEps, scale = 1f / MathF.Sqrt(c.HeadDim);
+
+        _b.Embed(_embed, tokens, _x);
+        _b.RmsNorm(_x, _layers[0].AttnNorm, _xb, rows, eps);
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            var l = _layers[i];
+            // Attention: project, rotate, append to the cache, attend causally, project back.
+            _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
+            _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
+            _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
+            _b.Rope(_q, rows, c.NumHeads, c.HeadDim, pos, _rope);
+            _b.Rope(_k, rows, c.NumKvHeads, c.HeadDim, pos, _rope);
+            _b.Copy(_k, 0, l.KCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
+            _b.Copy(_v, 0, l.VCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
+            _b.Attention(_q, l.KCache, l.VCache, _att, rows, pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+            _b.MatMul(_att, l.Wo, _delta, rows);
+            // Residual add fused with the MLP's norm.
+            _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
+            // SwiGLU MLP.
+            _b.MatMul(_xb, l.Gate, _gate, rows);
+            _b.MatMul(_xb, l.Up, _up, rows);
+            _b.SwiGlu(_gate, _up, _gate, (long)rows * c.IntermediateSize);
+            _b.MatMul(_gate, l.Down, _delta, rows);
+            // Residual add fused with the next block's norm (or the final norm).
+            var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].AttnNorm : _finalNorm;
+            _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var l in _layers) { l.KCache.Dispose(); l.VCache.Dispose(); }
+        foreach (var buf in new[] { _x, _xb, _q, _k, _v, _att, _delta, _gate, _up, _last, _logits }) buf.Dispose();
+        _checkpoint.Dispose();
+    }
+}
