@@ -1,0 +1,109 @@
+using CommandLine;
+using Lrl.Runtime;
+
+namespace Lrl.Cli;
+
+[Verb("generate", HelpText = "Generate text from a prompt; text streams to stdout, counts and speeds to stderr.")]
+public sealed class GenerateVerb : ModelVerbBase
+{
+    [Option('p', "prompt", Required = true, HelpText = "Prompt text.")]
+    public string Prompt { get; set; } = "";
+
+    [Option('n', "max-tokens", Default = 256, HelpText = "Most tokens to generate.")]
+    public int MaxTokens { get; set; }
+
+    [Option("temperature", Default = 0.8f, HelpText = "Sampling temperature; 0 = greedy.")]
+    public float Temperature { get; set; }
+
+    [Option("top-k", Default = 40, HelpText = "Keep the k most likely tokens; 0 = off.")]
+    public int TopK { get; set; }
+
+    [Option("top-p", Default = 0.95f, HelpText = "Nucleus sampling threshold; 1 = off.")]
+    public float TopP { get; set; }
+
+    [Option("min-p", Default = 0.05f, HelpText = "Drop tokens below min-p × the top probability; 0 = off.")]
+    public float MinP { get; set; }
+
+    [Option("repeat-penalty", Default = 1.0f, HelpText = "Penalty for recently seen tokens; 1 = off.")]
+    public float RepeatPenalty { get; set; }
+
+    [Option("repeat-last-n", Default = 64, HelpText = "Tokens the repeat penalty looks back over.")]
+    public int RepeatLastN { get; set; }
+
+    [Option("seed", HelpText = "Random seed (default: random).")]
+    public int? Seed { get; set; }
+
+    [Option("ignore-eos", HelpText = "Keep generating past end-of-sequence.")]
+    public bool IgnoreEos { get; set; }
+
+    [Option("stop", Separator = '|', HelpText = "Stop strings, separated by '|'.")]
+    public IEnumerable<string> Stop { get; set; } = [];
+
+    [Option("truncate", HelpText = "Keep the last tokens of a prompt longer than the context instead of failing.")]
+    public bool Truncate { get; set; }
+
+    [Option("ids", HelpText = "Also print the generated token ids to stderr.")]
+    public bool PrintIds { get; set; }
+
+    public int Run()
+    {
+        var options = new GenerationOptions
+        {
+            MaxTokens = MaxTokens,
+            IgnoreEos = IgnoreEos,
+            StopStrings = Stop.ToArray(),
+            TruncatePrompt = Truncate,
+            Sampling = new SamplingOptions
+            {
+                Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP,
+                RepeatPenalty = RepeatPenalty, RepeatLastN = RepeatLastN, Seed = Seed,
+            },
+        };
+        options.Validate();
+        using var model = LoadModel();
+        using var cts = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
+        var stdout = Console.Out;
+        var ids = new List<int>();
+        foreach (var t in model.Generate(Prompt, options, cts.Token))
+        {
+            stdout.Write(t.Text);
+            stdout.Flush();
+            if (t.Id >= 0) ids.Add(t.Id);
+        }
+        stdout.WriteLine();
+        var s = model.LastStats;
+        if (PrintIds) Console.Error.WriteLine($"ids: {string.Join(' ', ids)}");
+        Console.Error.WriteLine(
+            $"prompt: {s.PromptTokens} tokens, {s.PrefillTokensPerSecond:F1} tok/s | generated: {s.GeneratedTokens} tokens, " +
+            $"{s.DecodeTokensPerSecond:F1} tok/s | finish: {s.FinishReason} | backend: {model.Model.Backend.Name}");
+        return 0;
+    }
+}
+
+/// <summary>Options every verb that loads a model shares.</summary>
+public abstract class ModelVerbBase
+{
+    [Option('m', "model", Required = true, HelpText = "Model folder (config.json, *.safetensors, tokenizer).")]
+    public string Model { get; set; } = "";
+
+    [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]
+    public string DeviceName { get; set; } = "cpu";
+
+    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per core.")]
+    public int Threads { get; set; }
+
+    [Option('c', "context", Default = 0, HelpText = "Context window in tokens; 0 = the model's, capped at 4096.")]
+    public int Context { get; set; }
+
+    public Device ParseDevice() => DeviceName.ToLowerInvariant() switch
+    {
+        "cpu" => Device.Cpu,
+        "cuda" or "gpu" => Device.Cuda,
+        "auto" => Device.Auto,
+        _ => throw new LrlException($"--device '{DeviceName}' is not one of cpu, cuda, auto"),
+    };
+
+    public LrlModel LoadModel() =>
+        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(), Threads = Threads, ContextLength = Context });
+}

@@ -1,0 +1,152 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Lrl.Cpu;
+using Lrl.Models;
+using Lrl.Runtime;
+using Lrl.Tokenization;
+
+namespace Lrl;
+
+/// <summary>
+/// A model loaded from a Hugging Face folder, ready to generate: weights on a backend, its tokenizer, one sequence state.
+/// Not thread-safe: one generation at a time.
+/// </summary>
+/// <example>
+/// <code>
+/// using var model = LrlModel.Load("models/stories260k");
+/// await foreach (var t in model.GenerateAsync("Once upon a time", new GenerationOptions { MaxTokens = 50 }))
+///     Console.Write(t.Text);
+/// </code>
+/// </example>
+public sealed class LrlModel : IDisposable
+{
+    private readonly IBackend _backend;
+    private readonly float[] _logits;
+    private readonly int[] _one = new int[1];
+
+    public ILanguageModel Model { get; }
+    public LrlTokenizer Tokenizer { get; }
+    public string Directory { get; }
+    /// <summary>Counts and timings of the last generation.</summary>
+    public GenerationStats LastStats { get; private set; } = new();
+
+    private LrlModel(string dir, IBackend backend, ILanguageModel model, LrlTokenizer tokenizer)
+    {
+        Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
+        _logits = new float[model.VocabSize];
+    }
+
+    /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
+    public static LrlModel Load(string modelDir, ModelOptions? options = null)
+    {
+        options ??= new ModelOptions();
+        var dir = Path.GetFullPath(modelDir);
+        if (!System.IO.Directory.Exists(dir)) throw new LrlException($"model folder not found: {dir}");
+        var tokenizer = LrlTokenizer.Load(dir);
+        var backend = Backends.Create(options.Device, options.Threads);
+        try
+        {
+            var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = options.ContextLength, BatchSize = options.BatchSize });
+            return new LrlModel(dir, backend, model, tokenizer);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Streams generated tokens; cancel with <paramref name="cancellationToken"/>.</summary>
+    public async IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        await Task.Yield();
+        foreach (var t in Generate(prompt, options, cancellationToken))
+            yield return t;
+    }
+
+    /// <summary>Generates synchronously, token by token.</summary>
+    public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new GenerationOptions();
+        options.Validate();
+        var ids = Tokenizer.Encode(prompt, options.AddBos);
+        return Generate(ids, options, cancellationToken);
+    }
+
+    /// <summary>Generates from prompt token ids.</summary>
+    public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        int ctx = Model.ContextLength;
+        if (promptIds.Length == 0) throw new LrlException("the prompt is empty (no tokens to start from)");
+        if (promptIds.Length > ctx)
+        {
+            if (!options.TruncatePrompt)
+                throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
+            promptIds = promptIds[^ctx..];
+        }
+        return Run(promptIds, options, cancellationToken);
+    }
+
+    private IEnumerable<GeneratedToken> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
+    {
+        var stats = LastStats = new GenerationStats { PromptTokens = prompt.Length };
+        var sampler = new Sampler(Model.VocabSize, options.Sampling);
+        var decoder = Tokenizer.CreateStreamingDecoder();
+        var stops = new StopMatcher(options.StopStrings);
+        var history = new int[Model.ContextLength];
+        prompt.CopyTo(history, 0);
+        int len = prompt.Length;
+        var eos = Tokenizer.EosIds;
+
+        var clock = Stopwatch.StartNew();
+        Model.Forward(prompt, 0, _logits);
+        stats.PrefillTime = clock.Elapsed;
+        clock.Restart();
+        stats.FinishReason = FinishReason.Length;
+
+        for (int i = 0; i < options.MaxTokens; i++)
+        {
+            if (ct.IsCancellationRequested) { stats.FinishReason = FinishReason.Cancelled; break; }
+            int next = sampler.Sample(_logits, history.AsSpan(0, len));
+            if (!options.IgnoreEos && eos.Contains(next)) { stats.FinishReason = FinishReason.EndOfSequence; break; }
+            history[len++] = next;
+            stats.GeneratedTokens++;
+            var text = stops.Push(decoder.Push(next));
+            if (stops.Stopped)
+            {
+                stats.FinishReason = FinishReason.StopString;
+                stats.DecodeTime = clock.Elapsed;
+                yield return new GeneratedToken(next, text);
+                yield break;
+            }
+            yield return new GeneratedToken(next, text);
+            if (i + 1 == options.MaxTokens) break;
+            if (len == Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
+            _one[0] = next;
+            Model.Forward(_one, len - 1, _logits);
+        }
+        stats.DecodeTime = clock.Elapsed;
+        var rest = stops.Push(decoder.Flush()) + stops.Flush();
+        if (rest.Length > 0) yield return new GeneratedToken(-1, rest);
+    }
+
+    public void Dispose()
+    {
+        Model.Dispose();
+        _backend.Dispose();
+    }
+}
+
+/// <summary>Creates the backend for a <see cref="Device"/>.</summary>
+public static class Backends
+{
+    public static IBackend Create(Device device, int threads = 0) => device switch
+    {
+        Device.Cpu => new CpuBackend(threads),
+        Device.Auto => new CpuBackend(threads),
+        Device.Cuda => throw new LrlException("--device cuda: this build has no CUDA backend"),
+        _ => throw new LrlException($"unknown device '{device}' (expected cpu, cuda or auto)"),
+    };
+}

@@ -1,0 +1,65 @@
+using Lrl.Runtime;
+
+namespace Lrl;
+
+/// <summary>Where the model runs.</summary>
+public enum Device
+{
+    /// <summary>CUDA when a GPU is present, else the CPU.</summary>
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// <summary>How a model is loaded.</summary>
+public sealed record ModelOptions
+{
+    public Device Device { get; init; } = Device.Cpu;
+    /// <summary>CPU threads including the caller; 0 = one per core.</summary>
+    public int Threads { get; init; }
+    /// <summary>KV cache positions; 0 = the model's maximum, capped at 4096.</summary>
+    public int ContextLength { get; init; }
+    /// <summary>Prompt tokens run per batched pass.</summary>
+    public int BatchSize { get; init; } = 256;
+}
+
+/// <summary>How text is generated.</summary>
+public sealed record GenerationOptions
+{
+    /// <summary>Most tokens to generate (generation also ends at the context window).</summary>
+    public int MaxTokens { get; init; } = 256;
+    public SamplingOptions Sampling { get; init; } = new();
+    /// <summary>Keep generating past end-of-sequence tokens.</summary>
+    public bool IgnoreEos { get; init; }
+    /// <summary>Generation ends before the first occurrence of any of these; the stop string is not emitted.</summary>
+    public IReadOnlyList<string> StopStrings { get; init; } = [];
+    /// <summary>Add the BOS token when the tokenizer asks for it.</summary>
+    public bool AddBos { get; init; } = true;
+    /// <summary>When the prompt does not fit the context, keep its last tokens instead of failing.</summary>
+    public bool TruncatePrompt { get; init; }
+
+    public void Validate()
+    {
+        if (MaxTokens < 0) throw new LrlException($"--max-tokens must be ≥ 0, got {MaxTokens}");
+        Sampling.Validate();
+    }
+}
+
+/// <summary>Why generation ended.</summary>
+public enum FinishReason { Length, EndOfSequence, StopString, ContextFull, Cancelled }
+
+/// <summary>One generated token and the text it completed (possibly empty while a UTF-8 character is incomplete).</summary>
+public readonly record struct GeneratedToken(int Id, string Text);
+
+/// <summary>Counts and timings of one generation.</summary>
+public sealed class GenerationStats
+{
+    public int PromptTokens { get; internal set; }
+    public int GeneratedTokens { get; internal set; }
+    public TimeSpan PrefillTime { get; internal set; }
+    public TimeSpan DecodeTime { get; internal set; }
+    public FinishReason FinishReason { get; internal set; }
+    public double PrefillTokensPerSecond => PromptTokens / Math.Max(PrefillTime.TotalSeconds, 1e-9);
+    /// <summary>Decode speed over the tokens after the first (the first comes from the prefill's logits).</summary>
+    public double DecodeTokensPerSecond => Math.Max(GeneratedTokens - 1, 0) / Math.Max(DecodeTime.TotalSeconds, 1e-9);
+}

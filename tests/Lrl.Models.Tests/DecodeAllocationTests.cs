@@ -1,0 +1,58 @@
+using Lrl.Cpu;
+
+namespace Lrl.Models.Tests;
+
+[CollectionDefinition("serial", DisableParallelization = true)]
+public sealed class SerialCollection;
+
+/// <summary>Runs alone: it measures the process's allocations.</summary>
+[Collection("serial")]
+public class DecodeAllocationTests
+{
+    [Fact]
+    public void DecodingATokenAllocatesNothing()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var backend = new CpuBackend(2);
+        using var model = ModelRegistry.Load(dir, backend);
+        var logits = new float[model.VocabSize];
+        var one = new int[1];
+        model.Forward([1, 403, 407, 261, 378], 0, logits);
+        int pos = 5;
+        for (int i = 0; i < 20; i++) { one[0] = LlamaReferenceTests.ArgMax(logits); model.Forward(one, pos++, logits); }
+
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        for (int i = 0; i < 50; i++) { one[0] = LlamaReferenceTests.ArgMax(logits); model.Forward(one, pos++, logits); }
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.True(allocated == 0, $"50 decode steps allocated {allocated} bytes");
+    }
+
+    [Fact]
+    public void PositionsPastTheContextWindowAreAClearError()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var backend = new CpuBackend(1);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 16 });
+        var logits = new float[model.VocabSize];
+        var e = Assert.Throws<LrlException>(() => model.Forward(new int[17], 0, logits));
+        Assert.Contains("context window of 16", e.Message);
+        model.Forward(new int[16], 0, logits);
+        Assert.Throws<LrlException>(() => model.Forward([5], 16, logits));
+    }
+
+    [Fact]
+    public void UnknownArchitectureListsTheSupportedOnes()
+    {
+        var dir = Directory.CreateTempSubdirectory("lrl-arch").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "config.json"), """{"architectures": ["FalconForCausalLM"]}""");
+            using var backend = new CpuBackend(1);
+            var e = Assert.Throws<ModelFormatException>(() => ModelRegistry.Load(dir, backend));
+            Assert.Contains("FalconForCausalLM", e.Message);
+            Assert.Contains("LlamaForCausalLM", e.Message);
+            Assert.Contains("Qwen2ForCausalLM", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
