@@ -1,0 +1,52 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+
+namespace Lrl.Cli.Tests;
+
+/// <summary>Runs the built lrlrun as a separate process, as a user would.</summary>
+public static class CliRunner
+{
+    public sealed record Result(int ExitCode, string Stdout, string Stderr);
+
+    public static Result Run(params string[] args)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "lrlrun.dll");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true,
+            StandardOutputEncoding = Encoding.UTF8, StandardErrorEncoding = Encoding.UTF8 };
+        psi.ArgumentList.Add(dll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException($"lrlrun {string.Join(' ', args)} hung"); }
+        return new Result(p.ExitCode, output, err.Result);
+    }
+
+    public static string? SharedRoot { get; } = FindShared();
+
+    private static string? FindShared()
+    {
+        var env = Environment.GetEnvironmentVariable("LRL_SHARED");
+        if (!string.IsNullOrEmpty(env) && Directory.Exists(Path.Combine(env, "models"))) return env;
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+        {
+            var c = Path.Combine(d.FullName, "shared");
+            if (Directory.Exists(Path.Combine(c, "models")) && Directory.Exists(Path.Combine(c, "reference"))) return c;
+        }
+        return null;
+    }
+
+    public static string Model(string name)
+    {
+        if (SharedRoot is null) Assert.Skip("shared/models not found (set LRL_SHARED)");
+        return Path.Combine(SharedRoot!, "models", name);
+    }
+
+    public static JsonElement Reference(string name)
+    {
+        if (SharedRoot is null) Assert.Skip("shared/reference not found (set LRL_SHARED)");
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(SharedRoot!, "reference", name + ".json")));
+        return doc.RootElement.Clone();
+    }
+}
