@@ -14,6 +14,8 @@ public interface ILanguageModel : IDisposable
     IBackend Backend { get; }
     /// <summary>Parameter count of the weights.</summary>
     long ParameterCount { get; }
+    /// <summary>Storage format of the block matrices, e.g. "BF16" or "Q4_G64".</summary>
+    string WeightFormat { get; }
     /// <summary>Bytes of weights read to decode one token (the decode roofline numerator).</summary>
     long WeightBytesPerToken { get; }
 

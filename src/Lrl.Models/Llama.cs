@@ -36,6 +36,7 @@ public sealed class Llama : ILanguageModel
     public IBackend Backend => _b;
     public long ParameterCount { get; }
     public long WeightBytesPerToken { get; }
+    public string WeightFormat => _layers[0].Wq.Format;
 
     public Llama(Checkpoint checkpoint, LlamaConfig config, IBackend backend, ModelLoadOptions options)
     {

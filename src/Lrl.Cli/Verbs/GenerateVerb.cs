@@ -96,14 +96,14 @@ public abstract class ModelVerbBase
     [Option('c', "context", Default = 0, HelpText = "Context window in tokens; 0 = the model's, capped at 4096.")]
     public int Context { get; set; }
 
-    public Device ParseDevice() => DeviceName.ToLowerInvariant() switch
+    public static Device ParseDevice(string name) => name.ToLowerInvariant() switch
     {
         "cpu" => Device.Cpu,
         "cuda" or "gpu" => Device.Cuda,
         "auto" => Device.Auto,
-        _ => throw new LrlException($"--device '{DeviceName}' is not one of cpu, cuda, auto"),
+        _ => throw new LrlException($"--device '{name}' is not one of cpu, cuda, auto"),
     };
 
     public LrlModel LoadModel() =>
-        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(), Threads = Threads, ContextLength = Context });
+        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context });
 }

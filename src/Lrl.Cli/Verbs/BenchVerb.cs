@@ -1,0 +1,77 @@
+using CommandLine;
+using Lrl.Bench;
+using Lrl.Models;
+
+namespace Lrl.Cli;
+
+[Verb("bench", HelpText = "Benchmark prompt processing and generation (llama-bench style), or kernels with `bench kernels`.")]
+public sealed class BenchVerb
+{
+    [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks.")]
+    public string? What { get; set; }
+
+    [Option('m', "model", HelpText = "Model folder to benchmark.")]
+    public string? Model { get; set; }
+
+    [Option("preset", HelpText = "Benchmark a random-weight checkpoint of a preset in models/presets (e.g. SmolLM2-135M).")]
+    public string? Preset { get; set; }
+
+    [Option("dtype", Default = "bf16", HelpText = "With --preset: f32, f16 or bf16.")]
+    public string DType { get; set; } = "bf16";
+
+    [Option('p', "n-prompt", Separator = ',', HelpText = "Prompt sizes, comma-separated (default 128,512).")]
+    public IEnumerable<int> PromptSizes { get; set; } = [];
+
+    [Option('n', "n-gen", Default = 128, HelpText = "Tokens generated in the tg test; 0 = skip.")]
+    public int GenTokens { get; set; }
+
+    [Option('r', "repetitions", Default = 5, HelpText = "Repetitions per test.")]
+    public int Reps { get; set; }
+
+    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per core.")]
+    public int Threads { get; set; }
+
+    [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]
+    public string DeviceName { get; set; } = "cpu";
+
+    [Option("json", HelpText = "Print JSON.")]
+    public bool Json { get; set; }
+
+    [Option("csv", HelpText = "Print CSV.")]
+    public bool Csv { get; set; }
+
+    [Option("plot", HelpText = "Also write an SVG bar chart of the results to this file.")]
+    public string? Plot { get; set; }
+
+    public int Run()
+    {
+        if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase)) throw new LrlException("TODO-MERGE kernels");
+        if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels' or omit it)");
+        if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
+        var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];
+        var log = Console.Error;
+
+        string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
+        string name = Preset ?? Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'));
+        var device = ModelVerbBase.ParseDevice(DeviceName);
+        using var backend = Backends.Create(device, Threads);
+        int threads = backend is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
+        int context = Math.Max(sizes.Max(), GenTokens);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
+        string format = model.WeightFormat;
+
+        log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
+        log.WriteLine("probing the machine: read bandwidth and FMA peak ...");
+        int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
+        var limits = new MachineLimits(MachineProbe.ReadBandwidthGBs(probeThreads), MachineProbe.FmaPeakGFlops(probeThreads));
+        var results = EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps, limits, log);
+
+        Console.Out.Write(Json ? EndToEndBench.ToJson(results, limits) + "\n" : Csv ? EndToEndBench.ToCsv(results) : EndToEndBench.ToMarkdown(results, limits));
+        if (Plot is not null)
+        {
+            Lrl.Loading.AtomicFile.WriteAllText(Plot, SvgPlot.Render(results, $"lrlrun bench: {name} ({format}, {backend.Name}, {threads} threads)"));
+            log.WriteLine($"plot written to {Plot}");
+        }
+        return 0;
+    }
+}

@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace Lrl.Bench;
+
+/// <summary>One llama-bench style row: a test (pp = prompt processing, tg = text generation) with its speed over repetitions.</summary>
+public sealed record BenchResult(
+    string Model, string Format, string Backend, int Threads, string Test, int Tokens, int Repetitions,
+    double MeanTokensPerSecond, double StdDevTokensPerSecond,
+    double? GBPerSecond, double? RooflineFraction, double? GFlopsPerSecond, double? FmaPeakFraction);
+
+/// <summary>The machine limits the results are compared with.</summary>
+public sealed record MachineLimits(double BandwidthGBs, double FmaPeakGFlops);
+
+/// <summary>
+/// Prompt processing: one batched forward pass over p random tokens from an empty state.
+/// Generation: n single-token forward passes (the first from an empty state), as llama-bench's tg test.
+/// </summary>
+public static class EndToEndBench
+{
+    public static List<BenchResult> Run(ILanguageModel model, string name, string format, int threads,
+        IReadOnlyList<int> promptSizes, int genTokens, int reps, MachineLimits limits, TextWriter? progress = null)
+    {
+        if (reps < 1) throw new LrlException($"-r must be ≥ 1, got {reps}");
+        var rng = new Random(1234);
+        var results = new List<BenchResult>();
+        var logits = new float[model.VocabSize];
+        double flopsPerToken = 2.0 * model.ParameterCount;
+
+        foreach (int p in promptSizes)
+        {
+            if (p < 1 || p > model.ContextLength) throw new LrlException($"-p {p} must be between 1 and the context ({model.ContextLength})");
+            var tokens = Enumerable.Range(0, p).Select(_ => rng.Next(model.VocabSize)).ToArray();
+            model.Forward(tokens, 0, logits); // warm-up
+            var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); model.Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
+            double gflops = speeds.Mean * flopsPerToken / 1e9;
+            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"pp{p}", p, reps, speeds.Mean, speeds.Std,
+                null, null, gflops, gflops / limits.FmaPeakGFlops));
+            progress?.WriteLine($"  pp{p}: {speeds.Mean:F1} ± {speeds.Std:F1} tok/s");
+        }
+
+        if (genTokens > 0)
+        {
+            if (genTokens > model.ContextLength) throw new LrlException($"-n {genTokens} exceeds the context ({model.ContextLength})");
+            var one = new int[1];
+            void Generate()
+            {
+                for (int i = 0; i < genTokens; i++) { one[0] = rng.Next(model.VocabSize); model.Forward(one, i, logits); }
+            }
+            Generate(); // warm-up
+            var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Generate(); return genTokens / sw.Elapsed.TotalSeconds; });
+            double gbs = speeds.Mean * model.WeightBytesPerToken / 1e9;
+            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}", genTokens, reps, speeds.Mean, speeds.Std,
+                gbs, gbs / limits.BandwidthGBs, null, null));
+            progress?.WriteLine($"  tg{genTokens}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
+        }
+        return results;
+    }
+
+    private static (double Mean, double Std) Repeat(int reps, Func<double> once)
+    {
+        var v = Enumerable.Range(0, reps).Select(_ => once()).ToArray();
+        double mean = v.Average();
+        double std = reps > 1 ? Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
+        return (mean, std);
+    }
+
+    public static string ToMarkdown(IEnumerable<BenchResult> rows, MachineLimits limits)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine(CultureInfo.InvariantCulture, $"machine: read bandwidth {limits.BandwidthGBs:F1} GB/s, f32 FMA peak {limits.FmaPeakGFlops:F0} GFLOP/s");
+        sb.AppendLine();
+        sb.AppendLine("| model | format | backend | threads | test | t/s | GB/s | roofline | GFLOP/s | of FMA peak |");
+        sb.AppendLine("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var r in rows)
+            sb.AppendLine(CultureInfo.InvariantCulture,
+                $"| {r.Model} | {r.Format} | {r.Backend} | {r.Threads} | {r.Test} | {r.MeanTokensPerSecond:F2} ± {r.StdDevTokensPerSecond:F2} | " +
+                $"{F(r.GBPerSecond, "F1")} | {P(r.RooflineFraction)} | {F(r.GFlopsPerSecond, "F1")} | {P(r.FmaPeakFraction)} |");
+        return sb.ToString();
+    }
+
+    public static string ToCsv(IEnumerable<BenchResult> rows)
+    {
+        var sb = new StringBuilder("model,format,backend,threads,test,tokens,reps,tps_mean,tps_std,gbps,roofline,gflops,fma_fraction\n");
+        foreach (var r in rows)
+            sb.AppendLine(string.Join(',', r.Model, r.Format, r.Backend, r.Threads, r.Test, r.Tokens, r.Repetitions,
+                Inv(r.MeanTokensPerSecond), Inv(r.StdDevTokensPerSecond), Inv(r.GBPerSecond), Inv(r.RooflineFraction),
+                Inv(r.GFlopsPerSecond), Inv(r.FmaPeakFraction)));
+        return sb.ToString();
+    }
+
+    public static string ToJson(IEnumerable<BenchResult> rows, MachineLimits limits) =>
+        JsonSerializer.Serialize(new { machine = limits, results = rows }, new JsonSerializerOptions { WriteIndented = true });
+
+    private static string F(double? v, string fmt) => v?.ToString(fmt, CultureInfo.InvariantCulture) ?? "";
+    private static string P(double? v) => v is double d ? (d * 100).ToString("F1", CultureInfo.InvariantCulture) + " %" : "";
+    private static string Inv(double? v) => v?.ToString("G6", CultureInfo.InvariantCulture) ?? "";
+}

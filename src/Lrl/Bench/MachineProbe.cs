@@ -1,0 +1,83 @@
+using System.Diagnostics;
+using System.Runtime.Intrinsics;
+
+namespace Lrl.Bench;
+
+/// <summary>
+/// Measures this machine's limits: read-stream memory bandwidth (what decode is bound by) and the f32 FMA peak
+/// (what prefill is bound by). Both run on every thread at once, best of several trials.
+/// </summary>
+public static unsafe class MachineProbe
+{
+    /// <summary>Read bandwidth in GB/s (10^9 bytes/s): threads each sum their slice of a buffer far larger than the caches.</summary>
+    public static double ReadBandwidthGBs(int threads, long bytes = 1L << 30, int trials = 5)
+    {
+        long n = bytes / sizeof(float);
+        var buffer = GC.AllocateUninitializedArray<float>(checked((int)n), pinned: true);
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        {
+            long s = n * t / threads, e = n * (t + 1) / threads;
+            buffer.AsSpan((int)s, (int)(e - s)).Fill(1f);
+        });
+        double best = 0;
+        var sums = new float[threads];
+        for (int trial = 0; trial < trials; trial++)
+        {
+            var sw = Stopwatch.StartNew();
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+            {
+                long s = n * t / threads, e = n * (t + 1) / threads;
+                fixed (float* p = buffer) sums[t] = SumRange(p + s, e - s);
+            });
+            best = Math.Max(best, bytes / sw.Elapsed.TotalSeconds / 1e9);
+        }
+        if (sums.Sum() <= 0) throw new InvalidOperationException("bandwidth probe read nothing");
+        return best;
+    }
+
+    private static float SumRange(float* p, long n)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        long i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            a0 += Vector256.Load(p + i); a1 += Vector256.Load(p + i + 8);
+            a2 += Vector256.Load(p + i + 16); a3 += Vector256.Load(p + i + 24);
+        }
+        float s = Vector256.Sum(a0 + a1 + a2 + a3);
+        for (; i < n; i++) s += p[i];
+        return s;
+    }
+
+    /// <summary>Peak f32 GFLOP/s from independent 256-bit FMA chains on every thread (2 flops per lane per FMA).</summary>
+    public static double FmaPeakGFlops(int threads, int trials = 3)
+    {
+        const long Iterations = 20_000_000;
+        double best = 0;
+        for (int trial = 0; trial < trials; trial++)
+        {
+            var sw = Stopwatch.StartNew();
+            var results = new float[threads];
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => results[t] = FmaChains(Iterations));
+            double flops = 2.0 * 8 * 10 * Iterations * threads;
+            best = Math.Max(best, flops / sw.Elapsed.TotalSeconds / 1e9);
+        }
+        return best;
+    }
+
+    private static float FmaChains(long iterations)
+    {
+        var m = Vector256.Create(0.999999f);
+        var c = Vector256.Create(1e-7f);
+        Vector256<float> a0 = Vector256.Create(1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
+        for (long i = 0; i < iterations; i++)
+        {
+            a0 = Vector256.FusedMultiplyAdd(a0, m, c); a1 = Vector256.FusedMultiplyAdd(a1, m, c);
+            a2 = Vector256.FusedMultiplyAdd(a2, m, c); a3 = Vector256.FusedMultiplyAdd(a3, m, c);
+            a4 = Vector256.FusedMultiplyAdd(a4, m, c); a5 = Vector256.FusedMultiplyAdd(a5, m, c);
+            a6 = Vector256.FusedMultiplyAdd(a6, m, c); a7 = Vector256.FusedMultiplyAdd(a7, m, c);
+            a8 = Vector256.FusedMultiplyAdd(a8, m, c); a9 = Vector256.FusedMultiplyAdd(a9, m, c);
+        }
+        return Vector256.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
+    }
+}
