@@ -87,14 +87,18 @@ public sealed partial class GpuBackend : IBackend
     }
 
     /// <summary>ILGPU's CPU accelerator (simulated groups and warps): slow, for tests without a GPU.</summary>
-    public static GpuBackend CreateCpuAccelerator()
+    // Tiny groups (2 warps of 2 threads, one simulated multiprocessor): every simulated thread is an OS thread, and
+    // each launch and barrier hands off between them, so the smallest shape that still has several warps is fastest.
+    public static GpuBackend CreateCpuAccelerator() => CreateCpuAccelerator(2, 2, 1);
+
+    /// <summary>ILGPU's CPU accelerator with a chosen simulated shape (warp size ≥ 2, warps per group, parallel groups).</summary>
+    public static GpuBackend CreateCpuAccelerator(int warpSize, int warpsPerGroup, int multiprocessors, bool sequential = false)
     {
-        // Small groups (32 threads, warps of 4) keep the thread-simulated barriers cheap.
-        var device = new CPUDevice(4, 8, Math.Max(1, Math.Min(Environment.ProcessorCount, 4)));
+        var device = new CPUDevice(warpSize, warpsPerGroup, multiprocessors);
         var context = Context.Create(b => b.CPU(device).EnableAlgorithms());
         try
         {
-            var acc = context.GetCPUDevice(0).CreateAccelerator(context);
+            var acc = context.GetCPUDevice(0).CreateCPUAccelerator(context, sequential ? CPUAcceleratorMode.Sequential : CPUAcceleratorMode.Parallel);
             return new GpuBackend(context, acc, "gpu-cpu-sim");
         }
         catch { context.Dispose(); throw; }
