@@ -41,6 +41,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly WebApplication _app;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    /// <summary>Readable JSON: non-ASCII text and apostrophes as themselves (quotes and control characters still escaped).</summary>
+    private static readonly System.Text.Json.JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>The bound address, with the real port when <see cref="ServerOptions.Port"/> was 0.</summary>
     public Uri Address { get; private set; } = null!;
@@ -60,10 +62,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         });
         _app = builder.Build();
         _app.Use(ErrorsAndLogging);
-        _app.MapGet("/health", () => Results.Json(new JsonObject { ["status"] = "ok", ["model"] = options.ModelId }));
-        _app.MapGet("/v1/models", () => Results.Json(new JsonObject { ["object"] = "list", ["data"] = new JsonArray(ModelObject()) }));
+        _app.MapGet("/health", () => Results.Json(new JsonObject { ["status"] = "ok", ["model"] = options.ModelId }, Json));
+        _app.MapGet("/v1/models", () => Results.Json(new JsonObject { ["object"] = "list", ["data"] = new JsonArray(ModelObject()) }, Json));
         _app.MapGet("/v1/models/{id}", (string id) => id == options.ModelId
-            ? Results.Json(ModelObject())
+            ? Results.Json(ModelObject(), Json)
             : throw new ApiException(404, $"model '{id}' does not exist; this server serves '{options.ModelId}'", "model", "not_found_error"));
         _app.MapPost("/v1/completions", ctx => HandleAsync(ctx, chat: false));
         _app.MapPost("/v1/chat/completions", ctx => HandleAsync(ctx, chat: true));
@@ -176,13 +178,13 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (ctx.Response.HasStarted)
         {
             // Mid-stream: headers are gone, so the error travels as one more event.
-            try { await ctx.Response.WriteAsync($"data: {error.ToJsonString()}\n\n"); }
+            try { await ctx.Response.WriteAsync($"data: {error.ToJsonString(Json)}\n\n"); }
             catch (Exception e) when (e is IOException or OperationCanceledException or InvalidOperationException) { }
             return;
         }
         ctx.Response.StatusCode = status;
         ctx.Response.ContentType = "application/json";
-        await ctx.Response.WriteAsync(error.ToJsonString());
+        await ctx.Response.WriteAsync(error.ToJsonString(Json));
     }
 
     private async Task HandleAsync(HttpContext ctx, bool chat)
@@ -254,7 +256,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         response["choices"] = new JsonArray(choice);
         response["usage"] = Usage(stats);
         ctx.Response.ContentType = "application/json";
-        await ctx.Response.WriteAsync(response.ToJsonString(), ct);
+        await ctx.Response.WriteAsync(response.ToJsonString(Json), ct);
     }
 
     private async Task StreamAsync(HttpContext ctx, CompletionRequest request, IEnumerable<GeneratedToken> tokens, string id, long created, CancellationToken ct)
@@ -297,7 +299,7 @@ public sealed class OpenAiServer : IAsyncDisposable
 
         async Task SendAsync(JsonObject o)
         {
-            await ctx.Response.WriteAsync($"data: {o.ToJsonString()}\n\n", ct);
+            await ctx.Response.WriteAsync($"data: {o.ToJsonString(Json)}\n\n", ct);
             await ctx.Response.Body.FlushAsync(ct);
         }
     }
