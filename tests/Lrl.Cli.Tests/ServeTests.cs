@@ -234,6 +234,7 @@ public sealed class ServeTests(ServerProcess server) : IClassFixture<ServerProce
     [InlineData("/v1/chat/completions", """{"messages": []}""", "messages")]
     [InlineData("/v1/chat/completions", """{"messages": [{"content": "hi"}]}""", "messages[0].role")]
     [InlineData("/v1/chat/completions", """{"messages": [{"role": "user", "content": 7}]}""", "messages[0].content")]
+    [InlineData("/v1/chat/completions", """{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "hi"}]}""", "messages[1].role")]
     [InlineData("/v1/chat/completions", """{"messages": [{"role": "user", "content": "hi"}], "temperature": -0.5}""", "temperature")]
     public async Task BadRequestsAre400sNamingTheField(string path, string body, string field)
     {

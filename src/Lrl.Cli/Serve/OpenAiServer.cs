@@ -197,7 +197,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         string field = chat ? "messages" : "prompt";
         if (request.IsChat)
         {
-            var text = _template.Format(request.Messages!, addGenerationPrompt: true);
+            string text;
+            try { text = _template.Format(request.Messages!, addGenerationPrompt: true); }
+            catch (LrlException e) { throw new ApiException(400, e.Message, "messages"); }
             // A template that writes BOS itself (e.g. "<s>[INST] ...") must not get a second one from the tokenizer.
             var tok = _model.Tokenizer;
             bool bosInText = tok.BosId is int bos && tok.TokenText(bos) is { Length: > 0 } bosText && text.StartsWith(bosText, StringComparison.Ordinal);

@@ -141,7 +141,13 @@ public static class RequestParser
             if (e.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest(at, $"'{at}' must be an object with 'role' and 'content', got {Kind(e)}");
             if (Property(e, "role") is not { ValueKind: JsonValueKind.String } r || string.IsNullOrWhiteSpace(r.GetString()))
                 throw ApiException.BadRequest($"{at}.role", $"'{at}.role' is required (a string such as \"system\", \"user\" or \"assistant\")");
-            list.Add(new ChatMessage(r.GetString()!, Content(e, $"{at}.content")));
+            var role = r.GetString()! switch
+            {
+                "developer" => "system", // OpenAI's newer name for the system role
+                "system" or "user" or "assistant" => r.GetString()!,
+                var other => throw ApiException.BadRequest($"{at}.role", $"'{at}.role' is \"{other}\"; this server takes \"system\", \"user\" or \"assistant\""),
+            };
+            list.Add(new ChatMessage(role, Content(e, $"{at}.content")));
             i++;
         }
         return list;

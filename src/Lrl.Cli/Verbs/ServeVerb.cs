@@ -1,11 +1,10 @@
 using CommandLine;
 using Lrl.Cli.Serve;
-using Lrl.Runtime;
 
 namespace Lrl.Cli;
 
 [Verb("serve", HelpText = "Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health).")]
-public sealed class ServeVerb : ModelVerbBase
+public sealed class ServeVerb : SamplingVerbBase
 {
     [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
     public string Host { get; set; } = "127.0.0.1";
@@ -16,29 +15,8 @@ public sealed class ServeVerb : ModelVerbBase
     [Option("name", HelpText = "Model id reported by /v1/models (default: the model folder's name).")]
     public string? Name { get; set; }
 
-    [Option('n', "max-tokens", Default = 256, HelpText = "Default max_tokens for requests that give none.")]
+    [Option('n', "max-tokens", Default = 256, HelpText = "max_tokens for requests that give none (sampling options below are defaults the same way).")]
     public int MaxTokens { get; set; }
-
-    [Option("temperature", Default = 0.8f, HelpText = "Default temperature; 0 = greedy.")]
-    public float Temperature { get; set; }
-
-    [Option("top-k", Default = 40, HelpText = "Default top_k; 0 = off.")]
-    public int TopK { get; set; }
-
-    [Option("top-p", Default = 0.95f, HelpText = "Default top_p; 1 = off.")]
-    public float TopP { get; set; }
-
-    [Option("min-p", Default = 0.05f, HelpText = "Default min_p; 0 = off.")]
-    public float MinP { get; set; }
-
-    [Option("repeat-penalty", Default = 1.0f, HelpText = "Default repeat_penalty; 1 = off.")]
-    public float RepeatPenalty { get; set; }
-
-    [Option("repeat-last-n", Default = 64, HelpText = "Default repeat_last_n.")]
-    public int RepeatLastN { get; set; }
-
-    [Option("seed", HelpText = "Default seed (default: random per request).")]
-    public int? Seed { get; set; }
 
     public int Run() => RunAsync().GetAwaiter().GetResult();
 
@@ -47,11 +25,7 @@ public sealed class ServeVerb : ModelVerbBase
         var defaults = new GenerationOptions
         {
             MaxTokens = MaxTokens,
-            Sampling = new SamplingOptions
-            {
-                Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP,
-                RepeatPenalty = RepeatPenalty, RepeatLastN = RepeatLastN, Seed = Seed,
-            },
+            Sampling = Sampling(),
         };
         defaults.Validate();
         if (Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {Port}");
