@@ -307,7 +307,9 @@ public sealed partial class HubClient : IDisposable
     }
 
     private LrlException Network(string repo, string what, HttpRequestException e) =>
-        new($"{repo}: cannot reach {Endpoint} fetching {what}: {e.Message}");
+        e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError or HttpRequestError.SecureConnectionError
+            ? new($"{repo}: cannot reach {Endpoint} fetching {what}: {e.Message}")
+            : new($"{repo}: fetching {what} from {Endpoint} failed: {e.Message}; run pull again");
 
     private static IEnumerable<string> ShardsOf(string indexPath, string repo, string name)
     {
