@@ -270,4 +270,24 @@ public sealed class ServeTests(ServerProcess server) : IClassFixture<ServerProce
         Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
         Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
     }
+
+    [Fact]
+    public void APortInUseOrOutOfRangeIsAClearError()
+    {
+        var model = CliRunner.Model("stories260k");
+        var busy = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        busy.Start();
+        try
+        {
+            int port = ((IPEndPoint)busy.LocalEndpoint).Port;
+            var r = CliRunner.Run("serve", "--model", model, "--port", port.ToString());
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains($"cannot listen on 127.0.0.1:{port}", r.Stderr);
+            Assert.DoesNotContain("   at ", r.Stderr);
+        }
+        finally { busy.Stop(); }
+        var range = CliRunner.Run("serve", "--model", model, "--port", "70000");
+        Assert.Equal(2, range.ExitCode);
+        Assert.Contains("--port", range.Stderr);
+    }
 }
