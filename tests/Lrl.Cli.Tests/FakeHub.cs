@@ -36,6 +36,8 @@ public sealed class FakeHub : IAsyncDisposable
 
     private readonly WebApplication _app;
     public Dictionary<string, Repo> Repos { get; } = new(StringComparer.Ordinal);
+    /// <summary>Old repo id → new one: requests for the old id get a 307 to the same path under the new id, as the hub answers for renamed repos.</summary>
+    public Dictionary<string, string> Renamed { get; } = new(StringComparer.Ordinal);
     /// <summary>Every path requested, in order.</summary>
     public ConcurrentQueue<string> Requests { get; } = new();
     public string Endpoint { get; private set; } = "";
@@ -88,6 +90,15 @@ public sealed class FakeHub : IAsyncDisposable
             return;
         }
         var parts = path.Trim('/').Split('/');
+        foreach (var (old, now) in Renamed)
+        {
+            if (path.StartsWith($"/{old}/", StringComparison.Ordinal) || path.StartsWith($"/api/models/{old}/", StringComparison.Ordinal))
+            {
+                ctx.Response.StatusCode = 307;
+                ctx.Response.Headers.Location = path.Replace($"/{old}/", $"/{now}/") + ctx.Request.QueryString;
+                return;
+            }
+        }
         // /api/models/{owner}/{name}/revision/{rev}
         if (parts is ["api", "models", var owner, var name, "revision", var rev])
         {

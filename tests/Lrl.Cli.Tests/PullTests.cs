@@ -13,6 +13,8 @@ public sealed class FakeHubFixture : IAsyncLifetime
         {
             var models = Path.Combine(shared, "models");
             Hub.AddFolder("test/stories", Path.Combine(models, "stories260k"));
+            Hub.Renamed["old/stories"] = "test/stories";
+            Hub.Renamed["old/corrupt"] = "test/corrupt";
             var sharded = Hub.AddFolder("test/sharded", Path.Combine(models, "stories260k-bf16-sharded"));
             sharded.Files["consolidated.safetensors"] = new byte[64]; // not in the index: must not be fetched
             sharded.Listed.Add("consolidated.safetensors");
@@ -106,6 +108,21 @@ public sealed class PullTests(FakeHubFixture fixture) : IClassFixture<FakeHubFix
         var g = CliRunner.Run("generate", "--model", outDir, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "8");
         Assert.True(g.ExitCode == 0, g.Stderr);
         Assert.StartsWith(", there was", g.Stdout);
+    }
+
+    [Fact]
+    public void ARenamedRepoIsFollowedWithTheTokenAndHashChecks()
+    {
+        var source = CliRunner.Model("stories260k");
+        var outDir = Path.Combine(_dir, "renamed");
+        var r = Pull("old/stories", outDir, "--token", FakeHub.Token);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(RunFiles, Listing(outDir));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(source, "model.safetensors")), File.ReadAllBytes(Path.Combine(outDir, "model.safetensors")));
+
+        var corrupt = Pull("old/corrupt", Path.Combine(_dir, "renamed-corrupt"), "--token", FakeHub.Token);
+        Assert.Equal(2, corrupt.ExitCode);
+        Assert.Contains("model.safetensors is corrupt", corrupt.Stderr);
     }
 
     [Fact]

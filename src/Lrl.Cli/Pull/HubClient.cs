@@ -80,7 +80,7 @@ public sealed partial class HubClient : IDisposable
     public async Task<IReadOnlyList<HubFile>> ListFilesAsync(string repo, string revision, CancellationToken ct = default)
     {
         CheckRepo(repo);
-        var url = new Uri(_endpoint, $"api/models/{repo}/revision/{Uri.EscapeDataString(revision)}?blobs=true");
+        var url = new Uri(_endpoint, $"api/models/{repo}/revision/{Uri.EscapeDataString(revision)}?blobs=True");
         using var response = await SendAsync(url, repo, revision, null, ct);
         byte[] body;
         try { body = await response.Content.ReadAsByteArrayAsync(ct); }
@@ -246,7 +246,7 @@ public sealed partial class HubClient : IDisposable
         return total;
     }
 
-    /// <summary>What the hub's first answer says about an LFS file before redirecting to its storage.</summary>
+    /// <summary>What the hub says about an LFS file (x-linked-size, x-linked-etag = SHA-256) before redirecting to its storage.</summary>
     private sealed class LinkedHeaders
     {
         public long? Size;
@@ -272,10 +272,10 @@ public sealed partial class HubClient : IDisposable
                 }
                 catch (HttpRequestException e) { throw Network(repo, what, e); }
             }
-            if (linked is not null && hop == 0)
+            if (linked is not null && SameOrigin(url, _endpoint)) // the hub's own hops (a renamed repo redirects first), not the storage's
             {
-                if (Header(response, "x-linked-size") is { } ls && long.TryParse(ls, out var size)) linked.Size = size;
-                if (Header(response, "x-linked-etag")?.Trim('"') is { Length: 64 } h && h.All(char.IsAsciiHexDigit)) linked.Sha256 = h.ToLowerInvariant();
+                if (Header(response, "x-linked-size") is { } ls && long.TryParse(ls, out var size)) linked.Size ??= size;
+                if (linked.Sha256 is null && Header(response, "x-linked-etag")?.Trim('"') is { Length: 64 } h && h.All(char.IsAsciiHexDigit)) linked.Sha256 = h.ToLowerInvariant();
             }
             int status = (int)response.StatusCode;
             if (status is 301 or 302 or 303 or 307 or 308 && response.Headers.Location is { } location)
