@@ -40,6 +40,8 @@ public sealed class FakeHub : IAsyncDisposable
     public Dictionary<string, string> Renamed { get; } = new(StringComparer.Ordinal);
     /// <summary>Every path requested, in order.</summary>
     public ConcurrentQueue<string> Requests { get; } = new();
+    /// <summary>Every Range header received.</summary>
+    public ConcurrentQueue<string> Ranges { get; } = new();
     public string Endpoint { get; private set; } = "";
 
     public FakeHub()
@@ -146,9 +148,29 @@ public sealed class FakeHub : IAsyncDisposable
         await WriteAsync(ctx, bytes, repo.Truncated.Contains(parts[2]));
     }
 
-    private static async Task WriteAsync(HttpContext ctx, byte[] bytes, bool truncate)
+    /// <summary>Sends a file, honouring "Range: bytes=N-"; a truncated file drops the connection half-way (only when sent whole).</summary>
+    private async Task WriteAsync(HttpContext ctx, byte[] bytes, bool truncate)
     {
         ctx.Response.ContentType = "application/octet-stream";
+        ctx.Response.Headers.AcceptRanges = "bytes";
+        var range = ctx.Request.Headers.Range.ToString();
+        if (range.Length > 0)
+        {
+            Ranges.Enqueue(range);
+            var m = System.Text.RegularExpressions.Regex.Match(range, @"^bytes=(\d+)-$");
+            long from = m.Success ? long.Parse(m.Groups[1].Value) : -1;
+            if (from < 0 || from >= bytes.Length)
+            {
+                ctx.Response.StatusCode = 416;
+                ctx.Response.Headers.ContentRange = $"bytes */{bytes.Length}";
+                return;
+            }
+            ctx.Response.StatusCode = 206;
+            ctx.Response.Headers.ContentRange = $"bytes {from}-{bytes.Length - 1}/{bytes.Length}";
+            ctx.Response.ContentLength = bytes.Length - from;
+            await ctx.Response.Body.WriteAsync(bytes.AsMemory((int)from));
+            return;
+        }
         ctx.Response.ContentLength = bytes.Length;
         if (!truncate)
         {

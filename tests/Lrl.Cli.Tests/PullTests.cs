@@ -21,6 +21,7 @@ public sealed class FakeHubFixture : IAsyncLifetime
             Hub.AddFolder("test/truncated", Path.Combine(models, "stories260k")).Truncated.Add("tokenizer.json");
             Hub.AddFolder("test/truncated-weights", Path.Combine(models, "stories260k")).Truncated.Add("model.safetensors");
             Hub.AddFolder("test/corrupt", Path.Combine(models, "stories260k")).WrongHash.Add("model.safetensors");
+            Hub.AddFolder("test/resume", Path.Combine(models, "stories260k")).Truncated.Add("model.safetensors");
             Hub.AddFolder("test/missing-file", Path.Combine(models, "stories260k")).Files.Remove("tokenizer.json");
             var pt = Hub.AddFolder("test/pytorch-only", Path.Combine(models, "stories260k"));
             pt.Files.Remove("model.safetensors");
@@ -154,7 +155,44 @@ public sealed class PullTests(FakeHubFixture fixture) : IClassFixture<FakeHubFix
         Assert.Matches($@"download of {Regex.Escape(file)} (ended|failed) after|{Regex.Escape(file)} is corrupt|fetching {Regex.Escape(file)}", r.Stderr);
         Assert.DoesNotContain("   at ", r.Stderr);
         Assert.False(File.Exists(Path.Combine(outDir, file)));
-        Assert.DoesNotContain(Directory.GetFiles(outDir), f => f.EndsWith(".part"));
+        // Only the hidden part file of a transfer cut short may remain (for the next pull to resume); a corrupt one is deleted.
+        var part = Path.Combine(outDir, $".{file}.part");
+        if (why == "SHA-256") Assert.False(File.Exists(part));
+        Assert.DoesNotContain(Directory.GetFiles(outDir), f => f.EndsWith(".part") && f != part);
+    }
+
+    [Fact]
+    public void AnInterruptedWeightDownloadResumesAndIsVerified()
+    {
+        var source = File.ReadAllBytes(Path.Combine(CliRunner.Model("stories260k"), "model.safetensors"));
+        var outDir = Path.Combine(_dir, "resume");
+        var first = Pull("test/resume", outDir, "--token", FakeHub.Token); // the hub drops whole-file transfers half-way
+        Assert.Equal(2, first.ExitCode);
+        var part = Path.Combine(outDir, ".model.safetensors.part");
+        Assert.False(File.Exists(Path.Combine(outDir, "model.safetensors")));
+
+        var second = Pull("test/resume", outDir, "--token", FakeHub.Token); // range requests are answered in full
+        Assert.True(second.ExitCode == 0, second.Stderr);
+        Assert.Equal(source, File.ReadAllBytes(Path.Combine(outDir, "model.safetensors")));
+        Assert.False(File.Exists(part));
+
+        // Deterministically: a part holding the first 300000 bytes is completed with a range request for the rest.
+        File.Delete(Path.Combine(outDir, "model.safetensors"));
+        File.WriteAllBytes(part, source[..300_000]);
+        var resumed = Pull("test/resume", outDir, "--token", FakeHub.Token);
+        Assert.True(resumed.ExitCode == 0, resumed.Stderr);
+        Assert.Contains("model.safetensors: resuming after 300.0 KB", resumed.Stderr);
+        Assert.Contains("bytes=300000-", Hub.Ranges);
+        Assert.Equal(source, File.ReadAllBytes(Path.Combine(outDir, "model.safetensors")));
+        Assert.False(File.Exists(part));
+
+        // A stale part that does not match the file is caught by the hash and replaced on the next run.
+        File.Delete(Path.Combine(outDir, "model.safetensors"));
+        File.WriteAllBytes(part, new byte[1000]);
+        var stale = Pull("test/resume", outDir, "--token", FakeHub.Token);
+        Assert.Equal(2, stale.ExitCode);
+        Assert.Contains("model.safetensors is corrupt", stale.Stderr);
+        Assert.False(File.Exists(part));
     }
 
     [Fact]

@@ -18,7 +18,7 @@ public sealed record PullResult(string Directory, IReadOnlyList<string> Download
 /// lists the repo with <c>GET {endpoint}/api/models/{repo}/revision/{rev}</c>, fetches each file from
 /// <c>{endpoint}/{repo}/resolve/{rev}/{file}</c>. Each file is written to a temporary file in the target folder and
 /// renamed when complete (and its SHA-256 checked when the hub gives one), so a folder never holds half a file;
-/// files already there with the hub's size are skipped.
+/// files already there with the hub's size are skipped, and an interrupted weight download resumes where it stopped.
 /// </summary>
 public sealed partial class HubClient : IDisposable
 {
@@ -157,7 +157,12 @@ public sealed partial class HubClient : IDisposable
         return new PullResult(directory, downloaded, upToDate, bytes);
     }
 
-    /// <summary>Downloads one file unless it is already complete; returns the bytes written, or -1 when skipped.</summary>
+    /// <summary>
+    /// Downloads one file unless it is already complete; returns the bytes fetched, or -1 when skipped. Data goes to
+    /// <c>.{name}.part</c> (held open exclusively) and is renamed to the file's name only when complete and verified;
+    /// a transfer cut short leaves the part for the next run to resume with a Range request (weights only, whose
+    /// SHA-256 the hub gives, so a resumed file is still checked end to end).
+    /// </summary>
     public async Task<long> DownloadAsync(string repo, string revision, HubFile file, string directory, CancellationToken ct = default)
     {
         if (!IsPlainName(file.Name)) throw new LrlException($"{repo}: refusing file name '{file.Name}' (not a plain file name)");
@@ -168,44 +173,84 @@ public sealed partial class HubClient : IDisposable
             return -1;
         }
         var url = new Uri(_endpoint, $"{repo}/resolve/{Uri.EscapeDataString(revision)}/{Uri.EscapeDataString(file.Name)}");
-        var linked = new LinkedHeaders();
-        using var response = await SendAsync(url, repo, revision, file.Name, ct, linked);
-        long? expected = linked.Size ?? response.Content.Headers.ContentLength ?? file.Size;
-        if (expected is { } e && File.Exists(path) && new FileInfo(path).Length == e)
-        {
-            _log?.WriteLine($"  {file.Name}: up to date ({Size(e)})");
-            return -1;
-        }
-
-        var tmp = Path.Combine(directory, $".{file.Name}.{Environment.ProcessId}.part");
+        var part = Path.Combine(directory, $".{file.Name}.part");
+        FileStream output;
+        try { output = new FileStream(part, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1 << 16, useAsync: true); }
+        catch (IOException e) { throw new LrlException($"{repo}: cannot write {part} ({e.Message}); is another pull writing into {directory}?"); }
+        bool keepPart = false;
+        HttpResponseMessage? response = null;
         try
         {
-            long written;
-            string? sha = linked.Sha256;
-            using (var hash = sha is null ? null : IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
+            long have = output.Length;
+            var linked = new LinkedHeaders();
+            response = await SendAsync(url, repo, revision, file.Name, ct, linked, have);
+            bool partial = response.StatusCode == HttpStatusCode.PartialContent;
+            long? total = linked.Size ?? (partial ? response.Content.Headers.ContentRange?.Length : response.Content.Headers.ContentLength) ?? file.Size;
+            bool resume = have > 0 && partial && response.Content.Headers.ContentRange?.From == have
+                          && linked.Sha256 is not null && total is { } t0 && have < t0;
+            if (have > 0 && !resume && (partial || response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable))
             {
-                await using (var output = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
-                {
-                    written = await CopyAsync(response, output, hash, file.Name, expected, repo, ct);
-                    await output.FlushAsync(ct);
-                    output.Flush(flushToDisk: true);
-                }
-                if (expected is { } n && written != n)
-                    throw new LrlException($"{repo}: download of {file.Name} ended after {written} of {n} bytes; run pull again");
-                if (hash is not null && Convert.ToHexStringLower(hash.GetHashAndReset()) is var got && got != sha)
-                    throw new LrlException($"{repo}: {file.Name} is corrupt (SHA-256 {got}, the hub says {sha}); run pull again");
+                // Not resumable (no hash to check the whole file by, or the part does not fit): start over.
+                response.Dispose();
+                have = 0;
+                linked = new LinkedHeaders();
+                response = await SendAsync(url, repo, revision, file.Name, ct, linked, 0);
+                total = linked.Size ?? response.Content.Headers.ContentLength ?? file.Size;
             }
-            File.Move(tmp, path, overwrite: true);
-            return written;
+            if (total is { } e && File.Exists(path) && new FileInfo(path).Length == e)
+            {
+                _log?.WriteLine($"  {file.Name}: up to date ({Size(e)})");
+                return -1;
+            }
+
+            string? sha = linked.Sha256;
+            using var hash = sha is null ? null : IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            if (resume)
+            {
+                _log?.WriteLine($"  {file.Name}: resuming after {Size(have)}");
+                output.Position = 0;
+                var buffer = new byte[1 << 20];
+                for (long left = have; left > 0;)
+                {
+                    int n = await output.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, left)), ct);
+                    if (n == 0) break;
+                    hash!.AppendData(buffer, 0, n);
+                    left -= n;
+                }
+                output.Position = have;
+            }
+            else
+            {
+                have = 0;
+                output.SetLength(0);
+            }
+
+            keepPart = true; // from here a transfer cut short (network, stall, Ctrl+C) leaves the part to resume
+            long fetched = await CopyAsync(response, output, hash, file.Name, have, total, repo, ct);
+            await output.FlushAsync(ct);
+            output.Flush(flushToDisk: true);
+            long size = have + fetched;
+            if (total is { } n0 && size < n0)
+                throw new LrlException($"{repo}: download of {file.Name} ended after {size} of {n0} bytes; run pull again to resume");
+            keepPart = false;
+            if (total is { } n1 && size > n1)
+                throw new LrlException($"{repo}: {file.Name} came out as {size} bytes, more than the {n1} the hub announced; run pull again");
+            if (hash is not null && Convert.ToHexStringLower(hash.GetHashAndReset()) is var got && got != sha)
+                throw new LrlException($"{repo}: {file.Name} is corrupt (SHA-256 {got}, the hub says {sha}); run pull again");
+            await output.DisposeAsync();
+            File.Move(part, path, overwrite: true);
+            return fetched;
         }
         finally
         {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            response?.Dispose();
+            await output.DisposeAsync();
+            if (!keepPart) { try { File.Delete(part); } catch (IOException) { } catch (UnauthorizedAccessException) { } }
         }
     }
 
     private async Task<long> CopyAsync(HttpResponseMessage response, Stream output, IncrementalHash? hash, string name,
-        long? expected, string repo, CancellationToken ct)
+        long start, long? expected, string repo, CancellationToken ct)
     {
         using var stall = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var buffer = new byte[1 << 20];
@@ -229,17 +274,17 @@ public sealed partial class HubClient : IDisposable
                 {
                     lastReport = clock.Elapsed;
                     var of = expected is { } x ? $"/{Size(x)}" : "";
-                    _log!.Write($"\r  {name}: {Size(total)}{of}  {total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s   ");
+                    _log!.Write($"\r  {name}: {Size(start + total)}{of}  {total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s   ");
                 }
             }
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            throw new LrlException($"{repo}: download of {name} stalled (no data for {StallTimeout.TotalSeconds:F0} s after {Size(total)}); run pull again");
+            throw new LrlException($"{repo}: download of {name} stalled (no data for {StallTimeout.TotalSeconds:F0} s after {Size(start + total)}); run pull again to resume");
         }
         catch (Exception e) when (e is HttpRequestException or IOException && !ct.IsCancellationRequested)
         {
-            throw new LrlException($"{repo}: download of {name} failed after {Size(total)}: {e.Message}; run pull again");
+            throw new LrlException($"{repo}: download of {name} failed after {Size(start + total)}: {e.Message}; run pull again to resume");
         }
         if (interactive) _log!.Write("\r");
         _log?.WriteLine($"  {name}: {Size(total)} in {clock.Elapsed.TotalSeconds:F1} s ({total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s)");
@@ -254,13 +299,15 @@ public sealed partial class HubClient : IDisposable
     }
 
     /// <summary>GET with redirects followed by hand; non-success statuses become errors naming repo and file.</summary>
-    private async Task<HttpResponseMessage> SendAsync(Uri url, string repo, string revision, string? file, CancellationToken ct, LinkedHeaders? linked = null)
+    private async Task<HttpResponseMessage> SendAsync(Uri url, string repo, string revision, string? file, CancellationToken ct,
+        LinkedHeaders? linked = null, long rangeFrom = 0)
     {
         string what = file is null ? $"the file list of revision '{revision}'" : file;
         for (int hop = 0; hop < 10; hop++)
         {
             using var request = new HttpRequestMessage(HttpMethod.Get, url);
             if (_token is not null && SameOrigin(url, _endpoint)) request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _token);
+            if (rangeFrom > 0) request.Headers.Range = new RangeHeaderValue(rangeFrom, null);
             HttpResponseMessage response;
             using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct))
             {
@@ -284,7 +331,7 @@ public sealed partial class HubClient : IDisposable
                 url = new Uri(url, location);
                 continue;
             }
-            if (response.IsSuccessStatusCode) return response;
+            if (response.IsSuccessStatusCode || (rangeFrom > 0 && status == 416)) return response;
             using (response) throw StatusError(response, repo, revision, file, what);
         }
         throw new LrlException($"{repo}: too many redirects fetching {what}");

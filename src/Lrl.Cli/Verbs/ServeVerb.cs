@@ -15,7 +15,7 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("name", HelpText = "Model id reported by /v1/models (default: the model folder's name).")]
     public string? Name { get; set; }
 
-    [Option('n', "max-tokens", Default = 256, HelpText = "max_tokens for requests that give none (sampling options below are defaults the same way).")]
+    [Option('n', "max-tokens", Default = 256, HelpText = "max_tokens for requests that give none (the sampling options are request defaults too).")]
     public int MaxTokens { get; set; }
 
     public int Run() => RunAsync().GetAwaiter().GetResult();
