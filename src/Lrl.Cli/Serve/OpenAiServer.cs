@@ -142,6 +142,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         try
         {
             await next(ctx);
+            note = ctx.RequestAborted.IsCancellationRequested ? "client disconnected" : ctx.Items["usage"] as string ?? "";
         }
         catch (ApiException e)
         {
@@ -249,6 +250,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }, ct);
         var stats = _model.LastStats;
         if (stats.FinishReason == FinishReason.Cancelled) return;
+        ctx.Items["usage"] = UsageNote(stats);
         var choice = new JsonObject { ["index"] = 0 };
         if (chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text };
         else choice["text"] = text;
@@ -277,6 +279,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         var stats = _model.LastStats;
         if (stats.FinishReason == FinishReason.Cancelled) return;
+        ctx.Items["usage"] = UsageNote(stats);
         await SendAsync(Chunk(chat ? new JsonObject() : "", FinishReasonName(stats.FinishReason)));
         if (request.IncludeUsage)
         {
@@ -310,6 +313,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         ["id"] = id, ["object"] = kind, ["created"] = created, ["model"] = _options.ModelId,
     };
+
+    private static string UsageNote(GenerationStats s) =>
+        $"prompt {s.PromptTokens} tokens ({s.CachedTokens} cached), generated {s.GeneratedTokens} at {s.DecodeTokensPerSecond:F1} tok/s, {FinishReasonName(s.FinishReason)}";
 
     private static JsonObject Usage(GenerationStats s) => new()
     {
