@@ -1,0 +1,253 @@
+using System.Numerics.Tensors;
+
+namespace Lrl.Cpu;
+
+/// <summary>The linear-attention ops on host memory: SIMD (System.Numerics.Tensors) over rows and head vectors.</summary>
+public sealed partial class CpuBackend : ILinearAttentionOps
+{
+    private static float[] V(Weight w) => w switch
+    {
+        CpuVector v => v.Data,
+        _ => throw new ArgumentException($"{w.Name}: expected a vector weight, got {w}"),
+    };
+
+    private static Span<float> S(DeviceBuffer b, long n) => D(b).AsSpan(0, checked((int)n));
+
+    public void Sigmoid(DeviceBuffer x, long n) { var s = S(x, n); TensorPrimitives.Sigmoid(s, s); }
+
+    public void Silu(DeviceBuffer x, long n)
+    {
+        var s = S(x, n);
+        for (int i = 0; i < s.Length; i++) { float v = s[i]; s[i] = v / (1f + MathF.Exp(-v)); }
+    }
+
+    public void Tanh(DeviceBuffer x, long n) { var s = S(x, n); TensorPrimitives.Tanh(s, s); }
+
+    public void ReluSquare(DeviceBuffer x, long n)
+    {
+        var s = S(x, n);
+        TensorPrimitives.Max(s, 0f, s);
+        TensorPrimitives.Multiply(s, s, s);
+    }
+
+    public void Multiply(DeviceBuffer a, DeviceBuffer b, long n) { var s = S(a, n); TensorPrimitives.Multiply(s, S(b, n), s); }
+
+    public void Scale(DeviceBuffer x, float f, long n) { var s = S(x, n); TensorPrimitives.Multiply(s, f, s); }
+
+    public void MultiplyRow(DeviceBuffer x, Weight v, DeviceBuffer y, int rows)
+    {
+        var m = V(v); int n = m.Length; var X = D(x); var Y = D(y);
+        for (int r = 0; r < rows; r++) TensorPrimitives.Multiply(X.AsSpan(r * n, n), m, Y.AsSpan(r * n, n));
+    }
+
+    public void TokenShift(DeviceBuffer x, DeviceBuffer state, DeviceBuffer prev, int rows, int width)
+    {
+        var X = D(x); var St = D(state); var P = D(prev);
+        St.AsSpan(0, width).CopyTo(P.AsSpan(0, width));
+        if (rows > 1) X.AsSpan(0, (rows - 1) * width).CopyTo(P.AsSpan(width, (rows - 1) * width));
+        X.AsSpan((rows - 1) * width, width).CopyTo(St.AsSpan(0, width));
+    }
+
+    public void LerpRow(DeviceBuffer a, DeviceBuffer b, Weight mix, DeviceBuffer y, int rows)
+    {
+        var m = V(mix); int n = m.Length; var A = D(a); var B = D(b); var Y = D(y);
+        for (int r = 0; r < rows; r++)
+        {
+            var ar = A.AsSpan(r * n, n); var br = B.AsSpan(r * n, n); var yr = Y.AsSpan(r * n, n);
+            // y = a + (b - a)·m, elementwise so y may alias a or b.
+            for (int i = 0; i < n; i++) { float av = ar[i]; yr[i] = av + (br[i] - av) * m[i]; }
+        }
+    }
+
+    public void Lerp(DeviceBuffer a, DeviceBuffer b, DeviceBuffer t, DeviceBuffer y, long n)
+    {
+        var A = S(a, n); var B = S(b, n); var T = S(t, n); var Y = S(y, n);
+        for (int i = 0; i < Y.Length; i++) { float av = A[i]; Y[i] = av + (B[i] - av) * T[i]; }
+    }
+
+    public void GroupNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, int groups, float eps)
+    {
+        var g = V(w); var bias = V(b); int n = g.Length, gs = n / groups;
+        if (gs * groups != n) throw new ArgumentException($"group norm: width {n} is not a multiple of {groups} groups");
+        var X = D(x); var Y = D(y);
+        for (int r = 0; r < rows; r++)
+            for (int k = 0; k < groups; k++)
+            {
+                int o = r * n + k * gs;
+                var xr = X.AsSpan(o, gs); var yr = Y.AsSpan(o, gs);
+                float mean = TensorPrimitives.Sum(xr) / gs;
+                TensorPrimitives.Subtract(xr, mean, yr);
+                float inv = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(yr) / gs + eps);
+                TensorPrimitives.Multiply(yr, inv, yr);
+                TensorPrimitives.FusedMultiplyAdd(yr, g.AsSpan(k * gs, gs), bias.AsSpan(k * gs, gs), yr);
+            }
+    }
+
+    public void L2NormalizeGroups(DeviceBuffer x, int rows, int width, int groupSize, float eps)
+    {
+        var X = D(x);
+        for (int o = 0; o < rows * width; o += groupSize)
+        {
+            var s = X.AsSpan(o, groupSize);
+            float inv = 1f / MathF.Max(MathF.Sqrt(TensorPrimitives.SumOfSquares(s)), eps);
+            TensorPrimitives.Multiply(s, inv, s);
+        }
+    }
+
+    public void Wkv5(DeviceBuffer r, DeviceBuffer k, DeviceBuffer v, Weight decay, Weight bonus, DeviceBuffer state,
+                     DeviceBuffer output, int rows, int heads, int headSize)
+    {
+        var R = D(r); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output);
+        var w = V(decay); var u = V(bonus);
+        int c = heads * headSize, n = headSize;
+        for (int t = 0; t < rows; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int b = t * c + h * n;
+                var vt = Vv.AsSpan(b, n);
+                var o = O.AsSpan(b, n);
+                o.Clear();
+                for (int i = 0; i < n; i++)
+                {
+                    var s = St.AsSpan((h * n + i) * n, n);
+                    float ri = R[b + i], ki = K[b + i];
+                    // o += r_i·(u_i·k_i·v + s_i);  s_i = s_i·w_i + k_i·v
+                    TensorPrimitives.MultiplyAdd(vt, ri * u[h * n + i] * ki, o, o);
+                    TensorPrimitives.MultiplyAdd(s, ri, o, o);
+                    TensorPrimitives.Multiply(s, w[h * n + i], s);
+                    TensorPrimitives.MultiplyAdd(vt, ki, s, s);
+                }
+            }
+    }
+
+    public void Wkv7(DeviceBuffer r, DeviceBuffer w, DeviceBuffer k, DeviceBuffer v, DeviceBuffer kk, DeviceBuffer a,
+                     DeviceBuffer state, DeviceBuffer output, int rows, int heads, int headSize)
+    {
+        var R = D(r); var Wd = D(w); var K = D(k); var Vv = D(v); var KK = D(kk); var A = D(a);
+        var St = D(state); var O = D(output);
+        int c = heads * headSize, n = headSize;
+        Span<float> beta = n <= 1024 ? stackalloc float[n] : new float[n];
+        for (int t = 0; t < rows; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int b = t * c + h * n;
+                var kkh = KK.AsSpan(b, n); var wh = Wd.AsSpan(b, n); var kh = K.AsSpan(b, n); var rh = R.AsSpan(b, n);
+                TensorPrimitives.Multiply(kkh, A.AsSpan(b, n), beta);
+                for (int i = 0; i < n; i++)
+                {
+                    var s = St.AsSpan((h * n + i) * n, n);
+                    float sa = -TensorPrimitives.Dot(s, kkh);
+                    // s = s·w + sa·β + v_i·k
+                    TensorPrimitives.Multiply(s, wh, s);
+                    TensorPrimitives.MultiplyAdd(beta, sa, s, s);
+                    TensorPrimitives.MultiplyAdd(kh, Vv[b + i], s, s);
+                    O[b + i] = TensorPrimitives.Dot(s, rh);
+                }
+            }
+    }
+
+    public void Rwkv7Decay(DeviceBuffer w, long n)
+    {
+        var s = S(w, n);
+        float c = MathF.Exp(-0.5f);
+        for (int i = 0; i < s.Length; i++) s[i] = MathF.Exp(-c / (1f + MathF.Exp(-s[i])));
+    }
+
+    public void Rwkv7KeyScale(DeviceBuffer k, DeviceBuffer a, Weight kA, int rows)
+    {
+        var ka = V(kA); int n = ka.Length; var K = D(k); var A = D(a);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < n; i++) K[r * n + i] *= 1f + (A[r * n + i] - 1f) * ka[i];
+    }
+
+    public void Rwkv7Bonus(DeviceBuffer r, DeviceBuffer k, DeviceBuffer v, Weight rK, DeviceBuffer output, int rows, int heads, int headSize)
+    {
+        var R = D(r); var K = D(k); var Vv = D(v); var rk = V(rK); var O = D(output);
+        int c = heads * headSize, n = headSize;
+        for (int t = 0; t < rows; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int b = t * c + h * n;
+                float s = 0;
+                for (int j = 0; j < n; j++) s += R[b + j] * K[b + j] * rk[h * n + j];
+                var o = O.AsSpan(b, n);
+                TensorPrimitives.MultiplyAdd(Vv.AsSpan(b, n), s, o, o);
+            }
+    }
+
+    public void LightningRecurrent(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
+                                   DeviceBuffer output, int rows, int heads, int keyDim, int valueDim)
+    {
+        var Q = D(q); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output); var sl = V(slopes);
+        for (int t = 0; t < rows; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                float lambda = MathF.Exp(-sl[h]);
+                int qb = (t * heads + h) * keyDim, vb = (t * heads + h) * valueDim, sb = h * keyDim * valueDim;
+                var vt = Vv.AsSpan(vb, valueDim);
+                var o = O.AsSpan(vb, valueDim);
+                o.Clear();
+                for (int i = 0; i < keyDim; i++)
+                {
+                    var s = St.AsSpan(sb + i * valueDim, valueDim);
+                    TensorPrimitives.Multiply(s, lambda, s);
+                    TensorPrimitives.MultiplyAdd(vt, K[qb + i], s, s);
+                    TensorPrimitives.MultiplyAdd(s, Q[qb + i], o, o);
+                }
+            }
+    }
+
+    private float[] _lightningScratch = [];
+
+    public void LightningChunked(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
+                                 DeviceBuffer output, int rows, int heads, int keyDim, int valueDim, int blockSize)
+    {
+        if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "block size must be ≥ 1");
+        var Q = D(q); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output); var sl = V(slopes);
+        int bs = Math.Min(blockSize, rows);
+        // Scratch: the block's decayed scores [bs] and the decayed key row [keyDim]; grown once, reused.
+        if (_lightningScratch.Length < bs + keyDim) _lightningScratch = new float[bs + keyDim];
+        var scores = _lightningScratch.AsSpan(0, bs);
+        var kdec = _lightningScratch.AsSpan(bs, keyDim);
+        int qs = heads * keyDim, vs = heads * valueDim;
+        for (int h = 0; h < heads; h++)
+        {
+            float lambda = MathF.Exp(-sl[h]);
+            var kv = St.AsSpan(h * keyDim * valueDim, keyDim * valueDim);
+            for (int s0 = 0; s0 < rows; s0 += bs)
+            {
+                int m = Math.Min(bs, rows - s0);
+                for (int j = 0; j < m; j++)
+                {
+                    int t = s0 + j;
+                    var qt = Q.AsSpan(t * qs + h * keyDim, keyDim);
+                    var o = O.AsSpan(t * vs + h * valueDim, valueDim);
+                    // Inter-block: λ^(j+1)·q_t·KV_prev.
+                    o.Clear();
+                    for (int i = 0; i < keyDim; i++)
+                        TensorPrimitives.MultiplyAdd(kv.Slice(i * valueDim, valueDim), qt[i], o, o);
+                    TensorPrimitives.Multiply(o, MathF.Pow(lambda, j + 1), o);
+                    // Intra-block: Σ_{s ≤ t in block} λ^(t−s)(q_t·k_s)v_s.
+                    for (int s = 0; s <= j; s++)
+                        scores[s] = TensorPrimitives.Dot(qt, K.AsSpan((s0 + s) * qs + h * keyDim, keyDim)) * MathF.Pow(lambda, j - s);
+                    for (int s = 0; s <= j; s++)
+                        TensorPrimitives.MultiplyAdd(Vv.AsSpan((s0 + s) * vs + h * valueDim, valueDim), scores[s], o, o);
+                }
+                // KV = λ^m·KV + Σ_s λ^(m−1−s)·k_sᵀv_s.
+                TensorPrimitives.Multiply(kv, MathF.Pow(lambda, m), kv);
+                for (int s = 0; s < m; s++)
+                {
+                    TensorPrimitives.Multiply(K.AsSpan((s0 + s) * qs + h * keyDim, keyDim), MathF.Pow(lambda, m - 1 - s), kdec);
+                    var vrow = Vv.AsSpan((s0 + s) * vs + h * valueDim, valueDim);
+                    for (int i = 0; i < keyDim; i++)
+                    {
+                        var kvRow = kv.Slice(i * valueDim, valueDim);
+                        TensorPrimitives.MultiplyAdd(vrow, kdec[i], kvRow, kvRow);
+                    }
+                }
+            }
+        }
+    }
+
+    public void Zero(DeviceBuffer x, long n) => S(x, n).Clear();
+}
