@@ -23,8 +23,9 @@ public sealed record RwkvConfig(
             c.GetInt("num_hidden_layers"),
             c.GetInt("vocab_size"),
             c.GetDouble("layer_norm_epsilon", 1e-5),
-            // RWKV v5.2 and v7 normalise the WKV output per head with GroupNorm(eps = 1e-5 · head_size_divisor² = 64e-5).
-            c.GetDouble("group_norm_epsilon", 64e-5));
+            // The per-head GroupNorm of the WKV output: rwkv.cpp uses eps 1e-5 for v5.2 and 64e-5 for v7 (as the
+            // x070 reference does); both confirmed against rwkv.cpp's expected logits.
+            c.GetDouble("group_norm_epsilon", type == "rwkv5" ? 1e-5 : 64e-5));
         if (cfg.HiddenSize <= 0 || cfg.NumLayers <= 0 || cfg.VocabSize <= 0)
             throw new ModelFormatException(c.Path, "hidden_size, num_hidden_layers and vocab_size must be positive");
         return cfg;
