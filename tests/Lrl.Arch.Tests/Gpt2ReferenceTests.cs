@@ -68,7 +68,7 @@ public class Gpt2ReferenceTests
     }
 
     [Fact]
-    public void CpuMatchesReferenceBackendOnEveryPositionAndDecodeAllocatesNothing()
+    public void CpuMatchesReferenceBackendOnEveryPosition()
     {
         var dir = SharedData.Model("capp-gpt2-tiny");
         using var cpu = new CpuBackend(2);
@@ -83,14 +83,6 @@ public class Gpt2ReferenceTests
         Assert.True(Rel(la, lb) < 1e-5, $"relative L2 {Rel(la, lb):E2}");
         Assert.True(a.ParameterCount > 0 && a.WeightBytesPerToken > 0);
         Assert.Equal("F32", a.WeightFormat);
-
-        var logits = new float[a.VocabSize];
-        var one = new int[1];
-        int pos = ids.Length;
-        for (int i = 0; i < 5; i++) { one[0] = ArgMax(logits); a.Forward(one, pos++, logits); }
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        for (int i = 0; i < 30; i++) { one[0] = ArgMax(logits); a.Forward(one, pos++, logits); }
-        Assert.Equal(0, GC.GetTotalAllocatedBytes(precise: true) - before);
     }
 
     internal static double Rel(float[] a, float[] b)
