@@ -62,9 +62,11 @@ public class RwkvReferenceTests
         double diff = 0;
         for (int i = 0; i < expected.Length; i++) diff += Math.Abs(all[2 * model.VocabSize + i] - expected[i]);
         Assert.True(diff <= 1e-3, $"batched prefill: summed absolute logit difference {diff:E3}");
-        // startPos 0 resets the state: running again gives the same logits.
+        // startPos 0 resets the state: running again gives the same logits (last-token mode runs the head as a GEMV
+        // instead of a 3-row product, so allow f32 rounding differences).
         var again = new float[model.VocabSize];
         model.Forward(ids, 0, again);
-        Assert.Equal(all.AsSpan(2 * model.VocabSize).ToArray(), again);
+        double err = Rand.RelErr(again, all.AsSpan(2 * model.VocabSize).ToArray());
+        Assert.True(err < 1e-6, $"rerun after reset: relative error {err:E2}");
     }
 }

@@ -55,13 +55,12 @@ public class StateAndAllocationTests
         pos = 0;
         model.Forward([34], pos++, logits);
         long alloc10 = DecodeAllocations(model, ref pos, 9, logits, one);
-        long stateAt10 = model.StateFloats, heapAt10 = GC.GetTotalMemory(true);
+        long stateAt10 = model.StateFloats;
         long alloc200 = DecodeAllocations(model, ref pos, 190, logits, one);
-        long stateAt200 = model.StateFloats, heapAt200 = GC.GetTotalMemory(true);
+        long stateAt200 = model.StateFloats;
         Assert.Equal(200, model.Position);
         Assert.Equal(stateAt10, stateAt200);
         Assert.True(alloc10 == 0 && alloc200 == 0, $"allocated {alloc10} bytes over tokens 1..10 and {alloc200} over 10..200");
-        Assert.True(heapAt200 <= heapAt10 + 4096, $"heap grew from {heapAt10} to {heapAt200} bytes between 10 and 200 tokens");
         // The state is per layer: two token-shift vectors and one [H, S, S] matrix.
         var cfg = model.Config;
         long perLayer = 2L * cfg.HiddenSize + (long)cfg.HiddenSize * (cfg.HiddenSize / (model is Rwkv5 r5 ? r5.Heads : ((Rwkv7)model).Heads));
