@@ -41,7 +41,7 @@ public class RwkvReferenceTests
             for (int i = 0; i < ids.Length; i++) model.Forward([ids[i]], i, logits);
             double diff = 0;
             for (int i = 0; i < expected.Length; i++) diff += Math.Abs(logits[i] - expected[i]);
-            TestContext.Current.SendDiagnosticMessage($"{name} {backendName}: Σ|Δlogit| = {diff:E3}");
+            TestContext.Current.TestOutputHelper?.WriteLine($"{name} {backendName}: Σ|Δlogit| = {diff:E3}");
             Assert.True(diff <= 1e-3, $"{name} on {backendName}: summed absolute logit difference {diff:E3} > 0.001");
             // The JSON reference carries the same logits rounded to 6 decimals.
             var json = reference.GetProperty("logits").EnumerateArray().Select(e => e.GetDouble()).ToArray();
