@@ -99,3 +99,49 @@ public class Gpt2ReferenceTests
         return best;
     }
 }
+
+/// <summary>The Conv1D transpose at load works in the stored dtype: f16 and bf16 copies of capp-gpt2-tiny.</summary>
+public class Gpt2HalfPrecisionTests
+{
+    [Theory]
+    [InlineData(DType.F16, 2e-3)]
+    [InlineData(DType.BF16, 2e-2)]
+    public void HalfPrecisionCopyMatchesF32WithinDtypeTolerance(DType dtype, double tol)
+    {
+        var src = SharedData.Model("capp-gpt2-tiny");
+        var dir = Directory.CreateTempSubdirectory("lrl-gpt2-half").FullName;
+        try
+        {
+            File.Copy(Path.Combine(src, "config.json"), Path.Combine(dir, "config.json"));
+            using (var ck = Lrl.Loading.Checkpoint.Open(src))
+            {
+                var w = new Lrl.Loading.SafeTensorsWriter();
+                foreach (var t in ck.Tensors)
+                {
+                    var f = t.ToFloatArray();
+                    var bytes = new byte[f.Length * 2];
+                    for (int i = 0; i < f.Length; i++)
+                    {
+                        ushort bits = dtype == DType.F16 ? BitConverter.HalfToUInt16Bits((Half)f[i]) : DTypes.FloatToBF16(f[i]);
+                        BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), bits);
+                    }
+                    w.Add(t.Name, dtype, t.Shape, bytes);
+                }
+                w.Write(Path.Combine(dir, "model.safetensors"));
+            }
+            using var backend = new Lrl.Cpu.CpuBackend(2);
+            using var full = ModelRegistry.Load(src, backend);
+            using var half = ModelRegistry.Load(dir, backend);
+            Assert.Equal(dtype.ToString(), half.WeightFormat);
+            int[] ids = [49, 0, 7, 15, 17, 21, 26, 50];
+            var a = new float[ids.Length * full.VocabSize];
+            var b = new float[ids.Length * half.VocabSize];
+            full.Forward(ids, 0, a);
+            half.Forward(ids, 0, b);
+            double err = Gpt2ReferenceTests.Rel(b, a);
+            Assert.True(err < tol, $"{dtype}: relative L2 error {err:E2} vs the f32 checkpoint");
+            Assert.Equal(Gpt2ReferenceTests.ArgMax(a.AsSpan(^full.VocabSize..)), Gpt2ReferenceTests.ArgMax(b.AsSpan(^half.VocabSize..)));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
