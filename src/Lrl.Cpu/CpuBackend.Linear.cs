@@ -11,6 +11,10 @@ public sealed partial class CpuBackend : ILinearAttentionOps
         _ => throw new ArgumentException($"{w.Name}: expected a vector weight, got {w}"),
     };
 
+    private LinearHeadJob? _linearJob;
+    /// <summary>The per-head recurrent kernels, created on first use and reused.</summary>
+    private LinearHeadJob LinearJob => _linearJob ??= new LinearHeadJob(_pool.ThreadCount);
+
     private static Span<float> S(DeviceBuffer b, long n) => D(b).AsSpan(0, checked((int)n));
 
     public void Sigmoid(DeviceBuffer x, long n) { var s = S(x, n); TensorPrimitives.Sigmoid(s, s); }
@@ -95,56 +99,12 @@ public sealed partial class CpuBackend : ILinearAttentionOps
     }
 
     public void Wkv5(DeviceBuffer r, DeviceBuffer k, DeviceBuffer v, Weight decay, Weight bonus, DeviceBuffer state,
-                     DeviceBuffer output, int rows, int heads, int headSize)
-    {
-        var R = D(r); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output);
-        var w = V(decay); var u = V(bonus);
-        int c = heads * headSize, n = headSize;
-        for (int t = 0; t < rows; t++)
-            for (int h = 0; h < heads; h++)
-            {
-                int b = t * c + h * n;
-                var vt = Vv.AsSpan(b, n);
-                var o = O.AsSpan(b, n);
-                o.Clear();
-                for (int i = 0; i < n; i++)
-                {
-                    var s = St.AsSpan((h * n + i) * n, n);
-                    float ri = R[b + i], ki = K[b + i];
-                    // o += r_i·(u_i·k_i·v + s_i);  s_i = s_i·w_i + k_i·v
-                    TensorPrimitives.MultiplyAdd(vt, ri * u[h * n + i] * ki, o, o);
-                    TensorPrimitives.MultiplyAdd(s, ri, o, o);
-                    TensorPrimitives.Multiply(s, w[h * n + i], s);
-                    TensorPrimitives.MultiplyAdd(vt, ki, s, s);
-                }
-            }
-    }
+                     DeviceBuffer output, int rows, int heads, int headSize) =>
+        LinearJob.Wkv5(_pool, D(r), D(k), D(v), V(decay), V(bonus), D(state), D(output), rows, heads, headSize);
 
     public void Wkv7(DeviceBuffer r, DeviceBuffer w, DeviceBuffer k, DeviceBuffer v, DeviceBuffer kk, DeviceBuffer a,
-                     DeviceBuffer state, DeviceBuffer output, int rows, int heads, int headSize)
-    {
-        var R = D(r); var Wd = D(w); var K = D(k); var Vv = D(v); var KK = D(kk); var A = D(a);
-        var St = D(state); var O = D(output);
-        int c = heads * headSize, n = headSize;
-        Span<float> beta = n <= 1024 ? stackalloc float[n] : new float[n];
-        for (int t = 0; t < rows; t++)
-            for (int h = 0; h < heads; h++)
-            {
-                int b = t * c + h * n;
-                var kkh = KK.AsSpan(b, n); var wh = Wd.AsSpan(b, n); var kh = K.AsSpan(b, n); var rh = R.AsSpan(b, n);
-                TensorPrimitives.Multiply(kkh, A.AsSpan(b, n), beta);
-                for (int i = 0; i < n; i++)
-                {
-                    var s = St.AsSpan((h * n + i) * n, n);
-                    float sa = -TensorPrimitives.Dot(s, kkh);
-                    // s = s·w + sa·β + v_i·k
-                    TensorPrimitives.Multiply(s, wh, s);
-                    TensorPrimitives.MultiplyAdd(beta, sa, s, s);
-                    TensorPrimitives.MultiplyAdd(kh, Vv[b + i], s, s);
-                    O[b + i] = TensorPrimitives.Dot(s, rh);
-                }
-            }
-    }
+                     DeviceBuffer state, DeviceBuffer output, int rows, int heads, int headSize) =>
+        LinearJob.Wkv7(_pool, D(r), D(w), D(k), D(v), D(kk), D(a), D(state), D(output), rows, heads, headSize);
 
     public void Rwkv7Decay(DeviceBuffer w, long n)
     {
@@ -176,77 +136,14 @@ public sealed partial class CpuBackend : ILinearAttentionOps
     }
 
     public void LightningRecurrent(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
-                                   DeviceBuffer output, int rows, int heads, int keyDim, int valueDim)
-    {
-        var Q = D(q); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output); var sl = V(slopes);
-        for (int t = 0; t < rows; t++)
-            for (int h = 0; h < heads; h++)
-            {
-                float lambda = MathF.Exp(-sl[h]);
-                int qb = (t * heads + h) * keyDim, vb = (t * heads + h) * valueDim, sb = h * keyDim * valueDim;
-                var vt = Vv.AsSpan(vb, valueDim);
-                var o = O.AsSpan(vb, valueDim);
-                o.Clear();
-                for (int i = 0; i < keyDim; i++)
-                {
-                    var s = St.AsSpan(sb + i * valueDim, valueDim);
-                    TensorPrimitives.Multiply(s, lambda, s);
-                    TensorPrimitives.MultiplyAdd(vt, K[qb + i], s, s);
-                    TensorPrimitives.MultiplyAdd(s, Q[qb + i], o, o);
-                }
-            }
-    }
-
-    private float[] _lightningScratch = [];
+                                   DeviceBuffer output, int rows, int heads, int keyDim, int valueDim) =>
+        LinearJob.Lightning(_pool, D(q), D(k), D(v), V(slopes), D(state), D(output), rows, heads, keyDim, valueDim, 0);
 
     public void LightningChunked(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
                                  DeviceBuffer output, int rows, int heads, int keyDim, int valueDim, int blockSize)
     {
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "block size must be ≥ 1");
-        var Q = D(q); var K = D(k); var Vv = D(v); var St = D(state); var O = D(output); var sl = V(slopes);
-        int bs = Math.Min(blockSize, rows);
-        // Scratch: the block's decayed scores [bs] and the decayed key row [keyDim]; grown once, reused.
-        if (_lightningScratch.Length < bs + keyDim) _lightningScratch = new float[bs + keyDim];
-        var scores = _lightningScratch.AsSpan(0, bs);
-        var kdec = _lightningScratch.AsSpan(bs, keyDim);
-        int qs = heads * keyDim, vs = heads * valueDim;
-        for (int h = 0; h < heads; h++)
-        {
-            float lambda = MathF.Exp(-sl[h]);
-            var kv = St.AsSpan(h * keyDim * valueDim, keyDim * valueDim);
-            for (int s0 = 0; s0 < rows; s0 += bs)
-            {
-                int m = Math.Min(bs, rows - s0);
-                for (int j = 0; j < m; j++)
-                {
-                    int t = s0 + j;
-                    var qt = Q.AsSpan(t * qs + h * keyDim, keyDim);
-                    var o = O.AsSpan(t * vs + h * valueDim, valueDim);
-                    // Inter-block: λ^(j+1)·q_t·KV_prev.
-                    o.Clear();
-                    for (int i = 0; i < keyDim; i++)
-                        TensorPrimitives.MultiplyAdd(kv.Slice(i * valueDim, valueDim), qt[i], o, o);
-                    TensorPrimitives.Multiply(o, MathF.Pow(lambda, j + 1), o);
-                    // Intra-block: Σ_{s ≤ t in block} λ^(t−s)(q_t·k_s)v_s.
-                    for (int s = 0; s <= j; s++)
-                        scores[s] = TensorPrimitives.Dot(qt, K.AsSpan((s0 + s) * qs + h * keyDim, keyDim)) * MathF.Pow(lambda, j - s);
-                    for (int s = 0; s <= j; s++)
-                        TensorPrimitives.MultiplyAdd(Vv.AsSpan((s0 + s) * vs + h * valueDim, valueDim), scores[s], o, o);
-                }
-                // KV = λ^m·KV + Σ_s λ^(m−1−s)·k_sᵀv_s.
-                TensorPrimitives.Multiply(kv, MathF.Pow(lambda, m), kv);
-                for (int s = 0; s < m; s++)
-                {
-                    TensorPrimitives.Multiply(K.AsSpan((s0 + s) * qs + h * keyDim, keyDim), MathF.Pow(lambda, m - 1 - s), kdec);
-                    var vrow = Vv.AsSpan((s0 + s) * vs + h * valueDim, valueDim);
-                    for (int i = 0; i < keyDim; i++)
-                    {
-                        var kvRow = kv.Slice(i * valueDim, valueDim);
-                        TensorPrimitives.MultiplyAdd(vrow, kdec[i], kvRow, kvRow);
-                    }
-                }
-            }
-        }
+        LinearJob.Lightning(_pool, D(q), D(k), D(v), V(slopes), D(state), D(output), rows, heads, keyDim, valueDim, blockSize);
     }
 
     public void Zero(DeviceBuffer x, long n) => S(x, n).Clear();
