@@ -3,7 +3,8 @@ using Lrl.Loading;
 namespace Lrl.Models;
 
 /// <summary>
-/// RWKV v5.2 ("Eagle") with tensors as rwkv.cpp stores them: time_mix_* squeezed to [C], time_decay already
+/// RWKV v5.2 ("Eagle") with tensors as rwkv.cpp stores them (or in the HF Rwkv5ForCausalLM layout, see
+/// <see cref="RwkvBase.Name"/>): time_mix_* squeezed to [C], time_decay already
 /// exp(−exp(w)) as [H, S, 1], time_faaaa (the bonus u) as [H, S, 1]. Time mixing: token shift, lerps, r/k/v/g
 /// projections, the WKV recurrence over a [H, S, S] state, GroupNorm(H) · silu(g); channel mixing: sigmoid(r) ·
 /// V·relu(K·x)².
@@ -22,19 +23,19 @@ public sealed class Rwkv5 : RwkvBase
     public int Heads { get; }
     public int HeadSize { get; }
     public int FfnSize { get; }
-    public override string Architecture => "Rwkv5";
+    public override string Architecture => Config.HfLayout ? "Rwkv5ForCausalLM" : "Rwkv5";
     public override string WeightFormat => _layers[0].Wk.Format;
 
     public Rwkv5(Checkpoint checkpoint, RwkvConfig config, IBackend backend, ModelLoadOptions options)
         : base(checkpoint, config, backend, options)
     {
         int C = config.HiddenSize;
-        var decay0 = checkpoint.Get("blocks.0.att.time_decay");
+        var decay0 = Get("blocks.0.att.time_decay");
         Heads = decay0.Rank >= 1 ? decay0.Shape[0] : 0;
         if (Heads <= 0 || C % Heads != 0 || decay0.ElementCount != C)
             throw new ModelFormatException(decay0.Source, $"tensor '{decay0.Name}' has shape {decay0.ShapeString}; expected [heads, {C}/heads, 1]");
         HeadSize = C / Heads;
-        FfnSize = checkpoint.Get("blocks.0.ffn.key.weight").Shape[0];
+        FfnSize = Get("blocks.0.ffn.key.weight").Shape[0];
         int F = FfnSize;
 
         LoadCommon();
@@ -45,7 +46,7 @@ public sealed class Rwkv5 : RwkvBase
             _layers[i] = new Layer(
                 Vec(p + "ln1.weight", C), Vec(p + "ln1.bias", C), Vec(p + "ln2.weight", C), Vec(p + "ln2.bias", C),
                 Vec(p + "att.time_mix_k", C), Vec(p + "att.time_mix_v", C), Vec(p + "att.time_mix_r", C), Vec(p + "att.time_mix_g", C),
-                Vec(p + "att.time_decay", C), Vec(p + "att.time_faaaa", C),
+                Decay(p + "att.time_decay", C), Vec(p + "att.time_faaaa", C),
                 Mat(p + "att.receptance.weight", C, C), Mat(p + "att.key.weight", C, C), Mat(p + "att.value.weight", C, C),
                 Mat(p + "att.gate.weight", C, C), Mat(p + "att.output.weight", C, C),
                 Vec(p + "att.ln_x.weight", C), Vec(p + "att.ln_x.bias", C),
@@ -59,6 +60,16 @@ public sealed class Rwkv5 : RwkvBase
         _r = Buffer(bc); _k = Buffer(bc); _v = Buffer(bc); _g = Buffer(bc); _o = Buffer(bc); _delta = Buffer(bc);
         _hid = Buffer((long)Batch * F);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wg, l.Wo, l.FKey, l.FRec, l.FValue }.Sum(w => w.ByteSize)) + Head.ByteSize;
+    }
+
+    /// <summary>The per-channel decay w = exp(−exp(time_decay)): stored so by rwkv.cpp, computed here for the HF layout.</summary>
+    private Weight Decay(string name, int n)
+    {
+        if (!Config.HfLayout) return Vec(name, n);
+        var raw = OwnedTensors.AsVector(Get(name), n);
+        var w = new float[n];
+        for (int i = 0; i < n; i++) w[i] = (float)Math.Exp(-Math.Exp(raw.GetFloat(i)));
+        return B.LoadWeight(Owned.Floats(raw.Name + " (exp(−exp))", w, raw.Source));
     }
 
     protected override DeviceBuffer RunChunk(ReadOnlySpan<int> tokens)

@@ -45,8 +45,24 @@ public abstract class RwkvBase : ILanguageModel
         Batch = options.BatchSize;
     }
 
-    protected Weight Vec(string name, int n) => B.LoadWeight(OwnedTensors.AsVector(Checkpoint.Get(name), n));
-    protected Weight Mat(string name, int rows, int cols) => B.LoadWeight(Checkpoint.Get(name, rows, cols));
+    /// <summary>
+    /// The checkpoint name of a tensor given its rwkv.cpp name: the same, or in the HF Rwkv5 layout
+    /// (emb → rwkv.embeddings, ln0 → pre_ln, att → attention, ffn → feed_forward, time_mix_k → time_mix_key, ...).
+    /// </summary>
+    protected string Name(string cppName)
+    {
+        if (!Config.HfLayout) return cppName;
+        if (cppName == "head.weight") return cppName;
+        string n = cppName.Replace("emb.weight", "embeddings.weight").Replace(".ln0.", ".pre_ln.")
+                          .Replace(".att.", ".attention.").Replace(".ffn.", ".feed_forward.");
+        foreach (var (a, b) in new[] { ("k", "key"), ("v", "value"), ("r", "receptance"), ("g", "gate") })
+            if (n.EndsWith(".time_mix_" + a, StringComparison.Ordinal)) n = n[..^1] + b;
+        return "rwkv." + n;
+    }
+
+    protected HostTensor Get(string cppName) => Checkpoint.Get(Name(cppName));
+    protected Weight Vec(string name, int n) => B.LoadWeight(OwnedTensors.AsVector(Get(name), n));
+    protected Weight Mat(string name, int rows, int cols) => B.LoadWeight(Checkpoint.Get(Name(name), rows, cols));
 
     /// <summary>Loads emb, blocks.0.ln0, ln_out and head; allocates the head buffers.</summary>
     protected void LoadCommon()

@@ -4,10 +4,12 @@ namespace Lrl.Models;
 
 /// <summary>
 /// The typed config of an RWKV checkpoint stored as rwkv.cpp stores its tensors (config "architectures": ["RwkvCppTiny"],
-/// model_type rwkv5 or rwkv7). Head count and sizes come from the tensors themselves (rwkv.cpp files carry no config).
+/// model_type rwkv5 or rwkv7), or for v5.2 also in the Hugging Face Rwkv5ForCausalLM layout (<see cref="HfLayout"/>:
+/// rwkv.blocks.N.attention.time_mix_key, raw time_decay, ...). Head count and sizes come from the tensors themselves.
 /// </summary>
 public sealed record RwkvConfig(
     string ModelType,
+    bool HfLayout,
     int HiddenSize,
     int NumLayers,
     int VocabSize,
@@ -19,6 +21,7 @@ public sealed record RwkvConfig(
         string type = c.ModelType ?? throw c.Missing("model_type", "rwkv5 or rwkv7");
         var cfg = new RwkvConfig(
             type,
+            c.Architecture == "Rwkv5ForCausalLM",
             c.GetInt("hidden_size"),
             c.GetInt("num_hidden_layers"),
             c.GetInt("vocab_size"),

@@ -70,3 +70,54 @@ public class RwkvReferenceTests
         Assert.True(err < 1e-6, $"rerun after reset: relative error {err:E2}");
     }
 }
+
+/// <summary>
+/// The HF Rwkv5ForCausalLM layout: the tiny rwkv.cpp v5.2 checkpoint rewritten with HF names and raw time_decay
+/// (log(−log w)) must give rwkv.cpp's expected logits too.
+/// </summary>
+public class RwkvHfLayoutTests
+{
+    private static string HfName(string cpp)
+    {
+        if (cpp == "head.weight") return cpp;
+        string n = cpp.Replace("emb.weight", "embeddings.weight").Replace(".ln0.", ".pre_ln.").Replace(".att.", ".attention.").Replace(".ffn.", ".feed_forward.");
+        n = n.Replace("time_mix_k", "time_mix_key").Replace("time_mix_v", "time_mix_value").Replace("time_mix_r", "time_mix_receptance").Replace("time_mix_g", "time_mix_gate");
+        return "rwkv." + n;
+    }
+
+    [Fact]
+    public void HfLayoutCopyOfRwkv5MatchesRwkvCppExpectedLogits()
+    {
+        var src = SharedData.Model("rwkv-tiny-5v2-730K");
+        var dir = Directory.CreateTempSubdirectory("lrl-rwkv5-hf").FullName;
+        try
+        {
+            using (var ck = Lrl.Loading.Checkpoint.Open(src))
+            {
+                var w = new Lrl.Loading.SafeTensorsWriter();
+                foreach (var t in ck.Tensors)
+                {
+                    var data = t.ToFloatArray();
+                    var shape = t.Shape;
+                    if (t.Name.EndsWith(".time_decay")) data = data.Select(x => (float)Math.Log(-Math.Log(x))).ToArray();
+                    if (t.Name.Contains(".time_")) shape = t.Name.Contains("time_mix") ? [1, 1, data.Length] : [shape[0], shape[1]];
+                    w.Add(HfName(t.Name), shape, data);
+                }
+                w.Write(Path.Combine(dir, "model.safetensors"));
+            }
+            File.WriteAllText(Path.Combine(dir, "config.json"),
+                """{"architectures": ["Rwkv5ForCausalLM"], "model_type": "rwkv5", "hidden_size": 64, "num_hidden_layers": 12, "vocab_size": 256, "head_size": 8, "attention_hidden_size": 64, "layer_norm_epsilon": 1e-05, "rescale_every": 6}""");
+            var expected = RwkvReferenceTests.ExpectedLogits(src, "5v2-730K");
+            using var backend = new Lrl.Cpu.CpuBackend(2);
+            using var model = ModelRegistry.Load(dir, backend);
+            Assert.Equal("Rwkv5ForCausalLM", model.Architecture);
+            var logits = new float[model.VocabSize];
+            int[] ids = [34, 105, 110];
+            for (int i = 0; i < ids.Length; i++) model.Forward([ids[i]], i, logits);
+            double diff = 0;
+            for (int i = 0; i < expected.Length; i++) diff += Math.Abs(logits[i] - expected[i]);
+            Assert.True(diff <= 1e-3, $"HF layout: summed absolute logit difference {diff:E3}");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
