@@ -23,8 +23,13 @@ public abstract class RwkvBase : ILanguageModel
     public RwkvConfig Config { get; }
     public abstract string Architecture { get; }
     public int VocabSize => Config.VocabSize;
-    /// <summary>Unbounded: the recurrent state has a constant size whatever the sequence length.</summary>
-    public int ContextLength => int.MaxValue;
+    /// <summary>
+    /// The recurrent state has a constant size whatever the sequence length, so this is only a cap on positions:
+    /// <see cref="ModelLoadOptions.ContextLength"/> when set, else <see cref="ModelLoadOptions.RecurrentContextCap"/>.
+    /// </summary>
+    public int ContextLength { get; }
+    /// <summary>False: one recurrent state that cannot be rewound (startPos must be 0 or the current length).</summary>
+    public bool CanRewind => false;
     public IBackend Backend => B;
     public long ParameterCount { get; protected set; }
     public long WeightBytesPerToken { get; protected set; }
@@ -41,7 +46,7 @@ public abstract class RwkvBase : ILanguageModel
         B = backend;
         L = backend as ILinearAttentionOps
             ?? throw new LrlException($"backend '{backend.Name}' does not support the linear-attention ops RWKV needs");
-        if (options.BatchSize < 1) throw new LrlException($"batch size must be ≥ 1, got {options.BatchSize}");
+        ContextLength = options.ResolveRecurrentContext();
         Batch = options.BatchSize;
     }
 
@@ -93,7 +98,8 @@ public abstract class RwkvBase : ILanguageModel
     {
         int n = tokens.Length, vocab = Config.VocabSize;
         if (n == 0) throw new ArgumentException("no tokens to run");
-        if (startPos < 0) throw new LrlException($"start position {startPos} is negative");
+        if (startPos < 0 || (long)startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
         if (startPos == 0) ResetState();
         else if (startPos != _pos)
             throw new LrlException($"an RWKV state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");

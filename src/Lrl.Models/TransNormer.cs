@@ -30,8 +30,10 @@ public sealed class TransNormer : ILanguageModel
     public TransNormerConfig Config { get; }
     public string Architecture => "TransnormerForCausalLM";
     public int VocabSize => Config.VocabSize;
-    /// <summary>Unbounded: the recurrent state has a constant size.</summary>
-    public int ContextLength => int.MaxValue;
+    /// <summary>A cap on positions only (the recurrent state has a constant size); see <see cref="ModelLoadOptions.RecurrentContextCap"/>.</summary>
+    public int ContextLength { get; }
+    /// <summary>False: one recurrent state that cannot be rewound (startPos must be 0 or the current length).</summary>
+    public bool CanRewind => false;
     public IBackend Backend => _b;
     public long ParameterCount { get; }
     public long WeightBytesPerToken { get; }
@@ -47,7 +49,7 @@ public sealed class TransNormer : ILanguageModel
              ?? throw new LrlException($"backend '{backend.Name}' does not support the linear-attention ops TransNormerLLM needs");
         Config = config;
         var c = config;
-        if (options.BatchSize < 1) throw new LrlException($"batch size must be ≥ 1, got {options.BatchSize}");
+        ContextLength = options.ResolveRecurrentContext();
         _batch = options.BatchSize;
         int D = c.EmbedDim, E = c.HiddenDim, G = c.GluDim;
         try
@@ -97,7 +99,8 @@ public sealed class TransNormer : ILanguageModel
     {
         int n = tokens.Length, vocab = Config.VocabSize;
         if (n == 0) throw new ArgumentException("no tokens to run");
-        if (startPos < 0) throw new LrlException($"start position {startPos} is negative");
+        if (startPos < 0 || (long)startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
         if (startPos == 0)
         {
             foreach (var l in _layers) _l.Zero(l.State, l.State.Length);

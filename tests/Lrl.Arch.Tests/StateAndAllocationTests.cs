@@ -65,7 +65,8 @@ public class StateAndAllocationTests
         var cfg = model.Config;
         long perLayer = 2L * cfg.HiddenSize + (long)cfg.HiddenSize * (cfg.HiddenSize / (model is Rwkv5 r5 ? r5.Heads : ((Rwkv7)model).Heads));
         Assert.Equal(cfg.NumLayers * perLayer, stateAt200);
-        Assert.Equal(int.MaxValue, model.ContextLength);
+        Assert.Equal(ModelLoadOptions.RecurrentContextCap, model.ContextLength);
+        Assert.False(model.CanRewind);
         Assert.True(float.IsFinite(logits.Sum()));
     }
 }
@@ -134,5 +135,22 @@ public class ArchErrorTests
     private sealed class SafeTensorsWriterShim
     {
         public void WriteEmpty(string path) => new Lrl.Loading.SafeTensorsWriter().Add("x", [1], [0f]).Write(path);
+    }
+}
+
+/// <summary>Recurrent models honour ModelLoadOptions.ContextLength as a position cap.</summary>
+public class RecurrentContextTests
+{
+    [Fact]
+    public void PositionsPastTheCapAreAClearError()
+    {
+        var dir = SharedData.Model("rwkv-tiny-7v0-834K");
+        using var backend = new CpuBackend(1);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 8 });
+        Assert.Equal(8, model.ContextLength);
+        var logits = new float[model.VocabSize];
+        model.Forward(new int[8], 0, logits);
+        var e = Assert.Throws<LrlException>(() => model.Forward([5], 8, logits));
+        Assert.Contains("context window of 8", e.Message);
     }
 }
