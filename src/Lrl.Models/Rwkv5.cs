@@ -35,7 +35,7 @@ public sealed class Rwkv5 : RwkvBase
         if (Heads <= 0 || C % Heads != 0 || decay0.ElementCount != C)
             throw new ModelFormatException(decay0.Source, $"tensor '{decay0.Name}' has shape {decay0.ShapeString}; expected [heads, {C}/heads, 1]");
         HeadSize = C / Heads;
-        FfnSize = Get("blocks.0.ffn.key.weight").Shape[0];
+        FfnSize = Rows("blocks.0.ffn.key.weight");
         int F = FfnSize;
 
         LoadCommon();

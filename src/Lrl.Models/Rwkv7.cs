@@ -39,9 +39,9 @@ public sealed class Rwkv7 : RwkvBase
         if (Heads <= 0 || rk0.ElementCount != C || C % Heads != 0)
             throw new ModelFormatException(rk0.Source, $"tensor '{rk0.Name}' has shape {rk0.ShapeString}; expected [heads, {C}/heads]");
         HeadSize = C / Heads;
-        FfnSize = checkpoint.Get("blocks.0.ffn.key.weight").Shape[0];
+        FfnSize = Rows("blocks.0.ffn.key.weight");
         int F = FfnSize;
-        int Lora(string name) => checkpoint.Get(name).Shape[0];
+        int Lora(string name) => Rows(name);
         int maxLora = 1;
 
         LoadCommon();

@@ -66,6 +66,14 @@ public abstract class RwkvBase : ILanguageModel
     }
 
     protected HostTensor Get(string cppName) => Checkpoint.Get(Name(cppName));
+
+    /// <summary>The row count of a 2-D tensor (e.g. a LoRA or FFN width), naming the tensor when it is not 2-D.</summary>
+    protected int Rows(string cppName)
+    {
+        var t = Get(cppName);
+        return t.Rank == 2 && t.Shape[0] > 0 ? t.Shape[0]
+            : throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a 2-D matrix");
+    }
     protected Weight Vec(string name, int n) => B.LoadWeight(OwnedTensors.AsVector(Get(name), n));
     protected Weight Mat(string name, int rows, int cols) => B.LoadWeight(Checkpoint.Get(Name(name), rows, cols));
 
