@@ -220,5 +220,18 @@ public sealed partial class ReferenceBackend : ILinearAttentionOps
         LightningRecurrent(q, k, v, slopes, state, output, rows, heads, keyDim, valueDim);
     }
 
+    public void Lrpe(DeviceBuffer x, Weight theta, DeviceBuffer y, int rows, int heads, int headDim, int pos0)
+    {
+        var X = D(x); var Y = D(y); var T = W(theta);
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < headDim; i++)
+                {
+                    double a = (double)T[h * headDim + i] * (pos0 + r), v = X[(r * heads + h) * headDim + i];
+                    Y[(r * heads + h) * 2 * headDim + i] = (float)(v * Math.Cos(a));
+                    Y[(r * heads + h) * 2 * headDim + headDim + i] = (float)(v * Math.Sin(a));
+                }
+    }
+
     public void Zero(DeviceBuffer x, long n) => Array.Clear(D(x), 0, checked((int)n));
 }

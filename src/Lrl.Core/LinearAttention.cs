@@ -96,6 +96,13 @@ public interface ILinearAttentionOps
     void LightningChunked(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
                           DeviceBuffer output, int rows, int heads, int keyDim, int valueDim, int blockSize);
 
+    /// <summary>
+    /// TransNormerLLM's linearised relative positional encoding (LRPE): for row r at position p = pos0 + r and head h,
+    /// y[r, h, :] = [x[r, h, :]·cos(θ_h·p), x[r, h, :]·sin(θ_h·p)] (elementwise, θ_h of headDim values), so y is
+    /// [rows, heads·2·headDim] and y_t·y_s = Σ_i x_t,i·x_s,i·cos(θ_i(t − s)). theta is a vector of heads·headDim.
+    /// </summary>
+    void Lrpe(DeviceBuffer x, Weight theta, DeviceBuffer y, int rows, int heads, int headDim, int pos0);
+
     /// <summary>Sets the first n elements of x to zero (state reset).</summary>
     void Zero(DeviceBuffer x, long n);
 }

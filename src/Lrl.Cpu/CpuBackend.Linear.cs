@@ -146,5 +146,26 @@ public sealed partial class CpuBackend : ILinearAttentionOps
         LinearJob.Lightning(_pool, D(q), D(k), D(v), V(slopes), D(state), D(output), rows, heads, keyDim, valueDim, blockSize);
     }
 
+    public void Lrpe(DeviceBuffer x, Weight theta, DeviceBuffer y, int rows, int heads, int headDim, int pos0)
+    {
+        var X = D(x); var Y = D(y); var th = V(theta);
+        for (int r = 0; r < rows; r++)
+        {
+            // torch computes θ·index in f32, then cos/sin.
+            float p = pos0 + r;
+            for (int h = 0; h < heads; h++)
+            {
+                int xb = (r * heads + h) * headDim, yb = (r * heads + h) * 2 * headDim;
+                for (int i = 0; i < headDim; i++)
+                {
+                    float a = th[h * headDim + i] * p, v = X[xb + i];
+                    var (sin, cos) = MathF.SinCos(a);
+                    Y[yb + i] = v * cos;
+                    Y[yb + headDim + i] = v * sin;
+                }
+            }
+        }
+    }
+
     public void Zero(DeviceBuffer x, long n) => S(x, n).Clear();
 }

@@ -5,7 +5,7 @@ namespace Lrl.Models;
 /// <summary>
 /// TransnormerForCausalLM (TransNormerLLM, HF layout): scaled embeddings, per layer a SimpleRMSNorm (no weight) before
 /// a lightning-attention token mixer (qkvu projection, silu on q and k, linear attention with per-head exponential
-/// decay, SimpleRMSNorm, gate u, out_proj) and a SimpleRMSNorm before an SGLU channel mixer (l3((l1 x)·(l2 x))).
+/// decay, optionally LRPE on q and k per linear_use_lrpe_list, SimpleRMSNorm, gate u, out_proj) and a SimpleRMSNorm before an SGLU channel mixer (l3((l1 x)·(l2 x))).
 /// Prefill uses the chunked form, decode the recurrent form; the [heads, d, d] state per layer never grows.
 /// </summary>
 public sealed class TransNormer : ILanguageModel
@@ -15,7 +15,7 @@ public sealed class TransNormer : ILanguageModel
 
     private sealed record Layer(Weight Wq, Weight Wk, Weight Wv, Weight Wu, Weight? Bq, Weight? Bk, Weight? Bv, Weight? Bu,
                                 Weight Out, Weight? BOut, Weight L1, Weight L2, Weight L3, Weight? B1, Weight? B2, Weight? B3,
-                                Weight Slopes, DeviceBuffer State);
+                                Weight Slopes, Weight? Theta, DeviceBuffer State);
 
     private readonly Checkpoint _checkpoint;
     private readonly OwnedTensors _owned = new();
@@ -25,6 +25,7 @@ public sealed class TransNormer : ILanguageModel
     private readonly Weight _embed, _head, _onesD, _onesE;
     private readonly int _batch;
     private readonly DeviceBuffer _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2, _last, _logits;
+    private readonly DeviceBuffer? _qL, _kL; // [batch, heads·2·headDim] LRPE features, when any layer uses LRPE
     private long _pos;
 
     public TransNormerConfig Config { get; }
@@ -75,7 +76,8 @@ public sealed class TransNormer : ILanguageModel
                     W(p + "channel_mixer.l1.weight", G, D), W(p + "channel_mixer.l2.weight", G, D), W(p + "channel_mixer.l3.weight", D, G),
                     Bias(p + "channel_mixer.l1.bias", G), Bias(p + "channel_mixer.l2.bias", G), Bias(p + "channel_mixer.l3.bias", D),
                     _b.LoadWeight(_owned.Floats($"slopes[{i}]", c.LayerSlopes(i), checkpoint.Directory)),
-                    _b.Allocate((long)c.NumHeads * c.HeadDim * c.HeadDim));
+                    c.LayerUsesLrpe(i) ? _b.LoadWeight(OwnedTensors.AsVector(checkpoint.Get(p + "token_mixer.lrpe.theta"), E)) : null,
+                    _b.Allocate((long)c.NumHeads * (c.LayerUsesLrpe(i) ? 2 : 1) * c.HeadDim * c.HeadDim));
             }
         }
         catch { _owned.Dispose(); throw; }
@@ -89,6 +91,11 @@ public sealed class TransNormer : ILanguageModel
         _delta = _b.Allocate((long)_batch * D);
         _h1 = _b.Allocate((long)_batch * G);
         _h2 = _b.Allocate((long)_batch * G);
+        if (_layers.Any(l => l.Theta is not null))
+        {
+            _qL = _b.Allocate((long)_batch * 2 * E);
+            _kL = _b.Allocate((long)_batch * 2 * E);
+        }
         _last = _b.Allocate(D);
         _logits = _b.Allocate((long)_batch * c.VocabSize);
         ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
@@ -114,7 +121,7 @@ public sealed class TransNormer : ILanguageModel
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
-            RunChunk(tokens.Slice(done, rows));
+            RunChunk(tokens.Slice(done, rows), (int)_pos);
             _pos += rows;
             if (all)
             {
@@ -130,7 +137,7 @@ public sealed class TransNormer : ILanguageModel
         }
     }
 
-    private void RunChunk(ReadOnlySpan<int> tokens)
+    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
     {
         var c = Config;
         int rows = tokens.Length, D = c.EmbedDim, E = c.HiddenDim;
@@ -146,8 +153,17 @@ public sealed class TransNormer : ILanguageModel
             _b.MatMul(_xn, l.Wu, _u, rows, l.Bu);
             _l.Silu(_q, (long)rows * E);
             _l.Silu(_k, (long)rows * E);
-            if (rows == 1) _l.LightningRecurrent(_q, _k, _v, l.Slopes, l.State, _o, 1, c.NumHeads, c.HeadDim, c.HeadDim);
-            else _l.LightningChunked(_q, _k, _v, l.Slopes, l.State, _o, rows, c.NumHeads, c.HeadDim, c.HeadDim, BlockSize);
+            DeviceBuffer q = _q, k = _k;
+            int keyDim = c.HeadDim;
+            if (l.Theta is not null)
+            {
+                // LRPE: [x·cos(θp), x·sin(θp)] doubles the key width.
+                _l.Lrpe(_q, l.Theta, _qL!, rows, c.NumHeads, c.HeadDim, pos);
+                _l.Lrpe(_k, l.Theta, _kL!, rows, c.NumHeads, c.HeadDim, pos);
+                (q, k, keyDim) = (_qL!, _kL!, 2 * c.HeadDim);
+            }
+            if (rows == 1) _l.LightningRecurrent(q, k, _v, l.Slopes, l.State, _o, 1, c.NumHeads, keyDim, c.HeadDim);
+            else _l.LightningChunked(q, k, _v, l.Slopes, l.State, _o, rows, c.NumHeads, keyDim, c.HeadDim, BlockSize);
             _b.RmsNorm(_o, _onesE, _o, rows, eps);
             _l.Multiply(_o, _u, (long)rows * E);
             _b.MatMul(_o, l.Out, _delta, rows, l.BOut);
@@ -166,6 +182,8 @@ public sealed class TransNormer : ILanguageModel
     {
         foreach (var l in _layers) l.State.Dispose();
         foreach (var buf in new[] { _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2, _last, _logits }) buf.Dispose();
+        _qL?.Dispose();
+        _kL?.Dispose();
         _owned.Dispose();
         _checkpoint.Dispose();
     }

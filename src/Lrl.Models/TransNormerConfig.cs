@@ -17,8 +17,12 @@ public sealed record TransNormerConfig(
     bool ScaleEmbedding,
     bool Bias,
     double NormEps,
-    bool TieWordEmbeddings)
+    bool TieWordEmbeddings,
+    bool[] UseLrpe)
 {
+    /// <summary>Whether layer i applies LRPE to q and k (linear_use_lrpe_list; missing entries are off).</summary>
+    public bool LayerUsesLrpe(int layer) => layer < UseLrpe.Length && UseLrpe[layer];
+
     /// <summary>Per-head q/k/v width: hidden_dim split over the heads.</summary>
     public int HeadDim => HiddenDim / NumHeads;
 
@@ -36,7 +40,15 @@ public sealed record TransNormerConfig(
             !c.GetBool("no_scale_embedding", false),
             c.GetBool("bias", false),
             c.GetDouble("rms_norm_eps", 1e-6),
-            c.GetBool("tie_word_embeddings", false));
+            c.GetBool("tie_word_embeddings", false),
+            c.Json["linear_use_lrpe_list"] switch
+            {
+                null => [],
+                JsonArray a => a.Select((v, i) => v is JsonValue jv && jv.TryGetValue(out double d) ? d != 0
+                    : v is JsonValue jb && jb.TryGetValue(out bool b) ? b
+                    : throw c.Bad($"linear_use_lrpe_list[{i}]", v, "0 or 1")).ToArray(),
+                var other => throw c.Bad("linear_use_lrpe_list", other, "a list of 0/1 per layer"),
+            });
         void Require(bool ok, string what) { if (!ok) throw new ModelFormatException(c.Path, what); }
         Require(embed > 0 && cfg.HiddenDim > 0 && cfg.NumLayers > 0 && cfg.VocabSize > 0 && cfg.GluDim > 0,
             "decoder_embed_dim, hidden_dim, decoder_layers, glu_dim and vocab_size must be positive");
@@ -48,8 +60,6 @@ public sealed record TransNormerConfig(
         Require(norm == "simplermsnorm", $"norm_type '{norm}' is not supported (supported: simplermsnorm)");
         string? gluAct = c.GetString("glu_act");
         Require(gluAct is null or "none" or "identity", $"glu_act '{gluAct}' is not supported (TransNormerLLM's SGLU has no activation)");
-        if (c.Json["linear_use_lrpe_list"] is JsonArray lrpe && lrpe.Any(v => v is not null && v.GetValue<double>() != 0))
-            throw new ModelFormatException(c.Path, "linear_use_lrpe_list enables LRPE, which is not supported");
         return cfg;
     }
 

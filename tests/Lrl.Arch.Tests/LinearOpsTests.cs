@@ -67,6 +67,28 @@ public class LinearOpsTests
     }
 
     [Theory, MemberData(nameof(Shapes))]
+    public void LrpeMatchesReferenceAndPreservesRelativeAngles(int rows, int heads, int headSize)
+    {
+        int n = rows * heads * headSize;
+        var rng = new Random(n + 17);
+        var x = Rand.Uniform(rng, n); var theta = Rand.Uniform(rng, heads * headSize, 0.01f, 1f);
+        const int pos0 = 5;
+        var (cpu, rf) = Rand.OnBoth(e =>
+        {
+            var y = e.Poison(2L * n);
+            e.L.Lrpe(e.Buf(x), e.Vec(theta), y, rows, heads, headSize, pos0);
+            return [e.Get(y)];
+        });
+        Rand.AssertClose(cpu, rf, 1e-6, $"lrpe rows={rows} heads={heads} size={headSize}");
+        // y_t·y_s = Σ_i x_t,i·x_s,i·cos(θ_i(t − s)) for head 0 of the first and last rows.
+        int hd = headSize, last = rows - 1;
+        double dot = 0, expect = 0;
+        for (int i = 0; i < 2 * hd; i++) dot += (double)rf[0][i] * rf[0][(last * heads) * 2 * hd + i];
+        for (int i = 0; i < hd; i++) expect += (double)x[i] * x[last * heads * hd + i] * Math.Cos(theta[i] * (0 - last));
+        Assert.Equal(expect, dot, 1e-5);
+    }
+
+    [Theory, MemberData(nameof(Shapes))]
     public void Wkv5MatchesReference(int rows, int heads, int headSize)
     {
         int c = heads * headSize, n = rows * c;

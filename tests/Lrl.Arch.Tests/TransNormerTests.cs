@@ -11,7 +11,10 @@ namespace Lrl.Arch.Tests;
 /// </summary>
 public class TransNormerTests
 {
-    private sealed record Spec(int D, int E, int Layers, int Heads, int Glu, int Vocab, bool Bias, bool Tied, bool ScaleEmbed);
+    private sealed record Spec(int D, int E, int Layers, int Heads, int Glu, int Vocab, bool Bias, bool Tied, bool ScaleEmbed, int[]? Lrpe = null)
+    {
+        public bool UsesLrpe(int layer) => Lrpe is not null && layer < Lrpe.Length && Lrpe[layer] != 0;
+    }
 
     private sealed class TinyModel : IDisposable
     {
@@ -40,6 +43,14 @@ public class TransNormerTests
                 Add(p + "channel_mixer.l1.weight", [s.Glu, s.D], 1f / MathF.Sqrt(s.D));
                 Add(p + "channel_mixer.l2.weight", [s.Glu, s.D], 1f / MathF.Sqrt(s.D));
                 Add(p + "channel_mixer.l3.weight", [s.D, s.Glu], 1f / MathF.Sqrt(s.Glu));
+                if (s.UsesLrpe(i))
+                {
+                    // HF init 10000^(−2/d·j), d = heads·headDim, perturbed so every θ differs.
+                    int d = s.E;
+                    var theta = Enumerable.Range(0, d).Select(j => (float)Math.Pow(10000, -2.0 / d * j) * (0.5f + rng.NextSingle())).ToArray();
+                    T[p + "token_mixer.lrpe.theta"] = theta;
+                    w.Add(p + "token_mixer.lrpe.theta", [s.Heads, 1, d / s.Heads], theta);
+                }
                 if (s.Bias)
                 {
                     Add(p + "token_mixer.qkvu_proj.bias", [4 * s.E], 0.1f);
@@ -57,7 +68,7 @@ public class TransNormerTests
                 ["decoder_embed_dim"] = s.D, ["hidden_dim"] = s.E, ["decoder_layers"] = s.Layers,
                 ["decoder_attention_heads"] = s.Heads, ["glu_dim"] = s.Glu, ["vocab_size"] = s.Vocab,
                 ["bias"] = s.Bias, ["tie_word_embeddings"] = s.Tied, ["no_scale_embedding"] = !s.ScaleEmbed,
-                ["norm_type"] = "simplermsnorm", ["linear_act_fun"] = "silu", ["linear_use_lrpe_list"] = new JsonArray(0, 0),
+                ["norm_type"] = "simplermsnorm", ["linear_act_fun"] = "silu", ["linear_use_lrpe_list"] = new JsonArray((s.Lrpe ?? []).Select(v => (JsonNode?)JsonValue.Create(v)).ToArray()),
             };
             File.WriteAllText(Path.Combine(Dir, "config.json"), cfg.ToJsonString());
         }
@@ -98,11 +109,21 @@ public class TransNormerTests
         for (int l = 0; l < s.Layers; l++)
         {
             string p = $"model.layers.{l}.";
+            int kd = s.UsesLrpe(l) ? 2 * hd : hd; // key width per head
             var q = new double[n][]; var k = new double[n][]; var v = new double[n][]; var u = new double[n][];
             for (int t = 0; t < n; t++)
             {
                 var qkvu = Lin(Srms(x[t]), p + "token_mixer.qkvu_proj.weight", 4 * E, D, s.Bias ? p + "token_mixer.qkvu_proj.bias" : null);
                 q[t] = qkvu[..E].Select(Silu).ToArray(); k[t] = qkvu[E..(2 * E)].Select(Silu).ToArray();
+                if (s.UsesLrpe(l))
+                {
+                    // LRPE: q·k becomes Σ_i q_i·k_i·cos(θ_i(t − s)) (checked here in that closed form via features).
+                    var th = T[p + "token_mixer.lrpe.theta"];
+                    double[] Feat(double[] x) => Enumerable.Range(0, H).SelectMany(h =>
+                        Enumerable.Range(0, hd).Select(i => x[h * hd + i] * Math.Cos(th[h * hd + i] * (double)t))
+                        .Concat(Enumerable.Range(0, hd).Select(i => x[h * hd + i] * Math.Sin(th[h * hd + i] * (double)t)))).ToArray();
+                    q[t] = Feat(q[t]); k[t] = Feat(k[t]);
+                }
                 v[t] = qkvu[(2 * E)..(3 * E)]; u[t] = qkvu[(3 * E)..];
             }
             for (int t = 0; t < n; t++)
@@ -114,7 +135,7 @@ public class TransNormerTests
                     for (int j = 0; j <= t; j++)
                     {
                         double dot = 0;
-                        for (int i = 0; i < hd; i++) dot += q[t][h * hd + i] * k[j][h * hd + i];
+                        for (int i = 0; i < kd; i++) dot += q[t][h * kd + i] * k[j][h * kd + i];
                         double wgt = Math.Exp(-rate * (t - j)) * dot;
                         for (int i = 0; i < hd; i++) o[h * hd + i] += wgt * v[j][h * hd + i];
                     }
@@ -138,15 +159,17 @@ public class TransNormerTests
         return logits;
     }
 
-    public static TheoryData<string, int, bool> Cases => new()
+    public static TheoryData<string, int, bool, bool> Cases => new()
     {
-        { "cpu", 3, false }, { "reference", 3, false }, { "cpu", 4, true }, { "reference", 4, true },
+        { "cpu", 3, false, false }, { "reference", 3, false, false }, { "cpu", 4, true, false }, { "reference", 4, true, false },
+        { "cpu", 4, false, true }, { "reference", 3, true, true },
     };
 
     [Theory, MemberData(nameof(Cases))]
-    public void PrefillAndDecodeMatchFloat64Forward(string backendName, int heads, bool biasAndTied)
+    public void PrefillAndDecodeMatchFloat64Forward(string backendName, int heads, bool biasAndTied, bool lrpe)
     {
-        var spec = new Spec(D: 24, E: heads * 6, Layers: 3, Heads: heads, Glu: 40, Vocab: 37, Bias: biasAndTied, Tied: biasAndTied, ScaleEmbed: !biasAndTied);
+        var spec = new Spec(D: 24, E: heads * 6, Layers: 3, Heads: heads, Glu: 40, Vocab: 37, Bias: biasAndTied, Tied: biasAndTied,
+                            ScaleEmbed: !biasAndTied, Lrpe: lrpe ? [1, 0, 1] : null);
         using var m = new TinyModel(spec, heads * 7 + (biasAndTied ? 1 : 0));
         var rng = new Random(5);
         var tokens = Enumerable.Range(0, 40).Select(_ => rng.Next(spec.Vocab)).ToArray();
@@ -194,7 +217,7 @@ public class TransNormerTests
     [Fact]
     public void LayerSlopesFollowTheHfRecipe()
     {
-        var cfg = new TransNormerConfig(8, 8, 3, 8, 8, 10, true, false, 1e-6, false);
+        var cfg = new TransNormerConfig(8, 8, 3, 8, 8, 10, true, false, 1e-6, false, []);
         var s0 = cfg.LayerSlopes(0);
         for (int h = 0; h < 8; h++) Assert.Equal(Math.Pow(0.5, h + 1) * (1 + 1e-5), s0[h], 1e-7);
         var s2 = cfg.LayerSlopes(2);
@@ -202,15 +225,20 @@ public class TransNormerTests
     }
 
     [Fact]
-    public void LrpeIsRejectedWithAClearError()
+    public void MalformedLrpeListIsAClearError()
     {
         using var m = new TinyModel(new Spec(8, 8, 1, 2, 8, 5, false, false, true), 1);
         var cfgPath = Path.Combine(m.Dir, "config.json");
         var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
-        cfg["linear_use_lrpe_list"] = new JsonArray(1);
+        cfg["linear_use_lrpe_list"] = new JsonArray("yes");
         File.WriteAllText(cfgPath, cfg.ToJsonString());
         using var backend = new CpuBackend(1);
         var e = Assert.Throws<ModelFormatException>(() => ModelRegistry.Load(m.Dir, backend));
-        Assert.Contains("linear_use_lrpe_list", e.Message);
+        Assert.Contains("linear_use_lrpe_list[0]", e.Message);
+        // LRPE on but the theta tensor missing: the error names the tensor.
+        cfg["linear_use_lrpe_list"] = new JsonArray(1);
+        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        var e2 = Assert.Throws<ModelFormatException>(() => ModelRegistry.Load(m.Dir, backend));
+        Assert.Contains("lrpe.theta", e2.Message);
     }
 }
