@@ -70,10 +70,16 @@ public static class Rand
     public static (float[][] Cpu, float[][] Ref) OnBoth(Func<OpEnv, float[][]> op)
     {
         using var cpu = new CpuBackend(2);
+        return OnBoth(cpu, op);
+    }
+
+    /// <summary>Runs the same op on <paramref name="backend"/> and on the float64 reference.</summary>
+    public static (float[][] Actual, float[][] Ref) OnBoth(IBackend backend, Func<OpEnv, float[][]> op)
+    {
         using var rb = new ReferenceBackend();
-        using var ec = new OpEnv(cpu);
+        using var ea = new OpEnv(backend);
         using var er = new OpEnv(rb);
-        return (op(ec), op(er));
+        return (op(ea), op(er));
     }
 
     public static void AssertClose(float[][] actual, float[][] expected, double tol, string what)
