@@ -38,6 +38,26 @@ public class StateAndAllocationTests
         Assert.True(allocated == 0, $"{name}: 40 decode steps allocated {allocated} bytes");
     }
 
+    [Fact]
+    public void TransNormerDecodingAllocatesNothingAndKeepsItsStateSize()
+    {
+        using var m = new TransNormerTests.TinyModel(new TransNormerTests.Spec(16, 16, 2, 4, 24, 29, false, false, true, [1, 0]), 3);
+        using var backend = new CpuBackend(1);
+        using var model = (TransNormer)ModelRegistry.Load(m.Dir, backend);
+        Assert.False(model.CanRewind);
+        var logits = new float[model.VocabSize];
+        var one = new int[1];
+        model.Forward([1, 2, 3, 4], 0, logits);
+        int pos = 4;
+        DecodeAllocations(model, ref pos, 60, logits, one);
+        long state = model.StateFloats;
+        long allocated = DecodeAllocations(model, ref pos, 100, logits, one);
+        Assert.True(allocated == 0, $"100 decode steps allocated {allocated} bytes");
+        Assert.Equal(state, model.StateFloats);
+        // Layer 0 uses LRPE (keys twice as wide): 4 heads · 8 · 4 + 4 heads · 4 · 4.
+        Assert.Equal(4 * 8 * 4 + 4 * 4 * 4, state);
+    }
+
     [Theory]
     [InlineData("rwkv-tiny-5v2-730K")]
     [InlineData("rwkv-tiny-7v0-834K")]

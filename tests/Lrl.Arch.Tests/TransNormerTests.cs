@@ -11,12 +11,12 @@ namespace Lrl.Arch.Tests;
 /// </summary>
 public class TransNormerTests
 {
-    private sealed record Spec(int D, int E, int Layers, int Heads, int Glu, int Vocab, bool Bias, bool Tied, bool ScaleEmbed, int[]? Lrpe = null)
+    internal sealed record Spec(int D, int E, int Layers, int Heads, int Glu, int Vocab, bool Bias, bool Tied, bool ScaleEmbed, int[]? Lrpe = null)
     {
         public bool UsesLrpe(int layer) => Lrpe is not null && layer < Lrpe.Length && Lrpe[layer] != 0;
     }
 
-    private sealed class TinyModel : IDisposable
+    internal sealed class TinyModel : IDisposable
     {
         public string Dir { get; } = Directory.CreateTempSubdirectory("lrl-tnl").FullName;
         public Dictionary<string, float[]> T { get; } = new();
