@@ -2,10 +2,14 @@ using Lrl.Gpu;
 
 namespace Lrl.Arch.Tests;
 
-/// <summary>The GPU backend's shared instance on ILGPU's CPU accelerator (created once: context start-up is slow).</summary>
+/// <summary>
+/// The GPU backend's shared instance on ILGPU's CPU accelerator (created once: context start-up is slow). Groups of 8
+/// threads (warps of 4): GpuBackend's tiled prefill attention kernel gives each of its 8 query rows to thread t &lt; 8, so
+/// the default 4-thread simulated groups leave rows 4..7 of every tile unwritten (reported; not this project's code).
+/// </summary>
 public static class GpuSim
 {
-    private static readonly Lazy<GpuBackend> Instance = new(GpuBackend.CreateCpuAccelerator);
+    private static readonly Lazy<GpuBackend> Instance = new(() => GpuBackend.CreateCpuAccelerator(4, 2, 1));
     public static GpuBackend Backend => Instance.Value;
 }
 
@@ -135,5 +139,45 @@ public class GpuModelTests
         var all = new float[ids.Length * model.VocabSize];
         model.Forward(ids, 0, all);
         Assert.True(Rand.RelErr(all[(2 * model.VocabSize)..], expected) < 1e-5, "batched prefill on the GPU backend");
+    }
+
+    [Fact]
+    public void TransNormerWithLrpeOnGpuMatchesFloat64Forward()
+    {
+        var spec = new TransNormerTests.Spec(16, 16, 2, 4, 24, 29, false, false, true, [1, 0]);
+        using var m = new TransNormerTests.TinyModel(spec, 21);
+        var rng = new Random(8);
+        var tokens = Enumerable.Range(0, 12).Select(_ => rng.Next(spec.Vocab)).ToArray();
+        var expected = TransNormerTests.Forward64(m, tokens);
+        using var model = ModelRegistry.Load(m.Dir, GpuSim.Backend);
+        var all = new float[tokens.Length * spec.Vocab];
+        model.Forward(tokens, 0, all);
+        Assert.True(Rand.RelErr(all, expected) < 1e-4, $"gpu prefill: relative error {Rand.RelErr(all, expected):E2}");
+        var last = new float[spec.Vocab];
+        model.Forward(tokens[..8], 0, last);
+        for (int t = 8; t < tokens.Length; t++) model.Forward([tokens[t]], t, last);
+        double err = Rand.RelErr(last, expected[((tokens.Length - 1) * spec.Vocab)..]);
+        Assert.True(err < 1e-4, $"gpu decode: relative error {err:E2}");
+    }
+
+    [Fact]
+    public void Gpt2OnGpuMatchesFloat64ReferenceTop5()
+    {
+        var dir = SharedData.Model("capp-gpt2-tiny");
+        var reference = SharedData.Reference("capp-gpt2-tiny");
+        using var model = ModelRegistry.Load(dir, GpuSim.Backend);
+        var logits = new float[model.VocabSize];
+        foreach (var p in reference.GetProperty("prompts").EnumerateArray())
+        {
+            var ids = p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            model.Forward(ids, 0, logits);
+            var top = logits.Select((v, i) => (v, i)).OrderByDescending(t => t.v).Take(5).ToArray();
+            var expected = p.GetProperty("top5_next").EnumerateArray().ToArray();
+            for (int j = 0; j < 5; j++)
+            {
+                Assert.Equal(expected[j].GetProperty("id").GetInt32(), top[j].i);
+                Assert.Equal(expected[j].GetProperty("logit").GetDouble(), top[j].v, 1e-4);
+            }
+        }
     }
 }

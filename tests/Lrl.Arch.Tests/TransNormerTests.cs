@@ -85,7 +85,7 @@ public class TransNormerTests
     };
 
     /// <summary>The float64 forward: logits for every position.</summary>
-    private static double[] Forward64(TinyModel m, int[] tokens)
+    internal static double[] Forward64(TinyModel m, int[] tokens)
     {
         var s = m.S; var T = m.T;
         int n = tokens.Length, D = s.D, E = s.E, H = s.Heads, hd = E / H;
