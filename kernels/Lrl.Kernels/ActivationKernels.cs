@@ -14,12 +14,16 @@ public static class ActivationKernels
         y[i] = g * up[i] / (1f + XMath.Exp(-g));
     }
 
-    /// <summary>In place x[i] = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).</summary>
+    /// <summary>
+    /// In place x[i] = 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³), computed as x / (1 + e^(−2u)) (the same
+    /// function without the cancellation of 1 + tanh(u) for negative x).
+    /// </summary>
     public static void Gelu(Index1D i, ArrayView<float> x, int n)
     {
         if (i >= n) return;
         float a = x[i];
-        x[i] = 0.5f * a * (1f + XMath.Tanh(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+        float u = 0.7978845608028654f * (a + 0.044715f * a * a * a);
+        x[i] = a / (1f + XMath.Exp(-2f * u));
     }
 
     /// <summary>a[i] += b[i].</summary>

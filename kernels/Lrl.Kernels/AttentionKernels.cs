@@ -155,7 +155,7 @@ public static class AttentionKernels
             qs[e] = r < s.Rows ? q[(long)r * qDim + (long)h * hd + d] * s.Scale : 0f;
             os[e] = 0f;
         }
-        if (t < QB) { rowM[t] = float.NegativeInfinity; rowL[t] = 0f; }
+        for (int qi = t; qi < QB; qi += g) { rowM[qi] = float.NegativeInfinity; rowL[qi] = 0f; }
         int lastRow = XMath.Min(r0 + QB, s.Rows) - 1;
         int lastPos = s.Pos0 + lastRow;
         for (int p0 = 0; p0 <= lastPos; p0 += TK)
@@ -182,28 +182,28 @@ public static class AttentionKernels
                 sc[e] = dot;
             }
             Group.Barrier();
-            if (t < QB)
+            for (int qi = t; qi < QB; qi += g)
             {
-                float mOld = rowM[t], mNew = mOld;
-                for (int j = 0; j < TK; j++) mNew = XMath.Max(mNew, sc[t * TK + j]);
+                float mOld = rowM[qi], mNew = mOld;
+                for (int j = 0; j < TK; j++) mNew = XMath.Max(mNew, sc[qi * TK + j]);
                 float corr = 1f, sum = 0f;
                 if (mNew == float.NegativeInfinity)
                 {
-                    for (int j = 0; j < TK; j++) sc[t * TK + j] = 0f;
+                    for (int j = 0; j < TK; j++) sc[qi * TK + j] = 0f;
                 }
                 else
                 {
                     corr = mOld == float.NegativeInfinity ? 0f : XMath.Exp(mOld - mNew);
                     for (int j = 0; j < TK; j++)
                     {
-                        float e = XMath.Exp(sc[t * TK + j] - mNew);
-                        sc[t * TK + j] = e;
+                        float e = XMath.Exp(sc[qi * TK + j] - mNew);
+                        sc[qi * TK + j] = e;
                         sum += e;
                     }
                 }
-                rowM[t] = mNew;
-                rowL[t] = rowL[t] * corr + sum;
-                rowC[t] = corr;
+                rowM[qi] = mNew;
+                rowL[qi] = rowL[qi] * corr + sum;
+                rowC[qi] = corr;
             }
             Group.Barrier();
             for (int e = t; e < QB * hd; e += g)

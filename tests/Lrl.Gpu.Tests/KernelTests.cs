@@ -7,14 +7,14 @@ namespace Lrl.Gpu.Tests;
 public class KernelTests
 {
     private const double F32Tol = 1e-5;
-    public static TheoryData<string> Kinds => Backends.Kinds;
+    public static TheoryData<string> Kinds => new(Backends.KernelKinds);
 
     public static TheoryData<string, DType> KindsAndDTypes
     {
         get
         {
             var d = new TheoryData<string, DType>();
-            foreach (var k in new[] { "cpu-accelerator", "cuda" })
+            foreach (var k in Backends.KernelKinds)
                 foreach (var t in new[] { DType.F32, DType.F16, DType.BF16 }) d.Add(k, t);
             return d;
         }

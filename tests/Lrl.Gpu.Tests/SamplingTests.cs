@@ -4,7 +4,7 @@ namespace Lrl.Gpu.Tests;
 [Collection("gpu")]
 public class SamplingTests
 {
-    public static TheoryData<string> Kinds => Backends.Kinds;
+    public static TheoryData<string> Kinds => new(Backends.KernelKinds);
 
     [Theory, MemberData(nameof(Kinds))]
     public void ArgmaxFindsFirstLargest(string kind)
