@@ -23,6 +23,8 @@ public sealed class LrlModel : IDisposable
     private readonly IBackend _backend;
     private readonly float[] _logits;
     private readonly int[] _one = new int[1];
+    // Tokens whose state the model holds now (prompt + fed generated tokens): a new prompt that extends them reuses it.
+    private readonly List<int> _state;
 
     public ILanguageModel Model { get; }
     public LrlTokenizer Tokenizer { get; }
@@ -34,6 +36,7 @@ public sealed class LrlModel : IDisposable
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
         _logits = new float[model.VocabSize];
+        _state = new List<int>(model.ContextLength + 1);
     }
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
@@ -84,7 +87,9 @@ public sealed class LrlModel : IDisposable
         {
             if (!options.TruncatePrompt)
                 throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
-            promptIds = promptIds[^ctx..];
+            // Keep the prompt's last tokens and leave room for the generation (at most half the window).
+            int keep = Math.Max(1, ctx - Math.Min(options.MaxTokens, ctx / 2));
+            promptIds = promptIds[^keep..];
         }
         return Run(promptIds, options, cancellationToken);
     }
@@ -95,13 +100,22 @@ public sealed class LrlModel : IDisposable
         var sampler = new Sampler(Model.VocabSize, options.Sampling);
         var decoder = Tokenizer.CreateStreamingDecoder();
         var stops = new StopMatcher(options.StopStrings);
-        var history = new int[Model.ContextLength];
+        var history = new int[Model.ContextLength + 1];
         prompt.CopyTo(history, 0);
         int len = prompt.Length;
         var eos = Tokenizer.EosIds;
 
+        // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
+        int reuse = 0;
+        while (reuse < _state.Count && reuse < prompt.Length && _state[reuse] == prompt[reuse]) reuse++;
+        if (reuse == prompt.Length) reuse--; // at least one token must run to produce logits
+        if (reuse < _state.Count && !Model.CanRewind) reuse = 0;
+        stats.CachedTokens = reuse;
+        _state.Clear();
+
         var clock = Stopwatch.StartNew();
-        Model.Forward(prompt, 0, _logits);
+        Model.Forward(prompt.AsSpan(reuse), reuse, _logits);
+        _state.AddRange(prompt);
         stats.PrefillTime = clock.Elapsed;
         clock.Restart();
         stats.FinishReason = FinishReason.Length;
@@ -123,14 +137,18 @@ public sealed class LrlModel : IDisposable
             }
             yield return new GeneratedToken(next, text);
             if (i + 1 == options.MaxTokens) break;
-            if (len == Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
+            if (len >= Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
             _one[0] = next;
             Model.Forward(_one, len - 1, _logits);
+            _state.Add(next);
         }
         stats.DecodeTime = clock.Elapsed;
         var rest = stops.Push(decoder.Flush()) + stops.Flush();
         if (rest.Length > 0) yield return new GeneratedToken(-1, rest);
     }
+
+    /// <summary>Forgets the cached sequence state: the next generation starts from an empty context.</summary>
+    public void ResetState() => _state.Clear();
 
     public void Dispose()
     {
@@ -142,11 +160,12 @@ public sealed class LrlModel : IDisposable
 /// <summary>Creates the backend for a <see cref="Device"/>.</summary>
 public static class Backends
 {
+    /// <summary>cpu: the SIMD backend; cuda: the ILGPU CUDA backend (an error without a GPU); auto: CUDA when present.</summary>
     public static IBackend Create(Device device, int threads = 0) => device switch
     {
         Device.Cpu => new CpuBackend(threads),
-        Device.Auto => new CpuBackend(threads),
-        Device.Cuda => throw new LrlException("--device cuda: this build has no CUDA backend"),
+        Device.Cuda => Lrl.Gpu.GpuBackend.CreateCuda(),
+        Device.Auto => Lrl.Gpu.GpuBackend.IsCudaAvailable() ? Lrl.Gpu.GpuBackend.CreateCuda() : new CpuBackend(threads),
         _ => throw new LrlException($"unknown device '{device}' (expected cpu, cuda or auto)"),
     };
 }
