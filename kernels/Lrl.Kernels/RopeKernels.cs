@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Algorithms;
 
 namespace Lrl.Kernels;
 
@@ -7,20 +6,20 @@ namespace Lrl.Kernels;
 public static class RopeKernels
 {
     /// <summary>
-    /// In place on x [rows, heads·headDim]; one thread per (row, head, pair). The angle and its cos/sin are computed
-    /// in double (positions × inv_freq loses precision in f32 at long contexts), the rotation in f32.
-    /// invFreq is the llama3/yarn-adjusted table from RopeTable.
+    /// In place on x [rows, heads·headDim]; one thread per (row, head, pair). cos/sin come from tables [position, half]
+    /// that the host fills once from the RopeTable's (llama3/yarn-adjusted) inv_freq as (float)cos((double)pos·inv_freq),
+    /// exactly as the CPU backend computes them, so no device trigonometry is involved.
     /// </summary>
-    public static void Rope(Index1D idx, ArrayView<float> x, ArrayView<float> invFreq, int heads, int headDim, int pos0, int total)
+    public static void Rope(Index1D idx, ArrayView<float> x, ArrayView<float> cos, ArrayView<float> sin,
+                            int half, int heads, int headDim, int pos0, int total)
     {
         if (idx >= total) return;
-        int half = (int)invFreq.Length;
         int i = idx % half;
         int rh = idx / half;
         int r = rh / heads;
         long b = (long)rh * headDim;
-        double ang = (double)(pos0 + r) * invFreq[i];
-        float c = (float)XMath.Cos(ang), s = (float)XMath.Sin(ang);
+        long t = (long)(pos0 + r) * half + i;
+        float c = cos[t], s = sin[t];
         float a0 = x[b + i], a1 = x[b + i + half];
         x[b + i] = a0 * c - a1 * s;
         x[b + i + half] = a1 * c + a0 * s;

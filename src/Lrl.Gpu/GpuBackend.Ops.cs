@@ -13,7 +13,15 @@ public sealed partial class GpuBackend
     private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
     private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _scalar; // device → host token id
-    private readonly Dictionary<RopeTable, MemoryBuffer1D<float, Stride1D.Dense>> _ropeTables = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<RopeTable, RopeCache> _ropeTables = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>cos/sin of every position up to Positions for one RopeTable, [position, half], on the device.</summary>
+    private sealed class RopeCache : IDisposable
+    {
+        public MemoryBuffer1D<float, Stride1D.Dense>? Cos, Sin;
+        public int Positions;
+        public void Dispose() { Cos?.Dispose(); Sin?.Dispose(); }
+    }
 
     private KernelConfig Rows(int rows) => new(rows, _group);
 
@@ -178,14 +186,36 @@ public sealed partial class GpuBackend
         if (rope.RotaryDim > headDim || rope.RotaryDim == 0)
             throw new ArgumentException($"rope: rotary dim {rope.RotaryDim} does not fit head_dim {headDim}");
         CheckRange(x, 0, (long)rows * heads * headDim, "rope input");
-        if (!_ropeTables.TryGetValue(rope, out var table))
-        {
-            table = AllocateRaw<float>(rope.InvFreq.Length, "rope table");
-            table.View.CopyFromCPU(_stream, ref rope.InvFreq[0], rope.InvFreq.Length);
-            _ropeTables[rope] = table;
-        }
-        int total = rows * heads * (rope.RotaryDim / 2);
-        RopeKernel(_stream, total, B(x).View, table.View, heads, headDim, pos0, total);
+        if (pos0 < 0) throw new ArgumentOutOfRangeException(nameof(pos0), pos0, "rope: position must be ≥ 0");
+        int half = rope.RotaryDim / 2;
+        if (!_ropeTables.TryGetValue(rope, out var cache)) _ropeTables[rope] = cache = new RopeCache();
+        int needed = pos0 + rows;
+        if (cache.Positions < needed) GrowRope(cache, rope, Math.Max(needed, Math.Max(256, cache.Positions * 2)));
+        int total = rows * heads * half;
+        RopeKernel(_stream, total, B(x).View, cache.Cos!.View, cache.Sin!.View, half, heads, headDim, pos0, total);
+    }
+
+    /// <summary>Recomputes the cos/sin tables for positions [0, positions) on the host (rare: capacity doubles).</summary>
+    private void GrowRope(RopeCache cache, RopeTable rope, int positions)
+    {
+        int half = rope.RotaryDim / 2;
+        long n = (long)positions * half;
+        var cos = new float[n];
+        var sin = new float[n];
+        for (int p = 0; p < positions; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double a = (double)p * rope.InvFreq[i];
+                cos[(long)p * half + i] = (float)Math.Cos(a);
+                sin[(long)p * half + i] = (float)Math.Sin(a);
+            }
+        _stream.Synchronize();
+        cache.Dispose();
+        cache.Cos = AllocateRaw<float>(n, "rope cos table");
+        cache.Sin = AllocateRaw<float>(n, "rope sin table");
+        cache.Cos.View.CopyFromCPU(_stream, ref cos[0], n);
+        cache.Sin.View.CopyFromCPU(_stream, ref sin[0], n);
+        cache.Positions = positions;
     }
 
     public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,

@@ -69,7 +69,7 @@ public sealed partial class GpuBackend : IBackend
         Context? context = null;
         try
         {
-            context = Context.Create(b => b.Cuda().EnableAlgorithms().Optimize(OptimizationLevel.O2));
+            context = Context.Create(b => b.Cuda().EnableAlgorithms());
             var devices = context.GetCudaDevices();
             if (devices.Count == 0)
                 throw new LrlException("no CUDA device found (ILGPU saw no NVIDIA GPU or driver); use --device cpu");

@@ -125,7 +125,7 @@ public class KernelTests
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new TensorArena(Seed());
-        foreach (var (outF, inF) in new[] { (33, 97), (64, 577), (130, 64), (7, 33) })
+        foreach (var (outF, inF) in new[] { (33, 97), (64, 577), (130, 64), (7, 36), (5, 4) })
         {
             var wt = arena.Matrix("w", dtype, outF, inF, 0.2f);
             var bt = arena.Vector("b", outF);
@@ -150,19 +150,19 @@ public class KernelTests
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new TensorArena(Seed());
-        const int outF = 97, inF = 64;
-        var gt = arena.Matrix("gate", dtype, outF, inF, 0.3f); var ut = arena.Matrix("up", dtype, outF, inF, 0.3f);
-        using var gg = g.LoadWeight(gt); using var ug = g.LoadWeight(ut);
-        using var gr = r.LoadWeight(gt); using var ur = r.LoadWeight(ut);
+        foreach (var (outF, inF) in new[] { (97, 64), (33, 33) })
         foreach (int rows in new[] { 1, 3 })
         {
+            var gt = arena.Matrix("gate", dtype, outF, inF, 0.3f); var ut = arena.Matrix("up", dtype, outF, inF, 0.3f);
+            using var gg = g.LoadWeight(gt); using var ug = g.LoadWeight(ut);
+            using var gr = r.LoadWeight(gt); using var ur = r.LoadWeight(ut);
             var x = arena.Floats(rows * inF);
             using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
             using var yg = Check.Poisoned(g, rows * outF);
             using var a = r.Allocate(rows * outF); using var b = r.Allocate(rows * outF);
             g.MatMulSwiGlu(xg, gg, ug, yg, rows);
             r.MatMul(xr, gr, a, rows); r.MatMul(xr, ur, b, rows); r.SwiGlu(a, b, a, rows * outF);
-            Check.Close(Check.Read(g, yg, rows * outF), Check.Read(r, a, rows * outF), F32Tol, $"gemv+swiglu {dtype} rows={rows}");
+            Check.Close(Check.Read(g, yg, rows * outF), Check.Read(r, a, rows * outF), F32Tol, $"gemv+swiglu {dtype} {outF}x{inF} rows={rows}");
         }
     }
 
