@@ -31,7 +31,9 @@ internal sealed class MatMulJob : IParallelJob
         int target = pool.ThreadCount * (rows == 1 ? 8 : 4);
         _block = Math.Max(rows == 1 ? 16 : PrefillTile, (w.Rows + target - 1) / target);
         if (rows > 1) _block = (_block + PrefillTile - 1) / PrefillTile * PrefillTile;
-        pool.Run(this, (w.Rows + _block - 1) / _block);
+        if (rows == 1) w.PrepareGemv(x.AsSpan(0, w.Cols));
+        try { pool.Run(this, (w.Rows + _block - 1) / _block); }
+        finally { if (rows == 1) w.EndGemv(); }
         _x = _y = []; _w = null!; _bias = null;
     }
 
