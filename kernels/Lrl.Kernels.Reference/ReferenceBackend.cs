@@ -4,7 +4,7 @@ namespace Lrl.Kernels.Reference;
 /// The scalar oracle: every op as the plainest loop, accumulating in double. Slow on purpose.
 /// Tests compare every other backend with this one on random inputs, and run whole models through it.
 /// </summary>
-public sealed class ReferenceBackend : IBackend
+public sealed partial class ReferenceBackend : IBackend
 {
     public string Name => "reference";
 
