@@ -84,7 +84,9 @@ public sealed class LrlModel : IDisposable
         {
             if (!options.TruncatePrompt)
                 throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
-            promptIds = promptIds[^ctx..];
+            // Keep the prompt's last tokens and leave room for the generation (at most half the window).
+            int keep = Math.Max(1, ctx - Math.Min(options.MaxTokens, ctx / 2));
+            promptIds = promptIds[^keep..];
         }
         return Run(promptIds, options, cancellationToken);
     }
@@ -95,7 +97,7 @@ public sealed class LrlModel : IDisposable
         var sampler = new Sampler(Model.VocabSize, options.Sampling);
         var decoder = Tokenizer.CreateStreamingDecoder();
         var stops = new StopMatcher(options.StopStrings);
-        var history = new int[Model.ContextLength];
+        var history = new int[Model.ContextLength + 1];
         prompt.CopyTo(history, 0);
         int len = prompt.Length;
         var eos = Tokenizer.EosIds;
@@ -123,7 +125,7 @@ public sealed class LrlModel : IDisposable
             }
             yield return new GeneratedToken(next, text);
             if (i + 1 == options.MaxTokens) break;
-            if (len == Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
+            if (len >= Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
             _one[0] = next;
             Model.Forward(_one, len - 1, _logits);
         }

@@ -17,7 +17,7 @@ public class GenerateTests
             Assert.True(r.ExitCode == 0, r.Stderr);
             var idsLine = r.Stderr.Split('\n').Single(l => l.StartsWith("ids: "));
             Assert.Equal(expectedIds, idsLine[5..].Trim().Split(' ').Select(int.Parse).ToArray());
-            Assert.Equal(p.GetProperty("greedy_text").GetString(), r.Stdout.TrimEnd('\n'));
+            Assert.Equal(p.GetProperty("greedy_text").GetString()!.TrimEnd('\n'), r.Stdout.TrimEnd('\n'));
             Assert.Matches(@"prompt: \d+ tokens, [\d.]+ tok/s \| generated: \d+ tokens, [\d.]+ tok/s", r.Stderr);
         }
     }
