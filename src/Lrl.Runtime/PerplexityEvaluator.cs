@@ -12,10 +12,11 @@ public sealed record PerplexityResult(double Perplexity, double BitsPerByte, dou
 }
 
 /// <summary>
-/// Sliding-window perplexity as in Hugging Face's guide: windows of at most <c>context</c> tokens start every
+/// Sliding-window perplexity as in Hugging Face's guide: windows of at most <c>context</c> tokens end every
 /// <c>stride</c> tokens; each window is a fresh sequence and scores only the tokens that no earlier window scored,
-/// each predicted from everything before it in its window. stride = context gives disjoint windows; smaller strides
-/// give every scored token more context at more compute.
+/// each predicted from everything before it in its window. For stride &lt; context this is exactly HF's loop; with
+/// stride = context each window starts one token early so the token at the boundary is scored too (HF drops it).
+/// Every token but the first is scored exactly once.
 /// </summary>
 public static class PerplexityEvaluator
 {
@@ -41,25 +42,41 @@ public static class PerplexityEvaluator
         foreach (var t in tokens)
             if ((uint)t >= (uint)vocab) throw new LrlException($"token id {t} is outside the vocabulary (0..{vocab - 1})");
         int total = 0;
-        for (int begin = 0, prevEnd = 0; prevEnd < n; begin += stride) { total++; prevEnd = Math.Min(begin + context, n); }
+        for (int prevEnd = 0; prevEnd < n; total++) prevEnd = Window(prevEnd, n, context, stride).End;
 
         var logits = new float[(long)Math.Min(context, n) * vocab];
         double nll = 0;
         int scored = 0, windows = 0;
-        for (int begin = 0, prevEnd = 0; prevEnd < n; begin += stride)
+        for (int prevEnd = 0; prevEnd < n;)
         {
-            int end = Math.Min(begin + context, n), len = end - begin;
+            var (begin, end) = Window(prevEnd, n, context, stride);
+            int len = end - begin;
             var rows = logits.AsSpan(0, len * vocab);
             model.Forward(tokens[begin..end], 0, rows);
-            for (int p = Math.Max(prevEnd, begin + 1); p < end; p++)
+            for (int p = Math.Max(prevEnd, 1); p < end; p++)
             {
                 nll += Nll(rows.Slice((p - 1 - begin) * vocab, vocab), tokens[p]);
                 scored++;
             }
             prevEnd = end;
-            progress?.Report((++windows, total));
+            windows++;
+            progress?.Report((windows, total));
         }
         return new PerplexityResult(Math.Exp(nll / scored), textBytes > 0 ? nll / Math.Log(2) / textBytes : double.NaN, nll, scored, windows);
+    }
+
+    /// <summary>
+    /// The window after one that ended at <paramref name="prevEnd"/>: it ends <paramref name="stride"/> tokens later and
+    /// reaches back <paramref name="context"/> tokens, but always starts at or before prevEnd − 1 so that the first token
+    /// it scores has a predecessor in the window (with stride = context this scores the tokens a disjoint split would skip).
+    /// </summary>
+    private static (int Begin, int End) Window(int prevEnd, int n, int context, int stride)
+    {
+        if (prevEnd == 0) return (0, Math.Min(context, n));
+        int end = Math.Min(prevEnd + stride, n);
+        int begin = Math.Max(0, end - context);
+        if (begin > prevEnd - 1) { begin = prevEnd - 1; end = Math.Min(begin + context, n); }
+        return (begin, end);
     }
 
     /// <summary>−ln softmax(logits)[target], computed in double.</summary>

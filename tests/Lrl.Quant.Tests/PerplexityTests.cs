@@ -42,16 +42,20 @@ public class PerplexityTests
         var tokens = Enumerable.Range(0, n).Select(_ => rng.Next(vocab)).ToArray();
         var model = new FakeModel(vocab, 128);
         var r = PerplexityEvaluator.Evaluate(model, tokens, 1000, context, stride);
-        double z = Enumerable.Range(0, vocab).Sum(t => 1.0 + t);
-        double expected = tokens.Skip(1).Sum(t => -Math.Log((1 + t) / z));
+        // The model's logits are floats: ln(1 + t) rounded to f32.
+        double lse = Math.Log(Enumerable.Range(0, vocab).Sum(t => Math.Exp(MathF.Log(1 + t))));
+        double expected = tokens.Skip(1).Sum(t => lse - MathF.Log(1 + t));
         Assert.Equal(n - 1, r.TokensScored);
         Assert.Equal(expected, r.TotalNll, 1e-6);
         Assert.Equal(Math.Exp(expected / (n - 1)), r.Perplexity, 1e-9);
         Assert.Equal(expected / Math.Log(2) / 1000, r.BitsPerByte, 1e-9);
         Assert.All(model.Calls, c => Assert.InRange(c.Length, 1, context));
         Assert.Equal(r.Windows, model.Calls.Count);
-        // Windows start every stride tokens until one reaches the end.
-        for (int i = 0; i < model.Calls.Count - 1; i++) Assert.Equal(context, model.Calls[i].Length);
+        // Full windows until one reaches the end.
+        for (int i = 0; i < model.Calls.Count - 1; i++) Assert.Equal(Math.Min(context, n), model.Calls[i].Length);
+        int expectedWindows = 1;
+        for (int end = Math.Min(context, n); end < n; expectedWindows++) end = Math.Min(end + Math.Min(stride, context - 1), n);
+        Assert.Equal(expectedWindows, r.Windows);
     }
 
     [Fact]

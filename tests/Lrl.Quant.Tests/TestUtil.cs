@@ -63,6 +63,36 @@ public static unsafe class TestUtil
         return y;
     }
 
+    /// <summary>
+    /// Checks every output against the double reference with an error bound per element: f32 rounding
+    /// (1e-5·Σ|w·x|) plus, for kernels that quantize activations to int8 per 32 columns, the activation rounding
+    /// (Σ|w|·max|x|/254, which bounds Σ w·Δx since |Δx| ≤ block max/254). Returns the worst error/bound ratio.
+    /// </summary>
+    public static double CheckBound(QuantizedTensor q, float[] x, ReadOnlySpan<float> y, double[] expected, int rows, bool quantizedActivations)
+    {
+        var w = new double[q.Cols];
+        double worst = 0;
+        for (int o = 0; o < q.Rows; o++)
+        {
+            q.DequantizeRow(o, w);
+            for (int r = 0; r < rows; r++)
+            {
+                double absDot = 0, absW = 0, maxX = 0;
+                for (int i = 0; i < q.Cols; i++)
+                {
+                    double xi = x[(long)r * q.Cols + i];
+                    absDot += Math.Abs(w[i] * xi); absW += Math.Abs(w[i]); maxX = Math.Max(maxX, Math.Abs(xi));
+                }
+                double bound = 1e-5 * absDot + (quantizedActivations ? absW * maxX / 254 : 0) + 1e-30;
+                float v = y[r * q.Rows + o];
+                double err = float.IsFinite(v) ? Math.Abs(v - expected[(long)r * q.Rows + o]) : double.PositiveInfinity;
+                if (err > bound) throw new Xunit.Sdk.XunitException($"{q.Name} row {r} output {o}: {v} vs {expected[(long)r * q.Rows + o]}, error {err:E2} > bound {bound:E2}");
+                worst = Math.Max(worst, err / bound);
+            }
+        }
+        return worst;
+    }
+
     public static double RelErr(ReadOnlySpan<float> actual, IReadOnlyList<double> expected)
     {
         double num = 0, den = 0;
