@@ -38,7 +38,7 @@ public static class WeightLoader
             string suffix = dot < 0 ? "" : t.Name[dot..];
             if (suffix == ".qweight")
                 n += t.ElementCount * (t.DType switch { DType.I32 => 8, DType.U8 => 2, _ => 1 });
-            else if (suffix is ".scales" or ".qzeros" or ".g_idx" && checkpoint.Contains(t.Name[..dot] + ".qweight"))
+            else if (suffix is ".scales" or ".zeros" or ".qzeros" or ".g_idx" && checkpoint.Contains(t.Name[..dot] + ".qweight"))
                 continue;
             else
                 n += t.ElementCount;

@@ -11,6 +11,8 @@ public sealed class QuantizedMatrix
     public required byte[] Codes { get; init; }
     /// <summary>[Rows, Cols/GroupSize].</summary>
     public required Half[] Scales { get; init; }
+    /// <summary>4-bit asymmetric only: per-group zero points [Rows, Cols/GroupSize] (else the implicit 8).</summary>
+    public byte[]? Zeros { get; init; }
     /// <summary>‖W − Q(W)‖/‖W‖ averaged over rows.</summary>
     public double RelativeError { get; init; }
 }
@@ -39,14 +41,14 @@ public static class GroupQuantizer
     /// is above <paramref name="threshold"/> and the finer group removes at least <paramref name="minGain"/> of it
     /// (outliers make coarse groups lose accuracy; without them the extra scales buy little).
     /// </summary>
-    public static (int Group, double Error) ChooseGroup(ReadOnlySpan<float> w, int rows, int cols, int bits, double threshold, double minGain = 0.05)
+    public static (int Group, double Error) ChooseGroup(ReadOnlySpan<float> w, int rows, int cols, int bits, double threshold, double minGain = 0.05, bool asymmetric = false)
     {
         var candidates = Candidates(cols, bits);
         int pick = candidates[0];
-        double err = RelativeError(w, rows, cols, bits, pick);
+        double err = RelativeError(w, rows, cols, bits, pick, asymmetric);
         for (int i = 1; i < candidates.Count && err > threshold; i++)
         {
-            double e = RelativeError(w, rows, cols, bits, candidates[i]);
+            double e = RelativeError(w, rows, cols, bits, candidates[i], asymmetric);
             if (e > err * (1 - minGain)) break;
             pick = candidates[i];
             err = e;
@@ -55,7 +57,7 @@ public static class GroupQuantizer
     }
 
     /// <summary>Mean over rows of ‖row − Q(row)‖/‖row‖ at the given bits and group size.</summary>
-    public static double RelativeError(ReadOnlySpan<float> w, int rows, int cols, int bits, int group)
+    public static double RelativeError(ReadOnlySpan<float> w, int rows, int cols, int bits, int group, bool asymmetric = false)
     {
         double total = 0;
         var codes = new int[group];
@@ -65,7 +67,7 @@ public static class GroupQuantizer
             for (int g = 0; g < cols / group; g++)
             {
                 var part = w.Slice(r * cols + g * group, group);
-                float s = GroupScale(part, bits, codes);
+                float s = GroupScale(part, bits, codes, asymmetric, out _);
                 for (int j = 0; j < group; j++)
                 {
                     double d = part[j] - (double)codes[j] * s;
@@ -79,14 +81,16 @@ public static class GroupQuantizer
     }
 
     /// <summary>Quantizes a row-major f32 matrix [rows, cols] with one group size.</summary>
-    public static QuantizedMatrix Quantize(ReadOnlySpan<float> w, int rows, int cols, int bits, int group)
+    public static QuantizedMatrix Quantize(ReadOnlySpan<float> w, int rows, int cols, int bits, int group, bool asymmetric = false)
     {
+        if (asymmetric && bits != 4) throw new LrlException("asymmetric (zero-point) quantization is 4-bit only");
         if (bits is not (4 or 8)) throw new LrlException($"bits must be 4 or 8, got {bits}");
         if (!IsValidGroup(cols, group)) throw new LrlException($"group size {group} does not fit rows of {cols} columns");
         if (bits == 4 && cols % 2 != 0) throw new LrlException($"4-bit rows need an even length, got {cols}");
         int groups = cols / group;
         var codes = new byte[bits == 8 ? (long)rows * cols : (long)rows * cols / 2];
         var scales = new Half[(long)rows * groups];
+        var zeros = asymmetric ? new byte[(long)rows * groups] : null;
         var q = new int[group];
         var nibbles = new byte[cols];
         double total = 0;
@@ -96,13 +100,14 @@ public static class GroupQuantizer
             for (int g = 0; g < groups; g++)
             {
                 var part = w.Slice(r * cols + g * group, group);
-                float s = GroupScale(part, bits, q);
+                float s = GroupScale(part, bits, q, asymmetric, out int z);
                 scales[(long)r * groups + g] = (Half)s;
+                if (zeros != null) zeros[(long)r * groups + g] = (byte)z;
                 for (int j = 0; j < group; j++)
                 {
                     int c = g * group + j;
                     if (bits == 8) codes[(long)r * cols + c] = (byte)(sbyte)q[j];
-                    else nibbles[c] = (byte)(q[j] + 8);
+                    else nibbles[c] = (byte)(q[j] + z);
                     double d = part[j] - (double)q[j] * s;
                     num += d * d; den += (double)part[j] * part[j];
                 }
@@ -110,36 +115,73 @@ public static class GroupQuantizer
             if (bits == 4) QuantLayout.PackInt4Row(nibbles, codes.AsSpan((int)((long)r * cols / 2), cols / 2));
             total += den > 0 ? Math.Sqrt(num / den) : 0;
         }
-        return new QuantizedMatrix { Bits = bits, GroupSize = group, Rows = rows, Cols = cols, Codes = codes, Scales = scales, RelativeError = total / rows };
+        return new QuantizedMatrix { Bits = bits, GroupSize = group, Rows = rows, Cols = cols, Codes = codes, Scales = scales, Zeros = zeros, RelativeError = total / rows };
     }
 
-    /// <summary>Chooses the group's scale (already rounded to f16) and writes its signed codes.</summary>
-    internal static float GroupScale(ReadOnlySpan<float> part, int bits, Span<int> codes)
+    /// <summary>
+    /// Chooses the group's scale (rounded to f16) and zero point and writes its codes q − z. Symmetric: z = 8 for 4-bit
+    /// (0 for 8-bit). Asymmetric 4-bit: z ∈ 0..15 from a search over clipped [min, max] ranges. The chosen codes' scale is
+    /// then refit by least squares (s = Σw·c / Σc²) when that lowers the error.
+    /// </summary>
+    internal static float GroupScale(ReadOnlySpan<float> part, int bits, Span<int> codes, bool asymmetric, out int zero)
     {
-        float amax = 0, signedMax = 0;
+        zero = bits == 4 ? 8 : 0;
+        float amax = 0, signedMax = 0, min = 0, max = 0;
         foreach (var v in part)
-            if (MathF.Abs(v) > amax) { amax = MathF.Abs(v); signedMax = v; }
-        if (!float.IsFinite(amax)) throw new LrlException("weights contain NaN or infinity");
-        if (amax == 0) { codes[..part.Length].Clear(); return 0; }
-        if (bits == 8) return Encode(part, RoundScale(amax / 127f), -127, 127, codes);
-
-        // 4-bit: a small search over scales; keep the one with the least squared error.
-        float best = 0; double bestErr = double.MaxValue;
-        Span<float> candidates = stackalloc float[8];
-        int n = 0;
-        foreach (var f in (ReadOnlySpan<float>)[1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f]) candidates[n++] = amax / 7f * f;
-        candidates[n++] = MathF.Abs(signedMax) / 8f;
-        candidates[n++] = amax / 7.5f;
-        foreach (var cand in candidates[..n])
         {
-            float s = RoundScale(cand);
-            if (s == 0) continue;
-            Encode(part, s, -8, 7, codes);
-            double e = 0;
-            for (int j = 0; j < part.Length; j++) { double d = part[j] - (double)codes[j] * s; e += d * d; }
-            if (e < bestErr) { bestErr = e; best = s; }
+            if (MathF.Abs(v) > amax) { amax = MathF.Abs(v); signedMax = v; }
+            min = MathF.Min(min, v); max = MathF.Max(max, v);
         }
-        return Encode(part, best, -8, 7, codes);
+        if (!float.IsFinite(amax)) throw new LrlException("weights contain NaN or infinity");
+        codes = codes[..part.Length];
+        if (amax == 0) { codes.Clear(); return 0; }
+        if (bits == 8) return Encode(part, RoundScale(amax / 127f), 0, -127, 127, codes);
+
+        Span<float> cands = stackalloc float[8];
+        Span<int> zs = stackalloc int[8];
+        int n = 0;
+        if (!asymmetric)
+        {
+            foreach (var f in (ReadOnlySpan<float>)[1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f]) { cands[n] = amax / 7f * f; zs[n++] = 8; }
+            cands[n] = MathF.Abs(signedMax) / 8f; zs[n++] = 8;
+            cands[n] = amax / 7.5f; zs[n++] = 8;
+        }
+        else
+        {
+            foreach (var f in (ReadOnlySpan<float>)[1.0f, 0.95f, 0.9f, 0.85f, 0.8f])
+            {
+                float lo = min * f, hi = max * f, sc = (hi - lo) / 15f;
+                if (sc <= 0) continue;
+                cands[n] = sc; zs[n++] = Math.Clamp((int)MathF.Round(-lo / sc), 0, 15);
+            }
+        }
+        float best = 0; int bestZero = 8; double bestErr = double.MaxValue;
+        for (int i = 0; i < n; i++)
+        {
+            float sc = RoundScale(cands[i]);
+            if (sc == 0) continue;
+            int z = zs[i];
+            double e = Sse(part, Encode(part, sc, z, -z, 15 - z, codes), codes);
+            if (e < bestErr) { bestErr = e; best = sc; bestZero = z; }
+        }
+        zero = bestZero;
+        Encode(part, best, zero, -zero, 15 - zero, codes);
+        // Least-squares refit of the scale for these codes.
+        double wc = 0, cc = 0;
+        for (int j = 0; j < part.Length; j++) { wc += part[j] * (double)codes[j]; cc += (double)codes[j] * codes[j]; }
+        if (cc > 0)
+        {
+            float refit = RoundScale((float)(wc / cc));
+            if (refit > 0 && Sse(part, refit, codes) < Sse(part, best, codes)) best = refit;
+        }
+        return best;
+    }
+
+    private static double Sse(ReadOnlySpan<float> part, float s, ReadOnlySpan<int> codes)
+    {
+        double e = 0;
+        for (int j = 0; j < part.Length; j++) { double d = part[j] - (double)codes[j] * s; e += d * d; }
+        return e;
     }
 
     private static float RoundScale(float s)
@@ -149,7 +191,8 @@ public static class GroupQuantizer
         return (float)h;
     }
 
-    private static float Encode(ReadOnlySpan<float> part, float s, int min, int max, Span<int> codes)
+    /// <summary>codes = clamp(round(w/s) + z, 0, ..) − z, i.e. clamped to [min, max].</summary>
+    private static float Encode(ReadOnlySpan<float> part, float s, int z, int min, int max, Span<int> codes)
     {
         float inv = s > 0 ? 1f / s : 0;
         for (int j = 0; j < part.Length; j++)

@@ -77,10 +77,18 @@ public static unsafe class QuantizedWeights
         if (scales.DType != DType.F16 || scales.Rank != 2 || scales.Shape[0] != rows || scales.Shape[1] != groups)
             throw new ModelFormatException(scales.Source,
                 $"tensor '{b}.scales' is {scales.DType} {scales.ShapeString}; group size {group} needs F16 [{rows}, {groups}]");
+        byte* zp = null;
+        if (ck.TryGet(b + ".zeros", out var zeros))
+        {
+            if (bits != 4 || zeros.DType != DType.U8 || zeros.Rank != 2 || zeros.Shape[0] != rows || zeros.Shape[1] != groups)
+                throw new ModelFormatException(zeros.Source,
+                    $"tensor '{b}.zeros' is {zeros.DType} {zeros.ShapeString}; zero points of {bits}-bit codes with group size {group} are U8 [{rows}, {groups}] (4-bit only)");
+            zp = zeros.Pointer;
+        }
         var q = new QuantizedTensor
         {
             Name = b + ".weight", Source = file, Bits = bits, GroupSize = group, Rows = rows, Cols = cols,
-            Codes = qweight.Pointer, Scales = (Half*)scales.Pointer,
+            Codes = qweight.Pointer, Scales = (Half*)scales.Pointer, Zeros = zp,
         };
         q.Validate();
         return q;

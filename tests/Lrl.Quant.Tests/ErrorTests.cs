@@ -82,6 +82,17 @@ public class ErrorTests : IDisposable
     }
 
     [Fact]
+    public void ZerosOfWrongShape()
+    {
+        var dir = Track(CheckpointWriters.Rewrite(_good, (t, w) =>
+        {
+            if (t.Name == Q + ".scales") w.Add(Q + ".zeros", DType.U8, [t.Shape[0], t.Shape[1] + 1], new byte[t.Shape[0] * (t.Shape[1] + 1)]);
+            return true;
+        }));
+        LoadFails(dir, "model.safetensors", Q + ".zeros");
+    }
+
+    [Fact]
     public void GroupSizeNotDividingTheRow()
     {
         var dir = Track(CheckpointWriters.Rewrite(_good, (_, _) => true, meta =>

@@ -47,33 +47,44 @@ public class ModelTests(ITestOutputHelper output)
         return logits;
     }
 
+    /// <summary>
+    /// int8 must stay within 0.5 % of f32. Pure int4 round-to-nearest costs this 260K-parameter model ≈ 11 % at every
+    /// group size (its rows are Gaussian-like: no outliers for finer groups to isolate), so pure int4 is held to 15 %;
+    /// zero points (asymmetric) at group 32 and the int8 fallback of "auto" are what bring it closer.
+    /// </summary>
     [Theory]
-    [InlineData(8, "auto", 0.005)]
-    [InlineData(8, "channel", 0.005)]
-    [InlineData(8, "32", 0.005)]
-    [InlineData(8, "64", 0.005)]
-    [InlineData(4, "auto", 0.05)]
-    [InlineData(4, "channel", 0.25)]
-    [InlineData(4, "32", 0.25)]
-    [InlineData(4, "64", 0.25)]
-    [InlineData(4, "128", 0.25)]
-    public void QuantizedPerplexityIsCloseToF32(int bits, string group, double maxRelative)
+    [InlineData(8, "auto", false, null, 0.005)]
+    [InlineData(8, "channel", false, null, 0.005)]
+    [InlineData(8, "32", false, null, 0.005)]
+    [InlineData(8, "64", false, null, 0.005)]
+    [InlineData(4, "auto", false, null, 0.15)]
+    [InlineData(4, "auto", false, 0.085, 0.05)]
+    [InlineData(4, "channel", false, null, 0.15)]
+    [InlineData(4, "32", false, null, 0.15)]
+    [InlineData(4, "64", false, null, 0.15)]
+    [InlineData(4, "128", false, null, 0.15)]
+    [InlineData(4, "32", true, null, 0.10)]
+    [InlineData(4, "auto", true, null, 0.15)]
+    public void QuantizedPerplexityIsCloseToF32(int bits, string group, bool asymmetric, double? fallback, double maxRelative)
     {
         string src = SharedData.Model(Model);
         string dir = Path.Combine(CheckpointWriters.TempDir("q"), "out");
         try
         {
             var log = new List<string>();
-            var report = Quantizer.QuantizeModel(src, dir, bits, group, new Progress<string>(log.Add));
+            var options = new QuantizeOptions { Bits = bits, Group = group, Asymmetric = asymmetric, Int8FallbackThreshold = fallback };
+            var report = Quantizer.QuantizeModel(src, dir, options, new Progress<string>(log.Add));
             Assert.True(File.Exists(Path.Combine(dir, "tokenizer.json")));
             Assert.True(report.OutputBytes < report.InputBytes);
             var f32 = F32.Value;
             var q = Perplexity(dir);
             double rel = q.Perplexity / f32.Perplexity - 1;
-            var groups = string.Join(",", report.Metadata.Tensors.Values.Select(v => v.Group).GroupBy(g => g).OrderBy(g => g.Key).Select(g => $"{g.Key}×{g.Count()}"));
-            output.WriteLine($"Q{bits} group={group}: ppl {q.Perplexity:F4} vs f32 {f32.Perplexity:F4} ({rel:+0.000%;-0.000%}), bpb {q.BitsPerByte:F4} vs {f32.BitsPerByte:F4}, {report.OutputBytes} bytes vs {report.InputBytes}, groups {groups}");
+            var groups = string.Join(",", report.Metadata.Tensors.Values.GroupBy(v => $"Q{v.Bits}/{v.Group}").OrderBy(g => g.Key).Select(g => $"{g.Key}×{g.Count()}"));
+            output.WriteLine($"Q{bits} group={group} asym={asymmetric} fallback={fallback}: ppl {q.Perplexity:F4} vs f32 {f32.Perplexity:F4} ({rel:+0.00%;-0.00%}), bpb {q.BitsPerByte:F4} vs {f32.BitsPerByte:F4}, {report.OutputBytes} bytes vs {report.InputBytes}, matrices {groups}");
             Assert.Equal(Heldout.Value.Tokens.Length - 1, q.TokensScored);
             Assert.True(Math.Abs(rel) <= maxRelative, $"perplexity {q.Perplexity:F4} vs f32 {f32.Perplexity:F4}: {rel:P2}");
+            if (bits == 4 && fallback is null) Assert.All(report.Metadata.Tensors.Values, v => Assert.Equal(4, v.Bits));
+            if (fallback is not null) Assert.Contains(report.Metadata.Tensors.Values, v => v.Bits == 4);
         }
         finally { Directory.Delete(Path.GetDirectoryName(dir)!, recursive: true); }
     }
@@ -82,13 +93,14 @@ public class ModelTests(ITestOutputHelper output)
     [InlineData(8, "auto", false)]
     [InlineData(4, "auto", false)]
     [InlineData(4, "32", true)]
-    public void QuantizedModelMatchesDequantizedReference(int bits, string group, bool embeddings)
+    [InlineData(4, "64", false, true)]
+    public void QuantizedModelMatchesDequantizedReference(int bits, string group, bool embeddings, bool asymmetric = false)
     {
         string src = SharedData.Model(Model);
         string dir = Path.Combine(CheckpointWriters.TempDir("q"), "out");
         try
         {
-            Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = bits, Group = group, QuantizeEmbeddings = embeddings });
+            Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = bits, Group = group, QuantizeEmbeddings = embeddings, Asymmetric = asymmetric });
             using (var cpu0 = new CpuBackend(1))
             using (var m = ModelRegistry.Load(dir, cpu0))
             {

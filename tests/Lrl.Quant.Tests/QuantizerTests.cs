@@ -39,8 +39,8 @@ public class QuantizerTests
                     Assert.InRange(code, bits == 8 ? -127 : -8, bits == 8 ? 127 : 7);
                     double step = q.Scale(r, i / group);
                     double d = row[i] - w[r * cols + i];
-                    // Inside the range every element is within half a step; clipped ones (int4 scale search) within the clip.
-                    if (Math.Abs(code) < (bits == 8 ? 127 : 7)) Assert.True(Math.Abs(d) <= step * 0.5 + 1e-6, $"[{r},{i}] error {d} step {step}");
+                    // Inside the range every element is within half a step (int4: the least-squares refit of the scale may move it a little).
+                    if (Math.Abs(code) < (bits == 8 ? 127 : 7)) Assert.True(Math.Abs(d) <= step * (bits == 8 ? 0.5 : 0.75) + 1e-6, $"[{r},{i}] error {d} step {step}");
                     num += d * d; den += (double)w[r * cols + i] * w[r * cols + i];
                 }
             }
