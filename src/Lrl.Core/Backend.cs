@@ -69,6 +69,29 @@ public interface IBackend : IDisposable
     /// <summary>y[r, o] = Σ_i x[r, i]·W[o, i] (+ bias[o]) for r &lt; rows.</summary>
     void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null);
 
+    /// <summary>
+    /// Three products of one input in one pass (Q, K and V): y_j = x·W_jᵀ (+ b_j). Backends fuse them into one dispatch;
+    /// the default runs three <see cref="MatMul"/>s.
+    /// </summary>
+    void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
+                 Weight w2, DeviceBuffer y2, Weight? b2)
+    {
+        MatMul(x, w0, y0, rows, b0);
+        MatMul(x, w1, y1, rows, b1);
+        MatMul(x, w2, y2, rows, b2);
+    }
+
+    /// <summary>
+    /// The SwiGLU MLP's first half: gateOut = silu(x·Gᵀ) ⊙ (x·Uᵀ), with upOut as scratch of the same size.
+    /// Backends fuse the two products and the activation; the default runs them one after another.
+    /// </summary>
+    void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut)
+    {
+        MatMul(x, gate, gateOut, rows);
+        MatMul(x, up, upOut, rows);
+        SwiGlu(gateOut, upOut, gateOut, (long)rows * gate.Rows);
+    }
+
     /// <summary>In-place rotary embedding of x [rows, heads·headDim]; row r is at position pos0 + r.</summary>
     void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope);
 

@@ -20,6 +20,12 @@ public interface ILanguageModel : IDisposable
     long WeightBytesPerToken { get; }
 
     /// <summary>
+    /// Whether Forward may restart at a startPos below the current length (attention models: the KV cache is simply
+    /// overwritten). Recurrent models (RWKV) hold one state that cannot be rewound, so they return false.
+    /// </summary>
+    bool CanRewind => true;
+
+    /// <summary>
     /// Runs <paramref name="tokens"/> at positions startPos .. startPos+n-1 as one batched pass; the state must hold
     /// positions 0 .. startPos-1 (startPos = 0 starts a new sequence). Writes the logits of the last token into
     /// <paramref name="logits"/> (length VocabSize), or of every token when its length is n·VocabSize.

@@ -110,6 +110,17 @@ public sealed partial class CpuBackend : IBackend
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null) =>
         _matMul.Run(_pool, D(x), (CpuMatrix)w, D(y), rows, (bias as CpuVector)?.Data);
 
+    public void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
+                        Weight w2, DeviceBuffer y2, Weight? b2) =>
+        _matMul.Run3(_pool, D(x), rows, (CpuMatrix)w0, D(y0), (b0 as CpuVector)?.Data, (CpuMatrix)w1, D(y1), (b1 as CpuVector)?.Data,
+                     (CpuMatrix)w2, D(y2), (b2 as CpuVector)?.Data);
+
+    public void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut)
+    {
+        if ((long)rows * up.Rows > upOut.Length) throw new ArgumentException($"GateUpSwiGlu: up buffer too small for {rows} rows of {up}");
+        _matMul.RunSwiGlu(_pool, D(x), rows, (CpuMatrix)gate, D(gateOut), (CpuMatrix)up, D(upOut));
+    }
+
     public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         var X = D(x);

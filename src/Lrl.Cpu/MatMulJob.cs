@@ -1,21 +1,34 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace Lrl.Cpu;
 
 /// <summary>
-/// y[r, o] = Σ_i x[r, i]·W[o, i] + b[o], split over blocks of output features.
-/// One row (decode): each block is a GEMV reading its weight rows once, in the stored dtype.
-/// Several rows (prefill): each weight row is converted to f32 once into per-thread scratch and reused for every
-/// input row, so the weights are read once per pass, not once per token.
+/// Matrix products y = x·Wᵀ + b for up to three weights sharing one input (Q/K/V), or a gate/up pair fused with SwiGLU,
+/// in a single parallel dispatch split over blocks of output features.
+/// One row (decode): each block is a GEMV reading its weight rows once, in the stored format.
+/// Several rows (prefill): each tile of 4 weight rows is converted to f32 once into per-thread scratch and reused for
+/// every input row by a register-blocked 4×2 micro-kernel, over K in cache-sized chunks.
 /// </summary>
-internal sealed class MatMulJob : IParallelJob
+internal sealed unsafe class MatMulJob : IParallelJob
 {
-    private const int PrefillTile = 4;
+    private const int Tile = 4;       // weight rows per micro-kernel tile
+    private const int KChunk = 1024;  // f32 columns per pass, keeps the tile and the x chunk in L1/L2
+
+    private struct Target
+    {
+        public CpuMatrix W;
+        public float[] Y;
+        public float[]? Bias;
+        public int Block, Blocks, FirstItem;
+    }
+
+    private readonly Target[] _t = new Target[3];
     private readonly float[][] _scratch;
-    private float[] _x = [], _y = [];
-    private float[]? _bias;
-    private CpuMatrix _w = null!;
-    private int _rows, _block;
+    private int _count, _rows;
+    private float[] _x = [];
+    private bool _swiGlu;
 
     public MatMulJob(int threads)
     {
@@ -25,42 +38,193 @@ internal sealed class MatMulJob : IParallelJob
 
     public void Run(WorkerPool pool, float[] x, CpuMatrix w, float[] y, int rows, float[]? bias)
     {
-        if ((long)rows * w.Cols > x.Length || (long)rows * w.Rows > y.Length)
-            throw new ArgumentException($"MatMul {w.Name}: buffers too small for {rows} rows of [{w.Rows}, {w.Cols}]");
-        _x = x; _w = w; _y = y; _rows = rows; _bias = bias;
-        int target = pool.ThreadCount * (rows == 1 ? 8 : 4);
-        _block = Math.Max(rows == 1 ? 16 : PrefillTile, (w.Rows + target - 1) / target);
-        if (rows > 1) _block = (_block + PrefillTile - 1) / PrefillTile * PrefillTile;
-        if (rows == 1) w.PrepareGemv(x.AsSpan(0, w.Cols));
-        try { pool.Run(this, (w.Rows + _block - 1) / _block); }
-        finally { if (rows == 1) w.EndGemv(); }
-        _x = _y = []; _w = null!; _bias = null;
+        Begin(x, rows, false);
+        Add(pool, w, y, bias);
+        Dispatch(pool);
+    }
+
+    public void Run3(WorkerPool pool, float[] x, int rows, CpuMatrix w0, float[] y0, float[]? b0,
+                     CpuMatrix w1, float[] y1, float[]? b1, CpuMatrix w2, float[] y2, float[]? b2)
+    {
+        Begin(x, rows, false);
+        Add(pool, w0, y0, b0); Add(pool, w1, y1, b1); Add(pool, w2, y2, b2);
+        Dispatch(pool);
+    }
+
+    /// <summary>gateOut = silu(x·Gᵀ) ⊙ (x·Uᵀ); upOut is scratch. Each item computes the same block of both products.</summary>
+    public void RunSwiGlu(WorkerPool pool, float[] x, int rows, CpuMatrix gate, float[] gateOut, CpuMatrix up, float[] upOut)
+    {
+        if (gate.Rows != up.Rows || gate.Cols != up.Cols)
+            throw new ArgumentException($"gate {gate} and up {up} must have the same shape");
+        Begin(x, rows, true);
+        Add(pool, gate, gateOut, null);
+        _t[1] = _t[0] with { W = up, Y = upOut };
+        _count = 1; // items cover the gate's blocks; each also does the matching up block
+        Dispatch(pool);
+    }
+
+    private void Begin(float[] x, int rows, bool swiGlu)
+    {
+        _x = x; _rows = rows; _count = 0; _swiGlu = swiGlu;
+    }
+
+    private void Add(WorkerPool pool, CpuMatrix w, float[] y, float[]? bias)
+    {
+        if ((long)_rows * w.Cols > _x.Length || (long)_rows * w.Rows > y.Length)
+            throw new ArgumentException($"MatMul {w.Name}: buffers too small for {_rows} rows of [{w.Rows}, {w.Cols}]");
+        int target = pool.ThreadCount * (_rows == 1 ? 8 : 4);
+        int block = Math.Max(_rows == 1 ? 16 : Tile, (w.Rows + target - 1) / target);
+        block = (block + Tile - 1) / Tile * Tile;
+        int first = _count == 0 ? 0 : _t[_count - 1].FirstItem + _t[_count - 1].Blocks;
+        _t[_count++] = new Target { W = w, Y = y, Bias = bias, Block = block, Blocks = (w.Rows + block - 1) / block, FirstItem = first };
+    }
+
+    private void Dispatch(WorkerPool pool)
+    {
+        ref var last = ref _t[_count - 1];
+        // Decode: let each matrix prepare the shared input once (quantized matrices quantize x to int8 here).
+        int prepared = _rows == 1 ? (_swiGlu ? 2 : _count) : 0;
+        for (int i = 0; i < prepared; i++) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
+        try { pool.Run(this, last.FirstItem + last.Blocks); }
+        finally { for (int i = 0; i < prepared; i++) _t[i].W.EndGemv(); }
+        _x = [];
+        for (int i = 0; i < _t.Length; i++) _t[i] = default;
     }
 
     public void Execute(int item, int worker)
     {
-        int start = item * _block, end = Math.Min(_w.Rows, start + _block);
-        int inF = _w.Cols, outF = _w.Rows;
+        int k = 0;
+        while (k + 1 < _count && item >= _t[k + 1].FirstItem) k++;
+        ref var t = ref _t[k];
+        int start = (item - t.FirstItem) * t.Block, end = Math.Min(t.W.Rows, start + t.Block);
+        Compute(ref t, start, end, worker);
+        if (!_swiGlu) return;
+        ref var u = ref _t[1];
+        Compute(ref u, start, end, worker);
+        int outF = t.W.Rows;
+        for (int r = 0; r < _rows; r++)
+        {
+            var g = t.Y.AsSpan(r * outF + start, end - start);
+            var up = u.Y.AsSpan(r * outF + start, end - start);
+            for (int i = 0; i < g.Length; i++)
+            {
+                float gv = g[i];
+                g[i] = gv * up[i] / (1f + MathF.Exp(-gv));
+            }
+        }
+    }
+
+    private void Compute(ref Target t, int start, int end, int worker)
+    {
+        var w = t.W;
+        int inF = w.Cols, outF = w.Rows;
         if (_rows == 1)
         {
-            var y = _y.AsSpan(start, end - start);
-            _w.Gemv(_x.AsSpan(0, inF), y, start, end);
-            if (_bias != null) TensorPrimitives.Add(y, _bias.AsSpan(start, end - start), y);
+            var y = t.Y.AsSpan(start, end - start);
+            w.Gemv(_x.AsSpan(0, inF), y, start, end);
+            if (t.Bias != null) TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
             return;
         }
 
         var scratch = _scratch[worker];
-        if (scratch.Length < PrefillTile * inF) _scratch[worker] = scratch = new float[PrefillTile * inF];
-        for (int o = start; o < end; o += PrefillTile)
+        if (scratch.Length < Tile * inF) _scratch[worker] = scratch = new float[Tile * inF];
+        fixed (float* s = scratch, xp = _x, yp = t.Y)
         {
-            int tile = Math.Min(PrefillTile, end - o);
-            for (int t = 0; t < tile; t++) _w.RowToFloat(o + t, scratch.AsSpan(t * inF, inF));
+            for (int o = start; o < end; o += Tile)
+            {
+                int tile = Math.Min(Tile, end - o);
+                for (int j = 0; j < Tile; j++)
+                {
+                    var dst = scratch.AsSpan(j * inF, inF);
+                    if (j < tile) w.RowToFloat(o + j, dst); else dst.Clear();
+                }
+                for (int kc = 0; kc < inF; kc += KChunk)
+                {
+                    int klen = Math.Min(KChunk, inF - kc);
+                    bool first = kc == 0;
+                    int r = 0;
+                    for (; r + 2 <= _rows; r += 2)
+                        Kernel4x2(s + kc, inF, xp + (long)r * inF + kc, xp + (long)(r + 1) * inF + kc, klen,
+                                  yp + (long)r * outF + o, yp + (long)(r + 1) * outF + o, tile, first);
+                    if (r < _rows)
+                        Kernel4x1(s + kc, inF, xp + (long)r * inF + kc, klen, yp + (long)r * outF + o, tile, first);
+                }
+            }
+        }
+        if (t.Bias != null)
             for (int r = 0; r < _rows; r++)
             {
-                var xr = _x.AsSpan(r * inF, inF);
-                for (int t = 0; t < tile; t++)
-                    _y[(long)r * outF + o + t] = TensorPrimitives.Dot(scratch.AsSpan(t * inF, inF), xr) + (_bias?[o + t] ?? 0f);
+                var y = t.Y.AsSpan(r * outF + start, end - start);
+                TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
             }
+    }
+
+    /// <summary>Dot products of 4 weight rows (stride ld) with 2 input rows over n columns; results set or added into y0/y1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel4x2(float* w, int ld, float* x0, float* x1, int n, float* y0, float* y1, int tile, bool set)
+    {
+        float* w0 = w, w1 = w + ld, w2 = w + 2 * ld, w3 = w + 3 * ld;
+        Vector256<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector256<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        int i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            var v0 = Vector256.Load(x0 + i);
+            var v1 = Vector256.Load(x1 + i);
+            var b = Vector256.Load(w0 + i);
+            a00 = Vector256.FusedMultiplyAdd(b, v0, a00); a10 = Vector256.FusedMultiplyAdd(b, v1, a10);
+            b = Vector256.Load(w1 + i);
+            a01 = Vector256.FusedMultiplyAdd(b, v0, a01); a11 = Vector256.FusedMultiplyAdd(b, v1, a11);
+            b = Vector256.Load(w2 + i);
+            a02 = Vector256.FusedMultiplyAdd(b, v0, a02); a12 = Vector256.FusedMultiplyAdd(b, v1, a12);
+            b = Vector256.Load(w3 + i);
+            a03 = Vector256.FusedMultiplyAdd(b, v0, a03); a13 = Vector256.FusedMultiplyAdd(b, v1, a13);
+        }
+        float s00 = Vector256.Sum(a00), s01 = Vector256.Sum(a01), s02 = Vector256.Sum(a02), s03 = Vector256.Sum(a03);
+        float s10 = Vector256.Sum(a10), s11 = Vector256.Sum(a11), s12 = Vector256.Sum(a12), s13 = Vector256.Sum(a13);
+        for (; i < n; i++)
+        {
+            float p = x0[i], q = x1[i];
+            s00 += w0[i] * p; s01 += w1[i] * p; s02 += w2[i] * p; s03 += w3[i] * p;
+            s10 += w0[i] * q; s11 += w1[i] * q; s12 += w2[i] * q; s13 += w3[i] * q;
+        }
+        Store(y0, tile, set, s00, s01, s02, s03);
+        Store(y1, tile, set, s10, s11, s12, s13);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel4x1(float* w, int ld, float* x0, int n, float* y0, int tile, bool set)
+    {
+        float* w0 = w, w1 = w + ld, w2 = w + 2 * ld, w3 = w + 3 * ld;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            var v = Vector256.Load(x0 + i);
+            a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w0 + i), v, a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w1 + i), v, a1);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.Load(w2 + i), v, a2);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.Load(w3 + i), v, a3);
+        }
+        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; i < n; i++)
+        {
+            float p = x0[i];
+            s0 += w0[i] * p; s1 += w1[i] * p; s2 += w2[i] * p; s3 += w3[i] * p;
+        }
+        Store(y0, tile, set, s0, s1, s2, s3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(float* y, int tile, bool set, float s0, float s1, float s2, float s3)
+    {
+        if (set)
+        {
+            y[0] = s0; if (tile > 1) y[1] = s1; if (tile > 2) y[2] = s2; if (tile > 3) y[3] = s3;
+        }
+        else
+        {
+            y[0] += s0; if (tile > 1) y[1] += s1; if (tile > 2) y[2] += s2; if (tile > 3) y[3] += s3;
         }
     }
 }

@@ -130,9 +130,7 @@ public sealed class Llama : ILanguageModel
         {
             var l = _layers[i];
             // Attention: project, rotate, append to the cache, attend causally, project back.
-            _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
-            _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
-            _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
+            _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
             _b.Rope(_q, rows, c.NumHeads, c.HeadDim, pos, _rope);
             _b.Rope(_k, rows, c.NumKvHeads, c.HeadDim, pos, _rope);
             _b.Copy(_k, 0, l.KCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
@@ -142,9 +140,7 @@ public sealed class Llama : ILanguageModel
             // Residual add fused with the MLP's norm.
             _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
             // SwiGLU MLP.
-            _b.MatMul(_xb, l.Gate, _gate, rows);
-            _b.MatMul(_xb, l.Up, _up, rows);
-            _b.SwiGlu(_gate, _up, _gate, (long)rows * c.IntermediateSize);
+            _b.GateUpSwiGlu(_xb, rows, l.Gate, l.Up, _gate, _up);
             _b.MatMul(_gate, l.Down, _delta, rows);
             // Residual add fused with the next block's norm (or the final norm).
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].AttnNorm : _finalNorm;

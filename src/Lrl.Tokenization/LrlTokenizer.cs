@@ -108,9 +108,10 @@ public sealed class StreamingDecoder
     }
 
     /// <summary>Adds one generated id; returns the text that is now complete (possibly empty).</summary>
+    /// <remarks>Ids the model's (often padded) vocabulary has but the tokenizer lacks decode to nothing.</remarks>
     public string Push(int id)
     {
-        if (_tok.IsSpecial(id)) return "";
+        if ((uint)id >= (uint)_tok.VocabSize || _tok.IsSpecial(id)) return "";
         if (_started) Append(_separator);
         _started = true;
         Append(_tok.TokenBytes(id));

@@ -23,6 +23,8 @@ public sealed class LrlModel : IDisposable
     private readonly IBackend _backend;
     private readonly float[] _logits;
     private readonly int[] _one = new int[1];
+    // Tokens whose state the model holds now (prompt + fed generated tokens): a new prompt that extends them reuses it.
+    private readonly List<int> _state;
 
     public ILanguageModel Model { get; }
     public LrlTokenizer Tokenizer { get; }
@@ -34,6 +36,7 @@ public sealed class LrlModel : IDisposable
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
         _logits = new float[model.VocabSize];
+        _state = new List<int>(model.ContextLength + 1);
     }
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
@@ -102,8 +105,17 @@ public sealed class LrlModel : IDisposable
         int len = prompt.Length;
         var eos = Tokenizer.EosIds;
 
+        // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
+        int reuse = 0;
+        while (reuse < _state.Count && reuse < prompt.Length && _state[reuse] == prompt[reuse]) reuse++;
+        if (reuse == prompt.Length) reuse--; // at least one token must run to produce logits
+        if (reuse < _state.Count && !Model.CanRewind) reuse = 0;
+        stats.CachedTokens = reuse;
+        _state.Clear();
+
         var clock = Stopwatch.StartNew();
-        Model.Forward(prompt, 0, _logits);
+        Model.Forward(prompt.AsSpan(reuse), reuse, _logits);
+        _state.AddRange(prompt);
         stats.PrefillTime = clock.Elapsed;
         clock.Restart();
         stats.FinishReason = FinishReason.Length;
@@ -128,11 +140,15 @@ public sealed class LrlModel : IDisposable
             if (len >= Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
             _one[0] = next;
             Model.Forward(_one, len - 1, _logits);
+            _state.Add(next);
         }
         stats.DecodeTime = clock.Elapsed;
         var rest = stops.Push(decoder.Flush()) + stops.Flush();
         if (rest.Length > 0) yield return new GeneratedToken(-1, rest);
     }
+
+    /// <summary>Forgets the cached sequence state: the next generation starts from an empty context.</summary>
+    public void ResetState() => _state.Clear();
 
     public void Dispose()
     {

@@ -55,11 +55,13 @@ public readonly record struct GeneratedToken(int Id, string Text);
 public sealed class GenerationStats
 {
     public int PromptTokens { get; internal set; }
+    /// <summary>Prompt tokens whose state was reused from the previous generation (not recomputed).</summary>
+    public int CachedTokens { get; internal set; }
     public int GeneratedTokens { get; internal set; }
     public TimeSpan PrefillTime { get; internal set; }
     public TimeSpan DecodeTime { get; internal set; }
     public FinishReason FinishReason { get; internal set; }
-    public double PrefillTokensPerSecond => PromptTokens / Math.Max(PrefillTime.TotalSeconds, 1e-9);
+    public double PrefillTokensPerSecond => (PromptTokens - CachedTokens) / Math.Max(PrefillTime.TotalSeconds, 1e-9);
     /// <summary>Decode speed over the tokens after the first (the first comes from the prefill's logits).</summary>
     public double DecodeTokensPerSecond => Math.Max(GeneratedTokens - 1, 0) / Math.Max(DecodeTime.TotalSeconds, 1e-9);
 }

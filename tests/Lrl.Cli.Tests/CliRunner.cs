@@ -9,14 +9,24 @@ public static class CliRunner
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static Result Run(params string[] args)
+    public static Result Run(params string[] args) => RunWith(null, args);
+
+    /// <summary>Runs with extra environment variables.</summary>
+    public static Result RunWith(IReadOnlyDictionary<string, string>? env, params string[] args) => Start(env, null, args);
+
+    /// <summary>Runs with <paramref name="stdin"/> piped to the process.</summary>
+    public static Result RunWithInput(string stdin, params string[] args) => Start(null, stdin, args);
+
+    private static Result Start(IReadOnlyDictionary<string, string>? env, string? stdin, string[] args)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "lrlrun.dll");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true,
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = stdin != null,
             StandardOutputEncoding = Encoding.UTF8, StandardErrorEncoding = Encoding.UTF8 };
         psi.ArgumentList.Add(dll);
+        if (env != null) foreach (var (k, v) in env) psi.Environment[k] = v;
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
+        if (stdin != null) { p.StandardInput.Write(stdin); p.StandardInput.Close(); }
         var err = p.StandardError.ReadToEndAsync();
         var output = p.StandardOutput.ReadToEnd();
         if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException($"lrlrun {string.Join(' ', args)} hung"); }

@@ -4,34 +4,13 @@ using Lrl.Runtime;
 namespace Lrl.Cli;
 
 [Verb("generate", HelpText = "Generate text from a prompt; text streams to stdout, counts and speeds to stderr.")]
-public sealed class GenerateVerb : ModelVerbBase
+public sealed class GenerateVerb : SamplingVerbBase
 {
     [Option('p', "prompt", Required = true, HelpText = "Prompt text.")]
     public string Prompt { get; set; } = "";
 
     [Option('n', "max-tokens", Default = 256, HelpText = "Most tokens to generate.")]
     public int MaxTokens { get; set; }
-
-    [Option("temperature", Default = 0.8f, HelpText = "Sampling temperature; 0 = greedy.")]
-    public float Temperature { get; set; }
-
-    [Option("top-k", Default = 40, HelpText = "Keep the k most likely tokens; 0 = off.")]
-    public int TopK { get; set; }
-
-    [Option("top-p", Default = 0.95f, HelpText = "Nucleus sampling threshold; 1 = off.")]
-    public float TopP { get; set; }
-
-    [Option("min-p", Default = 0.05f, HelpText = "Drop tokens below min-p × the top probability; 0 = off.")]
-    public float MinP { get; set; }
-
-    [Option("repeat-penalty", Default = 1.0f, HelpText = "Penalty for recently seen tokens; 1 = off.")]
-    public float RepeatPenalty { get; set; }
-
-    [Option("repeat-last-n", Default = 64, HelpText = "Tokens the repeat penalty looks back over.")]
-    public int RepeatLastN { get; set; }
-
-    [Option("seed", HelpText = "Random seed (default: random).")]
-    public int? Seed { get; set; }
 
     [Option("ignore-eos", HelpText = "Keep generating past end-of-sequence.")]
     public bool IgnoreEos { get; set; }
@@ -53,11 +32,7 @@ public sealed class GenerateVerb : ModelVerbBase
             IgnoreEos = IgnoreEos,
             StopStrings = Stop.ToArray(),
             TruncatePrompt = Truncate,
-            Sampling = new SamplingOptions
-            {
-                Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP,
-                RepeatPenalty = RepeatPenalty, RepeatLastN = RepeatLastN, Seed = Seed,
-            },
+            Sampling = Sampling(),
         };
         options.Validate();
         using var model = LoadModel();
@@ -79,6 +54,37 @@ public sealed class GenerateVerb : ModelVerbBase
             $"{s.DecodeTokensPerSecond:F1} tok/s | finish: {s.FinishReason} | backend: {model.Model.Backend.Name}");
         return 0;
     }
+}
+
+/// <summary>Sampling options shared by generate, chat and serve.</summary>
+public abstract class SamplingVerbBase : ModelVerbBase
+{
+    [Option("temperature", Default = 0.8f, HelpText = "Sampling temperature; 0 = greedy.")]
+    public float Temperature { get; set; }
+
+    [Option("top-k", Default = 40, HelpText = "Keep the k most likely tokens; 0 = off.")]
+    public int TopK { get; set; }
+
+    [Option("top-p", Default = 0.95f, HelpText = "Nucleus sampling threshold; 1 = off.")]
+    public float TopP { get; set; }
+
+    [Option("min-p", Default = 0.05f, HelpText = "Drop tokens below min-p × the top probability; 0 = off.")]
+    public float MinP { get; set; }
+
+    [Option("repeat-penalty", Default = 1.0f, HelpText = "Penalty for recently seen tokens; 1 = off.")]
+    public float RepeatPenalty { get; set; }
+
+    [Option("repeat-last-n", Default = 64, HelpText = "Tokens the repeat penalty looks back over.")]
+    public int RepeatLastN { get; set; }
+
+    [Option("seed", HelpText = "Random seed (default: random).")]
+    public int? Seed { get; set; }
+
+    public SamplingOptions Sampling() => new()
+    {
+        Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP,
+        RepeatPenalty = RepeatPenalty, RepeatLastN = RepeatLastN, Seed = Seed,
+    };
 }
 
 /// <summary>Options every verb that loads a model shares.</summary>

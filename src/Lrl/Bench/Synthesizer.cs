@@ -46,6 +46,8 @@ public static class Synthesizer
         };
         var configPath = PresetConfigPath(preset);
         var json = (JsonObject)JsonNode.Parse(File.ReadAllText(configPath))!;
+        // Random weights have no tokenizer of their own: declare the byte vocabulary so `lrlrun generate` runs too.
+        json["tokenizer"] = "byte-level: token id = byte value (0..255); synthetic random-weight checkpoint";
         json["torch_dtype"] = dtype switch { DType.F32 => "float32", DType.F16 => "float16", _ => "bfloat16" };
         var c = LlamaConfig.From(ModelConfig.FromJson(json.ToJsonString(), configPath));
 

@@ -1,0 +1,52 @@
+using Lrl.Runtime;
+
+namespace Lrl.Cli.Tests;
+
+/// <summary>Chat templates, prompt-prefix state reuse, and `lrlrun chat`.</summary>
+public class ChatTests
+{
+    [Fact]
+    public void TemplatesAreRecognisedFromTheJinjaText()
+    {
+        Assert.Equal("chatml", ChatTemplate.FromTemplateText("{% for message in messages %}{{'<|im_start|>' + message['role'] ...").Name);
+        Assert.Equal("llama3", ChatTemplate.FromTemplateText("{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}").Name);
+        Assert.Equal("inst", ChatTemplate.FromTemplateText("{{ '[INST] ' + message['content'] + ' [/INST]' }}").Name);
+        Assert.Equal("plain", ChatTemplate.FromTemplateText(null).Name);
+        ChatMessage[] conv = [new("system", "Be brief."), new("user", "Hi"), new("assistant", "Hello!"), new("user", "Bye")];
+        Assert.Equal("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n" +
+                     "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n", ChatTemplate.ChatMl.Format(conv));
+        Assert.Equal("[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] Bye [/INST]", ChatTemplate.Inst.Format(conv));
+        Assert.Throws<LrlException>(() => ChatTemplate.ChatMl.Format([new ChatMessage("robot", "x")]));
+    }
+
+    [Fact]
+    public void ReusingThePrefixStateGivesTheSameTokensAsAFreshModel()
+    {
+        var dir = CliRunner.Model("stories260k");
+        var greedy = new GenerationOptions { MaxTokens = 12, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+        using var warm = LrlModel.Load(dir, new ModelOptions { Threads = 1 });
+        var first = warm.Generate("Once upon a time", greedy).Select(t => t.Id).ToList();
+        // The second prompt extends the first (and diverges from its continuation): state up to the divergence is reused.
+        const string second = "Once upon a time, there was a big dog";
+        var reused = warm.Generate(second, greedy).Select(t => t.Id).ToList();
+        Assert.True(warm.LastStats.CachedTokens > 0);
+        using var fresh = LrlModel.Load(dir, new ModelOptions { Threads = 1 });
+        Assert.Equal(fresh.Generate(second, greedy).Select(t => t.Id).ToList(), reused);
+        Assert.Equal(0, fresh.LastStats.CachedTokens);
+        // The same prompt again reruns only its last token.
+        Assert.Equal(first, warm.Generate("Once upon a time", greedy).Select(t => t.Id).ToList());
+    }
+
+    [Fact]
+    public void ChatVerbAnswersEachLineAndReusesTheConversationState()
+    {
+        var r = CliRunner.RunWithInput("Tell me a story.\nWhat happened next?\n",
+            "chat", "--model", CliRunner.Model("stories260k"), "--temperature", "0", "--max-tokens", "20");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(2, r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        var turns = r.Stderr.Split('\n').Where(l => l.StartsWith("[")).ToArray();
+        Assert.Equal(2, turns.Length);
+        Assert.Contains("(0 cached)", turns[0]);
+        Assert.DoesNotContain("(0 cached)", turns[1]);
+    }
+}

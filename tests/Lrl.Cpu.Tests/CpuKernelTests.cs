@@ -1,0 +1,188 @@
+using Lrl.Kernels.Reference;
+
+namespace Lrl.Cpu.Tests;
+
+/// <summary>
+/// Every CPU op against the scalar float64 reference on fresh random inputs at odd and even sizes.
+/// Weights are rounded to their dtype before both backends see them, so f16/bf16 differ from the reference only by
+/// f32 accumulation: the tolerance is that of f32 arithmetic. Outputs start as NaN so unwritten elements fail.
+/// </summary>
+public sealed class CpuKernelTests : IDisposable
+{
+    private readonly CpuBackend _cpu = new(2);
+    private readonly ReferenceBackend _ref = new();
+    private readonly RandomTensors _r = new(Environment.TickCount);
+    private const double Tol = 2e-5;
+
+    public void Dispose() { _cpu.Dispose(); _r.Dispose(); }
+
+    private (DeviceBuffer cpu, DeviceBuffer reference) Input(float[] values)
+    {
+        var a = _cpu.Allocate(values.Length); _cpu.Upload(values, a);
+        var b = _ref.Allocate(values.Length); _ref.Upload(values, b);
+        return (a, b);
+    }
+
+    private (DeviceBuffer cpu, DeviceBuffer reference) Output(long n)
+    {
+        var nan = new float[n]; Array.Fill(nan, float.NaN);
+        return Input(nan);
+    }
+
+    private static float[] Get(IBackend b, DeviceBuffer buf, long n)
+    {
+        var a = new float[n]; b.Download(buf, 0, a); return a;
+    }
+
+    private void AssertClose((DeviceBuffer cpu, DeviceBuffer reference) o, long n, double tol = Tol, string what = "")
+    {
+        var a = Get(_cpu, o.cpu, n); var e = Get(_ref, o.reference, n);
+        Assert.DoesNotContain(a, float.IsNaN);
+        double err = RandomTensors.RelErr(a, e);
+        Assert.True(err < tol, $"{what}: relative error {err:E2} ≥ {tol:E0}");
+    }
+
+    public static TheoryData<DType, int, int, int> MatMulCases()
+    {
+        var d = new TheoryData<DType, int, int, int>();
+        foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 })
+            foreach (var (rows, outF, inF) in new[] { (1, 1, 7), (1, 33, 64), (1, 97, 577), (2, 5, 8), (3, 33, 1030), (7, 64, 96), (9, 130, 2100) })
+                d.Add(dt, rows, outF, inF);
+        return d;
+    }
+
+    [Theory, MemberData(nameof(MatMulCases))]
+    public void MatMul(DType dtype, int rows, int outF, int inF)
+    {
+        var wt = _r.Tensor("w", dtype, outF, inF);
+        var bt = _r.Tensor("b", DType.F32, outF);
+        var x = Input(_r.Floats((long)rows * inF));
+        foreach (bool withBias in new[] { false, true })
+        {
+            var y = Output((long)rows * outF);
+            _cpu.MatMul(x.cpu, _cpu.LoadWeight(wt), y.cpu, rows, withBias ? _cpu.LoadWeight(bt) : null);
+            _ref.MatMul(x.reference, _ref.LoadWeight(wt), y.reference, rows, withBias ? _ref.LoadWeight(bt) : null);
+            AssertClose(y, (long)rows * outF, what: $"{dtype} {rows}x[{outF},{inF}] bias={withBias}");
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 33, 5, 64)]
+    [InlineData(6, 96, 32, 97)]
+    public void MatMul3_MatchesThreeProducts(int rows, int q, int kv, int inF)
+    {
+        var x = Input(_r.Floats((long)rows * inF));
+        var w = new[] { _r.Tensor("q", DType.BF16, q, inF), _r.Tensor("k", DType.F16, kv, inF), _r.Tensor("v", DType.F32, kv, inF) };
+        var b = new[] { _r.Tensor("bq", DType.F32, q), _r.Tensor("bk", DType.F32, kv), _r.Tensor("bv", DType.F32, kv) };
+        var y = new[] { Output((long)rows * q), Output((long)rows * kv), Output((long)rows * kv) };
+        _cpu.MatMul3(x.cpu, rows, _cpu.LoadWeight(w[0]), y[0].cpu, _cpu.LoadWeight(b[0]), _cpu.LoadWeight(w[1]), y[1].cpu, _cpu.LoadWeight(b[1]),
+                     _cpu.LoadWeight(w[2]), y[2].cpu, null);
+        for (int j = 0; j < 3; j++) _ref.MatMul(x.reference, _ref.LoadWeight(w[j]), y[j].reference, rows, j < 2 ? _ref.LoadWeight(b[j]) : null);
+        AssertClose(y[0], (long)rows * q, what: "q"); AssertClose(y[1], (long)rows * kv, what: "k"); AssertClose(y[2], (long)rows * kv, what: "v");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 1, 97, 64)]
+    [InlineData(DType.F32, 1, 1536, 576)]
+    [InlineData(DType.F16, 5, 130, 33)]
+    public void GateUpSwiGlu_MatchesUnfused(DType dtype, int rows, int inter, int hidden)
+    {
+        var x = Input(_r.Floats((long)rows * hidden));
+        var g = _r.Tensor("g", dtype, inter, hidden); var u = _r.Tensor("u", dtype, inter, hidden);
+        var outC = Output((long)rows * inter); var upC = Output((long)rows * inter);
+        _cpu.GateUpSwiGlu(x.cpu, rows, _cpu.LoadWeight(g), _cpu.LoadWeight(u), outC.cpu, upC.cpu);
+        var gr = _ref.Allocate((long)rows * inter); var ur = _ref.Allocate((long)rows * inter);
+        _ref.MatMul(x.reference, _ref.LoadWeight(g), gr, rows);
+        _ref.MatMul(x.reference, _ref.LoadWeight(u), ur, rows);
+        _ref.SwiGlu(gr, ur, outC.reference, (long)rows * inter);
+        AssertClose(outC, (long)rows * inter);
+    }
+
+    [Theory]
+    [InlineData(1, 7)]
+    [InlineData(3, 64)]
+    [InlineData(5, 577)]
+    public void Norms(int rows, int n)
+    {
+        var w = _r.Tensor("g", DType.F32, n); var b = _r.Tensor("b", DType.BF16, n);
+        var xv = _r.Floats((long)rows * n); var dv = _r.Floats((long)rows * n);
+        var x = Input(xv); var y = Output((long)rows * n);
+        _cpu.RmsNorm(x.cpu, _cpu.LoadWeight(w), y.cpu, rows, 1e-5f);
+        _ref.RmsNorm(x.reference, _ref.LoadWeight(w), y.reference, rows, 1e-5f);
+        AssertClose(y, (long)rows * n, what: "rmsnorm");
+
+        y = Output((long)rows * n);
+        _cpu.LayerNorm(x.cpu, _cpu.LoadWeight(w), _cpu.LoadWeight(b), y.cpu, rows, 1e-5f);
+        _ref.LayerNorm(x.reference, _ref.LoadWeight(w), _ref.LoadWeight(b), y.reference, rows, 1e-5f);
+        AssertClose(y, (long)rows * n, what: "layernorm");
+
+        var res = Input(xv); var delta = Input(dv); y = Output((long)rows * n);
+        _cpu.AddRmsNorm(res.cpu, delta.cpu, _cpu.LoadWeight(w), y.cpu, rows, 1e-6f);
+        _ref.AddRmsNorm(res.reference, delta.reference, _ref.LoadWeight(w), y.reference, rows, 1e-6f);
+        AssertClose(y, (long)rows * n, what: "add+rmsnorm");
+        AssertClose(res, (long)rows * n, what: "residual");
+    }
+
+    [Theory]
+    [InlineData(1, 3, 64, 64, 0)]
+    [InlineData(4, 5, 32, 24, 17)]
+    public void Rope(int rows, int heads, int headDim, int rotaryDim, int pos0)
+    {
+        var inv = Enumerable.Range(0, rotaryDim / 2).Select(i => (float)Math.Pow(10000, -2.0 * i / rotaryDim)).ToArray();
+        var table = new RopeTable(inv);
+        var x = Input(_r.Floats((long)rows * heads * headDim));
+        _cpu.Rope(x.cpu, rows, heads, headDim, pos0, table);
+        _ref.Rope(x.reference, rows, heads, headDim, pos0, table);
+        AssertClose(x, (long)rows * heads * headDim);
+    }
+
+    [Theory]
+    [InlineData(1, 0, 4, 4, 16)]
+    [InlineData(1, 300, 9, 3, 64)]
+    [InlineData(7, 0, 6, 2, 32)]
+    [InlineData(5, 11, 4, 1, 8)]
+    public void Attention(int rows, int pos0, int heads, int kvHeads, int headDim)
+    {
+        int ctx = pos0 + rows, kvDim = kvHeads * headDim;
+        var q = Input(_r.Floats((long)rows * heads * headDim));
+        var k = Input(_r.Floats((long)ctx * kvDim)); var v = Input(_r.Floats((long)ctx * kvDim));
+        var o = Output((long)rows * heads * headDim);
+        float scale = 1f / MathF.Sqrt(headDim);
+        _cpu.Attention(q.cpu, k.cpu, v.cpu, o.cpu, rows, pos0, heads, kvHeads, headDim, scale);
+        _ref.Attention(q.reference, k.reference, v.reference, o.reference, rows, pos0, heads, kvHeads, headDim, scale);
+        AssertClose(o, (long)rows * heads * headDim);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(37)]
+    [InlineData(1000)]
+    public void Elementwise(int n)
+    {
+        var a = _r.Floats(n, 4); var b = _r.Floats(n, 4);
+        var g = Input(a); var u = Input(b); var y = Output(n);
+        _cpu.SwiGlu(g.cpu, u.cpu, y.cpu, n); _ref.SwiGlu(g.reference, u.reference, y.reference, n);
+        AssertClose(y, n, what: "swiglu");
+        var x = Input(a);
+        _cpu.Gelu(x.cpu, n); _ref.Gelu(x.reference, n);
+        AssertClose(x, n, what: "gelu");
+        var s = Input(a); var t = Input(b);
+        _cpu.Add(s.cpu, t.cpu, n); _ref.Add(s.reference, t.reference, n);
+        AssertClose(s, n, what: "add");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void Embed(DType dtype)
+    {
+        var table = _r.Tensor("emb", dtype, 50, 19);
+        int[] ids = [0, 49, 7, 7, 13];
+        var y = Output(ids.Length * 19);
+        _cpu.Embed(_cpu.LoadWeight(table), ids, y.cpu);
+        _ref.Embed(_ref.LoadWeight(table), ids, y.reference);
+        AssertClose(y, ids.Length * 19, tol: 1e-7);
+        Assert.Throws<LrlException>(() => _cpu.Embed(_cpu.LoadWeight(table), [50], y.cpu));
+    }
+}
