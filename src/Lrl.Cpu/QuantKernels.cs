@@ -141,17 +141,41 @@ internal static unsafe class QuantKernels
         else GemvInt4(q, s, y, rowStart, rowEnd, vnni);
     }
 
+    /// <summary>
+    /// Per-group sums of BSum (d·Σxq) over the 4-bit kernel's full 64-column blocks (the tail runs in f32), for the
+    /// zero-point correction; prepared once per product.
+    /// </summary>
+    public static void GroupSums(QuantScratch s, int cols, int group)
+    {
+        int groups = cols / group, chunks = cols / 64 * 2;
+        if (s.GroupBSum.Length < groups) s.GroupBSum = new float[groups];
+        var gs = s.GroupBSum.AsSpan(0, groups);
+        gs.Clear();
+        for (int k = 0; k < chunks; k++) gs[Math.Min(k * 32 / group, groups - 1)] += s.BSum[k];
+    }
+
+    /// <summary>Row scales as f32, in a per-thread buffer.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Span<float> RowScales(QuantizedTensor q, int o, float[] buffer)
+    {
+        var dst = buffer.AsSpan(0, q.Groups);
+        System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(q.Scales + (long)o * q.Groups, q.Groups), dst);
+        return dst;
+    }
+
     private static void GemvInt8(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
     {
-        int n = q.Cols, groups = q.Groups, shift = GroupShift(q), full = n / 64 * 64;
+        int n = q.Cols, shift = GroupShift(q), full = n / 64 * 64;
+        var rowBuf = QuantScratch.ForThread(n).Row;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* x = s.Permuted)
+        fixed (float* sc = rowBuf)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
-                Half* sc = q.Scales + (long)o * groups;
+                RowScales(q, o, rowBuf);
                 Vector256<float> acc0 = default, acc1 = default;
                 int c = 0;
                 for (; c < full; c += 64)
@@ -159,18 +183,18 @@ internal static unsafe class QuantKernels
                     var w0 = Vector256.Load(w + c); var w1 = Vector256.Load(w + c + 32);
                     var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
                     var p1 = DotU8S8(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xq + c + 32), w1), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create((float)sc[c >> shift] * d[c >> 5]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create((float)sc[(c + 32) >> shift] * d[(c >> 5) + 1]), acc1);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[c >> 5]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sc[(c + 32) >> shift] * d[(c >> 5) + 1]), acc1);
                 }
                 if (c + 32 <= n)
                 {
                     var w0 = Vector256.Load(w + c);
                     var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create((float)sc[c >> shift] * d[c >> 5]), acc0);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[c >> 5]), acc0);
                     c += 32;
                 }
                 float sum = Vector256.Sum(acc0 + acc1);
-                for (; c < n; c++) sum += w[c] * (float)sc[c >> shift] * x[c];
+                for (; c < n; c++) sum += w[c] * sc[c >> shift] * x[c];
                 y[o - rowStart] = sum;
             }
         }
@@ -180,18 +204,27 @@ internal static unsafe class QuantKernels
     {
         int n = q.Cols, groups = q.Groups, shift = GroupShift(q), full = n / 64 * 64;
         var mask = Vector256.Create((byte)0x0F);
+        var rowBuf = QuantScratch.ForThread(n).Row;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
-        fixed (float* bs = s.BSum)
+        fixed (float* gbs = s.GroupBSum)
         fixed (float* x = s.Permuted)
+        fixed (float* sc = rowBuf)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
                 byte* w = q.Codes + (long)o * (n / 2);
-                Half* sc = q.Scales + (long)o * groups;
-                byte* zp = q.Zeros == null ? null : q.Zeros + (long)o * groups;
+                var scales = RowScales(q, o, rowBuf);
+                // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
+                float corr;
+                if (q.Zeros == null) corr = 8 * System.Numerics.Tensors.TensorPrimitives.Dot(scales, new ReadOnlySpan<float>(gbs, groups));
+                else
+                {
+                    corr = 0;
+                    byte* zp = q.Zeros + (long)o * groups;
+                    for (int g = 0; g < groups; g++) corr += zp[g] * sc[g] * gbs[g];
+                }
                 Vector256<float> acc0 = default, acc1 = default;
-                float corr = 0;
                 int c = 0;
                 for (; c < full; c += 64)
                 {
@@ -200,15 +233,13 @@ internal static unsafe class QuantKernels
                     var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
                     var p0 = DotU8S8(lo, Vector256.Load(xq + c), vnni);
                     var p1 = DotU8S8(hi, Vector256.Load(xq + c + 32), vnni);
-                    int g0 = c >> shift, g1 = (c + 32) >> shift, k = c >> 5;
-                    float s0 = (float)sc[g0], s1 = (float)sc[g1];
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(s0 * d[k]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(s1 * d[k + 1]), acc1);
-                    if (zp == null) corr += 8 * (s0 * bs[k] + s1 * bs[k + 1]);
-                    else corr += zp[g0] * s0 * bs[k] + zp[g1] * s1 * bs[k + 1];
+                    int k = c >> 5;
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[k]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sc[(c + 32) >> shift] * d[k + 1]), acc1);
                 }
                 float sum = Vector256.Sum(acc0 + acc1) - corr;
-                for (; c < n; c++) sum += q.Code(o, c) * (float)sc[c >> shift] * x[c];
+                // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.
+                for (; c < n; c++) sum += q.Code(o, c) * sc[c >> shift] * x[c];
                 y[o - rowStart] = sum;
             }
         }

@@ -54,7 +54,11 @@ public sealed unsafe class QuantMatrix : CpuMatrix
             for (int j = 0; j < xp.Length; j++) xp[j] = x[order[j]];
         else
             x[..Cols].CopyTo(xp);
-        if (Selected() is QuantKernel.Avx2Int or QuantKernel.Vnni) QuantKernels.QuantizeActivations(xp, s);
+        if (Selected() is QuantKernel.Avx2Int or QuantKernel.Vnni)
+        {
+            QuantKernels.QuantizeActivations(xp, s);
+            if (_q.Bits == 4) QuantKernels.GroupSums(s, Cols, _q.GroupSize);
+        }
     }
 
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
@@ -126,6 +130,7 @@ internal sealed class QuantScratch
     public sbyte[] Xq = [];     // activations as int8, padded to a multiple of 64
     public float[] D = [];      // per 32 columns: activation scale
     public float[] BSum = [];   // per 32 columns: d · Σ xq (for the zero-point correction)
+    public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over its full 64-column blocks
     public float[] Permuted = [];
     public float[] Row = [];
 
