@@ -61,6 +61,7 @@ internal static unsafe class QuantKernels
     /// <summary>
     /// x → int8 per 32 columns: d = max|x|/127, xq = round(x/d); BSum = d·Σxq. Columns past x.Length are zero.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void QuantizeActivations(ReadOnlySpan<float> x, QuantScratch s)
     {
         int n = x.Length, full = n / 32 * 32;
@@ -163,19 +164,33 @@ internal static unsafe class QuantKernels
         return dst;
     }
 
+    /// <summary>sd[k] = s[group of chunk k]·d[k] for the 32-column chunks of one row (the scale each integer dot is multiplied by).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ChunkScales(ReadOnlySpan<float> scales, float* d, int chunks, int shift, float* sd)
+    {
+        if (shift == 5)
+            System.Numerics.Tensors.TensorPrimitives.Multiply(scales[..chunks], new ReadOnlySpan<float>(d, chunks), new Span<float>(sd, chunks));
+        else
+            for (int k = 0; k < chunks; k++) sd[k] = scales[(k << 5) >> shift] * d[k];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GemvInt8(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
     {
         int n = q.Cols, shift = GroupShift(q), full = n / 64 * 64;
-        var rowBuf = QuantScratch.ForThread(n).Row;
+        var scratch = QuantScratch.ForThread(n);
+        var rowBuf = scratch.Row;
+        int chunks = n / 32;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* x = s.Permuted)
         fixed (float* sc = rowBuf)
+        fixed (float* sd = scratch.ChunkScale)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
-                RowScales(q, o, rowBuf);
+                ChunkScales(RowScales(q, o, rowBuf), d, chunks, shift, sd);
                 Vector256<float> acc0 = default, acc1 = default;
                 int c = 0;
                 for (; c < full; c += 64)
@@ -183,14 +198,14 @@ internal static unsafe class QuantKernels
                     var w0 = Vector256.Load(w + c); var w1 = Vector256.Load(w + c + 32);
                     var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
                     var p1 = DotU8S8(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xq + c + 32), w1), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[c >> 5]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sc[(c + 32) >> shift] * d[(c >> 5) + 1]), acc1);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[c >> 5]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sd[(c >> 5) + 1]), acc1);
                 }
                 if (c + 32 <= n)
                 {
                     var w0 = Vector256.Load(w + c);
                     var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[c >> 5]), acc0);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[c >> 5]), acc0);
                     c += 32;
                 }
                 float sum = Vector256.Sum(acc0 + acc1);
@@ -200,16 +215,20 @@ internal static unsafe class QuantKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GemvInt4(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
     {
         int n = q.Cols, groups = q.Groups, shift = GroupShift(q), full = n / 64 * 64;
         var mask = Vector256.Create((byte)0x0F);
-        var rowBuf = QuantScratch.ForThread(n).Row;
+        var scratch = QuantScratch.ForThread(n);
+        var rowBuf = scratch.Row;
+        int chunks = full / 32;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* gbs = s.GroupBSum)
         fixed (float* x = s.Permuted)
         fixed (float* sc = rowBuf)
+        fixed (float* sd = scratch.ChunkScale)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
@@ -220,10 +239,15 @@ internal static unsafe class QuantKernels
                 if (q.Zeros == null) corr = 8 * System.Numerics.Tensors.TensorPrimitives.Dot(scales, new ReadOnlySpan<float>(gbs, groups));
                 else
                 {
-                    corr = 0;
                     byte* zp = q.Zeros + (long)o * groups;
-                    for (int g = 0; g < groups; g++) corr += zp[g] * sc[g] * gbs[g];
+                    var cv = Vector256<float>.Zero;
+                    int g = 0;
+                    for (; g + 8 <= groups; g += 8)
+                        cv = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g)) * Vector256.Load(sc + g), Vector256.Load(gbs + g), cv);
+                    corr = Vector256.Sum(cv);
+                    for (; g < groups; g++) corr += zp[g] * sc[g] * gbs[g];
                 }
+                ChunkScales(scales, d, chunks, shift, sd);
                 Vector256<float> acc0 = default, acc1 = default;
                 int c = 0;
                 for (; c < full; c += 64)
@@ -234,8 +258,8 @@ internal static unsafe class QuantKernels
                     var p0 = DotU8S8(lo, Vector256.Load(xq + c), vnni);
                     var p1 = DotU8S8(hi, Vector256.Load(xq + c + 32), vnni);
                     int k = c >> 5;
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sc[c >> shift] * d[k]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sc[(c + 32) >> shift] * d[k + 1]), acc1);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[k]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sd[k + 1]), acc1);
                 }
                 float sum = Vector256.Sum(acc0 + acc1) - corr;
                 // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.
@@ -247,6 +271,7 @@ internal static unsafe class QuantKernels
 
     // ---------------------------------------------------------------- widen to f32 (no activation quantization)
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void GemvWiden(QuantizedTensor q, ReadOnlySpan<float> xs, Span<float> y, int rowStart, int rowEnd)
     {
         int n = q.Cols, gs = q.GroupSize, groups = q.Groups;

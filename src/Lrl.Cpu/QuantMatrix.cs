@@ -133,6 +133,7 @@ internal sealed class QuantScratch
     public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over its full 64-column blocks
     public float[] Permuted = [];
     public float[] Row = [];
+    public float[] ChunkScale = []; // per 32 columns of one row: group scale · activation scale
 
     public static QuantScratch ForThread(int cols)
     {
@@ -150,5 +151,6 @@ internal sealed class QuantScratch
         BSum = new float[padded / 32];
         Permuted = new float[cols];
         Row = new float[cols];
+        ChunkScale = new float[padded / 32];
     }
 }
