@@ -118,11 +118,20 @@ internal static unsafe class QuantKernels
 
     // ---------------------------------------------------------------- integer dot products
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> DotU8S8(Vector256<byte> u, Vector256<sbyte> s, bool vnni)
+    /// <summary>u8 × s8 dot products of 4-byte groups into int32 lanes; a type parameter so each variant is its own JIT specialization.</summary>
+    private interface IDot { static abstract Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s); }
+
+    private readonly struct VnniDot : IDot
     {
-        if (vnni) return AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s);
-        return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s);
+    }
+
+    private readonly struct Avx2Dot : IDot
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) =>
+            Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
     }
 
     /// <summary>Group index of column <paramref name="col"/>: a shift when the group is a power of two, else one group per row.</summary>
@@ -138,8 +147,14 @@ internal static unsafe class QuantKernels
             GemvWiden(q, s.Permuted.AsSpan(0, q.Cols), y, rowStart, rowEnd);
             return;
         }
-        if (q.Bits == 8) GemvInt8(q, s, y, rowStart, rowEnd, vnni);
-        else GemvInt4(q, s, y, rowStart, rowEnd, vnni);
+        if (q.Bits == 8)
+        {
+            if (vnni) GemvInt8<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt8<Avx2Dot>(q, s, y, rowStart, rowEnd);
+        }
+        else
+        {
+            if (vnni) GemvInt4<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt4<Avx2Dot>(q, s, y, rowStart, rowEnd);
+        }
     }
 
     /// <summary>
@@ -155,57 +170,76 @@ internal static unsafe class QuantKernels
         for (int k = 0; k < chunks; k++) gs[Math.Min(k * 32 / group, groups - 1)] += s.BSum[k];
     }
 
-    /// <summary>Row scales as f32, in a per-thread buffer.</summary>
+    /// <summary>8 f16 values to f32 (exact for normal and subnormal values; scales are never inf/NaN).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Span<float> RowScales(QuantizedTensor q, int o, float[] buffer)
+    private static Vector256<float> HalfToFloat8(Half* p)
     {
-        var dst = buffer.AsSpan(0, q.Groups);
-        System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(q.Scales + (long)o * q.Groups, q.Groups), dst);
-        return dst;
+        var h = Avx2.ConvertToVector256Int32((ushort*)p);
+        var magnitude = ((h & Vector256.Create(0x7FFF)) << 13).AsSingle() * Vector256.Create(BitConverter.Int32BitsToSingle((127 + 112) << 23));
+        return (magnitude.AsInt32() | ((h & Vector256.Create(0x8000)) << 16)).AsSingle();
     }
 
-    /// <summary>sd[k] = s[group of chunk k]·d[k] for the 32-column chunks of one row (the scale each integer dot is multiplied by).</summary>
+    /// <summary>
+    /// Converts row <paramref name="o"/>'s scales to f32 into <paramref name="sc"/> and, when <paramref name="gbs"/> is
+    /// given, returns the 4-bit zero-point term Σ_g z_g·s_g·gbs_g (z = 8 without explicit zeros).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ChunkScales(ReadOnlySpan<float> scales, float* d, int chunks, int shift, float* sd)
+    private static float RowScales(QuantizedTensor q, int o, float* sc, float* gbs)
     {
-        if (shift == 5)
-            System.Numerics.Tensors.TensorPrimitives.Multiply(scales[..chunks], new ReadOnlySpan<float>(d, chunks), new Span<float>(sd, chunks));
-        else
-            for (int k = 0; k < chunks; k++) sd[k] = scales[(k << 5) >> shift] * d[k];
+        int groups = q.Groups, g = 0;
+        Half* src = q.Scales + (long)o * groups;
+        byte* zp = q.Zeros == null ? null : q.Zeros + (long)o * groups;
+        var cv = Vector256<float>.Zero;
+        for (; g + 8 <= groups; g += 8)
+        {
+            var f = HalfToFloat8(src + g);
+            f.Store(sc + g);
+            if (gbs != null)
+            {
+                var z = zp == null ? Vector256.Create(8f) : Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g));
+                cv = Fma.MultiplyAdd(f * z, Vector256.Load(gbs + g), cv);
+            }
+        }
+        float corr = Vector256.Sum(cv);
+        for (; g < groups; g++)
+        {
+            sc[g] = (float)src[g];
+            if (gbs != null) corr += (zp == null ? 8 : zp[g]) * sc[g] * gbs[g];
+        }
+        return corr;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GemvInt8(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
+    private static void GemvInt8<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
     {
-        int n = q.Cols, shift = GroupShift(q), full = n / 64 * 64;
-        var scratch = QuantScratch.ForThread(n);
-        var rowBuf = scratch.Row;
-        int chunks = n / 32;
+        int n = q.Cols, shift = GroupShift(q), pairs = n / 64;
+        var rowBuf = QuantScratch.ForThread(n).Row;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* x = s.Permuted)
         fixed (float* sc = rowBuf)
-        fixed (float* sd = scratch.ChunkScale)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
-                ChunkScales(RowScales(q, o, rowBuf), d, chunks, shift, sd);
+                RowScales(q, o, sc, null);
                 Vector256<float> acc0 = default, acc1 = default;
+                sbyte* wp = w, xp = xq;
+                float* dp = d;
                 int c = 0;
-                for (; c < full; c += 64)
+                for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
                 {
-                    var w0 = Vector256.Load(w + c); var w1 = Vector256.Load(w + c + 32);
-                    var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
-                    var p1 = DotU8S8(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xq + c + 32), w1), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[c >> 5]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sd[(c >> 5) + 1]), acc1);
+                    var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
+                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
+                    var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(dp[0]), Vector256.Create(sc[c >> shift]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1) * Vector256.Create(dp[1]), Vector256.Create(sc[(c + 32) >> shift]), acc1);
                 }
                 if (c + 32 <= n)
                 {
                     var w0 = Vector256.Load(w + c);
-                    var p0 = DotU8S8(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0), vnni);
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[c >> 5]), acc0);
+                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0));
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(d[c >> 5]), Vector256.Create(sc[c >> shift]), acc0);
                     c += 32;
                 }
                 float sum = Vector256.Sum(acc0 + acc1);
@@ -216,50 +250,34 @@ internal static unsafe class QuantKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GemvInt4(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
+    private static void GemvInt4<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
     {
-        int n = q.Cols, groups = q.Groups, shift = GroupShift(q), full = n / 64 * 64;
+        int n = q.Cols, shift = GroupShift(q), blocks = n / 64;
         var mask = Vector256.Create((byte)0x0F);
-        var scratch = QuantScratch.ForThread(n);
-        var rowBuf = scratch.Row;
-        int chunks = full / 32;
+        var rowBuf = QuantScratch.ForThread(n).Row;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* gbs = s.GroupBSum)
         fixed (float* x = s.Permuted)
         fixed (float* sc = rowBuf)
-        fixed (float* sd = scratch.ChunkScale)
         {
             for (int o = rowStart; o < rowEnd; o++)
             {
                 byte* w = q.Codes + (long)o * (n / 2);
-                var scales = RowScales(q, o, rowBuf);
                 // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
-                float corr;
-                if (q.Zeros == null) corr = 8 * System.Numerics.Tensors.TensorPrimitives.Dot(scales, new ReadOnlySpan<float>(gbs, groups));
-                else
-                {
-                    byte* zp = q.Zeros + (long)o * groups;
-                    var cv = Vector256<float>.Zero;
-                    int g = 0;
-                    for (; g + 8 <= groups; g += 8)
-                        cv = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g)) * Vector256.Load(sc + g), Vector256.Load(gbs + g), cv);
-                    corr = Vector256.Sum(cv);
-                    for (; g < groups; g++) corr += zp[g] * sc[g] * gbs[g];
-                }
-                ChunkScales(scales, d, chunks, shift, sd);
+                float corr = RowScales(q, o, sc, gbs);
                 Vector256<float> acc0 = default, acc1 = default;
+                byte* wp = w;
+                sbyte* xp = xq;
+                float* dp = d;
                 int c = 0;
-                for (; c < full; c += 64)
+                for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
                 {
-                    var v = Vector256.Load(w + c / 2);
+                    var v = Vector256.Load(wp);
                     var lo = v & mask;
                     var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
-                    var p0 = DotU8S8(lo, Vector256.Load(xq + c), vnni);
-                    var p1 = DotU8S8(hi, Vector256.Load(xq + c + 32), vnni);
-                    int k = c >> 5;
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(sd[k]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(sd[k + 1]), acc1);
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(lo, Vector256.Load(xp))) * Vector256.Create(dp[0]), Vector256.Create(sc[c >> shift]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(hi, Vector256.Load(xp + 32))) * Vector256.Create(dp[1]), Vector256.Create(sc[(c + 32) >> shift]), acc1);
                 }
                 float sum = Vector256.Sum(acc0 + acc1) - corr;
                 // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.

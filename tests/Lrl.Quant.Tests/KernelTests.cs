@@ -83,6 +83,31 @@ public class KernelTests
         }
     }
 
+    /// <summary>Negative, subnormal (below 6.1e-5) and zero f16 scales go through the kernels' vectorized f16 → f32 conversion.</summary>
+    [Theory]
+    [InlineData(8, 64)]
+    [InlineData(4, 32)]
+    [InlineData(4, 128)]
+    public unsafe void OddScalesConvertExactly(int bits, int group)
+    {
+        var rng = new Random(bits + group);
+        int rows = 23, cols = 256;
+        var q = TestUtil.Random(rng, bits, rows, cols, group, zeros: bits == 4 && group == 32);
+        for (int i = 0; i < q.ScaleCount; i++)
+            q.Scales[i] = (Half)((i / q.Groups % 5) switch { 0 => -0.01 * rng.NextDouble(), 1 => 3e-6 * rng.NextDouble(), 2 => i % 3 == 0 ? 0.0 : 1e-7, 3 => -4e-5, _ => 0.5 });
+        var x = TestUtil.RandomVector(rng, cols);
+        var expected = TestUtil.Reference(q, x, 1);
+        var m = new QuantMatrix(q);
+        foreach (var k in Kernels())
+        {
+            m.Kernel = k;
+            var y = new float[rows];
+            Array.Fill(y, float.NaN);
+            m.Gemv(x, y, 0, rows);
+            TestUtil.CheckBound(q, x, y, expected, 1, quantizedActivations: k is QuantKernel.Avx2Int or QuantKernel.Vnni);
+        }
+    }
+
     [Fact]
     public void EmbedFromQuantizedTable()
     {
