@@ -160,11 +160,12 @@ public sealed class LrlModel : IDisposable
 /// <summary>Creates the backend for a <see cref="Device"/>.</summary>
 public static class Backends
 {
+    /// <summary>cpu: the SIMD backend; cuda: the ILGPU CUDA backend (an error without a GPU); auto: CUDA when present.</summary>
     public static IBackend Create(Device device, int threads = 0) => device switch
     {
         Device.Cpu => new CpuBackend(threads),
-        Device.Auto => new CpuBackend(threads),
-        Device.Cuda => throw new LrlException("--device cuda: this build has no CUDA backend"),
+        Device.Cuda => Lrl.Gpu.GpuBackend.CreateCuda(),
+        Device.Auto => Lrl.Gpu.GpuBackend.IsCudaAvailable() ? Lrl.Gpu.GpuBackend.CreateCuda() : new CpuBackend(threads),
         _ => throw new LrlException($"unknown device '{device}' (expected cpu, cuda or auto)"),
     };
 }

@@ -45,7 +45,11 @@ public sealed class BenchVerb
 
     public int Run()
     {
-        if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase)) throw new LrlException("TODO-MERGE kernels");
+        if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase))
+        {
+            using var kb = Backends.Create(ModelVerbBase.ParseDevice(DeviceName), Threads);
+            return Lrl.Gpu.KernelBenchmark.Run(kb, Json, Console.Out, Math.Max(20, Reps), quick: false);
+        }
         if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels' or omit it)");
         if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
         var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];

@@ -1,0 +1,225 @@
+using ILGPU;
+using ILGPU.Algorithms;
+
+namespace Lrl.Kernels;
+
+/// <summary>Shape of one attention call (passed to the kernels as one struct).</summary>
+public struct AttentionShape
+{
+    public int Rows, Pos0, Heads, KvHeads, HeadDim;
+    /// <summary>Split-K: positions per split and number of splits.</summary>
+    public int Chunk, Splits;
+    public float Scale;
+}
+
+/// <summary>
+/// Causal grouped-query attention over a KV cache [position, kvHeads·headDim].
+/// Decode: <see cref="SplitK"/> scores a chunk of cached positions per group (partial max, sum and unnormalized output),
+/// then <see cref="Combine"/> merges the splits. Prefill: <see cref="Prefill"/>, tiled flash-attention style.
+/// </summary>
+public static class AttentionKernels
+{
+    /// <summary>Most positions one split may hold (shared score buffer).</summary>
+    public const int MaxChunk = 256;
+    /// <summary>Largest head_dim the kernels accept.</summary>
+    public const int MaxHeadDim = 256;
+
+    /// <summary>Grid = rows·heads·splits (split fastest). partO: [grid, headDim]; partML: [grid, 2] (max, sum).</summary>
+    public static void SplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                              ArrayView<float> partO, ArrayView<float> partML, AttentionShape s)
+    {
+        var sc = SharedMemory.Allocate<float>(MaxChunk);
+        var qs = SharedMemory.Allocate<float>(MaxHeadDim);
+        var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
+        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
+        int gi = Grid.IdxX;
+        int split = gi % s.Splits, rh = gi / s.Splits;
+        int h = rh % s.Heads, r = rh / s.Heads;
+        int n = s.Pos0 + r + 1;
+        int start = split * s.Chunk;
+        int len = XMath.Min(start + s.Chunk, n) - start;
+        int kvDim = s.KvHeads * hd;
+        long kvOff = (long)(h / (s.Heads / s.KvHeads)) * hd;
+        long qb = (long)rh * hd;
+        for (int i = t; i < hd; i += g) qs[i] = q[qb + i] * s.Scale;
+        Group.Barrier();
+
+        // Scores: one warp per position.
+        int warps = g / Warp.WarpSize;
+        for (int p = Warp.WarpIdx; p < len; p += warps)
+        {
+            long kb = (long)(start + p) * kvDim + kvOff;
+            float dot = 0;
+            for (int i = Warp.LaneIdx; i < hd; i += Warp.WarpSize) dot += qs[i] * k[kb + i];
+            dot = KernelMath.WarpSum(dot);
+            if (Warp.LaneIdx == 0) sc[p] = dot;
+        }
+        Group.Barrier();
+
+        float m = float.NegativeInfinity;
+        for (int p = t; p < len; p += g) m = XMath.Max(m, sc[p]);
+        m = KernelMath.GroupMax(m, scratch);
+        float l = 0;
+        for (int p = t; p < len; p += g) { float e = XMath.Exp(sc[p] - m); sc[p] = e; l += e; }
+        l = KernelMath.GroupSum(l, scratch); // its barriers also publish sc
+
+        // Unnormalized Σ_p e_p·V[p]: threads split into parts × head_dim; parts take interleaved positions.
+        long ob = (long)gi * hd;
+        if (hd <= g)
+        {
+            int parts = g / hd;
+            int d = t % hd, part = t / hd;
+            float acc = 0;
+            if (part < parts)
+                for (int p = part; p < len; p += parts) acc += sc[p] * v[(long)(start + p) * kvDim + kvOff + d];
+            scratch[t] = acc;
+            Group.Barrier();
+            if (t < hd)
+            {
+                float sum = 0;
+                for (int pp = 0; pp < parts; pp++) sum += scratch[pp * hd + t];
+                partO[ob + t] = sum;
+            }
+        }
+        else
+        {
+            for (int d = t; d < hd; d += g)
+            {
+                float acc = 0;
+                for (int p = 0; p < len; p++) acc += sc[p] * v[(long)(start + p) * kvDim + kvOff + d];
+                partO[ob + d] = acc;
+            }
+        }
+        if (t == 0) { partML[gi * 2] = m; partML[gi * 2 + 1] = l; }
+    }
+
+    /// <summary>Grid = rows·heads. output[r, h, :] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s.</summary>
+    public static void Combine(ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, AttentionShape s)
+    {
+        int rh = Grid.IdxX, hd = s.HeadDim;
+        long pb = (long)rh * s.Splits;
+        float big = float.NegativeInfinity;
+        for (int sp = 0; sp < s.Splits; sp++)
+            if (partML[(pb + sp) * 2 + 1] > 0) big = XMath.Max(big, partML[(pb + sp) * 2]);
+        float l = 0;
+        for (int sp = 0; sp < s.Splits; sp++)
+        {
+            float ls = partML[(pb + sp) * 2 + 1];
+            if (ls > 0) l += ls * XMath.Exp(partML[(pb + sp) * 2] - big);
+        }
+        float inv = 1f / l;
+        for (int d = Group.IdxX; d < hd; d += Group.DimX)
+        {
+            float acc = 0;
+            for (int sp = 0; sp < s.Splits; sp++)
+            {
+                float ls = partML[(pb + sp) * 2 + 1];
+                if (ls > 0) acc += partO[(pb + sp) * hd + d] * XMath.Exp(partML[(pb + sp) * 2] - big);
+            }
+            output[(long)rh * hd + d] = acc * inv;
+        }
+    }
+
+    /// <summary>Query rows per prefill tile.</summary>
+    public const int PrefillRows = 8;
+    /// <summary>Cached positions per prefill K/V tile.</summary>
+    public const int PrefillKeys = 32;
+    /// <summary>Largest head_dim the tiled prefill kernel takes (shared memory budget); larger heads use split-K.</summary>
+    public const int PrefillMaxHeadDim = 128;
+
+    /// <summary>
+    /// Causal prefill: grid = heads · ceil(rows / PrefillRows) (head fastest). Each group holds PrefillRows query rows of one
+    /// head and streams K/V tiles of PrefillKeys positions through shared memory with an online softmax, so every K/V
+    /// element loaded serves all the tile's queries.
+    /// </summary>
+    public static void Prefill(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, AttentionShape s)
+    {
+        const int QB = PrefillRows, TK = PrefillKeys, HD = PrefillMaxHeadDim;
+        var qs = SharedMemory.Allocate<float>(QB * HD);
+        var os = SharedMemory.Allocate<float>(QB * HD);
+        var ks = SharedMemory.Allocate<float>(TK * HD);
+        var vs = SharedMemory.Allocate<float>(TK * HD);
+        var sc = SharedMemory.Allocate<float>(QB * TK);
+        var rowM = SharedMemory.Allocate<float>(QB);
+        var rowL = SharedMemory.Allocate<float>(QB);
+        var rowC = SharedMemory.Allocate<float>(QB);
+        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
+        int h = Grid.IdxX % s.Heads;
+        int r0 = (Grid.IdxX / s.Heads) * QB;
+        int qDim = s.Heads * hd, kvDim = s.KvHeads * hd;
+        long kvOff = (long)(h / (s.Heads / s.KvHeads)) * hd;
+        for (int e = t; e < QB * hd; e += g)
+        {
+            int qi = e / hd, d = e % hd;
+            int r = r0 + qi;
+            qs[e] = r < s.Rows ? q[(long)r * qDim + (long)h * hd + d] * s.Scale : 0f;
+            os[e] = 0f;
+        }
+        for (int qi = t; qi < QB; qi += g) { rowM[qi] = float.NegativeInfinity; rowL[qi] = 0f; }
+        int lastRow = XMath.Min(r0 + QB, s.Rows) - 1;
+        int lastPos = s.Pos0 + lastRow;
+        for (int p0 = 0; p0 <= lastPos; p0 += TK)
+        {
+            for (int e = t; e < TK * hd; e += g)
+            {
+                int j = e / hd, d = e % hd;
+                int p = p0 + j;
+                bool ok = p <= lastPos;
+                ks[e] = ok ? k[(long)p * kvDim + kvOff + d] : 0f;
+                vs[e] = ok ? v[(long)p * kvDim + kvOff + d] : 0f;
+            }
+            Group.Barrier();
+            for (int e = t; e < QB * TK; e += g)
+            {
+                int qi = e / TK, j = e % TK;
+                int r = r0 + qi, p = p0 + j;
+                float dot = float.NegativeInfinity;
+                if (r < s.Rows && p <= s.Pos0 + r)
+                {
+                    dot = 0f;
+                    for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * hd + d];
+                }
+                sc[e] = dot;
+            }
+            Group.Barrier();
+            for (int qi = t; qi < QB; qi += g)
+            {
+                float mOld = rowM[qi], mNew = mOld;
+                for (int j = 0; j < TK; j++) mNew = XMath.Max(mNew, sc[qi * TK + j]);
+                float corr = 1f, sum = 0f;
+                if (mNew == float.NegativeInfinity)
+                {
+                    for (int j = 0; j < TK; j++) sc[qi * TK + j] = 0f;
+                }
+                else
+                {
+                    corr = mOld == float.NegativeInfinity ? 0f : XMath.Exp(mOld - mNew);
+                    for (int j = 0; j < TK; j++)
+                    {
+                        float e = XMath.Exp(sc[qi * TK + j] - mNew);
+                        sc[qi * TK + j] = e;
+                        sum += e;
+                    }
+                }
+                rowM[qi] = mNew;
+                rowL[qi] = rowL[qi] * corr + sum;
+                rowC[qi] = corr;
+            }
+            Group.Barrier();
+            for (int e = t; e < QB * hd; e += g)
+            {
+                int qi = e / hd, d = e % hd;
+                float acc = os[e] * rowC[qi];
+                for (int j = 0; j < TK; j++) acc += sc[qi * TK + j] * vs[j * hd + d];
+                os[e] = acc;
+            }
+            Group.Barrier();
+        }
+        for (int e = t; e < QB * hd; e += g)
+        {
+            int qi = e / hd, d = e % hd;
+            int r = r0 + qi;
+            if (r < s.Rows) output[(long)r * qDim + (long)h * hd + d] = os[e] / rowL[qi];
+        }
+    }
+}

@@ -1,0 +1,253 @@
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using Lrl.Kernels;
+
+namespace Lrl.Gpu;
+
+// The IBackend ops: argument checks on the host, then one or two kernel launches on the stream (no synchronization).
+public sealed partial class GpuBackend
+{
+    private MemoryBuffer1D<int, Stride1D.Dense>? _tokens;      // prefill token ids
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partO;     // split-K attention partial outputs
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
+    private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _scalar; // device → host token id
+    private readonly Dictionary<RopeTable, MemoryBuffer1D<float, Stride1D.Dense>> _ropeTables = new(ReferenceEqualityComparer.Instance);
+
+    private KernelConfig Rows(int rows) => new(rows, _group);
+
+    /// <summary>Grows a scratch buffer to at least <paramref name="length"/> (allocates only when it must grow).</summary>
+    private MemoryBuffer1D<T, Stride1D.Dense> Scratch<T>(ref MemoryBuffer1D<T, Stride1D.Dense>? buf, long length, string what) where T : unmanaged
+    {
+        if (buf is null || buf.Length < length)
+        {
+            if (buf is not null) { _stream.Synchronize(); buf.Dispose(); }
+            buf = AllocateRaw<T>(Math.Max(length, 64), what);
+        }
+        return buf;
+    }
+
+    private void DisposeScratch()
+    {
+        _tokens?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _scalar.Dispose();
+        foreach (var b in _ropeTables.Values) b.Dispose();
+        _ropeTables.Clear();
+    }
+
+    private static int Elements(long n, string op)
+    {
+        if (n < 0 || n > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(n), $"{op}: element count {n} is out of range");
+        return (int)n;
+    }
+
+    private static ArrayView<float> Vec(Weight w, int n, string what)
+    {
+        var g = Wt(w);
+        if (g.F32 is null || g.Rows * (long)g.Cols < n)
+            throw new ArgumentException($"{what}: {w} is not an f32 vector of {n} values");
+        return g.FloatView;
+    }
+
+    public void Embed(Weight table, ReadOnlySpan<int> tokens, DeviceBuffer x)
+    {
+        var t = Wt(table);
+        int rows = tokens.Length, dim = t.Cols;
+        if (rows == 0) return;
+        CheckRange(x, 0, (long)rows * dim, "embed output");
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)t.Rows) throw new LrlException($"token id {id} is outside the vocabulary (0..{t.Rows - 1})");
+        ArrayView<int> ids = ArrayView<int>.Empty;
+        int single = tokens[0];
+        if (rows > 1)
+        {
+            var buf = Scratch(ref _tokens, rows, "token ids");
+            buf.View.SubView(0, rows).CopyFromCPU(_stream, ref MemoryMarshal.GetReference(tokens), rows);
+            ids = buf.View.SubView(0, rows);
+        }
+        var cfg = Rows(rows);
+        var xv = B(x).View;
+        switch (t.StoredType)
+        {
+            case DType.F32: KF32.Embed(_stream, cfg, new F32Reader(t.FloatView), ids, single, xv, dim); break;
+            case DType.F16: KF16.Embed(_stream, cfg, new F16Reader(t.U16!.View), ids, single, xv, dim); break;
+            case DType.BF16: KBF16.Embed(_stream, cfg, new BF16Reader(t.U16!.View), ids, single, xv, dim); break;
+            default: throw new NotSupportedException(t.Format);
+        }
+    }
+
+    public void RmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, float eps)
+    {
+        int n = w.Cols;
+        if (rows <= 0) return;
+        CheckRange(x, 0, (long)rows * n, "rmsnorm input");
+        CheckRange(y, 0, (long)rows * n, "rmsnorm output");
+        RmsNormKernel(_stream, Rows(rows), B(x).View, Vec(w, n, "rmsnorm"), B(y).View, n, eps);
+    }
+
+    public void AddRmsNorm(DeviceBuffer residual, DeviceBuffer delta, Weight w, DeviceBuffer y, int rows, float eps)
+    {
+        int n = w.Cols;
+        if (rows <= 0) return;
+        CheckRange(residual, 0, (long)rows * n, "add_rmsnorm residual");
+        CheckRange(delta, 0, (long)rows * n, "add_rmsnorm delta");
+        CheckRange(y, 0, (long)rows * n, "add_rmsnorm output");
+        AddRmsNormKernel(_stream, Rows(rows), B(residual).View, B(delta).View, Vec(w, n, "add_rmsnorm"), B(y).View, n, eps);
+    }
+
+    public void LayerNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, float eps)
+    {
+        int n = w.Cols;
+        if (rows <= 0) return;
+        CheckRange(x, 0, (long)rows * n, "layernorm input");
+        CheckRange(y, 0, (long)rows * n, "layernorm output");
+        LayerNormKernel(_stream, Rows(rows), B(x).View, Vec(w, n, "layernorm weight"), Vec(b, n, "layernorm bias"), B(y).View, n, eps);
+    }
+
+    public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
+    {
+        var m = Wt(w);
+        int inF = m.Cols, outF = m.Rows;
+        if (rows <= 0) return;
+        CheckRange(x, 0, (long)rows * inF, $"matmul input ({w.Name})");
+        CheckRange(y, 0, (long)rows * outF, $"matmul output ({w.Name})");
+        var bv = bias is null ? ArrayView<float>.Empty : Vec(bias, outF, $"bias of {w.Name}");
+        int hasBias = bias is null ? 0 : 1;
+        var xv = B(x).View; var yv = B(y).View;
+        switch (m.StoredType)
+        {
+            case DType.F32: RunMatMul(KF32, new F32Reader(m.FloatView), xv, yv, bv, hasBias, rows, outF, inF); break;
+            case DType.F16: RunMatMul(KF16, new F16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
+            case DType.BF16: RunMatMul(KBF16, new BF16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
+            default: throw new NotSupportedException(m.Format);
+        }
+    }
+
+    private void RunMatMul<TW>(MatKernels<TW> k, TW reader, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias,
+                               int hasBias, int rows, int outF, int inF) where TW : struct, IWeightReader
+    {
+        if (rows == 1)
+        {
+            int perGroup = _group / _warp;
+            k.Gemv(_stream, new KernelConfig((outF + perGroup - 1) / perGroup, _group), reader, x, y, bias, hasBias, outF, inF);
+        }
+        else
+        {
+            int outBlocks = (outF + _group - 1) / _group, rowBlocks = (rows + GemmKernels.TileRows - 1) / GemmKernels.TileRows;
+            k.Gemm(_stream, new KernelConfig(outBlocks * rowBlocks, _group), reader, x, y, bias, hasBias, rows, outF, inF);
+        }
+    }
+
+    /// <summary>
+    /// Fused SwiGLU MLP front half: y = silu(x·Gateᵀ) ⊙ (x·Upᵀ). At one row a single kernel reads x once for both
+    /// matrices; at more rows it runs the two tiled products and the activation.
+    /// </summary>
+    public void MatMulSwiGlu(DeviceBuffer x, Weight gate, Weight up, DeviceBuffer y, int rows)
+    {
+        var g = Wt(gate); var u = Wt(up);
+        if (g.Rows != u.Rows || g.Cols != u.Cols || g.StoredType != u.StoredType)
+            throw new ArgumentException($"{gate} and {up} differ in shape or dtype");
+        if (rows <= 0) return;
+        int inF = g.Cols, outF = g.Rows;
+        CheckRange(x, 0, (long)rows * inF, "swiglu matmul input");
+        CheckRange(y, 0, (long)rows * outF, "swiglu matmul output");
+        if (rows > 1)
+        {
+            var scratch = Scratch(ref _mlpScratch, (long)rows * outF, "MLP scratch");
+            var tmp = new GpuBuffer(scratch, (long)rows * outF);
+            MatMul(x, gate, y, rows);
+            MatMul(x, up, tmp, rows);
+            SwiGlu(y, tmp, y, (long)rows * outF);
+            return;
+        }
+        int perGroup = _group / _warp;
+        var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
+        var xv = B(x).View; var yv = B(y).View;
+        switch (g.StoredType)
+        {
+            case DType.F32: KF32.GemvSwiGlu(_stream, cfg, new F32Reader(g.FloatView), new F32Reader(u.FloatView), xv, yv, outF, inF); break;
+            case DType.F16: KF16.GemvSwiGlu(_stream, cfg, new F16Reader(g.U16!.View), new F16Reader(u.U16!.View), xv, yv, outF, inF); break;
+            case DType.BF16: KBF16.GemvSwiGlu(_stream, cfg, new BF16Reader(g.U16!.View), new BF16Reader(u.U16!.View), xv, yv, outF, inF); break;
+            default: throw new NotSupportedException(g.Format);
+        }
+    }
+
+    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    {
+        if (rows <= 0) return;
+        if (rope.RotaryDim > headDim || rope.RotaryDim == 0)
+            throw new ArgumentException($"rope: rotary dim {rope.RotaryDim} does not fit head_dim {headDim}");
+        CheckRange(x, 0, (long)rows * heads * headDim, "rope input");
+        if (!_ropeTables.TryGetValue(rope, out var table))
+        {
+            table = AllocateRaw<float>(rope.InvFreq.Length, "rope table");
+            table.View.CopyFromCPU(_stream, ref rope.InvFreq[0], rope.InvFreq.Length);
+            _ropeTables[rope] = table;
+        }
+        int total = rows * heads * (rope.RotaryDim / 2);
+        RopeKernel(_stream, total, B(x).View, table.View, heads, headDim, pos0, total);
+    }
+
+    public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                          int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
+    {
+        if (rows <= 0) return;
+        if (kvHeads <= 0 || heads % kvHeads != 0)
+            throw new ArgumentException($"attention: {heads} heads are not a multiple of {kvHeads} kv heads");
+        if (headDim <= 0 || headDim > AttentionKernels.MaxHeadDim)
+            throw new ArgumentException($"attention: head_dim {headDim} is outside 1..{AttentionKernels.MaxHeadDim}");
+        int n = pos0 + rows, kvDim = kvHeads * headDim;
+        CheckRange(q, 0, (long)rows * heads * headDim, "attention q");
+        CheckRange(output, 0, (long)rows * heads * headDim, "attention output");
+        CheckRange(kCache, 0, (long)n * kvDim, "attention k cache");
+        CheckRange(vCache, 0, (long)n * kvDim, "attention v cache");
+        var shape = new AttentionShape
+        {
+            Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale,
+        };
+        if (rows > 1 && headDim <= AttentionKernels.PrefillMaxHeadDim)
+        {
+            int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
+            AttnPrefillKernel(_stream, new KernelConfig(heads * blocks, _group), B(q).View, B(kCache).View, B(vCache).View, B(output).View, shape);
+            return;
+        }
+        // Split-K: enough groups to fill the device, chunks of 32..MaxChunk positions.
+        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors);
+        int splits = Math.Clamp((target + rows * heads - 1) / (rows * heads), 1, (n + 31) / 32);
+        int chunk = (n + splits - 1) / splits;
+        chunk = Math.Min(AttentionKernels.MaxChunk, (chunk + 31) / 32 * 32);
+        splits = (n + chunk - 1) / chunk;
+        shape.Chunk = chunk; shape.Splits = splits;
+        long groups = (long)rows * heads * splits;
+        var po = Scratch(ref _partO, groups * headDim, "attention partials");
+        var pml = Scratch(ref _partML, groups * 2, "attention partials");
+        AttnSplitKernel(_stream, new KernelConfig(checked((int)groups), _group), B(q).View, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
+        AttnCombineKernel(_stream, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, B(output).View, shape);
+    }
+
+    private static int NextPow2(int v) { int p = 1; while (p < v) p <<= 1; return p; }
+
+    public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
+    {
+        int m = Elements(n, "swiglu");
+        if (m == 0) return;
+        CheckRange(gate, 0, n, "swiglu gate"); CheckRange(up, 0, n, "swiglu up"); CheckRange(y, 0, n, "swiglu output");
+        SwiGluKernel(_stream, m, B(gate).View, B(up).View, B(y).View, m);
+    }
+
+    public void Gelu(DeviceBuffer x, long n)
+    {
+        int m = Elements(n, "gelu");
+        if (m == 0) return;
+        CheckRange(x, 0, n, "gelu");
+        GeluKernel(_stream, m, B(x).View, m);
+    }
+
+    public void Add(DeviceBuffer a, DeviceBuffer b, long n)
+    {
+        int m = Elements(n, "add");
+        if (m == 0) return;
+        CheckRange(a, 0, n, "add a"); CheckRange(b, 0, n, "add b");
+        AddKernel(_stream, m, B(a).View, B(b).View, m);
+    }
+}

@@ -1,0 +1,49 @@
+using System.Runtime.InteropServices;
+using ILGPU.Runtime;
+using Lrl.Kernels;
+
+namespace Lrl.Gpu;
+
+// Token selection on the device: only the chosen id is copied back (one synchronization).
+public sealed partial class GpuBackend
+{
+    /// <summary>Largest top-k served by <see cref="Sample"/>; topK = 0 (no limit) and larger values use this many candidates.</summary>
+    public const int MaxDeviceTopK = SamplingKernels.MaxTopK;
+
+    /// <summary>Index of the largest of logits[0..n) (first on ties), computed on the device.</summary>
+    public int Argmax(DeviceBuffer logits, int n)
+    {
+        if (n <= 0) throw new ArgumentOutOfRangeException(nameof(n), n, "argmax needs at least one logit");
+        CheckRange(logits, 0, n, "argmax logits");
+        ArgmaxKernel(_stream, new ILGPU.KernelConfig(1, _group), B(logits).View, n, _scalar.View);
+        return ReadScalar();
+    }
+
+    /// <summary>
+    /// Samples a token on the device: temperature 0 is greedy; otherwise the topK most likely tokens (ties: lower id;
+    /// topK 0 or above <see cref="MaxDeviceTopK"/> means MaxDeviceTopK), softmax at the temperature, the smallest
+    /// prefix reaching topP, and the token where the running probability passes uniform01 × that prefix's mass.
+    /// Matches Lrl.Runtime.Sampler given the same uniform draw (up to float rounding at a boundary).
+    /// </summary>
+    public int Sample(DeviceBuffer logits, int n, float temperature, int topK, float topP, float uniform01)
+    {
+        if (n <= 0) throw new ArgumentOutOfRangeException(nameof(n), n, "sampling needs at least one logit");
+        if (temperature < 0 || float.IsNaN(temperature)) throw new LrlException($"temperature must be ≥ 0, got {temperature}");
+        if (topK < 0) throw new LrlException($"top-k must be ≥ 0, got {topK}");
+        if (!(topP > 0 && topP <= 1)) throw new LrlException($"top-p must be in (0, 1], got {topP}");
+        if (!(uniform01 >= 0 && uniform01 < 1)) throw new ArgumentOutOfRangeException(nameof(uniform01), uniform01, "uniform draw must be in [0, 1)");
+        if (temperature == 0) return Argmax(logits, n);
+        CheckRange(logits, 0, n, "sample logits");
+        int k = topK == 0 ? MaxDeviceTopK : Math.Min(topK, MaxDeviceTopK);
+        k = Math.Min(k, n);
+        SampleKernel(_stream, new ILGPU.KernelConfig(1, _group), B(logits).View, n, k, temperature, topP, uniform01, _scalar.View);
+        return ReadScalar();
+    }
+
+    private int ReadScalar()
+    {
+        Span<int> one = stackalloc int[1];
+        _scalar.View.SubView(0, 1).CopyToCPU(_stream, ref MemoryMarshal.GetReference(one), 1);
+        return one[0];
+    }
+}

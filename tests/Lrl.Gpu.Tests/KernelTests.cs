@@ -1,0 +1,228 @@
+using Lrl.Kernels.Reference;
+
+namespace Lrl.Gpu.Tests;
+
+/// <summary>Every GPU kernel against the float64 ReferenceBackend, fresh random inputs, odd and even sizes, NaN-poisoned outputs.</summary>
+[Collection("gpu")]
+public class KernelTests
+{
+    private const double F32Tol = 1e-5;
+    public static TheoryData<string> Kinds => new(Backends.KernelKinds);
+
+    public static TheoryData<string, DType> KindsAndDTypes
+    {
+        get
+        {
+            var d = new TheoryData<string, DType>();
+            foreach (var k in Backends.KernelKinds)
+                foreach (var t in new[] { DType.F32, DType.F16, DType.BF16 }) d.Add(k, t);
+            return d;
+        }
+    }
+
+    private static int Seed() => Random.Shared.Next();
+
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void EmbedGathersRowsInStoredDType(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (var (vocab, dim) in new[] { (50, 33), (17, 64), (9, 577) })
+        {
+            var t = arena.Matrix("embed", dtype, vocab, dim);
+            using var wg = g.LoadWeight(t); using var wr = r.LoadWeight(t);
+            foreach (int n in new[] { 1, 5 })
+            {
+                var ids = Enumerable.Range(0, n).Select(_ => arena.Rng.Next(vocab)).ToArray();
+                using var xg = Check.Poisoned(g, n * dim); using var xr = r.Allocate(n * dim);
+                g.Embed(wg, ids, xg); r.Embed(wr, ids, xr);
+                Check.Close(Check.Read(g, xg, n * dim), Check.Read(r, xr, n * dim), 0, $"embed {dtype} {vocab}x{dim} n={n}");
+            }
+        }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void EmbedRejectsTokenOutsideVocabulary(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new TensorArena(1);
+        using var w = g.LoadWeight(arena.Matrix("embed", DType.F32, 10, 8));
+        using var x = g.Allocate(16);
+        var e = Assert.Throws<LrlException>(() => g.Embed(w, [3, 10], x));
+        Assert.Contains("10", e.Message);
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void RmsNormAndAddRmsNormMatchReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (int n in new[] { 33, 64, 97, 577 })
+            foreach (int rows in new[] { 1, 3 })
+            {
+                var wt = arena.Vector("norm", n, 0.5f, 1f);
+                using var wg = g.LoadWeight(wt); using var wr = r.LoadWeight(wt);
+                var x = arena.Floats(rows * n, 3f); var d = arena.Floats(rows * n);
+                using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+                using var yg = Check.Poisoned(g, rows * n); using var yr = r.Allocate(rows * n);
+                g.RmsNorm(xg, wg, yg, rows, 1e-5f); r.RmsNorm(xr, wr, yr, rows, 1e-5f);
+                Check.Close(Check.Read(g, yg, rows * n), Check.Read(r, yr, rows * n), F32Tol, $"rmsnorm n={n} rows={rows}");
+
+                using var dg = Check.Buffer(g, d); using var dr = Check.Buffer(r, d);
+                using var zg = Check.Poisoned(g, rows * n); using var zr = r.Allocate(rows * n);
+                g.AddRmsNorm(xg, dg, wg, zg, rows, 1e-6f); r.AddRmsNorm(xr, dr, wr, zr, rows, 1e-6f);
+                Check.Close(Check.Read(g, xg, rows * n), Check.Read(r, xr, rows * n), F32Tol, $"add_rmsnorm residual n={n}");
+                Check.Close(Check.Read(g, zg, rows * n), Check.Read(r, zr, rows * n), F32Tol, $"add_rmsnorm n={n} rows={rows}");
+            }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void LayerNormMatchesReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (int n in new[] { 33, 64, 577 })
+            foreach (int rows in new[] { 1, 4 })
+            {
+                var wt = arena.Vector("ln.w", n, 0.5f, 1f); var bt = arena.Vector("ln.b", n);
+                using var wg = g.LoadWeight(wt); using var wr = r.LoadWeight(wt);
+                using var bg = g.LoadWeight(bt); using var br = r.LoadWeight(bt);
+                var x = arena.Floats(rows * n, 2f);
+                for (int i = 0; i < x.Length; i++) x[i] += 3f; // non-zero mean
+                using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+                using var yg = Check.Poisoned(g, rows * n); using var yr = r.Allocate(rows * n);
+                g.LayerNorm(xg, wg, bg, yg, rows, 1e-5f); r.LayerNorm(xr, wr, br, yr, rows, 1e-5f);
+                Check.Close(Check.Read(g, yg, rows * n), Check.Read(r, yr, rows * n), F32Tol, $"layernorm n={n} rows={rows}");
+            }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void RopeMatchesReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (var (heads, headDim, rotary) in new[] { (3, 64, 64), (2, 16, 16), (5, 32, 24) })
+            foreach (var (rows, pos0) in new[] { (1, 0), (1, 1000), (3, 7), (9, 4000) })
+            {
+                var inv = new float[rotary / 2];
+                for (int i = 0; i < inv.Length; i++) inv[i] = (float)Math.Pow(10000, -2.0 * i / rotary);
+                var rope = new RopeTable(inv);
+                int n = rows * heads * headDim;
+                var x = arena.Floats(n);
+                using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+                g.Rope(xg, rows, heads, headDim, pos0, rope); r.Rope(xr, rows, heads, headDim, pos0, rope);
+                Check.Close(Check.Read(g, xg, n), Check.Read(r, xr, n), F32Tol, $"rope h={heads} d={headDim} rot={rotary} rows={rows} pos={pos0}");
+            }
+    }
+
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void MatMulMatchesReferenceForEveryDTypeAndShape(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (var (outF, inF) in new[] { (33, 97), (64, 577), (130, 64), (7, 33) })
+        {
+            var wt = arena.Matrix("w", dtype, outF, inF, 0.2f);
+            var bt = arena.Vector("b", outF);
+            using var wg = g.LoadWeight(wt); using var wr = r.LoadWeight(wt);
+            using var bg = g.LoadWeight(bt); using var br = r.LoadWeight(bt);
+            foreach (int rows in new[] { 1, 3, 9 })
+                foreach (bool bias in new[] { false, true })
+                {
+                    var x = arena.Floats(rows * inF);
+                    using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+                    using var yg = Check.Poisoned(g, rows * outF); using var yr = r.Allocate(rows * outF);
+                    g.MatMul(xg, wg, yg, rows, bias ? bg : null); r.MatMul(xr, wr, yr, rows, bias ? br : null);
+                    Check.Close(Check.Read(g, yg, rows * outF), Check.Read(r, yr, rows * outF), F32Tol,
+                        $"matmul {dtype} {outF}x{inF} rows={rows} bias={bias}");
+                }
+        }
+    }
+
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void FusedGateUpSwiGluMatchesSeparateOps(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        const int outF = 97, inF = 64;
+        var gt = arena.Matrix("gate", dtype, outF, inF, 0.3f); var ut = arena.Matrix("up", dtype, outF, inF, 0.3f);
+        using var gg = g.LoadWeight(gt); using var ug = g.LoadWeight(ut);
+        using var gr = r.LoadWeight(gt); using var ur = r.LoadWeight(ut);
+        foreach (int rows in new[] { 1, 3 })
+        {
+            var x = arena.Floats(rows * inF);
+            using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+            using var yg = Check.Poisoned(g, rows * outF);
+            using var a = r.Allocate(rows * outF); using var b = r.Allocate(rows * outF);
+            g.MatMulSwiGlu(xg, gg, ug, yg, rows);
+            r.MatMul(xr, gr, a, rows); r.MatMul(xr, ur, b, rows); r.SwiGlu(a, b, a, rows * outF);
+            Check.Close(Check.Read(g, yg, rows * outF), Check.Read(r, a, rows * outF), F32Tol, $"gemv+swiglu {dtype} rows={rows}");
+        }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void AttentionMatchesReferenceForDecodeAndPrefill(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (var (heads, kvHeads, headDim) in new[] { (4, 2, 16), (3, 3, 64), (2, 1, 33), (2, 2, 160) })
+            foreach (var (rows, pos0) in new[] { (1, 0), (1, 40), (1, 600), (5, 0), (11, 7), (3, 37) })
+            {
+                int n = pos0 + rows, kvDim = kvHeads * headDim, qDim = heads * headDim;
+                var q = arena.Floats(rows * qDim); var k = arena.Floats(n * kvDim); var v = arena.Floats(n * kvDim);
+                using var qg = Check.Buffer(g, q); using var kg = Check.Buffer(g, k); using var vg = Check.Buffer(g, v);
+                using var qr = Check.Buffer(r, q); using var kr = Check.Buffer(r, k); using var vr = Check.Buffer(r, v);
+                using var og = Check.Poisoned(g, rows * qDim); using var or = r.Allocate(rows * qDim);
+                float scale = 1f / MathF.Sqrt(headDim) * 2f;
+                g.Attention(qg, kg, vg, og, rows, pos0, heads, kvHeads, headDim, scale);
+                r.Attention(qr, kr, vr, or, rows, pos0, heads, kvHeads, headDim, scale);
+                Check.Close(Check.Read(g, og, rows * qDim), Check.Read(r, or, rows * qDim), F32Tol,
+                    $"attention h={heads}/{kvHeads} d={headDim} rows={rows} pos0={pos0}");
+            }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void ElementwiseOpsMatchReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new TensorArena(Seed());
+        foreach (int n in new[] { 1, 33, 577, 1536 })
+        {
+            var a = arena.Floats(n, 4f); var b = arena.Floats(n, 4f);
+            using var ag = Check.Buffer(g, a); using var bg = Check.Buffer(g, b);
+            using var ar = Check.Buffer(r, a); using var br = Check.Buffer(r, b);
+            using var yg = Check.Poisoned(g, n); using var yr = r.Allocate(n);
+            g.SwiGlu(ag, bg, yg, n); r.SwiGlu(ar, br, yr, n);
+            Check.Close(Check.Read(g, yg, n), Check.Read(r, yr, n), F32Tol, $"swiglu n={n}");
+            g.SwiGlu(ag, bg, ag, n); r.SwiGlu(ar, br, ar, n); // aliased output
+            Check.Close(Check.Read(g, ag, n), Check.Read(r, ar, n), F32Tol, $"swiglu in place n={n}");
+            g.Gelu(bg, n); r.Gelu(br, n);
+            Check.Close(Check.Read(g, bg, n), Check.Read(r, br, n), F32Tol, $"gelu n={n}");
+            g.Add(ag, bg, n); r.Add(ar, br, n);
+            Check.Close(Check.Read(g, ag, n), Check.Read(r, ar, n), F32Tol, $"add n={n}");
+        }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void CopyUploadDownloadRespectOffsets(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new TensorArena(Seed());
+        var a = arena.Floats(97);
+        using var src = Check.Buffer(g, a);
+        using var dst = Check.Poisoned(g, 50);
+        g.Copy(src, 10, dst, 5, 40);
+        var got = Check.Read(g, dst, 50);
+        for (int i = 0; i < 40; i++) Assert.Equal(a[10 + i], got[5 + i]);
+        Assert.True(float.IsNaN(got[4]) && float.IsNaN(got[45]));
+        Assert.ThrowsAny<ArgumentException>(() => g.Copy(src, 90, dst, 0, 10));
+    }
+}

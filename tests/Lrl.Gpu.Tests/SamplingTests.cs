@@ -1,0 +1,87 @@
+namespace Lrl.Gpu.Tests;
+
+/// <summary>Device argmax and top-k/top-p sampling against a host implementation of the same rule.</summary>
+[Collection("gpu")]
+public class SamplingTests
+{
+    public static TheoryData<string> Kinds => new(Backends.KernelKinds);
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void ArgmaxFindsFirstLargest(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new TensorArena(Random.Shared.Next());
+        foreach (int n in new[] { 1, 33, 577, 5000 })
+        {
+            var v = arena.Floats(n, 10f);
+            int expected = 0;
+            for (int i = 1; i < n; i++) if (v[i] > v[expected]) expected = i;
+            using var buf = Check.Buffer(g, v);
+            Assert.Equal(expected, g.Argmax(buf, n));
+            if (n > 3)
+            {
+                int a = arena.Rng.Next(n / 2), b = n / 2 + arena.Rng.Next(n / 2);
+                v[a] = v[b] = 100f; // tie: the lower id wins
+                g.Upload(v, buf);
+                Assert.Equal(a, g.Argmax(buf, n));
+            }
+        }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void SampleMatchesHostRule(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new TensorArena(Random.Shared.Next());
+        foreach (int n in new[] { 33, 577, 3001 })
+        {
+            var logits = arena.Floats(n, 4f);
+            using var buf = Check.Buffer(g, logits);
+            foreach (float temp in new[] { 0.7f, 1f })
+                foreach (int topK in new[] { 1, 5, 40, 0 })
+                    foreach (float topP in new[] { 1f, 0.9f, 0.5f })
+                        for (int draw = 0; draw < 3; draw++)
+                        {
+                            float u = (float)arena.Rng.NextDouble();
+                            int expected = HostSample(logits, temp, topK, topP, u);
+                            Assert.Equal(expected, g.Sample(buf, n, temp, topK, topP, u));
+                        }
+            Assert.Equal(g.Argmax(buf, n), g.Sample(buf, n, 0f, 40, 0.9f, 0.5f));
+        }
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void SampleRejectsBadSettings(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var buf = Check.Buffer(g, new float[8]);
+        Assert.Throws<LrlException>(() => g.Sample(buf, 8, -1f, 0, 1f, 0.5f));
+        Assert.Throws<LrlException>(() => g.Sample(buf, 8, 1f, -3, 1f, 0.5f));
+        Assert.Throws<LrlException>(() => g.Sample(buf, 8, 1f, 0, 0f, 0.5f));
+    }
+
+    /// <summary>The documented rule, in double: top-k (ties: lower id), softmax at temperature, top-p prefix, walk.</summary>
+    private static int HostSample(float[] logits, float temp, int topK, float topP, float u)
+    {
+        int k = topK == 0 ? GpuBackend.MaxDeviceTopK : Math.Min(topK, GpuBackend.MaxDeviceTopK);
+        var order = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).Take(k).ToArray();
+        double max = logits[order[0]];
+        var p = order.Select(i => Math.Exp((logits[i] - max) / temp)).ToArray();
+        double sum = p.Sum();
+        for (int i = 0; i < p.Length; i++) p[i] /= sum;
+        int keep = p.Length;
+        double total = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            total += p[i];
+            if (topP < 1 && total >= topP) { keep = i + 1; break; }
+        }
+        double r = u * total;
+        for (int i = 0; i < keep; i++)
+        {
+            r -= p[i];
+            if (r < 0) return order[i];
+        }
+        return order[keep - 1];
+    }
+}
