@@ -73,3 +73,62 @@ public struct Q4Reader : IWeightReader
         return (q - z) * KernelMath.HalfToFloat(Scales[g]);
     }
 }
+
+/// <summary>
+/// Batch-1 products for quantized weights stored in input order: one warp per output row, the warp walks the row one
+/// group at a time (lanes stride the group, coalesced byte reads), and each group's partial sum is scaled once.
+/// Grid = ceil(outF / warpsPerGroup). Act-order (permuted) weights use the generic reader kernels instead.
+/// </summary>
+public static class QuantGemvKernels
+{
+    /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} q[o, i]·x[i] (+ bias).</summary>
+    public static void GemvQ8(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, ArrayView<float> y,
+                              ArrayView<float> bias, int hasBias, int outF, QuantShape s)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        long b = (long)row * s.Cols, sb = (long)row * s.Groups;
+        float acc = 0;
+        for (int g = 0; g < s.Groups; g++)
+        {
+            int end = (g + 1) * s.Group;
+            float part = 0;
+            for (int i = g * s.Group + Warp.LaneIdx; i < end; i += Warp.WarpSize) part += (sbyte)codes[b + i] * x[i];
+            acc += part * KernelMath.HalfToFloat(scales[sb + g]);
+        }
+        acc = KernelMath.WarpSum(acc);
+        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+
+    /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
+    public static void GemvQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x,
+                              ArrayView<float> y, ArrayView<float> bias, int hasBias, int outF, QuantShape s)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        int cols = s.Cols;
+        long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
+        float acc = 0;
+        for (int g = 0; g < s.Groups; g++)
+        {
+            int end = (g + 1) * s.Group;
+            float part = 0, xs = 0;
+            for (int j = g * s.Group + Warp.LaneIdx; j < end; j += Warp.WarpSize)
+            {
+                int b0 = j & ~63;
+                int len = cols - b0 < 64 ? cols - b0 : 64;
+                int jj = j - b0, half = len >> 1;
+                int v = codes[b + (b0 >> 1) + (jj < half ? jj : jj - half)];
+                float xv = x[j];
+                part += (jj < half ? v & 15 : v >> 4) * xv;
+                xs += xv;
+            }
+            int z = s.HasZeros != 0 ? zeros[sb + g] : 8;
+            acc += (part - z * xs) * KernelMath.HalfToFloat(scales[sb + g]);
+        }
+        acc = KernelMath.WarpSum(acc);
+        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+}

@@ -63,9 +63,25 @@ public sealed partial class GpuBackend : IQuantizedBackend
         return new GpuWeight(q.Name, q.Rows, q.Cols, q.Bits == 8 ? DType.I8 : DType.U8, q.Format, null, null) { Quant = data };
     }
 
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>? _gemvQ8;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>? _gemvQ4;
+
     private void QuantMatMul(GpuWeight m, ArrayView<float> xv, ArrayView<float> yv, ArrayView<float> bv, int hasBias, int rows, int outF, int inF)
     {
         var d = m.Quant ?? throw new NotSupportedException(m.Format);
+        if (rows == 1 && d.StoredColumn is null)
+        {
+            // Decode: the group-wise kernels (one scale conversion per group, no per-element index division).
+            int perGroup = _group / _warp;
+            var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
+            if (d.Bits == 8)
+                (_gemvQ8 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ8))
+                    (_stream, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);
+            else
+                (_gemvQ4 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ4))
+                    (_stream, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
+            return;
+        }
         if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF);
         else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
     }
