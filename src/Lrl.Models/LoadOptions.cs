@@ -10,6 +10,20 @@ public sealed record ModelLoadOptions
 
     public const int DefaultContextCap = 4096;
 
+    /// <summary>
+    /// Position cap of recurrent models (RWKV, TransNormerLLM) when <see cref="ContextLength"/> is 0: their state does not
+    /// grow with the sequence, so this only bounds position counters and callers' per-position buffers.
+    /// </summary>
+    public const int RecurrentContextCap = 1 << 20;
+
+    /// <summary>The context of a model whose state has a constant size: <see cref="ContextLength"/>, or <see cref="RecurrentContextCap"/>.</summary>
+    public int ResolveRecurrentContext()
+    {
+        if (ContextLength < 0) throw new LrlException($"context length must be ≥ 0, got {ContextLength}");
+        if (BatchSize < 1) throw new LrlException($"batch size must be ≥ 1, got {BatchSize}");
+        return ContextLength > 0 ? ContextLength : RecurrentContextCap;
+    }
+
     public int ResolveContext(int modelMax)
     {
         if (ContextLength < 0) throw new LrlException($"context length must be ≥ 0, got {ContextLength}");

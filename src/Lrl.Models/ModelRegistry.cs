@@ -12,6 +12,10 @@ public static class ModelRegistry
         ["LlamaForCausalLM"] = LoadLlama,
         ["MistralForCausalLM"] = LoadLlama,
         ["Qwen2ForCausalLM"] = LoadLlama,
+        ["GPT2LMHeadModel"] = (ck, cfg, b, o) => new Gpt2(ck, Gpt2Config.From(cfg), b, o),
+        ["RwkvCppTiny"] = LoadRwkv,
+        ["Rwkv5ForCausalLM"] = LoadRwkv,
+        ["TransnormerForCausalLM"] = (ck, cfg, b, o) => new TransNormer(ck, TransNormerConfig.From(cfg), b, o),
     };
 
     public static IReadOnlyCollection<string> SupportedArchitectures => Factories.Keys;
@@ -32,4 +36,20 @@ public static class ModelRegistry
 
     private static ILanguageModel LoadLlama(Checkpoint ck, ModelConfig cfg, IBackend b, ModelLoadOptions o) =>
         new Llama(ck, LlamaConfig.From(cfg), b, o);
+
+    /// <summary>
+    /// RWKV: the version is model_type (rwkv5 = v5.2, rwkv7 = v7); RwkvCppTiny is the rwkv.cpp tensor layout,
+    /// Rwkv5ForCausalLM the Hugging Face one.
+    /// </summary>
+    private static ILanguageModel LoadRwkv(Checkpoint ck, ModelConfig cfg, IBackend b, ModelLoadOptions o)
+    {
+        var c = RwkvConfig.From(cfg);
+        return c.ModelType switch
+        {
+            "rwkv5" => new Rwkv5(ck, c, b, o),
+            "rwkv7" when !c.HfLayout => new Rwkv7(ck, c, b, o),
+            _ when c.HfLayout => throw new ModelFormatException(cfg.Path, $"Rwkv5ForCausalLM needs model_type 'rwkv5', not '{c.ModelType}'"),
+            _ => throw new ModelFormatException(cfg.Path, $"model_type '{c.ModelType}' is not a supported RWKV version (supported: rwkv5, rwkv7)"),
+        };
+    }
 }

@@ -50,6 +50,9 @@ public sealed class ChatTemplate
             }
             catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
         }
+        // Newer repositories keep the template in its own file.
+        var jinja = Path.Combine(modelDir, "chat_template.jinja");
+        if (template is null && File.Exists(jinja)) template = File.ReadAllText(jinja);
         return FromTemplateText(template);
     }
 

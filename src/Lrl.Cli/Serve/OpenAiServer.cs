@@ -1,0 +1,338 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Lrl.Cli.Serve;
+
+/// <summary>How <see cref="OpenAiServer"/> listens and what a request gets when it leaves an option out.</summary>
+public sealed record ServerOptions
+{
+    /// <summary>IP address or host name to bind ("127.0.0.1", "0.0.0.0", "localhost", "::").</summary>
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>TCP port; 0 = any free port (see <see cref="OpenAiServer.Address"/>).</summary>
+    public int Port { get; init; } = 8080;
+    /// <summary>The id /v1/models reports; requests may name any model (there is one).</summary>
+    public string ModelId { get; init; } = "model";
+    /// <summary>Generation options for fields a request omits.</summary>
+    public GenerationOptions Defaults { get; init; } = new();
+    /// <summary>Where one line per request is logged; null = nowhere.</summary>
+    public TextWriter? Log { get; init; }
+}
+
+/// <summary>
+/// An OpenAI-compatible HTTP server over one <see cref="LrlModel"/> (ASP.NET Core minimal APIs on Kestrel):
+/// GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with Server-Sent-Events streaming.
+/// Requests run one at a time (the model holds one sequence); a client that disconnects cancels its generation.
+/// Errors are OpenAI-style JSON: 400 for requests the client can fix, never a stack trace.
+/// </summary>
+public sealed class OpenAiServer : IAsyncDisposable
+{
+    private readonly LrlModel _model;
+    private readonly ServerOptions _options;
+    private readonly ChatTemplate _template;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly WebApplication _app;
+    private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    /// <summary>Readable JSON: non-ASCII text and apostrophes as themselves (quotes and control characters still escaped).</summary>
+    private static readonly System.Text.Json.JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>The bound address, with the real port when <see cref="ServerOptions.Port"/> was 0.</summary>
+    public Uri Address { get; private set; } = null!;
+
+    private OpenAiServer(LrlModel model, ServerOptions options, ChatTemplate template)
+    {
+        _model = model; _options = options; _template = template;
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
+        builder.Logging.ClearProviders();
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(5));
+        var ip = ResolveHost(options.Host);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = 16 << 20;
+            k.Listen(ip, options.Port);
+        });
+        _app = builder.Build();
+        _app.Use(ErrorsAndLogging);
+        _app.MapGet("/health", () => Results.Json(new JsonObject { ["status"] = "ok", ["model"] = options.ModelId }, Json));
+        _app.MapGet("/v1/models", () => Results.Json(new JsonObject { ["object"] = "list", ["data"] = new JsonArray(ModelObject()) }, Json));
+        _app.MapGet("/v1/models/{id}", (string id) => id == options.ModelId
+            ? Results.Json(ModelObject(), Json)
+            : throw new ApiException(404, $"model '{id}' does not exist; this server serves '{options.ModelId}'", "model", "not_found_error"));
+        _app.MapPost("/v1/completions", ctx => HandleAsync(ctx, chat: false));
+        _app.MapPost("/v1/chat/completions", ctx => HandleAsync(ctx, chat: true));
+        _app.MapFallback(ctx =>
+        {
+            var path = ctx.Request.Path.Value ?? "/";
+            if (path is "/v1/completions" or "/v1/chat/completions" or "/health" or "/v1/models")
+                throw new ApiException(405, $"{ctx.Request.Method} is not allowed on {path}", null);
+            throw new ApiException(404, $"unknown endpoint {ctx.Request.Method} {path}; try /v1/completions, /v1/chat/completions, /v1/models or /health", null, "not_found_error");
+        });
+    }
+
+    /// <summary>Binds and starts serving; an address already in use is an <see cref="LrlException"/> naming it.</summary>
+    public static async Task<OpenAiServer> StartAsync(LrlModel model, ServerOptions options, CancellationToken cancellationToken = default)
+    {
+        if (options.Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {options.Port}");
+        options.Defaults.Validate();
+        var server = new OpenAiServer(model, options, ChatTemplate.Load(model.Directory));
+        try
+        {
+            await server._app.StartAsync(cancellationToken);
+        }
+        catch (IOException e)
+        {
+            await server._app.DisposeAsync();
+            throw new LrlException($"cannot listen on {options.Host}:{options.Port}: {e.Message}");
+        }
+        var bound = server._app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var port = new Uri(bound).Port;
+        var host = options.Host.Contains(':') && !options.Host.StartsWith('[') ? $"[{options.Host}]" : options.Host;
+        server.Address = new Uri($"http://{host}:{port}");
+        return server;
+    }
+
+    /// <summary>The chat template chat requests are formatted with.</summary>
+    public string ChatTemplateName => _template.Name;
+
+    /// <summary>Completes when the host is told to stop (Ctrl+C, SIGTERM) or <paramref name="cancellationToken"/> fires.</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.DisposeAsync();
+        _gate.Dispose();
+    }
+
+    private static IPAddress ResolveHost(string host)
+    {
+        var h = host.Trim('[', ']');
+        if (h is "localhost") return IPAddress.Loopback;
+        if (h is "*" or "+" or "") return IPAddress.Any;
+        if (IPAddress.TryParse(h, out var ip)) return ip;
+        try
+        {
+            var all = Dns.GetHostAddresses(h);
+            return all.FirstOrDefault(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork) ?? all.First();
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or InvalidOperationException or ArgumentException)
+        {
+            throw new LrlException($"--host '{host}' is not an IP address or a host name that resolves: {e.Message}");
+        }
+    }
+
+    private JsonObject ModelObject() => new()
+    {
+        ["id"] = _options.ModelId, ["object"] = "model", ["created"] = _created, ["owned_by"] = "lrlrun",
+        ["context_length"] = _model.Model.ContextLength,
+    };
+
+    private async Task ErrorsAndLogging(HttpContext ctx, RequestDelegate next)
+    {
+        var clock = Stopwatch.StartNew();
+        string note = "";
+        try
+        {
+            await next(ctx);
+            note = ctx.RequestAborted.IsCancellationRequested ? "client disconnected" : ctx.Items["usage"] as string ?? "";
+        }
+        catch (ApiException e)
+        {
+            note = e.Message;
+            await WriteErrorAsync(ctx, e.Status, e.Message, e.Type, e.Param);
+        }
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e)
+        {
+            note = e.Message;
+            await WriteErrorAsync(ctx, e.StatusCode, e.Message, "invalid_request_error", null);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            note = "client disconnected";
+        }
+        catch (IOException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            note = "client disconnected";
+        }
+        catch (Exception e)
+        {
+            note = $"{e.GetType().Name}: {e.Message}";
+            await WriteErrorAsync(ctx, 500, $"internal error: {e.Message}", "server_error", null);
+        }
+        _options.Log?.WriteLine($"lrlrun: {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalSeconds:F2}s{(note.Length > 0 ? " " + note : "")}");
+    }
+
+    private static async Task WriteErrorAsync(HttpContext ctx, int status, string message, string type, string? param)
+    {
+        var error = new JsonObject
+        {
+            ["error"] = new JsonObject { ["message"] = message, ["type"] = type, ["param"] = param, ["code"] = null },
+        };
+        if (ctx.Response.HasStarted)
+        {
+            // Mid-stream: headers are gone, so the error travels as one more event.
+            try { await ctx.Response.WriteAsync($"data: {error.ToJsonString(Json)}\n\n"); }
+            catch (Exception e) when (e is IOException or OperationCanceledException or InvalidOperationException) { }
+            return;
+        }
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync(error.ToJsonString(Json));
+    }
+
+    private async Task HandleAsync(HttpContext ctx, bool chat)
+    {
+        var ct = ctx.RequestAborted;
+        var body = await ReadBodyAsync(ctx.Request, ct);
+        var request = RequestParser.Parse(body, chat, _options.Defaults);
+        var options = request.Options;
+        int[] ids;
+        string field = chat ? "messages" : "prompt";
+        if (request.IsChat)
+        {
+            string text;
+            try { text = _template.Format(request.Messages!, addGenerationPrompt: true); }
+            catch (LrlException e) { throw new ApiException(400, e.Message, "messages"); }
+            // A template that writes BOS itself (e.g. "<s>[INST] ...") must not get a second one from the tokenizer.
+            var tok = _model.Tokenizer;
+            bool bosInText = tok.BosId is int bos && tok.TokenText(bos) is { Length: > 0 } bosText && text.StartsWith(bosText, StringComparison.Ordinal);
+            ids = tok.Encode(text, addSpecial: !bosInText);
+            options = options with { StopStrings = [.. options.StopStrings, .. _template.StopStrings] };
+        }
+        else if (request.PromptIds is { } pids)
+        {
+            int vocab = _model.Model.VocabSize;
+            if (pids.FirstOrDefault(id => id >= vocab, -1) is var bad and >= 0)
+                throw ApiException.BadRequest("prompt", $"'prompt' holds token id {bad}, outside the vocabulary (0..{vocab - 1})");
+            ids = pids;
+        }
+        else
+        {
+            ids = _model.Tokenizer.Encode(request.Prompt!, options.AddBos);
+        }
+        int ctxLen = _model.Model.ContextLength;
+        if (ids.Length == 0) throw ApiException.BadRequest(field, $"'{field}' is empty (no tokens to start from)");
+        if (ids.Length > ctxLen)
+            throw ApiException.BadRequest(field, $"'{field}' is {ids.Length} tokens but the context window holds {ctxLen}; shorten it (or restart the server with a larger --context)");
+
+        await _gate.WaitAsync(ct);
+        try
+        {
+            IEnumerable<GeneratedToken> tokens;
+            try { tokens = _model.Generate(ids, options, ct); }
+            catch (LrlException e) { throw new ApiException(400, e.Message, field); }
+            var id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N")[..24];
+            long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            if (request.Stream) await StreamAsync(ctx, request, tokens, id, created, ct);
+            else await RespondAsync(ctx, chat, tokens, id, created, ct);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private async Task RespondAsync(HttpContext ctx, bool chat, IEnumerable<GeneratedToken> tokens, string id, long created, CancellationToken ct)
+    {
+        var text = await Task.Run(() =>
+        {
+            var sb = new System.Text.StringBuilder();
+            foreach (var t in tokens) sb.Append(t.Text);
+            return sb.ToString();
+        }, ct);
+        var stats = _model.LastStats;
+        if (stats.FinishReason == FinishReason.Cancelled) return;
+        ctx.Items["usage"] = UsageNote(stats);
+        var choice = new JsonObject { ["index"] = 0 };
+        if (chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text };
+        else choice["text"] = text;
+        choice["logprobs"] = null;
+        choice["finish_reason"] = FinishReasonName(stats.FinishReason);
+        var response = Envelope(id, chat ? "chat.completion" : "text_completion", created);
+        response["choices"] = new JsonArray(choice);
+        response["usage"] = Usage(stats);
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync(response.ToJsonString(Json), ct);
+    }
+
+    private async Task StreamAsync(HttpContext ctx, CompletionRequest request, IEnumerable<GeneratedToken> tokens, string id, long created, CancellationToken ct)
+    {
+        bool chat = request.IsChat;
+        string kind = chat ? "chat.completion.chunk" : "text_completion";
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        ctx.Response.Headers["X-Accel-Buffering"] = "no";
+        await ctx.Response.StartAsync(ct);
+        if (chat) await SendAsync(Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
+        foreach (var t in tokens)
+        {
+            if (t.Text.Length == 0) continue;
+            await SendAsync(Chunk(chat ? new JsonObject { ["content"] = t.Text } : t.Text, null));
+        }
+        var stats = _model.LastStats;
+        if (stats.FinishReason == FinishReason.Cancelled) return;
+        ctx.Items["usage"] = UsageNote(stats);
+        await SendAsync(Chunk(chat ? new JsonObject() : "", FinishReasonName(stats.FinishReason)));
+        if (request.IncludeUsage)
+        {
+            var last = Envelope(id, kind, created);
+            last["choices"] = new JsonArray();
+            last["usage"] = Usage(stats);
+            await SendAsync(last);
+        }
+        await ctx.Response.WriteAsync("data: [DONE]\n\n", ct);
+        await ctx.Response.Body.FlushAsync(ct);
+
+        JsonObject Chunk(JsonNode content, string? finish)
+        {
+            var choice = new JsonObject { ["index"] = 0 };
+            choice[chat ? "delta" : "text"] = content;
+            choice["logprobs"] = null;
+            choice["finish_reason"] = finish;
+            var chunk = Envelope(id, kind, created);
+            chunk["choices"] = new JsonArray(choice);
+            return chunk;
+        }
+
+        async Task SendAsync(JsonObject o)
+        {
+            await ctx.Response.WriteAsync($"data: {o.ToJsonString(Json)}\n\n", ct);
+            await ctx.Response.Body.FlushAsync(ct);
+        }
+    }
+
+    private JsonObject Envelope(string id, string kind, long created) => new()
+    {
+        ["id"] = id, ["object"] = kind, ["created"] = created, ["model"] = _options.ModelId,
+    };
+
+    private static string UsageNote(GenerationStats s) =>
+        $"prompt {s.PromptTokens} tokens ({s.CachedTokens} cached), generated {s.GeneratedTokens} at {s.DecodeTokensPerSecond:F1} tok/s, {FinishReasonName(s.FinishReason)}";
+
+    private static JsonObject Usage(GenerationStats s) => new()
+    {
+        ["prompt_tokens"] = s.PromptTokens, ["completion_tokens"] = s.GeneratedTokens, ["total_tokens"] = s.PromptTokens + s.GeneratedTokens,
+    };
+
+    /// <summary>OpenAI's finish_reason: "stop" for end-of-sequence or a stop string, "length" for the token or context limit.</summary>
+    public static string FinishReasonName(FinishReason reason) => reason switch
+    {
+        FinishReason.EndOfSequence or FinishReason.StopString => "stop",
+        _ => "length",
+    };
+
+    private static async Task<byte[]> ReadBodyAsync(HttpRequest request, CancellationToken ct)
+    {
+        using var ms = new MemoryStream();
+        await request.Body.CopyToAsync(ms, ct);
+        return ms.ToArray();
+    }
+}

@@ -1,0 +1,44 @@
+using CommandLine;
+using Lrl.Cli.Serve;
+
+namespace Lrl.Cli;
+
+[Verb("serve", HelpText = "Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health).")]
+public sealed class ServeVerb : SamplingVerbBase
+{
+    [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
+    public string Host { get; set; } = "127.0.0.1";
+
+    [Option("port", Default = 8080, HelpText = "TCP port; 0 = any free port (the one chosen is printed).")]
+    public int Port { get; set; }
+
+    [Option("name", HelpText = "Model id reported by /v1/models (default: the model folder's name).")]
+    public string? Name { get; set; }
+
+    [Option('n', "max-tokens", Default = 256, HelpText = "max_tokens for requests that give none (the sampling options are request defaults too).")]
+    public int MaxTokens { get; set; }
+
+    public int Run() => RunAsync().GetAwaiter().GetResult();
+
+    private async Task<int> RunAsync()
+    {
+        var defaults = new GenerationOptions
+        {
+            MaxTokens = MaxTokens,
+            Sampling = Sampling(),
+        };
+        defaults.Validate();
+        if (Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {Port}");
+        using var model = LoadModel();
+        var options = new ServerOptions
+        {
+            Host = Host, Port = Port, Defaults = defaults, Log = Console.Error,
+            ModelId = string.IsNullOrWhiteSpace(Name) ? Path.GetFileName(model.Directory.TrimEnd(Path.DirectorySeparatorChar)) : Name,
+        };
+        await using var server = await OpenAiServer.StartAsync(model, options);
+        Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, chat template {server.ChatTemplateName})");
+        Console.Error.WriteLine($"lrlrun: listening on {server.Address.GetLeftPart(UriPartial.Authority)}");
+        await server.WaitForShutdownAsync();
+        return 0;
+    }
+}

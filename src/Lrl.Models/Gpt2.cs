@@ -1,0 +1,167 @@
+using Lrl.Loading;
+
+namespace Lrl.Models;
+
+/// <summary>
+/// GPT2LMHeadModel: LayerNorm, learned absolute positions, fused c_attn, gelu_new MLP, tied head. Conv1D weights are
+/// stored [in, out]; they are transposed once at load into the [out, in] Linear layout the backend expects (and c_attn
+/// split into q, k, v), in the stored dtype. KV cache preallocated; batched prefill; no allocation per token.
+/// </summary>
+public sealed class Gpt2 : ILanguageModel
+{
+    private sealed record Layer(Weight Ln1W, Weight Ln1B, Weight Wq, Weight Wk, Weight Wv, Weight Bq, Weight Bk, Weight Bv,
+                                Weight Wo, Weight Bo, Weight Ln2W, Weight Ln2B, Weight Fc, Weight BFc, Weight Proj, Weight BProj,
+                                DeviceBuffer KCache, DeviceBuffer VCache);
+
+    private readonly Checkpoint _checkpoint;
+    private readonly OwnedTensors _owned = new();
+    private readonly IBackend _b;
+    private readonly Layer[] _layers;
+    private readonly Weight _wte, _wpe, _lnfW, _lnfB, _head;
+    private readonly int _batch;
+    private readonly int[] _positions;
+    private readonly DeviceBuffer _x, _xb, _pe, _q, _k, _v, _att, _delta, _h, _last, _logits;
+
+    public Gpt2Config Config { get; }
+    public string Architecture => "GPT2LMHeadModel";
+    public int VocabSize => Config.VocabSize;
+    public int ContextLength { get; }
+    public IBackend Backend => _b;
+    public long ParameterCount { get; }
+    public long WeightBytesPerToken { get; }
+    public string WeightFormat => _layers[0].Wq.Format;
+
+    public Gpt2(Checkpoint checkpoint, Gpt2Config config, IBackend backend, ModelLoadOptions options)
+    {
+        _checkpoint = checkpoint;
+        _b = backend;
+        Config = config;
+        var c = config;
+        int C = c.HiddenSize;
+        ContextLength = options.ResolveContext(c.MaxPositions);
+        _batch = Math.Min(options.BatchSize, ContextLength);
+        try
+        {
+            // HF GPT-2 checkpoints come with or without the "transformer." prefix.
+            string pre = checkpoint.Contains("transformer.wte.weight") ? "transformer." : "";
+            Weight W(string name, params int[] shape) => _b.LoadWeight(checkpoint.Get(pre + name, shape));
+            // A Conv1D weight [in, out]: columns [start, start + count) transposed to a Linear [count, in].
+            Weight Conv(string name, int inF, int outF, int start, int count) =>
+                _b.LoadWeight(_owned.TransposeColumns(checkpoint.Get(pre + name, inF, outF), start, count, $"{pre}{name}[{start}:{start + count}]ᵀ"));
+            Weight BiasSlice(string name, int total, int start, int count) =>
+                _b.LoadWeight(OwnedTensors.View(checkpoint.Get(pre + name, total), start, [count], $"{pre}{name}[{start}:{start + count}]"));
+
+            _wte = W("wte.weight", c.VocabSize, C);
+            _wpe = W("wpe.weight", c.MaxPositions, C);
+            _lnfW = W("ln_f.weight", C);
+            _lnfB = W("ln_f.bias", C);
+            _head = checkpoint.Contains("lm_head.weight") ? _b.LoadWeight(checkpoint.Get("lm_head.weight", c.VocabSize, C)) : _wte;
+            _layers = new Layer[c.NumLayers];
+            for (int i = 0; i < c.NumLayers; i++)
+            {
+                string p = $"h.{i}.";
+                _layers[i] = new Layer(
+                    W(p + "ln_1.weight", C), W(p + "ln_1.bias", C),
+                    Conv(p + "attn.c_attn.weight", C, 3 * C, 0, C), Conv(p + "attn.c_attn.weight", C, 3 * C, C, C), Conv(p + "attn.c_attn.weight", C, 3 * C, 2 * C, C),
+                    BiasSlice(p + "attn.c_attn.bias", 3 * C, 0, C), BiasSlice(p + "attn.c_attn.bias", 3 * C, C, C), BiasSlice(p + "attn.c_attn.bias", 3 * C, 2 * C, C),
+                    Conv(p + "attn.c_proj.weight", C, C, 0, C), W(p + "attn.c_proj.bias", C),
+                    W(p + "ln_2.weight", C), W(p + "ln_2.bias", C),
+                    Conv(p + "mlp.c_fc.weight", C, c.InnerSize, 0, c.InnerSize), W(p + "mlp.c_fc.bias", c.InnerSize),
+                    Conv(p + "mlp.c_proj.weight", c.InnerSize, C, 0, C), W(p + "mlp.c_proj.bias", C),
+                    _b.Allocate((long)ContextLength * C), _b.Allocate((long)ContextLength * C));
+            }
+        }
+        catch { _owned.Dispose(); throw; }
+
+        _positions = new int[_batch];
+        _x = _b.Allocate((long)_batch * C);
+        _xb = _b.Allocate((long)_batch * C);
+        _pe = _b.Allocate((long)_batch * C);
+        _q = _b.Allocate((long)_batch * C);
+        _k = _b.Allocate((long)_batch * C);
+        _v = _b.Allocate((long)_batch * C);
+        _att = _b.Allocate((long)_batch * C);
+        _delta = _b.Allocate((long)_batch * C);
+        _h = _b.Allocate((long)_batch * c.InnerSize);
+        _last = _b.Allocate(C);
+        _logits = _b.Allocate((long)_batch * c.VocabSize);
+
+        ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
+        WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Fc, l.Proj }.Sum(w => w.ByteSize)) + _head.ByteSize;
+    }
+
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    {
+        int n = tokens.Length, vocab = Config.VocabSize;
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        bool all = logits.Length == (long)n * vocab;
+        if (!all && logits.Length != vocab)
+            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+
+        for (int done = 0; done < n; done += _batch)
+        {
+            int rows = Math.Min(_batch, n - done);
+            RunChunk(tokens.Slice(done, rows), startPos + done);
+            if (all)
+            {
+                _b.MatMul(_xb, _head, _logits, rows);
+                _b.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
+            }
+            else if (done + rows == n)
+            {
+                _b.Copy(_xb, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
+                _b.MatMul(_last, _head, _logits, 1);
+                _b.Download(_logits, 0, logits);
+            }
+        }
+    }
+
+    /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
+    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
+    {
+        var c = Config;
+        int rows = tokens.Length, C = c.HiddenSize;
+        float eps = (float)c.LayerNormEps;
+        _b.Embed(_wte, tokens, _x);
+        for (int r = 0; r < rows; r++) _positions[r] = pos + r;
+        _b.Embed(_wpe, _positions.AsSpan(0, rows), _pe);
+        _b.Add(_x, _pe, (long)rows * C);
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            var l = _layers[i];
+            float scale = c.ScaleAttnWeights ? 1f / MathF.Sqrt(c.HeadDim) : 1f;
+            if (c.ScaleAttnByInverseLayerIdx) scale /= i + 1;
+            _b.LayerNorm(_x, l.Ln1W, l.Ln1B, _xb, rows, eps);
+            _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
+            _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
+            _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
+            _b.Copy(_k, 0, l.KCache, (long)pos * C, (long)rows * C);
+            _b.Copy(_v, 0, l.VCache, (long)pos * C, (long)rows * C);
+            _b.Attention(_q, l.KCache, l.VCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
+            _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
+            _b.Add(_x, _delta, (long)rows * C);
+            _b.LayerNorm(_x, l.Ln2W, l.Ln2B, _xb, rows, eps);
+            _b.MatMul(_xb, l.Fc, _h, rows, l.BFc);
+            _b.Gelu(_h, (long)rows * c.InnerSize);
+            _b.MatMul(_h, l.Proj, _delta, rows, l.BProj);
+            _b.Add(_x, _delta, (long)rows * C);
+        }
+        _b.LayerNorm(_x, _lnfW, _lnfB, _xb, rows, eps);
+    }
+
+    public void Dispose()
+    {
+        foreach (var l in _layers)
+        {
+            foreach (var w in new[] { l.Ln1W, l.Ln1B, l.Wq, l.Wk, l.Wv, l.Bq, l.Bk, l.Bv, l.Wo, l.Bo, l.Ln2W, l.Ln2B, l.Fc, l.BFc, l.Proj, l.BProj }) w.Dispose();
+            l.KCache.Dispose(); l.VCache.Dispose();
+        }
+        foreach (var w in new[] { _wte, _wpe, _lnfW, _lnfB }) w.Dispose();
+        if (!ReferenceEquals(_head, _wte)) _head.Dispose();
+        foreach (var buf in new[] { _x, _xb, _pe, _q, _k, _v, _att, _delta, _h, _last, _logits }) buf.Dispose();
+        _owned.Dispose();
+        _checkpoint.Dispose();
+    }
+}

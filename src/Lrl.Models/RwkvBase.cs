@@ -1,0 +1,148 @@
+using Lrl.Loading;
+
+namespace Lrl.Models;
+
+/// <summary>
+/// What RWKV v5.2 and v7 share: embedding + ln0, a recurrent state of constant size (token-shift vectors and a
+/// [heads, headSize, headSize] WKV matrix per layer), ln_out and the head, and Forward semantics for a state that can
+/// only move forward: startPos 0 resets it, any other startPos must continue where the last call ended.
+/// </summary>
+public abstract class RwkvBase : ILanguageModel
+{
+    protected readonly Checkpoint Checkpoint;
+    protected readonly OwnedTensors Owned = new();
+    protected readonly IBackend B;
+    protected readonly ILinearAttentionOps L;
+    protected readonly int Batch;
+    protected Weight Emb = null!, Ln0W = null!, Ln0B = null!, LnOutW = null!, LnOutB = null!, Head = null!;
+    private readonly List<DeviceBuffer> _state = new();
+    private readonly List<DeviceBuffer> _buffers = new();
+    private DeviceBuffer _last = null!, _logits = null!;
+    private long _pos;
+
+    public RwkvConfig Config { get; }
+    public abstract string Architecture { get; }
+    public int VocabSize => Config.VocabSize;
+    /// <summary>
+    /// The recurrent state has a constant size whatever the sequence length, so this is only a cap on positions:
+    /// <see cref="ModelLoadOptions.ContextLength"/> when set, else <see cref="ModelLoadOptions.RecurrentContextCap"/>.
+    /// </summary>
+    public int ContextLength { get; }
+    /// <summary>False: one recurrent state that cannot be rewound (startPos must be 0 or the current length).</summary>
+    public bool CanRewind => false;
+    public IBackend Backend => B;
+    public long ParameterCount { get; protected set; }
+    public long WeightBytesPerToken { get; protected set; }
+    public abstract string WeightFormat { get; }
+    /// <summary>Floats of recurrent state this model holds (constant: it never grows with the sequence).</summary>
+    public long StateFloats => _state.Sum(b => b.Length);
+    /// <summary>Tokens consumed since the last reset.</summary>
+    public long Position => _pos;
+
+    protected RwkvBase(Checkpoint checkpoint, RwkvConfig config, IBackend backend, ModelLoadOptions options)
+    {
+        Checkpoint = checkpoint;
+        Config = config;
+        B = backend;
+        L = backend as ILinearAttentionOps
+            ?? throw new LrlException($"backend '{backend.Name}' does not support the linear-attention ops RWKV needs");
+        ContextLength = options.ResolveRecurrentContext();
+        Batch = options.BatchSize;
+    }
+
+    /// <summary>
+    /// The checkpoint name of a tensor given its rwkv.cpp name: the same, or in the HF Rwkv5 layout
+    /// (emb → rwkv.embeddings, ln0 → pre_ln, att → attention, ffn → feed_forward, time_mix_k → time_mix_key, ...).
+    /// </summary>
+    protected string Name(string cppName)
+    {
+        if (!Config.HfLayout) return cppName;
+        if (cppName == "head.weight") return cppName;
+        string n = cppName.Replace("emb.weight", "embeddings.weight").Replace(".ln0.", ".pre_ln.")
+                          .Replace(".att.", ".attention.").Replace(".ffn.", ".feed_forward.");
+        foreach (var (a, b) in new[] { ("k", "key"), ("v", "value"), ("r", "receptance"), ("g", "gate") })
+            if (n.EndsWith(".time_mix_" + a, StringComparison.Ordinal)) n = n[..^1] + b;
+        return "rwkv." + n;
+    }
+
+    protected HostTensor Get(string cppName) => Checkpoint.Get(Name(cppName));
+
+    /// <summary>The row count of a 2-D tensor (e.g. a LoRA or FFN width), naming the tensor when it is not 2-D.</summary>
+    protected int Rows(string cppName)
+    {
+        var t = Get(cppName);
+        return t.Rank == 2 && t.Shape[0] > 0 ? t.Shape[0]
+            : throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a 2-D matrix");
+    }
+    protected Weight Vec(string name, int n) => B.LoadWeight(OwnedTensors.AsVector(Get(name), n));
+    protected Weight Mat(string name, int rows, int cols) => B.LoadWeight(Checkpoint.Get(Name(name), rows, cols));
+
+    /// <summary>Loads emb, blocks.0.ln0, ln_out and head; allocates the head buffers.</summary>
+    protected void LoadCommon()
+    {
+        int C = Config.HiddenSize;
+        Emb = Mat("emb.weight", Config.VocabSize, C);
+        Ln0W = Vec("blocks.0.ln0.weight", C);
+        Ln0B = Vec("blocks.0.ln0.bias", C);
+        LnOutW = Vec("ln_out.weight", C);
+        LnOutB = Vec("ln_out.bias", C);
+        Head = Mat("head.weight", Config.VocabSize, C);
+        _last = B.Allocate(C);
+        _logits = B.Allocate((long)Batch * Config.VocabSize);
+        ParameterCount = Checkpoint.Tensors.Sum(t => t.ElementCount);
+    }
+
+    protected DeviceBuffer State(long n) { var b = B.Allocate(n); _state.Add(b); return b; }
+    protected DeviceBuffer Buffer(long n) { var b = B.Allocate(n); _buffers.Add(b); return b; }
+
+    /// <summary>Sets every state buffer to zero (rwkv_init_state).</summary>
+    public void ResetState()
+    {
+        foreach (var s in _state) L.Zero(s, s.Length);
+        _pos = 0;
+    }
+
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    {
+        int n = tokens.Length, vocab = Config.VocabSize;
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || (long)startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        if (startPos == 0) ResetState();
+        else if (startPos != _pos)
+            throw new LrlException($"an RWKV state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
+        bool all = logits.Length == (long)n * vocab;
+        if (!all && logits.Length != vocab)
+            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+        for (int done = 0; done < n; done += Batch)
+        {
+            int rows = Math.Min(Batch, n - done);
+            var x = RunChunk(tokens.Slice(done, rows));
+            _pos += rows;
+            if (all)
+            {
+                B.MatMul(x, Head, _logits, rows);
+                B.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
+            }
+            else if (done + rows == n)
+            {
+                B.Copy(x, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
+                B.MatMul(_last, Head, _logits, 1);
+                B.Download(_logits, 0, logits);
+            }
+        }
+    }
+
+    /// <summary>Runs rows tokens through the blocks, updating the state; returns the buffer holding ln_out(x) [rows, C].</summary>
+    protected abstract DeviceBuffer RunChunk(ReadOnlySpan<int> tokens);
+
+    public void Dispose()
+    {
+        foreach (var b in _state) b.Dispose();
+        foreach (var b in _buffers) b.Dispose();
+        _last?.Dispose();
+        _logits?.Dispose();
+        Owned.Dispose();
+        Checkpoint.Dispose();
+    }
+}

@@ -1,0 +1,3 @@
+global using Lrl;
+global using Lrl.Models;
+global using Xunit;
