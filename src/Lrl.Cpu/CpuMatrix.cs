@@ -15,6 +15,12 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
 
     /// <summary>Row <paramref name="row"/> converted to f32.</summary>
     public abstract void RowToFloat(int row, Span<float> destination);
+
+    /// <summary>Called once before the parallel <see cref="Gemv"/> blocks of one product (e.g. to quantize x once).</summary>
+    public virtual void PrepareGemv(ReadOnlySpan<float> x) { }
+
+    /// <summary>Called once after the blocks of one product have run.</summary>
+    public virtual void EndGemv() { }
 }
 
 /// <summary>A dense matrix read in place from memory-mapped storage (f32, f16 or bf16; converted inside the kernel).</summary>

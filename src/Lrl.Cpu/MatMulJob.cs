@@ -82,7 +82,11 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private void Dispatch(WorkerPool pool)
     {
         ref var last = ref _t[_count - 1];
-        pool.Run(this, last.FirstItem + last.Blocks);
+        // Decode: let each matrix prepare the shared input once (quantized matrices quantize x to int8 here).
+        int prepared = _rows == 1 ? (_swiGlu ? 2 : _count) : 0;
+        for (int i = 0; i < prepared; i++) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
+        try { pool.Run(this, last.FirstItem + last.Blocks); }
+        finally { for (int i = 0; i < prepared; i++) _t[i].W.EndGemv(); }
         _x = [];
         for (int i = 0; i < _t.Length; i++) _t[i] = default;
     }

@@ -80,7 +80,7 @@ public sealed partial class GpuBackend
             case DType.F32: KF32.Embed(_stream, cfg, new F32Reader(t.FloatView), ids, single, xv, dim); break;
             case DType.F16: KF16.Embed(_stream, cfg, new F16Reader(t.U16!.View), ids, single, xv, dim); break;
             case DType.BF16: KBF16.Embed(_stream, cfg, new BF16Reader(t.U16!.View), ids, single, xv, dim); break;
-            default: throw new NotSupportedException(t.Format);
+            default: QuantEmbed(t, cfg, ids, single, xv, dim); break;
         }
     }
 
@@ -127,7 +127,7 @@ public sealed partial class GpuBackend
             case DType.F32: RunMatMul(KF32, new F32Reader(m.FloatView), xv, yv, bv, hasBias, rows, outF, inF); break;
             case DType.F16: RunMatMul(KF16, new F16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
             case DType.BF16: RunMatMul(KBF16, new BF16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
-            default: throw new NotSupportedException(m.Format);
+            default: QuantMatMul(m, xv, yv, bv, hasBias, rows, outF, inF); break;
         }
     }
 
@@ -176,7 +176,7 @@ public sealed partial class GpuBackend
             case DType.F32: KF32.GemvSwiGlu(_stream, cfg, new F32Reader(g.FloatView), new F32Reader(u.FloatView), xv, yv, outF, inF); break;
             case DType.F16: KF16.GemvSwiGlu(_stream, cfg, new F16Reader(g.U16!.View), new F16Reader(u.U16!.View), xv, yv, outF, inF); break;
             case DType.BF16: KBF16.GemvSwiGlu(_stream, cfg, new BF16Reader(g.U16!.View), new BF16Reader(u.U16!.View), xv, yv, outF, inF); break;
-            default: throw new NotSupportedException(g.Format);
+            default: QuantGemvSwiGlu(g, u, cfg, xv, yv, outF, inF); break;
         }
     }
 

@@ -36,8 +36,11 @@ public sealed class GpuWeight : Weight
         StoredType = stored; _format = format; F32 = f32; U16 = u16;
     }
 
+    /// <summary>Packed codes and scales of a quantized weight (GpuBackend.Quant.cs), else null.</summary>
+    internal GpuQuantData? Quant { get; init; }
+
     public override string Format => _format;
-    public override long ByteSize => F32 is not null ? F32.Length * 4L : U16!.Length * 2L;
+    public override long ByteSize => Quant?.ByteSize ?? (F32 is not null ? F32.Length * 4L : U16!.Length * 2L);
 
     /// <summary>The f32 view (vectors, f32 matrices).</summary>
     internal ArrayView<float> FloatView => F32?.View ?? throw new InvalidOperationException($"{Name} is not held as f32");
@@ -46,5 +49,6 @@ public sealed class GpuWeight : Weight
     {
         F32?.Dispose();
         U16?.Dispose();
+        Quant?.Dispose();
     }
 }

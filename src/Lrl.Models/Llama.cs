@@ -47,10 +47,10 @@ public sealed class Llama : ILanguageModel
         ContextLength = options.ResolveContext(c.MaxPositions);
         _batch = Math.Min(options.BatchSize, ContextLength);
 
-        Weight W(string name, params int[] shape) => _b.LoadWeight(checkpoint.Get(name, shape));
+        Weight W(string name, params int[] shape) => WeightLoader.Load(checkpoint, _b, name, shape);
         _embed = W("model.embed_tokens.weight", c.VocabSize, c.HiddenSize);
         _finalNorm = W("model.norm.weight", c.HiddenSize);
-        _lmHead = c.TieWordEmbeddings && !checkpoint.Contains("lm_head.weight") ? _embed : W("lm_head.weight", c.VocabSize, c.HiddenSize);
+        _lmHead = c.TieWordEmbeddings && !WeightLoader.Exists(checkpoint, "lm_head.weight") ? _embed : W("lm_head.weight", c.VocabSize, c.HiddenSize);
         _layers = new Layer[c.NumLayers];
         for (int i = 0; i < c.NumLayers; i++)
         {
@@ -83,7 +83,7 @@ public sealed class Llama : ILanguageModel
         _last = _b.Allocate(c.HiddenSize);
         _logits = _b.Allocate((long)_batch * c.VocabSize);
 
-        ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
+        ParameterCount = WeightLoader.ParameterCount(checkpoint);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }.Sum(w => w.ByteSize))
                               + _lmHead.ByteSize;
     }

@@ -1,0 +1,134 @@
+using ILGPU;
+
+namespace Lrl.Kernels;
+
+/// <summary>
+/// Weight readers for lrlrun's quantized layout (see Lrl.QuantizedTensor): each element is dequantized on the fly,
+/// w = (q − z)·s, so the generic GEMV, GEMM, fused SwiGLU GEMV and embedding kernels run on int8/int4 weights unchanged
+/// (one specialization per reader). Codes stay packed in device memory: the products read codes + f16 scales only.
+/// </summary>
+public struct QuantShape
+{
+    /// <summary>Input features (row length) and group size; Groups = Cols / Group.</summary>
+    public int Cols, Group, Groups;
+    /// <summary>1 when per-group zero points are given (4-bit), else the implicit zero (8 for 4-bit).</summary>
+    public int HasZeros;
+    /// <summary>1 when columns are stored permuted (GPTQ act-order): stored index of input column c is StoredColumn[c].</summary>
+    public int HasOrder;
+}
+
+/// <summary>8-bit signed codes [rows, cols] with f16 group scales.</summary>
+public struct Q8Reader : IWeightReader
+{
+    public ArrayView<byte> Codes;
+    public ArrayView<ushort> Scales;
+    public ArrayView<int> StoredColumn;
+    public QuantShape Shape;
+
+    public Q8Reader(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<int> storedColumn, QuantShape shape)
+    {
+        Codes = codes; Scales = scales; StoredColumn = storedColumn; Shape = shape;
+    }
+
+    public readonly float Get(long i)
+    {
+        long row = i / Shape.Cols;
+        int col = (int)(i - row * Shape.Cols);
+        int j = Shape.HasOrder != 0 ? StoredColumn[col] : col;
+        int q = (sbyte)Codes[row * Shape.Cols + j];
+        return q * KernelMath.HalfToFloat(Scales[row * Shape.Groups + j / Shape.Group]);
+    }
+}
+
+/// <summary>
+/// 4-bit unsigned nibbles packed [rows, cols/2]: in each 64-column block (the last may be shorter, of even length L),
+/// byte j holds column j (low nibble) and column j + L/2 (high nibble); f16 group scales; optional u8 zero points.
+/// </summary>
+public struct Q4Reader : IWeightReader
+{
+    public ArrayView<byte> Codes;
+    public ArrayView<ushort> Scales;
+    public ArrayView<byte> Zeros;
+    public ArrayView<int> StoredColumn;
+    public QuantShape Shape;
+
+    public Q4Reader(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<int> storedColumn, QuantShape shape)
+    {
+        Codes = codes; Scales = scales; Zeros = zeros; StoredColumn = storedColumn; Shape = shape;
+    }
+
+    public readonly float Get(long i)
+    {
+        int cols = Shape.Cols;
+        long row = i / cols;
+        int col = (int)(i - row * cols);
+        int j = Shape.HasOrder != 0 ? StoredColumn[col] : col;
+        int b0 = j & ~63;
+        int len = cols - b0 < 64 ? cols - b0 : 64;
+        int jj = j - b0, half = len >> 1;
+        int v = Codes[row * (cols >> 1) + (b0 >> 1) + (jj < half ? jj : jj - half)];
+        int q = jj < half ? v & 15 : v >> 4;
+        long g = row * Shape.Groups + j / Shape.Group;
+        int z = Shape.HasZeros != 0 ? Zeros[g] : 8;
+        return (q - z) * KernelMath.HalfToFloat(Scales[g]);
+    }
+}
+
+/// <summary>
+/// Batch-1 products for quantized weights stored in input order: one warp per output row, the warp walks the row one
+/// group at a time (lanes stride the group, coalesced byte reads), and each group's partial sum is scaled once.
+/// Grid = ceil(outF / warpsPerGroup). Act-order (permuted) weights use the generic reader kernels instead.
+/// </summary>
+public static class QuantGemvKernels
+{
+    /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} q[o, i]·x[i] (+ bias).</summary>
+    public static void GemvQ8(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, ArrayView<float> y,
+                              ArrayView<float> bias, int hasBias, int outF, QuantShape s)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        long b = (long)row * s.Cols, sb = (long)row * s.Groups;
+        float acc = 0;
+        for (int g = 0; g < s.Groups; g++)
+        {
+            int end = (g + 1) * s.Group;
+            float part = 0;
+            for (int i = g * s.Group + Warp.LaneIdx; i < end; i += Warp.WarpSize) part += (sbyte)codes[b + i] * x[i];
+            acc += part * KernelMath.HalfToFloat(scales[sb + g]);
+        }
+        acc = KernelMath.WarpSum(acc);
+        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+
+    /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
+    public static void GemvQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x,
+                              ArrayView<float> y, ArrayView<float> bias, int hasBias, int outF, QuantShape s)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        int cols = s.Cols;
+        long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
+        float acc = 0;
+        for (int g = 0; g < s.Groups; g++)
+        {
+            int end = (g + 1) * s.Group;
+            float part = 0, xs = 0;
+            for (int j = g * s.Group + Warp.LaneIdx; j < end; j += Warp.WarpSize)
+            {
+                int b0 = j & ~63;
+                int len = cols - b0 < 64 ? cols - b0 : 64;
+                int jj = j - b0, half = len >> 1;
+                int v = codes[b + (b0 >> 1) + (jj < half ? jj : jj - half)];
+                float xv = x[j];
+                part += (jj < half ? v & 15 : v >> 4) * xv;
+                xs += xv;
+            }
+            int z = s.HasZeros != 0 ? zeros[sb + g] : 8;
+            acc += (part - z * xs) * KernelMath.HalfToFloat(scales[sb + g]);
+        }
+        acc = KernelMath.WarpSum(acc);
+        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+}

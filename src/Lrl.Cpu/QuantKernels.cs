@@ -1,0 +1,351 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Lrl.Cpu;
+
+/// <summary>
+/// Quantized matrix-vector inner loops. Every kernel computes y[o − rowStart] = Σ_j (q[o, j] − z)·s[o, j / group]·x[j]
+/// for stored column order; <see cref="GemvScalar"/> is the plain reference the SIMD ones are tested against.
+/// </summary>
+internal static unsafe class QuantKernels
+{
+    public static QuantKernel Best =>
+        IsSupported(QuantKernel.Vnni) ? QuantKernel.Vnni : IsSupported(QuantKernel.Avx2Int) ? QuantKernel.Avx2Int : QuantKernel.Scalar;
+
+    public static bool IsSupported(QuantKernel k) => k switch
+    {
+        QuantKernel.Scalar => true,
+        QuantKernel.WidenF32 or QuantKernel.Avx2Int => Avx2.IsSupported && Fma.IsSupported,
+        QuantKernel.Vnni => Avx2.IsSupported && Fma.IsSupported && AvxVnni.IsSupported,
+        _ => false,
+    };
+
+    // ---------------------------------------------------------------- scalar reference
+
+    public static void GemvScalar(QuantizedTensor q, ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
+    {
+        int n = q.Cols, gs = q.GroupSize;
+        for (int o = rowStart; o < rowEnd; o++)
+        {
+            float sum = 0;
+            for (int g = 0; g < q.Groups; g++)
+            {
+                float part = 0;
+                for (int j = g * gs; j < (g + 1) * gs; j++) part += q.Code(o, j) * x[j];
+                sum += part * q.Scale(o, g);
+            }
+            y[o - rowStart] = sum;
+        }
+    }
+
+    /// <summary>Unsigned nibbles of a packed 4-bit row, as floats in stored column order.</summary>
+    public static void UnpackInt4Row(byte* row, int cols, Span<float> dst)
+    {
+        int full = cols / QuantLayout.Int4Block * QuantLayout.Int4Block;
+        for (int b = 0; b < full; b += 64)
+        {
+            byte* p = row + b / 2;
+            for (int j = 0; j < 32; j++)
+            {
+                dst[b + j] = p[j] & 15;
+                dst[b + 32 + j] = p[j] >> 4;
+            }
+        }
+        for (int c = full; c < cols; c++) dst[c] = QuantLayout.Nibble(row, cols, c);
+    }
+
+    // ---------------------------------------------------------------- activation quantization
+
+    /// <summary>
+    /// x → int8 per 32 columns: d = max|x|/127, xq = round(x/d); BSum = d·Σxq. Columns past x.Length are zero.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void QuantizeActivations(ReadOnlySpan<float> x, QuantScratch s)
+    {
+        int n = x.Length, full = n / 32 * 32;
+        fixed (float* xp = x)
+        fixed (sbyte* q = s.Xq)
+        {
+            int c = 0;
+            for (; c < full; c += 32)
+            {
+                var v0 = Vector256.Load(xp + c); var v1 = Vector256.Load(xp + c + 8);
+                var v2 = Vector256.Load(xp + c + 16); var v3 = Vector256.Load(xp + c + 24);
+                var m = Vector256.Max(Vector256.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Vector256.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
+                float amax = HMax(m);
+                float d = amax / 127f, id = amax > 0 ? 127f / amax : 0f;
+                var ivec = Vector256.Create(id);
+                var i0 = Avx.ConvertToVector256Int32(v0 * ivec); var i1 = Avx.ConvertToVector256Int32(v1 * ivec);
+                var i2 = Avx.ConvertToVector256Int32(v2 * ivec); var i3 = Avx.ConvertToVector256Int32(v3 * ivec);
+                Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + c);
+                s.D[c / 32] = d;
+                s.BSum[c / 32] = d * Vector256.Sum((i0 + i1) + (i2 + i3));
+            }
+            if (c < n)
+            {
+                float amax = 0;
+                for (int j = c; j < n; j++) amax = MathF.Max(amax, MathF.Abs(xp[j]));
+                float d = amax / 127f, id = amax > 0 ? 127f / amax : 0f;
+                int sum = 0;
+                for (int j = c; j < c + 32; j++)
+                {
+                    int v = j < n ? (int)MathF.Round(xp[j] * id) : 0;
+                    q[j] = (sbyte)v;
+                    sum += v;
+                }
+                s.D[c / 32] = d;
+                s.BSum[c / 32] = d * sum;
+                c += 32;
+            }
+            for (; c < s.Xq.Length; c += 32)
+            {
+                new Span<sbyte>(q + c, 32).Clear();
+                s.D[c / 32] = 0; s.BSum[c / 32] = 0;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float HMax(Vector256<float> m)
+    {
+        var h = Vector128.Max(m.GetLower(), m.GetUpper());
+        h = Vector128.Max(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
+        h = Vector128.Max(h, Vector128.Shuffle(h, Vector128.Create(1, 0, 3, 2)));
+        return h.ToScalar();
+    }
+
+    // ---------------------------------------------------------------- integer dot products
+
+    /// <summary>u8 × s8 dot products of 4-byte groups into int32 lanes; a type parameter so each variant is its own JIT specialization.</summary>
+    private interface IDot { static abstract Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s); }
+
+    private readonly struct VnniDot : IDot
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s);
+    }
+
+    private readonly struct Avx2Dot : IDot
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) =>
+            Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
+    }
+
+    /// <summary>Group index of column <paramref name="col"/>: a shift when the group is a power of two, else one group per row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int GroupShift(QuantizedTensor q) =>
+        q.GroupSize == q.Cols ? 31 : BitOperations.Log2((uint)q.GroupSize);
+
+    public static void GemvInt(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
+    {
+        if (q.GroupSize != q.Cols && !BitOperations.IsPow2(q.GroupSize))
+        {
+            // Non power-of-two groups (not produced by lrlrun's quantizer) take the f32 path.
+            GemvWiden(q, s.Permuted.AsSpan(0, q.Cols), y, rowStart, rowEnd);
+            return;
+        }
+        if (q.Bits == 8)
+        {
+            if (vnni) GemvInt8<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt8<Avx2Dot>(q, s, y, rowStart, rowEnd);
+        }
+        else
+        {
+            if (vnni) GemvInt4<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt4<Avx2Dot>(q, s, y, rowStart, rowEnd);
+        }
+    }
+
+    /// <summary>
+    /// Per-group sums of BSum (d·Σxq) over the 4-bit kernel's full 64-column blocks (the tail runs in f32), for the
+    /// zero-point correction; prepared once per product.
+    /// </summary>
+    public static void GroupSums(QuantScratch s, int cols, int group)
+    {
+        int groups = cols / group, chunks = cols / 64 * 2;
+        if (s.GroupBSum.Length < groups) s.GroupBSum = new float[groups];
+        var gs = s.GroupBSum.AsSpan(0, groups);
+        gs.Clear();
+        for (int k = 0; k < chunks; k++) gs[Math.Min(k * 32 / group, groups - 1)] += s.BSum[k];
+    }
+
+    /// <summary>8 f16 values to f32 (exact for normal and subnormal values; scales are never inf/NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> HalfToFloat8(Half* p)
+    {
+        var h = Avx2.ConvertToVector256Int32((ushort*)p);
+        var magnitude = ((h & Vector256.Create(0x7FFF)) << 13).AsSingle() * Vector256.Create(BitConverter.Int32BitsToSingle((127 + 112) << 23));
+        return (magnitude.AsInt32() | ((h & Vector256.Create(0x8000)) << 16)).AsSingle();
+    }
+
+    /// <summary>
+    /// Converts row <paramref name="o"/>'s scales to f32 into <paramref name="sc"/> and, when <paramref name="gbs"/> is
+    /// given, returns the 4-bit zero-point term Σ_g z_g·s_g·gbs_g (z = 8 without explicit zeros).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float RowScales(QuantizedTensor q, int o, float* sc, float* gbs)
+    {
+        int groups = q.Groups, g = 0;
+        Half* src = q.Scales + (long)o * groups;
+        byte* zp = q.Zeros == null ? null : q.Zeros + (long)o * groups;
+        var cv = Vector256<float>.Zero;
+        for (; g + 8 <= groups; g += 8)
+        {
+            var f = HalfToFloat8(src + g);
+            f.Store(sc + g);
+            if (gbs != null)
+            {
+                var z = zp == null ? Vector256.Create(8f) : Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g));
+                cv = Fma.MultiplyAdd(f * z, Vector256.Load(gbs + g), cv);
+            }
+        }
+        float corr = Vector256.Sum(cv);
+        for (; g < groups; g++)
+        {
+            sc[g] = (float)src[g];
+            if (gbs != null) corr += (zp == null ? 8 : zp[g]) * sc[g] * gbs[g];
+        }
+        return corr;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GemvInt8<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
+    {
+        int n = q.Cols, shift = GroupShift(q), pairs = n / 64;
+        var rowBuf = QuantScratch.ForThread(n).Row;
+        fixed (sbyte* xq = s.Xq)
+        fixed (float* d = s.D)
+        fixed (float* x = s.Permuted)
+        fixed (float* sc = rowBuf)
+        {
+            for (int o = rowStart; o < rowEnd; o++)
+            {
+                sbyte* w = (sbyte*)q.Codes + (long)o * n;
+                RowScales(q, o, sc, null);
+                Vector256<float> acc0 = default, acc1 = default;
+                sbyte* wp = w, xp = xq;
+                float* dp = d;
+                int c = 0;
+                for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
+                {
+                    var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
+                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
+                    var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(dp[0]), Vector256.Create(sc[c >> shift]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1) * Vector256.Create(dp[1]), Vector256.Create(sc[(c + 32) >> shift]), acc1);
+                }
+                if (c + 32 <= n)
+                {
+                    var w0 = Vector256.Load(w + c);
+                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0));
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(d[c >> 5]), Vector256.Create(sc[c >> shift]), acc0);
+                    c += 32;
+                }
+                float sum = Vector256.Sum(acc0 + acc1);
+                for (; c < n; c++) sum += w[c] * sc[c >> shift] * x[c];
+                y[o - rowStart] = sum;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GemvInt4<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
+    {
+        int n = q.Cols, shift = GroupShift(q), blocks = n / 64;
+        var mask = Vector256.Create((byte)0x0F);
+        var rowBuf = QuantScratch.ForThread(n).Row;
+        fixed (sbyte* xq = s.Xq)
+        fixed (float* d = s.D)
+        fixed (float* gbs = s.GroupBSum)
+        fixed (float* x = s.Permuted)
+        fixed (float* sc = rowBuf)
+        {
+            for (int o = rowStart; o < rowEnd; o++)
+            {
+                byte* w = q.Codes + (long)o * (n / 2);
+                // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
+                float corr = RowScales(q, o, sc, gbs);
+                Vector256<float> acc0 = default, acc1 = default;
+                byte* wp = w;
+                sbyte* xp = xq;
+                float* dp = d;
+                int c = 0;
+                for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
+                {
+                    var v = Vector256.Load(wp);
+                    var lo = v & mask;
+                    var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(lo, Vector256.Load(xp))) * Vector256.Create(dp[0]), Vector256.Create(sc[c >> shift]), acc0);
+                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(hi, Vector256.Load(xp + 32))) * Vector256.Create(dp[1]), Vector256.Create(sc[(c + 32) >> shift]), acc1);
+                }
+                float sum = Vector256.Sum(acc0 + acc1) - corr;
+                // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.
+                for (; c < n; c++) sum += q.Code(o, c) * sc[c >> shift] * x[c];
+                y[o - rowStart] = sum;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- widen to f32 (no activation quantization)
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void GemvWiden(QuantizedTensor q, ReadOnlySpan<float> xs, Span<float> y, int rowStart, int rowEnd)
+    {
+        int n = q.Cols, gs = q.GroupSize, groups = q.Groups;
+        byte* nib = stackalloc byte[64];
+        var mask = Vector256.Create((byte)0x0F);
+        fixed (float* x = xs)
+        {
+            for (int o = rowStart; o < rowEnd; o++)
+            {
+                Half* sc = q.Scales + (long)o * groups;
+                Vector256<float> acc = default;
+                float tail = 0;
+                if (q.Bits == 8)
+                {
+                    sbyte* w = (sbyte*)q.Codes + (long)o * n;
+                    for (int g = 0; g < groups; g++)
+                    {
+                        int j = g * gs, end = j + gs;
+                        Vector256<float> ga = default, gb = default;
+                        for (; j + 16 <= end; j += 16)
+                        {
+                            ga = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(w + j)), Vector256.Load(x + j), ga);
+                            gb = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(w + j + 8)), Vector256.Load(x + j + 8), gb);
+                        }
+                        float s = (float)sc[g], t = 0;
+                        for (; j < end; j++) t += w[j] * x[j];
+                        acc = Fma.MultiplyAdd(ga + gb, Vector256.Create(s), acc);
+                        tail += t * s;
+                    }
+                }
+                else
+                {
+                    byte* w = q.Codes + (long)o * (n / 2);
+                    int full = n / 64 * 64;
+                    int c = 0;
+                    for (; c < full; c += 64)
+                    {
+                        var v = Vector256.Load(w + c / 2);
+                        (v & mask).Store(nib);
+                        (Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask).Store(nib + 32);
+                        for (int h = 0; h < 2; h++)
+                        {
+                            int col = c + 32 * h, g = col / gs;
+                            float z = q.Zeros != null ? q.Zeros[(long)o * groups + g] : 8;
+                            var zv = Vector256.Create(z);
+                            Vector256<float> ga = default;
+                            for (int k = 0; k < 32; k += 8)
+                                ga = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(nib + 32 * h + k)) - zv,
+                                                     Vector256.Load(x + col + k), ga);
+                            acc = Fma.MultiplyAdd(ga, Vector256.Create((float)sc[g]), acc);
+                        }
+                    }
+                    for (; c < n; c++) tail += q.Code(o, c) * (float)sc[c / gs] * x[c];
+                }
+                y[o - rowStart] = Vector256.Sum(acc) + tail;
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+using System.Numerics.Tensors;
+
+namespace Lrl.Cpu;
+
+/// <summary>
+/// A weight-only quantized matrix (int8 or int4 codes with f16 group scales, see <see cref="QuantizedTensor"/>) read in
+/// place. Decode (<see cref="Gemv"/>) quantizes the activation row to int8 per 32 columns and runs integer dot products
+/// (AVX2 maddubs / AVX-VNNI) with the group scales fused in; prefill goes through <see cref="RowToFloat"/>, which
+/// dequantizes one row that <see cref="MatMulJob"/> then reuses for every token of the batch.
+/// </summary>
+public sealed unsafe class QuantMatrix : CpuMatrix
+{
+    private readonly QuantizedTensor _q;
+
+    public QuantMatrix(QuantizedTensor q) : base(q.Name, q.Rows, q.Cols)
+    {
+        q.Validate();
+        _q = q;
+    }
+
+    public QuantizedTensor Tensor => _q;
+    public int Bits => _q.Bits;
+    public int GroupSize => _q.GroupSize;
+    public override string Format => _q.Format;
+    public override long ByteSize => _q.ByteSize;
+
+    /// <summary>Selects this matrix's decode kernel (tests, measurements); <see cref="QuantKernel.Auto"/> picks the fastest available.</summary>
+    public QuantKernel Kernel { get; set; } = QuantKernel.Auto;
+
+    private readonly QuantScratch _prepared = new();
+    private bool _isPrepared;
+
+    /// <summary>Permutes and quantizes the activation row once for all the row blocks of one product.</summary>
+    public override void PrepareGemv(ReadOnlySpan<float> x)
+    {
+        _isPrepared = false;
+        Prepare(x, _prepared);
+        _isPrepared = true;
+    }
+
+    public override void EndGemv() => _isPrepared = false;
+
+    private QuantKernel Selected()
+    {
+        var k = Kernel == QuantKernel.Auto ? QuantKernels.Best : Kernel;
+        return QuantKernels.IsSupported(k) ? k : QuantKernel.Scalar;
+    }
+
+    private void Prepare(ReadOnlySpan<float> x, QuantScratch s)
+    {
+        s.Ensure(Cols);
+        var xp = s.Permuted.AsSpan(0, Cols);
+        if (_q.ColumnOrder is { } order)
+            for (int j = 0; j < xp.Length; j++) xp[j] = x[order[j]];
+        else
+            x[..Cols].CopyTo(xp);
+        if (Selected() is QuantKernel.Avx2Int or QuantKernel.Vnni)
+        {
+            QuantKernels.QuantizeActivations(xp, s);
+            if (_q.Bits == 4) QuantKernels.GroupSums(s, Cols, _q.GroupSize);
+        }
+    }
+
+    public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
+    {
+        QuantScratch s;
+        if (_isPrepared) s = _prepared;
+        else Prepare(x, s = QuantScratch.ForThread(Cols));
+        var xp = s.Permuted.AsSpan(0, Cols);
+        switch (Selected())
+        {
+            case QuantKernel.WidenF32: QuantKernels.GemvWiden(_q, xp, y, rowStart, rowEnd); break;
+            case QuantKernel.Avx2Int: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: false); break;
+            case QuantKernel.Vnni: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: true); break;
+            default: QuantKernels.GemvScalar(_q, xp, y, rowStart, rowEnd); break;
+        }
+    }
+
+    public override void RowToFloat(int row, Span<float> destination)
+    {
+        int n = Cols, gs = _q.GroupSize, groups = _q.Groups;
+        var dst = destination[..n];
+        var tmp = _q.ColumnOrder is null ? dst : QuantScratch.ForThread(n).Row.AsSpan(0, n);
+        if (_q.Bits == 8)
+        {
+            var codes = new ReadOnlySpan<sbyte>((sbyte*)_q.Codes + (long)row * n, n);
+            TensorPrimitives.ConvertChecked<sbyte, float>(codes, tmp);
+            for (int g = 0; g < groups; g++)
+            {
+                var part = tmp.Slice(g * gs, gs);
+                TensorPrimitives.Multiply(part, _q.Scale(row, g), part);
+            }
+        }
+        else
+        {
+            QuantKernels.UnpackInt4Row(_q.Codes + (long)row * (n / 2), n, tmp);
+            for (int g = 0; g < groups; g++)
+            {
+                int z = _q.Zeros != null ? _q.Zeros[(long)row * groups + g] : 8;
+                var part = tmp.Slice(g * gs, gs);
+                TensorPrimitives.Subtract(part, (float)z, part);
+                TensorPrimitives.Multiply(part, _q.Scale(row, g), part);
+            }
+        }
+        if (_q.ColumnOrder is { } order)
+            for (int j = 0; j < n; j++) dst[order[j]] = tmp[j];
+    }
+}
+
+/// <summary>Inner-loop choice for quantized products.</summary>
+public enum QuantKernel
+{
+    /// <summary>VNNI when the CPU has it, else AVX2 integer dot, else scalar.</summary>
+    Auto,
+    /// <summary>Plain loops (the reference the SIMD kernels are tested against).</summary>
+    Scalar,
+    /// <summary>Widen codes to f32 and FMA with the f32 activations (no activation quantization).</summary>
+    WidenF32,
+    /// <summary>int8 activations × codes with AVX2 maddubs/madd.</summary>
+    Avx2Int,
+    /// <summary>int8 activations × codes with AVX-VNNI vpdpbusd.</summary>
+    Vnni,
+}
+
+/// <summary>Per-thread scratch for activation quantization (allocated once per thread and size, reused after).</summary>
+internal sealed class QuantScratch
+{
+    [ThreadStatic] private static QuantScratch? _current;
+
+    public sbyte[] Xq = [];     // activations as int8, padded to a multiple of 64
+    public float[] D = [];      // per 32 columns: activation scale
+    public float[] BSum = [];   // per 32 columns: d · Σ xq (for the zero-point correction)
+    public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over its full 64-column blocks
+    public float[] Permuted = [];
+    public float[] Row = [];
+    public float[] ChunkScale = []; // per 32 columns of one row: group scale · activation scale
+
+    public static QuantScratch ForThread(int cols)
+    {
+        var s = _current ??= new QuantScratch();
+        s.Ensure(cols);
+        return s;
+    }
+
+    public void Ensure(int cols)
+    {
+        if (Permuted.Length >= cols) return;
+        int padded = (cols + 63) / 64 * 64;
+        Xq = new sbyte[padded];
+        D = new float[padded / 32];
+        BSum = new float[padded / 32];
+        Permuted = new float[cols];
+        Row = new float[cols];
+        ChunkScale = new float[padded / 32];
+    }
+}

@@ -1,0 +1,104 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Lrl.Kernels;
+
+namespace Lrl.Gpu;
+
+/// <summary>Codes, scales and (optional) zero points and column order of a quantized weight in device memory.</summary>
+internal sealed class GpuQuantData : IDisposable
+{
+    public required int Bits { get; init; }
+    public required MemoryBuffer1D<byte, Stride1D.Dense> Codes { get; init; }
+    public required MemoryBuffer1D<ushort, Stride1D.Dense> Scales { get; init; }
+    public MemoryBuffer1D<byte, Stride1D.Dense>? Zeros { get; init; }
+    public MemoryBuffer1D<int, Stride1D.Dense>? StoredColumn { get; init; }
+    public required QuantShape Shape { get; init; }
+    public required long ByteSize { get; init; }
+
+    public Q8Reader Q8 => new(Codes.View, Scales.View, StoredColumn?.View ?? ArrayView<int>.Empty, Shape);
+    public Q4Reader Q4 => new(Codes.View, Scales.View, Zeros?.View ?? ArrayView<byte>.Empty, StoredColumn?.View ?? ArrayView<int>.Empty, Shape);
+
+    public void Dispose()
+    {
+        Codes.Dispose(); Scales.Dispose(); Zeros?.Dispose(); StoredColumn?.Dispose();
+    }
+}
+
+// Quantized weights: uploaded packed (codes + f16 scales), dequantized inside the generic GEMV/GEMM/embedding kernels
+// through the Q8/Q4 weight readers (kernels/Lrl.Kernels/QuantKernels.cs).
+public sealed partial class GpuBackend : IQuantizedBackend
+{
+    private MatKernels<Q8Reader>? _kQ8;
+    private MatKernels<Q4Reader>? _kQ4;
+    private MatKernels<Q8Reader> KQ8 => _kQ8 ??= new(_accelerator);
+    private MatKernels<Q4Reader> KQ4 => _kQ4 ??= new(_accelerator);
+
+    public unsafe Weight LoadQuantized(QuantizedTensor q)
+    {
+        q.Validate();
+        var codes = AllocateRaw<byte>(q.CodeBytes, $"codes of {q.Name}");
+        codes.View.CopyFromCPU(_stream, ref *q.Codes, q.CodeBytes);
+        var scales = AllocateRaw<ushort>(q.ScaleCount, $"scales of {q.Name}");
+        scales.View.CopyFromCPU(_stream, ref *(ushort*)q.Scales, q.ScaleCount);
+        MemoryBuffer1D<byte, Stride1D.Dense>? zeros = null;
+        if (q.Zeros != null)
+        {
+            zeros = AllocateRaw<byte>(q.ScaleCount, $"zero points of {q.Name}");
+            zeros.View.CopyFromCPU(_stream, ref *q.Zeros, q.ScaleCount);
+        }
+        MemoryBuffer1D<int, Stride1D.Dense>? stored = null;
+        if (q.ColumnOrder is { } order)
+        {
+            var inverse = new int[q.Cols];
+            for (int j = 0; j < order.Length; j++) inverse[order[j]] = j;
+            stored = AllocateRaw<int>(q.Cols, $"column order of {q.Name}");
+            stored.View.CopyFromCPU(_stream, ref inverse[0], q.Cols);
+        }
+        var data = new GpuQuantData
+        {
+            Bits = q.Bits, Codes = codes, Scales = scales, Zeros = zeros, StoredColumn = stored, ByteSize = q.ByteSize,
+            Shape = new QuantShape { Cols = q.Cols, Group = q.GroupSize, Groups = q.Groups, HasZeros = q.Zeros != null ? 1 : 0, HasOrder = stored != null ? 1 : 0 },
+        };
+        _stream.Synchronize(); // the host memory may be a converted copy that is not kept
+        return new GpuWeight(q.Name, q.Rows, q.Cols, q.Bits == 8 ? DType.I8 : DType.U8, q.Format, null, null) { Quant = data };
+    }
+
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>? _gemvQ8;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>? _gemvQ4;
+
+    private void QuantMatMul(GpuWeight m, ArrayView<float> xv, ArrayView<float> yv, ArrayView<float> bv, int hasBias, int rows, int outF, int inF)
+    {
+        var d = m.Quant ?? throw new NotSupportedException(m.Format);
+        if (rows == 1 && d.StoredColumn is null)
+        {
+            // Decode: the group-wise kernels (one scale conversion per group, no per-element index division).
+            int perGroup = _group / _warp;
+            var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
+            if (d.Bits == 8)
+                (_gemvQ8 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ8))
+                    (_stream, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);
+            else
+                (_gemvQ4 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ4))
+                    (_stream, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
+            return;
+        }
+        if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF);
+        else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
+    }
+
+    private void QuantEmbed(GpuWeight t, KernelConfig cfg, ArrayView<int> ids, int single, ArrayView<float> xv, int dim)
+    {
+        var d = t.Quant ?? throw new NotSupportedException(t.Format);
+        if (d.Bits == 8) KQ8.Embed(_stream, cfg, d.Q8, ids, single, xv, dim);
+        else KQ4.Embed(_stream, cfg, d.Q4, ids, single, xv, dim);
+    }
+
+    private void QuantGemvSwiGlu(GpuWeight g, GpuWeight u, KernelConfig cfg, ArrayView<float> xv, ArrayView<float> yv, int outF, int inF)
+    {
+        var dg = g.Quant ?? throw new NotSupportedException(g.Format);
+        var du = u.Quant ?? throw new NotSupportedException(u.Format);
+        if (dg.Bits != du.Bits) throw new ArgumentException($"{g} and {u} differ in bits");
+        if (dg.Bits == 8) KQ8.GemvSwiGlu(_stream, cfg, dg.Q8, du.Q8, xv, yv, outF, inF);
+        else KQ4.GemvSwiGlu(_stream, cfg, dg.Q4, du.Q4, xv, yv, outF, inF);
+    }
+}

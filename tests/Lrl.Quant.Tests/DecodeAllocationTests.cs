@@ -1,0 +1,54 @@
+using Lrl.Cpu;
+using Lrl.Models;
+
+namespace Lrl.Quant.Tests;
+
+[CollectionDefinition("serial", DisableParallelization = true)]
+public sealed class SerialCollection;
+
+/// <summary>Runs alone: it measures the process's allocations while decoding with quantized weights.</summary>
+[Collection("serial")]
+public class DecodeAllocationTests
+{
+    [Theory]
+    [InlineData("q8")]
+    [InlineData("q4z")]
+    [InlineData("gptq-act-order")]
+    public void DecodingATokenAllocatesNothing(string kind)
+    {
+        string src = SharedData.Model("stories260k");
+        string root = CheckpointWriters.TempDir("alloc"), dir = Path.Combine(root, "m"), dense = "";
+        try
+        {
+            switch (kind)
+            {
+                case "q8": Quantizer.QuantizeModel(src, dir, 8, "auto", null); break;
+                case "q4z": Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = 4, Group = "32", Asymmetric = true }); break;
+                default: (dir, dense) = CheckpointWriters.Write(src, "gptq", 32, actOrder: true); break;
+            }
+            using var backend = new CpuBackend(2);
+            using var model = ModelRegistry.Load(dir, backend);
+            var logits = new float[model.VocabSize];
+            var one = new int[1];
+            model.Forward([1, 403, 407, 261, 378], 0, logits);
+            int pos = 5;
+            for (int i = 0; i < 20; i++) { one[0] = ArgMax(logits); model.Forward(one, pos++, logits); }
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            for (int i = 0; i < 50; i++) { one[0] = ArgMax(logits); model.Forward(one, pos++, logits); }
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            Assert.True(allocated == 0, $"{kind}: 50 decode steps allocated {allocated} bytes");
+        }
+        finally
+        {
+            Directory.Delete(root, true);
+            if (kind.StartsWith("gptq")) { Directory.Delete(dir, true); Directory.Delete(dense, true); }
+        }
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+}

@@ -1,0 +1,106 @@
+using Lrl.Gpu;
+using Lrl.Kernels.Reference;
+using Lrl.Models;
+
+namespace Lrl.Quant.Tests;
+
+/// <summary>
+/// Quantized weights on the GPU backend, run on ILGPU's CPU accelerator (the same kernels a CUDA device compiles):
+/// products, the fused SwiGLU GEMV and embedding against the scalar double reference, and a quantized model end to end.
+/// </summary>
+public class GpuQuantTests
+{
+    public static TheoryData<int, int, int, int, bool, bool> Cases() => new()
+    {
+        { 8, 7, 96, 32, false, false },
+        { 8, 33, 172, 172, false, true },
+        { 4, 9, 128, 64, false, false },
+        { 4, 17, 100, 100, true, false },
+        { 4, 5, 256, 32, true, true },
+    };
+
+    [Theory, MemberData(nameof(Cases))]
+    public void MatMulMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute)
+    {
+        var rng = new Random(bits + rows + cols);
+        var q = TestUtil.Random(rng, bits, rows, cols, group, zeros, permute);
+        using var gpu = GpuBackend.CreateCpuAccelerator();
+        var w = gpu.LoadQuantized(q);
+        Assert.Equal(q.Format, w.Format);
+        Assert.Equal(q.ByteSize, w.ByteSize);
+        foreach (int n in new[] { 1, 3 })
+        {
+            var x = TestUtil.RandomVector(rng, n * cols);
+            var expected = TestUtil.Reference(q, x, n);
+            using var xb = gpu.Allocate(n * cols);
+            using var yb = gpu.Allocate(n * rows);
+            gpu.Upload(x, xb);
+            var poison = new float[n * rows]; Array.Fill(poison, float.NaN); gpu.Upload(poison, yb);
+            gpu.MatMul(xb, w, yb, n);
+            var y = new float[n * rows];
+            gpu.Download(yb, 0, y);
+            TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: false);
+        }
+    }
+
+    [Fact]
+    public void SwiGluGemvAndEmbed()
+    {
+        var rng = new Random(11);
+        int rows = 24, cols = 64;
+        var gq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
+        var uq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
+        using var gpu = GpuBackend.CreateCpuAccelerator();
+        var gw = gpu.LoadQuantized(gq); var uw = gpu.LoadQuantized(uq);
+        var x = TestUtil.RandomVector(rng, cols, 4);
+        using var xb = gpu.Allocate(cols); using var yb = gpu.Allocate(rows);
+        gpu.Upload(x, xb);
+        gpu.MatMulSwiGlu(xb, gw, uw, yb, 1);
+        var y = new float[rows];
+        gpu.Download(yb, 0, y);
+        var g = TestUtil.Reference(gq, x, 1); var u = TestUtil.Reference(uq, x, 1);
+        for (int o = 0; o < rows; o++)
+        {
+            double e = g[o] / (1 + Math.Exp(-g[o])) * u[o];
+            Assert.True(Math.Abs(y[o] - e) <= 1e-4 * (1 + Math.Abs(e)), $"row {o}: {y[o]} vs {e}");
+        }
+
+        using var eb = gpu.Allocate(2 * cols);
+        gpu.Embed(gw, [5, 17], eb);
+        var emb = new float[2 * cols];
+        gpu.Download(eb, 0, emb);
+        var row = new double[cols];
+        foreach (var (r, id) in new[] { (0, 5), (1, 17) })
+        {
+            gq.DequantizeRow(id, row);
+            for (int i = 0; i < cols; i++) Assert.Equal(row[i], emb[r * cols + i], 1e-6);
+        }
+    }
+
+    [Fact]
+    public void QuantizedModelMatchesReference()
+    {
+        string src = SharedData.Model("stories260k");
+        string root = CheckpointWriters.TempDir("gpu"), dir = Path.Combine(root, "m");
+        try
+        {
+            Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = 4, Group = "32", Asymmetric = true });
+            int[] prompt = [1, 403, 407, 261, 378, 500, 285];
+            float[] Logits(IBackend b)
+            {
+                using var m = ModelRegistry.Load(dir, b);
+                var l = new float[prompt.Length * m.VocabSize];
+                m.Forward(prompt, 0, l);
+                var last = new float[m.VocabSize];
+                m.Forward([prompt[^1]], prompt.Length, last); // one decode step (GEMV path)
+                return [.. l, .. last];
+            }
+            var expected = Logits(new ReferenceBackend());
+            using var gpu = GpuBackend.CreateCpuAccelerator();
+            var got = Logits(gpu);
+            double err = TestUtil.RelErr(got, expected.Select(v => (double)v).ToArray());
+            Assert.True(err < 1e-4, $"relative error {err:E2}");
+        }
+        finally { Directory.Delete(root, true); }
+    }
+}

@@ -1,0 +1,152 @@
+using Lrl.Cpu;
+using Lrl.Kernels.Reference;
+
+namespace Lrl.Quant.Tests;
+
+/// <summary>Every quantized CPU kernel against the scalar double reference, at odd and even sizes, per bits and group.</summary>
+public class KernelTests
+{
+    public static TheoryData<int, int, int, int, bool, bool> Cases()
+    {
+        var d = new TheoryData<int, int, int, int, bool, bool>();
+        foreach (var (rows, cols) in new[] { (1, 64), (7, 96), (33, 128), (17, 172), (40, 320), (129, 576), (3, 2048), (5, 42) })
+            foreach (int bits in new[] { 8, 4 })
+                foreach (int g in new[] { 32, 64, 128, cols })
+                {
+                    if (cols % g != 0 || (g != cols && g % 32 != 0)) continue;
+                    d.Add(bits, rows, cols, g, false, false);
+                    if (bits == 4) d.Add(bits, rows, cols, g, true, (rows + cols) % 2 == 1);
+                }
+        d.Add(4, 9, 256, 64, true, true);
+        d.Add(8, 9, 256, 64, false, true);
+        return d;
+    }
+
+    private static IEnumerable<QuantKernel> Kernels() =>
+        new[] { QuantKernel.Scalar, QuantKernel.WidenF32, QuantKernel.Avx2Int, QuantKernel.Vnni }.Where(k => k == QuantKernel.Scalar || IsSupported(k));
+
+    private static bool IsSupported(QuantKernel k) => k switch
+    {
+        QuantKernel.Vnni => System.Runtime.Intrinsics.X86.AvxVnni.IsSupported,
+        _ => System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported,
+    };
+
+    [Theory, MemberData(nameof(Cases))]
+    public void GemvMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute)
+    {
+        var rng = new Random(bits * 1000 + rows * 7 + cols + group);
+        var q = TestUtil.Random(rng, bits, rows, cols, group, zeros, permute);
+        var x = TestUtil.RandomVector(rng, cols);
+        var expected = TestUtil.Reference(q, x, 1);
+        var m = new QuantMatrix(q);
+        Assert.Equal(q.Format, m.Format);
+        foreach (var k in Kernels())
+        {
+            m.Kernel = k;
+            // Whole range and a split range (as the parallel job calls it).
+            var y = new float[rows];
+            Array.Fill(y, float.NaN);
+            int mid = rows / 2;
+            m.Gemv(x, y.AsSpan(0, mid), 0, mid);
+            m.Gemv(x, y.AsSpan(mid), mid, rows);
+            TestUtil.CheckBound(q, x, y, expected, 1, quantizedActivations: k is QuantKernel.Avx2Int or QuantKernel.Vnni);
+            if (k is QuantKernel.Scalar or QuantKernel.WidenF32 && rows > 8)
+                Assert.True(TestUtil.RelErr(y, expected) < 2e-5, $"{k}: relative error {TestUtil.RelErr(y, expected):E2}");
+        }
+    }
+
+    [Theory, MemberData(nameof(Cases))]
+    public void BackendMatMulMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute)
+    {
+        var rng = new Random(bits * 999 + rows * 5 + cols + group);
+        var q = TestUtil.Random(rng, bits, rows, cols, group, zeros, permute);
+        using var cpu = new CpuBackend(2);
+        var reference = new ReferenceBackend();
+        var wc = cpu.LoadQuantized(q);
+        var wr = reference.LoadQuantized(q);
+        Assert.Equal(q.ByteSize, wc.ByteSize);
+        Assert.Equal((long)rows * (bits == 8 ? cols : cols / 2) + (long)rows * (cols / group) * (zeros ? 3 : 2), wc.ByteSize);
+        foreach (int n in new[] { 1, 3, 6 })
+        {
+            var x = TestUtil.RandomVector(rng, n * cols);
+            var expected = TestUtil.Reference(q, x, n);
+            foreach (var (b, w) in new (IBackend, Weight)[] { (cpu, wc), (reference, wr) })
+            {
+                var xb = b.Allocate(n * cols); var yb = b.Allocate(n * rows);
+                b.Upload(x, xb);
+                var poison = new float[n * rows]; Array.Fill(poison, float.NaN); b.Upload(poison, yb);
+                b.MatMul(xb, w, yb, n);
+                var y = new float[n * rows];
+                b.Download(yb, 0, y);
+                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: b == cpu && n == 1);
+            }
+        }
+    }
+
+    /// <summary>Negative, subnormal (below 6.1e-5) and zero f16 scales go through the kernels' vectorized f16 → f32 conversion.</summary>
+    [Theory]
+    [InlineData(8, 64)]
+    [InlineData(4, 32)]
+    [InlineData(4, 128)]
+    public unsafe void OddScalesConvertExactly(int bits, int group)
+    {
+        var rng = new Random(bits + group);
+        int rows = 23, cols = 256;
+        var q = TestUtil.Random(rng, bits, rows, cols, group, zeros: bits == 4 && group == 32);
+        for (int i = 0; i < q.ScaleCount; i++)
+            q.Scales[i] = (Half)((i / q.Groups % 5) switch { 0 => -0.01 * rng.NextDouble(), 1 => 3e-6 * rng.NextDouble(), 2 => i % 3 == 0 ? 0.0 : 1e-7, 3 => -4e-5, _ => 0.5 });
+        var x = TestUtil.RandomVector(rng, cols);
+        var expected = TestUtil.Reference(q, x, 1);
+        var m = new QuantMatrix(q);
+        foreach (var k in Kernels())
+        {
+            m.Kernel = k;
+            var y = new float[rows];
+            Array.Fill(y, float.NaN);
+            m.Gemv(x, y, 0, rows);
+            TestUtil.CheckBound(q, x, y, expected, 1, quantizedActivations: k is QuantKernel.Avx2Int or QuantKernel.Vnni);
+        }
+    }
+
+    [Fact]
+    public void EmbedFromQuantizedTable()
+    {
+        var rng = new Random(5);
+        var q = TestUtil.Random(rng, 4, 50, 64, 32, zeros: false);
+        using var cpu = new CpuBackend(1);
+        var w = cpu.LoadQuantized(q);
+        var x = cpu.Allocate(2 * 64);
+        cpu.Embed(w, [3, 49], x);
+        var got = new float[128];
+        cpu.Download(x, 0, got);
+        var row = new double[64];
+        foreach (var (r, id) in new[] { (0, 3), (1, 49) })
+        {
+            q.DequantizeRow(id, row);
+            for (int i = 0; i < 64; i++) Assert.Equal(row[i], got[r * 64 + i], 1e-6);
+        }
+    }
+
+    [Fact]
+    public void Int4PackingRoundTrips()
+    {
+        var rng = new Random(1);
+        foreach (int cols in new[] { 2, 30, 64, 100, 172, 256 })
+        {
+            var nib = new byte[cols];
+            for (int i = 0; i < cols; i++) nib[i] = (byte)rng.Next(16);
+            var packed = new byte[cols / 2];
+            QuantLayout.PackInt4Row(nib, packed);
+            unsafe
+            {
+                fixed (byte* p = packed)
+                    for (int i = 0; i < cols; i++) Assert.Equal(nib[i], QuantLayout.Nibble(p, cols, i));
+            }
+        }
+        // Documented order: in a 64-column block, byte j = column j (low) | column j + 32 (high).
+        Assert.Equal((5, 0), QuantLayout.Int4Position(128, 5));
+        Assert.Equal((5, 1), QuantLayout.Int4Position(128, 37));
+        Assert.Equal((37, 1), QuantLayout.Int4Position(128, 101));
+        Assert.Equal((64 / 2 + 3, 1), QuantLayout.Int4Position(100, 64 + 18 + 3));
+    }
+}
