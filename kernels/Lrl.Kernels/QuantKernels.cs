@@ -38,6 +38,12 @@ public struct Q8Reader : IWeightReader
         int q = (sbyte)Codes[row * Shape.Cols + j];
         return q * KernelMath.HalfToFloat(Scales[row * Shape.Groups + j / Shape.Group]);
     }
+
+    /// <summary>Elements 4q .. 4q+3 (through <see cref="Get"/>; quantized rows are read group-wise by their own kernels).</summary>
+    public readonly void Get4(long q, out float a, out float b, out float c, out float d)
+    {
+        a = Get(4 * q); b = Get(4 * q + 1); c = Get(4 * q + 2); d = Get(4 * q + 3);
+    }
 }
 
 /// <summary>
@@ -71,6 +77,12 @@ public struct Q4Reader : IWeightReader
         long g = row * Shape.Groups + j / Shape.Group;
         int z = Shape.HasZeros != 0 ? Zeros[g] : 8;
         return (q - z) * KernelMath.HalfToFloat(Scales[g]);
+    }
+
+    /// <summary>Elements 4q .. 4q+3 (through <see cref="Get"/>; quantized rows are read group-wise by their own kernels).</summary>
+    public readonly void Get4(long q, out float a, out float b, out float c, out float d)
+    {
+        a = Get(4 * q); b = Get(4 * q + 1); c = Get(4 * q + 2); d = Get(4 * q + 3);
     }
 }
 

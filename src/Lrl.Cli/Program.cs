@@ -7,12 +7,14 @@ Console.OutputEncoding = System.Text.Encoding.UTF8;
 var parser = new Parser(s => { s.HelpWriter = Console.Error; s.CaseInsensitiveEnumValues = true; s.AutoVersion = false; });
 try
 {
-    return parser.ParseArguments<GenerateVerb, ChatVerb, InfoVerb, BenchVerb, SynthVerb, ServeVerb, PullVerb>(args).MapResult(
+    return parser.ParseArguments<GenerateVerb, ChatVerb, InfoVerb, BenchVerb, SynthVerb, ServeVerb, PullVerb, QuantizeVerb, PerplexityVerb>(args).MapResult(
         (GenerateVerb v) => v.Run(),
         (ChatVerb v) => v.Run(),
         (InfoVerb v) => v.Run(),
         (BenchVerb v) => v.Run(),
         (SynthVerb v) => v.Run(),
+        (QuantizeVerb v) => v.Run(),
+        (PerplexityVerb v) => v.Run(),
         (ServeVerb v) => v.Run(),
         (PullVerb v) => v.Run(),
         _ => 2);

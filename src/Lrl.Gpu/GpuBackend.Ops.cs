@@ -180,6 +180,19 @@ public sealed partial class GpuBackend
         }
     }
 
+    /// <summary>IBackend's fused MLP front half: the fused gate+up+SwiGLU GEMV at batch 1 (upOut unused there).</summary>
+    public void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut)
+    {
+        if (rows > 1)
+        {
+            MatMul(x, gate, gateOut, rows);
+            MatMul(x, up, upOut, rows);
+            SwiGlu(gateOut, upOut, gateOut, (long)rows * gate.Rows);
+            return;
+        }
+        MatMulSwiGlu(x, gate, up, gateOut, rows);
+    }
+
     public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (rows <= 0) return;

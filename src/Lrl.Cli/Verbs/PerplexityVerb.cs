@@ -1,0 +1,45 @@
+using System.Text;
+using CommandLine;
+using Lrl.Runtime;
+
+namespace Lrl.Cli;
+
+[Verb("perplexity", HelpText = "Perplexity and bits per byte of a text file (sliding window).")]
+public sealed class PerplexityVerb : ModelVerbBase
+{
+    [Option('f', "file", Required = true, HelpText = "UTF-8 text file.")]
+    public string File { get; set; } = "";
+
+    [Option("stride", Default = 0, HelpText = "Window step in tokens; 0 = the window length (non-overlapping). Smaller strides give each token more context.")]
+    public int Stride { get; set; }
+
+    [Option("json", HelpText = "Print the result as JSON.")]
+    public bool Json { get; set; }
+
+    public int Run()
+    {
+        if (!System.IO.File.Exists(File)) throw new LrlException($"--file {File}: not found");
+        var text = System.IO.File.ReadAllText(File, Encoding.UTF8);
+        using var model = LoadModel();
+        var tokens = model.Tokenizer.Encode(text, addSpecial: true);
+        long bytes = Encoding.UTF8.GetByteCount(text);
+        int context = Context > 0 ? Context : Math.Min(model.Model.ContextLength, 1024);
+        context = Math.Min(context, model.Model.ContextLength);
+        Console.Error.WriteLine($"{File}: {bytes} bytes, {tokens.Length} tokens; window {context}, stride {(Stride == 0 ? context : Stride)}");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var r = PerplexityEvaluator.Evaluate(model.Model, tokens, bytes, context, Stride,
+            new Progress<(int Done, int Total)>(p => Console.Error.Write($"\rwindow {p.Done}/{p.Total}")));
+        Console.Error.WriteLine();
+        if (Json)
+            Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
+            {
+                model = model.Directory, format = model.Model.WeightFormat, file = File, bytes, tokens = tokens.Length,
+                context, stride = Stride == 0 ? context : Stride, perplexity = r.Perplexity, bits_per_byte = r.BitsPerByte,
+                tokens_scored = r.TokensScored, seconds = clock.Elapsed.TotalSeconds,
+            }));
+        else
+            Console.Out.WriteLine($"perplexity {r.Perplexity:F4} | bits per byte {r.BitsPerByte:F4} | {r.TokensScored} tokens scored in {r.Windows} windows " +
+                                  $"| {model.Model.WeightFormat} | {clock.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+}
