@@ -12,6 +12,7 @@ public sealed partial class CpuBackend : IBackend
     private readonly WorkerPool _pool;
     private readonly MatMulJob _matMul;
     private readonly AttentionJob _attention;
+    private readonly WeightArena _arena = new();
 
     public string Name => "cpu";
     public int Threads => _pool.ThreadCount;
@@ -37,7 +38,8 @@ public sealed partial class CpuBackend : IBackend
         if (t.Rank == 1)
             return new CpuVector(t.Name, t.ToFloatArray(), t.DType);
         if (t.Rank != 2) throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a vector or matrix");
-        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, t.Pointer);
+        var data = Environment.GetEnvironmentVariable("LRL_NO_MMAP") == "1" ? _arena.Copy(t.Pointer, t.ByteLength) : t.Pointer;
+        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, data);
     }
 
     public DeviceBuffer Allocate(long length) => new CpuBuffer(length);
@@ -182,5 +184,9 @@ public sealed partial class CpuBackend : IBackend
 
     public void Synchronize() { }
 
-    public void Dispose() => _pool.Dispose();
+    public void Dispose()
+    {
+        _pool.Dispose();
+        _arena.Dispose();
+    }
 }

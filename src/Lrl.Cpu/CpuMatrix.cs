@@ -75,6 +75,13 @@ public sealed unsafe class DenseMatrix : CpuMatrix
 /// <summary>SIMD inner loops with the f16/bf16 → f32 conversion fused into the dot product.</summary>
 public static unsafe class Simd
 {
+    /// <summary>
+    /// Elements ahead (4 KiB of bf16) that the decode GEMV asks the cache to fetch: rows are read once per token in one
+    /// sequential stream per thread, and prefetching a page ahead keeps more misses in flight than the hardware
+    /// prefetcher alone (measured +10–15 % decode tok/s on SmolLM2-135M shapes on a 2-core EPYC VM).
+    /// </summary>
+    internal const int PrefetchDistance = 2048;
+
     /// <summary>Σ bf16(w[i]) · x[i].</summary>
     public static float DotBF16(ushort* w, ReadOnlySpan<float> x)
     {
@@ -86,6 +93,7 @@ public static unsafe class Simd
                 Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (; i <= n - 32; i += 32)
                 {
+                    if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch0(w + i + PrefetchDistance);
                     a0 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i)), Vector256.Load(xp + i), a0);
                     a1 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 8)), Vector256.Load(xp + i + 8), a1);
                     a2 = Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 16)), Vector256.Load(xp + i + 16), a2);

@@ -16,7 +16,7 @@ public sealed class BenchVerb
     [Option("preset", HelpText = "Benchmark a random-weight checkpoint of a preset in models/presets (e.g. SmolLM2-135M).")]
     public string? Preset { get; set; }
 
-    [Option("dtype", Default = "bf16", HelpText = "With --preset: f32, f16 or bf16.")]
+    [Option("dtype", Default = "bf16", HelpText = "With --preset: f32, f16, bf16, q8 or q4 (int8/int4 quantized from bf16).")]
     public string DType { get; set; } = "bf16";
 
     [Option('p', "n-prompt", Separator = ',', HelpText = "Prompt sizes, comma-separated (default 128,512).")]
@@ -33,6 +33,9 @@ public sealed class BenchVerb
 
     [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]
     public string DeviceName { get; set; } = "cpu";
+
+    [Option("profile", HelpText = "Instead of the benchmark, print where a decoded token's time goes, op by op.")]
+    public bool Profile { get; set; }
 
     [Option("json", HelpText = "Print JSON.")]
     public bool Json { get; set; }
@@ -58,13 +61,16 @@ public sealed class BenchVerb
         string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
         string name = Preset ?? Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'));
         var device = ModelVerbBase.ParseDevice(DeviceName);
-        using var backend = Backends.Create(device, Threads);
-        int threads = backend is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
+        using var inner = Backends.Create(device, Threads);
+        var profiler = Profile ? new ProfilingBackend(inner) : null;
+        IBackend backend = profiler ?? inner;
+        int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
         int context = Math.Max(sizes.Max(), GenTokens);
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
         string format = model.WeightFormat;
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
+        if (profiler is not null) return RunProfile(model, profiler);
         log.WriteLine("probing the machine: read bandwidth and FMA peak ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         var limits = new MachineLimits(MachineProbe.ReadBandwidthGBs(probeThreads), MachineProbe.FmaPeakGFlops(probeThreads));
@@ -76,6 +82,28 @@ public sealed class BenchVerb
             Lrl.Loading.AtomicFile.WriteAllText(Plot, SvgPlot.Render(results, $"lrlrun bench: {name} ({format}, {backend.Name}, {threads} threads)"));
             log.WriteLine($"plot written to {Plot}");
         }
+        return 0;
+    }
+
+    private int RunProfile(ILanguageModel model, ProfilingBackend profiler)
+    {
+        int n = Math.Max(GenTokens, 8);
+        var logits = new float[model.VocabSize];
+        var one = new int[1];
+        void Decode() { for (int i = 0; i < n; i++) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); } }
+        Decode();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Decode();
+        double unprofiled = clock.Elapsed.TotalMilliseconds / n;
+        profiler.Enabled = true;
+        Decode();
+        profiler.Enabled = false;
+        var rows = profiler.Report().ToList();
+        double total = rows.Sum(r => r.Ms) / n;
+        Console.Out.WriteLine($"decode profile over {n} tokens: {unprofiled:F3} ms/token unprofiled, {total:F3} ms/token in ops (each op synchronized)");
+        Console.Out.WriteLine($"{"op",-44} {"ms/token",9} {"calls/tok",9} {"share",7} {"GB/s",8}");
+        foreach (var r in rows)
+            Console.Out.WriteLine($"{r.Op,-44} {r.Ms / n,9:F3} {(double)r.Calls / n,9:F1} {r.Ms / n / total,7:P1} {(r.GBs > 0 ? r.GBs.ToString("F1") : ""),8}");
         return 0;
     }
 }

@@ -42,7 +42,7 @@ public static class Synthesizer
         DType dtype = dtypeName.ToLowerInvariant() switch
         {
             "f32" => DType.F32, "f16" => DType.F16, "bf16" => DType.BF16,
-            _ => throw new LrlException($"--dtype '{dtypeName}' is not one of: {string.Join(", ", DenseFormats)} (quantized formats go through `lrlrun quantize`)"),
+            _ => throw new LrlException($"--dtype '{dtypeName}' is not one of: {string.Join(", ", DenseFormats)} (and q8, q4 for `lrlrun bench --preset`)"),
         };
         var configPath = PresetConfigPath(preset);
         var json = (JsonObject)JsonNode.Parse(File.ReadAllText(configPath))!;
@@ -86,13 +86,26 @@ public static class Synthesizer
         AtomicFile.WriteAllText(Path.Combine(outDir, "config.json"), json.ToJsonString(new() { WriteIndented = true }));
     }
 
-    /// <summary>A cached synthetic checkpoint (written on first use) under the user's cache folder.</summary>
+    /// <summary>
+    /// A cached synthetic checkpoint (written on first use) under the user's cache folder. Besides the dense dtypes,
+    /// "q8" and "q4" quantize the bf16 checkpoint with `lrlrun quantize`'s defaults (adaptive groups).
+    /// </summary>
     public static string Cached(string preset, string dtype, TextWriter? progress = null)
     {
         var root = Environment.GetEnvironmentVariable("LRL_CACHE")
                    ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "lrlrun");
-        var dir = Path.Combine(root, "synthetic", $"{preset}-{dtype.ToLowerInvariant()}");
-        if (!File.Exists(Path.Combine(dir, "config.json"))) Write(preset, dtype, dir, progress);
+        var key = dtype.ToLowerInvariant();
+        var dir = Path.Combine(root, "synthetic", $"{preset}-{key}");
+        if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
+        if (key is "q8" or "q4")
+        {
+            var dense = Cached(preset, "bf16", progress);
+            progress?.WriteLine($"quantizing {preset} to {key} into {dir}");
+            Lrl.Quant.Quantizer.QuantizeModel(dense, dir, new Lrl.Quant.QuantizeOptions { Bits = key == "q8" ? 8 : 4, Overwrite = true },
+                progress is null ? null : new Progress<string>(_ => { }));
+            return dir;
+        }
+        Write(preset, dtype, dir, progress);
         return dir;
     }
 

@@ -1,0 +1,78 @@
+using System.Diagnostics;
+
+namespace Lrl.Bench;
+
+/// <summary>
+/// Wraps a backend and times every op (synchronizing around each, so GPU times are real): where a decoded token's
+/// time goes, by op and by matrix shape, with the GB/s each matrix product reached. For `lrlrun bench --profile`.
+/// </summary>
+public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBackend
+{
+    private readonly Dictionary<string, (long Ticks, long Calls, long Bytes)> _ops = new();
+    private readonly Stopwatch _clock = new();
+
+    public string Name => inner.Name;
+    public bool Enabled { get; set; }
+
+    public void Reset() => _ops.Clear();
+
+    /// <summary>(op, total ms, calls, GB/s or 0) sorted by time.</summary>
+    public IEnumerable<(string Op, double Ms, long Calls, double GBs)> Report() =>
+        _ops.OrderByDescending(kv => kv.Value.Ticks).Select(kv =>
+        {
+            double s = kv.Value.Ticks / (double)Stopwatch.Frequency;
+            return (kv.Key, s * 1e3, kv.Value.Calls, kv.Value.Bytes > 0 ? kv.Value.Bytes / s / 1e9 : 0);
+        });
+
+    private void Time(string op, long bytes, Action run)
+    {
+        if (!Enabled) { run(); return; }
+        inner.Synchronize();
+        long t0 = Stopwatch.GetTimestamp();
+        run();
+        inner.Synchronize();
+        long dt = Stopwatch.GetTimestamp() - t0;
+        _ops[op] = _ops.TryGetValue(op, out var v) ? (v.Ticks + dt, v.Calls + 1, v.Bytes + bytes) : (dt, 1, bytes);
+    }
+
+    private static string Shape(Weight w) => $"{w.Format} {w.Rows}x{w.Cols}";
+
+    public Weight LoadWeight(HostTensor tensor) => inner.LoadWeight(tensor);
+    public Weight LoadQuantized(QuantizedTensor q) =>
+        (inner as IQuantizedBackend ?? throw new LrlException($"backend {inner.Name} has no quantized weights")).LoadQuantized(q);
+    public DeviceBuffer Allocate(long length) => inner.Allocate(length);
+    public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) => inner.Upload(source, destination, destinationOffset);
+    public void Download(DeviceBuffer source, long sourceOffset, Span<float> destination)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        inner.Download(source, sourceOffset, destination);
+        if (Enabled) Add("download", Stopwatch.GetTimestamp() - t0, 0);
+    }
+    private void Add(string op, long dt, long bytes) =>
+        _ops[op] = _ops.TryGetValue(op, out var v) ? (v.Ticks + dt, v.Calls + 1, v.Bytes + bytes) : (dt, 1, bytes);
+
+    public void Copy(DeviceBuffer s, long so, DeviceBuffer d, long dO, long n) => Time("copy", 0, () => inner.Copy(s, so, d, dO, n));
+    public void Embed(Weight table, ReadOnlySpan<int> tokens, DeviceBuffer x)
+    {
+        var ids = tokens.ToArray();
+        Time("embed", 0, () => inner.Embed(table, ids, x));
+    }
+    public void RmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, float eps) => Time("rmsnorm", 0, () => inner.RmsNorm(x, w, y, rows, eps));
+    public void AddRmsNorm(DeviceBuffer r, DeviceBuffer d, Weight w, DeviceBuffer y, int rows, float eps) => Time("add_rmsnorm", 0, () => inner.AddRmsNorm(r, d, w, y, rows, eps));
+    public void LayerNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, float eps) => Time("layernorm", 0, () => inner.LayerNorm(x, w, b, y, rows, eps));
+    public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null) =>
+        Time($"matmul {Shape(w)}", w.ByteSize, () => inner.MatMul(x, w, y, rows, bias));
+    public void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1, Weight w2, DeviceBuffer y2, Weight? b2) =>
+        Time($"matmul3 {Shape(w0)}+{w1.Rows}+{w2.Rows}", w0.ByteSize + w1.ByteSize + w2.ByteSize,
+             () => inner.MatMul3(x, rows, w0, y0, b0, w1, y1, b1, w2, y2, b2));
+    public void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut) =>
+        Time($"gate_up_swiglu 2x{Shape(gate)}", gate.ByteSize + up.ByteSize, () => inner.GateUpSwiGlu(x, rows, gate, up, gateOut, upOut));
+    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope) => Time("rope", 0, () => inner.Rope(x, rows, heads, headDim, pos0, rope));
+    public void Attention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer o, int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
+        Time("attention", 0, () => inner.Attention(q, k, v, o, rows, pos0, heads, kvHeads, headDim, scale));
+    public void SwiGlu(DeviceBuffer g, DeviceBuffer u, DeviceBuffer y, long n) => Time("swiglu", 0, () => inner.SwiGlu(g, u, y, n));
+    public void Gelu(DeviceBuffer x, long n) => Time("gelu", 0, () => inner.Gelu(x, n));
+    public void Add(DeviceBuffer a, DeviceBuffer b, long n) => Time("add", 0, () => inner.Add(a, b, n));
+    public void Synchronize() => inner.Synchronize();
+    public void Dispose() => inner.Dispose();
+}
