@@ -12,7 +12,6 @@ public sealed partial class CpuBackend : IBackend
     private readonly WorkerPool _pool;
     private readonly MatMulJob _matMul;
     private readonly AttentionJob _attention;
-    private readonly WeightArena _arena = new();
 
     public string Name => "cpu";
     public int Threads => _pool.ThreadCount;
@@ -38,8 +37,7 @@ public sealed partial class CpuBackend : IBackend
         if (t.Rank == 1)
             return new CpuVector(t.Name, t.ToFloatArray(), t.DType);
         if (t.Rank != 2) throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a vector or matrix");
-        var data = Environment.GetEnvironmentVariable("LRL_NO_MMAP") == "1" ? _arena.Copy(t.Pointer, t.ByteLength) : t.Pointer;
-        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, data);
+        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, t.Pointer);
     }
 
     public DeviceBuffer Allocate(long length) => new CpuBuffer(length);
@@ -184,9 +182,5 @@ public sealed partial class CpuBackend : IBackend
 
     public void Synchronize() { }
 
-    public void Dispose()
-    {
-        _pool.Dispose();
-        _arena.Dispose();
-    }
+    public void Dispose() => _pool.Dispose();
 }
