@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lrl.Cpu;
 
@@ -88,6 +89,25 @@ public static unsafe class Simd
         int n = x.Length, i = 0;
         fixed (float* xp = x)
         {
+            if (Avx512F.IsSupported && n >= 64)
+            {
+                // 16 weights per instruction: zero-extend to 32 bits (one load), shift into the f32 high half, FMA with
+                // x from memory. Fewer instructions per byte than 256-bit lanes, so one core streams closer to its bandwidth.
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (; i <= n - 64; i += 64)
+                {
+                    Sse.Prefetch0(w + i + PrefetchDistance);
+                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle(), Vector512.Load(xp + i), a0);
+                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 16)), 16).AsSingle(), Vector512.Load(xp + i + 16), a1);
+                    a2 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 32)), 16).AsSingle(), Vector512.Load(xp + i + 32), a2);
+                    a3 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 48)), 16).AsSingle(), Vector512.Load(xp + i + 48), a3);
+                }
+                for (; i <= n - 16; i += 16)
+                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle(), Vector512.Load(xp + i), a0);
+                float s5 = Vector512.Sum((a0 + a1) + (a2 + a3));
+                for (; i < n; i++) s5 += DTypes.BF16ToFloat(w[i]) * xp[i];
+                return s5;
+            }
             if (Vector256.IsHardwareAccelerated && n >= 32)
             {
                 Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;

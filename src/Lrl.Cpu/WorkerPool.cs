@@ -19,7 +19,7 @@ public sealed class WorkerPool : IDisposable
     private int _items, _next, _finished, _sleepers;
     private long _generation;
     private volatile bool _stop;
-    private const int SpinIterations = 2000;
+    private const int SpinIterations = 40_000; // ~1 ms of polling before sleeping
 
     public int ThreadCount { get; }
 
@@ -53,8 +53,12 @@ public sealed class WorkerPool : IDisposable
         int sleepers = Interlocked.Exchange(ref _sleepers, 0);
         if (sleepers > 0) _wake.Release(sleepers);
         Work(0);
-        var spin = new SpinWait();
-        while (Volatile.Read(ref _finished) < _threads.Length) spin.SpinOnce(-1);
+        // The others finish within microseconds: spin tightly (a yield or sleep would cost more than the wait).
+        for (int spins = 0; Volatile.Read(ref _finished) < _threads.Length; spins++)
+        {
+            if (spins < 200_000) Thread.SpinWait(1);
+            else Thread.Yield();
+        }
         _job = null;
     }
 
@@ -74,7 +78,7 @@ public sealed class WorkerPool : IDisposable
             int spins = 0;
             while (Volatile.Read(ref _generation) == seen && !_stop)
             {
-                if (++spins < SpinIterations) Thread.SpinWait(20);
+                if (++spins < SpinIterations) Thread.SpinWait(1);
                 else
                 {
                     Interlocked.Increment(ref _sleepers);

@@ -25,16 +25,40 @@ public static unsafe class MachineProbe
         var sums = new float[threads];
         for (int trial = 0; trial < trials; trial++)
         {
-            var sw = Stopwatch.StartNew();
-            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+            double seconds = OnAllThreads(threads, t =>
             {
                 long s = n * t / threads, e = n * (t + 1) / threads;
                 fixed (float* p = buffer) sums[t] = SumRange(p + s, e - s);
             });
-            best = Math.Max(best, bytes / sw.Elapsed.TotalSeconds / 1e9);
+            best = Math.Max(best, bytes / seconds / 1e9);
         }
         if (sums.Sum() <= 0) throw new InvalidOperationException("bandwidth probe read nothing");
         return best;
+    }
+
+    /// <summary>
+    /// Runs body(t) on <paramref name="threads"/> dedicated threads released together (Parallel.For may run the
+    /// partitions one after another when the thread pool is cold, which halves the measured bandwidth); returns the
+    /// seconds from the release until the last one finished.
+    /// </summary>
+    private static double OnAllThreads(int threads, Action<int> body)
+    {
+        using var ready = new CountdownEvent(threads);
+        using var go = new ManualResetEventSlim(false);
+        var done = new long[threads];
+        var list = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+        {
+            ready.Signal();
+            go.Wait();
+            body(t);
+            done[t] = Stopwatch.GetTimestamp();
+        }) { IsBackground = true }).ToList();
+        foreach (var th in list) th.Start();
+        ready.Wait();
+        long start = Stopwatch.GetTimestamp();
+        go.Set();
+        foreach (var th in list) th.Join();
+        return (done.Max() - start) / (double)Stopwatch.Frequency;
     }
 
     private static float SumRange(float* p, long n)
@@ -58,11 +82,10 @@ public static unsafe class MachineProbe
         double best = 0;
         for (int trial = 0; trial < trials; trial++)
         {
-            var sw = Stopwatch.StartNew();
             var results = new float[threads];
-            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => results[t] = FmaChains(Iterations));
+            double seconds = OnAllThreads(threads, t => results[t] = FmaChains(Iterations));
             double flops = 2.0 * 8 * 10 * Iterations * threads;
-            best = Math.Max(best, flops / sw.Elapsed.TotalSeconds / 1e9);
+            best = Math.Max(best, flops / seconds / 1e9);
         }
         return best;
     }
