@@ -28,6 +28,11 @@ public sealed record QuantizeOptions
     public bool Asymmetric { get; init; }
     /// <summary>Per-weight override of <see cref="Bits"/>: 4 or 8, 0 to keep the weight dense, or null for the default.</summary>
     public Func<string, int?>? BitsFor { get; init; }
+    /// <summary>
+    /// Calibration statistics for GPTQ: Σ x xᵀ of each Linear weight's inputs [cols, cols], by tensor name (see
+    /// Lrl.Calibration). Matrices with one are quantized by <see cref="Gptq"/>; the others by rounding to nearest.
+    /// </summary>
+    public IReadOnlyDictionary<string, double[]>? Hessians { get; init; }
     /// <summary>Replace an existing output folder (otherwise an existing non-empty folder is an error).</summary>
     public bool Overwrite { get; init; }
 
@@ -105,7 +110,9 @@ public static class Quantizer
                     g = GroupQuantizer.ChooseGroup(w, rows, cols, bits, options.ThresholdFor(bits)).Group;
                 }
             }
-            var q = GroupQuantizer.Quantize(w, rows, cols, bits, g, asym);
+            var q = options.Hessians is not null && options.Hessians.TryGetValue(t.Name, out var hessian)
+                ? Gptq.Quantize(w, rows, cols, bits, g, asym, hessian)
+                : GroupQuantizer.Quantize(w, rows, cols, bits, g, asym);
             meta.Tensors[b] = (bits, g);
             writer.Add(b + ".qweight", bits == 8 ? DType.I8 : DType.U8, bits == 8 ? [rows, cols] : [rows, cols / 2], q.Codes);
             writer.Add(b + ".scales", DType.F16, [rows, cols / g], MemoryMarshal.AsBytes(q.Scales.AsSpan()));

@@ -242,3 +242,36 @@ public class TransNormerTests
         Assert.Contains("lrpe.theta", e2.Message);
     }
 }
+
+/// <summary>The TransNormer architecture through the public API (what `lrlrun generate` runs), with a byte vocabulary.</summary>
+public class TransNormerGenerateTests
+{
+    [Fact]
+    public void GreedyGenerationFollowsTheFloat64Forward()
+    {
+        var spec = new TransNormerTests.Spec(D: 24, E: 24, Layers: 2, Heads: 4, Glu: 40, Vocab: 300, Bias: false, Tied: true, ScaleEmbed: false);
+        using var m = new TransNormerTests.TinyModel(spec, 11);
+        var cfgPath = Path.Combine(m.Dir, "config.json");
+        var cfg = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
+        cfg["tokenizer"] = "byte-level: token id = byte value (0..255)";
+        File.WriteAllText(cfgPath, cfg.ToJsonString());
+
+        using var model = LrlModel.Load(m.Dir, new ModelOptions { Threads = 1 });
+        var options = new GenerationOptions { MaxTokens = 6, IgnoreEos = true, Sampling = Lrl.Runtime.SamplingOptions.Greedy };
+        var ids = model.Generate("ab", options).Where(t => t.Id >= 0).Select(t => t.Id).ToList();
+        Assert.Equal(6, ids.Count);
+
+        // Each generated id is the float64 forward's argmax after the prompt and the ids before it.
+        var seq = new List<int> { 'a', 'b' };
+        foreach (var id in ids)
+        {
+            var logits = TransNormerTests.Forward64(m, seq.ToArray());
+            var last = logits.AsSpan((seq.Count - 1) * spec.Vocab, spec.Vocab);
+            int best = 0;
+            for (int i = 1; i < last.Length; i++) if (last[i] > last[best]) best = i;
+            Assert.Equal(best, id);
+            seq.Add(id);
+        }
+        Assert.False(model.Model.CanRewind);
+    }
+}
