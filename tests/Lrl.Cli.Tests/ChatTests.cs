@@ -50,3 +50,46 @@ public class ChatTests
         Assert.DoesNotContain("(0 cached)", turns[1]);
     }
 }
+
+/// <summary>`lrlrun quantize` (round-to-nearest and GPTQ-calibrated) and `lrlrun perplexity` end to end.</summary>
+public class QuantizeCliTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("lrl-qcli").FullName;
+    public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
+
+    private static double Perplexity(string model, string text)
+    {
+        var r = CliRunner.Run("perplexity", "--model", model, "--file", text, "--context", "256", "--stride", "128", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var doc = System.Text.Json.JsonDocument.Parse(r.Stdout);
+        return doc.RootElement.GetProperty("perplexity").GetDouble();
+    }
+
+    [Fact]
+    public void QuantizedModelsLoadAndCalibrationLowersInt4Perplexity()
+    {
+        var src = CliRunner.Model("stories260k");
+        var text = Path.Combine(AppContext.BaseDirectory, "heldout.txt");
+        Assert.True(File.Exists(text), "heldout.txt is copied next to the tests");
+        double f32 = Perplexity(src, text);
+
+        var q8 = Path.Combine(_dir, "q8");
+        var r = CliRunner.Run("quantize", "--model", src, "--bits", "8", "--out", q8);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.True(Math.Abs(Perplexity(q8, text) / f32 - 1) < 0.005);
+
+        var rtn = Path.Combine(_dir, "q4");
+        Assert.Equal(0, CliRunner.Run("quantize", "--model", src, "--bits", "4", "--out", rtn).ExitCode);
+        var gptq = Path.Combine(_dir, "q4-gptq");
+        r = CliRunner.Run("quantize", "--model", src, "--bits", "4", "--calibration", "self", "--out", gptq);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        double pRtn = Perplexity(rtn, text), pGptq = Perplexity(gptq, text);
+        Assert.True(pGptq < pRtn, $"GPTQ int4 perplexity {pGptq:F4} is not below round-to-nearest {pRtn:F4}");
+        Assert.True(pGptq / f32 - 1 < 0.08, $"GPTQ int4 perplexity {pGptq:F4} vs f32 {f32:F4}");
+
+        // Writing over an existing folder needs --force; bad values are clear errors.
+        Assert.Equal(2, CliRunner.Run("quantize", "--model", src, "--bits", "4", "--out", rtn).ExitCode);
+        Assert.Contains("--bits", CliRunner.Run("quantize", "--model", src, "--bits", "3", "--out", Path.Combine(_dir, "x")).Stderr);
+        Assert.Contains("--calibration", CliRunner.Run("quantize", "--model", src, "--bits", "4", "--calibration", "/nope.txt", "--out", Path.Combine(_dir, "y")).Stderr);
+    }
+}
