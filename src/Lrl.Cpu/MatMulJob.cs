@@ -14,7 +14,11 @@ namespace Lrl.Cpu;
 internal sealed unsafe class MatMulJob : IParallelJob
 {
     private const int Tile = 4;       // weight rows per micro-kernel tile
-    private const int KChunk = 1024;  // f32 columns per pass, keeps the tile and the x chunk in L1/L2
+    private const int KChunk = 1024;
+    // Decode: two contiguous blocks per thread. Fewer, longer blocks keep each thread on one long sequential stream
+    // (prefetchers ramp up once per block); two rather than one leave room to rebalance a late thread. Measured on
+    // SmolLM2-135M shapes: 8 blocks/thread 121 tok/s bf16, 183 int8; 2 blocks/thread 132-150 bf16, 228-250 int8.
+    private const int DecodeItemsPerThread = 2;  // f32 columns per pass, keeps the tile and the x chunk in L1/L2
 
     private struct Target
     {
@@ -72,7 +76,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     {
         if ((long)_rows * w.Cols > _x.Length || (long)_rows * w.Rows > y.Length)
             throw new ArgumentException($"MatMul {w.Name}: buffers too small for {_rows} rows of [{w.Rows}, {w.Cols}]");
-        int target = pool.ThreadCount * (_rows == 1 ? 8 : 4);
+        int target = pool.ThreadCount * (_rows == 1 ? DecodeItemsPerThread : 4);
         int block = Math.Max(_rows == 1 ? 16 : Tile, (w.Rows + target - 1) / target);
         block = (block + Tile - 1) / Tile * Tile;
         int first = _count == 0 ? 0 : _t[_count - 1].FirstItem + _t[_count - 1].Blocks;
