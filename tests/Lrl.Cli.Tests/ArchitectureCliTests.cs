@@ -35,3 +35,23 @@ public class ArchitectureCliTests
         Assert.Equal(reference.GetProperty("top5_next")[0].GetProperty("id").GetInt32(), ids[0]);
     }
 }
+
+/// <summary>Device choice from the command line.</summary>
+public class DeviceCliTests
+{
+    [Fact]
+    public void CudaWithoutAGpuIsAClearErrorAndAutoFallsBackToTheCpu()
+    {
+        if (Lrl.Gpu.GpuBackend.IsCudaAvailable()) Assert.Skip("a CUDA device is present");
+        var model = CliRunner.Model("stories260k");
+        var r = CliRunner.Run("generate", "--model", model, "--prompt", "Once", "--device", "cuda", "--max-tokens", "3");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("no CUDA device", r.Stderr);
+        r = CliRunner.Run("generate", "--model", model, "--prompt", "Once", "--device", "auto", "--max-tokens", "3", "--temperature", "0");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("backend: cpu", r.Stderr);
+        r = CliRunner.Run("generate", "--model", model, "--prompt", "Once", "--device", "tpu");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--device 'tpu'", r.Stderr);
+    }
+}
