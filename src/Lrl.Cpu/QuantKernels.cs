@@ -230,6 +230,22 @@ internal static unsafe class QuantKernels
                 sbyte* wp = w, xp = xq;
                 float* dp = d;
                 int c = 0;
+                if (q.Groups == 1)
+                {
+                    // Per-channel: one scale for the row, applied once after the loop.
+                    for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
+                    {
+                        Sse.Prefetch0(wp + PrefetchBytes);
+                        var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
+                        var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
+                        var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
+                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(dp[0]), acc0);
+                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(dp[1]), acc1);
+                    }
+                    var rs = Vector256.Create(sc[0]);
+                    acc0 *= rs; acc1 *= rs;
+                }
+                else
                 for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
                 {
                     Sse.Prefetch0(wp + PrefetchBytes); // one stream per thread: keep a page of misses in flight
@@ -275,6 +291,22 @@ internal static unsafe class QuantKernels
                 sbyte* xp = xq;
                 float* dp = d;
                 int c = 0;
+                if (q.Groups == 1)
+                {
+                    // Per-channel: one scale for the row, applied once after the loop.
+                    for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
+                    {
+                        if ((b & 1) == 0) Sse.Prefetch0(wp + PrefetchBytes);
+                        var v = Vector256.Load(wp);
+                        var lo = v & mask;
+                        var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(lo, Vector256.Load(xp))), Vector256.Create(dp[0]), acc0);
+                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(hi, Vector256.Load(xp + 32))), Vector256.Create(dp[1]), acc1);
+                    }
+                    var rs = Vector256.Create(sc[0]);
+                    acc0 *= rs; acc1 *= rs;
+                }
+                else
                 for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
                 {
                     if ((b & 1) == 0) Sse.Prefetch0(wp + PrefetchBytes);
