@@ -1,5 +1,4 @@
 using System.Text;
-using Lrl.Models.Tests;
 
 namespace Lrl.Loading.Tests;
 

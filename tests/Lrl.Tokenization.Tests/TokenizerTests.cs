@@ -1,7 +1,6 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Lrl.Models.Tests;
 
 namespace Lrl.Tokenization.Tests;
 

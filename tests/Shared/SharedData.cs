@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Lrl.Gpu.Tests;
+namespace Lrl.Tests;
 
 /// <summary>Finds ../shared (real checkpoints and float64 references); tests skip cleanly without it.</summary>
 public static class SharedData
