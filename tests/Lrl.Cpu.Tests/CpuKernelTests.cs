@@ -186,3 +186,38 @@ public sealed class CpuKernelTests : IDisposable
         Assert.Throws<LrlException>(() => _cpu.Embed(_cpu.LoadWeight(table), [50], y.cpu));
     }
 }
+
+/// <summary>f16 weights at the edges of the format: subnormals, signed zeros, the largest finite values.</summary>
+public sealed class HalfEdgeTests
+{
+    [Fact]
+    public unsafe void F16GemvIsExactOnSubnormalsZerosAndExtremes()
+    {
+        using var r = new RandomTensors(3);
+        // Row 0: subnormals only; row 1: signed zeros; row 2: the largest finite values and ordinary ones.
+        Half[][] rowsOf =
+        [
+            [BitConverter.UInt16BitsToHalf(0x0001), BitConverter.UInt16BitsToHalf(0x8001), BitConverter.UInt16BitsToHalf(0x03FF),
+             BitConverter.UInt16BitsToHalf(0x83FF), BitConverter.UInt16BitsToHalf(0x0200)],
+            [(Half)0f, BitConverter.UInt16BitsToHalf(0x8000)],
+            [Half.MaxValue, Half.MinValue, (Half)6.1e-5f, (Half)(-1.5f), (Half)0.333f],
+        ];
+        int rows = 3, cols = 131;
+        var values = new float[rows * cols];
+        for (int o = 0; o < rows; o++)
+            for (int i = 0; i < cols; i++) values[o * cols + i] = (float)rowsOf[o][i % rowsOf[o].Length];
+        var t = r.Tensor("w", DType.F16, [rows, cols], values);
+        var x = r.Floats(cols);
+        using var cpu = new CpuBackend(1);
+        var xb = cpu.Allocate(cols); cpu.Upload(x, xb);
+        var yb = cpu.Allocate(rows);
+        cpu.MatMul(xb, cpu.LoadWeight(t), yb, 1);
+        var y = new float[rows]; cpu.Download(yb, 0, y);
+        for (int o = 0; o < rows; o++)
+        {
+            double expected = 0, magnitude = 0;
+            for (int i = 0; i < cols; i++) { expected += (double)values[o * cols + i] * x[i]; magnitude += Math.Abs((double)values[o * cols + i] * x[i]); }
+            Assert.True(Math.Abs(y[o] - expected) <= 1e-6 * magnitude, $"row {o}: {y[o]} vs {expected}");
+        }
+    }
+}
