@@ -12,14 +12,20 @@ public sealed partial class CpuBackend : IBackend
     private readonly WorkerPool _pool;
     private readonly MatMulJob _matMul;
     private readonly AttentionJob _attention;
+    private readonly WeightArena? _arena;
 
     public string Name => "cpu";
+    /// <summary>Whether weights are copied into the backend's own memory (--no-mmap) rather than read in place.</summary>
+    public bool CopiesWeights => _arena is not null;
     public int Threads => _pool.ThreadCount;
 
     /// <param name="threads">Worker threads including the caller; 0 = one per core.</param>
-    public CpuBackend(int threads = 0)
+    /// <param name="copyWeights">Copy weights out of the memory-mapped file into huge-page memory (faster decode,
+    /// anonymous memory instead of evictable page cache); false reads them in place (zero-copy).</param>
+    public CpuBackend(int threads = 0, bool copyWeights = false)
     {
         if (threads < 0) throw new LrlException($"--threads must be ≥ 0, got {threads}");
+        if (copyWeights) _arena = new WeightArena();
         _pool = new WorkerPool(threads == 0 ? DefaultThreads : threads);
         _matMul = new MatMulJob(_pool.ThreadCount);
         _attention = new AttentionJob(_pool.ThreadCount);
@@ -37,7 +43,8 @@ public sealed partial class CpuBackend : IBackend
         if (t.Rank == 1)
             return new CpuVector(t.Name, t.ToFloatArray(), t.DType);
         if (t.Rank != 2) throw new ModelFormatException(t.Source, $"tensor '{t.Name}' has shape {t.ShapeString}; expected a vector or matrix");
-        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, t.Pointer);
+        var data = _arena is null ? t.Pointer : _arena.Copy(t.Pointer, t.ByteLength);
+        return new DenseMatrix(t.Name, t.Shape[0], t.Shape[1], t.DType, data);
     }
 
     public DeviceBuffer Allocate(long length) => new CpuBuffer(length);
@@ -182,5 +189,9 @@ public sealed partial class CpuBackend : IBackend
 
     public void Synchronize() { }
 
-    public void Dispose() => _pool.Dispose();
+    public void Dispose()
+    {
+        _pool.Dispose();
+        _arena?.Dispose();
+    }
 }

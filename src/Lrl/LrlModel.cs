@@ -46,7 +46,7 @@ public sealed class LrlModel : IDisposable
         var dir = Path.GetFullPath(modelDir);
         if (!System.IO.Directory.Exists(dir)) throw new LrlException($"model folder not found: {dir}");
         var tokenizer = LrlTokenizer.Load(dir);
-        var backend = Backends.Create(options.Device, options.Threads);
+        var backend = Backends.Create(options.Device, options.Threads, options.Mmap);
         try
         {
             var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = options.ContextLength, BatchSize = options.BatchSize });
@@ -161,11 +161,12 @@ public sealed class LrlModel : IDisposable
 public static class Backends
 {
     /// <summary>cpu: the SIMD backend; cuda: the ILGPU CUDA backend (an error without a GPU); auto: CUDA when present.</summary>
-    public static IBackend Create(Device device, int threads = 0) => device switch
+    /// <param name="mmap">CPU: read weights in place (true) or copy them into huge-page memory (false, --no-mmap).</param>
+    public static IBackend Create(Device device, int threads = 0, bool mmap = true) => device switch
     {
-        Device.Cpu => new CpuBackend(threads),
+        Device.Cpu => new CpuBackend(threads, copyWeights: !mmap),
         Device.Cuda => Lrl.Gpu.GpuBackend.CreateCuda(),
-        Device.Auto => Lrl.Gpu.GpuBackend.IsCudaAvailable() ? Lrl.Gpu.GpuBackend.CreateCuda() : new CpuBackend(threads),
+        Device.Auto => Lrl.Gpu.GpuBackend.IsCudaAvailable() ? Lrl.Gpu.GpuBackend.CreateCuda() : new CpuBackend(threads, copyWeights: !mmap),
         _ => throw new LrlException($"unknown device '{device}' (expected cpu, cuda or auto)"),
     };
 }

@@ -19,6 +19,11 @@ public sealed record ModelOptions
     public int Threads { get; init; }
     /// <summary>KV cache positions; 0 = the model's maximum, capped at 4096.</summary>
     public int ContextLength { get; init; }
+    /// <summary>
+    /// Read weights in place from the memory-mapped checkpoint (zero-copy, the default). False (`--no-mmap`) copies
+    /// them into the CPU backend's own huge-page memory: slower to load, faster to decode.
+    /// </summary>
+    public bool Mmap { get; init; } = true;
     /// <summary>Prompt tokens run per batched pass.</summary>
     public int BatchSize { get; init; } = 256;
 }

@@ -56,3 +56,26 @@ public class DecodeAllocationTests
         finally { Directory.Delete(dir, true); }
     }
 }
+
+/// <summary>--no-mmap: weights copied into the backend's own memory give exactly the logits of reading them in place.</summary>
+public class CopiedWeightsTests
+{
+    [Theory]
+    [InlineData("stories260k")]
+    [InlineData("stories260k-bf16-sharded")]
+    public void CopiedWeightsGiveIdenticalLogits(string name)
+    {
+        var dir = SharedData.Model(name);
+        using var mapped = new CpuBackend(2);
+        using var copied = new CpuBackend(2, copyWeights: true);
+        Assert.True(copied.CopiesWeights);
+        using var a = ModelRegistry.Load(dir, mapped);
+        using var b = ModelRegistry.Load(dir, copied);
+        int[] tokens = [1, 403, 407, 261, 378];
+        var la = new float[tokens.Length * a.VocabSize];
+        var lb = new float[tokens.Length * b.VocabSize];
+        a.Forward(tokens, 0, la);
+        b.Forward(tokens, 0, lb);
+        Assert.Equal(la, lb);
+    }
+}

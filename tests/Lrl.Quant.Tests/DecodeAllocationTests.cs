@@ -52,3 +52,32 @@ public class DecodeAllocationTests
         return best;
     }
 }
+
+/// <summary>--no-mmap with quantized weights: codes, scales and zeros copied give exactly the in-place logits.</summary>
+public class CopiedQuantizedWeightsTests
+{
+    [Fact]
+    public void CopiedQuantizedWeightsGiveIdenticalLogits()
+    {
+        string src = SharedData.Model("stories260k");
+        string root = CheckpointWriters.TempDir("copy"), dir = Path.Combine(root, "m");
+        try
+        {
+            Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = 4, Group = "32", Asymmetric = true });
+            using var mapped = new CpuBackend(2);
+            using var copied = new CpuBackend(2, copyWeights: true);
+            using var a = ModelRegistry.Load(dir, mapped);
+            using var b = ModelRegistry.Load(dir, copied);
+            int[] tokens = [1, 403, 407, 261, 378];
+            var la = new float[a.VocabSize];
+            var lb = new float[b.VocabSize];
+            a.Forward(tokens, 0, la);
+            b.Forward(tokens, 0, lb);
+            Assert.Equal(la, lb);
+            a.Forward([432], 5, la);
+            b.Forward([432], 5, lb);
+            Assert.Equal(la, lb);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+}

@@ -34,6 +34,9 @@ public sealed class BenchVerb
     [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]
     public string DeviceName { get; set; } = "cpu";
 
+    [Option("no-mmap", HelpText = "Copy the weights into memory (huge pages) instead of reading the mapped file in place.")]
+    public bool NoMmap { get; set; }
+
     [Option("profile", HelpText = "Instead of the benchmark, print where a decoded token's time goes, op by op.")]
     public bool Profile { get; set; }
 
@@ -61,7 +64,7 @@ public sealed class BenchVerb
         string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
         string name = Preset ?? Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'));
         var device = ModelVerbBase.ParseDevice(DeviceName);
-        using var inner = Backends.Create(device, Threads);
+        using var inner = Backends.Create(device, Threads, mmap: !NoMmap);
         var profiler = Profile ? new ProfilingBackend(inner) : null;
         IBackend backend = profiler ?? inner;
         int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;

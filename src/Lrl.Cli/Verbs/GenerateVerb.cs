@@ -102,6 +102,9 @@ public abstract class ModelVerbBase
     [Option('c', "context", Default = 0, HelpText = "Context window in tokens; 0 = the model's, capped at 4096.")]
     public int Context { get; set; }
 
+    [Option("no-mmap", HelpText = "Copy the weights into memory (huge pages) instead of reading the mapped file in place: slower load, faster decode.")]
+    public bool NoMmap { get; set; }
+
     public static Device ParseDevice(string name) => name.ToLowerInvariant() switch
     {
         "cpu" => Device.Cpu,
@@ -111,5 +114,5 @@ public abstract class ModelVerbBase
     };
 
     public LrlModel LoadModel() =>
-        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context });
+        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap });
 }
