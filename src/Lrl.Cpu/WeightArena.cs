@@ -16,14 +16,22 @@ public sealed unsafe class WeightArena : IDisposable
     /// <summary>Bytes copied into the arena so far.</summary>
     public long Bytes { get; private set; }
 
+    /// <summary>Copies <paramref name="bytes"/> from <paramref name="source"/> into the arena.</summary>
     public byte* Copy(byte* source, long bytes)
+    {
+        var p = Allocate(bytes);
+        Buffer.MemoryCopy(source, p, bytes, bytes);
+        return p;
+    }
+
+    /// <summary>Uninitialized huge-page-advised memory, valid until the arena is disposed.</summary>
+    public byte* Allocate(long bytes)
     {
         var size = (nuint)((bytes + (long)Align - 1) / (long)Align * (long)Align);
         var p = (byte*)NativeMemory.AlignedAlloc(size, Align);
-        if (p == null) throw new LrlException($"out of memory copying {bytes} bytes of weights");
+        if (p == null) throw new LrlException($"out of memory allocating {bytes} bytes");
         _blocks.Add((nint)p);
         if (OperatingSystem.IsLinux()) _ = madvise(p, size, 14 /* MADV_HUGEPAGE */);
-        Buffer.MemoryCopy(source, p, bytes, bytes);
         Bytes += bytes;
         return p;
     }
