@@ -78,7 +78,11 @@ public static class KernelBenchmark
 
     private static double Median(IBackend b, Action op, int reps)
     {
-        for (int i = 0; i < 2; i++) op();
+        // Warm up for 0.2 s (at least 3 calls): .NET promotes a method to optimized code only after ~30 calls and a
+        // background compile, so a fixed couple of calls timed the first ops' unoptimized code.
+        var warm = Stopwatch.StartNew();
+        for (int i = 0; i < 3 || (warm.ElapsedMilliseconds < 200 && i < 2000); i++) op();
+        b.Synchronize();
         var times = new double[reps];
         for (int i = 0; i < reps; i++)
         {
