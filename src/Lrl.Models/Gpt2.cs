@@ -20,7 +20,8 @@ public sealed class Gpt2 : ILanguageModel
     private readonly Weight _wte, _wpe, _lnfW, _lnfB, _head;
     private readonly int _batch;
     private readonly int[] _positions;
-    private readonly DeviceBuffer _x, _xb, _pe, _q, _k, _v, _att, _delta, _h, _last, _logits;
+    private readonly DeviceBuffer _x, _xb, _pe, _q, _k, _v, _att, _delta, _h;
+    private readonly LogitsHead _out;
 
     public Gpt2Config Config { get; }
     public string Architecture => "GPT2LMHeadModel";
@@ -83,8 +84,7 @@ public sealed class Gpt2 : ILanguageModel
         _att = _b.Allocate((long)_batch * C);
         _delta = _b.Allocate((long)_batch * C);
         _h = _b.Allocate((long)_batch * c.InnerSize);
-        _last = _b.Allocate(C);
-        _logits = _b.Allocate((long)_batch * c.VocabSize);
+        _out = new LogitsHead(_b, _head, C, c.VocabSize, _batch);
 
         ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Fc, l.Proj }.Sum(w => w.ByteSize)) + _head.ByteSize;
@@ -96,25 +96,13 @@ public sealed class Gpt2 : ILanguageModel
         if (n == 0) throw new ArgumentException("no tokens to run");
         if (startPos < 0 || startPos + n > ContextLength)
             throw new LrlException($"positions {startPos}..{startPos + n - 1} exceed the context window of {ContextLength} tokens");
-        bool all = logits.Length == (long)n * vocab;
-        if (!all && logits.Length != vocab)
-            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+        bool all = _out.WantsAll(n, logits);
 
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
             RunChunk(tokens.Slice(done, rows), startPos + done);
-            if (all)
-            {
-                _b.MatMul(_xb, _head, _logits, rows);
-                _b.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
-            }
-            else if (done + rows == n)
-            {
-                _b.Copy(_xb, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
-                _b.MatMul(_last, _head, _logits, 1);
-                _b.Download(_logits, 0, logits);
-            }
+            _out.Write(_xb, rows, done, n, all, logits);
         }
     }
 
@@ -160,7 +148,8 @@ public sealed class Gpt2 : ILanguageModel
         }
         foreach (var w in new[] { _wte, _wpe, _lnfW, _lnfB }) w.Dispose();
         if (!ReferenceEquals(_head, _wte)) _head.Dispose();
-        foreach (var buf in new[] { _x, _xb, _pe, _q, _k, _v, _att, _delta, _h, _last, _logits }) buf.Dispose();
+        foreach (var buf in new[] { _x, _xb, _pe, _q, _k, _v, _att, _delta, _h }) buf.Dispose();
+        _out.Dispose();
         _owned.Dispose();
         _checkpoint.Dispose();
     }

@@ -26,8 +26,7 @@ public sealed class Llama : ILanguageModel
     private readonly DeviceBuffer _att;    // [batch, heads·headDim]
     private readonly DeviceBuffer _delta;  // [batch, hidden] block output before the residual add
     private readonly DeviceBuffer _gate, _up; // [batch, intermediate]
-    private readonly DeviceBuffer _last;   // [1, hidden] the last row, for last-token logits
-    private readonly DeviceBuffer _logits; // [batch, vocab]
+    private readonly LogitsHead _out;
 
     public LlamaConfig Config { get; }
     public string Architecture => Config.Architecture;
@@ -80,8 +79,7 @@ public sealed class Llama : ILanguageModel
         _delta = _b.Allocate((long)_batch * c.HiddenSize);
         _gate = _b.Allocate((long)_batch * c.IntermediateSize);
         _up = _b.Allocate((long)_batch * c.IntermediateSize);
-        _last = _b.Allocate(c.HiddenSize);
-        _logits = _b.Allocate((long)_batch * c.VocabSize);
+        _out = new LogitsHead(_b, _lmHead, c.HiddenSize, c.VocabSize, _batch);
 
         ParameterCount = WeightLoader.ParameterCount(checkpoint);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }.Sum(w => w.ByteSize))
@@ -94,26 +92,13 @@ public sealed class Llama : ILanguageModel
         if (n == 0) throw new ArgumentException("no tokens to run");
         if (startPos < 0 || startPos + n > ContextLength)
             throw new LrlException($"positions {startPos}..{startPos + n - 1} exceed the context window of {ContextLength} tokens");
-        bool all = logits.Length == (long)n * vocab;
-        if (!all && logits.Length != vocab)
-            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+        bool all = _out.WantsAll(n, logits);
 
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
             RunChunk(tokens.Slice(done, rows), startPos + done);
-            if (all)
-            {
-                _b.MatMul(_xb, _lmHead, _logits, rows);
-                _b.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
-            }
-            else if (done + rows == n)
-            {
-                // Only the last token's logits are needed: one row through the (large) head.
-                _b.Copy(_xb, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
-                _b.MatMul(_last, _lmHead, _logits, 1);
-                _b.Download(_logits, 0, logits);
-            }
+            _out.Write(_xb, rows, done, n, all, logits);
         }
     }
 
@@ -151,7 +136,8 @@ public sealed class Llama : ILanguageModel
     public void Dispose()
     {
         foreach (var l in _layers) { l.KCache.Dispose(); l.VCache.Dispose(); }
-        foreach (var buf in new[] { _x, _xb, _q, _k, _v, _att, _delta, _gate, _up, _last, _logits }) buf.Dispose();
+        foreach (var buf in new[] { _x, _xb, _q, _k, _v, _att, _delta, _gate, _up }) buf.Dispose();
+        _out.Dispose();
         _checkpoint.Dispose();
     }
 }

@@ -17,7 +17,7 @@ public abstract class RwkvBase : ILanguageModel
     protected Weight Emb = null!, Ln0W = null!, Ln0B = null!, LnOutW = null!, LnOutB = null!, Head = null!;
     private readonly List<DeviceBuffer> _state = new();
     private readonly List<DeviceBuffer> _buffers = new();
-    private DeviceBuffer _last = null!, _logits = null!;
+    private LogitsHead _out = null!;
     private long _pos;
 
     public RwkvConfig Config { get; }
@@ -87,8 +87,7 @@ public abstract class RwkvBase : ILanguageModel
         LnOutW = Vec("ln_out.weight", C);
         LnOutB = Vec("ln_out.bias", C);
         Head = Mat("head.weight", Config.VocabSize, C);
-        _last = B.Allocate(C);
-        _logits = B.Allocate((long)Batch * Config.VocabSize);
+        _out = new LogitsHead(B, Head, C, Config.VocabSize, Batch);
         ParameterCount = Checkpoint.Tensors.Sum(t => t.ElementCount);
     }
 
@@ -111,25 +110,13 @@ public abstract class RwkvBase : ILanguageModel
         if (startPos == 0) ResetState();
         else if (startPos != _pos)
             throw new LrlException($"an RWKV state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
-        bool all = logits.Length == (long)n * vocab;
-        if (!all && logits.Length != vocab)
-            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+        bool all = _out.WantsAll(n, logits);
         for (int done = 0; done < n; done += Batch)
         {
             int rows = Math.Min(Batch, n - done);
             var x = RunChunk(tokens.Slice(done, rows));
             _pos += rows;
-            if (all)
-            {
-                B.MatMul(x, Head, _logits, rows);
-                B.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
-            }
-            else if (done + rows == n)
-            {
-                B.Copy(x, (long)(rows - 1) * Config.HiddenSize, _last, 0, Config.HiddenSize);
-                B.MatMul(_last, Head, _logits, 1);
-                B.Download(_logits, 0, logits);
-            }
+            _out.Write(x, rows, done, n, all, logits);
         }
     }
 
@@ -140,8 +127,7 @@ public abstract class RwkvBase : ILanguageModel
     {
         foreach (var b in _state) b.Dispose();
         foreach (var b in _buffers) b.Dispose();
-        _last?.Dispose();
-        _logits?.Dispose();
+        _out?.Dispose();
         Owned.Dispose();
         Checkpoint.Dispose();
     }

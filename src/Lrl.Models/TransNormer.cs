@@ -24,7 +24,8 @@ public sealed class TransNormer : ILanguageModel
     private readonly Layer[] _layers;
     private readonly Weight _embed, _head, _onesD, _onesE;
     private readonly int _batch;
-    private readonly DeviceBuffer _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2, _last, _logits;
+    private readonly DeviceBuffer _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2;
+    private readonly LogitsHead _out;
     private readonly DeviceBuffer? _qL, _kL; // [batch, heads·2·headDim] LRPE features, when any layer uses LRPE
     private long _pos;
 
@@ -96,8 +97,7 @@ public sealed class TransNormer : ILanguageModel
             _qL = _b.Allocate((long)_batch * 2 * E);
             _kL = _b.Allocate((long)_batch * 2 * E);
         }
-        _last = _b.Allocate(D);
-        _logits = _b.Allocate((long)_batch * c.VocabSize);
+        _out = new LogitsHead(_b, _head, D, c.VocabSize, _batch);
         ParameterCount = checkpoint.Tensors.Sum(t => t.ElementCount);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wu, l.Out, l.L1, l.L2, l.L3 }.Sum(w => w.ByteSize)) + _head.ByteSize;
     }
@@ -115,25 +115,13 @@ public sealed class TransNormer : ILanguageModel
         }
         else if (startPos != _pos)
             throw new LrlException($"a TransNormer state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
-        bool all = logits.Length == (long)n * vocab;
-        if (!all && logits.Length != vocab)
-            throw new ArgumentException($"logits must hold {vocab} (last token) or {(long)n * vocab} (every token) values");
+        bool all = _out.WantsAll(n, logits);
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
             RunChunk(tokens.Slice(done, rows), (int)_pos);
             _pos += rows;
-            if (all)
-            {
-                _b.MatMul(_xn, _head, _logits, rows);
-                _b.Download(_logits, 0, logits.Slice(done * vocab, rows * vocab));
-            }
-            else if (done + rows == n)
-            {
-                _b.Copy(_xn, (long)(rows - 1) * Config.EmbedDim, _last, 0, Config.EmbedDim);
-                _b.MatMul(_last, _head, _logits, 1);
-                _b.Download(_logits, 0, logits);
-            }
+            _out.Write(_xn, rows, done, n, all, logits);
         }
     }
 
@@ -181,7 +169,8 @@ public sealed class TransNormer : ILanguageModel
     public void Dispose()
     {
         foreach (var l in _layers) l.State.Dispose();
-        foreach (var buf in new[] { _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2, _last, _logits }) buf.Dispose();
+        foreach (var buf in new[] { _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2 }) buf.Dispose();
+        _out.Dispose();
         _qL?.Dispose();
         _kL?.Dispose();
         _owned.Dispose();
