@@ -92,12 +92,8 @@ public sealed class Gpt2 : ILanguageModel
 
     public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
-        int n = tokens.Length, vocab = Config.VocabSize;
-        if (n == 0) throw new ArgumentException("no tokens to run");
-        if (startPos < 0 || startPos + n > ContextLength)
-            throw new LrlException($"positions {startPos}..{startPos + n - 1} exceed the context window of {ContextLength} tokens");
-        bool all = _out.WantsAll(n, logits);
-
+        int n = tokens.Length;
+        bool all = _out.Begin(n, startPos, ContextLength, logits);
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);

@@ -20,9 +20,15 @@ internal sealed class LogitsHead : IDisposable
         _logits = backend.Allocate((long)batch * vocab);
     }
 
-    /// <summary>Whether <paramref name="logits"/> holds every one of the <paramref name="n"/> tokens' logits (else the last's only).</summary>
-    public bool WantsAll(int n, Span<float> logits)
+    /// <summary>
+    /// Checks a Forward call — tokens to run, positions inside the context window, a logits span of a valid length —
+    /// and returns whether the span holds every one of the <paramref name="n"/> tokens' logits (else the last's only).
+    /// </summary>
+    public bool Begin(int n, int startPos, int contextLength, Span<float> logits)
     {
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || (long)startPos + n > contextLength)
+            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {contextLength} tokens");
         bool all = logits.Length == (long)n * _vocab;
         if (!all && logits.Length != _vocab)
             throw new ArgumentException($"logits must hold {_vocab} (last token) or {(long)n * _vocab} (every token) values");

@@ -103,14 +103,11 @@ public abstract class RwkvBase : ILanguageModel
 
     public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
-        int n = tokens.Length, vocab = Config.VocabSize;
-        if (n == 0) throw new ArgumentException("no tokens to run");
-        if (startPos < 0 || (long)startPos + n > ContextLength)
-            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        int n = tokens.Length;
+        bool all = _out.Begin(n, startPos, ContextLength, logits);
         if (startPos == 0) ResetState();
         else if (startPos != _pos)
             throw new LrlException($"an RWKV state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
-        bool all = _out.WantsAll(n, logits);
         for (int done = 0; done < n; done += Batch)
         {
             int rows = Math.Min(Batch, n - done);

@@ -104,10 +104,8 @@ public sealed class TransNormer : ILanguageModel
 
     public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
-        int n = tokens.Length, vocab = Config.VocabSize;
-        if (n == 0) throw new ArgumentException("no tokens to run");
-        if (startPos < 0 || (long)startPos + n > ContextLength)
-            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        int n = tokens.Length;
+        bool all = _out.Begin(n, startPos, ContextLength, logits);
         if (startPos == 0)
         {
             foreach (var l in _layers) _l.Zero(l.State, l.State.Length);
@@ -115,7 +113,6 @@ public sealed class TransNormer : ILanguageModel
         }
         else if (startPos != _pos)
             throw new LrlException($"a TransNormer state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
-        bool all = _out.WantsAll(n, logits);
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);

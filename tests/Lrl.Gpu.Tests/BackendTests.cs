@@ -35,7 +35,7 @@ public class BackendTests
     public void WeightsKeepStoredDTypeOnDevice()
     {
         var g = Backends.Get("cpu-accelerator");
-        using var arena = new TensorArena(3);
+        using var arena = new RandomTensors(3);
         using var f16 = g.LoadWeight(arena.Matrix("a", DType.F16, 4, 6));
         using var bf16 = g.LoadWeight(arena.Matrix("b", DType.BF16, 4, 6));
         using var f32 = g.LoadWeight(arena.Matrix("c", DType.F32, 4, 6));

@@ -27,7 +27,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (var (vocab, dim) in new[] { (50, 33), (17, 64), (9, 577) })
         {
             var t = arena.Matrix("embed", dtype, vocab, dim);
@@ -46,7 +46,7 @@ public class KernelTests
     public void EmbedRejectsTokenOutsideVocabulary(string kind)
     {
         var g = Backends.Get(kind);
-        using var arena = new TensorArena(1);
+        using var arena = new RandomTensors(1);
         using var w = g.LoadWeight(arena.Matrix("embed", DType.F32, 10, 8));
         using var x = g.Allocate(16);
         var e = Assert.Throws<LrlException>(() => g.Embed(w, [3, 10], x));
@@ -58,7 +58,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (int n in new[] { 33, 64, 97, 577 })
             foreach (int rows in new[] { 1, 3 })
             {
@@ -83,7 +83,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (int n in new[] { 33, 64, 577 })
             foreach (int rows in new[] { 1, 4 })
             {
@@ -104,7 +104,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (var (heads, headDim, rotary) in new[] { (3, 64, 64), (2, 16, 16), (5, 32, 24) })
             foreach (var (rows, pos0) in new[] { (1, 0), (1, 1000), (3, 7), (9, 4000) })
             {
@@ -124,7 +124,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (var (outF, inF) in new[] { (33, 97), (64, 577), (130, 64), (7, 36), (5, 4) })
         {
             var wt = arena.Matrix("w", dtype, outF, inF, 0.2f);
@@ -149,7 +149,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (var (outF, inF) in new[] { (97, 64), (33, 33) })
         foreach (int rows in new[] { 1, 3 })
         {
@@ -171,7 +171,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (var (heads, kvHeads, headDim) in new[] { (4, 2, 16), (3, 3, 64), (2, 1, 33), (2, 2, 160) })
             foreach (var (rows, pos0) in new[] { (1, 0), (1, 40), (1, 600), (5, 0), (11, 7), (3, 37) })
             {
@@ -193,7 +193,7 @@ public class KernelTests
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         foreach (int n in new[] { 1, 33, 577, 1536 })
         {
             var a = arena.Floats(n, 4f); var b = arena.Floats(n, 4f);
@@ -215,7 +215,7 @@ public class KernelTests
     public void CopyUploadDownloadRespectOffsets(string kind)
     {
         var g = Backends.Get(kind);
-        using var arena = new TensorArena(Seed());
+        using var arena = new RandomTensors(Seed());
         var a = arena.Floats(97);
         using var src = Check.Buffer(g, a);
         using var dst = Check.Poisoned(g, 50);

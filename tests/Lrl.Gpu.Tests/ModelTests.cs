@@ -54,7 +54,7 @@ public class ModelTests
         var dir = SharedData.Model("stories260k");
         var backend = Backends.Get(kind);
         using var model = ModelRegistry.Load(dir, backend);
-        using var arena = new TensorArena(5);
+        using var arena = new RandomTensors(5);
         var logits = new float[model.VocabSize];
         model.Forward([1, 403, 407, 261, 378], 0, logits);
         using var buf = Check.Buffer(backend, logits);

@@ -10,7 +10,7 @@ public class SamplingTests
     public void ArgmaxFindsFirstLargest(string kind)
     {
         var g = Backends.Get(kind);
-        using var arena = new TensorArena(Random.Shared.Next());
+        using var arena = new RandomTensors(Random.Shared.Next());
         foreach (int n in new[] { 1, 33, 577, 5000 })
         {
             var v = arena.Floats(n, 10f);
@@ -32,7 +32,7 @@ public class SamplingTests
     public void SampleMatchesHostRule(string kind)
     {
         var g = Backends.Get(kind);
-        using var arena = new TensorArena(Random.Shared.Next());
+        using var arena = new RandomTensors(Random.Shared.Next());
         // Each device sample is a single group making 32 passes over the logits: slow on the simulated device, so
         // the combinations are drawn at random rather than enumerated.
         foreach (int n in new[] { 33, 577, 3001 })

@@ -2,60 +2,6 @@ using System.Runtime.InteropServices;
 
 namespace Lrl.Gpu.Tests;
 
-/// <summary>Random tensors in native memory (HostTensor needs a stable pointer), freed with the owner.</summary>
-public sealed unsafe class TensorArena : IDisposable
-{
-    private readonly List<nint> _blocks = new();
-    private readonly Random _rng;
-
-    public TensorArena(int seed) => _rng = new Random(seed);
-
-    public float[] Floats(long n, float scale = 1f)
-    {
-        var a = new float[n];
-        for (long i = 0; i < n; i++) a[i] = (float)(_rng.NextDouble() * 2 - 1) * scale;
-        return a;
-    }
-
-    public Random Rng => _rng;
-
-    /// <summary>A tensor of the given dtype holding <paramref name="values"/> rounded to it.</summary>
-    public HostTensor Tensor(string name, DType dtype, int[] shape, float[] values)
-    {
-        long n = values.LongLength;
-        long bytes = n * dtype.Size();
-        var p = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, bytes));
-        _blocks.Add((nint)p);
-        for (long i = 0; i < n; i++)
-        {
-            switch (dtype)
-            {
-                case DType.F32: ((float*)p)[i] = values[i]; break;
-                case DType.F16: ((Half*)p)[i] = (Half)values[i]; break;
-                case DType.BF16: ((ushort*)p)[i] = DTypes.FloatToBF16(values[i]); break;
-                default: throw new ArgumentException(dtype.ToString());
-            }
-        }
-        return new HostTensor(name, dtype, shape, p, bytes, "test");
-    }
-
-    public HostTensor Matrix(string name, DType dtype, int rows, int cols, float scale = 1f) =>
-        Tensor(name, dtype, [rows, cols], Floats((long)rows * cols, scale));
-
-    public HostTensor Vector(string name, int n, float scale = 1f, float offset = 0f)
-    {
-        var v = Floats(n, scale);
-        for (int i = 0; i < n; i++) v[i] += offset;
-        return Tensor(name, DType.F32, [n], v);
-    }
-
-    public void Dispose()
-    {
-        foreach (var b in _blocks) NativeMemory.Free((void*)b);
-        _blocks.Clear();
-    }
-}
-
 /// <summary>Backends under test: the CPU accelerator always, CUDA when present (skipped otherwise).</summary>
 public static class Backends
 {

@@ -54,7 +54,8 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
     public void Copy(DeviceBuffer s, long so, DeviceBuffer d, long dO, long n) => Time("copy", 0, () => inner.Copy(s, so, d, dO, n));
     public void Embed(Weight table, ReadOnlySpan<int> tokens, DeviceBuffer x)
     {
-        var ids = tokens.ToArray();
+        if (!Enabled) { inner.Embed(table, tokens, x); return; }
+        var ids = tokens.ToArray(); // a lambda cannot capture a span
         Time("embed", 0, () => inner.Embed(table, ids, x));
     }
     public void RmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, float eps) => Time("rmsnorm", 0, () => inner.RmsNorm(x, w, y, rows, eps));

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Lrl.Cpu.Tests;
+namespace Lrl.Tests;
 
 /// <summary>Random tensors in native memory (kept alive for the test's lifetime), stored in any float dtype.</summary>
 public sealed unsafe class RandomTensors : IDisposable
@@ -8,6 +8,8 @@ public sealed unsafe class RandomTensors : IDisposable
     private readonly List<nint> _blocks = new();
     private readonly Random _rng;
     public RandomTensors(int seed) => _rng = new Random(seed);
+
+    public Random Rng => _rng;
 
     public float[] Floats(long n, float scale = 1f)
     {
@@ -39,6 +41,16 @@ public sealed unsafe class RandomTensors : IDisposable
     {
         long n = 1; foreach (var d in shape) n *= d;
         return Tensor(name, dtype, shape, Floats(n));
+    }
+
+    public HostTensor Matrix(string name, DType dtype, int rows, int cols, float scale = 1f) =>
+        Tensor(name, dtype, [rows, cols], Floats((long)rows * cols, scale));
+
+    public HostTensor Vector(string name, int n, float scale = 1f, float offset = 0f)
+    {
+        var v = Floats(n, scale);
+        for (int i = 0; i < n; i++) v[i] += offset;
+        return Tensor(name, DType.F32, [n], v);
     }
 
     public void Dispose() { foreach (var b in _blocks) NativeMemory.AlignedFree((void*)b); }
