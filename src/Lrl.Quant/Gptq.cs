@@ -54,10 +54,115 @@ public static class Gptq
                 double err = (row[c] - deq) / u[(long)c * cols + c];
                 for (int j = c + 1; j < cols; j++) row[j] -= err * u[(long)c * cols + j];
             }
+            RefitScales(w.Slice(r * cols, cols), hessian, cols, group, bits == 8 ? null : nibbles, bits == 8 ? codes.AsSpan((int)((long)r * cols), cols) : default,
+                            zeros is null ? default : zeros.AsSpan((int)((long)r * groups), groups), scales.AsSpan((int)((long)r * groups), groups));
             if (bits == 4) QuantLayout.PackInt4Row(nibbles, codes.AsSpan((int)((long)r * cols / 2), cols / 2));
             total += den > 0 ? Math.Sqrt(num / den) : 0;
         }
         return new QuantizedMatrix { Bits = bits, GroupSize = group, Rows = rows, Cols = cols, Codes = codes, Scales = scales, Zeros = zeros, RelativeError = total / rows };
+    }
+
+    /// <summary>
+    /// With the row's codes fixed, refits its group scales to minimize the output error (w − ŵ)ᵀ H (w − ŵ), ŵ_j = s_g(j)·c_j:
+    /// the normal equations M s = b with M_gh = c_gᵀ H c_h and b_g = c_gᵀ H w (groups × groups). The f16-rounded solution
+    /// replaces the scales only when it lowers that error.
+    /// </summary>
+    /// <param name="w">The row's original weights.</param>
+    /// <param name="h">Σ x xᵀ [cols, cols] of the layer's inputs.</param>
+    /// <param name="nibbles">4-bit: the row's unsigned codes, one per column (null for 8-bit).</param>
+    /// <param name="int8Codes">8-bit: the row's signed codes.</param>
+    /// <param name="zeros">4-bit asymmetric: the row's zero points per group (empty: the implicit 8).</param>
+    /// <param name="scales">The row's group scales, replaced in place.</param>
+    public static void RefitScales(ReadOnlySpan<float> w, ReadOnlySpan<double> h, int cols, int group, byte[]? nibbles, ReadOnlySpan<byte> int8Codes,
+                                     ReadOnlySpan<byte> zeros, Span<Half> scales)
+    {
+        int groups = cols / group;
+        var c = new double[cols];
+        for (int j = 0; j < cols; j++)
+            c[j] = nibbles != null ? nibbles[j] - (zeros.IsEmpty ? 8 : zeros[j / group]) : (sbyte)int8Codes[j];
+        // hc_g = H c_g (c masked to group g), hw = H w.
+        var hc = new double[groups, cols];
+        var hw = new double[cols];
+        for (int i = 0; i < cols; i++)
+        {
+            var hrow = h.Slice(i * cols, cols);
+            double sw = 0;
+            for (int j = 0; j < cols; j++)
+            {
+                sw += hrow[j] * w[j];
+                hc[j / group, i] += hrow[j] * c[j];
+            }
+            hw[i] = sw;
+        }
+        var m = new double[groups, groups];
+        var b = new double[groups];
+        for (int g = 0; g < groups; g++)
+        {
+            for (int j = g * group; j < (g + 1) * group; j++) b[g] += c[j] * hw[j];
+            for (int k = 0; k < groups; k++)
+                for (int j = g * group; j < (g + 1) * group; j++) m[g, k] += c[j] * hc[k, j];
+        }
+        var s = Solve(m, b, groups);
+        if (s is null) return;
+        var rounded = new Half[groups];
+        for (int g = 0; g < groups; g++)
+        {
+            if (!(s[g] > 0) || !double.IsFinite(s[g])) return;
+            rounded[g] = (Half)s[g];
+            if (Half.IsInfinity(rounded[g])) return;
+        }
+        var fresh = new double[groups];
+        var current = new double[groups];
+        for (int g = 0; g < groups; g++) { fresh[g] = (double)rounded[g]; current[g] = (double)scales[g]; }
+        if (OutputError(w, h, c, fresh, group) < OutputError(w, h, c, current, group)) rounded.CopyTo(scales);
+    }
+
+    /// <summary>(w − ŵ)ᵀ H (w − ŵ) with ŵ_j = scale[j / group]·c_j.</summary>
+    private static double OutputError(ReadOnlySpan<float> w, ReadOnlySpan<double> h, double[] c, double[] scale, int group)
+    {
+        int cols = w.Length;
+        var d = new double[cols];
+        for (int j = 0; j < cols; j++) d[j] = w[j] - scale[j / group] * c[j];
+        double e = 0;
+        for (int i = 0; i < cols; i++)
+        {
+            var hrow = h.Slice(i * cols, cols);
+            double t = 0;
+            for (int j = 0; j < cols; j++) t += hrow[j] * d[j];
+            e += d[i] * t;
+        }
+        return e;
+    }
+
+    /// <summary>Gaussian elimination with partial pivoting; null when singular.</summary>
+    private static double[]? Solve(double[,] a, double[] b, int n)
+    {
+        a = (double[,])a.Clone(); b = (double[])b.Clone();
+        for (int k = 0; k < n; k++)
+        {
+            int p = k;
+            for (int i = k + 1; i < n; i++) if (Math.Abs(a[i, k]) > Math.Abs(a[p, k])) p = i;
+            if (Math.Abs(a[p, k]) < 1e-300) return null;
+            if (p != k)
+            {
+                for (int j = 0; j < n; j++) (a[k, j], a[p, j]) = (a[p, j], a[k, j]);
+                (b[k], b[p]) = (b[p], b[k]);
+            }
+            for (int i = k + 1; i < n; i++)
+            {
+                double f = a[i, k] / a[k, k];
+                for (int j = k; j < n; j++) a[i, j] -= f * a[k, j];
+                b[i] -= f * b[k];
+            }
+        }
+        var x = new double[n];
+        for (int i = n - 1; i >= 0; i--)
+        {
+            double s = b[i];
+            for (int j = i + 1; j < n; j++) s -= a[i, j] * x[j];
+            x[i] = s / a[i, i];
+        }
+        return x;
     }
 
     /// <summary>U upper-triangular with H⁻¹ = Uᵀ·U, after dampening H (columns never seen get H[i,i] = 1 and are marked dead).</summary>

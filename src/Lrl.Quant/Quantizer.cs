@@ -104,7 +104,11 @@ public static class Quantizer
             {
                 double err;
                 (g, err) = GroupQuantizer.ChooseGroup(w, rows, cols, bits, options.ThresholdFor(bits), asymmetric: asym);
-                if (bits == 4 && err > options.Int8FallbackThreshold)
+                // Rows that no group of 32 divides can only be quantized per channel: with no finer group to isolate
+                // their error, a matrix still above the int4 threshold keeps 8 bits (as llama.cpp's Q4_K_M keeps
+                // some ffn_down at 6 bits). Rows of real models (multiples of 32) never take this branch.
+                bool ungroupable = GroupQuantizer.Candidates(cols, bits).Count == 1;
+                if (bits == 4 && (err > options.Int8FallbackThreshold || (ungroupable && err > options.ThresholdFor(4))))
                 {
                     bits = 8; asym = false;
                     g = GroupQuantizer.ChooseGroup(w, rows, cols, bits, options.ThresholdFor(bits)).Group;

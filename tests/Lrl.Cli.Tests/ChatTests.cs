@@ -85,7 +85,8 @@ public class QuantizeCliTests : IDisposable
         Assert.True(r.ExitCode == 0, r.Stderr);
         double pRtn = Perplexity(rtn, text), pGptq = Perplexity(gptq, text);
         Assert.True(pGptq < pRtn, $"GPTQ int4 perplexity {pGptq:F4} is not below round-to-nearest {pRtn:F4}");
-        Assert.True(pGptq / f32 - 1 < 0.08, $"GPTQ int4 perplexity {pGptq:F4} vs f32 {f32:F4}");
+        // Issue 4's acceptance: int4 with auto groups within 5 % of f32 (measured +4.0 %).
+        Assert.True(pGptq / f32 - 1 <= 0.05, $"GPTQ int4 perplexity {pGptq:F4} vs f32 {f32:F4}");
 
         // Writing over an existing folder needs --force; bad values are clear errors.
         Assert.Equal(2, CliRunner.Run("quantize", "--model", src, "--bits", "4", "--out", rtn).ExitCode);

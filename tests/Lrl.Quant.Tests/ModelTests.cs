@@ -50,14 +50,15 @@ public class ModelTests(ITestOutputHelper output)
     /// <summary>
     /// int8 must stay within 0.5 % of f32. Pure int4 round-to-nearest costs this 260K-parameter model ≈ 11 % at every
     /// group size (its rows are Gaussian-like: no outliers for finer groups to isolate), so pure int4 is held to 15 %;
-    /// zero points (asymmetric) at group 32 and the int8 fallback of "auto" are what bring it closer.
+    /// "auto" keeps the 172-wide down_proj rows (no group of 32 divides them) at int8 (+7.5 %, held to 10 %); zero
+    /// points at group 32 and the int8 fallback threshold bring it closer. GPTQ takes auto int4 to +4 % (ChatTests).
     /// </summary>
     [Theory]
     [InlineData(8, "auto", false, null, 0.005)]
     [InlineData(8, "channel", false, null, 0.005)]
     [InlineData(8, "32", false, null, 0.005)]
     [InlineData(8, "64", false, null, 0.005)]
-    [InlineData(4, "auto", false, null, 0.15)]
+    [InlineData(4, "auto", false, null, 0.10)]
     [InlineData(4, "auto", false, 0.085, 0.05)]
     [InlineData(4, "channel", false, null, 0.15)]
     [InlineData(4, "32", false, null, 0.15)]
@@ -83,7 +84,10 @@ public class ModelTests(ITestOutputHelper output)
             output.WriteLine($"Q{bits} group={group} asym={asymmetric} fallback={fallback}: ppl {q.Perplexity:F4} vs f32 {f32.Perplexity:F4} ({rel:+0.00%;-0.00%}), bpb {q.BitsPerByte:F4} vs {f32.BitsPerByte:F4}, {report.OutputBytes} bytes vs {report.InputBytes}, matrices {groups}");
             Assert.Equal(Heldout.Value.Tokens.Length - 1, q.TokensScored);
             Assert.True(Math.Abs(rel) <= maxRelative, $"perplexity {q.Perplexity:F4} vs f32 {f32.Perplexity:F4}: {rel:P2}");
-            if (bits == 4 && fallback is null) Assert.All(report.Metadata.Tensors.Values, v => Assert.Equal(4, v.Bits));
+            // Fixed groups keep every matrix at int4; auto moves only the ungroupable 172-wide rows (down_proj) to int8.
+            if (bits == 4 && fallback is null)
+                foreach (var (name, v) in report.Metadata.Tensors)
+                    Assert.True(v.Bits == (group == "auto" && name.Contains("down_proj") ? 8 : 4), $"{name}: Q{v.Bits}");
             if (fallback is not null) Assert.Contains(report.Metadata.Tensors.Values, v => v.Bits == 4);
         }
         finally { Directory.Delete(Path.GetDirectoryName(dir)!, recursive: true); }

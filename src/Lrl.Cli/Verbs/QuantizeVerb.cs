@@ -41,9 +41,9 @@ public sealed class QuantizeVerb
         Dictionary<string, double[]>? hessians = null;
         if (Calibration is not null)
         {
-            var tokens = CalibrationText();
-            Console.Error.WriteLine($"calibrating on {tokens.Length} tokens ({Calibration})");
-            hessians = Lrl.Quantization.Calibration.CollectHessians(Model, tokens, Math.Min(512, tokens.Length));
+            var sequences = CalibrationText();
+            Console.Error.WriteLine($"calibrating on {sequences.Sum(s => s.Length)} tokens in {sequences.Count} sequences ({Calibration})");
+            hessians = Lrl.Quantization.Calibration.CollectHessians(Model, sequences);
         }
         var options = new QuantizeOptions
         {
@@ -57,23 +57,35 @@ public sealed class QuantizeVerb
         return 0;
     }
 
-    /// <summary>Calibration tokens: a file's text, or text the model samples from its BOS ('self', data-free).</summary>
-    private int[] CalibrationText()
+    /// <summary>
+    /// Calibration sequences: a file's text in windows of up to 512 tokens, or ('self', data-free) sequences the model
+    /// samples from its BOS (temperature 0.85), each run from position 0 as generation sees them.
+    /// </summary>
+    private List<int[]> CalibrationText()
     {
         using var model = LrlModel.Load(Model);
+        int window = Math.Min(512, model.Model.ContextLength);
+        var sequences = new List<int[]>();
         if (Calibration == "self")
         {
-            var ids = new List<int>();
-            var options = new GenerationOptions { MaxTokens = 256, Sampling = new() { Temperature = 1f, TopK = 0, TopP = 1f, MinP = 0f, Seed = 1 } };
-            for (int i = 0; ids.Count < CalibrationTokens && i < 64; i++)
+            int count = 0;
+            int length = Math.Min(256, window);
+            var options = new GenerationOptions { MaxTokens = length - 1, Sampling = new() { Temperature = 0.85f, TopK = 0, TopP = 1f, MinP = 0f, Seed = 1 } };
+            var prompt = model.Tokenizer.BosId is int bos ? new[] { bos } : model.Tokenizer.Encode(" ", true);
+            for (int i = 0; count < CalibrationTokens && i < 4 * Math.Max(1, CalibrationTokens / 16); i++)
             {
-                ids.AddRange(model.Tokenizer.Encode("", addSpecial: true));
-                var prompt = ids.Count > 0 && model.Tokenizer.BosId is int bos ? new[] { bos } : model.Tokenizer.Encode(" ", true);
+                var ids = new List<int>(prompt);
                 ids.AddRange(model.Generate(prompt, options with { Sampling = options.Sampling with { Seed = i + 1 } }).Where(t => t.Id >= 0).Select(t => t.Id));
+                var seq = ids.Take(CalibrationTokens - count).ToArray();
+                if (seq.Length < 2) continue;
+                sequences.Add(seq);
+                count += seq.Length;
             }
-            return ids.Take(CalibrationTokens).ToArray();
+            return sequences;
         }
         if (!File.Exists(Calibration)) throw new LrlException($"--calibration {Calibration}: file not found (or use 'self')");
-        return model.Tokenizer.Encode(File.ReadAllText(Calibration), addSpecial: true).Take(CalibrationTokens).ToArray();
+        var tokens = model.Tokenizer.Encode(File.ReadAllText(Calibration), addSpecial: true).Take(CalibrationTokens).ToArray();
+        for (int start = 0; start < tokens.Length; start += window) sequences.Add(tokens[start..Math.Min(tokens.Length, start + window)]);
+        return sequences;
     }
 }

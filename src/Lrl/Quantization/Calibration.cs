@@ -15,16 +15,30 @@ public static class Calibration
                                                                IProgress<string>? progress = null)
     {
         if (tokens.Count < 2) throw new LrlException("calibration needs at least 2 tokens");
+        var windows = new List<int[]>();
+        for (int start = 0; start < tokens.Count; start += context) windows.Add(tokens.Skip(start).Take(context).ToArray());
+        return CollectHessians(modelDir, windows, threads, progress);
+    }
+
+    /// <summary>Hessians of every Linear weight over <paramref name="sequences"/>, each run from position 0 (cut to the context length).</summary>
+    public static Dictionary<string, double[]> CollectHessians(string modelDir, IReadOnlyList<int[]> sequences, int threads = 0,
+                                                               IProgress<string>? progress = null)
+    {
+        if (sequences.Sum(s => s.Length) < 2) throw new LrlException("calibration needs at least 2 tokens");
+        int context = Math.Max(1, sequences.Max(s => s.Length));
         using var cpu = new CpuBackend(threads);
         var capture = new CapturingBackend(cpu);
         using var model = ModelRegistry.Load(modelDir, capture, new ModelLoadOptions { ContextLength = context, BatchSize = context });
         int window = Math.Min(context, model.ContextLength);
         var logits = new float[model.VocabSize];
-        for (int start = 0; start < tokens.Count; start += window)
+        int done = 0, total = sequences.Sum(s => Math.Min(s.Length, window));
+        foreach (var sequence in sequences)
         {
-            var chunk = tokens.Skip(start).Take(window).ToArray();
+            if (sequence.Length == 0) continue;
+            var chunk = sequence.Length <= window ? sequence : sequence[..window];
             model.Forward(chunk, 0, logits);
-            progress?.Report($"calibration: {Math.Min(start + window, tokens.Count)}/{tokens.Count} tokens");
+            done += chunk.Length;
+            progress?.Report($"calibration: {done}/{total} tokens");
         }
         return capture.Hessians;
     }
