@@ -1,21 +1,32 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lrl.Cpu;
 
 /// <summary>
-/// Causal attention over the KV cache, one item per (query row, kv head) covering its group of query heads: scores q·k for every visible position,
-/// a numerically stable softmax, then the weighted sum of values. Scratch per thread, sized to the context.
+/// Causal attention over the KV cache. Each item covers one query row, one kv head (with its whole group of query heads,
+/// so every key and value row is read once per GQA group) and, for a single decode row, one chunk of the visible
+/// positions (split-K, as flash-decoding): models with few kv heads (SmolLM2-135M has 3) would otherwise leave threads
+/// idle. A chunk keeps its scores' max, their exp-sum and its unnormalized output; the caller merges the chunks.
+/// Scratch per thread, sized once to the cache.
 /// </summary>
-internal sealed class AttentionJob : IParallelJob
+internal sealed unsafe class AttentionJob : IParallelJob
 {
+    /// <summary>Fewest positions worth a chunk of their own (below it, the merge costs more than the balance gains).</summary>
+    private const int MinChunk = 32;
+
     private readonly float[][] _scores;
+    private readonly int _threads;
+    private float[] _partial = [], _stats = [];
     private float[] _q = [], _k = [], _v = [], _o = [];
-    private int _pos0, _heads, _kvHeads, _headDim;
+    private int _pos0, _heads, _kvHeads, _headDim, _chunks, _chunkLen;
     private float _scale;
 
     public AttentionJob(int threads)
     {
+        _threads = threads;
         _scores = new float[threads][];
         for (int i = 0; i < threads; i++) _scores[i] = [];
     }
@@ -29,71 +40,221 @@ internal sealed class AttentionJob : IParallelJob
         for (int i = 0; i < _scores.Length; i++)
             if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
         _q = q; _k = k; _v = v; _o = o; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
-        // One item per (row, kv head): the query heads sharing a kv head (GQA) read its keys and values once.
-        pool.Run(this, rows * kvHeads);
+        int n = pos0 + 1;
+        _chunks = rows == 1 ? Chunks(n, kvHeads, _threads) : 1;
+        _chunkLen = (n + _chunks - 1) / _chunks;
+        if (_chunks > 1)
+        {
+            // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
+            long most = (long)kvHeads * MaxChunks(kvHeads, _threads) * group;
+            if (_partial.Length < most * headDim) _partial = new float[most * headDim];
+            if (_stats.Length < most * 2) _stats = new float[most * 2];
+        }
+        pool.Run(this, rows * kvHeads * _chunks);
+        if (_chunks > 1) Merge(group);
         _q = _k = _v = _o = [];
     }
 
-    public unsafe void Execute(int item, int worker)
+    /// <summary>
+    /// Position chunks for one decode row: enough items for about four per thread, the item count a multiple of the
+    /// thread count where possible, each chunk at least <see cref="MinChunk"/> positions.
+    /// </summary>
+    internal static int MaxChunks(int kvHeads, int threads) => (4 * threads + kvHeads - 1) / kvHeads + threads;
+
+    internal static int Chunks(int n, int kvHeads, int threads)
     {
-        int r = item / _kvHeads, kvh = item % _kvHeads;
+        int most = Math.Max(1, n / MinChunk);
+        if (threads <= 1 || most == 1) return 1;
+        int c = Math.Max(1, (4 * threads + kvHeads - 1) / kvHeads);
+        for (int tries = 0; tries < threads && (kvHeads * c) % threads != 0; tries++) c++;
+        return Math.Min(c, most);
+    }
+
+    public void Execute(int item, int worker)
+    {
+        int perRow = _kvHeads * _chunks;
+        int r = item / perRow, kvh = item % perRow / _chunks, c = item % _chunks;
         int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
         int n = _pos0 + r + 1;
-        if (hd % 8 != 0 || !Vector256.IsHardwareAccelerated)
+        int t0 = c * _chunkLen, t1 = _chunks == 1 ? n : Math.Min(n, t0 + _chunkLen);
+        int len = Math.Max(0, t1 - t0);
+        bool final = _chunks == 1;
+        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o, sp0 = _scores[worker], pp0 = _partial, st0 = _stats)
         {
-            for (int h = kvh * group; h < (kvh + 1) * group; h++)
-            {
-                var s = _scores[worker].AsSpan(0, n);
-                var qs = _q.AsSpan((r * _heads + h) * hd, hd);
-                for (int t = 0; t < n; t++)
-                    s[t] = TensorPrimitives.Dot(qs, _k.AsSpan(t * kvDim + kvh * hd, hd)) * _scale;
-                TensorPrimitives.SoftMax(s, s);
-                var os = _o.AsSpan((r * _heads + h) * hd, hd);
-                os.Clear();
-                for (int t = 0; t < n; t++)
-                    TensorPrimitives.MultiplyAdd(_v.AsSpan(t * kvDim + kvh * hd, hd), s[t], os, os);
-            }
-            return;
-        }
-        // Head dims are multiples of 8 in practice: inline Vector256 loops, each key and value row read once for all
-        // the query heads of its group, scores kept per head in [group, n] scratch.
-        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o, sp0 = _scores[worker])
-        {
-            float* kp = kp0 + kvh * hd, vp = vp0 + kvh * hd;
+            float* kp = kp0 + kvh * hd + (long)t0 * kvDim, vp = vp0 + kvh * hd + (long)t0 * kvDim;
             int h0 = kvh * group;
-            for (int t = 0; t < n; t++)
+            // Scores: each key row once for the whole group. The cache rows of past tokens are cold (a token streams the
+            // whole model's weights between two visits of a layer) and strided, so the hardware prefetcher does little:
+            // prefetch keys a few rows ahead and each value row as its key is read, for the weighted sum that follows.
+            const int Ahead = 8;
+            int lines = (hd * sizeof(float) + 63) / 64;
+            bool prefetch = Sse.IsSupported;
+            if (prefetch)
+                for (int t = 0; t < Math.Min(Ahead, len); t++)
+                    for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kp + (long)t * kvDim) + 64 * l);
+            for (int t = 0; t < len; t++)
             {
                 float* kt = kp + (long)t * kvDim;
+                if (prefetch)
+                {
+                    byte* ka = (byte*)(kt + (long)Ahead * kvDim), va = (byte*)(vp + (long)t * kvDim);
+                    for (int l = 0; l < lines; l++)
+                    {
+                        if (t + Ahead < len) Sse.Prefetch0(ka + 64 * l);
+                        Sse.Prefetch0(va + 64 * l);
+                    }
+                }
+                for (int g = 0; g < group; g++)
+                    sp0[(long)g * len + t] = Dot(qp0 + (r * _heads + h0 + g) * hd, kt, hd) * _scale;
+            }
+            Span<float> maxes = stackalloc float[group], sums = stackalloc float[group];
+            for (int g = 0; g < group; g++)
+            {
+                var s = new Span<float>(sp0 + (long)g * len, len);
+                float max = float.NegativeInfinity, sum = 0;
+                if (len > 0)
+                {
+                    max = TensorPrimitives.Max(s);
+                    TensorPrimitives.Subtract(s, max, s);
+                    // e^-60 ≈ 1e-26 is nothing next to the max's e^0, and keeps the weights (and their products) out of
+                    // the denormal range, where every multiply would cost a microcode assist.
+                    TensorPrimitives.Max(s, -60f, s);
+                    TensorPrimitives.Exp(s, s);
+                    sum = TensorPrimitives.Sum(s);
+                }
+                maxes[g] = max; sums[g] = sum;
+            }
+            // Values in blocks of positions (a block's rows stay in L1 while every head of the group reads them).
+            const int Block = 64;
+            for (int tb = 0; tb < Math.Max(len, 1); tb += Block)
+            {
+                int bl = Math.Min(Block, len - tb);
                 for (int g = 0; g < group; g++)
                 {
-                    float* qp = qp0 + (r * _heads + h0 + g) * hd;
-                    var acc = Vector256<float>.Zero;
-                    for (int i = 0; i < hd; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(qp + i), Vector256.Load(kt + i), acc);
-                    sp0[(long)g * n + t] = Vector256.Sum(acc) * _scale;
+                    float* dst = final ? op0 + (r * _heads + h0 + g) * hd : pp0 + (((long)kvh * _chunks + c) * group + g) * hd;
+                    WeightedSum(vp + (long)tb * kvDim, kvDim, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
                 }
             }
             for (int g = 0; g < group; g++)
             {
-                float* sp = sp0 + (long)g * n;
-                float max = float.NegativeInfinity;
-                for (int t = 0; t < n; t++) if (sp[t] > max) max = sp[t];
-                float sum = 0;
-                for (int t = 0; t < n; t++) { float e = MathF.Exp(sp[t] - max); sp[t] = e; sum += e; }
-                float inv = 1f / sum;
-                for (int t = 0; t < n; t++) sp[t] *= inv;
-                float* op = op0 + (r * _heads + h0 + g) * hd;
-                for (int i = 0; i < hd; i += 8) Vector256<float>.Zero.Store(op + i);
-            }
-            for (int t = 0; t < n; t++)
-            {
-                float* vt = vp + (long)t * kvDim;
-                for (int g = 0; g < group; g++)
+                if (final)
                 {
-                    float* op = op0 + (r * _heads + h0 + g) * hd;
-                    var w = Vector256.Create(sp0[(long)g * n + t]);
-                    for (int i = 0; i < hd; i += 8) Vector256.FusedMultiplyAdd(Vector256.Load(vt + i), w, Vector256.Load(op + i)).Store(op + i);
+                    if (sums[g] > 0) TensorPrimitives.Multiply(new Span<float>(op0 + (r * _heads + h0 + g) * hd, hd), 1f / sums[g], new Span<float>(op0 + (r * _heads + h0 + g) * hd, hd));
+                }
+                else
+                {
+                    long slot = ((long)kvh * _chunks + c) * group + g;
+                    st0[slot * 2] = maxes[g];
+                    st0[slot * 2 + 1] = sums[g];
                 }
             }
+        }
+    }
+
+    /// <summary>Merges the chunks of each head: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
+    private void Merge(int group)
+    {
+        int hd = _headDim;
+        for (int kvh = 0; kvh < _kvHeads; kvh++)
+            for (int g = 0; g < group; g++)
+            {
+                float m = float.NegativeInfinity;
+                for (int c = 0; c < _chunks; c++) m = Math.Max(m, _stats[(((long)kvh * _chunks + c) * group + g) * 2]);
+                var o = _o.AsSpan((kvh * group + g) * hd, hd);
+                o.Clear();
+                float den = 0;
+                for (int c = 0; c < _chunks; c++)
+                {
+                    long slot = ((long)kvh * _chunks + c) * group + g;
+                    float l = _stats[slot * 2 + 1];
+                    if (l == 0) continue;
+                    float f = MathF.Exp(_stats[slot * 2] - m);
+                    den += f * l;
+                    TensorPrimitives.MultiplyAdd(_partial.AsSpan((int)(slot * hd), hd), f, o, o);
+                }
+                TensorPrimitives.Multiply(o, 1f / den, o);
+            }
+    }
+
+    /// <summary>a·b over n floats with independent accumulators (the FMA latency chain, not the loads, bounds short dots).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int n)
+    {
+        int i = 0;
+        float s = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            Vector512<float> a0 = default, a1 = default;
+            for (; i + 32 <= n; i += 32)
+            {
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i + 16), Vector512.Load(b + i + 16), a1);
+            }
+            if (i + 16 <= n) { a0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), a0); i += 16; }
+            s = Vector512.Sum(a0 + a1);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (; i + 32 <= n; i += 32)
+            {
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 8), Vector256.Load(b + i + 8), a1);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 16), Vector256.Load(b + i + 16), a2);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 24), Vector256.Load(b + i + 24), a3);
+            }
+            for (; i + 8 <= n; i += 8) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), a0);
+            s = Vector256.Sum((a0 + a1) + (a2 + a3));
+        }
+        for (; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+
+    /// <summary>dst[0..hd) (+)= Σ_t w[t]·v_t, value rows at stride <paramref name="ld"/>; 64 output floats kept in registers at a time.</summary>
+    private static void WeightedSum(float* v, int ld, float* w, int len, int hd, float* dst, bool add)
+    {
+        int i0 = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i0 + 64 <= hd; i0 += 64)
+            {
+                float* d = dst + i0;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                if (add)
+                {
+                    a0 = Vector256.Load(d); a1 = Vector256.Load(d + 8); a2 = Vector256.Load(d + 16); a3 = Vector256.Load(d + 24);
+                    a4 = Vector256.Load(d + 32); a5 = Vector256.Load(d + 40); a6 = Vector256.Load(d + 48); a7 = Vector256.Load(d + 56);
+                }
+                float* vt = v + i0;
+                for (int t = 0; t < len; t++, vt += ld)
+                {
+                    var x = Vector256.Create(w[t]);
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vt), x, a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 8), x, a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 16), x, a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 24), x, a3);
+                    a4 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 32), x, a4);
+                    a5 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 40), x, a5);
+                    a6 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 48), x, a6);
+                    a7 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 56), x, a7);
+                }
+                a0.Store(d); a1.Store(d + 8); a2.Store(d + 16); a3.Store(d + 24);
+                a4.Store(d + 32); a5.Store(d + 40); a6.Store(d + 48); a7.Store(d + 56);
+            }
+            for (; i0 + 8 <= hd; i0 += 8)
+            {
+                Vector256<float> a0 = add ? Vector256.Load(dst + i0) : default;
+                float* vt = v + i0;
+                for (int t = 0; t < len; t++, vt += ld) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vt), Vector256.Create(w[t]), a0);
+                a0.Store(dst + i0);
+            }
+        }
+        for (; i0 < hd; i0++)
+        {
+            float a = add ? dst[i0] : 0;
+            float* vt = v + i0;
+            for (int t = 0; t < len; t++, vt += ld) a += *vt * w[t];
+            dst[i0] = a;
         }
     }
 }

@@ -139,6 +139,12 @@ public sealed class CpuKernelTests : IDisposable
     [Theory]
     [InlineData(1, 0, 4, 4, 16)]
     [InlineData(1, 300, 9, 3, 64)]
+    [InlineData(1, 70, 9, 3, 64)]
+    [InlineData(1, 1000, 8, 2, 128)]
+    [InlineData(1, 2047, 32, 8, 64)]
+    [InlineData(1, 129, 6, 3, 24)]
+    [InlineData(1, 95, 4, 4, 12)]
+    [InlineData(3, 500, 9, 3, 64)]
     [InlineData(7, 0, 6, 2, 32)]
     [InlineData(5, 11, 4, 1, 8)]
     public void Attention(int rows, int pos0, int heads, int kvHeads, int headDim)
