@@ -76,8 +76,15 @@ public sealed class BenchVerb
         if (profiler is not null) return RunProfile(model, profiler);
         log.WriteLine("probing the machine: read bandwidth and FMA peak ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
-        var limits = new MachineLimits(MachineProbe.ReadBandwidthGBs(probeThreads), MachineProbe.FmaPeakGFlops(probeThreads));
-        var results = EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps, limits, log);
+        using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
+        var probes = new List<double> { probe.Measure(5) };
+        var fma = MachineProbe.FmaPeakGFlops(probeThreads);
+        double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
+        var results = EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
+                                        new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null);
+        var limits = new MachineLimits(probes.Max(), fma);
+        if (probes.Max() > 1.15 * probes.Min())
+            log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probe just before its repetition");
 
         Console.Out.Write(Json ? EndToEndBench.ToJson(results, limits) + "\n" : Csv ? EndToEndBench.ToCsv(results) : EndToEndBench.ToMarkdown(results, limits));
         if (Plot is not null)

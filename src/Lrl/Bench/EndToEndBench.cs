@@ -11,17 +11,21 @@ public sealed record BenchResult(
     double MeanTokensPerSecond, double StdDevTokensPerSecond,
     double? GBPerSecond, double? RooflineFraction, double? GFlopsPerSecond, double? FmaPeakFraction);
 
-/// <summary>The machine limits the results are compared with.</summary>
+/// <summary>The machine limits the results are compared with (bandwidth: the largest probe of the run).</summary>
 public sealed record MachineLimits(double BandwidthGBs, double FmaPeakGFlops);
 
 /// <summary>
 /// Prompt processing: one batched forward pass over p random tokens from an empty state.
-/// Generation: n single-token forward passes (the first from an empty state), as llama-bench's tg test.
+/// Generation: n single-token forward passes (the first from an empty state), as llama-bench's tg test. With a
+/// bandwidth probe, each generation repetition is preceded by a probe and its roofline fraction taken against that
+/// probe (the row reports the mean fraction over repetitions), so a machine whose bandwidth shifts during a run is
+/// compared with the bandwidth of the moment.
 /// </summary>
 public static class EndToEndBench
 {
     public static List<BenchResult> Run(ILanguageModel model, string name, string format, int threads,
-        IReadOnlyList<int> promptSizes, int genTokens, int reps, MachineLimits limits, TextWriter? progress = null)
+        IReadOnlyList<int> promptSizes, int genTokens, int reps, MachineLimits limits, TextWriter? progress = null,
+        Func<double>? bandwidthProbe = null)
     {
         if (reps < 1) throw new LrlException($"-r must be ≥ 1, got {reps}");
         var rng = new Random(1234);
@@ -50,10 +54,22 @@ public static class EndToEndBench
                 for (int i = 0; i < genTokens; i++) { one[0] = rng.Next(model.VocabSize); model.Forward(one, i, logits); }
             }
             Generate(); // warm-up
-            var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Generate(); return genTokens / sw.Elapsed.TotalSeconds; });
+            var fractions = new List<double>();
+            var speeds = Repeat(reps, () =>
+            {
+                double probe = bandwidthProbe?.Invoke() ?? limits.BandwidthGBs;
+                var sw = Stopwatch.StartNew();
+                Generate();
+                double tps = genTokens / sw.Elapsed.TotalSeconds;
+                fractions.Add(tps * model.WeightBytesPerToken / 1e9 / probe);
+                if (bandwidthProbe is not null)
+                    progress?.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"    tg rep: {tps:F2} tok/s = {tps * model.WeightBytesPerToken / 1e9:F1} GB/s against a probe of {probe:F1} GB/s just before ({fractions[^1]:P1})"));
+                return tps;
+            });
             double gbs = speeds.Mean * model.WeightBytesPerToken / 1e9;
             results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}", genTokens, reps, speeds.Mean, speeds.Std,
-                gbs, gbs / limits.BandwidthGBs, null, null));
+                gbs, fractions.Average(), null, null));
             progress?.WriteLine($"  tg{genTokens}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
         }
         return results;

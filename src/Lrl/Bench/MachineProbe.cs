@@ -12,30 +12,61 @@ public static unsafe class MachineProbe
     /// <summary>Read bandwidth in GB/s (10^9 bytes/s): threads each sum their slice of a buffer far larger than the caches.</summary>
     public static double ReadBandwidthGBs(int threads, long bytes = 1L << 30, int trials = 5)
     {
-        long n = bytes / sizeof(float);
-        // Huge-page memory, as the weights get with --no-mmap: the limit the decode loop can actually approach.
-        using var arena = new Lrl.Cpu.WeightArena();
-        float* buffer = (float*)arena.Allocate(bytes);
-        // Every page holds different values: identical pages can be merged by a hypervisor (KSM), and reading merged
-        // pages measures the cache, not the memory (seen on VMs as sporadic 1.5x "bandwidth").
-        OnAllThreads(threads, t =>
+        using var probe = new BandwidthProbe(threads, bytes);
+        return probe.Measure(trials);
+    }
+
+    /// <summary>
+    /// A read-bandwidth probe that keeps its buffer, so it can be run again right before each benchmark repetition:
+    /// this VM's bandwidth moves between two levels (about 45 and 75 GB/s) with the host's placement of its vCPUs, and
+    /// a roofline fraction means something only against the bandwidth of the same moment.
+    /// </summary>
+    public sealed class BandwidthProbe : IDisposable
+    {
+        private readonly Lrl.Cpu.WeightArena _arena = new();
+        private readonly float* _buffer;
+        private readonly long _n;
+        private readonly int _threads;
+
+        public BandwidthProbe(int threads, long bytes = 1L << 30)
         {
-            long s = n * t / threads, e = n * (t + 1) / threads;
-            for (long i = s; i < e; i++) buffer[i] = (float)(i & 0xFFFFFF) * 1e-6f + 1f;
-        });
-        double best = 0;
-        var sums = new float[threads];
-        for (int trial = 0; trial < trials; trial++)
-        {
-            double seconds = OnAllThreads(threads, t =>
+            _threads = threads;
+            _n = bytes / sizeof(float);
+            // Huge-page memory, as the weights get with --no-mmap: the limit the decode loop can actually approach.
+            _buffer = (float*)_arena.Allocate(bytes);
+            // Every page holds different values: identical pages can be merged by a hypervisor (KSM), and reading merged
+            // pages measures the cache, not the memory (seen on VMs as sporadic 1.5x "bandwidth").
+            float* buffer = _buffer;
+            long n = _n;
+            OnAllThreads(threads, t =>
             {
                 long s = n * t / threads, e = n * (t + 1) / threads;
-                sums[t] = SumRange(buffer + s, e - s);
+                for (long i = s; i < e; i++) buffer[i] = (float)(i & 0xFFFFFF) * 1e-6f + 1f;
             });
-            best = Math.Max(best, bytes / seconds / 1e9);
         }
-        if (sums.Sum() <= 0) throw new InvalidOperationException("bandwidth probe read nothing");
-        return best;
+
+        /// <summary>Best of <paramref name="trials"/> full reads, in GB/s.</summary>
+        public double Measure(int trials = 3)
+        {
+            float* buffer = _buffer;
+            long n = _n;
+            int threads = _threads;
+            double best = 0;
+            var sums = new float[threads];
+            for (int trial = 0; trial < trials; trial++)
+            {
+                double seconds = OnAllThreads(threads, t =>
+                {
+                    long s = n * t / threads, e = n * (t + 1) / threads;
+                    sums[t] = SumRange(buffer + s, e - s);
+                });
+                best = Math.Max(best, n * sizeof(float) / seconds / 1e9);
+            }
+            if (sums.Sum() <= 0) throw new InvalidOperationException("bandwidth probe read nothing");
+            return best;
+        }
+
+        public void Dispose() => _arena.Dispose();
     }
 
     /// <summary>
