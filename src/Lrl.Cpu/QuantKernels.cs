@@ -58,8 +58,14 @@ internal static unsafe class QuantKernels
 
     // ---------------------------------------------------------------- activation quantization
 
+    /// <summary>Columns that share one activation scale (four 32-column sub-blocks, as llama.cpp's Q8_K shares one per 256).</summary>
+    public const int ActivationBlock = 128;
+
     /// <summary>
-    /// x → int8 per 32 columns: d = max|x|/127, xq = round(x/d); BSum = d·Σxq. Columns past x.Length are zero.
+    /// x → int8 with one scale per <see cref="ActivationBlock"/> columns (the last, shorter block its own):
+    /// d = max|x|/127, xq = round(x/d). D and BSum (d·Σxq) stay per 32 columns (D repeated within a block), so a kernel
+    /// may scale per 32 columns or, for weights with one scale per 128 columns or more, sum four integer dot products
+    /// before one convert and one FMA. Columns past x.Length are zero.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void QuantizeActivations(ReadOnlySpan<float> x, QuantScratch s)
@@ -69,19 +75,22 @@ internal static unsafe class QuantKernels
         fixed (sbyte* q = s.Xq)
         {
             int c = 0;
-            for (; c < full; c += 32)
+            while (c < full)
             {
-                var v0 = Vector256.Load(xp + c); var v1 = Vector256.Load(xp + c + 8);
-                var v2 = Vector256.Load(xp + c + 16); var v3 = Vector256.Load(xp + c + 24);
-                var m = Vector256.Max(Vector256.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Vector256.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
+                int end = Math.Min(full, c + ActivationBlock);
+                var m = Vector256<float>.Zero;
+                for (int j = c; j < end; j += 8) m = Vector256.Max(m, Vector256.Abs(Vector256.Load(xp + j)));
                 float amax = HMax(m);
                 float d = amax / 127f, id = amax > 0 ? 127f / amax : 0f;
                 var ivec = Vector256.Create(id);
-                var i0 = Avx.ConvertToVector256Int32(v0 * ivec); var i1 = Avx.ConvertToVector256Int32(v1 * ivec);
-                var i2 = Avx.ConvertToVector256Int32(v2 * ivec); var i3 = Avx.ConvertToVector256Int32(v3 * ivec);
-                Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + c);
-                s.D[c / 32] = d;
-                s.BSum[c / 32] = d * Vector256.Sum((i0 + i1) + (i2 + i3));
+                for (; c < end; c += 32)
+                {
+                    var i0 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c) * ivec); var i1 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 8) * ivec);
+                    var i2 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 16) * ivec); var i3 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 24) * ivec);
+                    Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + c);
+                    s.D[c / 32] = d;
+                    s.BSum[c / 32] = d * Vector256.Sum((i0 + i1) + (i2 + i3));
+                }
             }
             if (c < n)
             {
@@ -142,7 +151,8 @@ internal static unsafe class QuantKernels
     /// <summary>How far ahead the decode kernels prefetch weight codes (4 KiB, as the bf16 GEMV).</summary>
     private const int PrefetchBytes = 4096;
 
-    public static void GemvInt(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni)
+    /// <param name="channelScales">Per-channel matrices: the row scales as f32, converted once at load (else null).</param>
+    public static void GemvInt(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni, float[]? channelScales = null)
     {
         if (q.GroupSize != q.Cols && !BitOperations.IsPow2(q.GroupSize))
         {
@@ -152,11 +162,11 @@ internal static unsafe class QuantKernels
         }
         if (q.Bits == 8)
         {
-            if (vnni) GemvInt8<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt8<Avx2Dot>(q, s, y, rowStart, rowEnd);
+            if (vnni) GemvInt8<VnniDot>(q, s, y, rowStart, rowEnd, channelScales); else GemvInt8<Avx2Dot>(q, s, y, rowStart, rowEnd, channelScales);
         }
         else
         {
-            if (vnni) GemvInt4<VnniDot>(q, s, y, rowStart, rowEnd); else GemvInt4<Avx2Dot>(q, s, y, rowStart, rowEnd);
+            if (vnni) GemvInt4<VnniDot>(q, s, y, rowStart, rowEnd, channelScales); else GemvInt4<Avx2Dot>(q, s, y, rowStart, rowEnd, channelScales);
         }
     }
 
@@ -213,7 +223,7 @@ internal static unsafe class QuantKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GemvInt8<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
+    private static void GemvInt8<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, float[]? channelScales) where TDot : struct, IDot
     {
         int n = q.Cols, shift = GroupShift(q), pairs = n / 64;
         var rowBuf = QuantScratch.ForThread(n).Row;
@@ -225,7 +235,7 @@ internal static unsafe class QuantKernels
             for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
-                RowScales(q, o, sc, null);
+                if (channelScales != null) sc[0] = channelScales[o]; else RowScales(q, o, sc, null);
                 Vector256<float> acc0 = default, acc1 = default;
                 sbyte* wp = w, xp = xq;
                 float* dp = d;
@@ -233,9 +243,21 @@ internal static unsafe class QuantKernels
                 if (q.Groups == 1)
                 {
                     // Per-channel: one scale for the row, applied once after the loop.
-                    for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
+                    // 128 columns (one activation scale) per step: four integer dots summed, one convert, one FMA.
+                    int b = 0;
+                    for (; b + 2 <= pairs; b += 2, wp += 128, xp += 128, dp += 4, c += 128)
                     {
                         Sse.Prefetch0(wp + PrefetchBytes);
+                        Sse.Prefetch0(wp + PrefetchBytes + 64);
+                        var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
+                        var w2 = Vector256.Load(wp + 64); var w3 = Vector256.Load(wp + 96);
+                        var i0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0)) + TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
+                        var i1 = TDot.Dot(Avx2.Abs(w2), Avx2.Sign(Vector256.Load(xp + 64), w2)) + TDot.Dot(Avx2.Abs(w3), Avx2.Sign(Vector256.Load(xp + 96), w3));
+                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc0);
+                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc1);
+                    }
+                    for (; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
+                    {
                         var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
                         var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
                         var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
@@ -270,7 +292,7 @@ internal static unsafe class QuantKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void GemvInt4<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd) where TDot : struct, IDot
+    private static void GemvInt4<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, float[]? channelScales) where TDot : struct, IDot
     {
         int n = q.Cols, shift = GroupShift(q), blocks = n / 64;
         var mask = Vector256.Create((byte)0x0F);
@@ -285,7 +307,13 @@ internal static unsafe class QuantKernels
             {
                 byte* w = q.Codes + (long)o * (n / 2);
                 // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
-                float corr = RowScales(q, o, sc, gbs);
+                float corr;
+                if (channelScales != null)
+                {
+                    sc[0] = channelScales[o];
+                    corr = (q.Zeros == null ? 8 : q.Zeros[o]) * sc[0] * gbs[0];
+                }
+                else corr = RowScales(q, o, sc, gbs);
                 Vector256<float> acc0 = default, acc1 = default;
                 byte* wp = w;
                 sbyte* xp = xq;
@@ -294,17 +322,49 @@ internal static unsafe class QuantKernels
                 if (q.Groups == 1)
                 {
                     // Per-channel: one scale for the row, applied once after the loop.
-                    for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
+                    // 128 columns (one activation scale) per step: four integer dots summed, then one convert and
+                    // one FMA, half the multiply-port work of scaling every 32 columns.
+                    int b = 0;
+                    for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
                     {
-                        if ((b & 1) == 0) Sse.Prefetch0(wp + PrefetchBytes);
+                        Sse.Prefetch0(wp + PrefetchBytes);
                         var v = Vector256.Load(wp);
-                        var lo = v & mask;
-                        var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
-                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(lo, Vector256.Load(xp))), Vector256.Create(dp[0]), acc0);
-                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(hi, Vector256.Load(xp + 32))), Vector256.Create(dp[1]), acc1);
+                        var u = Vector256.Load(wp + 32);
+                        var i0 = TDot.Dot(v & mask, Vector256.Load(xp)) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+                        var i1 = TDot.Dot(u & mask, Vector256.Load(xp + 64)) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc0);
+                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc1);
+                    }
+                    for (; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
+                    {
+                        var v = Vector256.Load(wp);
+                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(dp[0]), acc0);
+                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(dp[1]), acc1);
                     }
                     var rs = Vector256.Create(sc[0]);
                     acc0 *= rs; acc1 *= rs;
+                }
+                else if (q.GroupSize >= QuantKernels.ActivationBlock)
+                {
+                    // Groups of 128 or more: one weight scale and one activation scale per 128-column step.
+                    int b = 0;
+                    for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
+                    {
+                        Sse.Prefetch0(wp + PrefetchBytes);
+                        var v = Vector256.Load(wp);
+                        var u = Vector256.Load(wp + 32);
+                        var i0 = TDot.Dot(v & mask, Vector256.Load(xp)) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+                        var i1 = TDot.Dot(u & mask, Vector256.Load(xp + 64)) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+                        var f = Vector256.Create(dp[0] * sc[c >> shift]);
+                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), f, acc0);
+                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), f, acc1);
+                    }
+                    for (; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
+                    {
+                        var v = Vector256.Load(wp);
+                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(dp[0] * sc[c >> shift]), acc0);
+                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(dp[1] * sc[(c + 32) >> shift]), acc1);
+                    }
                 }
                 else
                 for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)

@@ -16,7 +16,16 @@ public sealed unsafe class QuantMatrix : CpuMatrix
     {
         q.Validate();
         _q = q;
+        if (q.Groups == 1)
+        {
+            // One scale per row: kept as f32 (4 bytes a row, against the row's Cols/2 or Cols of codes), so the
+            // decode kernels skip the per-row f16 conversion.
+            _channelScales = new float[q.Rows];
+            for (int o = 0; o < q.Rows; o++) _channelScales[o] = (float)q.Scales[o];
+        }
     }
+
+    private readonly float[]? _channelScales;
 
     public QuantizedTensor Tensor => _q;
     public int Bits => _q.Bits;
@@ -70,8 +79,8 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         switch (Selected())
         {
             case QuantKernel.WidenF32: QuantKernels.GemvWiden(_q, xp, y, rowStart, rowEnd); break;
-            case QuantKernel.Avx2Int: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: false); break;
-            case QuantKernel.Vnni: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: true); break;
+            case QuantKernel.Avx2Int: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: false, _channelScales); break;
+            case QuantKernel.Vnni: QuantKernels.GemvInt(_q, s, y, rowStart, rowEnd, vnni: true, _channelScales); break;
             default: QuantKernels.GemvScalar(_q, xp, y, rowStart, rowEnd); break;
         }
     }
