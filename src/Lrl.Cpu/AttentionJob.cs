@@ -70,6 +70,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
         return Math.Min(c, most);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int item, int worker)
     {
         int perRow = _kvHeads * _chunks;

@@ -41,6 +41,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     public override string Format => _dtype.ToString();
     public override long ByteSize => (long)Rows * Cols * _dtype.Size();
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
     {
         int n = Cols;
@@ -61,6 +62,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void RowToFloat(int row, Span<float> d)
     {
         int n = Cols;
@@ -84,6 +86,7 @@ public static unsafe class Simd
     internal const int PrefetchDistance = 2048;
 
     /// <summary>Σ bf16(w[i]) · x[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotBF16(ushort* w, ReadOnlySpan<float> x)
     {
         int n = x.Length, i = 0;
@@ -180,6 +183,7 @@ public static unsafe class Simd
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotF16Chunked(Half* w, ReadOnlySpan<float> x)
     {
         const int Chunk = 512;
@@ -195,6 +199,7 @@ public static unsafe class Simd
         return s;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BF16ToFloat(ushort* src, Span<float> dst)
     {
         int n = dst.Length, i = 0;

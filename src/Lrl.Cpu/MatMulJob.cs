@@ -95,6 +95,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
         for (int i = 0; i < _t.Length; i++) _t[i] = default;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int item, int worker)
     {
         int k = 0;

@@ -41,6 +41,7 @@ internal static unsafe class QuantKernels
     }
 
     /// <summary>Unsigned nibbles of a packed 4-bit row, as floats in stored column order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void UnpackInt4Row(byte* row, int cols, Span<float> dst)
     {
         int full = cols / QuantLayout.Int4Block * QuantLayout.Int4Block;

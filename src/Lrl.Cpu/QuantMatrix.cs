@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 
 namespace Lrl.Cpu;
@@ -55,6 +56,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         return QuantKernels.IsSupported(k) ? k : QuantKernel.Scalar;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Prepare(ReadOnlySpan<float> x, QuantScratch s)
     {
         s.Ensure(Cols);
@@ -70,6 +72,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
     {
         QuantScratch s;
@@ -85,6 +88,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void RowToFloat(int row, Span<float> destination)
     {
         int n = Cols, gs = _q.GroupSize, groups = _q.Groups;

@@ -101,7 +101,7 @@ public sealed class BenchVerb
         var logits = new float[model.VocabSize];
         var one = new int[1];
         void Decode() { for (int i = 0; i < n; i++) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); } }
-        Decode();
+        EndToEndBench.WarmUp(Decode);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         Decode();
         double unprofiled = clock.Elapsed.TotalMilliseconds / n;

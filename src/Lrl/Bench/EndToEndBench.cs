@@ -37,7 +37,7 @@ public static class EndToEndBench
         {
             if (p < 1 || p > model.ContextLength) throw new LrlException($"-p {p} must be between 1 and the context ({model.ContextLength})");
             var tokens = Enumerable.Range(0, p).Select(_ => rng.Next(model.VocabSize)).ToArray();
-            model.Forward(tokens, 0, logits); // warm-up
+            WarmUp(() => model.Forward(tokens, 0, logits));
             var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); model.Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
             double gflops = speeds.Mean * flopsPerToken / 1e9;
             results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"pp{p}", p, reps, speeds.Mean, speeds.Std,
@@ -53,7 +53,9 @@ public static class EndToEndBench
             {
                 for (int i = 0; i < genTokens; i++) { one[0] = rng.Next(model.VocabSize); model.Forward(one, i, logits); }
             }
-            Generate(); // warm-up
+            // Warm up for at least a second: .NET compiles a method fully optimized only after it has run a while
+            // (tiered compilation), and a single pass of a fast model can end before the hot loops are promoted.
+            WarmUp(Generate);
             var fractions = new List<double>();
             var speeds = Repeat(reps, () =>
             {
@@ -73,6 +75,13 @@ public static class EndToEndBench
             progress?.WriteLine($"  tg{genTokens}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
         }
         return results;
+    }
+
+    /// <summary>Runs <paramref name="once"/> at least once and until a second has passed (at most 20 times).</summary>
+    public static void WarmUp(Action once)
+    {
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 20 && (i == 0 || sw.Elapsed.TotalSeconds < 1); i++) once();
     }
 
     private static (double Mean, double Std) Repeat(int reps, Func<double> once)
