@@ -83,14 +83,25 @@ public static class KernelBenchmark
         var warm = Stopwatch.StartNew();
         for (int i = 0; i < 3 || (warm.ElapsedMilliseconds < 200 && i < 2000); i++) op();
         b.Synchronize();
+        // Ops shorter than the clock's useful resolution (tiny shapes on the CPU run in tens of nanoseconds) are
+        // timed in batches of calls long enough to measure: at least 20 µs per sample.
+        int batch = 1;
+        while (batch < 1 << 20)
+        {
+            long t = Stopwatch.GetTimestamp();
+            for (int k = 0; k < batch; k++) op();
+            b.Synchronize();
+            if (Stopwatch.GetElapsedTime(t).TotalMicroseconds >= 20) break;
+            batch *= 2;
+        }
         var times = new double[reps];
         for (int i = 0; i < reps; i++)
         {
             b.Synchronize();
             long t0 = Stopwatch.GetTimestamp();
-            op();
+            for (int k = 0; k < batch; k++) op();
             b.Synchronize();
-            times[i] = Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
+            times[i] = Stopwatch.GetElapsedTime(t0).TotalMicroseconds / batch;
         }
         Array.Sort(times);
         return times[reps / 2];
