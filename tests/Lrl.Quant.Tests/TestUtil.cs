@@ -46,6 +46,35 @@ public static unsafe class TestUtil
     }
 
     /// <summary>y = x · Wᵀ in double, from the scalar dequantization.</summary>
+    /// <summary>
+    /// x as the integer decode kernels see it: in stored column order, int8 with one f32 scale per 128 columns (the
+    /// last block up to the 32-aligned end its own; the columns past that their own scale), d = max|x|/127,
+    /// xq = round-to-even(x·127/max), x̂ = xq·d — except the columns the kernels take in f32 (past the last full
+    /// 64-column block for 4-bit, past the last full 32-column block for 8-bit), which stay exact. Returned in x's order.
+    /// </summary>
+    public static float[] KernelActivations(QuantizedTensor q, float[] x)
+    {
+        int n = q.Cols;
+        var xp = new float[n];
+        for (int j = 0; j < n; j++) xp[j] = q.ColumnOrder is { } order ? x[order[j]] : x[j];
+        var qx = (float[])xp.Clone();
+        int full = n / 32 * 32;
+        void Block(int start, int end)
+        {
+            float amax = 0;
+            for (int j = start; j < end; j++) amax = MathF.Max(amax, MathF.Abs(xp[j]));
+            float d = amax / 127f, id = amax > 0 ? 127f / amax : 0f;
+            for (int j = start; j < end; j++) qx[j] = MathF.Round(xp[j] * id, MidpointRounding.ToEven) * d;
+        }
+        for (int c = 0; c < full; c += 128) Block(c, Math.Min(full, c + 128));
+        if (full < n) Block(full, n);
+        int exactFrom = q.Bits == 4 ? n / 64 * 64 : full;
+        for (int j = exactFrom; j < n; j++) qx[j] = xp[j];
+        var result = new float[n];
+        for (int j = 0; j < n; j++) result[q.ColumnOrder is { } order ? order[j] : j] = qx[j];
+        return result;
+    }
+
     public static double[] Reference(QuantizedTensor q, float[] x, int rows)
     {
         var y = new double[(long)rows * q.Rows];
