@@ -233,50 +233,7 @@ internal static unsafe class QuantKernels
         fixed (float* x = s.Permuted)
         fixed (float* sc = rowBuf)
         {
-            int o = rowStart;
-            if (channelScales != null && n % 64 == 0)
-            {
-                // Per-channel rows, two per pass (see GemvInt4): shared activation loads and per-row work overlapped.
-                for (; o + 2 <= rowEnd; o += 2)
-                {
-                    sbyte* p0 = (sbyte*)q.Codes + (long)o * n, p1 = p0 + n;
-                    sbyte* xp = xq;
-                    float* dp = d;
-                    Vector256<float> a = default, b = default;
-                    int c = 0;
-                    for (; c + 128 <= n; c += 128, p0 += 128, p1 += 128, xp += 128, dp += 4)
-                    {
-                        Sse.Prefetch0(p0 + PrefetchBytes); Sse.Prefetch0(p0 + PrefetchBytes + 64);
-                        Sse.Prefetch0(p1 + PrefetchBytes); Sse.Prefetch0(p1 + PrefetchBytes + 64);
-                        var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
-                        var x2 = Vector256.Load(xp + 64); var x3 = Vector256.Load(xp + 96);
-                        var w0 = Vector256.Load(p0); var w1 = Vector256.Load(p0 + 32); var w2 = Vector256.Load(p0 + 64); var w3 = Vector256.Load(p0 + 96);
-                        var i0 = (TDot.Dot(Avx2.Abs(w0), Avx2.Sign(x0, w0)) + TDot.Dot(Avx2.Abs(w1), Avx2.Sign(x1, w1)))
-                               + (TDot.Dot(Avx2.Abs(w2), Avx2.Sign(x2, w2)) + TDot.Dot(Avx2.Abs(w3), Avx2.Sign(x3, w3)));
-                        w0 = Vector256.Load(p1); w1 = Vector256.Load(p1 + 32); w2 = Vector256.Load(p1 + 64); w3 = Vector256.Load(p1 + 96);
-                        var i1 = (TDot.Dot(Avx2.Abs(w0), Avx2.Sign(x0, w0)) + TDot.Dot(Avx2.Abs(w1), Avx2.Sign(x1, w1)))
-                               + (TDot.Dot(Avx2.Abs(w2), Avx2.Sign(x2, w2)) + TDot.Dot(Avx2.Abs(w3), Avx2.Sign(x3, w3)));
-                        var dv = Vector256.Create(dp[0]);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), dv, a);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), dv, b);
-                    }
-                    if (c < n)
-                    {
-                        // A last 64-column block: its two halves may belong to different activation scales.
-                        var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
-                        var d0 = Vector256.Create(dp[0]); var d1 = Vector256.Create(dp[1]);
-                        var w0 = Vector256.Load(p0); var w1 = Vector256.Load(p0 + 32);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.Abs(w0), Avx2.Sign(x0, w0))), d0, a);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.Abs(w1), Avx2.Sign(x1, w1))), d1, a);
-                        w0 = Vector256.Load(p1); w1 = Vector256.Load(p1 + 32);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.Abs(w0), Avx2.Sign(x0, w0))), d0, b);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.Abs(w1), Avx2.Sign(x1, w1))), d1, b);
-                    }
-                    y[o - rowStart] = channelScales[o] * Vector256.Sum(a);
-                    y[o + 1 - rowStart] = channelScales[o + 1] * Vector256.Sum(b);
-                }
-            }
-            for (; o < rowEnd; o++)
+            for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
                 if (channelScales != null) sc[0] = channelScales[o]; else RowScales(q, o, sc, null);
