@@ -55,12 +55,13 @@ internal sealed unsafe class AttentionJob : IParallelJob
         _q = _k = _v = _o = [];
     }
 
+    /// <summary>The most chunks <see cref="Chunks"/> returns for this layout (what the merge buffers are sized for).</summary>
+    internal static int MaxChunks(int kvHeads, int threads) => (4 * threads + kvHeads - 1) / kvHeads + threads;
+
     /// <summary>
     /// Position chunks for one decode row: enough items for about four per thread, the item count a multiple of the
     /// thread count where possible, each chunk at least <see cref="MinChunk"/> positions.
     /// </summary>
-    internal static int MaxChunks(int kvHeads, int threads) => (4 * threads + kvHeads - 1) / kvHeads + threads;
-
     internal static int Chunks(int n, int kvHeads, int threads)
     {
         int most = Math.Max(1, n / MinChunk);

@@ -152,6 +152,13 @@ internal static unsafe class QuantKernels
     /// <summary>How far ahead the decode kernels prefetch weight codes (4 KiB, as the bf16 GEMV).</summary>
     private const int PrefetchBytes = 4096;
 
+    /// <summary>
+    /// Longest per-channel int4 rows taken two per pass. Short rows gain (per-row work dominates them: SmolLM2-135M q4
+    /// 340-367 vs 317-335 tok/s); long rows lose, the two interleaved streams reading slower from memory
+    /// (Llama-3.2-1B q4, 2048-column rows: 37-49 vs 45-64 tok/s, alternating runs).
+    /// </summary>
+    private const int PairedRowsMaxCols = 1536;
+
     /// <param name="channelScales">Per-channel matrices: the row scales as f32, converted once at load (else null).</param>
     public static void GemvInt(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni, float[]? channelScales = null)
     {
@@ -305,7 +312,7 @@ internal static unsafe class QuantKernels
         fixed (float* sc = rowBuf)
         {
             int o = rowStart;
-            if (channelScales != null && n % 64 == 0)
+            if (channelScales != null && n % 64 == 0 && n <= PairedRowsMaxCols)
             {
                 // Per-channel rows whose length is a multiple of 64, two rows per pass: the per-row work (loop
                 // set-up, horizontal sum, zero-point term) is then shared or overlapped, and it dominates short rows
