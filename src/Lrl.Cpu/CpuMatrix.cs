@@ -22,6 +22,12 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
 
     /// <summary>Called once after the blocks of one product have run.</summary>
     public virtual void EndGemv() { }
+
+    /// <summary>
+    /// Instead of <see cref="PrepareGemv"/>: reuse what <paramref name="other"/> prepared for the same input, when the
+    /// preparation would be identical; false (prepare as usual) otherwise.
+    /// </summary>
+    public virtual bool TryShareGemv(CpuMatrix other) => false;
 }
 
 /// <summary>A dense matrix read in place from memory-mapped storage (f32, f16 or bf16; converted inside the kernel).</summary>

@@ -88,7 +88,8 @@ internal sealed unsafe class MatMulJob : IParallelJob
         ref var last = ref _t[_count - 1];
         // Decode: let each matrix prepare the shared input once (quantized matrices quantize x to int8 here).
         int prepared = _rows == 1 ? (_swiGlu ? 2 : _count) : 0;
-        for (int i = 0; i < prepared; i++) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
+        for (int i = 0; i < prepared; i++)
+            if (i == 0 || !_t[i].W.TryShareGemv(_t[0].W)) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
         try { pool.Run(this, last.FirstItem + last.Blocks); }
         finally { for (int i = 0; i < prepared; i++) _t[i].W.EndGemv(); }
         _x = [];

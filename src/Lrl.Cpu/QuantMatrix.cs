@@ -48,7 +48,23 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         _isPrepared = true;
     }
 
-    public override void EndGemv() => _isPrepared = false;
+    public override void EndGemv() { _isPrepared = false; _shared = null; }
+
+    private QuantScratch? _shared;
+
+    /// <summary>
+    /// Uses the activation <paramref name="other"/> prepared for the same input (Q/K/V, gate/up) when it is prepared
+    /// the same way: same width, kernel, bits and group size, no column permutation.
+    /// </summary>
+    public override bool TryShareGemv(CpuMatrix other)
+    {
+        if (other is not QuantMatrix m || !m._isPrepared || m._shared != null || m.Cols != Cols || m.Bits != Bits ||
+            m.GroupSize != GroupSize || m._q.ColumnOrder != null || _q.ColumnOrder != null || m.Selected() != Selected())
+            return false;
+        _shared = m._prepared;
+        _isPrepared = true;
+        return true;
+    }
 
     private QuantKernel Selected()
     {
@@ -76,7 +92,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
     {
         QuantScratch s;
-        if (_isPrepared) s = _prepared;
+        if (_isPrepared) s = _shared ?? _prepared;
         else Prepare(x, s = QuantScratch.ForThread(Cols));
         var xp = s.Permuted.AsSpan(0, Cols);
         switch (Selected())

@@ -62,6 +62,41 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// A fused decode product over one input (Q/K/V) whose weights differ in bits, group, zero points or column order:
+    /// each must prepare its own activation unless it is prepared identically (then it is shared). Compared with the
+    /// reference on the int8-rounded activations, so a wrongly shared preparation fails.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 576, 4, 576, 4, 576)]
+    [InlineData(4, 64, 4, 576, 8, 576)]
+    [InlineData(4, 32, 4, 32, 4, 32)]
+    [InlineData(8, 576, 4, 576, 4, 64)]
+    public void FusedDecodeProductPreparesOrSharesTheActivation(int b0, int g0, int b1, int g1, int b2, int g2)
+    {
+        var rng = new Random(b0 * 31 + g0 + b1 * 7 + g1 + b2 * 3 + g2);
+        const int cols = 576;
+        var qs = new[]
+        {
+            TestUtil.Random(rng, b0, 48, cols, g0),
+            TestUtil.Random(rng, b1, 40, cols, g1, zeros: b1 == 4 && g1 != cols),
+            TestUtil.Random(rng, b2, 24, cols, g2, permute: g2 == 64),
+        };
+        using var cpu = new CpuBackend(2);
+        var w = qs.Select(q => cpu.LoadQuantized(q)).ToArray();
+        var x = TestUtil.RandomVector(rng, cols);
+        var xb = cpu.Allocate(cols); cpu.Upload(x, xb);
+        var ys = qs.Select(q => { var b = cpu.Allocate(q.Rows); var nan = new float[q.Rows]; Array.Fill(nan, float.NaN); cpu.Upload(nan, b); return b; }).ToArray();
+        cpu.MatMul3(xb, 1, w[0], ys[0], null, w[1], ys[1], null, w[2], ys[2], null);
+        for (int i = 0; i < 3; i++)
+        {
+            var y = new float[qs[i].Rows];
+            cpu.Download(ys[i], 0, y);
+            var exact = TestUtil.Reference(qs[i], TestUtil.KernelActivations(qs[i], x), 1);
+            Assert.True(TestUtil.RelErr(y, exact) < 2e-5, $"weight {i} ({qs[i].Format}): relative error {TestUtil.RelErr(y, exact):E2}");
+        }
+    }
+
     [Theory, MemberData(nameof(Cases))]
     public void BackendMatMulMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute)
     {
