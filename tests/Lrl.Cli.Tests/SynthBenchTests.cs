@@ -48,6 +48,21 @@ public sealed class SynthBenchTests : IDisposable
     }
 
     [Fact]
+    public void StaleCachedCheckpointIsWrittenAgain()
+    {
+        // A cached checkpoint from an older lrlrun: config without the version (and tokenizer) fields.
+        var stale = Directory.CreateDirectory(Path.Combine(_dir, "cache", "synthetic", "Tiny-f16")).FullName;
+        File.WriteAllText(Path.Combine(stale, "config.json"), "{\"architectures\": [\"LlamaForCausalLM\"]}");
+        var r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "8", "-n", "4", "-r", "1");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("older lrlrun", r.Stderr);
+        var config = File.ReadAllText(Path.Combine(stale, "config.json"));
+        Assert.Contains("lrl_synthetic_version", config);
+        Assert.Contains("byte-level", config);
+        Assert.True(File.Exists(Path.Combine(stale, "model.safetensors")));
+    }
+
+    [Fact]
     public void BadOptionsAreClearErrors()
     {
         var r = CliRunner.RunWith(_env, "synth", "--preset", "Tiny", "--dtype", "q3", "--out", Path.Combine(_dir, "x"));

@@ -48,6 +48,7 @@ public static class Synthesizer
         var json = (JsonObject)JsonNode.Parse(File.ReadAllText(configPath))!;
         // Random weights have no tokenizer of their own: declare the byte vocabulary so `lrlrun generate` runs too.
         json["tokenizer"] = "byte-level: token id = byte value (0..255); synthetic random-weight checkpoint";
+        json[VersionKey] = CacheVersion;
         json["torch_dtype"] = dtype switch { DType.F32 => "float32", DType.F16 => "float16", _ => "bfloat16" };
         var c = LlamaConfig.From(ModelConfig.FromJson(json.ToJsonString(), configPath));
 
@@ -92,11 +93,18 @@ public static class Synthesizer
     /// </summary>
     public static string Cached(string preset, string dtype, TextWriter? progress = null)
     {
+        PresetConfigPath(preset); // a clear error for an unknown preset before touching the cache
         var root = Environment.GetEnvironmentVariable("LRL_CACHE")
                    ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "lrlrun");
         var key = dtype.ToLowerInvariant();
         var dir = Path.Combine(root, "synthetic", $"{preset}-{key}");
-        if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
+        if (IsCurrent(dir)) return dir;
+        if (Directory.Exists(dir))
+        {
+            // Written by an older lrlrun (e.g. without the byte-level tokenizer declaration): write it again.
+            progress?.WriteLine($"{dir} was written by an older lrlrun; writing it again");
+            Directory.Delete(dir, recursive: true);
+        }
         if (key is "q8" or "q4")
         {
             var dense = Cached(preset, "bf16", progress);
@@ -107,6 +115,22 @@ public static class Synthesizer
         }
         Write(preset, dtype, dir, progress);
         return dir;
+    }
+
+    /// <summary>Bumped when synthetic checkpoints change, so that older cached ones are written again.</summary>
+    public const int CacheVersion = 2;
+    private const string VersionKey = "lrl_synthetic_version";
+
+    private static bool IsCurrent(string dir)
+    {
+        var config = Path.Combine(dir, "config.json");
+        if (!File.Exists(config)) return false;
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(config)) is JsonObject o && o[VersionKey] is JsonValue v &&
+                   v.TryGetValue<int>(out int version) && version == CacheVersion;
+        }
+        catch (System.Text.Json.JsonException) { return false; }
     }
 
     private static void Fill(Stream s, DType dtype, long count, int seed, float scale, bool ones)
