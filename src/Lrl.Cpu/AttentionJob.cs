@@ -94,6 +94,8 @@ internal sealed unsafe class AttentionJob : IParallelJob
             if (prefetch)
                 for (int t = 0; t < Math.Min(Ahead, len); t++)
                     for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kp + (long)t * kvDim) + 64 * l);
+            int t4 = Avx.IsSupported && hd % 8 == 0 ? len / 4 * 4 : 0;
+            var scale4 = Vector128.Create(_scale);
             for (int t = 0; t < len; t++)
             {
                 float* kt = kp + (long)t * kvDim;
@@ -105,6 +107,15 @@ internal sealed unsafe class AttentionJob : IParallelJob
                         if (t + Ahead < len) Sse.Prefetch0(ka + 64 * l);
                         Sse.Prefetch0(va + 64 * l);
                     }
+                }
+                if (t < t4)
+                {
+                    // Four keys at a time (t is a multiple of 4 here): four independent FMA chains and one horizontal
+                    // reduction for all four scores, instead of a full reduction per score.
+                    if ((t & 3) == 3)
+                        for (int g = 0; g < group; g++)
+                            (Dot4(qp0 + (r * _heads + h0 + g) * hd, kt - 3L * kvDim, kvDim, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
+                    continue;
                 }
                 for (int g = 0; g < group; g++)
                     sp0[(long)g * len + t] = Dot(qp0 + (r * _heads + h0 + g) * hd, kt, hd) * _scale;
@@ -176,6 +187,24 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 }
                 TensorPrimitives.Multiply(o, 1f / den, o);
             }
+    }
+
+    /// <summary>q·k for four consecutive key rows (stride <paramref name="ld"/>), n a multiple of 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Dot4(float* q, float* k, int ld, int n)
+    {
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        float* k1 = k + ld, k2 = k + 2L * ld, k3 = k + 3L * ld;
+        for (int i = 0; i < n; i += 8)
+        {
+            var qv = Vector256.Load(q + i);
+            s0 = Vector256.FusedMultiplyAdd(qv, Vector256.Load(k + i), s0);
+            s1 = Vector256.FusedMultiplyAdd(qv, Vector256.Load(k1 + i), s1);
+            s2 = Vector256.FusedMultiplyAdd(qv, Vector256.Load(k2 + i), s2);
+            s3 = Vector256.FusedMultiplyAdd(qv, Vector256.Load(k3 + i), s3);
+        }
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(s0, s1), Avx.HorizontalAdd(s2, s3));
+        return h.GetLower() + h.GetUpper();
     }
 
     /// <summary>a·b over n floats with independent accumulators (the FMA latency chain, not the loads, bounds short dots).</summary>
