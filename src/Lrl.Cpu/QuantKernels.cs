@@ -374,34 +374,11 @@ internal static unsafe class QuantKernels
                 sbyte* xp = xq;
                 float* dp = d;
                 int c = 0;
-                if (q.Groups == 1)
+                if (q.Groups == 1 || q.GroupSize >= QuantKernels.ActivationBlock)
                 {
-                    // Per-channel: one scale for the row, applied once after the loop.
-                    // 128 columns (one activation scale) per step: four integer dots summed, then one convert and
-                    // one FMA, half the multiply-port work of scaling every 32 columns.
-                    int b = 0;
-                    for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
-                    {
-                        Sse.Prefetch0(wp + PrefetchBytes);
-                        var v = Vector256.Load(wp);
-                        var u = Vector256.Load(wp + 32);
-                        var i0 = TDot.Dot(v & mask, Vector256.Load(xp)) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
-                        var i1 = TDot.Dot(u & mask, Vector256.Load(xp + 64)) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
-                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc0);
-                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc1);
-                    }
-                    for (; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
-                    {
-                        var v = Vector256.Load(wp);
-                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(dp[0]), acc0);
-                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(dp[1]), acc1);
-                    }
-                    var rs = Vector256.Create(sc[0]);
-                    acc0 *= rs; acc1 *= rs;
-                }
-                else if (q.GroupSize >= QuantKernels.ActivationBlock)
-                {
-                    // Groups of 128 or more: one weight scale and one activation scale per 128-column step.
+                    // Per-channel rows and groups of 128 or more: one weight scale and one activation scale per
+                    // 128-column step, so four integer dots are summed before one convert and one FMA (half the
+                    // multiply-port work of scaling every 32 columns).
                     int b = 0;
                     for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
                     {
