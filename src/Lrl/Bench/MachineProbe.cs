@@ -9,15 +9,9 @@ namespace Lrl.Bench;
 /// </summary>
 public static unsafe class MachineProbe
 {
-    /// <summary>Read bandwidth in GB/s (10^9 bytes/s): threads each sum their slice of a buffer far larger than the caches.</summary>
-    public static double ReadBandwidthGBs(int threads, long bytes = 1L << 30, int trials = 5)
-    {
-        using var probe = new BandwidthProbe(threads, bytes);
-        return probe.Measure(trials);
-    }
-
     /// <summary>
-    /// A read-bandwidth probe that keeps its buffer, so it can be run again right before each benchmark repetition:
+    /// Read bandwidth in GB/s (10^9 bytes/s): threads each sum their slice of a buffer far larger than the caches. The
+    /// probe keeps its buffer, so it can be run again right before each benchmark repetition:
     /// this VM's bandwidth moves between two levels (about 45 and 75 GB/s) with the host's placement of its vCPUs, and
     /// a roofline fraction means something only against the bandwidth of the same moment.
     /// </summary>

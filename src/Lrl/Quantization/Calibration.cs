@@ -10,16 +10,6 @@ namespace Lrl.Quantization;
 /// </summary>
 public static class Calibration
 {
-    /// <summary>Hessians of every Linear weight over <paramref name="tokens"/>, run in windows of <paramref name="context"/>.</summary>
-    public static Dictionary<string, double[]> CollectHessians(string modelDir, IReadOnlyList<int> tokens, int context, int threads = 0,
-                                                               IProgress<string>? progress = null)
-    {
-        if (tokens.Count < 2) throw new LrlException("calibration needs at least 2 tokens");
-        var windows = new List<int[]>();
-        for (int start = 0; start < tokens.Count; start += context) windows.Add(tokens.Skip(start).Take(context).ToArray());
-        return CollectHessians(modelDir, windows, threads, progress);
-    }
-
     /// <summary>Hessians of every Linear weight over <paramref name="sequences"/>, each run from position 0 (cut to the context length).</summary>
     public static Dictionary<string, double[]> CollectHessians(string modelDir, IReadOnlyList<int[]> sequences, int threads = 0,
                                                                IProgress<string>? progress = null)
