@@ -17,13 +17,7 @@ public class DecodeAllocationTests
         var dir = SharedData.Model("stories260k");
         using var backend = new CpuBackend(1);
         using var model = ModelRegistry.Load(dir, backend);
-        var logits = new float[model.VocabSize];
-        var one = new int[1];
-        model.Forward([1, 403, 407, 261, 378], 0, logits);
-        int pos = 5;
-        for (int i = 0; i < 20; i++) { one[0] = LlamaReferenceTests.ArgMax(logits); model.Forward(one, pos++, logits); }
-
-        var (allocated, windows) = Allocations.PerWindow(() => { one[0] = LlamaReferenceTests.ArgMax(logits); model.Forward(one, pos++, logits); });
+        var (allocated, windows) = Allocations.GreedyDecode(model, [1, 403, 407, 261, 378]);
         Assert.True(allocated == 0, $"50 decode steps allocated {windows} bytes (per window)");
     }
 

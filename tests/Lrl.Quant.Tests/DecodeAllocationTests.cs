@@ -30,12 +30,7 @@ public class DecodeAllocationTests
             // created once per thread and size, which with several threads can happen after any fixed warm-up).
             using var backend = new CpuBackend(1);
             using var model = ModelRegistry.Load(dir, backend);
-            var logits = new float[model.VocabSize];
-            var one = new int[1];
-            model.Forward([1, 403, 407, 261, 378], 0, logits);
-            int pos = 5;
-            for (int i = 0; i < 20; i++) { one[0] = ArgMax(logits); model.Forward(one, pos++, logits); }
-            var (allocated, windows) = Allocations.PerWindow(() => { one[0] = ArgMax(logits); model.Forward(one, pos++, logits); });
+            var (allocated, windows) = Allocations.GreedyDecode(model, [1, 403, 407, 261, 378]);
             Assert.True(allocated == 0, $"{kind}: 50 decode steps allocated {windows} bytes (per window)");
         }
         finally
@@ -43,13 +38,6 @@ public class DecodeAllocationTests
             Directory.Delete(root, true);
             if (kind.StartsWith("gptq")) { Directory.Delete(dir, true); Directory.Delete(dense, true); }
         }
-    }
-
-    private static int ArgMax(ReadOnlySpan<float> v)
-    {
-        int best = 0;
-        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
-        return best;
     }
 }
 

@@ -22,4 +22,26 @@ public static class Allocations
         }
         return (seen.Min(), string.Join(", ", seen));
     }
+
+    /// <summary>
+    /// Greedy decoding after <paramref name="prompt"/> and <paramref name="warmup"/> tokens: the bytes this thread
+    /// allocates per window of decode steps (see <see cref="PerWindow"/>). Run the model on a one-thread backend, so
+    /// every op runs on this thread and its allocation counter sees them all.
+    /// </summary>
+    public static (long Bytes, string Windows) GreedyDecode(ILanguageModel model, int[] prompt, int warmup = 20)
+    {
+        var logits = new float[model.VocabSize];
+        var one = new int[1];
+        model.Forward(prompt, 0, logits);
+        int pos = prompt.Length;
+        void Step()
+        {
+            int best = 0;
+            for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
+            one[0] = best;
+            model.Forward(one, pos++, logits);
+        }
+        for (int i = 0; i < warmup; i++) Step();
+        return PerWindow(Step);
+    }
 }
