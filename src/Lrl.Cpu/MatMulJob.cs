@@ -149,6 +149,9 @@ internal sealed unsafe class MatMulJob : IParallelJob
                     int klen = Math.Min(KChunk, inF - kc);
                     bool first = kc == 0;
                     int r = 0;
+                    if (Wide)
+                        for (; r + 4 <= _rows; r += 4)
+                            Kernel4x4Wide(s + kc, inF, xp + (long)r * inF + kc, inF, klen, yp + (long)r * outF + o, outF, tile, first);
                     for (; r + 2 <= _rows; r += 2)
                         Kernel4x2(s + kc, inF, xp + (long)r * inF + kc, xp + (long)(r + 1) * inF + kc, klen,
                                   yp + (long)r * outF + o, yp + (long)(r + 1) * outF + o, tile, first);
@@ -163,6 +166,59 @@ internal sealed unsafe class MatMulJob : IParallelJob
                 var y = t.Y.AsSpan(r * outF + start, end - start);
                 TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
             }
+    }
+
+    /// <summary>512-bit FMA where the JIT runs it natively: twice the 256-bit peak on cores with two 512-bit FMA ports.</summary>
+    private static readonly bool Wide = Vector512.IsHardwareAccelerated;
+
+    /// <summary>
+    /// Dot products of 4 weight rows (stride ld) with 4 input rows (stride ldx) over n columns, 512 bits wide: 16
+    /// accumulators, and each loaded vector feeds four FMAs (eight loads per sixteen FMAs), so the loop runs at the FMA
+    /// ports' rate from L1. Results set or added into y (row stride ldy).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel4x4Wide(float* w, int ld, float* x, int ldx, int n, float* y, int ldy, int tile, bool set)
+    {
+        float* w0 = w, w1 = w + ld, w2 = w + 2 * ld, w3 = w + 3 * ld;
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        int i = 0;
+        for (; i <= n - 16; i += 16)
+        {
+            var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i);
+            var v2 = Vector512.Load(x2 + i); var v3 = Vector512.Load(x3 + i);
+            var b = Vector512.Load(w0 + i);
+            a00 = Vector512.FusedMultiplyAdd(b, v0, a00); a10 = Vector512.FusedMultiplyAdd(b, v1, a10);
+            a20 = Vector512.FusedMultiplyAdd(b, v2, a20); a30 = Vector512.FusedMultiplyAdd(b, v3, a30);
+            b = Vector512.Load(w1 + i);
+            a01 = Vector512.FusedMultiplyAdd(b, v0, a01); a11 = Vector512.FusedMultiplyAdd(b, v1, a11);
+            a21 = Vector512.FusedMultiplyAdd(b, v2, a21); a31 = Vector512.FusedMultiplyAdd(b, v3, a31);
+            b = Vector512.Load(w2 + i);
+            a02 = Vector512.FusedMultiplyAdd(b, v0, a02); a12 = Vector512.FusedMultiplyAdd(b, v1, a12);
+            a22 = Vector512.FusedMultiplyAdd(b, v2, a22); a32 = Vector512.FusedMultiplyAdd(b, v3, a32);
+            b = Vector512.Load(w3 + i);
+            a03 = Vector512.FusedMultiplyAdd(b, v0, a03); a13 = Vector512.FusedMultiplyAdd(b, v1, a13);
+            a23 = Vector512.FusedMultiplyAdd(b, v2, a23); a33 = Vector512.FusedMultiplyAdd(b, v3, a33);
+        }
+        float s00 = Vector512.Sum(a00), s01 = Vector512.Sum(a01), s02 = Vector512.Sum(a02), s03 = Vector512.Sum(a03);
+        float s10 = Vector512.Sum(a10), s11 = Vector512.Sum(a11), s12 = Vector512.Sum(a12), s13 = Vector512.Sum(a13);
+        float s20 = Vector512.Sum(a20), s21 = Vector512.Sum(a21), s22 = Vector512.Sum(a22), s23 = Vector512.Sum(a23);
+        float s30 = Vector512.Sum(a30), s31 = Vector512.Sum(a31), s32 = Vector512.Sum(a32), s33 = Vector512.Sum(a33);
+        for (; i < n; i++)
+        {
+            float p0 = x0[i], p1 = x1[i], p2 = x2[i], p3 = x3[i];
+            s00 += w0[i] * p0; s01 += w1[i] * p0; s02 += w2[i] * p0; s03 += w3[i] * p0;
+            s10 += w0[i] * p1; s11 += w1[i] * p1; s12 += w2[i] * p1; s13 += w3[i] * p1;
+            s20 += w0[i] * p2; s21 += w1[i] * p2; s22 += w2[i] * p2; s23 += w3[i] * p2;
+            s30 += w0[i] * p3; s31 += w1[i] * p3; s32 += w2[i] * p3; s33 += w3[i] * p3;
+        }
+        Store(y, tile, set, s00, s01, s02, s03);
+        Store(y + ldy, tile, set, s10, s11, s12, s13);
+        Store(y + 2 * ldy, tile, set, s20, s21, s22, s23);
+        Store(y + 3 * ldy, tile, set, s30, s31, s32, s33);
     }
 
     /// <summary>Dot products of 4 weight rows (stride ld) with 2 input rows over n columns; results set or added into y0/y1.</summary>

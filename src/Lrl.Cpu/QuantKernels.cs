@@ -149,9 +149,6 @@ internal static unsafe class QuantKernels
     private static int GroupShift(QuantizedTensor q) =>
         q.GroupSize == q.Cols ? 31 : BitOperations.Log2((uint)q.GroupSize);
 
-    /// <summary>How far ahead the decode kernels prefetch weight codes (4 KiB, as the bf16 GEMV).</summary>
-    private const int PrefetchBytes = 4096;
-
     /// <summary>
     /// Longest per-channel int4 rows taken two per pass. Short rows gain (per-row work dominates them: SmolLM2-135M q4
     /// 340-367 vs 317-335 tok/s); long rows lose, the two interleaved streams reading slower from memory
@@ -224,7 +221,7 @@ internal static unsafe class QuantKernels
         float corr = Vector256.Sum(cv);
         for (; g < groups; g++)
         {
-            sc[g] = (float)src[g];
+            sc[g] = HalfBits.ToSingle(src[g]);
             if (gbs != null) corr += (zp == null ? 8 : zp[g]) * sc[g] * gbs[g];
         }
         return corr;
@@ -255,8 +252,8 @@ internal static unsafe class QuantKernels
                     int b = 0;
                     for (; b + 2 <= pairs; b += 2, wp += 128, xp += 128, dp += 4, c += 128)
                     {
-                        Sse.Prefetch0(wp + PrefetchBytes);
-                        Sse.Prefetch0(wp + PrefetchBytes + 64);
+                        Simd.PrefetchStream(wp);
+                        Simd.PrefetchStream(wp + 64);
                         var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
                         var w2 = Vector256.Load(wp + 64); var w3 = Vector256.Load(wp + 96);
                         var i0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0)) + TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
@@ -278,7 +275,7 @@ internal static unsafe class QuantKernels
                 else
                 for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
                 {
-                    Sse.Prefetch0(wp + PrefetchBytes); // one stream per thread: keep a page of misses in flight
+                    Simd.PrefetchStream(wp); // one stream per thread: keep misses in flight past the 4 KiB page
                     var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
                     var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
                     var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
@@ -327,8 +324,8 @@ internal static unsafe class QuantKernels
                     int c = 0;
                     for (; c + 128 <= n; c += 128, p0 += 64, p1 += 64, xp += 128, dp += 4)
                     {
-                        Sse.Prefetch0(p0 + PrefetchBytes);
-                        Sse.Prefetch0(p1 + PrefetchBytes);
+                        Simd.PrefetchStream(p0);
+                        Simd.PrefetchStream(p1);
                         var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
                         var x2 = Vector256.Load(xp + 64); var x3 = Vector256.Load(xp + 96);
                         var v = Vector256.Load(p0); var u = Vector256.Load(p0 + 32);
@@ -382,7 +379,7 @@ internal static unsafe class QuantKernels
                     int b = 0;
                     for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
                     {
-                        Sse.Prefetch0(wp + PrefetchBytes);
+                        Simd.PrefetchStream(wp);
                         var v = Vector256.Load(wp);
                         var u = Vector256.Load(wp + 32);
                         var i0 = TDot.Dot(v & mask, Vector256.Load(xp)) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
@@ -401,7 +398,7 @@ internal static unsafe class QuantKernels
                 else
                 for (int b = 0; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
                 {
-                    if ((b & 1) == 0) Sse.Prefetch0(wp + PrefetchBytes);
+                    if ((b & 1) == 0) Simd.PrefetchStream(wp);
                     var v = Vector256.Load(wp);
                     var lo = v & mask;
                     var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
