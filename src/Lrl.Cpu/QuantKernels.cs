@@ -129,12 +129,19 @@ internal static unsafe class QuantKernels
     // ---------------------------------------------------------------- integer dot products
 
     /// <summary>u8 × s8 dot products of 4-byte groups into int32 lanes; a type parameter so each variant is its own JIT specialization.</summary>
-    private interface IDot { static abstract Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s); }
+    private interface IDot
+    {
+        static abstract Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s);
+        /// <summary>acc + Dot(u, s): VNNI accumulates in the same instruction (no separate add).</summary>
+        static abstract Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s);
+    }
 
     private readonly struct VnniDot : IDot
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(acc, u, s);
     }
 
     private readonly struct Avx2Dot : IDot
@@ -142,6 +149,8 @@ internal static unsafe class QuantKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) =>
             Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => acc + Dot(u, s);
     }
 
     /// <summary>Group index of column <paramref name="col"/>: a shift when the group is a power of two, else one group per row.</summary>
@@ -256,10 +265,10 @@ internal static unsafe class QuantKernels
                         Simd.PrefetchStream(wp + 64);
                         var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
                         var w2 = Vector256.Load(wp + 64); var w3 = Vector256.Load(wp + 96);
-                        var i0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0)) + TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
-                        var i1 = TDot.Dot(Avx2.Abs(w2), Avx2.Sign(Vector256.Load(xp + 64), w2)) + TDot.Dot(Avx2.Abs(w3), Avx2.Sign(Vector256.Load(xp + 96), w3));
-                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc0);
-                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(dp[0]), acc1);
+                        var i = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0)), Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1)),
+                                                  Avx2.Abs(w2), Avx2.Sign(Vector256.Load(xp + 64), w2)), Avx2.Abs(w3), Avx2.Sign(Vector256.Load(xp + 96), w3));
+                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(dp[0]), acc0);
+                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(dp[0]), acc1);
                     }
                     for (; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
                     {
@@ -329,11 +338,11 @@ internal static unsafe class QuantKernels
                         var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
                         var x2 = Vector256.Load(xp + 64); var x3 = Vector256.Load(xp + 96);
                         var v = Vector256.Load(p0); var u = Vector256.Load(p0 + 32);
-                        var i0 = (TDot.Dot(v & mask, x0) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1))
-                               + (TDot.Dot(u & mask, x2) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3));
+                        var i0 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1),
+                                                   u & mask, x2), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
                         v = Vector256.Load(p1); u = Vector256.Load(p1 + 32);
-                        var i1 = (TDot.Dot(v & mask, x0) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1))
-                               + (TDot.Dot(u & mask, x2) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3));
+                        var i1 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1),
+                                                   u & mask, x2), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
                         var dv = Vector256.Create(dp[0]);
                         a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), dv, a);
                         b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), dv, b);
@@ -382,11 +391,11 @@ internal static unsafe class QuantKernels
                         Simd.PrefetchStream(wp);
                         var v = Vector256.Load(wp);
                         var u = Vector256.Load(wp + 32);
-                        var i0 = TDot.Dot(v & mask, Vector256.Load(xp)) + TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
-                        var i1 = TDot.Dot(u & mask, Vector256.Load(xp + 64)) + TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+                        var i = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32)),
+                                                  u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
                         var f = Vector256.Create(dp[0] * sc[c >> shift]);
-                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), f, acc0);
-                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), f, acc1);
+                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), f, acc0);
+                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), f, acc1);
                     }
                     for (; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
                     {

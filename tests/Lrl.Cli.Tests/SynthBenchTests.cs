@@ -73,5 +73,17 @@ public sealed class SynthBenchTests : IDisposable
         Assert.Contains("Tiny", r.Stderr);
         r = CliRunner.Run("bench", "--model", _dir, "--preset", "Tiny");
         Assert.Equal(2, r.ExitCode);
+        r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "-3", "-n", "4", "-r", "1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("-p -3", r.Stderr);
+    }
+
+    [Fact]
+    public void PromptSizeZeroSkipsPromptProcessing()
+    {
+        var r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "0", "-n", "4", "-r", "1", "--csv");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.DoesNotContain(",pp", r.Stdout);
+        Assert.Contains(",tg4,", r.Stdout);
     }
 }

@@ -19,7 +19,7 @@ public sealed class BenchVerb
     [Option("dtype", Default = "bf16", HelpText = "With --preset: f32, f16, bf16, q8 or q4 (int8/int4 quantized from bf16).")]
     public string DType { get; set; } = "bf16";
 
-    [Option('p', "n-prompt", Separator = ',', HelpText = "Prompt sizes, comma-separated (default 128,512).")]
+    [Option('p', "n-prompt", Separator = ',', HelpText = "Prompt sizes, comma-separated (default 128,512); 0 = skip.")]
     public IEnumerable<int> PromptSizes { get; set; } = [];
 
     [Option('n', "n-gen", Default = 128, HelpText = "Tokens generated in the tg test; 0 = skip.")]
@@ -68,7 +68,7 @@ public sealed class BenchVerb
         var profiler = Profile ? new ProfilingBackend(inner) : null;
         IBackend backend = profiler ?? inner;
         int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
-        int context = Math.Max(sizes.Max(), GenTokens);
+        int context = Math.Max(1, Math.Max(sizes.Max(), GenTokens));
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
         string format = model.WeightFormat;
 

@@ -35,7 +35,8 @@ public static class EndToEndBench
 
         foreach (int p in promptSizes)
         {
-            if (p < 1 || p > model.ContextLength) throw new LrlException($"-p {p} must be between 1 and the context ({model.ContextLength})");
+            if (p == 0) continue; // as llama-bench: -p 0 skips prompt processing
+            if (p < 0 || p > model.ContextLength) throw new LrlException($"-p {p} must be between 0 (skip) and the context ({model.ContextLength})");
             var tokens = Enumerable.Range(0, p).Select(_ => rng.Next(model.VocabSize)).ToArray();
             WarmUp(() => model.Forward(tokens, 0, logits));
             var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); model.Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
