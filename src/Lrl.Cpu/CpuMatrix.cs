@@ -171,15 +171,17 @@ public static unsafe class Simd
     }
 
     /// <summary>
-    /// f16 → f32 without F16C intrinsics: the magnitude bits shifted into f32 position and scaled by 2^112 rebias the
-    /// exponent (exact for normal and subnormal halves; weights are never inf/NaN), then the sign is put back.
+    /// f16 → f32 without F16C intrinsics (.NET exposes none): the bits shifted into f32 position and scaled by 2^112
+    /// rebias the exponent (exact for normal and subnormal halves and signed zeros; weights are never inf/NaN).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> WidenF16(Vector256<ushort> h)
     {
-        var v = Avx512F.ConvertToVector512Int32(h);
-        var magnitude = Avx512F.ShiftLeftLogical(v & Vector512.Create(0x7FFF), 13).AsSingle() * Vector512.Create(5.192296858534828e33f); // 2^112
-        return (magnitude.AsInt32() | Avx512F.ShiftLeftLogical(v & Vector512.Create(0x8000), 16)).AsSingle();
+        // Sign-extend to 32 bits and shift by 13: the sign lands in bit 31 (and copies of it in bits 28-30, masked off),
+        // exponent and mantissa in bits 13-27; the multiply rebiases and keeps the sign. Four instructions per 16
+        // weights instead of six (f16 decode is compute-bound on cores that stream only 12-15 GB/s).
+        var v = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(h.AsInt16()), 13) & Vector512.Create(unchecked((int)0x8FFFE000));
+        return v.AsSingle() * Vector512.Create(5.192296858534828e33f); // 2^112
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
