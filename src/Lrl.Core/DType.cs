@@ -31,6 +31,26 @@ public static class DTypes
     /// <summary>bf16 bits to float (exact).</summary>
     public static float BF16ToFloat(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
 
+    /// <summary>
+    /// f16 bits to float (exact, inf/NaN included), inlined into the caller. The framework's <c>(float)Half</c> is a
+    /// call; with tiered compilation off (the CLI) it runs the precompiled ReadyToRun body, which measured 60x slower per
+    /// conversion inside the AVX-512 decode kernels (int4 group-32 GEMV 1536x576: 648 µs against 88-102 µs).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static float F16ToFloat(ushort bits)
+    {
+        uint sign = (uint)(bits & 0x8000) << 16, magnitude = (uint)(bits & 0x7FFF);
+        if (magnitude >= 0x7C00) // inf and NaN keep their payload
+            return BitConverter.UInt32BitsToSingle(sign | 0x7F800000u | ((magnitude & 0x3FF) << 13));
+        // Shift exponent and mantissa into place and rebias by 2^112 (exact for normal and subnormal halves).
+        float f = BitConverter.UInt32BitsToSingle(magnitude << 13) * 5.192296858534828e33f;
+        return BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(f) | sign);
+    }
+
+    /// <inheritdoc cref="F16ToFloat(ushort)"/>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static float F16ToFloat(Half h) => F16ToFloat(BitConverter.HalfToUInt16Bits(h));
+
     /// <summary>float to bf16 bits, round to nearest even (NaN kept NaN).</summary>
     public static ushort FloatToBF16(float f)
     {

@@ -34,7 +34,7 @@ public readonly unsafe struct HostTensor
     public float GetFloat(long i) => DType switch
     {
         DType.F32 => ((float*)Pointer)[i],
-        DType.F16 => (float)((Half*)Pointer)[i],
+        DType.F16 => DTypes.F16ToFloat(((ushort*)Pointer)[i]),
         DType.BF16 => DTypes.BF16ToFloat(((ushort*)Pointer)[i]),
         DType.I8 => ((sbyte*)Pointer)[i],
         DType.U8 => Pointer[i],

@@ -57,7 +57,7 @@ public sealed unsafe class QuantizedTensor
         return q - z;
     }
 
-    public float Scale(int row, int group) => HalfBits.ToSingle(Scales[(long)row * Groups + group]);
+    public float Scale(int row, int group) => DTypes.F16ToFloat(Scales[(long)row * Groups + group]);
 
     /// <summary>Dequantizes row <paramref name="row"/> in input column order, in double (the scalar reference).</summary>
     public void DequantizeRow(int row, Span<double> destination)

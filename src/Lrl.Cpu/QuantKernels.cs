@@ -230,7 +230,7 @@ internal static unsafe class QuantKernels
         float corr = Vector256.Sum(cv);
         for (; g < groups; g++)
         {
-            sc[g] = HalfBits.ToSingle(src[g]);
+            sc[g] = DTypes.F16ToFloat(src[g]);
             if (gbs != null) corr += (zp == null ? 8 : zp[g]) * sc[g] * gbs[g];
         }
         return corr;

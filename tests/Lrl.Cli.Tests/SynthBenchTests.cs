@@ -76,6 +76,12 @@ public sealed class SynthBenchTests : IDisposable
         r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "-3", "-n", "4", "-r", "1");
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("-p -3", r.Stderr);
+        r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "0", "-n", "0");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("nothing to measure", r.Stderr);
+        r = CliRunner.RunWith(_env, "bench", "--preset", "Tiny", "--dtype", "f16", "-p", "8", "-n", "-2");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("-n must be", r.Stderr);
     }
 
     [Fact]

@@ -59,6 +59,7 @@ public sealed class BenchVerb
         if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels' or omit it)");
         if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
         var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];
+        if (sizes.All(p => p == 0) && GenTokens == 0) throw new LrlException("bench: -p 0 and -n 0 leave nothing to measure");
         var log = Console.Error;
 
         string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
@@ -68,7 +69,7 @@ public sealed class BenchVerb
         var profiler = Profile ? new ProfilingBackend(inner) : null;
         IBackend backend = profiler ?? inner;
         int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
-        int context = Math.Max(1, Math.Max(sizes.Max(), GenTokens));
+        int context = Math.Max(sizes.Max(), GenTokens);
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
         string format = model.WeightFormat;
 

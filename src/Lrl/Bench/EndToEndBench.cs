@@ -28,6 +28,7 @@ public static class EndToEndBench
         Func<double>? bandwidthProbe = null)
     {
         if (reps < 1) throw new LrlException($"-r must be ≥ 1, got {reps}");
+        if (genTokens < 0) throw new LrlException($"-n must be ≥ 0 (0 skips generation), got {genTokens}");
         var rng = new Random(1234);
         var results = new List<BenchResult>();
         var logits = new float[model.VocabSize];
