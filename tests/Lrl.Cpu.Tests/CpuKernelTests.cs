@@ -46,7 +46,7 @@ public sealed class CpuKernelTests : IDisposable
     {
         var d = new TheoryData<DType, int, int, int>();
         foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 })
-            foreach (var (rows, outF, inF) in new[] { (1, 1, 7), (1, 33, 64), (1, 97, 577), (2, 5, 8), (3, 33, 1030), (7, 64, 96), (9, 130, 2100) })
+            foreach (var (rows, outF, inF) in new[] { (1, 1, 7), (1, 33, 64), (1, 97, 577), (2, 5, 8), (3, 33, 1030), (7, 64, 96), (9, 130, 2100), (64, 36, 130), (70, 130, 300), (130, 97, 1030) })
                 d.Add(dt, rows, outF, inF);
         return d;
     }
@@ -69,6 +69,7 @@ public sealed class CpuKernelTests : IDisposable
     [Theory]
     [InlineData(1, 33, 5, 64)]
     [InlineData(6, 96, 32, 97)]
+    [InlineData(80, 96, 32, 200)]
     public void MatMul3_MatchesThreeProducts(int rows, int q, int kv, int inF)
     {
         var x = Input(_r.Floats((long)rows * inF));
@@ -85,6 +86,7 @@ public sealed class CpuKernelTests : IDisposable
     [InlineData(DType.BF16, 1, 97, 64)]
     [InlineData(DType.F32, 1, 1536, 576)]
     [InlineData(DType.F16, 5, 130, 33)]
+    [InlineData(DType.BF16, 67, 130, 96)]
     public void GateUpSwiGlu_MatchesUnfused(DType dtype, int rows, int inter, int hidden)
     {
         var x = Input(_r.Floats((long)rows * hidden));
