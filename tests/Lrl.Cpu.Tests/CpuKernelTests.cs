@@ -46,7 +46,7 @@ public sealed class CpuKernelTests : IDisposable
     {
         var d = new TheoryData<DType, int, int, int>();
         foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 })
-            foreach (var (rows, outF, inF) in new[] { (1, 1, 7), (1, 33, 64), (1, 97, 577), (2, 5, 8), (3, 33, 1030), (7, 64, 96), (9, 130, 2100), (64, 36, 130), (70, 130, 300), (130, 97, 1030) })
+            foreach (var (rows, outF, inF) in new[] { (1, 1, 7), (1, 33, 64), (1, 97, 577), (2, 5, 8), (3, 33, 1030), (7, 64, 96), (9, 130, 2100), (45, 36, 130), (64, 36, 130), (70, 130, 300), (100, 97, 300), (130, 97, 1030) })
                 d.Add(dt, rows, outF, inF);
         return d;
     }
