@@ -44,17 +44,41 @@ internal static unsafe class QuantKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void UnpackInt4Row(byte* row, int cols, Span<float> dst)
     {
-        int full = cols / QuantLayout.Int4Block * QuantLayout.Int4Block;
-        for (int b = 0; b < full; b += 64)
+        int full = cols / QuantLayout.Int4Block * QuantLayout.Int4Block, b = 0;
+        fixed (float* d = dst)
         {
-            byte* p = row + b / 2;
-            for (int j = 0; j < 32; j++)
+            if (Avx2.IsSupported)
             {
-                dst[b + j] = p[j] & 15;
-                dst[b + 32 + j] = p[j] >> 4;
+                // 64 columns (32 bytes) per step: low nibbles are columns 0-31, high nibbles 32-63; each 8 bytes
+                // widen to 8 int32 and convert (the scalar loop cost ~3 cycles a weight, most of a short prefill).
+                var mask = Vector256.Create((byte)0x0F);
+                for (; b < full; b += 64)
+                {
+                    var v = Vector256.Load(row + b / 2);
+                    var lo = v & mask;
+                    var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+                    Widen16(lo.GetLower(), d + b); Widen16(lo.GetUpper(), d + b + 16);
+                    Widen16(hi.GetLower(), d + b + 32); Widen16(hi.GetUpper(), d + b + 48);
+                }
+            }
+            for (; b < full; b += 64)
+            {
+                byte* p = row + b / 2;
+                for (int j = 0; j < 32; j++)
+                {
+                    d[b + j] = p[j] & 15;
+                    d[b + 32 + j] = p[j] >> 4;
+                }
             }
         }
         for (int c = full; c < cols; c++) dst[c] = QuantLayout.Nibble(row, cols, c);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Widen16(Vector128<byte> v, float* d)
+    {
+        Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(v)).Store(d);
+        Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(Sse2.ShiftRightLogical128BitLane(v, 8))).Store(d + 8);
     }
 
     // ---------------------------------------------------------------- activation quantization

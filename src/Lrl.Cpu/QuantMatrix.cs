@@ -1,4 +1,6 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Numerics.Tensors;
 
 namespace Lrl.Cpu;
@@ -104,6 +106,21 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         }
     }
 
+    /// <summary>v = v·a + b (one pass; a group of 32 or more is too short for two framework calls to pay off).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScaleShift(Span<float> v, float a, float b)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var va = Vector256.Create(a); var vb = Vector256.Create(b);
+            ref float r = ref MemoryMarshal.GetReference(v);
+            for (; i + 8 <= v.Length; i += 8)
+                Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref r, (nuint)i), va, vb).StoreUnsafe(ref r, (nuint)i);
+        }
+        for (; i < v.Length; i++) v[i] = v[i] * a + b;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void RowToFloat(int row, Span<float> destination)
     {
@@ -127,8 +144,8 @@ public sealed unsafe class QuantMatrix : CpuMatrix
             {
                 int z = _q.Zeros != null ? _q.Zeros[(long)row * groups + g] : 8;
                 var part = tmp.Slice(g * gs, gs);
-                TensorPrimitives.Subtract(part, (float)z, part);
-                TensorPrimitives.Multiply(part, _q.Scale(row, g), part);
+                float scale = _q.Scale(row, g);
+                ScaleShift(part, scale, -z * scale); // (code − z)·s in one pass
             }
         }
         if (_q.ColumnOrder is { } order)

@@ -108,7 +108,7 @@ public class KernelTests
         var wr = reference.LoadQuantized(q);
         Assert.Equal(q.ByteSize, wc.ByteSize);
         Assert.Equal((long)rows * (bits == 8 ? cols : cols / 2) + (long)rows * (cols / group) * (zeros ? 3 : 2), wc.ByteSize);
-        foreach (int n in new[] { 1, 3, 6 })
+        foreach (int n in new[] { 1, 3, 6, 45 })
         {
             var x = TestUtil.RandomVector(rng, n * cols);
             var expected = TestUtil.Reference(q, x, n);
