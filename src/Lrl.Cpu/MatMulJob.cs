@@ -36,7 +36,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private readonly Target[] _t = new Target[3];
     private readonly float[][] _scratch;
     private readonly float[][] _outT;   // per thread: the item's outputs transposed, [block rows][padded tokens]
-    private float[] _xT = [];           // prefill: x transposed, [inF][padded tokens], shared by every item
+    private float[] _xT = [];           // prefill: x transposed in blocks of 64 tokens, each [inF][64]; shared by all items
     private int _count, _rows, _rowsPadded;
     private float[] _x = [];
     private bool _swiGlu;

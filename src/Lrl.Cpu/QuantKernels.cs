@@ -44,6 +44,7 @@ internal static unsafe class QuantKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void UnpackInt4Row(byte* row, int cols, Span<float> dst)
     {
+        if (dst.Length < cols) throw new ArgumentException($"destination holds {dst.Length} floats, the row {cols}");
         int full = cols / QuantLayout.Int4Block * QuantLayout.Int4Block, b = 0;
         fixed (float* d = dst)
         {
