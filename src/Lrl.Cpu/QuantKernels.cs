@@ -401,35 +401,15 @@ internal static unsafe class QuantKernels
                     corr = (q.Zeros == null ? 8 : q.Zeros[o]) * sc[0] * gbs[0];
                 }
                 else corr = RowScales(q, o, sc, gbs);
-                Vector256<float> acc0 = default, acc1 = default;
-                float grouped = 0;
-                byte* wp = w;
-                sbyte* xp = xq;
-                float* dp = d;
-                int c = 0;
+                float grouped;
                 if (q.Groups == 1 || q.GroupSize >= QuantKernels.ActivationBlock)
                 {
                     // Per-channel rows and groups of 128 or more: one weight scale and one activation scale per
                     // 128-column step, so four integer dots are summed before one convert and one FMA (half the
                     // multiply-port work of scaling every 32 columns).
-                    int b = 0;
-                    for (; b + 2 <= blocks; b += 2, wp += 64, xp += 128, dp += 4, c += 128)
-                    {
-                        Simd.PrefetchStream(wp);
-                        var v = Vector256.Load(wp);
-                        var u = Vector256.Load(wp + 32);
-                        var i = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32)),
-                                                  u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
-                        var f = Vector256.Create(dp[0] * sc[c >> shift]);
-                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), f, acc0);
-                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), f, acc1);
-                    }
-                    for (; b < blocks; b++, wp += 32, xp += 64, dp += 2, c += 64)
-                    {
-                        var v = Vector256.Load(wp);
-                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(dp[0] * sc[c >> shift]), acc0);
-                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(dp[1] * sc[(c + 32) >> shift]), acc1);
-                    }
+                    // In a lean method of its own: inline here, the accumulators and the mask lived on the stack
+                    // (the row loop's register pressure), a store-forwarding round trip on every step.
+                    grouped = WideRow<TDot>(w, xq, d, sc, q.Groups == 1 ? 31 : shift - 7, blocks);
                 }
                 else
                 {
@@ -437,14 +417,58 @@ internal static unsafe class QuantKernels
                     // per row, then a lean loop in a method of its own (written inline here, the row loop's register
                     // pressure spilled its pointers to the stack every step: 7-9 GB/s hot against 15-26 per-channel).
                     grouped = GroupedRow<TDot>(w, xq, d, sc, shift - 5, cs, blocks);
-                    c = blocks * 64;
                 }
-                float sum = Vector256.Sum(acc0 + acc1) + grouped - corr;
+                float sum = grouped - corr;
+                int c = blocks * 64;
                 // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.
                 for (; c < n; c++) sum += q.Code(o, c) * sc[c >> shift] * x[c];
                 y[o - rowStart] = sum;
             }
         }
+    }
+
+    /// <summary>
+    /// Σ over <paramref name="blocks"/> 64-column int4 blocks of codes · int8 activations for a row with one weight scale
+    /// per 128 columns or more: step k (128 columns, one activation scale d[4k]) is scaled by d[4k]·sc[k &gt;&gt; stepShift]
+    /// (stepShift 31: one scale for the row). Each step's four integer dots run as two chains of two (half the latency
+    /// of one chain of four); two float accumulators.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float WideRow<TDot>(byte* wp, sbyte* xp, float* d, float* sc, int stepShift, int blocks) where TDot : struct, IDot
+    {
+        var mask = Vector256.Create((byte)0x0F);
+        Vector256<float> a0 = default, a1 = default;
+        int steps = blocks / 2, k = 0;
+        for (; k + 2 <= steps; k += 2, wp += 128, xp += 256)
+        {
+            Simd.PrefetchStream(wp);
+            Simd.PrefetchStream(wp + 64);
+            var v = Vector256.Load(wp); var u = Vector256.Load(wp + 32);
+            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+            var i1 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+            v = Vector256.Load(wp + 64); u = Vector256.Load(wp + 96);
+            var i2 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp + 128)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 160));
+            var i3 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 192)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 224));
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[4 * k] * sc[k >> stepShift]), a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2 + i3), Vector256.Create(d[4 * k + 4] * sc[(k + 1) >> stepShift]), a1);
+        }
+        if (k < steps)
+        {
+            var v = Vector256.Load(wp); var u = Vector256.Load(wp + 32);
+            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+            var i1 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[4 * k] * sc[k >> stepShift]), a0);
+            wp += 64; xp += 128; k++;
+        }
+        if (blocks % 2 != 0)
+        {
+            // A last 64-column block: its two halves may belong to different activation scales (same weight scale).
+            var v = Vector256.Load(wp);
+            float s = sc[k >> stepShift];
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(d[4 * k] * s), a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(d[4 * k + 1] * s), a1);
+        }
+        return Vector256.Sum(a0 + a1);
     }
 
     /// <summary>

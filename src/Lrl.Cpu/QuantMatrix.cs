@@ -169,11 +169,19 @@ public enum QuantKernel
 }
 
 /// <summary>Per-thread scratch for activation quantization (allocated once per thread and size, reused after).</summary>
-internal sealed class QuantScratch
+internal sealed unsafe class QuantScratch
 {
     [ThreadStatic] private static QuantScratch? _current;
 
-    public sbyte[] Xq = [];     // activations as int8, padded to a multiple of 64
+    // The int8 activations start on a cache line: the integer kernels read them 32 bytes at a time, and a managed
+    // array's data is only 8-byte aligned (half its loads would then split across two lines, at random per process:
+    // the 4-bit GEMV ran at 14 or 24 GB/s a core from one run to the next).
+    private sbyte[] _xqStore = [];
+    private sbyte* _xq;
+    private int _xqLength;
+
+    /// <summary>Activations as int8, padded to a multiple of 64, 64-byte aligned (pinned).</summary>
+    public Span<sbyte> Xq => new(_xq, _xqLength);
     public float[] D = [];      // per 32 columns: activation scale
     public float[] BSum = [];   // per 32 columns: d · Σ xq (for the zero-point correction)
     public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over its full 64-column blocks
@@ -192,7 +200,9 @@ internal sealed class QuantScratch
     {
         if (Permuted.Length >= cols) return;
         int padded = (cols + 63) / 64 * 64;
-        Xq = new sbyte[padded];
+        _xqStore = GC.AllocateArray<sbyte>(padded + 64, pinned: true);
+        fixed (sbyte* p = _xqStore) _xq = (sbyte*)(((nint)p + 63) & ~(nint)63);
+        _xqLength = padded;
         D = new float[padded / 32];
         BSum = new float[padded / 32];
         Permuted = new float[cols];

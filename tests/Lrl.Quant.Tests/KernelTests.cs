@@ -9,9 +9,9 @@ public class KernelTests
     public static TheoryData<int, int, int, int, bool, bool> Cases()
     {
         var d = new TheoryData<int, int, int, int, bool, bool>();
-        foreach (var (rows, cols) in new[] { (1, 64), (7, 96), (33, 128), (17, 172), (40, 320), (129, 576), (3, 2048), (5, 42) })
+        foreach (var (rows, cols) in new[] { (1, 64), (7, 96), (33, 128), (17, 172), (40, 320), (129, 576), (3, 2048), (5, 42), (6, 1280), (5, 384) })
             foreach (int bits in new[] { 8, 4 })
-                foreach (int g in new[] { 32, 64, 128, cols }.Distinct())
+                foreach (int g in new[] { 32, 64, 128, 256, cols }.Distinct())
                 {
                     if (cols % g != 0 || (g != cols && g % 32 != 0)) continue;
                     d.Add(bits, rows, cols, g, false, false);
