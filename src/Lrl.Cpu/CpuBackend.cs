@@ -128,20 +128,35 @@ public sealed partial class CpuBackend : IBackend
         _matMul.RunSwiGlu(_pool, D(x), rows, (CpuMatrix)gate, D(gateOut), (CpuMatrix)up, D(upOut));
     }
 
+    // cos/sin of the positions the last Rope call rotated by (Q and K of every layer rotate by the same positions: one
+    // decode step computed the same 2·RotaryDim/2 double cos/sin 2·layers times, ~1.5 µs a call).
+    private RopeTable? _ropeFor;
+    private int _ropePos0 = -1, _ropeRows;
+    private float[] _ropeCos = [], _ropeSin = [];
+
     public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         var X = D(x);
         int half = rope.RotaryDim / 2;
-        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
+        if (!ReferenceEquals(_ropeFor, rope) || _ropePos0 != pos0 || _ropeRows < rows)
+        {
+            if (_ropeCos.Length < rows * half) { _ropeCos = new float[rows * half]; _ropeSin = new float[rows * half]; }
+            for (int r = 0; r < rows; r++)
+            {
+                double pos = pos0 + r;
+                for (int i = 0; i < half; i++)
+                {
+                    double a = pos * rope.InvFreq[i];
+                    _ropeCos[r * half + i] = (float)Math.Cos(a);
+                    _ropeSin[r * half + i] = (float)Math.Sin(a);
+                }
+            }
+            _ropeFor = rope; _ropePos0 = pos0; _ropeRows = rows;
+        }
         for (int r = 0; r < rows; r++)
         {
-            double pos = pos0 + r;
-            for (int i = 0; i < half; i++)
-            {
-                double a = pos * rope.InvFreq[i];
-                cos[i] = (float)Math.Cos(a);
-                sin[i] = (float)Math.Sin(a);
-            }
+            var cos = _ropeCos.AsSpan(r * half, half);
+            var sin = _ropeSin.AsSpan(r * half, half);
             for (int h = 0; h < heads; h++)
             {
                 var v = X.AsSpan((r * heads + h) * headDim, rope.RotaryDim);

@@ -264,7 +264,7 @@ internal static unsafe class QuantKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GemvInt8<TDot>(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, float[]? channelScales) where TDot : struct, IDot
     {
-        int n = q.Cols, shift = GroupShift(q), pairs = n / 64;
+        int n = q.Cols, shift = GroupShift(q), chunks = n / 32;
         var rowBuf = QuantScratch.ForThread(n).Row;
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
@@ -274,60 +274,84 @@ internal static unsafe class QuantKernels
             for (int o = rowStart; o < rowEnd; o++)
             {
                 sbyte* w = (sbyte*)q.Codes + (long)o * n;
-                if (channelScales != null) sc[0] = channelScales[o]; else RowScales(q, o, sc, null);
-                Vector256<float> acc0 = default, acc1 = default;
-                sbyte* wp = w, xp = xq;
-                float* dp = d;
-                int c = 0;
+                float sum;
                 if (q.Groups == 1)
                 {
-                    // Per-channel: one scale for the row, applied once after the loop.
-                    // 128 columns (one activation scale) per step: four integer dots summed, one convert, one FMA.
-                    int b = 0;
-                    for (; b + 2 <= pairs; b += 2, wp += 128, xp += 128, dp += 4, c += 128)
-                    {
-                        Simd.PrefetchStream(wp);
-                        Simd.PrefetchStream(wp + 64);
-                        var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
-                        var w2 = Vector256.Load(wp + 64); var w3 = Vector256.Load(wp + 96);
-                        var i = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0)), Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1)),
-                                                  Avx2.Abs(w2), Avx2.Sign(Vector256.Load(xp + 64), w2)), Avx2.Abs(w3), Avx2.Sign(Vector256.Load(xp + 96), w3));
-                        if ((b & 2) == 0) acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(dp[0]), acc0);
-                        else acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(dp[0]), acc1);
-                    }
-                    for (; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
-                    {
-                        var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
-                        var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
-                        var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
-                        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(dp[0]), acc0);
-                        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(dp[1]), acc1);
-                    }
-                    var rs = Vector256.Create(sc[0]);
-                    acc0 *= rs; acc1 *= rs;
+                    sc[0] = channelScales != null ? channelScales[o] : DTypes.F16ToFloat(q.Scales[o]);
+                    sum = sc[0] * Int8ChannelRow<TDot>(w, xq, d, chunks);
                 }
                 else
-                for (int b = 0; b < pairs; b++, wp += 64, xp += 64, dp += 2, c += 64)
                 {
-                    Simd.PrefetchStream(wp); // one stream per thread: keep misses in flight past the 4 KiB page
-                    var w0 = Vector256.Load(wp); var w1 = Vector256.Load(wp + 32);
-                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xp), w0));
-                    var p1 = TDot.Dot(Avx2.Abs(w1), Avx2.Sign(Vector256.Load(xp + 32), w1));
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(dp[0]), Vector256.Create(sc[c >> shift]), acc0);
-                    acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1) * Vector256.Create(dp[1]), Vector256.Create(sc[(c + 32) >> shift]), acc1);
+                    RowScales(q, o, sc, null);
+                    sum = Int8GroupedRow<TDot>(w, xq, d, sc, shift - 5, chunks);
                 }
-                if (c + 32 <= n)
-                {
-                    var w0 = Vector256.Load(w + c);
-                    var p0 = TDot.Dot(Avx2.Abs(w0), Avx2.Sign(Vector256.Load(xq + c), w0));
-                    acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0) * Vector256.Create(d[c >> 5]), Vector256.Create(sc[c >> shift]), acc0);
-                    c += 32;
-                }
-                float sum = Vector256.Sum(acc0 + acc1);
+                int c = chunks * 32;
                 for (; c < n; c++) sum += w[c] * sc[c >> shift] * x[c];
                 y[o - rowStart] = sum;
             }
         }
+    }
+
+    /// <summary>|w| · sign(x, w): the u8 × s8 form of a signed int8 × int8 product, for VNNI's unsigned first operand.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> DotS8<TDot>(Vector256<sbyte> w, sbyte* x) where TDot : struct, IDot =>
+        TDot.Dot(Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> AccS8<TDot>(Vector256<int> acc, Vector256<sbyte> w, sbyte* x) where TDot : struct, IDot =>
+        TDot.Acc(acc, Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
+
+    /// <summary>
+    /// Σ over the row's full 32-column chunks of int8 codes · int8 activations, each 128-column step (one activation
+    /// scale) as two integer chains of two, one convert and one FMA; the row's own scale is the caller's. A lean method
+    /// of its own: written inline in the row loop, its pointers were spilled to the stack.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float Int8ChannelRow<TDot>(sbyte* wp, sbyte* xp, float* d, int chunks) where TDot : struct, IDot
+    {
+        Vector256<float> a0 = default, a1 = default;
+        int k = 0;
+        for (; k + 8 <= chunks; k += 8, wp += 256, xp += 256)
+        {
+            Simd.PrefetchStream(wp);
+            Simd.PrefetchStream(wp + 64);
+            Simd.PrefetchStream(wp + 128);
+            Simd.PrefetchStream(wp + 192);
+            var i0 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp), xp), Vector256.Load(wp + 32), xp + 32);
+            var i1 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 64), xp + 64), Vector256.Load(wp + 96), xp + 96);
+            var i2 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 128), xp + 128), Vector256.Load(wp + 160), xp + 160);
+            var i3 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 192), xp + 192), Vector256.Load(wp + 224), xp + 224);
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[k]), a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2 + i3), Vector256.Create(d[k + 4]), a1);
+        }
+        for (; k + 2 <= chunks; k += 2, wp += 64, xp += 64)
+        {
+            // 64 columns: both halves share an activation scale (activation blocks are 128 columns, chunks of 32 even).
+            var i0 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp), xp), Vector256.Load(wp + 32), xp + 32);
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[k]), a0);
+        }
+        if (k < chunks)
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotS8<TDot>(Vector256.Load(wp), xp)), Vector256.Create(d[k]), a1);
+        return Vector256.Sum(a0 + a1);
+    }
+
+    /// <summary>Σ over the row's full 32-column chunks, chunk k scaled by d[k]·sc[k &gt;&gt; groupShift] (groups of 32·2^groupShift).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float Int8GroupedRow<TDot>(sbyte* wp, sbyte* xp, float* d, float* sc, int groupShift, int chunks) where TDot : struct, IDot
+    {
+        Vector256<float> a0 = default, a1 = default;
+        int k = 0;
+        for (; k + 2 <= chunks; k += 2, wp += 64, xp += 64)
+        {
+            Simd.PrefetchStream(wp);
+            var p0 = DotS8<TDot>(Vector256.Load(wp), xp);
+            var p1 = DotS8<TDot>(Vector256.Load(wp + 32), xp + 32);
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(d[k] * sc[k >> groupShift]), a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(d[k + 1] * sc[(k + 1) >> groupShift]), a1);
+        }
+        if (k < chunks)
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotS8<TDot>(Vector256.Load(wp), xp)), Vector256.Create(d[k] * sc[k >> groupShift]), a0);
+        return Vector256.Sum(a0 + a1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -138,6 +138,21 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(x, (long)rows * heads * headDim);
     }
 
+    /// <summary>The backend keeps the last call's cos/sin: a new position, more rows or another table must recompute them.</summary>
+    [Fact]
+    public void RopeSequenceOfCalls()
+    {
+        float[] Inv(double theta) => Enumerable.Range(0, 16).Select(i => (float)Math.Pow(theta, -2.0 * i / 32)).ToArray();
+        RopeTable a = new(Inv(10000)), b = new(Inv(500));
+        foreach (var (rows, pos0, table) in new[] { (1, 5, a), (1, 5, a), (3, 5, a), (1, 6, a), (2, 6, a), (1, 6, b), (1, 0, b), (1, 6, a) })
+        {
+            var x = Input(_r.Floats((long)rows * 3 * 32));
+            _cpu.Rope(x.cpu, rows, 3, 32, pos0, table);
+            _ref.Rope(x.reference, rows, 3, 32, pos0, table);
+            AssertClose(x, (long)rows * 3 * 32, what: $"rope rows {rows} pos {pos0}");
+        }
+    }
+
     [Theory]
     [InlineData(1, 0, 4, 4, 16)]
     [InlineData(1, 300, 9, 3, 64)]
