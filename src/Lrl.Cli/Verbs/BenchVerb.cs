@@ -85,7 +85,7 @@ public sealed class BenchVerb
                                         new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null);
         var limits = new MachineLimits(probes.Max(), fma);
         if (probes.Max() > 1.15 * probes.Min())
-            log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probe just before its repetition");
+            log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probes on either side of its repetition");
 
         Console.Out.Write(Json ? EndToEndBench.ToJson(results, limits) + "\n" : Csv ? EndToEndBench.ToCsv(results) : EndToEndBench.ToMarkdown(results, limits));
         if (Plot is not null)

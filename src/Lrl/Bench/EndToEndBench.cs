@@ -17,9 +17,9 @@ public sealed record MachineLimits(double BandwidthGBs, double FmaPeakGFlops);
 /// <summary>
 /// Prompt processing: one batched forward pass over p random tokens from an empty state.
 /// Generation: n single-token forward passes (the first from an empty state), as llama-bench's tg test. With a
-/// bandwidth probe, each generation repetition is preceded by a probe and its roofline fraction taken against that
-/// probe (the row reports the mean fraction over repetitions), so a machine whose bandwidth shifts during a run is
-/// compared with the bandwidth of the moment.
+/// bandwidth probe, the generation repetitions are interleaved with probes and each repetition's roofline fraction is
+/// taken against the mean of the probes on either side of it (the row reports the mean fraction over repetitions), so
+/// a machine whose bandwidth shifts during a run is compared with the bandwidth of the moment.
 /// </summary>
 public static class EndToEndBench
 {
@@ -59,16 +59,20 @@ public static class EndToEndBench
             // (tiered compilation), and a single pass of a fast model can end before the hot loops are promoted.
             WarmUp(Generate);
             var fractions = new List<double>();
+            // The bandwidth during a repetition: the mean of the probes just before and just after it (each probe after
+            // one repetition is the probe before the next), so a drift during the repetition counts half each way.
+            double before = bandwidthProbe?.Invoke() ?? limits.BandwidthGBs;
             var speeds = Repeat(reps, () =>
             {
-                double probe = bandwidthProbe?.Invoke() ?? limits.BandwidthGBs;
                 var sw = Stopwatch.StartNew();
                 Generate();
                 double tps = genTokens / sw.Elapsed.TotalSeconds;
-                fractions.Add(tps * model.WeightBytesPerToken / 1e9 / probe);
+                double after = bandwidthProbe?.Invoke() ?? before, bandwidth = (before + after) / 2;
+                fractions.Add(tps * model.WeightBytesPerToken / 1e9 / bandwidth);
                 if (bandwidthProbe is not null)
                     progress?.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"    tg rep: {tps:F2} tok/s = {tps * model.WeightBytesPerToken / 1e9:F1} GB/s against a probe of {probe:F1} GB/s just before ({fractions[^1]:P1})"));
+                        $"    tg rep: {tps:F2} tok/s = {tps * model.WeightBytesPerToken / 1e9:F1} GB/s against probes of {before:F1} before and {after:F1} GB/s after, mean {bandwidth:F1} ({fractions[^1]:P1})"));
+                before = after;
                 return tps;
             });
             double gbs = speeds.Mean * model.WeightBytesPerToken / 1e9;
