@@ -210,12 +210,12 @@ internal static unsafe class QuantKernels
     }
 
     /// <summary>
-    /// Per-group sums of BSum (d·Σxq) over the 4-bit kernel's full 64-column blocks (the tail runs in f32), for the
-    /// zero-point correction; prepared once per product.
+    /// Per-group sums of BSum (d·Σxq) over the columns the integer kernels cover (4-bit: full 64-column blocks; 8-bit:
+    /// full 32-column chunks; the tail runs in f32), for the zero-point correction; prepared once per product.
     /// </summary>
-    public static void GroupSums(QuantScratch s, int cols, int group)
+    public static void GroupSums(QuantScratch s, int cols, int group, int bits)
     {
-        int groups = cols / group, chunks = cols / 64 * 2;
+        int groups = cols / group, chunks = bits == 4 ? cols / 64 * 2 : cols / 32;
         if (s.GroupBSum.Length < groups) s.GroupBSum = new float[groups];
         var gs = s.GroupBSum.AsSpan(0, groups);
         gs.Clear();
@@ -233,10 +233,11 @@ internal static unsafe class QuantKernels
 
     /// <summary>
     /// Converts row <paramref name="o"/>'s scales to f32 into <paramref name="sc"/> and, when <paramref name="gbs"/> is
-    /// given, returns the 4-bit zero-point term Σ_g z_g·s_g·gbs_g (z = 8 without explicit zeros).
+    /// given, returns the zero-point term Σ_g z_g·s_g·gbs_g (z = <paramref name="zero"/> without explicit zeros: 8 for
+    /// 4-bit codes, 128 for 8-bit codes read as unsigned bytes with their sign bit flipped).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float RowScales(QuantizedTensor q, int o, float* sc, float* gbs)
+    private static float RowScales(QuantizedTensor q, int o, float* sc, float* gbs, float zero = 8)
     {
         int groups = q.Groups, g = 0;
         Half* src = q.Scales + (long)o * groups;
@@ -248,7 +249,7 @@ internal static unsafe class QuantKernels
             f.Store(sc + g);
             if (gbs != null)
             {
-                var z = zp == null ? Vector256.Create(8f) : Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g));
+                var z = zp == null ? Vector256.Create(zero) : Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(zp + g));
                 cv = Fma.MultiplyAdd(f * z, Vector256.Load(gbs + g), cv);
             }
         }
@@ -256,7 +257,7 @@ internal static unsafe class QuantKernels
         for (; g < groups; g++)
         {
             sc[g] = DTypes.F16ToFloat(src[g]);
-            if (gbs != null) corr += (zp == null ? 8 : zp[g]) * sc[g] * gbs[g];
+            if (gbs != null) corr += (zp == null ? zero : zp[g]) * sc[g] * gbs[g];
         }
         return corr;
     }
@@ -266,9 +267,14 @@ internal static unsafe class QuantKernels
     {
         int n = q.Cols, shift = GroupShift(q), chunks = n / 32;
         var rowBuf = QuantScratch.ForThread(n).Row;
+        // VNNI multiplies unsigned by signed bytes: with the codes' sign bit flipped (w + 128, one XOR) the product is
+        // Σ (w + 128)·xq − 128·Σ xq, the second term a per-group constant of the prepared activations (GroupBSum).
+        // Without VNNI the flipped codes would overflow pmaddubsw's int16 pairs, so that path takes |w| and sign(x, w).
+        bool biased = typeof(TDot) == typeof(VnniDot);
         fixed (sbyte* xq = s.Xq)
         fixed (float* d = s.D)
         fixed (float* x = s.Permuted)
+        fixed (float* gbs = s.GroupBSum)
         fixed (float* sc = rowBuf)
         {
             for (int o = rowStart; o < rowEnd; o++)
@@ -278,12 +284,12 @@ internal static unsafe class QuantKernels
                 if (q.Groups == 1)
                 {
                     sc[0] = channelScales != null ? channelScales[o] : DTypes.F16ToFloat(q.Scales[o]);
-                    sum = sc[0] * Int8ChannelRow<TDot>(w, xq, d, chunks);
+                    sum = sc[0] * (Int8ChannelRow<TDot>(w, xq, d, chunks) - (biased ? 128 * gbs[0] : 0));
                 }
                 else
                 {
-                    RowScales(q, o, sc, null);
-                    sum = Int8GroupedRow<TDot>(w, xq, d, sc, shift - 5, chunks);
+                    float corr = RowScales(q, o, sc, biased ? gbs : null, 128);
+                    sum = Int8GroupedRow<TDot>(w, xq, d, sc, shift - 5, chunks) - corr;
                 }
                 int c = chunks * 32;
                 for (; c < n; c++) sum += w[c] * sc[c >> shift] * x[c];
@@ -293,13 +299,18 @@ internal static unsafe class QuantKernels
     }
 
     /// <summary>|w| · sign(x, w): the u8 × s8 form of a signed int8 × int8 product, for VNNI's unsigned first operand.</summary>
+    /// With VNNI, (w xor 0x80) · x instead: w + 128 as unsigned, the caller subtracts 128·Σx.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> DotS8<TDot>(Vector256<sbyte> w, sbyte* x) where TDot : struct, IDot =>
-        TDot.Dot(Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
+        typeof(TDot) == typeof(VnniDot)
+            ? TDot.Dot(w.AsByte() ^ Vector256.Create((byte)0x80), Vector256.Load(x))
+            : TDot.Dot(Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> AccS8<TDot>(Vector256<int> acc, Vector256<sbyte> w, sbyte* x) where TDot : struct, IDot =>
-        TDot.Acc(acc, Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
+        typeof(TDot) == typeof(VnniDot)
+            ? TDot.Acc(acc, w.AsByte() ^ Vector256.Create((byte)0x80), Vector256.Load(x))
+            : TDot.Acc(acc, Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
 
     /// <summary>
     /// Σ over the row's full 32-column chunks of int8 codes · int8 activations, each 128-column step (one activation

@@ -86,7 +86,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         if (Selected() is QuantKernel.Avx2Int or QuantKernel.Vnni)
         {
             QuantKernels.QuantizeActivations(xp, s);
-            if (_q.Bits == 4) QuantKernels.GroupSums(s, Cols, _q.GroupSize);
+            QuantKernels.GroupSums(s, Cols, _q.GroupSize, _q.Bits);
         }
     }
 
