@@ -444,7 +444,9 @@ internal static unsafe class QuantKernels
                     // multiply-port work of scaling every 32 columns).
                     // In a lean method of its own: inline here, the accumulators and the mask lived on the stack
                     // (the row loop's register pressure), a store-forwarding round trip on every step.
-                    grouped = WideRow<TDot>(w, xq, d, sc, q.Groups == 1 ? 31 : shift - 7, blocks);
+                    grouped = q.Groups == 1
+                        ? sc[0] * WideRow<TDot, RowScale>(w, xq, d, sc, 31, blocks)
+                        : WideRow<TDot, GroupScale>(w, xq, d, sc, shift - 7, blocks);
                 }
                 else
                 {
@@ -468,8 +470,27 @@ internal static unsafe class QuantKernels
     /// (stepShift 31: one scale for the row). Each step's four integer dots run as two chains of two (half the latency
     /// of one chain of four); two float accumulators.
     /// </summary>
+    /// <summary>The scale of 128-column step k: activation scale d[4k], times the weight group's scale where groups vary.</summary>
+    private interface IStepScale
+    {
+        static abstract Vector256<float> Of(float* d, float* sc, int k, int stepShift);
+    }
+
+    /// <summary>One weight scale for the row, applied by the caller: the step's FMA takes d[4k] as a broadcast operand.</summary>
+    private readonly struct RowScale : IStepScale
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Of(float* d, float* sc, int k, int stepShift) => Vector256.Create(d[4 * k]);
+    }
+
+    private readonly struct GroupScale : IStepScale
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Of(float* d, float* sc, int k, int stepShift) => Vector256.Create(d[4 * k] * sc[k >> stepShift]);
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static float WideRow<TDot>(byte* wp, sbyte* xp, float* d, float* sc, int stepShift, int blocks) where TDot : struct, IDot
+    private static float WideRow<TDot, TScale>(byte* wp, sbyte* xp, float* d, float* sc, int stepShift, int blocks) where TDot : struct, IDot where TScale : struct, IStepScale
     {
         var mask = Vector256.Create((byte)0x0F);
         Vector256<float> a0 = default, a1 = default;
@@ -484,24 +505,24 @@ internal static unsafe class QuantKernels
             v = Vector256.Load(wp + 64); u = Vector256.Load(wp + 96);
             var i2 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp + 128)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 160));
             var i3 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 192)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 224));
-            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[4 * k] * sc[k >> stepShift]), a0);
-            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2 + i3), Vector256.Create(d[4 * k + 4] * sc[(k + 1) >> stepShift]), a1);
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), TScale.Of(d, sc, k, stepShift), a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2 + i3), TScale.Of(d, sc, k + 1, stepShift), a1);
         }
         if (k < steps)
         {
             var v = Vector256.Load(wp); var u = Vector256.Load(wp + 32);
             var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
             var i1 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
-            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[4 * k] * sc[k >> stepShift]), a0);
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), TScale.Of(d, sc, k, stepShift), a0);
             wp += 64; xp += 128; k++;
         }
         if (blocks % 2 != 0)
         {
-            // A last 64-column block: its two halves may belong to different activation scales (same weight scale).
+            // A last 64-column block.
             var v = Vector256.Load(wp);
-            float s = sc[k >> stepShift];
-            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), Vector256.Create(d[4 * k] * s), a0);
-            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), Vector256.Create(d[4 * k + 1] * s), a1);
+            var f = TScale.Of(d, sc, k, stepShift); // the block's two halves share the 128-column activation scale
+            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, Vector256.Load(xp))), f, a0);
+            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32))), f, a1);
         }
         return Vector256.Sum(a0 + a1);
     }
