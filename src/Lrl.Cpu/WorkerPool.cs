@@ -14,7 +14,11 @@ public interface IParallelJob
 public sealed class WorkerPool : IDisposable
 {
     private readonly Thread[] _threads;
-    private readonly SemaphoreSlim _wake = new(0);
+    // Sleeping workers wait on this monitor for the generation to change. (A semaphore released once per counted
+    // sleeper lost wake-ups: a worker done with the new job could spin out, sleep and take the permit meant for one
+    // not yet woken, which then slept through the job while the caller waited for it; seen with more threads than
+    // cores.)
+    private readonly object _sleep = new();
     private IParallelJob? _job;
     private int _items, _next, _finished, _sleepers;
     private long _generation;
@@ -50,8 +54,10 @@ public sealed class WorkerPool : IDisposable
         _next = 0;
         _finished = 0;
         Interlocked.Increment(ref _generation);
-        int sleepers = Interlocked.Exchange(ref _sleepers, 0);
-        if (sleepers > 0) _wake.Release(sleepers);
+        // A worker counts itself a sleeper before its last look at the generation: either it sees the new one, or
+        // the count is seen here and the pulse reaches it (it holds the lock until Monitor.Wait releases it).
+        if (Volatile.Read(ref _sleepers) > 0)
+            lock (_sleep) Monitor.PulseAll(_sleep);
         Work(0);
         // The others finish within microseconds: spin tightly (a yield or sleep would cost more than the wait).
         for (int spins = 0; Volatile.Read(ref _finished) < _threads.Length; spins++)
@@ -81,8 +87,12 @@ public sealed class WorkerPool : IDisposable
                 if (++spins < SpinIterations) Thread.SpinWait(1);
                 else
                 {
-                    Interlocked.Increment(ref _sleepers);
-                    if (Volatile.Read(ref _generation) == seen && !_stop) _wake.Wait();
+                    lock (_sleep)
+                    {
+                        Interlocked.Increment(ref _sleepers);
+                        while (Volatile.Read(ref _generation) == seen && !_stop) Monitor.Wait(_sleep);
+                        Interlocked.Decrement(ref _sleepers);
+                    }
                     spins = 0;
                 }
             }
@@ -96,8 +106,7 @@ public sealed class WorkerPool : IDisposable
     public void Dispose()
     {
         _stop = true;
-        _wake.Release(_threads.Length + 1);
+        lock (_sleep) Monitor.PulseAll(_sleep);
         foreach (var t in _threads) t.Join();
-        _wake.Dispose();
     }
 }

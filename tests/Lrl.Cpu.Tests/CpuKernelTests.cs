@@ -66,6 +66,60 @@ public sealed class CpuKernelTests : IDisposable
         }
     }
 
+    /// <summary>Decode items: contiguous, covering every row once, whole tiles, each 1/threads of what is left (≥ 32 rows).</summary>
+    [Theory]
+    [InlineData(576, 2)]
+    [InlineData(1, 2)]
+    [InlineData(97, 3)]
+    [InlineData(128256, 2)]
+    [InlineData(8192, 16)]
+    [InlineData(1536, 1)]
+    public void GuidedDecodeItems(int rows, int threads)
+    {
+        int n = MatMulJob.GuidedItems(rows, threads, null);
+        var starts = new int[n + 1];
+        Assert.Equal(n, MatMulJob.GuidedItems(rows, threads, starts));
+        Assert.Equal(0, starts[0]);
+        Assert.Equal(rows, starts[n]);
+        for (int i = 0; i < n; i++)
+        {
+            int size = starts[i + 1] - starts[i], left = rows - starts[i];
+            Assert.True(size > 0);
+            if (i < n - 1)
+            {
+                Assert.Equal(0, size % 4);
+                Assert.True(size >= 32 && size >= left / threads && size < left / threads + 4 + 32, $"item {i}: {size} of {left} left");
+            }
+        }
+        if (threads == 1) Assert.Equal(1, n);
+        if (rows == 576 && threads == 2) Assert.Equal(new[] { 0, 288, 432, 504, 540, 572, 576 }, starts);
+    }
+
+    /// <summary>Decode products (many guided items) at several thread counts, against the reference.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(7)]
+    public void DecodeProductsAtAnyThreadCount(int threads)
+    {
+        using var cpu = new CpuBackend(threads);
+        var wt = _r.Tensor("w", DType.BF16, 1003, 96);
+        var ut = _r.Tensor("u", DType.BF16, 1003, 96);
+        var xs = _r.Floats(96);
+        var x = cpu.Allocate(96); cpu.Upload(xs, x);
+        var xr = _ref.Allocate(96); _ref.Upload(xs, xr);
+        var y = cpu.Allocate(1003); var yr = _ref.Allocate(1003);
+        cpu.MatMul(x, cpu.LoadWeight(wt), y, 1);
+        _ref.MatMul(xr, _ref.LoadWeight(wt), yr, 1);
+        AssertClose((y, yr), 1003, what: $"matmul, {threads} threads");
+        var g = cpu.Allocate(1003); var u = cpu.Allocate(1003); var gr = _ref.Allocate(1003); var ur = _ref.Allocate(1003);
+        cpu.GateUpSwiGlu(x, 1, cpu.LoadWeight(wt), cpu.LoadWeight(ut), g, u);
+        _ref.MatMul(xr, _ref.LoadWeight(wt), gr, 1);
+        _ref.MatMul(xr, _ref.LoadWeight(ut), ur, 1);
+        _ref.SwiGlu(gr, ur, gr, 1003);
+        AssertClose((g, gr), 1003, what: $"gate/up, {threads} threads");
+    }
+
     [Theory]
     [InlineData(1, 33, 5, 64)]
     [InlineData(6, 96, 32, 97)]
