@@ -298,8 +298,10 @@ internal static unsafe class QuantKernels
         }
     }
 
-    /// <summary>|w| · sign(x, w): the u8 × s8 form of a signed int8 × int8 product, for VNNI's unsigned first operand.</summary>
-    /// With VNNI, (w xor 0x80) · x instead: w + 128 as unsigned, the caller subtracts 128·Σx.
+    /// <summary>
+    /// A signed int8 × int8 dot product in the u8 × s8 form the instructions take: with VNNI (w xor 0x80) · x, that is
+    /// (w + 128) · x, the caller subtracting 128·Σx; without, |w| · sign(x, w) (w + 128 would saturate pmaddubsw).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> DotS8<TDot>(Vector256<sbyte> w, sbyte* x) where TDot : struct, IDot =>
         typeof(TDot) == typeof(VnniDot)
@@ -464,12 +466,6 @@ internal static unsafe class QuantKernels
         }
     }
 
-    /// <summary>
-    /// Σ over <paramref name="blocks"/> 64-column int4 blocks of codes · int8 activations for a row with one weight scale
-    /// per 128 columns or more: step k (128 columns, one activation scale d[4k]) is scaled by d[4k]·sc[k &gt;&gt; stepShift]
-    /// (stepShift 31: one scale for the row). Each step's four integer dots run as two chains of two (half the latency
-    /// of one chain of four); two float accumulators.
-    /// </summary>
     /// <summary>The scale of 128-column step k: activation scale d[4k], times the weight group's scale where groups vary.</summary>
     private interface IStepScale
     {
@@ -489,6 +485,13 @@ internal static unsafe class QuantKernels
         public static Vector256<float> Of(float* d, float* sc, int k, int stepShift) => Vector256.Create(d[4 * k] * sc[k >> stepShift]);
     }
 
+    /// <summary>
+    /// Σ over <paramref name="blocks"/> 64-column int4 blocks of codes · int8 activations for a row with one weight scale
+    /// per 128 columns or more: step k (128 columns, one activation scale d[4k]) is scaled by
+    /// <typeparamref name="TScale"/> (d[4k]·sc[k &gt;&gt; stepShift], or d[4k] alone when the caller applies the row's one
+    /// scale). Each step's four integer dots run as two chains of two (half the latency of one chain of four); two float
+    /// accumulators.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static float WideRow<TDot, TScale>(byte* wp, sbyte* xp, float* d, float* sc, int stepShift, int blocks) where TDot : struct, IDot where TScale : struct, IStepScale
     {
