@@ -19,7 +19,7 @@ public sealed partial class CpuBackend : IBackend
     public bool CopiesWeights => _arena is not null;
     public int Threads => _pool.ThreadCount;
 
-    /// <param name="threads">Worker threads including the caller; 0 = one per core.</param>
+    /// <param name="threads">Worker threads including the caller; 0 = one per physical core.</param>
     /// <param name="copyWeights">Copy weights out of the memory-mapped file into huge-page memory (faster decode,
     /// anonymous memory instead of evictable page cache); false reads them in place (zero-copy).</param>
     public CpuBackend(int threads = 0, bool copyWeights = false)
@@ -31,8 +31,52 @@ public sealed partial class CpuBackend : IBackend
         _attention = new AttentionJob(_pool.ThreadCount);
     }
 
-    /// <summary>One thread per core.</summary>
-    public static int DefaultThreads => Environment.ProcessorCount;
+    /// <summary>
+    /// One thread per physical core this process may run on (as llama.cpp): hyperthread siblings share a core's load
+    /// ports and FMA units, so a second thread per core adds no decode bandwidth and its spinning takes issue slots from
+    /// the working sibling. Linux: the distinct sibling sets of the CPUs in /proc/self/status Cpus_allowed_list; never
+    /// more than <see cref="Environment.ProcessorCount"/> (which honours cgroup quotas); elsewhere that count.
+    /// </summary>
+    public static int DefaultThreads { get; } = PhysicalCores() is int c and > 0 ? Math.Min(c, Environment.ProcessorCount) : Environment.ProcessorCount;
+
+    private static int? PhysicalCores()
+    {
+        try
+        {
+            if (!OperatingSystem.IsLinux()) return null;
+            var allowed = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Cpus_allowed_list:", StringComparison.Ordinal));
+            if (allowed is null) return null;
+            var siblings = new List<string>();
+            foreach (int cpu in ParseCpuList(allowed["Cpus_allowed_list:".Length..]))
+            {
+                string path = $"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list";
+                if (!File.Exists(path)) return null;
+                siblings.Add(File.ReadAllText(path));
+            }
+            return CountCores(siblings);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Distinct cores among CPUs given by their sibling lists ("0,8" or "0-1"): the count of distinct sets.</summary>
+    internal static int CountCores(IEnumerable<string> siblingLists) =>
+        siblingLists.Select(l => string.Join(',', ParseCpuList(l).Order())).Distinct().Count();
+
+    /// <summary>A Linux CPU list ("0-3,8,10-11") as CPU numbers.</summary>
+    internal static IEnumerable<int> ParseCpuList(string list)
+    {
+        foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int dash = part.IndexOf('-');
+            int lo = int.Parse(dash < 0 ? part : part[..dash], System.Globalization.CultureInfo.InvariantCulture);
+            int hi = dash < 0 ? lo : int.Parse(part[(dash + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+            if (lo < 0 || hi < lo || hi - lo > 65536) throw new FormatException($"bad CPU range '{part}'");
+            for (int c = lo; c <= hi; c++) yield return c;
+        }
+    }
 
     internal WorkerPool Pool => _pool;
 

@@ -162,7 +162,7 @@ public static class Backends
 {
     /// <summary>cpu: the SIMD backend; cuda: the ILGPU CUDA backend (an error without a GPU); auto: CUDA when present.</summary>
     /// <param name="device">Where to run.</param>
-    /// <param name="threads">CPU worker threads including the caller; 0 = one per core.</param>
+    /// <param name="threads">CPU worker threads including the caller; 0 = one per physical core.</param>
     /// <param name="mmap">CPU: read weights in place (true) or copy them into huge-page memory (false, --no-mmap).</param>
     public static IBackend Create(Device device, int threads = 0, bool mmap = true) => device switch
     {

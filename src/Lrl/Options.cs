@@ -15,7 +15,7 @@ public enum Device
 public sealed record ModelOptions
 {
     public Device Device { get; init; } = Device.Cpu;
-    /// <summary>CPU threads including the caller; 0 = one per core.</summary>
+    /// <summary>CPU threads including the caller; 0 = one per physical core.</summary>
     public int Threads { get; init; }
     /// <summary>KV cache positions; 0 = the model's maximum, capped at 4096.</summary>
     public int ContextLength { get; init; }

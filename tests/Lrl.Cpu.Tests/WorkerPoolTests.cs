@@ -38,3 +38,25 @@ public class WorkerPoolTests
         run.GetAwaiter().GetResult();
     }
 }
+
+public class DefaultThreadTests
+{
+    [Fact]
+    public void CpuListsParse()
+    {
+        Assert.Equal(new[] { 0, 1, 2, 3, 8, 10, 11 }, CpuBackend.ParseCpuList("0-3,8,10-11\n").ToArray());
+        Assert.Equal(new[] { 5 }, CpuBackend.ParseCpuList(" 5 ").ToArray());
+        Assert.Throws<FormatException>(() => CpuBackend.ParseCpuList("3-1").ToArray());
+        Assert.Throws<FormatException>(() => CpuBackend.ParseCpuList("x").ToArray());
+    }
+
+    /// <summary>Hyperthread siblings count once: 4 logical CPUs on 2 cores (lists written either way) are 2 cores.</summary>
+    [Fact]
+    public void SiblingsCountAsOneCore()
+    {
+        Assert.Equal(2, CpuBackend.CountCores(["0,2", "1,3", "0,2", "1,3"]));
+        Assert.Equal(1, CpuBackend.CountCores(["0-1", "0,1"]));
+        Assert.Equal(3, CpuBackend.CountCores(["0", "1", "2"]));
+        Assert.InRange(CpuBackend.DefaultThreads, 1, Environment.ProcessorCount);
+    }
+}

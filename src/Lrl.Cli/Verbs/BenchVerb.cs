@@ -28,7 +28,7 @@ public sealed class BenchVerb
     [Option('r', "repetitions", Default = 5, HelpText = "Repetitions per test.")]
     public int Reps { get; set; }
 
-    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per core.")]
+    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per physical core.")]
     public int Threads { get; set; }
 
     [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]

@@ -96,7 +96,7 @@ public abstract class ModelVerbBase
     [Option("device", Default = "cpu", HelpText = "cpu, cuda or auto.")]
     public string DeviceName { get; set; } = "cpu";
 
-    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per core.")]
+    [Option('t', "threads", Default = 0, HelpText = "CPU threads; 0 = one per physical core.")]
     public int Threads { get; set; }
 
     [Option('c', "context", Default = 0, HelpText = "Context window in tokens; 0 = the model's, capped at 4096.")]
