@@ -184,7 +184,7 @@ internal sealed unsafe class QuantScratch
     public Span<sbyte> Xq => new(_xq, _xqLength);
     public float[] D = [];      // per 32 columns: activation scale
     public float[] BSum = [];   // per 32 columns: d · Σ xq (for the zero-point correction)
-    public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over its full 64-column blocks
+    public float[] GroupBSum = []; // per group of the prepared matrix: Σ BSum over the columns its integer kernel covers
     public float[] Permuted = [];
     public float[] Row = [];
     public float[] ChunkScale = []; // per 32 columns of one row: group scale · activation scale
