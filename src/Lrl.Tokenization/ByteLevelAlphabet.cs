@@ -19,6 +19,18 @@ public static class ByteLevelAlphabet
 
     public static char Encode(byte b) => ByteToChar[b];
 
+    /// <summary>The bytes of a token written in the byte-level alphabet, or null when a character is outside it.</summary>
+    public static byte[]? TryDecode(string token)
+    {
+        var result = new byte[token.Length];
+        for (int i = 0; i < token.Length; i++)
+        {
+            if (!CharToByte.TryGetValue(token[i], out byte b)) return null;
+            result[i] = b;
+        }
+        return result;
+    }
+
     /// <summary>The bytes a vocabulary entry stands for; characters outside the alphabet are taken as UTF-8.</summary>
     public static byte[] Decode(string token)
     {

@@ -4,56 +4,90 @@ using System.Text.Json;
 namespace Lrl.Tokenization;
 
 /// <summary>A word-level vocabulary (token_mappings.json: {"token2id": {...}}): tokens are whole words or phrases separated by spaces.</summary>
-internal static class VocabularyTokenizer
+internal sealed class VocabularyTokenizer : ITokenizerCore
 {
+    private readonly Dictionary<string, int> _map;
+    private readonly string[] _text;
+    private readonly int _maxWords;
+    private readonly string _path;
+
+    private VocabularyTokenizer(Dictionary<string, int> map, string path)
+    {
+        _map = map; _path = path;
+        _text = new string[map.Values.Max() + 1];
+        foreach (var (k, v) in map) _text[v] = k;
+        for (int i = 0; i < _text.Length; i++) if (_text[i] is null) throw new ModelFormatException(path, $"token id {i} has no entry");
+        _maxWords = map.Keys.Max(k => k.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length);
+    }
+
     public static LrlTokenizer Load(string path, SpecialTokenConfig cfg)
     {
         Dictionary<string, int> map;
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            if (!doc.RootElement.TryGetProperty("token2id", out var t2i) || t2i.ValueKind != JsonValueKind.Object)
+            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("token2id", out var t2i) || t2i.ValueKind != JsonValueKind.Object)
                 throw new ModelFormatException(path, "missing 'token2id' object");
             map = new Dictionary<string, int>(StringComparer.Ordinal);
             foreach (var p in t2i.EnumerateObject())
-                map[p.Name] = p.Value.TryGetInt32(out int id) && id >= 0 ? id : throw new ModelFormatException(path, $"token2id['{p.Name}'] is not a token id");
+                map[p.Name] = p.Value.TryGetInt32(out int id) && id is >= 0 and <= 16_777_216 ? id : throw new ModelFormatException(path, $"token2id['{p.Name}'] is not a token id");
         }
         catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
-        int n = map.Values.Max() + 1;
-        var text = new string[n]; var bytes = new byte[n][]; var special = new bool[n];
-        foreach (var (k, v) in map) { text[v] = k; bytes[v] = Encoding.UTF8.GetBytes(k); }
-        for (int i = 0; i < n; i++) if (text[i] is null) throw new ModelFormatException(path, $"token id {i} has no entry");
-        var byWords = map.Keys.Select(k => (Words: k.Split(' ', StringSplitOptions.RemoveEmptyEntries), Id: map[k]))
-                              .OrderByDescending(x => x.Words.Length).ToList();
-        int maxWords = byWords.Max(x => x.Words.Length);
+        if (map.Count == 0) throw new ModelFormatException(path, "token2id is empty");
+        return new LrlTokenizer("word-level (token_mappings.json)", new VocabularyTokenizer(map, path), cfg.BosId, cfg.EosIds(null), prependBos: false);
+    }
 
-        List<int> Encode(string s)
+    public int VocabSize => _text.Length;
+    public string? IdToToken(int id) => (uint)id < (uint)_text.Length ? _text[id] : null;
+    public int? TokenToId(string token) => _map.TryGetValue(token, out int id) ? id : null;
+    public bool IsSpecial(int id) => false;
+
+    public void Encode(string s, bool addSpecial, List<int> ids)
+    {
+        var words = s.Split((char[])[' ', '\t', '\n', '\r'], StringSplitOptions.RemoveEmptyEntries);
+        for (int i = 0; i < words.Length;)
         {
-            var words = s.Split((char[])[' ', '\t', '\n', '\r'], StringSplitOptions.RemoveEmptyEntries);
-            var ids = new List<int>();
-            for (int i = 0; i < words.Length;)
-            {
-                int matched = 0;
-                for (int len = Math.Min(maxWords, words.Length - i); len >= 1 && matched == 0; len--)
-                    if (map.TryGetValue(string.Join(' ', words, i, len), out int id)) { ids.Add(id); matched = len; }
-                if (matched == 0) throw new LrlException($"'{words[i]}' is not in the vocabulary of {path}");
-                i += matched;
-            }
-            return ids;
+            int matched = 0;
+            for (int len = Math.Min(_maxWords, words.Length - i); len >= 1 && matched == 0; len--)
+                if (_map.TryGetValue(string.Join(' ', words, i, len), out int id)) { ids.Add(id); matched = len; }
+            if (matched == 0) throw new LrlException($"'{words[i]}' is not in the vocabulary of {_path}");
+            i += matched;
         }
-        return new LrlTokenizer("word-level (token_mappings.json)", Encode, bytes, special, text,
-            cfg.BosId, cfg.EosIds(null), addBos: false, stripLeadingSpace: false, separator: " ");
+    }
+
+    public string Decode(ReadOnlySpan<int> ids, bool skipSpecial)
+    {
+        var sb = new StringBuilder();
+        foreach (var id in ids)
+        {
+            if ((uint)id >= (uint)_text.Length) continue;
+            if (sb.Length > 0) sb.Append(' ');
+            sb.Append(_text[id]);
+        }
+        return sb.ToString();
     }
 }
 
 /// <summary>A byte vocabulary: token id = byte value (0..255), as declared by config.json's "tokenizer".</summary>
-internal static class ByteTokenizer
+internal sealed class ByteTokenizer : ITokenizerCore
 {
-    public static LrlTokenizer Create(SpecialTokenConfig cfg)
+    public static LrlTokenizer Create(SpecialTokenConfig cfg) =>
+        new("byte-level (id = byte)", new ByteTokenizer(), cfg.BosId, cfg.EosIds(null), prependBos: false);
+
+    public int VocabSize => 256;
+    public string? IdToToken(int id) => (uint)id < 256 ? (id is >= 0x20 and < 0x7F ? ((char)id).ToString() : $"<0x{id:X2}>") : null;
+    public int? TokenToId(string token) => token.Length == 1 && token[0] is >= ' ' and < (char)0x7F ? token[0] : null;
+    public bool IsSpecial(int id) => false;
+
+    public void Encode(string s, bool addSpecial, List<int> ids)
     {
-        var bytes = new byte[256][]; var text = new string[256]; var special = new bool[256];
-        for (int i = 0; i < 256; i++) { bytes[i] = [(byte)i]; text[i] = i is >= 0x20 and < 0x7F ? ((char)i).ToString() : $"<0x{i:X2}>"; }
-        return new LrlTokenizer("byte-level (id = byte)", s => Encoding.UTF8.GetBytes(s).Select(b => (int)b).ToList(),
-            bytes, special, text, cfg.BosId, cfg.EosIds(null), addBos: false, stripLeadingSpace: false);
+        foreach (var b in Encoding.UTF8.GetBytes(Unicode.CharClass.Sanitize(s))) ids.Add(b);
+    }
+
+    public string Decode(ReadOnlySpan<int> ids, bool skipSpecial)
+    {
+        var bytes = new List<byte>(ids.Length);
+        foreach (var id in ids) if ((uint)id < 256) bytes.Add((byte)id);
+        return Encoding.UTF8.GetString(bytes.ToArray());
     }
 }

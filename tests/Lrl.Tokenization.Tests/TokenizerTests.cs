@@ -160,9 +160,9 @@ public sealed class TokenizerTests
         File.WriteAllText(Path.Combine(empty, "tokenizer.json"), "{ not json");
         var m = Assert.Throws<ModelFormatException>(() => LrlTokenizer.Load(empty));
         Assert.Contains("tokenizer.json", m.Message);
-        File.WriteAllText(Path.Combine(empty, "tokenizer.json"), """{"model": {"type": "WordPiece", "vocab": {}}}""");
+        File.WriteAllText(Path.Combine(empty, "tokenizer.json"), """{"model": {"type": "CharPiece", "vocab": {}}}""");
         m = Assert.Throws<ModelFormatException>(() => LrlTokenizer.Load(empty));
-        Assert.Contains("WordPiece", m.Message);
+        Assert.Contains("CharPiece", m.Message);
         File.Delete(Path.Combine(empty, "tokenizer.json"));
         File.WriteAllBytes(Path.Combine(empty, "tokenizer.model"), [0x0A, 0xFF, 0xFF, 0x01]);
         m = Assert.Throws<ModelFormatException>(() => LrlTokenizer.Load(empty));
@@ -211,6 +211,10 @@ public sealed class TokenizerTests
                 ["type"] = "TemplateProcessing",
                 ["single"] = new JsonArray(new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<|endoftext|>", ["type_id"] = 0 } },
                                            new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
+                ["special_tokens"] = new JsonObject
+                {
+                    ["<|endoftext|>"] = new JsonObject { ["id"] = "<|endoftext|>", ["ids"] = new JsonArray(next), ["tokens"] = new JsonArray("<|endoftext|>") },
+                },
             },
             ["decoder"] = new JsonObject { ["type"] = "ByteLevel" },
             ["model"] = new JsonObject { ["type"] = "BPE", ["vocab"] = vocab, ["merges"] = new JsonArray(merges.Select(m => (JsonNode)m).ToArray()) },

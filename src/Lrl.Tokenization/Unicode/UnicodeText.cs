@@ -1,0 +1,161 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Lrl.Tokenization.Unicode;
+
+/// <summary>
+/// Unicode normalization (NFC, NFD, NFKC, NFKD) and full lowercase mapping in managed code, from tables embedded in
+/// the assembly (unicode-data.bin, made by generate_unicode_data.py). .NET's own string.Normalize depends on ICU and
+/// does nothing in globalization-invariant mode; tokenizers must give the same ids on every host, so they use this.
+/// </summary>
+public static class UnicodeText
+{
+    private static readonly Dictionary<int, byte> Ccc = new();
+    private static readonly Dictionary<int, int[]> Canonical = new();
+    private static readonly Dictionary<int, int[]> Compat = new();
+    private static readonly Dictionary<int, int[]> Lower = new();
+    private static readonly Dictionary<long, int> Compose = new();
+
+    /// <summary>The Unicode version of the embedded tables.</summary>
+    public static string Version { get; }
+
+    private const int SBase = 0xAC00, LBase = 0x1100, VBase = 0x1161, TBase = 0x11A7;
+    private const int LCount = 19, VCount = 21, TCount = 28, NCount = VCount * TCount, SCount = LCount * NCount;
+
+    static UnicodeText()
+    {
+        using var s = typeof(UnicodeText).Assembly.GetManifestResourceStream("Lrl.Tokenization.unicode-data.bin")
+                      ?? throw new InvalidOperationException("unicode-data.bin is not embedded in Lrl.Tokenization");
+        var data = new byte[s.Length];
+        s.ReadExactly(data);
+        int pos = 0;
+        uint U32() { uint v = BinaryPrimitives.ReadUInt32LittleEndian(data.AsSpan(pos)); pos += 4; return v; }
+        int vlen = (int)U32();
+        Version = Encoding.ASCII.GetString(data, pos, vlen); pos += vlen;
+        for (uint n = U32(); n > 0; n--) { int cp = (int)U32(); Ccc[cp] = data[pos++]; }
+        foreach (var table in new[] { Canonical, Compat, Lower })
+            for (uint n = U32(); n > 0; n--)
+            {
+                int cp = (int)U32(); int len = data[pos++];
+                var seq = new int[len];
+                for (int i = 0; i < len; i++) seq[i] = (int)U32();
+                table[cp] = seq;
+            }
+        for (uint n = U32(); n > 0; n--)
+        {
+            int a = (int)U32(), b = (int)U32(), c = (int)U32();
+            Compose[((long)a << 21) | (uint)b] = c;
+        }
+    }
+
+    public static int CombiningClass(int cp) => Ccc.TryGetValue(cp, out var c) ? c : 0;
+
+    public static string Normalize(string s, NormalizationForm form)
+    {
+        bool compat = form is NormalizationForm.FormKC or NormalizationForm.FormKD;
+        bool compose = form is NormalizationForm.FormC or NormalizationForm.FormKC;
+        // Fast path: text below these bounds is its own normal form.
+        int bound = compose ? (compat ? 0xA0 : 0x300) : 0xC0;
+        int k = 0;
+        while (k < s.Length && s[k] < bound) k++;
+        if (k == s.Length) return s;
+
+        var cps = new List<int>(s.Length + 8);
+        foreach (var r in s.EnumerateRunes()) Decompose(r.Value, compat, cps);
+        // Canonical ordering: stable sort of each run of non-starters by combining class.
+        for (int i = 0; i < cps.Count; i++)
+        {
+            if (CombiningClass(cps[i]) == 0) continue;
+            int j = i;
+            while (j < cps.Count && CombiningClass(cps[j]) != 0) j++;
+            if (j - i > 1)
+            {
+                for (int a = i + 1; a < j; a++)
+                {
+                    int x = cps[a], cx = CombiningClass(x), b = a - 1;
+                    while (b >= i && CombiningClass(cps[b]) > cx) { cps[b + 1] = cps[b]; b--; }
+                    cps[b + 1] = x;
+                }
+            }
+            i = j - 1;
+        }
+        if (compose) ComposeInPlace(cps);
+        var sb = new StringBuilder(cps.Count);
+        foreach (var cp in cps) AppendCodePoint(sb, cp);
+        return sb.ToString();
+    }
+
+    private static void Decompose(int cp, bool compat, List<int> output)
+    {
+        if (cp >= SBase && cp < SBase + SCount)
+        {
+            int si = cp - SBase;
+            output.Add(LBase + si / NCount);
+            output.Add(VBase + si % NCount / TCount);
+            if (si % TCount != 0) output.Add(TBase + si % TCount);
+            return;
+        }
+        if ((compat && Compat.TryGetValue(cp, out var d)) || Canonical.TryGetValue(cp, out d)) output.AddRange(d);
+        else output.Add(cp);
+    }
+
+    private static void ComposeInPlace(List<int> cps)
+    {
+        if (cps.Count == 0) return;
+        int starterPos = 0, write = 1;
+        int starter = cps[0];
+        int lastClass = CombiningClass(starter);
+        if (lastClass != 0) lastClass = 256; // a leading non-starter blocks nothing but cannot be composed onto
+        for (int read = 1; read < cps.Count; read++)
+        {
+            int ch = cps[read];
+            int cc = CombiningClass(ch);
+            int composite;
+            bool composed = false;
+            if (lastClass < cc || lastClass == 0)
+            {
+                // Hangul LV / LVT
+                if (starter >= LBase && starter < LBase + LCount && ch >= VBase && ch < VBase + VCount && lastClass == 0)
+                { composite = SBase + ((starter - LBase) * VCount + (ch - VBase)) * TCount; composed = true; }
+                else if (starter >= SBase && starter < SBase + SCount && (starter - SBase) % TCount == 0
+                         && ch > TBase && ch < TBase + TCount && lastClass == 0)
+                { composite = starter + (ch - TBase); composed = true; }
+                else composed = Compose.TryGetValue(((long)starter << 21) | (uint)ch, out composite);
+                if (composed && (lastClass < cc || lastClass == 0))
+                {
+                    cps[starterPos] = composite;
+                    starter = composite;
+                    continue;
+                }
+            }
+            if (cc == 0) { starterPos = write; starter = ch; }
+            lastClass = cc;
+            cps[write++] = ch;
+        }
+        cps.RemoveRange(write, cps.Count - write);
+    }
+
+    /// <summary>Full lowercase mapping of each code point on its own (Rust's char::to_lowercase: İ → i̇, no final-sigma context).</summary>
+    public static string ToLower(string s)
+    {
+        int k = 0;
+        while (k < s.Length && s[k] < 0x80 && !(s[k] >= 'A' && s[k] <= 'Z')) k++;
+        if (k == s.Length) return s;
+        var sb = new StringBuilder(s.Length);
+        sb.Append(s, 0, k);
+        for (int i = k; i < s.Length;)
+        {
+            Rune.DecodeFromUtf16(s.AsSpan(i), out var r, out int used);
+            if (Lower.TryGetValue(r.Value, out var m)) foreach (var cp in m) AppendCodePoint(sb, cp);
+            else sb.Append(s, i, used);
+            i += used;
+        }
+        return sb.ToString();
+    }
+
+    internal static void AppendCodePoint(StringBuilder sb, int cp)
+    {
+        if (cp < 0x10000) sb.Append((char)cp);
+        else { cp -= 0x10000; sb.Append((char)(0xD800 + (cp >> 10))).Append((char)(0xDC00 + (cp & 0x3FF))); }
+    }
+}
