@@ -251,9 +251,11 @@ internal sealed class SentencePieceModel : ITokenizerCore
                 if (end > maxEnd) break;
                 if (!_normalBySpan.TryGetValue(s.AsSpan(st, end - st), out int id) || _types[id] == Unused) continue;
                 int length = end - st;
-                float score = _types[id] == UserDefined ? Encoding.UTF8.GetByteCount(s.AsSpan(st, length)) * _maxScore - 0.1f : _scores[id];
-                float cand = score + here;
-                if (startsAt[end] == -1 || cand > best[end]) { best[end] = cand; startsAt[end] = st; ids[end] = id; }
+                // As in sentencepiece: the score is a double (the user-symbol branch has a double literal), the
+                // candidate is compared in double against the stored float, then stored as float.
+                double score = _types[id] == UserDefined ? Encoding.UTF8.GetByteCount(s.AsSpan(st, length)) * _maxScore - 0.1 : _scores[id];
+                double cand = score + here;
+                if (startsAt[end] == -1 || cand > best[end]) { best[end] = (float)cand; startsAt[end] = st; ids[end] = id; }
                 if (length == mblen) single = true;
             }
             if (!single)

@@ -24,13 +24,13 @@ internal static class CharClass
 
     public static bool IsMark(int cp) => Category(cp) is UnicodeCategory.NonSpacingMark or UnicodeCategory.SpacingCombiningMark or UnicodeCategory.EnclosingMark;
 
-    /// <summary>Rust char::is_punctuation (general category P*) or is_ascii_punctuation.</summary>
+    /// <summary>
+    /// Hugging Face's is_punc: char::is_ascii_punctuation, or P* in the unicode_categories crate's (Unicode 9.0) tables.
+    /// </summary>
     public static bool IsPunctuation(int cp)
     {
         if (cp < 128) return cp is >= 0x21 and <= 0x2F or >= 0x3A and <= 0x40 or >= 0x5B and <= 0x60 or >= 0x7B and <= 0x7E;
-        return Category(cp) is UnicodeCategory.ConnectorPunctuation or UnicodeCategory.DashPunctuation or UnicodeCategory.OpenPunctuation
-            or UnicodeCategory.ClosePunctuation or UnicodeCategory.InitialQuotePunctuation or UnicodeCategory.FinalQuotePunctuation
-            or UnicodeCategory.OtherPunctuation;
+        return PunctuationTable.Contains(cp);
     }
 
     /// <summary>Unicode \w of Rust's regex crate: letters, marks, decimal digits, connector punctuation, join controls.</summary>
