@@ -20,7 +20,6 @@ internal sealed class AddedVocabulary
     private readonly List<AddedToken> _tokens;
     private readonly Node? _raw, _normalized;
     private readonly Dictionary<int, AddedToken> _byId = new();
-    private readonly Dictionary<int, string> _decodeText = new();
 
     public IReadOnlyList<AddedToken> Tokens => _tokens;
 
@@ -33,11 +32,7 @@ internal sealed class AddedVocabulary
             if (t.Content.Length == 0) continue;
             _byId[t.Id] = t;
             string pattern = t.Content;
-            if (t.Normalized && normalizer is not null)
-            {
-                pattern = normalizer.Normalize(t.Content);
-                if (pattern != t.Content) _decodeText[t.Id] = pattern;
-            }
+            if (t.Normalized && normalizer is not null) pattern = normalizer.Normalize(t.Content);
             if (pattern.Length == 0) continue;
             ref var root = ref t.Normalized ? ref _normalized : ref _raw;
             root ??= new Node();
@@ -54,8 +49,8 @@ internal sealed class AddedVocabulary
 
     public bool TryGet(int id, out AddedToken token) => _byId.TryGetValue(id, out token!);
 
-    /// <summary>The text an added id decodes to (its normalized form when it is matched normalized).</summary>
-    public string? DecodeText(int id) => _byId.TryGetValue(id, out var t) ? (_decodeText.TryGetValue(id, out var n) ? n : t.Content) : null;
+    /// <summary>The text an added id decodes to: its content (as the Rust library of the oracle, Tokenizers.DotNet 1.4.1).</summary>
+    public string? DecodeText(int id) => _byId.TryGetValue(id, out var t) ? t.Content : null;
 
     public bool IsSpecial(int id) => _byId.TryGetValue(id, out var t) && t.Special;
 

@@ -111,7 +111,7 @@ internal sealed class HfTokenizer : ITokenizerCore
         var (tokenModel, modelType) = BuildModel(j, model);
 
         var addedList = new List<AddedToken>();
-        var seenContent = new HashSet<string>(StringComparer.Ordinal);
+        int nextId = tokenModel.Count;
         if (root.TryGetProperty("added_tokens", out var at) && at.ValueKind != JsonValueKind.Null)
         {
             int i = 0;
@@ -122,10 +122,17 @@ internal sealed class HfTokenizer : ITokenizerCore
                 var content = j.Str(a, "content", where) ?? throw new ModelFormatException(file, $"{where}: missing 'content'");
                 int jsonId = j.Int(a, "id", where) ?? throw new ModelFormatException(file, $"{where}: missing 'id'");
                 if (jsonId < 0) throw new ModelFormatException(file, $"{where}.id {jsonId} is negative");
+                _ = jsonId;
                 bool special = j.Bool(a, "special", where) ?? false;
-                // As the Rust library: an added token takes the model's id for the same string when it has one.
-                int id = tokenModel.TokenToId(content) ?? jsonId;
-                if (!seenContent.Add(content)) addedList.RemoveAll(x => x.Content == content);
+                // Ids as the Rust library assigns them (its AddedVocabulary.add_tokens): the id of the same string
+                // among the added tokens so far or in the model, else the next free id after the model's vocabulary;
+                // the file's "id" is only checked by it. Files the library wrote agree with this.
+                if (content.Length == 0) continue;
+                int id;
+                var earlier = addedList.FindIndex(x => x.Content == content);
+                if (earlier >= 0) { id = addedList[earlier].Id; addedList.RemoveAt(earlier); }
+                else if (tokenModel.TokenToId(content) is int modelId) id = modelId;
+                else id = nextId++;
                 addedList.Add(new AddedToken(content, id, special, j.Bool(a, "single_word", where) ?? false, j.Bool(a, "lstrip", where) ?? false,
                     j.Bool(a, "rstrip", where) ?? false, j.Bool(a, "normalized", where) ?? !special));
             }

@@ -146,7 +146,7 @@ internal sealed class StripNormalizer(bool left, bool right) : Normalizer
 
 internal sealed class StripAccentsNormalizer : Normalizer
 {
-    public override string Normalize(string s) => Filter(s, cp => !CharClass.IsMark(cp));
+    public override string Normalize(string s) => Filter(s, cp => !UnicodeText.IsCombiningMark(cp));
 
     internal static string Filter(string s, Func<int, bool> keep)
     {
@@ -221,12 +221,8 @@ internal sealed class BertNormalizer(bool cleanText, bool chineseChars, bool? st
                 int cp = CharClass.At(s, i, out int l);
                 i += l;
                 if (cp is 0 or 0xFFFD) continue;
-                var cat = CharClass.Category(cp);
-                bool control = cp is not ('\t' or '\n' or '\r') && cat is System.Globalization.UnicodeCategory.Control or System.Globalization.UnicodeCategory.Format
-                               or System.Globalization.UnicodeCategory.Surrogate or System.Globalization.UnicodeCategory.PrivateUse or System.Globalization.UnicodeCategory.OtherNotAssigned;
-                if (control) continue;
-                bool ws = cp is '\t' or '\n' or '\r' or ' ' || cat == System.Globalization.UnicodeCategory.SpaceSeparator;
-                if (ws) sb.Append(' ');
+                if (cp is not ('\t' or '\n' or '\r') && UnicodeText.IsOther(cp)) continue;
+                if (cp is '\t' or '\n' or '\r' || CharClass.IsWhiteSpace(cp)) sb.Append(' ');
                 else UnicodeText.AppendCodePoint(sb, cp);
             }
             s = sb.ToString();
@@ -246,7 +242,7 @@ internal sealed class BertNormalizer(bool cleanText, bool chineseChars, bool? st
             s = sb.ToString();
         }
         if (stripAccents ?? lowercase)
-            s = StripAccentsNormalizer.Filter(UnicodeText.Normalize(s, NormalizationForm.FormD), cp => CharClass.Category(cp) != System.Globalization.UnicodeCategory.NonSpacingMark);
+            s = StripAccentsNormalizer.Filter(UnicodeText.Normalize(s, NormalizationForm.FormD), cp => !UnicodeText.IsNonspacingMark(cp));
         if (lowercase) s = UnicodeText.ToLower(s);
         return s;
     }

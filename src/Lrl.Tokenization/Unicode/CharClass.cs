@@ -30,7 +30,7 @@ internal static class CharClass
     public static bool IsPunctuation(int cp)
     {
         if (cp < 128) return cp is >= 0x21 and <= 0x2F or >= 0x3A and <= 0x40 or >= 0x5B and <= 0x60 or >= 0x7B and <= 0x7E;
-        return PunctuationTable.Contains(cp);
+        return UnicodeText.IsPunctuation(cp);
     }
 
     /// <summary>Unicode \w of Rust's regex crate: letters, marks, decimal digits, connector punctuation, join controls.</summary>

@@ -15,6 +15,7 @@ public static class UnicodeText
     private static readonly Dictionary<int, int[]> Compat = new();
     private static readonly Dictionary<int, int[]> Lower = new();
     private static readonly Dictionary<long, int> Compose = new();
+    private static readonly (int Lo, int Hi)[] Marks, Punctuation, NonspacingMarks, Other;
 
     /// <summary>The Unicode version of the embedded tables.</summary>
     public static string Version { get; }
@@ -46,7 +47,39 @@ public static class UnicodeText
             int a = (int)U32(), b = (int)U32(), c = (int)U32();
             Compose[((long)a << 21) | (uint)b] = c;
         }
+        (int, int)[] Ranges()
+        {
+            var r = new (int, int)[U32()];
+            for (int i = 0; i < r.Length; i++) r[i] = ((int)U32(), (int)U32());
+            return r;
+        }
+        Marks = Ranges(); Punctuation = Ranges(); NonspacingMarks = Ranges(); Other = Ranges();
     }
+
+    private static bool In((int Lo, int Hi)[] ranges, int cp)
+    {
+        int lo = 0, hi = ranges.Length - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >> 1;
+            if (cp < ranges[mid].Lo) hi = mid - 1;
+            else if (cp > ranges[mid].Hi) lo = mid + 1;
+            else return true;
+        }
+        return false;
+    }
+
+    /// <summary>General_Category=Mark as unicode-normalization-alignments (Unicode 9.0): Hugging Face's StripAccents.</summary>
+    public static bool IsCombiningMark(int cp) => In(Marks, cp);
+
+    /// <summary>P* as the unicode_categories crate 0.1.1 (Unicode 9.0): Hugging Face's Punctuation and Bert pre-tokenizers.</summary>
+    public static bool IsPunctuation(int cp) => In(Punctuation, cp);
+
+    /// <summary>Mn as the unicode_categories crate 0.1.1: the Bert normalizer's accent stripping.</summary>
+    public static bool IsNonspacingMark(int cp) => In(NonspacingMarks, cp);
+
+    /// <summary>Cc, Cf or Co as the unicode_categories crate 0.1.1: the Bert normalizer's control characters.</summary>
+    public static bool IsOther(int cp) => In(Other, cp);
 
     public static int CombiningClass(int cp) => Ccc.TryGetValue(cp, out var c) ? c : 0;
 
@@ -55,7 +88,7 @@ public static class UnicodeText
         bool compat = form is NormalizationForm.FormKC or NormalizationForm.FormKD;
         bool compose = form is NormalizationForm.FormC or NormalizationForm.FormKC;
         // Fast path: text below these bounds is its own normal form.
-        int bound = compose ? (compat ? 0xA0 : 0x300) : 0xC0;
+        int bound = compat ? 0xA0 : compose ? 0x300 : 0xC0;
         int k = 0;
         while (k < s.Length && s[k] < bound) k++;
         if (k == s.Length) return s;
