@@ -7,7 +7,7 @@ Console.OutputEncoding = System.Text.Encoding.UTF8;
 var parser = new Parser(s => { s.HelpWriter = Console.Error; s.CaseInsensitiveEnumValues = true; s.AutoVersion = false; });
 try
 {
-    return parser.ParseArguments<GenerateVerb, ChatVerb, InfoVerb, BenchVerb, SynthVerb, ServeVerb, PullVerb, QuantizeVerb, PerplexityVerb>(args).MapResult(
+    return parser.ParseArguments<GenerateVerb, ChatVerb, InfoVerb, BenchVerb, SynthVerb, ServeVerb, PullVerb, QuantizeVerb, PerplexityVerb, TokenizeVerb>(args).MapResult(
         (GenerateVerb v) => v.Run(),
         (ChatVerb v) => v.Run(),
         (InfoVerb v) => v.Run(),
@@ -17,6 +17,7 @@ try
         (PerplexityVerb v) => v.Run(),
         (ServeVerb v) => v.Run(),
         (PullVerb v) => v.Run(),
+        (TokenizeVerb v) => v.Run(),
         _ => 2);
 }
 catch (LrlException e)
