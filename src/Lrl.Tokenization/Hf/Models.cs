@@ -49,6 +49,7 @@ internal sealed class BpeModel : TokenModel
     private readonly string? _prefix, _suffix;
     private readonly int[] _byteIds;
     private readonly ConcurrentDictionary<string, int[]> _cache = new();
+    private readonly Dictionary<int, int> _charIds = new();   // single-code-point vocabulary entries
     private const int CacheCapacity = 10_000;
 
     public BpeModel(Dictionary<string, int> vocab, List<(string A, string B)> merges, string? unk, bool fuseUnk, bool byteFallback,
@@ -60,7 +61,9 @@ internal sealed class BpeModel : TokenModel
         if (unk is not null && vocab.TryGetValue(unk, out int u)) _unkId = u;
         else if (unk is not null) _unkId = -2; // declared but missing: an error only when needed, as in Hugging Face
         _byteIds = ByteTokenIds();
-        _merges = new Dictionary<long, (int, int)>(merges.Count);
+        foreach (var (k, v) in vocab)
+            if (k.Length is 1 or 2 && CharClass.At(k, 0, out int l) is int cp && l == k.Length) _charIds[cp] = v;
+        _merges = new Dictionary<long, (int, int)>(merges.Count, PairComparer.Instance);
         int prefixLen = prefix?.Length ?? 0;
         for (int r = 0; r < merges.Count; r++)
         {
@@ -85,21 +88,22 @@ internal sealed class BpeModel : TokenModel
 
     private int[] MergeWord(string w)
     {
-        // symbols: id and links; len 0 marks a merged-away symbol
         var ids = new List<int>(w.Length);
         int pendingUnk = -1;
         Span<byte> utf8 = stackalloc byte[4];
         for (int i = 0; i < w.Length;)
         {
-            CharClass.At(w, i, out int len);
+            int cp = CharClass.At(w, i, out int len);
             bool first = i == 0, last = i + len == w.Length;
+            bool plain = (_prefix is null || first) && (_suffix is null || !last);
             int id;
             bool found;
-            if ((_prefix is null || first) && (_suffix is null || !last)) found = VocabBySpan.TryGetValue(w.AsSpan(i, len), out id);
+            string? decorated = null;
+            if (plain) found = _charIds.TryGetValue(cp, out id);
             else
             {
-                var s = (_prefix is not null && !first ? _prefix : "") + w.Substring(i, len) + (_suffix is not null && last ? _suffix : "");
-                found = Vocab.TryGetValue(s, out id);
+                decorated = (_prefix is not null && !first ? _prefix : "") + w.Substring(i, len) + (_suffix is not null && last ? _suffix : "");
+                found = Vocab.TryGetValue(decorated, out id);
             }
             if (found)
             {
@@ -112,8 +116,9 @@ internal sealed class BpeModel : TokenModel
                 if (_byteFallback)
                 {
                     // the character as written (with any prefix/suffix), byte by byte
-                    var s = (_prefix is not null && !first ? _prefix : "") + w.Substring(i, len) + (_suffix is not null && last ? _suffix : "");
-                    var bytes = Encoding.UTF8.GetBytes(s);
+                    ReadOnlySpan<byte> bytes = decorated is null
+                        ? utf8[..new Rune(cp).EncodeToUtf8(utf8)]
+                        : Encoding.UTF8.GetBytes(decorated);
                     bool all = true;
                     foreach (var b in bytes) if (_byteIds[b] < 0) { all = false; break; }
                     if (all) { foreach (var b in bytes) ids.Add(_byteIds[b]); done = true; }
@@ -163,6 +168,17 @@ internal sealed class BpeModel : TokenModel
         for (int i = 0; i < n; i++) if (alive[i]) result.Add(sym[i]);
         return result.ToArray();
     }
+}
+
+/// <summary>
+/// Hashes a pair of ids packed in a long. The default long hash (low ^ high) sends all pairs with the same XOR of
+/// their ids to one bucket: BPE's merge table then degrades to long chains.
+/// </summary>
+internal sealed class PairComparer : IEqualityComparer<long>
+{
+    public static readonly PairComparer Instance = new();
+    public bool Equals(long a, long b) => a == b;
+    public int GetHashCode(long key) => (int)(((ulong)key * 0x9E3779B97F4A7C15UL) >> 32);
 }
 
 /// <summary>Unigram language model (Viterbi over the pieces' log-probabilities) as Hugging Face's Unigram.</summary>

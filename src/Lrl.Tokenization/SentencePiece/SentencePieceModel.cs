@@ -18,7 +18,7 @@ internal sealed class SentencePieceModel : ITokenizerCore
     private readonly int[] _types;
     private readonly Dictionary<string, int> _normal = new(StringComparer.Ordinal);     // NORMAL, USER_DEFINED, UNUSED
     private readonly Dictionary<string, int> _reserved = new(StringComparer.Ordinal);   // CONTROL, UNKNOWN, BYTE
-    private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _normalBySpan;
+    private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _normalBySpan, _reservedBySpan;
     private readonly int[] _byteIds = new int[256];
     private readonly CharsMap _charsMap;
     private readonly bool _addDummyPrefix, _removeExtraWhitespaces, _escapeWhitespaces, _byteFallback, _suffixWhitespace;
@@ -71,6 +71,7 @@ internal sealed class SentencePieceModel : ITokenizerCore
         BosId = m.BosId is int bos && bos >= 0 && bos < _pieces.Length ? bos : -1;
         EosId = m.EosId is int eos && eos >= 0 && eos < _pieces.Length ? eos : -1;
         _normalBySpan = _normal.GetAlternateLookup<ReadOnlySpan<char>>();
+        _reservedBySpan = _reserved.GetAlternateLookup<ReadOnlySpan<char>>();
         if (user.Count > 0) _userSymbols = new UserSymbolMatcher(user);
     }
 
@@ -86,7 +87,7 @@ internal sealed class SentencePieceModel : ITokenizerCore
     public string? IdToToken(int id) => (uint)id < (uint)_pieces.Length ? _pieces[id] : null;
     public bool IsSpecial(int id) => (uint)id < (uint)_pieces.Length && _types[id] == Control;
     private int PieceToId(ReadOnlySpan<char> piece) =>
-        _reserved.GetAlternateLookup<ReadOnlySpan<char>>().TryGetValue(piece, out int r) ? r : _normalBySpan.TryGetValue(piece, out int n) ? n : UnkId;
+        _reservedBySpan.TryGetValue(piece, out int r) ? r : _normalBySpan.TryGetValue(piece, out int n) ? n : UnkId;
 
     // ------------------------------------------------------------------------------------------------ encode
 
@@ -195,16 +196,18 @@ internal sealed class SentencePieceModel : ITokenizerCore
         int n = start.Count;
         var prev = new int[n]; var next = new int[n];
         for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
-        var agenda = new PriorityQueue<(int Left, int Right, int Size), (float Score, int Left)>(Comparer<(float Score, int Left)>.Create(
-            (a, b) => a.Score != b.Score ? b.Score.CompareTo(a.Score) : a.Left.CompareTo(b.Left)));
-        var revMerge = new Dictionary<string, (int, int, int, int)>();
+        // Highest score first, then leftmost: one ulong key, the score's order-preserving bits inverted above the position.
+        var agenda = new PriorityQueue<(int Left, int Right, int Size), ulong>(n);
+        Dictionary<string, (int, int, int, int)>? revMerge = null;
         void MaybeAdd(int left, int right)
         {
             if (left < 0 || right < 0 || freeze[left] || freeze[right]) return;
             var span = s.AsSpan(start[left], len[left] + len[right]);
             if (!_normalBySpan.TryGetValue(span, out int id)) return;
-            agenda.Enqueue((left, right, span.Length), (_scores[id], left));
-            if (_types[id] == Unused) revMerge[span.ToString()] = (start[left], len[left], start[right], len[right]);
+            int bits = BitConverter.SingleToInt32Bits(_scores[id]);
+            uint ordered = (uint)bits ^ (bits < 0 ? 0xFFFFFFFFu : 0x80000000u);
+            agenda.Enqueue((left, right, span.Length), ((ulong)(uint.MaxValue - ordered) << 32) | (uint)left);
+            if (_types[id] == Unused) (revMerge ??= new())[span.ToString()] = (start[left], len[left], start[right], len[right]);
         }
         for (int i = 1; i < n; i++) MaybeAdd(i - 1, i);
         while (agenda.TryDequeue(out var top, out _))
@@ -221,7 +224,7 @@ internal sealed class SentencePieceModel : ITokenizerCore
         void Resegment(int a, int l)
         {
             int id = PieceToId(s.AsSpan(a, l));
-            if (id < 0 || _types[id] != Unused || !revMerge.TryGetValue(s.Substring(a, l), out var p)) { output.Add((a, l, id)); return; }
+            if (id < 0 || _types[id] != Unused || revMerge is null || !revMerge.TryGetValue(s.Substring(a, l), out var p)) { output.Add((a, l, id)); return; }
             Resegment(p.Item1, p.Item2);
             Resegment(p.Item3, p.Item4);
         }
@@ -331,18 +334,23 @@ internal sealed class SentencePieceModel : ITokenizerCore
         private readonly HashSet<string> _set;
         private readonly HashSet<string>.AlternateLookup<ReadOnlySpan<char>> _bySpan;
         private readonly int _max;
-        private readonly byte[][] _utf8;
+        private readonly byte[][]?[] _byFirstByte = new byte[][]?[256];
+        private readonly bool[] _asciiFirst = new bool[128];
+        private readonly HashSet<char> _firstChars = new();
 
         public UserSymbolMatcher(List<string> symbols)
         {
             _set = new HashSet<string>(symbols, StringComparer.Ordinal);
             _bySpan = _set.GetAlternateLookup<ReadOnlySpan<char>>();
             _max = symbols.Max(x => x.Length);
-            _utf8 = symbols.Select(Encoding.UTF8.GetBytes).OrderByDescending(x => x.Length).ToArray();
+            foreach (var x in symbols) { if (x[0] < 128) _asciiFirst[x[0]] = true; else _firstChars.Add(x[0]); }
+            foreach (var g in symbols.Select(Encoding.UTF8.GetBytes).GroupBy(b => b[0]))
+                _byFirstByte[g.Key] = g.OrderByDescending(x => x.Length).ToArray();
         }
 
         public int Longest(string s, int i)
         {
+            if (s[i] < 128 ? !_asciiFirst[s[i]] : !_firstChars.Contains(s[i])) return 0;
             for (int l = Math.Min(_max, s.Length - i); l > 0; l--)
                 if (_bySpan.Contains(s.AsSpan(i, l))) return l;
             return 0;
@@ -350,7 +358,8 @@ internal sealed class SentencePieceModel : ITokenizerCore
 
         public int LongestUtf8(ReadOnlySpan<byte> s)
         {
-            foreach (var u in _utf8) if (s.StartsWith(u)) return u.Length;
+            if (s.Length == 0 || _byFirstByte[s[0]] is not { } candidates) return 0;
+            foreach (var u in candidates) if (s.StartsWith(u)) return u.Length;
             return 0;
         }
     }

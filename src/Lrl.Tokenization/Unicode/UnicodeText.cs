@@ -14,7 +14,12 @@ public static class UnicodeText
     private static readonly Dictionary<int, int[]> Canonical = new();
     private static readonly Dictionary<int, int[]> Compat = new();
     private static readonly Dictionary<int, int[]> Lower = new();
-    private static readonly Dictionary<long, int> Compose = new();
+    private static readonly Dictionary<long, int> Compose = new(Hf.PairComparer.Instance);
+    private static readonly HashSet<int> ComposeSecond = new();
+    private static readonly byte[] BmpCcc = new byte[0x10000];
+    private static readonly bool[] BmpComposeSecond = new bool[0x10000];
+    private static readonly bool[] BmpHasDecomposition = new bool[0x10000];
+    private static readonly bool[] BmpHasCompat = new bool[0x10000];
     private static readonly (int Lo, int Hi)[] Marks, Punctuation, NonspacingMarks, Other;
 
     /// <summary>The Unicode version of the embedded tables.</summary>
@@ -33,7 +38,7 @@ public static class UnicodeText
         uint U32() { uint v = BinaryPrimitives.ReadUInt32LittleEndian(data.AsSpan(pos)); pos += 4; return v; }
         int vlen = (int)U32();
         Version = Encoding.ASCII.GetString(data, pos, vlen); pos += vlen;
-        for (uint n = U32(); n > 0; n--) { int cp = (int)U32(); Ccc[cp] = data[pos++]; }
+        for (uint n = U32(); n > 0; n--) { int cp = (int)U32(); Ccc[cp] = data[pos++]; if (cp < 0x10000) BmpCcc[cp] = Ccc[cp]; }
         foreach (var table in new[] { Canonical, Compat, Lower })
             for (uint n = U32(); n > 0; n--)
             {
@@ -46,7 +51,11 @@ public static class UnicodeText
         {
             int a = (int)U32(), b = (int)U32(), c = (int)U32();
             Compose[((long)a << 21) | (uint)b] = c;
+            ComposeSecond.Add(b);
+            if (b < 0x10000) BmpComposeSecond[b] = true;
         }
+        foreach (var cp in Canonical.Keys) if (cp < 0x10000) BmpHasDecomposition[cp] = true;
+        foreach (var cp in Compat.Keys) if (cp < 0x10000) BmpHasCompat[cp] = true;
         (int, int)[] Ranges()
         {
             var r = new (int, int)[U32()];
@@ -81,7 +90,7 @@ public static class UnicodeText
     /// <summary>Cc, Cf or Co as the unicode_categories crate 0.1.1: the Bert normalizer's control characters.</summary>
     public static bool IsOther(int cp) => In(Other, cp);
 
-    public static int CombiningClass(int cp) => Ccc.TryGetValue(cp, out var c) ? c : 0;
+    public static int CombiningClass(int cp) => cp < 0x10000 ? BmpCcc[cp] : Ccc.TryGetValue(cp, out var c) ? c : 0;
 
     public static string Normalize(string s, NormalizationForm form)
     {
@@ -92,6 +101,7 @@ public static class UnicodeText
         int k = 0;
         while (k < s.Length && s[k] < bound) k++;
         if (k == s.Length) return s;
+        if (IsNormalizedQuick(s, k, compat, compose)) return s;
 
         var cps = new List<int>(s.Length + 8);
         foreach (var r in s.EnumerateRunes()) Decompose(r.Value, compat, cps);
@@ -118,6 +128,31 @@ public static class UnicodeText
         return sb.ToString();
     }
 
+    /// <summary>
+    /// True when no character from <paramref name="from"/> on can change: no combining class, no decomposition and,
+    /// for the composed forms, nothing that composes with what precedes it (a conservative quick check).
+    /// </summary>
+    private static bool IsNormalizedQuick(string s, int from, bool compat, bool compose)
+    {
+        for (int i = from; i < s.Length;)
+        {
+            int cp = CharClass.At(s, i, out int len);
+            i += len;
+            if (cp < 0xA0) continue;
+            if (cp >= SBase && cp < SBase + SCount) { if (compose) continue; return false; }
+            if (cp is >= 0x1100 and <= 0x11FF) return false;
+            if (cp < 0x10000)
+            {
+                if (BmpCcc[cp] != 0 || BmpHasDecomposition[cp] || (compose && BmpComposeSecond[cp])) return false;
+                if (compat && BmpHasCompat[cp]) return false;
+                continue;
+            }
+            if (Ccc.ContainsKey(cp) || Canonical.ContainsKey(cp) || (compat && Compat.ContainsKey(cp))) return false;
+            if (compose && ComposeSecond.Contains(cp)) return false;
+        }
+        return true;
+    }
+
     private static void Decompose(int cp, bool compat, List<int> output)
     {
         if (cp >= SBase && cp < SBase + SCount)
@@ -128,6 +163,7 @@ public static class UnicodeText
             if (si % TCount != 0) output.Add(TBase + si % TCount);
             return;
         }
+        if (cp < 0x10000 && !BmpHasDecomposition[cp] && !(compat && BmpHasCompat[cp])) { output.Add(cp); return; }
         if ((compat && Compat.TryGetValue(cp, out var d)) || Canonical.TryGetValue(cp, out d)) output.AddRange(d);
         else output.Add(cp);
     }
