@@ -107,7 +107,7 @@ public sealed class ParityTests
     {
         var json = ReadJson(Path.Combine(SharedTokenizers, name, "tokenizer.json"));
         var added = AddedContents(json).SelectMany(c => new[] { c, " " + c + " ", c + "  " }).ToList();
-        AssertParity(json, RandomText.Make(name.GetHashCode(StringComparison.Ordinal) & 0xFFFF ^ 12345, 1500, added, surrogates: true), name);
+        AssertParity(json, RandomText.Make(name.Sum(c => c) * 7919 + 12345, 2500, added, surrogates: true), name);
     }
 
     public static TheoryData<string> SentencePieceFiles => new(
@@ -137,7 +137,7 @@ public sealed class ParityTests
             if (tok.Decode(expected) != decoded) failures.Add($"decode of {Show(text)}: expected {Show(decoded)}, got {Show(tok.Decode(expected))}");
             if (failures.Count >= 5) break;
         }
-        Assert.True(n > 400, $"only {n} lines in the oracle file");
+        Assert.True(n > 1000, $"only {n} lines in the oracle file");
         Assert.True(failures.Count == 0, $"{name}: {failures.Count} mismatches in {n} texts:\n" + string.Join("\n", failures));
     }
 

@@ -20,6 +20,7 @@ internal sealed class AddedVocabulary
     private readonly List<AddedToken> _tokens;
     private readonly Node? _raw, _normalized;
     private readonly Dictionary<int, AddedToken> _byId = new();
+    private readonly Dictionary<string, int> _byContent = new(StringComparer.Ordinal);
 
     public IReadOnlyList<AddedToken> Tokens => _tokens;
 
@@ -31,6 +32,7 @@ internal sealed class AddedVocabulary
             var t = tokens[i];
             if (t.Content.Length == 0) continue;
             _byId[t.Id] = t;
+            _byContent[t.Content] = t.Id;
             string pattern = t.Content;
             if (t.Normalized && normalizer is not null) pattern = normalizer.Normalize(t.Content);
             if (pattern.Length == 0) continue;
@@ -48,6 +50,8 @@ internal sealed class AddedVocabulary
     }
 
     public bool TryGet(int id, out AddedToken token) => _byId.TryGetValue(id, out token!);
+
+    public int? IdOf(string content) => _byContent.TryGetValue(content, out int id) ? id : null;
 
     /// <summary>The text an added id decodes to: its content (as the Rust library of the oracle, Tokenizers.DotNet 1.4.1).</summary>
     public string? DecodeText(int id) => _byId.TryGetValue(id, out var t) ? t.Content : null;

@@ -35,11 +35,7 @@ internal sealed class HfTokenizer : ITokenizerCore
         _vocabSize = max + 1;
     }
 
-    public int? TokenToId(string token)
-    {
-        foreach (var t in _added.Tokens) if (t.Content == token) return t.Id;
-        return _model.TokenToId(token);
-    }
+    public int? TokenToId(string token) => _added.IdOf(token) ?? _model.TokenToId(token);
 
     public string? IdToToken(int id) => _added.DecodeText(id) ?? _model.IdToToken(id);
 

@@ -565,11 +565,7 @@ internal sealed class ByteFallbackDecoder : Decoder
         return result;
     }
 
-    internal static bool Utf8Valid(byte[] b)
-    {
-        try { new UTF8Encoding(false, true).GetCharCount(b); return true; }
-        catch (DecoderFallbackException) { return false; }
-    }
+    internal static bool Utf8Valid(byte[] b) => System.Text.Unicode.Utf8.IsValid(b);
 }
 
 internal sealed class FuseDecoder : Decoder

@@ -56,7 +56,7 @@ models['mistral-v0.3-model'] = os.path.join(shared, 'mistral-v0.3-model/tokenize
 lines = open(corpus, encoding='utf-8').read().split('\n')
 for name, path in models.items():
     sp = spm.SentencePieceProcessor(model_file=path)
-    texts = lines + random_strings(sum(map(ord, name)), 400)
+    texts = lines + random_strings(sum(map(ord, name)), 1000)
     out = os.path.join(here, name + '.expected.jsonl')
     with open(out + '.tmp', 'w', encoding='utf-8') as f:
         f.write(json.dumps({'ref': 'sentencepiece ' + spm.__version__, 'model': os.path.basename(path)}) + '\n')
