@@ -72,6 +72,17 @@ internal sealed class OnigRegex
 
     private const string WordClass = @"\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\u200C\u200D";
 
+    /// <summary>Copies a \p{...} or \P{...} property class starting at <paramref name="i"/> (the backslash); i ends on its '}'.</summary>
+    private static bool TryCopyProperty(string p, ref int i, StringBuilder sb)
+    {
+        if (!(p[i + 1] is 'p' or 'P' && i + 2 < p.Length && p[i + 2] == '{')) return false;
+        int close = p.IndexOf('}', i + 3);
+        if (close < 0) throw new ArgumentException($"unterminated \\p{{ in '{p}'");
+        sb.Append(p, i, close - i + 1);
+        i = close;
+        return true;
+    }
+
     /// <summary>Oniguruma (Ruby syntax) to .NET: \w / \W by Unicode's definition, possessive quantifiers as atomic groups.</summary>
     internal static string Translate(string p)
     {
@@ -87,14 +98,7 @@ internal sealed class OnigRegex
                 char e = p[i + 1];
                 if (e == 'w') { sb.Append('[').Append(WordClass).Append(']'); i++; continue; }
                 if (e == 'W') { sb.Append("[^").Append(WordClass).Append(']'); i++; continue; }
-                if (e is 'p' or 'P' && i + 2 < p.Length && p[i + 2] == '{')
-                {
-                    int close = p.IndexOf('}', i + 3);
-                    if (close < 0) throw new ArgumentException($"unterminated \\p{{ in '{p}'");
-                    sb.Append(p, i, close - i + 1);
-                    i = close;
-                    continue;
-                }
+                if (TryCopyProperty(p, ref i, sb)) continue;
                 sb.Append(c).Append(e);
                 i++;
                 continue;
@@ -112,14 +116,7 @@ internal sealed class OnigRegex
                     {
                         char e = p[j + 1];
                         if (e == 'w') { sb.Append(WordClass); j++; continue; }
-                        if (e is 'p' or 'P' && j + 2 < p.Length && p[j + 2] == '{')
-                        {
-                            int close = p.IndexOf('}', j + 3);
-                            if (close < 0) throw new ArgumentException($"unterminated \\p{{ in '{p}'");
-                            sb.Append(p, j, close - j + 1);
-                            j = close;
-                            continue;
-                        }
+                        if (TryCopyProperty(p, ref j, sb)) continue;
                         sb.Append(p[j]).Append(e);
                         j++;
                         continue;
