@@ -1,8 +1,20 @@
 namespace Lrl;
 
 /// <summary>
-/// A loaded causal language model bound to a backend, holding the state of one sequence
-/// (a KV cache for attention models, a recurrent state for linear-attention models).
+/// The state of one sequence for one model: a KV cache (attention models) or a recurrent state (linear attention),
+/// created by <see cref="ILanguageModel.CreateState"/>. Its memory is held until it is disposed.
+/// </summary>
+public interface ISequenceState : IDisposable
+{
+    /// <summary>Floats of memory this state holds (constant for its lifetime).</summary>
+    long Floats { get; }
+}
+
+/// <summary>
+/// A loaded causal language model bound to a backend: weights shared read-only by any number of sequence states.
+/// Forward calls from several threads are safe (they run one at a time over the model's scratch buffers); each
+/// concurrent sequence needs its own state. A disposed model, or a state used after disposal or with another model,
+/// is an <see cref="ObjectDisposedException"/> or <see cref="LrlException"/>, never a crash.
 /// </summary>
 public interface ILanguageModel : IDisposable
 {
@@ -32,4 +44,13 @@ public interface ILanguageModel : IDisposable
     /// Positions past <see cref="ContextLength"/> are an <see cref="LrlException"/>.
     /// </summary>
     void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits);
+
+    /// <summary>A new, empty sequence state sized for <see cref="ContextLength"/> positions.</summary>
+    ISequenceState CreateState();
+
+    /// <summary>
+    /// As <see cref="Forward(ReadOnlySpan{int}, int, Span{float})"/>, over <paramref name="state"/> instead of the
+    /// model's own default state.
+    /// </summary>
+    void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits);
 }

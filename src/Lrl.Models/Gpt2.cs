@@ -7,11 +7,11 @@ namespace Lrl.Models;
 /// stored [in, out]; they are transposed once at load into the [out, in] Linear layout the backend expects (and c_attn
 /// split into q, k, v), in the stored dtype. KV cache preallocated; batched prefill; no allocation per token.
 /// </summary>
-public sealed class Gpt2 : ILanguageModel
+public sealed class Gpt2 : ModelBase
 {
     private sealed record Layer(Weight Ln1W, Weight Ln1B, Weight Wq, Weight Wk, Weight Wv, Weight Bq, Weight Bk, Weight Bv,
                                 Weight Wo, Weight Bo, Weight Ln2W, Weight Ln2B, Weight Fc, Weight BFc, Weight Proj, Weight BProj,
-                                DeviceBuffer KCache, DeviceBuffer VCache);
+                                int KCache, int VCache);   // state slots: [context, hidden] each
 
     private readonly Checkpoint _checkpoint;
     private readonly OwnedTensors _owned = new();
@@ -24,13 +24,13 @@ public sealed class Gpt2 : ILanguageModel
     private readonly LogitsHead _out;
 
     public Gpt2Config Config { get; }
-    public string Architecture => "GPT2LMHeadModel";
-    public int VocabSize => Config.VocabSize;
-    public int ContextLength { get; }
-    public IBackend Backend => _b;
-    public long ParameterCount { get; }
-    public long WeightBytesPerToken { get; }
-    public string WeightFormat => _layers[0].Wq.Format;
+    public override string Architecture => "GPT2LMHeadModel";
+    public override int VocabSize => Config.VocabSize;
+    public override int ContextLength { get; }
+    public override IBackend Backend => _b;
+    public override long ParameterCount { get; }
+    public override long WeightBytesPerToken { get; }
+    public override string WeightFormat => _layers[0].Wq.Format;
 
     public Gpt2(Checkpoint checkpoint, Gpt2Config config, IBackend backend, ModelLoadOptions options)
     {
@@ -69,7 +69,7 @@ public sealed class Gpt2 : ILanguageModel
                     W(p + "ln_2.weight", C), W(p + "ln_2.bias", C),
                     Conv(p + "mlp.c_fc.weight", C, c.InnerSize, 0, c.InnerSize), W(p + "mlp.c_fc.bias", c.InnerSize),
                     Conv(p + "mlp.c_proj.weight", c.InnerSize, C, 0, C), W(p + "mlp.c_proj.bias", C),
-                    _b.Allocate((long)ContextLength * C), _b.Allocate((long)ContextLength * C));
+                    StateSlot((long)ContextLength * C), StateSlot((long)ContextLength * C));
             }
         }
         catch { _owned.Dispose(); throw; }
@@ -90,20 +90,20 @@ public sealed class Gpt2 : ILanguageModel
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Fc, l.Proj }.Sum(w => w.ByteSize)) + _head.ByteSize;
     }
 
-    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         int n = tokens.Length;
         bool all = _out.Begin(n, startPos, ContextLength, logits);
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
-            RunChunk(tokens.Slice(done, rows), startPos + done);
+            RunChunk(state, tokens.Slice(done, rows), startPos + done);
             _out.Write(_xb, rows, done, n, all, logits);
         }
     }
 
     /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
-    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
+    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
     {
         var c = Config;
         int rows = tokens.Length, C = c.HiddenSize;
@@ -115,15 +115,16 @@ public sealed class Gpt2 : ILanguageModel
         for (int i = 0; i < _layers.Length; i++)
         {
             var l = _layers[i];
+            DeviceBuffer kCache = state[l.KCache], vCache = state[l.VCache];
             float scale = c.ScaleAttnWeights ? 1f / MathF.Sqrt(c.HeadDim) : 1f;
             if (c.ScaleAttnByInverseLayerIdx) scale /= i + 1;
             _b.LayerNorm(_x, l.Ln1W, l.Ln1B, _xb, rows, eps);
             _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
             _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
             _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
-            _b.Copy(_k, 0, l.KCache, (long)pos * C, (long)rows * C);
-            _b.Copy(_v, 0, l.VCache, (long)pos * C, (long)rows * C);
-            _b.Attention(_q, l.KCache, l.VCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
+            _b.Copy(_k, 0, kCache, (long)pos * C, (long)rows * C);
+            _b.Copy(_v, 0, vCache, (long)pos * C, (long)rows * C);
+            _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
             _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
             _b.Add(_x, _delta, (long)rows * C);
             _b.LayerNorm(_x, l.Ln2W, l.Ln2B, _xb, rows, eps);
@@ -135,13 +136,10 @@ public sealed class Gpt2 : ILanguageModel
         _b.LayerNorm(_x, _lnfW, _lnfB, _xb, rows, eps);
     }
 
-    public void Dispose()
+    protected override void DisposeCore()
     {
         foreach (var l in _layers)
-        {
             foreach (var w in new[] { l.Ln1W, l.Ln1B, l.Wq, l.Wk, l.Wv, l.Bq, l.Bk, l.Bv, l.Wo, l.Bo, l.Ln2W, l.Ln2B, l.Fc, l.BFc, l.Proj, l.BProj }) w.Dispose();
-            l.KCache.Dispose(); l.VCache.Dispose();
-        }
         foreach (var w in new[] { _wte, _wpe, _lnfW, _lnfB }) w.Dispose();
         if (!ReferenceEquals(_head, _wte)) _head.Dispose();
         foreach (var buf in new[] { _x, _xb, _pe, _q, _k, _v, _att, _delta, _h }) buf.Dispose();

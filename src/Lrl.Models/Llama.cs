@@ -6,11 +6,11 @@ namespace Lrl.Models;
 /// The Llama family forward pass (Llama, Mistral, Qwen2, SmolLM): RMSNorm, RoPE (rotate_half), grouped-query attention
 /// with a preallocated KV cache, SwiGLU MLP, optionally tied embeddings and q/k/v biases. Written once over <see cref="IBackend"/>.
 /// </summary>
-public sealed class Llama : ILanguageModel
+public sealed class Llama : ModelBase
 {
     private sealed record Layer(Weight AttnNorm, Weight Wq, Weight Wk, Weight Wv, Weight Wo,
                                 Weight? Bq, Weight? Bk, Weight? Bv, Weight MlpNorm, Weight Gate, Weight Up, Weight Down,
-                                DeviceBuffer KCache, DeviceBuffer VCache);
+                                int KCache, int VCache);   // state slots: [context, kvDim] each
 
     private readonly Checkpoint _checkpoint;
     private readonly IBackend _b;
@@ -29,13 +29,13 @@ public sealed class Llama : ILanguageModel
     private readonly LogitsHead _out;
 
     public LlamaConfig Config { get; }
-    public string Architecture => Config.Architecture;
-    public int VocabSize => Config.VocabSize;
-    public int ContextLength { get; }
-    public IBackend Backend => _b;
-    public long ParameterCount { get; }
-    public long WeightBytesPerToken { get; }
-    public string WeightFormat => _layers[0].Wq.Format;
+    public override string Architecture => Config.Architecture;
+    public override int VocabSize => Config.VocabSize;
+    public override int ContextLength { get; }
+    public override IBackend Backend => _b;
+    public override long ParameterCount { get; }
+    public override long WeightBytesPerToken { get; }
+    public override string WeightFormat => _layers[0].Wq.Format;
 
     public Llama(Checkpoint checkpoint, LlamaConfig config, IBackend backend, ModelLoadOptions options)
     {
@@ -66,7 +66,7 @@ public sealed class Llama : ILanguageModel
                 W(p + "mlp.gate_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.up_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.down_proj.weight", c.HiddenSize, c.IntermediateSize),
-                _b.Allocate((long)ContextLength * c.KvDim), _b.Allocate((long)ContextLength * c.KvDim));
+                StateSlot((long)ContextLength * c.KvDim), StateSlot((long)ContextLength * c.KvDim));
         }
         _rope = new RopeTable(c.RopeInvFreq());
 
@@ -86,20 +86,20 @@ public sealed class Llama : ILanguageModel
                               + _lmHead.ByteSize;
     }
 
-    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         int n = tokens.Length;
         bool all = _out.Begin(n, startPos, ContextLength, logits);
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
-            RunChunk(tokens.Slice(done, rows), startPos + done);
+            RunChunk(state, tokens.Slice(done, rows), startPos + done);
             _out.Write(_xb, rows, done, n, all, logits);
         }
     }
 
     /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
-    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
+    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
     {
         var c = Config;
         int rows = tokens.Length;
@@ -110,13 +110,14 @@ public sealed class Llama : ILanguageModel
         for (int i = 0; i < _layers.Length; i++)
         {
             var l = _layers[i];
+            DeviceBuffer kCache = state[l.KCache], vCache = state[l.VCache];
             // Attention: project, rotate, append to the cache, attend causally, project back.
             _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
             _b.Rope(_q, rows, c.NumHeads, c.HeadDim, pos, _rope);
             _b.Rope(_k, rows, c.NumKvHeads, c.HeadDim, pos, _rope);
-            _b.Copy(_k, 0, l.KCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
-            _b.Copy(_v, 0, l.VCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
-            _b.Attention(_q, l.KCache, l.VCache, _att, rows, pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+            _b.Copy(_k, 0, kCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
+            _b.Copy(_v, 0, vCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
+            _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             _b.MatMul(_att, l.Wo, _delta, rows);
             // Residual add fused with the MLP's norm.
             _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
@@ -129,9 +130,8 @@ public sealed class Llama : ILanguageModel
         }
     }
 
-    public void Dispose()
+    protected override void DisposeCore()
     {
-        foreach (var l in _layers) { l.KCache.Dispose(); l.VCache.Dispose(); }
         foreach (var buf in new[] { _x, _xb, _q, _k, _v, _att, _delta, _gate, _up }) buf.Dispose();
         _out.Dispose();
         _checkpoint.Dispose();

@@ -15,7 +15,7 @@ public sealed class Rwkv5 : RwkvBase
                                 Weight MixK, Weight MixV, Weight MixR, Weight MixG, Weight Decay, Weight Bonus,
                                 Weight Wr, Weight Wk, Weight Wv, Weight Wg, Weight Wo, Weight LnxW, Weight LnxB,
                                 Weight FMixK, Weight FMixR, Weight FKey, Weight FRec, Weight FValue,
-                                DeviceBuffer AttShift, DeviceBuffer FfnShift, DeviceBuffer Wkv);
+                                int AttShift, int FfnShift, int Wkv);   // state slots
 
     private readonly Layer[] _layers;
     private readonly DeviceBuffer _x, _xn, _prev, _xk, _xv, _xr, _xg, _r, _k, _v, _g, _o, _delta, _hid;
@@ -59,7 +59,7 @@ public sealed class Rwkv5 : RwkvBase
         _xk = Buffer(bc); _xv = Buffer(bc); _xr = Buffer(bc); _xg = Buffer(bc);
         _r = Buffer(bc); _k = Buffer(bc); _v = Buffer(bc); _g = Buffer(bc); _o = Buffer(bc); _delta = Buffer(bc);
         _hid = Buffer((long)Batch * F);
-        WeightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wg, l.Wo, l.FKey, l.FRec, l.FValue }.Sum(w => w.ByteSize)) + Head.ByteSize;
+        _weightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wg, l.Wo, l.FKey, l.FRec, l.FValue }.Sum(w => w.ByteSize)) + Head.ByteSize;
     }
 
     /// <summary>The per-channel decay w = exp(−exp(time_decay)): stored so by rwkv.cpp, computed here for the HF layout.</summary>
@@ -83,7 +83,7 @@ public sealed class Rwkv5 : RwkvBase
         {
             // Time mixing.
             B.LayerNorm(_x, l.Ln1W, l.Ln1B, _xn, rows, eps);
-            L.TokenShift(_xn, l.AttShift, _prev, rows, C);
+            L.TokenShift(_xn, S[l.AttShift], _prev, rows, C);
             L.LerpRow(_prev, _xn, l.MixK, _xk, rows);
             L.LerpRow(_prev, _xn, l.MixV, _xv, rows);
             L.LerpRow(_prev, _xn, l.MixR, _xr, rows);
@@ -93,14 +93,14 @@ public sealed class Rwkv5 : RwkvBase
             B.MatMul(_xv, l.Wv, _v, rows);
             B.MatMul(_xg, l.Wg, _g, rows);
             L.Silu(_g, n);
-            L.Wkv5(_r, _k, _v, l.Decay, l.Bonus, l.Wkv, _o, rows, Heads, HeadSize);
+            L.Wkv5(_r, _k, _v, l.Decay, l.Bonus, S[l.Wkv], _o, rows, Heads, HeadSize);
             L.GroupNorm(_o, l.LnxW, l.LnxB, _o, rows, Heads, gnEps);
             L.Multiply(_o, _g, n);
             B.MatMul(_o, l.Wo, _delta, rows);
             B.Add(_x, _delta, n);
             // Channel mixing.
             B.LayerNorm(_x, l.Ln2W, l.Ln2B, _xn, rows, eps);
-            L.TokenShift(_xn, l.FfnShift, _prev, rows, C);
+            L.TokenShift(_xn, S[l.FfnShift], _prev, rows, C);
             L.LerpRow(_prev, _xn, l.FMixK, _xk, rows);
             L.LerpRow(_prev, _xn, l.FMixR, _xr, rows);
             B.MatMul(_xr, l.FRec, _r, rows);

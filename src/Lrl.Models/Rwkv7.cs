@@ -18,7 +18,7 @@ public sealed class Rwkv7 : RwkvBase
                                 Weight KK, Weight KA, Weight RK,
                                 Weight Wr, Weight Wk, Weight Wv, Weight Wo, Weight LnxW, Weight LnxB,
                                 Weight FMixK, Weight FKey, Weight FValue,
-                                DeviceBuffer AttShift, DeviceBuffer FfnShift, DeviceBuffer Wkv);
+                                int AttShift, int FfnShift, int Wkv);   // state slots
 
     private readonly Layer[] _layers;
     private readonly DeviceBuffer _x, _xn, _prev, _xr, _xw, _xk, _xv, _xa, _xg;
@@ -77,7 +77,7 @@ public sealed class Rwkv7 : RwkvBase
         _kk = Buffer(bc); _vFirst = Buffer(bc); _vGate = Buffer(bc); _o = Buffer(bc); _delta = Buffer(bc);
         _lora = Buffer((long)Batch * maxLora);
         _hid = Buffer((long)Batch * F);
-        WeightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.A1, l.A2, l.G1, l.G2, l.FKey, l.FValue }
+        _weightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.A1, l.A2, l.G1, l.G2, l.FKey, l.FValue }
                                   .Sum(w => w.ByteSize) + (l.V1?.ByteSize ?? 0) + (l.V2?.ByteSize ?? 0)) + Head.ByteSize;
     }
 
@@ -93,7 +93,7 @@ public sealed class Rwkv7 : RwkvBase
             var l = _layers[i];
             // Time mixing: x + (x_prev − x)·mix for each of r, w, k, v, a, g.
             B.LayerNorm(_x, l.Ln1W, l.Ln1B, _xn, rows, eps);
-            L.TokenShift(_xn, l.AttShift, _prev, rows, C);
+            L.TokenShift(_xn, S[l.AttShift], _prev, rows, C);
             L.LerpRow(_xn, _prev, l.Xr, _xr, rows);
             L.LerpRow(_xn, _prev, l.Xw, _xw, rows);
             L.LerpRow(_xn, _prev, l.Xk, _xk, rows);
@@ -124,7 +124,7 @@ public sealed class Rwkv7 : RwkvBase
                 L.Sigmoid(_vGate, n);
                 L.Lerp(_v, _vFirst, _vGate, _v, n);
             }
-            L.Wkv7(_r, _w, _k, _v, _kk, _a, l.Wkv, _o, rows, Heads, HeadSize);
+            L.Wkv7(_r, _w, _k, _v, _kk, _a, S[l.Wkv], _o, rows, Heads, HeadSize);
             L.GroupNorm(_o, l.LnxW, l.LnxB, _o, rows, Heads, gnEps);
             L.Rwkv7Bonus(_r, _k, _v, l.RK, _o, rows, Heads, HeadSize);
             L.Multiply(_o, _g, n);
@@ -132,7 +132,7 @@ public sealed class Rwkv7 : RwkvBase
             B.Add(_x, _delta, n);
             // Channel mixing.
             B.LayerNorm(_x, l.Ln2W, l.Ln2B, _xn, rows, eps);
-            L.TokenShift(_xn, l.FfnShift, _prev, rows, C);
+            L.TokenShift(_xn, S[l.FfnShift], _prev, rows, C);
             L.LerpRow(_xn, _prev, l.FMixK, _xk, rows);
             B.MatMul(_xk, l.FKey, _hid, rows);
             L.ReluSquare(_hid, (long)rows * FfnSize);

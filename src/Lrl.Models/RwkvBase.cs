@@ -2,12 +2,20 @@ using Lrl.Loading;
 
 namespace Lrl.Models;
 
+/// <summary>The buffers of the sequence state a forward pass runs over, by slot.</summary>
+public readonly struct SequenceStateView
+{
+    private readonly SequenceState _state;
+    internal SequenceStateView(SequenceState state) => _state = state;
+    public DeviceBuffer this[int slot] => _state[slot];
+}
+
 /// <summary>
 /// What RWKV v5.2 and v7 share: embedding + ln0, a recurrent state of constant size (token-shift vectors and a
 /// [heads, headSize, headSize] WKV matrix per layer), ln_out and the head, and Forward semantics for a state that can
 /// only move forward: startPos 0 resets it, any other startPos must continue where the last call ended.
 /// </summary>
-public abstract class RwkvBase : ILanguageModel
+public abstract class RwkvBase : ModelBase
 {
     protected readonly Checkpoint Checkpoint;
     protected readonly OwnedTensors Owned = new();
@@ -15,29 +23,24 @@ public abstract class RwkvBase : ILanguageModel
     protected readonly ILinearAttentionOps L;
     protected readonly int Batch;
     protected Weight Emb = null!, Ln0W = null!, Ln0B = null!, LnOutW = null!, LnOutB = null!, Head = null!;
-    private readonly List<DeviceBuffer> _state = new();
     private readonly List<DeviceBuffer> _buffers = new();
     private LogitsHead _out = null!;
-    private long _pos;
+    /// <summary>The state the running forward pass updates (set under the model's lock).</summary>
+    protected SequenceStateView S;
 
     public RwkvConfig Config { get; }
-    public abstract string Architecture { get; }
-    public int VocabSize => Config.VocabSize;
+    public override int VocabSize => Config.VocabSize;
     /// <summary>
     /// The recurrent state has a constant size whatever the sequence length, so this is only a cap on positions:
     /// <see cref="ModelLoadOptions.ContextLength"/> when set, else <see cref="ModelLoadOptions.RecurrentContextCap"/>.
     /// </summary>
-    public int ContextLength { get; }
-    /// <summary>False: one recurrent state that cannot be rewound (startPos must be 0 or the current length).</summary>
-    public bool CanRewind => false;
-    public IBackend Backend => B;
-    public long ParameterCount { get; protected set; }
-    public long WeightBytesPerToken { get; protected set; }
-    public abstract string WeightFormat { get; }
-    /// <summary>Floats of recurrent state this model holds (constant: it never grows with the sequence).</summary>
-    public long StateFloats => _state.Sum(b => b.Length);
-    /// <summary>Tokens consumed since the last reset.</summary>
-    public long Position => _pos;
+    public override int ContextLength { get; }
+    /// <summary>False: a recurrent state cannot be rewound (startPos must be 0 or the current length).</summary>
+    public override bool CanRewind => false;
+    public override IBackend Backend => B;
+    public override long ParameterCount => _parameterCount;
+    public override long WeightBytesPerToken => _weightBytesPerToken;
+    protected long _parameterCount, _weightBytesPerToken;
 
     protected RwkvBase(Checkpoint checkpoint, RwkvConfig config, IBackend backend, ModelLoadOptions options)
     {
@@ -88,31 +91,31 @@ public abstract class RwkvBase : ILanguageModel
         LnOutB = Vec("ln_out.bias", C);
         Head = Mat("head.weight", Config.VocabSize, C);
         _out = new LogitsHead(B, Head, C, Config.VocabSize, Batch);
-        ParameterCount = Checkpoint.Tensors.Sum(t => t.ElementCount);
+        _parameterCount = Checkpoint.Tensors.Sum(t => t.ElementCount);
     }
 
-    protected DeviceBuffer State(long n) { var b = B.Allocate(n); _state.Add(b); return b; }
+    /// <summary>Declares a per-sequence state buffer of n floats; returns its slot (read it through <see cref="S"/>).</summary>
+    protected int State(long n) => StateSlot(n);
     protected DeviceBuffer Buffer(long n) { var b = B.Allocate(n); _buffers.Add(b); return b; }
 
-    /// <summary>Sets every state buffer to zero (rwkv_init_state).</summary>
-    public void ResetState()
-    {
-        foreach (var s in _state) L.Zero(s, s.Length);
-        _pos = 0;
-    }
-
-    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         int n = tokens.Length;
         bool all = _out.Begin(n, startPos, ContextLength, logits);
-        if (startPos == 0) ResetState();
-        else if (startPos != _pos)
-            throw new LrlException($"an RWKV state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
+        if (startPos == 0)
+        {
+            // rwkv_init_state: every state buffer to zero
+            foreach (var b in state.Buffers) L.Zero(b, b.Length);
+            state.Position = 0;
+        }
+        else if (startPos != state.Position)
+            throw new LrlException($"an RWKV state cannot rewind or skip: it holds {state.Position} tokens, but startPos is {startPos} (use 0 to start over)");
+        S = new SequenceStateView(state);
         for (int done = 0; done < n; done += Batch)
         {
             int rows = Math.Min(Batch, n - done);
             var x = RunChunk(tokens.Slice(done, rows));
-            _pos += rows;
+            state.Position += rows;
             _out.Write(x, rows, done, n, all, logits);
         }
     }
@@ -120,9 +123,8 @@ public abstract class RwkvBase : ILanguageModel
     /// <summary>Runs rows tokens through the blocks, updating the state; returns the buffer holding ln_out(x) [rows, C].</summary>
     protected abstract DeviceBuffer RunChunk(ReadOnlySpan<int> tokens);
 
-    public void Dispose()
+    protected override void DisposeCore()
     {
-        foreach (var b in _state) b.Dispose();
         foreach (var b in _buffers) b.Dispose();
         _out?.Dispose();
         Owned.Dispose();

@@ -8,14 +8,14 @@ namespace Lrl.Models;
 /// decay, optionally LRPE on q and k per linear_use_lrpe_list, SimpleRMSNorm, gate u, out_proj) and a SimpleRMSNorm before an SGLU channel mixer (l3((l1 x)·(l2 x))).
 /// Prefill uses the chunked form, decode the recurrent form; the [heads, d, d] state per layer never grows.
 /// </summary>
-public sealed class TransNormer : ILanguageModel
+public sealed class TransNormer : ModelBase
 {
     /// <summary>Rows per block of the chunked prefill (the HF implementation's BLOCK).</summary>
     public const int BlockSize = 256;
 
     private sealed record Layer(Weight Wq, Weight Wk, Weight Wv, Weight Wu, Weight? Bq, Weight? Bk, Weight? Bv, Weight? Bu,
                                 Weight Out, Weight? BOut, Weight L1, Weight L2, Weight L3, Weight? B1, Weight? B2, Weight? B3,
-                                Weight Slopes, Weight? Theta, DeviceBuffer State);
+                                Weight Slopes, Weight? Theta, int State);   // state slot: [heads, keyDim, headDim]
 
     private readonly Checkpoint _checkpoint;
     private readonly OwnedTensors _owned = new();
@@ -27,21 +27,18 @@ public sealed class TransNormer : ILanguageModel
     private readonly DeviceBuffer _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2;
     private readonly LogitsHead _out;
     private readonly DeviceBuffer? _qL, _kL; // [batch, heads·2·headDim] LRPE features, when any layer uses LRPE
-    private long _pos;
 
     public TransNormerConfig Config { get; }
-    public string Architecture => "TransnormerForCausalLM";
-    public int VocabSize => Config.VocabSize;
+    public override string Architecture => "TransnormerForCausalLM";
+    public override int VocabSize => Config.VocabSize;
     /// <summary>A cap on positions only (the recurrent state has a constant size); see <see cref="ModelLoadOptions.RecurrentContextCap"/>.</summary>
-    public int ContextLength { get; }
-    /// <summary>False: one recurrent state that cannot be rewound (startPos must be 0 or the current length).</summary>
-    public bool CanRewind => false;
-    public IBackend Backend => _b;
-    public long ParameterCount { get; }
-    public long WeightBytesPerToken { get; }
-    public string WeightFormat => _layers[0].Wq.Format;
-    /// <summary>Floats of recurrent state held (constant).</summary>
-    public long StateFloats => _layers.Sum(l => l.State.Length);
+    public override int ContextLength { get; }
+    /// <summary>False: a recurrent state cannot be rewound (startPos must be 0 or the current length).</summary>
+    public override bool CanRewind => false;
+    public override IBackend Backend => _b;
+    public override long ParameterCount { get; }
+    public override long WeightBytesPerToken { get; }
+    public override string WeightFormat => _layers[0].Wq.Format;
 
     public TransNormer(Checkpoint checkpoint, TransNormerConfig config, IBackend backend, ModelLoadOptions options)
     {
@@ -78,7 +75,7 @@ public sealed class TransNormer : ILanguageModel
                     Bias(p + "channel_mixer.l1.bias", G), Bias(p + "channel_mixer.l2.bias", G), Bias(p + "channel_mixer.l3.bias", D),
                     _b.LoadWeight(_owned.Floats($"slopes[{i}]", c.LayerSlopes(i), checkpoint.Directory)),
                     c.LayerUsesLrpe(i) ? _b.LoadWeight(OwnedTensors.AsVector(checkpoint.Get(p + "token_mixer.lrpe.theta"), E)) : null,
-                    _b.Allocate((long)c.NumHeads * (c.LayerUsesLrpe(i) ? 2 : 1) * c.HeadDim * c.HeadDim));
+                    StateSlot((long)c.NumHeads * (c.LayerUsesLrpe(i) ? 2 : 1) * c.HeadDim * c.HeadDim));
             }
         }
         catch { _owned.Dispose(); throw; }
@@ -102,27 +99,27 @@ public sealed class TransNormer : ILanguageModel
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wu, l.Out, l.L1, l.L2, l.L3 }.Sum(w => w.ByteSize)) + _head.ByteSize;
     }
 
-    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         int n = tokens.Length;
         bool all = _out.Begin(n, startPos, ContextLength, logits);
         if (startPos == 0)
         {
-            foreach (var l in _layers) _l.Zero(l.State, l.State.Length);
-            _pos = 0;
+            foreach (var b in state.Buffers) _l.Zero(b, b.Length);
+            state.Position = 0;
         }
-        else if (startPos != _pos)
-            throw new LrlException($"a TransNormer state cannot rewind or skip: it holds {_pos} tokens, but startPos is {startPos} (use 0 to start over)");
+        else if (startPos != state.Position)
+            throw new LrlException($"a TransNormer state cannot rewind or skip: it holds {state.Position} tokens, but startPos is {startPos} (use 0 to start over)");
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
-            RunChunk(tokens.Slice(done, rows), (int)_pos);
-            _pos += rows;
+            RunChunk(state, tokens.Slice(done, rows), (int)state.Position);
+            state.Position += rows;
             _out.Write(_xn, rows, done, n, all, logits);
         }
     }
 
-    private void RunChunk(ReadOnlySpan<int> tokens, int pos)
+    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
     {
         var c = Config;
         int rows = tokens.Length, D = c.EmbedDim, E = c.HiddenDim;
@@ -147,8 +144,9 @@ public sealed class TransNormer : ILanguageModel
                 _l.Lrpe(_k, l.Theta, _kL!, rows, c.NumHeads, c.HeadDim, pos);
                 (q, k, keyDim) = (_qL!, _kL!, 2 * c.HeadDim);
             }
-            if (rows == 1) _l.LightningRecurrent(q, k, _v, l.Slopes, l.State, _o, 1, c.NumHeads, keyDim, c.HeadDim);
-            else _l.LightningChunked(q, k, _v, l.Slopes, l.State, _o, rows, c.NumHeads, keyDim, c.HeadDim, BlockSize);
+            var st = state[l.State];
+            if (rows == 1) _l.LightningRecurrent(q, k, _v, l.Slopes, st, _o, 1, c.NumHeads, keyDim, c.HeadDim);
+            else _l.LightningChunked(q, k, _v, l.Slopes, st, _o, rows, c.NumHeads, keyDim, c.HeadDim, BlockSize);
             _b.RmsNorm(_o, _onesE, _o, rows, eps);
             _l.Multiply(_o, _u, (long)rows * E);
             _b.MatMul(_o, l.Out, _delta, rows, l.BOut);
@@ -163,9 +161,8 @@ public sealed class TransNormer : ILanguageModel
         _b.RmsNorm(_x, _onesD, _xn, rows, eps);
     }
 
-    public void Dispose()
+    protected override void DisposeCore()
     {
-        foreach (var l in _layers) l.State.Dispose();
         foreach (var buf in new[] { _x, _xn, _q, _k, _v, _u, _o, _delta, _h1, _h2 }) buf.Dispose();
         _out.Dispose();
         _qL?.Dispose();

@@ -78,7 +78,8 @@ public class StateAndAllocationTests
         long stateAt10 = model.StateFloats;
         long alloc200 = DecodeAllocations(model, ref pos, 190, logits, one);
         long stateAt200 = model.StateFloats;
-        Assert.Equal(200, model.Position);
+        Assert.Equal(200, pos);
+        Assert.Throws<LrlException>(() => model.Forward([34], 199, logits)); // the state holds 200 tokens: no rewind
         Assert.Equal(stateAt10, stateAt200);
         Assert.True(alloc10 == 0 && alloc200 == 0, $"allocated {alloc10} bytes over tokens 1..10 and {alloc200} over 10..200");
         // The state is per layer: two token-shift vectors and one [H, S, S] matrix.

@@ -17,6 +17,8 @@ public class PerplexityTests
         public string WeightFormat => "F32";
         public long WeightBytesPerToken => 0;
         public void Dispose() { }
+        public ISequenceState CreateState() => throw new NotSupportedException();
+        public void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits) => throw new NotSupportedException();
 
         public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
         {
