@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Lrl.Cpu;
 using Lrl.Models;
@@ -8,35 +7,37 @@ using Lrl.Tokenization;
 namespace Lrl;
 
 /// <summary>
-/// A model loaded from a Hugging Face folder, ready to generate: weights on a backend, its tokenizer, one sequence state.
-/// Not thread-safe: one generation at a time.
+/// A model loaded from a Hugging Face folder: weights on a backend and its tokenizer, shared read-only by any number
+/// of <see cref="InferenceSession"/>s (one per concurrent conversation, from any threads). The Generate methods here
+/// use a default session (reusing the state of the previous prompt, as a chat does); called concurrently they each
+/// get a session of their own. After <see cref="Dispose"/> every use is an <see cref="ObjectDisposedException"/>.
 /// </summary>
 /// <example>
 /// <code>
 /// using var model = LrlModel.Load("models/stories260k");
-/// await foreach (var t in model.GenerateAsync("Once upon a time", new GenerationOptions { MaxTokens = 50 }))
+/// using var session = model.CreateSession();
+/// await foreach (var t in session.GenerateAsync("Once upon a time", new GenerationOptions { MaxTokens = 50 }))
 ///     Console.Write(t.Text);
 /// </code>
 /// </example>
 public sealed class LrlModel : IDisposable
 {
     private readonly IBackend _backend;
-    private readonly float[] _logits;
-    private readonly int[] _one = new int[1];
-    // Tokens whose state the model holds now (prompt + fed generated tokens): a new prompt that extends them reuses it.
-    private readonly List<int> _state;
+    private readonly InferenceSession _default;
+    private int _defaultBusy;
+    private volatile bool _disposed;
+    private GenerationStats _lastStats = new();
 
     public ILanguageModel Model { get; }
     public LrlTokenizer Tokenizer { get; }
     public string Directory { get; }
-    /// <summary>Counts and timings of the last generation.</summary>
-    public GenerationStats LastStats { get; private set; } = new();
+    /// <summary>Counts and timings of the last generation run through this object's Generate methods.</summary>
+    public GenerationStats LastStats => _lastStats;
 
     private LrlModel(string dir, IBackend backend, ILanguageModel model, LrlTokenizer tokenizer)
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
-        _logits = new float[model.VocabSize];
-        _state = new List<int>(model.ContextLength + 1);
+        _default = new InferenceSession(this);
     }
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
@@ -59,99 +60,75 @@ public sealed class LrlModel : IDisposable
         }
     }
 
-    /// <summary>Streams generated tokens; cancel with <paramref name="cancellationToken"/>.</summary>
+    /// <summary>A new session with its own state over this model's weights; dispose it to release that state.</summary>
+    public InferenceSession CreateSession()
+    {
+        ThrowIfDisposed();
+        return new InferenceSession(this);
+    }
+
+    /// <summary>Streams generated tokens; the forward passes run on the thread pool, never on the caller's context.</summary>
     public async IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        await Task.Yield();
-        foreach (var t in Generate(prompt, options, cancellationToken))
-            yield return t;
+        using var e = await Task.Run(() => Generate(prompt, options, cancellationToken).GetEnumerator()).ConfigureAwait(false);
+        while (await Task.Run(e.MoveNext).ConfigureAwait(false))
+            yield return e.Current;
     }
 
     /// <summary>Generates synchronously, token by token.</summary>
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(prompt);
+        ThrowIfDisposed();
         options ??= new GenerationOptions();
         options.Validate();
-        var ids = Tokenizer.Encode(prompt, options.AddBos);
-        return Generate(ids, options, cancellationToken);
+        return Generate(Tokenizer.Encode(prompt, options.AddBos), options, cancellationToken);
     }
 
     /// <summary>Generates from prompt token ids.</summary>
     public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
+        ThrowIfDisposed();
+        // Validate eagerly (errors at the call, as before), then run in whichever session is free when enumerated.
+        _ = promptIds ?? throw new ArgumentNullException(nameof(promptIds));
         options.Validate();
-        int ctx = Model.ContextLength;
         if (promptIds.Length == 0) throw new LrlException("the prompt is empty (no tokens to start from)");
-        if (promptIds.Length > ctx)
-        {
-            if (!options.TruncatePrompt)
-                throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
-            // Keep the prompt's last tokens and leave room for the generation (at most half the window).
-            int keep = Math.Max(1, ctx - Math.Min(options.MaxTokens, ctx / 2));
-            promptIds = promptIds[^keep..];
-        }
-        return Run(promptIds, options, cancellationToken);
+        if (promptIds.Length > Model.ContextLength && !options.TruncatePrompt)
+            throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {Model.ContextLength}; shorten it, raise --context, or pass --truncate to keep its last tokens");
+        return RunInSession(promptIds, options, cancellationToken);
     }
 
-    private IEnumerable<GeneratedToken> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
+    private IEnumerable<GeneratedToken> RunInSession(int[] promptIds, GenerationOptions options, CancellationToken ct)
     {
-        var stats = LastStats = new GenerationStats { PromptTokens = prompt.Length };
-        var sampler = new Sampler(Model.VocabSize, options.Sampling);
-        var decoder = Tokenizer.CreateStreamingDecoder();
-        var stops = new StopMatcher(options.StopStrings);
-        var history = new int[Model.ContextLength + 1];
-        prompt.CopyTo(history, 0);
-        int len = prompt.Length;
-        var eos = Tokenizer.EosIds;
-
-        // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
-        int reuse = 0;
-        while (reuse < _state.Count && reuse < prompt.Length && _state[reuse] == prompt[reuse]) reuse++;
-        if (reuse == prompt.Length) reuse--; // at least one token must run to produce logits
-        if (reuse < _state.Count && !Model.CanRewind) reuse = 0;
-        stats.CachedTokens = reuse;
-        _state.Clear();
-
-        var clock = Stopwatch.StartNew();
-        Model.Forward(prompt.AsSpan(reuse), reuse, _logits);
-        _state.AddRange(prompt);
-        stats.PrefillTime = clock.Elapsed;
-        clock.Restart();
-        stats.FinishReason = FinishReason.Length;
-
-        for (int i = 0; i < options.MaxTokens; i++)
+        bool own = Interlocked.Exchange(ref _defaultBusy, 1) == 0;
+        var session = own ? _default : CreateSession();
+        try
         {
-            if (ct.IsCancellationRequested) { stats.FinishReason = FinishReason.Cancelled; break; }
-            int next = sampler.Sample(_logits, history.AsSpan(0, len));
-            if (!options.IgnoreEos && eos.Contains(next)) { stats.FinishReason = FinishReason.EndOfSequence; break; }
-            history[len++] = next;
-            stats.GeneratedTokens++;
-            var text = stops.Push(decoder.Push(next));
-            if (stops.Stopped)
+            foreach (var t in session.Generate(promptIds, options, ct))
             {
-                stats.FinishReason = FinishReason.StopString;
-                stats.DecodeTime = clock.Elapsed;
-                yield return new GeneratedToken(next, text);
-                yield break;
+                _lastStats = session.LastStats;
+                yield return t;
             }
-            yield return new GeneratedToken(next, text);
-            if (i + 1 == options.MaxTokens) break;
-            if (len >= Model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
-            _one[0] = next;
-            Model.Forward(_one, len - 1, _logits);
-            _state.Add(next);
+            _lastStats = session.LastStats;
         }
-        stats.DecodeTime = clock.Elapsed;
-        var rest = stops.Push(decoder.Flush()) + stops.Flush();
-        if (rest.Length > 0) yield return new GeneratedToken(-1, rest);
+        finally
+        {
+            if (own) Volatile.Write(ref _defaultBusy, 0);
+            else session.Dispose();
+        }
     }
 
-    /// <summary>Forgets the cached sequence state: the next generation starts from an empty context.</summary>
-    public void ResetState() => _state.Clear();
+    /// <summary>Forgets the default session's state: the next generation starts from an empty context.</summary>
+    public void ResetState() => _default.Reset();
 
+    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    /// <summary>Frees the weights, every session's state and the backend (waiting for a forward pass in progress).</summary>
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         Model.Dispose();
         _backend.Dispose();
     }
