@@ -7,6 +7,14 @@ namespace Lrl.Cli;
 [Verb("bench", HelpText = "Benchmark prompt processing and generation (llama-bench style), or kernels with `bench kernels`.")]
 public sealed class BenchVerb
 {
+    /// <summary>Shown under the options by `lrlrun bench --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun bench --preset SmolLM2-135M --dtype q4 -p 128 -n 64 -r 3",
+        "lrlrun bench --model ../shared/models/stories260k -p 32,128 -n 128 --json",
+        "lrlrun bench kernels --device cpu",
+    ];
+
     [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks.")]
     public string? What { get; set; }
 

@@ -5,6 +5,13 @@ namespace Lrl.Cli;
 [Verb("chat", HelpText = "Interactive chat in the model's chat template; one user message per line (stdin), replies on stdout.")]
 public sealed class ChatVerb : SamplingVerbBase
 {
+    /// <summary>Shown under the options by `lrlrun chat --help`.</summary>
+    public static string[] Examples =>
+    [
+        "printf 'Tell me a story.\\nWhat happened next?\\n' | lrlrun chat --model ../shared/models/stories260k --temperature 0 --max-tokens 40",
+        "lrlrun chat --model ../shared/models/stories260k --system \"You tell short stories.\" --temperature 0.7",
+    ];
+
     [Option('n', "max-tokens", Default = 512, HelpText = "Most tokens per reply.")]
     public int MaxTokens { get; set; }
 

@@ -6,6 +6,14 @@ namespace Lrl.Cli;
 [Verb("generate", HelpText = "Generate text from a prompt; text streams to stdout, counts and speeds to stderr.")]
 public sealed class GenerateVerb : SamplingVerbBase
 {
+    /// <summary>Shown under the options by `lrlrun generate --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun generate --model ../shared/models/stories260k --prompt \"Once upon a time\" --max-tokens 60 --temperature 0",
+        "lrlrun generate --model ../shared/models/stories260k --prompt \"Lily and Ben\" --temperature 0.8 --top-k 40 --top-p 0.95 --seed 42",
+        "lrlrun generate --model ../shared/models/stories260k --prompt \"Once upon a time\" --stop \"Lily\" --device auto",
+    ];
+
     [Option('p', "prompt", Required = true, HelpText = "Prompt text.")]
     public string Prompt { get; set; } = "";
 

@@ -6,6 +6,12 @@ namespace Lrl.Cli;
 [Verb("info", HelpText = "Print a model folder's architecture, tensors, dtypes and parameter count.")]
 public sealed class InfoVerb
 {
+    /// <summary>Shown under the options by `lrlrun info --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun info --model ../shared/models/stories260k-bf16-sharded",
+    ];
+
     [Option('m', "model", Required = true, HelpText = "Model folder.")]
     public string Model { get; set; } = "";
 

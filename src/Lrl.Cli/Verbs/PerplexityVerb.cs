@@ -7,6 +7,12 @@ namespace Lrl.Cli;
 [Verb("perplexity", HelpText = "Perplexity and bits per byte of a text file (sliding window).")]
 public sealed class PerplexityVerb : ModelVerbBase
 {
+    /// <summary>Shown under the options by `lrlrun perplexity --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --context 256 --stride 128",
+    ];
+
     [Option('f', "file", Required = true, HelpText = "UTF-8 text file.")]
     public string File { get; set; } = "";
 

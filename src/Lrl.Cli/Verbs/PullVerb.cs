@@ -6,6 +6,13 @@ namespace Lrl.Cli;
 [Verb("pull", HelpText = "Download a Hugging Face model repo's config, tokenizer and safetensors weights; prints the folder.")]
 public sealed class PullVerb
 {
+    /// <summary>Shown under the options by `lrlrun pull --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun pull HuggingFaceTB/SmolLM2-135M",
+        "lrlrun pull Qwen/Qwen2.5-0.5B-Instruct --revision main --out models/qwen2.5-0.5b-instruct",
+    ];
+
     [Value(0, MetaName = "REPO_ID", Required = true, HelpText = "Hub repo id, e.g. HuggingFaceTB/SmolLM2-135M.")]
     public string Repo { get; set; } = "";
 

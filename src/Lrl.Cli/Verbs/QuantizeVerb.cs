@@ -6,6 +6,13 @@ namespace Lrl.Cli;
 [Verb("quantize", HelpText = "Quantize a model's Linear weights to int8 or int4 (group-wise, f16 scales) into a new model folder.")]
 public sealed class QuantizeVerb
 {
+    /// <summary>Shown under the options by `lrlrun quantize --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun quantize --model ../shared/models/stories260k --bits 8 --out /tmp/stories260k-q8",
+        "lrlrun quantize --model ../shared/models/stories260k --bits 4 --group auto --calibration self --out /tmp/stories260k-q4",
+    ];
+
     [Option('m', "model", Required = true, HelpText = "Input model folder.")]
     public string Model { get; set; } = "";
 

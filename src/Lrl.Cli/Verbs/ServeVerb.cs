@@ -6,6 +6,13 @@ namespace Lrl.Cli;
 [Verb("serve", HelpText = "Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health).")]
 public sealed class ServeVerb : SamplingVerbBase
 {
+    /// <summary>Shown under the options by `lrlrun serve --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun serve --model ../shared/models/stories260k --port 8080",
+        "lrlrun serve --model ../shared/models/stories260k --host 0.0.0.0 --port 0",
+    ];
+
     [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
     public string Host { get; set; } = "127.0.0.1";
 

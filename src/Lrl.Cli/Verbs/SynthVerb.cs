@@ -6,6 +6,12 @@ namespace Lrl.Cli;
 [Verb("synth", HelpText = "Write a random-weight checkpoint in the shapes of a real model family (models/presets), for benchmarks.")]
 public sealed class SynthVerb
 {
+    /// <summary>Shown under the options by `lrlrun synth --help`.</summary>
+    public static string[] Examples =>
+    [
+        "lrlrun synth --preset SmolLM2-135M --dtype bf16 --out /tmp/smollm2-135m-random",
+    ];
+
     [Option("preset", Required = true, HelpText = "Preset name: a file in models/presets, e.g. SmolLM2-135M.")]
     public string Preset { get; set; } = "";
 

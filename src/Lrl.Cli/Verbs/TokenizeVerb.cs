@@ -9,6 +9,13 @@ namespace Lrl.Cli;
 [Verb("tokenize", HelpText = "Print the token ids (or pieces) of each input line, or a fertility summary per script (--stats).")]
 public sealed class TokenizeVerb
 {
+    /// <summary>Shown under the options by `lrlrun tokenize --help`.</summary>
+    public static string[] Examples =>
+    [
+        "printf 'Hello world\\n' | lrlrun tokenize --model ../shared/tokenizers/smollm-135m-json --tokens",
+        "lrlrun tokenize --model ../shared/tokenizers/naijaml-yor-json --file ../shared/tokenizers/corpus.txt --stats",
+    ];
+
     [Option('m', "model", Required = true, HelpText = "Model folder, or a folder with just the tokenizer files (tokenizer.json or tokenizer.model).")]
     public string Model { get; set; } = "";
 
