@@ -29,6 +29,10 @@ public sealed class Sampler
     {
         if (logits.Length != _vocab) throw new ArgumentException($"expected {_vocab} logits, got {logits.Length}");
         ApplyRepeatPenalty(logits, recent);
+        ApplyFrequencyAndPresence(logits, recent);
+        if (_o.LogitBias is { } bias)
+            foreach (var (id, b) in bias)
+                if ((uint)id < (uint)_vocab) logits[id] += b;
         if (_o.Temperature == 0) return ArgMax(logits);
 
         int n = SelectTopK(logits, _o.TopK > 0 ? Math.Min(_o.TopK, _vocab) : _vocab);
@@ -64,6 +68,21 @@ public sealed class Sampler
             if (r < 0) return _ids[i];
         }
         return _ids[n - 1];
+    }
+
+    /// <summary>OpenAI's penalties over the recent window: logit -= count·frequency + (count > 0)·presence.</summary>
+    private void ApplyFrequencyAndPresence(Span<float> logits, ReadOnlySpan<int> recent)
+    {
+        if ((_o.FrequencyPenalty == 0 && _o.PresencePenalty == 0) || _o.RepeatLastN == 0) return;
+        var window = recent.Length > _o.RepeatLastN ? recent[^_o.RepeatLastN..] : recent;
+        // Count occurrences in the _ids scratch (zeroed between uses), then penalize each distinct token once.
+        foreach (int t in window) if ((uint)t < (uint)_vocab) _ids[t]++;
+        foreach (int t in window)
+        {
+            if ((uint)t >= (uint)_vocab || _ids[t] == 0) continue;
+            logits[t] -= _ids[t] * _o.FrequencyPenalty + _o.PresencePenalty;
+            _ids[t] = 0;
+        }
     }
 
     private void ApplyRepeatPenalty(Span<float> logits, ReadOnlySpan<int> recent)

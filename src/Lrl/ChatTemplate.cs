@@ -19,11 +19,24 @@ public sealed class ChatTemplate
     public string Name { get; }
     /// <summary>Strings that end an assistant turn (besides the model's EOS tokens).</summary>
     public IReadOnlyList<string> StopStrings { get; }
+    /// <summary>Set when the model declares a chat template lrlrun does not recognise (and this one is used instead).</summary>
+    public string? Warning { get; private init; }
 
     private ChatTemplate(string name, string[] stops, Func<IReadOnlyList<ChatMessage>, bool, string> format)
     {
         Name = name; StopStrings = stops; _format = format;
     }
+
+    /// <summary>The template families by name, as --template takes them.</summary>
+    public static IReadOnlyDictionary<string, ChatTemplate> Families => new Dictionary<string, ChatTemplate>
+    {
+        ["chatml"] = ChatMl, ["llama3"] = Llama3, ["inst"] = Inst, ["gemma"] = Gemma, ["phi"] = Phi, ["plain"] = Plain,
+    };
+
+    /// <summary>The family named <paramref name="name"/> (case-insensitive), or an error listing the families.</summary>
+    public static ChatTemplate ByName(string name) =>
+        Families.TryGetValue(name.ToLowerInvariant(), out var t) ? t
+        : throw new LrlException($"--template '{name}' is not one of {string.Join(", ", Families.Keys)}");
 
     /// <summary>Formats the messages; with <paramref name="addGenerationPrompt"/> the text ends where the assistant's reply begins.</summary>
     public string Format(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
@@ -65,7 +78,11 @@ public sealed class ChatTemplate
         if (t.Contains("<start_of_turn>")) return Gemma;
         if (t.Contains("[INST]")) return Inst;
         if (t.Contains("<|user|>")) return Phi;
-        return Plain;
+        return new ChatTemplate(Plain.Name, [.. Plain.StopStrings], Plain._format)
+        {
+            Warning = "the model's chat_template is not one lrlrun recognises (ChatML, Llama-3, [INST], Gemma, Phi-3); " +
+                      "using the plain User:/Assistant: transcript. Pass --template to choose one.",
+        };
     }
 
     public static ChatTemplate ChatMl { get; } = new("chatml", ["<|im_end|>"], (ms, gen) =>

@@ -94,3 +94,81 @@ public class QuantizeCliTests : IDisposable
         Assert.Contains("--calibration", CliRunner.Run("quantize", "--model", src, "--bits", "4", "--calibration", "/nope.txt", "--out", Path.Combine(_dir, "y")).Stderr);
     }
 }
+
+/// <summary>`lrlrun chat` when the conversation outgrows the context, and Ctrl-C during a reply.</summary>
+public class ChatSessionTests
+{
+    [Fact]
+    public void AFullContextDropsTheOldestTurnsAndGoesOn()
+    {
+        var lines = string.Concat(Enumerable.Range(1, 8).Select(i => $"Tell me story number {i} about a little dog and a big cat.\n"));
+        var r = CliRunner.RunWithInput(lines, "chat", "--model", CliRunner.Model("stories260k"), "--temperature", "0",
+            "--max-tokens", "16", "--context", "96", "--system", "Short stories.");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(8, r.Stderr.Split('\n').Count(l => l.StartsWith("[") && l.Contains("prompt tokens")));
+        Assert.Contains("context full: dropped", r.Stderr);
+        Assert.DoesNotContain("error", r.Stderr);
+    }
+
+    [Fact]
+    public void AMessageLongerThanTheContextIsRefusedAndTheChatGoesOn()
+    {
+        var r = CliRunner.RunWithInput(string.Concat(Enumerable.Repeat("very long ", 200)) + "\nHi\n",
+            "chat", "--model", CliRunner.Model("stories260k"), "--temperature", "0", "--max-tokens", "8", "--context", "64");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("longer than the context window", r.Stderr);
+        Assert.Single(r.Stderr.Split('\n').Where(l => l.StartsWith("[") && l.Contains("prompt tokens")));
+    }
+
+    [Fact]
+    public void CtrlCStopsTheReplyAndTheChatContinues()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("sends SIGINT with kill(1)");
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet")
+        {
+            RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
+            StandardOutputEncoding = System.Text.Encoding.UTF8, StandardErrorEncoding = System.Text.Encoding.UTF8,
+        };
+        // RWKV's recurrent state has no context limit to end the reply first: only Ctrl-C (or a million tokens) can.
+        foreach (var a in (string[])[Path.Combine(AppContext.BaseDirectory, "lrlrun.dll"), "chat", "--model", CliRunner.Model("rwkv-tiny-7v0-834K"),
+                     "--temperature", "0", "--max-tokens", "1000000", "--ignore-eos", "--threads", "1"])
+            psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stderr = new System.Text.StringBuilder();
+        var firstTurn = new ManualResetEventSlim();
+        p.ErrorDataReceived += (_, e) => { if (e.Data is null) return; lock (stderr) stderr.AppendLine(e.Data); if (e.Data.StartsWith("[")) firstTurn.Set(); };
+        p.BeginErrorReadLine();
+        var output = new System.Text.StringBuilder();
+        var replying = new ManualResetEventSlim();
+        var buffer = new char[256];
+        var reader = Task.Run(() => { int n; while ((n = p.StandardOutput.Read(buffer, 0, buffer.Length)) > 0) { lock (output) output.Append(buffer, 0, n); replying.Set(); } });
+        p.StandardInput.WriteLine("Tell me a very long story.");
+        p.StandardInput.Flush();
+        Assert.True(replying.Wait(TimeSpan.FromSeconds(30)), "no reply started:\n" + stderr);
+        Thread.Sleep(300);
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString()])) kill.WaitForExit();
+        Assert.True(firstTurn.Wait(TimeSpan.FromSeconds(20)), "the reply did not stop on Ctrl-C:\n" + stderr);
+        // The second reply is as endless: it stops on a second Ctrl-C too, then end of input ends the chat.
+        Thread.Sleep(300); // let the first reply's last output arrive
+        int mark;
+        lock (output) mark = output.Length;
+        p.StandardInput.WriteLine("Hi");
+        p.StandardInput.Flush();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
+        {
+            lock (output) if (output.Length > mark + 20) break;
+            Assert.True(DateTime.UtcNow < deadline, "no second reply:\n" + stderr);
+            Thread.Sleep(20);
+        }
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString()])) kill.WaitForExit();
+        p.StandardInput.Close();
+        Assert.True(p.WaitForExit(60_000), "lrlrun chat did not exit at end of input");
+        p.WaitForExit();
+        reader.Wait(TestContext.Current.CancellationToken);
+        Assert.Equal(0, p.ExitCode);
+        var turns = stderr.ToString().Split('\n').Where(l => l.StartsWith("[") && l.Contains("prompt tokens")).ToArray();
+        Assert.Equal(2, turns.Length);
+        Assert.All(turns, t => Assert.Contains("Cancelled", t));
+    }
+}

@@ -7,7 +7,7 @@ using System.Text.RegularExpressions;
 namespace Lrl.Cli.Tests;
 
 /// <summary>One `lrlrun serve --port 0` process on stories260k, shared by the tests of <see cref="ServeTests"/>.</summary>
-public sealed class ServerProcess : IDisposable
+public class ServerProcess : IDisposable
 {
     private readonly object _lock = new();
     private Process? _process;
@@ -22,7 +22,7 @@ public sealed class ServerProcess : IDisposable
         {
             if (Http.BaseAddress is not null) return Http.BaseAddress;
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, StandardErrorEncoding = Encoding.UTF8 };
-            foreach (var a in (string[])[Path.Combine(AppContext.BaseDirectory, "lrlrun.dll"), "serve", "--model", model, "--port", "0", "--threads", "1", "--temperature", "0.7"])
+            foreach (var a in ((string[])[Path.Combine(AppContext.BaseDirectory, "lrlrun.dll"), "serve", "--model", model, "--port", "0", "--threads", "1", "--temperature", "0.7"]).Concat(ExtraArgs))
                 psi.ArgumentList.Add(a);
             var listening = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
             _process = Process.Start(psi)!;
@@ -43,6 +43,9 @@ public sealed class ServerProcess : IDisposable
     }
 
     public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
+
+    /// <summary>More `lrlrun serve` options for a fixture that needs them.</summary>
+    protected virtual string[] ExtraArgs => [];
 
     public void Dispose()
     {
@@ -222,7 +225,11 @@ public sealed class ServeTests(ServerProcess server) : IClassFixture<ServerProce
     [InlineData("/v1/completions", """{"prompt": "hi", "stop": 5}""", "stop")]
     [InlineData("/v1/completions", """{"prompt": "hi", "stream": "yes"}""", "stream")]
     [InlineData("/v1/completions", """{"prompt": "hi", "n": 3}""", "n")]
-    [InlineData("/v1/completions", """{"prompt": "hi", "frequency_penalty": 0.5}""", "frequency_penalty")]
+    [InlineData("/v1/completions", """{"prompt": "hi", "frequency_penalty": 2.5}""", "frequency_penalty")]
+    [InlineData("/v1/completions", """{"prompt": "hi", "presence_penalty": "x"}""", "presence_penalty")]
+    [InlineData("/v1/completions", """{"prompt": "hi", "logit_bias": {"x": 1}}""", "logit_bias")]
+    [InlineData("/v1/completions", """{"prompt": "hi", "logit_bias": {"5": 200}}""", "logit_bias")]
+    [InlineData("/v1/chat/completions", """{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}""", "tools")]
     [InlineData("/v1/completions", """{"prompt": "hi", "logprobs": 5}""", "logprobs")]
     [InlineData("/v1/completions", """{"prompt": [1, 99999]}""", "prompt")]
     [InlineData("/v1/completions", """{"prompt": {"text": "hi"}}""", "prompt")]

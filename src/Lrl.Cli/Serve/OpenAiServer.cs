@@ -25,6 +25,12 @@ public sealed record ServerOptions
     public GenerationOptions Defaults { get; init; } = new();
     /// <summary>Where one line per request is logged; null = nowhere.</summary>
     public TextWriter? Log { get; init; }
+    /// <summary>The chat template for chat requests; null = the one the model declares.</summary>
+    public ChatTemplate? Template { get; init; }
+    /// <summary>Origins browsers may call from (CORS); "*" allows any; empty = no CORS headers.</summary>
+    public IReadOnlyList<string> CorsOrigins { get; init; } = [];
+    /// <summary>When set, every request but /health and CORS preflights needs "Authorization: Bearer KEY".</summary>
+    public string? ApiKey { get; init; }
 }
 
 /// <summary>
@@ -62,6 +68,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         });
         _app = builder.Build();
         _app.Use(ErrorsAndLogging);
+        _app.Use(CorsAndAuthentication);
         _app.MapGet("/health", () => Results.Json(new JsonObject { ["status"] = "ok", ["model"] = options.ModelId }, Json));
         _app.MapGet("/v1/models", () => Results.Json(new JsonObject { ["object"] = "list", ["data"] = new JsonArray(ModelObject()) }, Json));
         _app.MapGet("/v1/models/{id}", (string id) => id == options.ModelId
@@ -83,7 +90,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         if (options.Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {options.Port}");
         options.Defaults.Validate();
-        var server = new OpenAiServer(model, options, ChatTemplate.Load(model.Directory));
+        var server = new OpenAiServer(model, options, options.Template ?? ChatTemplate.Load(model.Directory));
         try
         {
             await server._app.StartAsync(cancellationToken);
@@ -168,6 +175,42 @@ public sealed class OpenAiServer : IAsyncDisposable
             await WriteErrorAsync(ctx, 500, $"internal error: {e.Message}", "server_error", null);
         }
         _options.Log?.WriteLine($"lrlrun: {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalSeconds:F2}s{(note.Length > 0 ? " " + note : "")}");
+    }
+
+    /// <summary>CORS headers and preflights for the configured origins, then the API key check (constant time).</summary>
+    private async Task CorsAndAuthentication(HttpContext ctx, RequestDelegate next)
+    {
+        var origin = ctx.Request.Headers.Origin.ToString();
+        bool corsAllowed = origin.Length > 0 && _options.CorsOrigins.Any(o => o == "*" || string.Equals(o.TrimEnd('/'), origin, StringComparison.OrdinalIgnoreCase));
+        if (corsAllowed)
+        {
+            var h = ctx.Response.Headers;
+            h.AccessControlAllowOrigin = _options.CorsOrigins.Contains("*") && _options.ApiKey is null ? "*" : origin;
+            h.Vary = "Origin";
+            if (HttpMethods.IsOptions(ctx.Request.Method))
+            {
+                h.AccessControlAllowMethods = "GET, POST, OPTIONS";
+                h.AccessControlAllowHeaders = ctx.Request.Headers.AccessControlRequestHeaders.ToString() is { Length: > 0 } asked ? asked : "Authorization, Content-Type";
+                h.AccessControlMaxAge = "600";
+                ctx.Response.StatusCode = 204;
+                return;
+            }
+        }
+        if (_options.ApiKey is { } key && ctx.Request.Path != "/health" && !HttpMethods.IsOptions(ctx.Request.Method))
+        {
+            var auth = ctx.Request.Headers.Authorization.ToString();
+            var given = auth.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? auth[7..].Trim() : "";
+            // Compare fixed-size digests so neither the content nor the length of the key leaks through timing.
+            bool ok = System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
+                System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(given)),
+                System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)));
+            if (!ok)
+            {
+                ctx.Response.Headers.WWWAuthenticate = "Bearer";
+                throw new ApiException(401, given.Length == 0 ? "missing API key: send 'Authorization: Bearer KEY'" : "invalid API key", null, "authentication_error");
+            }
+        }
+        await next(ctx);
     }
 
     private static async Task WriteErrorAsync(HttpContext ctx, int status, string message, string type, string? param)

@@ -49,12 +49,12 @@ public static class RequestParser
             RepeatLastN = Integer(root, "repeat_last_n", 0, int.MaxValue, "must be ≥ 0") ?? d.RepeatLastN,
             Seed = Seed(root) ?? d.Seed,
         };
-        foreach (var name in (string[])["frequency_penalty", "presence_penalty"])
+        sampling = sampling with
         {
-            var v = Number(root, name, -2, 2, "must be in [-2, 2]");
-            if (v is { } x && x != 0)
-                throw ApiException.BadRequest(name, $"'{name}' is not supported by this server (only 0); use 'repeat_penalty' (> 1 penalizes repeats)");
-        }
+            FrequencyPenalty = Number(root, "frequency_penalty", -2, 2, "must be in [-2, 2]") ?? d.FrequencyPenalty,
+            PresencePenalty = Number(root, "presence_penalty", -2, 2, "must be in [-2, 2]") ?? d.PresencePenalty,
+            LogitBias = LogitBias(root) ?? d.LogitBias,
+        };
 
         int? maxTokens = Integer(root, "max_tokens", 0, int.MaxValue, "must be ≥ 0");
         if (chat) maxTokens = Integer(root, "max_completion_tokens", 0, int.MaxValue, "must be ≥ 0") ?? maxTokens;
@@ -207,6 +207,23 @@ public static class RequestParser
             throw ApiException.BadRequest(name, $"'{name}' must be an integer, got {v.GetRawText()}");
         if (x < min || x > max) throw ApiException.BadRequest(name, $"'{name}' {range}, got {x}");
         return (int)x;
+    }
+
+    /// <summary>logit_bias: an object of token id (as a string) → bias in [-100, 100].</summary>
+    private static IReadOnlyDictionary<int, float>? LogitBias(JsonElement root)
+    {
+        if (Property(root, "logit_bias") is not { } v) return null;
+        if (v.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("logit_bias", $"'logit_bias' must be an object of token id → bias, got {Kind(v)}");
+        var result = new Dictionary<int, float>();
+        foreach (var p in v.EnumerateObject())
+        {
+            if (!int.TryParse(p.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                throw ApiException.BadRequest("logit_bias", $"'logit_bias' key '{(p.Name.Length > 20 ? p.Name[..20] + "…" : p.Name)}' is not a token id");
+            if (p.Value.ValueKind != JsonValueKind.Number || !(p.Value.GetDouble() is var b && b >= -100 && b <= 100))
+                throw ApiException.BadRequest("logit_bias", $"'logit_bias' of token {id} must be a number in [-100, 100]");
+            result[id] = (float)p.Value.GetDouble();
+        }
+        return result;
     }
 
     private static int? Seed(JsonElement root)

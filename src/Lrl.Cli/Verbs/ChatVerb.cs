@@ -21,55 +21,96 @@ public sealed class ChatVerb : SamplingVerbBase
     [Option("template", HelpText = "Override the chat template family: chatml, llama3, inst, gemma, phi, plain.")]
     public string? Template { get; set; }
 
+    [Option("ignore-eos", HelpText = "Keep generating past end-of-sequence tokens (a reply then ends at --max-tokens or a stop string).")]
+    public bool IgnoreEos { get; set; }
+
     public int Run()
     {
         var sampling = Sampling();
         sampling.Validate();
+        if (MaxTokens < 1) throw new LrlException($"--max-tokens must be ≥ 1, got {MaxTokens}");
+        var template = Template is null ? null : ChatTemplate.ByName(Template);
         using var model = LoadModel();
-        var template = Template is null ? ChatTemplate.Load(model.Directory) : Template.ToLowerInvariant() switch
-        {
-            "chatml" => ChatTemplate.ChatMl, "llama3" => ChatTemplate.Llama3, "inst" => ChatTemplate.Inst,
-            "gemma" => ChatTemplate.Gemma, "phi" => ChatTemplate.Phi, "plain" => ChatTemplate.Plain,
-            _ => throw new LrlException($"--template '{Template}' is not one of chatml, llama3, inst, gemma, phi, plain"),
-        };
+        template ??= ChatTemplate.Load(model.Directory);
+        if (template.Warning is { } warning) Console.Error.WriteLine($"lrlrun: warning: {warning}");
+        using var session = model.CreateSession();
         var messages = new List<ChatMessage>();
         if (!string.IsNullOrWhiteSpace(System)) messages.Add(new ChatMessage("system", System));
         bool interactive = !Console.IsInputRedirected;
-        if (interactive) Console.Error.WriteLine($"lrlrun chat ({template.Name} template). /reset clears the conversation, /exit or Ctrl-D quits.");
+        var editor = interactive ? new LineEditor() : null;
+        if (interactive) Console.Error.WriteLine($"lrlrun chat ({template.Name} template). /reset clears the conversation, /exit or Ctrl-D quits; Ctrl-C stops a reply.");
 
-        using var cts = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
+        // Ctrl-C stops the reply being written and returns to the prompt; at the prompt (or pressed twice) it exits.
+        CancellationTokenSource? reply = null;
+        Console.CancelKeyPress += (_, e) =>
+        {
+            var r = reply;
+            if (r is not null && !r.IsCancellationRequested) { e.Cancel = true; r.Cancel(); }
+        };
+        var options = new GenerationOptions
+        {
+            MaxTokens = MaxTokens, Sampling = sampling, StopStrings = template.StopStrings, IgnoreEos = IgnoreEos,
+            AddBos = true, TruncatePrompt = false,
+        };
+        int ctx = model.Model.ContextLength;
         while (true)
         {
-            if (interactive) Console.Error.Write("> ");
-            var line = Console.In.ReadLine();
+            var line = editor is not null ? editor.ReadLine("> ") : Console.In.ReadLine();
             if (line is null || line.Trim() == "/exit") break;
             if (line.Trim().Length == 0) continue;
             if (line.Trim() == "/reset")
             {
                 messages.RemoveAll(m => m.Role != "system");
-                model.ResetState();
+                session.Reset();
                 continue;
             }
             messages.Add(new ChatMessage("user", line));
-            var options = new GenerationOptions
+            var prompt = FitToContext(model, template, messages, Math.Min(MaxTokens, ctx / 4), ctx);
+            if (prompt is null)
             {
-                MaxTokens = MaxTokens, Sampling = sampling, StopStrings = template.StopStrings,
-                AddBos = true, TruncatePrompt = false,
-            };
-            var reply = new System.Text.StringBuilder();
-            foreach (var t in model.Generate(template.Format(messages), options, cts.Token))
-            {
-                Console.Out.Write(t.Text);
-                Console.Out.Flush();
-                reply.Append(t.Text);
+                Console.Error.WriteLine($"lrlrun: this message alone is longer than the context window ({ctx} tokens); it was not sent. Raise --context or shorten it.");
+                messages.RemoveAt(messages.Count - 1);
+                continue;
             }
+            var text = new System.Text.StringBuilder();
+            reply = new CancellationTokenSource();
+            try
+            {
+                foreach (var t in session.Generate(prompt, options, reply.Token))
+                {
+                    Console.Out.Write(t.Text);
+                    Console.Out.Flush();
+                    text.Append(t.Text);
+                }
+            }
+            finally { reply.Dispose(); reply = null; }
             Console.Out.WriteLine();
-            messages.Add(new ChatMessage("assistant", reply.ToString().Trim()));
-            var s = model.LastStats;
+            messages.Add(new ChatMessage("assistant", text.ToString().Trim()));
+            var s = session.LastStats;
             Console.Error.WriteLine($"[{s.PromptTokens} prompt tokens ({s.CachedTokens} cached), {s.GeneratedTokens} generated, {s.DecodeTokensPerSecond:F1} tok/s, {s.FinishReason}]");
-            if (cts.IsCancellationRequested) break;
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The prompt for the conversation, dropping its oldest turns (never the system prompt) until it leaves
+    /// <paramref name="room"/> tokens for the reply; null when even the last message alone does not fit.
+    /// </summary>
+    internal static int[]? FitToContext(LrlModel model, ChatTemplate template, List<ChatMessage> messages, int room, int ctx)
+    {
+        int dropped = 0;
+        while (true)
+        {
+            var ids = model.Tokenizer.Encode(template.Format(messages), addSpecial: true);
+            if (ids.Length + room <= ctx || (ids.Length < ctx && messages.Count(m => m.Role != "system") <= 1))
+            {
+                if (dropped > 0) Console.Error.WriteLine($"[context full: dropped the {dropped} oldest message{(dropped == 1 ? "" : "s")} to fit {ctx} tokens]");
+                return ids;
+            }
+            int oldest = messages.FindIndex(m => m.Role != "system");
+            if (oldest < 0 || oldest == messages.Count - 1) return null;
+            messages.RemoveAt(oldest);
+            dropped++;
+        }
     }
 }

@@ -88,10 +88,17 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("seed", HelpText = "Random seed (default: random).")]
     public int? Seed { get; set; }
 
+    [Option("frequency-penalty", Default = 0f, HelpText = "Subtract this from a token's logit per occurrence in the last --repeat-last-n tokens (OpenAI's); in [-2, 2].")]
+    public float FrequencyPenalty { get; set; }
+
+    [Option("presence-penalty", Default = 0f, HelpText = "Subtract this from the logit of tokens present in the last --repeat-last-n tokens (OpenAI's); in [-2, 2].")]
+    public float PresencePenalty { get; set; }
+
     public SamplingOptions Sampling() => new()
     {
         Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP,
         RepeatPenalty = RepeatPenalty, RepeatLastN = RepeatLastN, Seed = Seed,
+        FrequencyPenalty = FrequencyPenalty, PresencePenalty = PresencePenalty,
     };
 }
 

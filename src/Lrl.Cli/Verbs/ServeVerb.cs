@@ -11,6 +11,7 @@ public sealed class ServeVerb : SamplingVerbBase
     [
         "lrlrun serve --model ../shared/models/stories260k --port 8080",
         "lrlrun serve --model ../shared/models/stories260k --host 0.0.0.0 --port 0",
+        "lrlrun serve --model ../shared/models/stories260k --cors http://localhost:5173 --api-key secret --template chatml",
     ];
 
     [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
@@ -25,6 +26,15 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option('n', "max-tokens", Default = 256, HelpText = "max_tokens for requests that give none (the sampling options are request defaults too).")]
     public int MaxTokens { get; set; }
 
+    [Option("template", HelpText = "Chat template family for chat requests: chatml, llama3, inst, gemma, phi, plain (default: the model's).")]
+    public string? Template { get; set; }
+
+    [Option("cors", Separator = ',', HelpText = "Origins browser apps may call from (comma-separated, or * for any): adds CORS headers and answers preflights.")]
+    public IEnumerable<string> Cors { get; set; } = [];
+
+    [Option("api-key", HelpText = "Require 'Authorization: Bearer KEY' on every request but /health (401 otherwise); default: $LRL_API_KEY, else none.")]
+    public string? ApiKey { get; set; }
+
     public int Run() => RunAsync().GetAwaiter().GetResult();
 
     private async Task<int> RunAsync()
@@ -36,10 +46,19 @@ public sealed class ServeVerb : SamplingVerbBase
         };
         defaults.Validate();
         if (Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {Port}");
+        var template = Template is null ? null : ChatTemplate.ByName(Template);
+        var apiKey = ApiKey ?? Environment.GetEnvironmentVariable("LRL_API_KEY");
+        if (apiKey is { Length: 0 }) throw new LrlException("--api-key is empty");
+        foreach (var o in Cors)
+            if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
+                throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
         using var model = LoadModel();
+        template ??= ChatTemplate.Load(model.Directory);
+        if (template.Warning is { } warning) Console.Error.WriteLine($"lrlrun: warning: {warning}");
         var options = new ServerOptions
         {
-            Host = Host, Port = Port, Defaults = defaults, Log = Console.Error,
+            Host = Host, Port = Port, Defaults = defaults, Log = Console.Error, Template = template,
+            CorsOrigins = Cors.ToList(), ApiKey = apiKey,
             ModelId = string.IsNullOrWhiteSpace(Name) ? Path.GetFileName(model.Directory.TrimEnd(Path.DirectorySeparatorChar)) : Name,
         };
         await using var server = await OpenAiServer.StartAsync(model, options);
