@@ -35,6 +35,8 @@ public sealed record QuantizeOptions
     public IReadOnlyDictionary<string, double[]>? Hessians { get; init; }
     /// <summary>Replace an existing output folder (otherwise an existing non-empty folder is an error).</summary>
     public bool Overwrite { get; init; }
+    /// <summary>Called before each tensor with (tensors done, tensors in all, its name) and once at the end, on the quantizing thread.</summary>
+    public Action<int, int, string>? OnTensor { get; init; }
 
     public double ThresholdFor(int bits) => ErrorThreshold ?? (bits == 8 ? 0.01 : 0.09);
 }
@@ -71,8 +73,11 @@ public static class Quantizer
         var meta = new QuantMetadata { Bits = options.Bits, Group = options.Group };
         var writer = new SafeTensorsWriter();
         long inBytes = 0;
-        foreach (var t in ck.Tensors.OrderBy(t => t.Name, StringComparer.Ordinal))
+        var ordered = ck.Tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        int tensorsDone = 0;
+        foreach (var t in ordered)
         {
+            options.OnTensor?.Invoke(tensorsDone++, ordered.Count, t.Name);
             inBytes += t.ByteLength;
             if (!ShouldQuantize(t, options))
             {
@@ -124,6 +129,7 @@ public static class Quantizer
             progress?.Report(string.Create(CultureInfo.InvariantCulture,
                 $"{t.Name} [{rows}, {cols}] → {QuantLayout.FormatName(bits, g, cols, asym)}, relative error {q.RelativeError:P2}"));
         }
+        options.OnTensor?.Invoke(ordered.Count, ordered.Count, "");
         writer.AddMetadata(QuantMetadata.Key, meta.ToJson());
         writer.AddMetadata("format", "pt");
 

@@ -4,6 +4,25 @@ namespace Lrl.Models.Tests;
 
 public class SamplerTests
 {
+    [Fact]
+    public void FrequencyPresenceAndLogitBiasShiftTheLogitsAsOpenAIDefines()
+    {
+        var o = new SamplingOptions { Temperature = 0, FrequencyPenalty = 0.5f, PresencePenalty = 0.25f, RepeatLastN = 4,
+            LogitBias = new Dictionary<int, float> { [3] = 2f } };
+        var logits = new float[] { 1, 1, 1, 1, 1 };
+        // Window = the last 4 tokens [1, 1, 2, 0]: token 1 twice, 2 and 0 once; token 4 (older) is outside it.
+        new Sampler(5, o).Sample(logits, [4, 1, 1, 2, 0]);
+        Assert.Equal(1 - 0.5f - 0.25f, logits[0], 5);
+        Assert.Equal(1 - 2 * 0.5f - 0.25f, logits[1], 5);
+        Assert.Equal(1 - 0.5f - 0.25f, logits[2], 5);
+        Assert.Equal(3f, logits[3], 5);
+        Assert.Equal(1f, logits[4], 5);
+        var ban = new SamplingOptions { Temperature = 0, LogitBias = new Dictionary<int, float> { [2] = -100 } };
+        Assert.NotEqual(2, new Sampler(3, ban).Sample(new float[] { 0, 1, 5 }, []));
+        Assert.Throws<LrlException>(() => new SamplingOptions { FrequencyPenalty = 3 }.Validate());
+        Assert.Throws<LrlException>(() => new SamplingOptions { LogitBias = new Dictionary<int, float> { [1] = 101 } }.Validate());
+    }
+
     private static float[] Logits(int n, int seed)
     {
         var r = new Random(seed);

@@ -256,8 +256,7 @@ public sealed partial class HubClient : IDisposable
         var buffer = new byte[1 << 20];
         long total = 0;
         var clock = Stopwatch.StartNew();
-        var lastReport = TimeSpan.Zero;
-        bool interactive = _log is not null && _log == Console.Error && !Console.IsErrorRedirected;
+        var bar = _log is null ? null : new ProgressBar("  " + name, bytes: true, _log);
         try
         {
             stall.CancelAfter(StallTimeout);
@@ -270,12 +269,7 @@ public sealed partial class HubClient : IDisposable
                 hash?.AppendData(buffer, 0, n);
                 await output.WriteAsync(buffer.AsMemory(0, n), ct);
                 total += n;
-                if (interactive && clock.Elapsed - lastReport > TimeSpan.FromMilliseconds(250))
-                {
-                    lastReport = clock.Elapsed;
-                    var of = expected is { } x ? $"/{Size(x)}" : "";
-                    _log!.Write($"\r  {name}: {Size(start + total)}{of}  {total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s   ");
-                }
+                bar?.Report(start + total, expected);
             }
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
@@ -286,8 +280,7 @@ public sealed partial class HubClient : IDisposable
         {
             throw new LrlException($"{repo}: download of {name} failed after {Size(start + total)}: {e.Message}; run pull again to resume");
         }
-        if (interactive) _log!.Write("\r");
-        _log?.WriteLine($"  {name}: {Size(total)} in {clock.Elapsed.TotalSeconds:F1} s ({total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s)");
+        bar?.Done($"  {name}: {Size(total)} in {clock.Elapsed.TotalSeconds:F1} s ({total / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F1} MB/s)");
         return total;
     }
 

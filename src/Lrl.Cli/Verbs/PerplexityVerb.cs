@@ -33,9 +33,10 @@ public sealed class PerplexityVerb : ModelVerbBase
         context = Math.Min(context, model.Model.ContextLength);
         Console.Error.WriteLine($"{File}: {bytes} bytes, {tokens.Length} tokens; window {context}, stride {(Stride == 0 ? context : Stride)}");
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        var bar = new ProgressBar("windows");
         var r = PerplexityEvaluator.Evaluate(model.Model, tokens, bytes, context, Stride,
-            new Progress<(int Done, int Total)>(p => Console.Error.Write($"\rwindow {p.Done}/{p.Total}")));
-        Console.Error.WriteLine();
+            new SyncProgress<(int Done, int Total)>(p => bar.Report(p.Done, p.Total)));
+        bar.Done();
         if (Json)
             Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
             {

@@ -44,7 +44,10 @@ public sealed class QuantizeVerb
     {
         if (ZeroPoints && Bits != 4) throw new LrlException("--zero-points applies to --bits 4 only");
         if (CalibrationTokens < 2) throw new LrlException($"--calibration-tokens must be ≥ 2, got {CalibrationTokens}");
-        var log = new Progress<string>(m => Console.Error.WriteLine(m));
+        // One line per tensor only when stderr is not a terminal (a log); on a terminal, a progress bar over the tensors.
+        bool terminal = !Console.IsErrorRedirected;
+        var bar = new ProgressBar("quantizing", terminal: terminal);
+        var log = new SyncProgress<string>(m => { if (!terminal) Console.Error.WriteLine(m); });
         Dictionary<string, double[]>? hessians = null;
         if (Calibration is not null)
         {
@@ -56,8 +59,10 @@ public sealed class QuantizeVerb
         {
             Bits = Bits, Group = Group, Asymmetric = ZeroPoints, QuantizeEmbeddings = QuantizeEmbeddings, Overwrite = Force,
             Hessians = hessians,
+            OnTensor = (done, total, name) => { if (terminal) bar.Report(done, total, name); },
         };
         var report = Quantizer.QuantizeModel(Model, Out, options, log);
+        bar.Done();
         Console.Error.WriteLine($"wrote {report.OutputDirectory}: {report.InputBytes / 1e6:F2} MB of weights -> {report.OutputBytes / 1e6:F2} MB " +
                                 $"({(double)report.OutputBytes / Math.Max(1, report.InputBytes):P0})");
         Console.Out.WriteLine(report.OutputDirectory);
