@@ -54,7 +54,7 @@ public sealed class BenchVerb
     [Option("csv", HelpText = "Print CSV.")]
     public bool Csv { get; set; }
 
-    [Option("plot", HelpText = "Also write an SVG bar chart of the results to this file.")]
+    [Option("plot", HelpText = "Also write a bar chart of the results to this file: PNG or SVG by its extension (.png, .svg).")]
     public string? Plot { get; set; }
 
     public int Run()
@@ -98,7 +98,7 @@ public sealed class BenchVerb
         Console.Out.Write(Json ? EndToEndBench.ToJson(results, limits) + "\n" : Csv ? EndToEndBench.ToCsv(results) : EndToEndBench.ToMarkdown(results, limits));
         if (Plot is not null)
         {
-            Lrl.Loading.AtomicFile.WriteAllText(Plot, SvgPlot.Render(results, $"lrlrun bench: {name} ({format}, {backend.Name}, {threads} threads)"));
+            BenchPlot.Save(results, $"lrlrun bench: {name}, {format}, {backend.Name}, {(threads > 0 ? threads : Environment.ProcessorCount)} threads", Plot);
             log.WriteLine($"plot written to {Plot}");
         }
         return 0;
