@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Runtime.CompilerServices;
 using Lrl.Cpu;
 using Lrl.Models;
@@ -141,11 +142,34 @@ public static class Backends
     /// <param name="device">Where to run.</param>
     /// <param name="threads">CPU worker threads including the caller; 0 = one per physical core.</param>
     /// <param name="mmap">CPU: read weights in place (true) or copy them into huge-page memory (false, --no-mmap).</param>
+    /// <remarks>The CUDA backend lives in the Lrl.Gpu assembly (its own package, so CPU-only apps do not carry ILGPU);
+    /// it is found at run time when the application references it.</remarks>
     public static IBackend Create(Device device, int threads = 0, bool mmap = true) => device switch
     {
         Device.Cpu => new CpuBackend(threads, copyWeights: !mmap),
-        Device.Cuda => Lrl.Gpu.GpuBackend.CreateCuda(),
-        Device.Auto => Lrl.Gpu.GpuBackend.IsCudaAvailable() ? Lrl.Gpu.GpuBackend.CreateCuda() : new CpuBackend(threads, copyWeights: !mmap),
+        Device.Cuda => Gpu.Create() ?? throw new LrlException("--device cuda needs the Lrl.Gpu package (lrlrun's CUDA backend); add it to the application"),
+        Device.Auto => Gpu.IsCudaAvailable() ? Gpu.Create()! : new CpuBackend(threads, copyWeights: !mmap),
         _ => throw new LrlException($"unknown device '{device}' (expected cpu, cuda or auto)"),
     };
+
+    /// <summary>Lrl.Gpu.GpuBackend's CreateCuda and IsCudaAvailable, when the assembly is there.</summary>
+    private static class Gpu
+    {
+        private static readonly Type? Backend = Type.GetType("Lrl.Gpu.GpuBackend, Lrl.Gpu", throwOnError: false);
+
+        public static bool IsCudaAvailable() =>
+            Backend?.GetMethod("IsCudaAvailable", BindingFlags.Public | BindingFlags.Static)?.Invoke(null, null) is true;
+
+        public static IBackend? Create()
+        {
+            var create = Backend?.GetMethod("CreateCuda", BindingFlags.Public | BindingFlags.Static);
+            if (create is null) return null;
+            try { return (IBackend)create.Invoke(null, [0])!; }
+            catch (TargetInvocationException e) when (e.InnerException is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
+                throw;
+            }
+        }
+    }
 }
