@@ -35,15 +35,13 @@ public sealed class Checkpoint : IDisposable
         if (File.Exists(index))
         {
             Dictionary<string, string> weightMap;
-            try
+            using (var doc = JsonFile.ParseObject(index))
             {
-                using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
                 if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
                     throw new ModelFormatException(index, "missing 'weight_map' object");
                 weightMap = wm.EnumerateObject().ToDictionary(p => p.Name,
                     p => p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : throw new ModelFormatException(index, $"weight_map['{p.Name}'] is not a file name"));
             }
-            catch (JsonException e) { throw new ModelFormatException(index, $"not valid JSON: {e.Message}"); }
 
             var shards = new Dictionary<string, SafeTensorsFile>();
             foreach (var shardName in weightMap.Values.Distinct().Order(StringComparer.Ordinal))

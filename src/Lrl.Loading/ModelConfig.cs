@@ -31,25 +31,31 @@ public sealed class ModelConfig
 
     public static ModelConfig FromJson(string json, string path = "config.json")
     {
-        var node = JsonNode.Parse(json) as JsonObject ?? throw new ModelFormatException(path, "not a JSON object");
+        JsonObject node;
+        try { node = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject ?? throw new ModelFormatException(path, "not a JSON object"); }
+        catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {JsonFile.Reason(e)}"); }
         return new ModelConfig(path, node, new JsonObject());
     }
 
-    private static JsonObject ParseObject(string path)
-    {
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject
-                   ?? throw new ModelFormatException(path, "not a JSON object");
-        }
-        catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
-    }
+    private static JsonObject ParseObject(string path) => JsonFile.ParseNode(path);
 
     /// <summary>The first entry of "architectures", else model_type, else null.</summary>
     public string? Architecture =>
-        Json["architectures"] is JsonArray { Count: > 0 } a ? a[0]?.GetValue<string>() : ModelType;
+        Json["architectures"] switch
+        {
+            null => ModelType,
+            JsonArray { Count: 0 } => ModelType,
+            JsonArray a => a[0] is JsonValue v && v.TryGetValue(out string? s) ? s : throw Bad("architectures", a, "a list of architecture names"),
+            var other => throw Bad("architectures", other, "a list of architecture names"),
+        };
 
-    public string? ModelType => Json["model_type"]?.GetValue<string>();
+    public string? ModelType =>
+        Json["model_type"] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue(out string? s) => s,
+            var other => throw Bad("model_type", other, "a string"),
+        };
 
     public bool Has(string field) => Json[field] is not null;
 
@@ -76,7 +82,7 @@ public sealed class ModelConfig
     {
         var n = Json[field];
         if (n is null) return null;
-        try { return n.GetValue<double>(); }
+        try { return n.GetValue<double>() is var d && double.IsFinite(d) ? d : throw Bad(field, n, "a finite number"); }
         catch (Exception e) when (e is InvalidOperationException or FormatException) { throw Bad(field, n, "a number"); }
     }
 
@@ -94,11 +100,13 @@ public sealed class ModelConfig
     public int[] GetTokenIds(string field)
     {
         var n = Generation[field] ?? Json[field];
+        int Id(JsonNode? x) => x is JsonValue v && v.TryGetValue(out double d) && d == Math.Floor(d) && d >= 0 && d <= int.MaxValue
+            ? (int)d : throw Bad(field, n, "a token id or a list of token ids");
         return n switch
         {
             null => [],
-            JsonArray a => a.Where(x => x is not null).Select(x => x!.GetValue<int>()).ToArray(),
-            _ => [n.GetValue<int>()],
+            JsonArray a => a.Where(x => x is not null).Select(Id).ToArray(),
+            _ => [Id(n)],
         };
     }
 

@@ -66,8 +66,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         var headerBytes = new ReadOnlySpan<byte>(_base + 8, (int)headerLen);
 
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(headerBytes.ToArray()); }
-        catch (JsonException e) { throw new ModelFormatException(Path, $"header is not valid JSON: {e.Message}"); }
+        try { doc = JsonDocument.Parse(headerBytes.ToArray(), new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }); }
+        catch (JsonException e) { throw new ModelFormatException(Path, $"header is not valid JSON: {JsonFile.Reason(e)}"); }
 
         using (doc)
         {

@@ -38,6 +38,9 @@ public sealed record Gpt2Config(
         Require(hidden > 0 && cfg.NumLayers > 0 && cfg.VocabSize > 0 && cfg.InnerSize > 0, "n_embd, n_layer, n_inner and vocab_size must be positive");
         Require(cfg.NumHeads > 0 && hidden % cfg.NumHeads == 0, $"n_embd ({hidden}) must be a multiple of n_head ({cfg.NumHeads})");
         Require(cfg.MaxPositions > 0, $"n_positions ({cfg.MaxPositions}) must be positive");
+        ConfigLimits.Check(c.Path, ("n_layer", cfg.NumLayers, ConfigLimits.Layers), ("n_embd", hidden, ConfigLimits.Hidden), ("n_inner", cfg.InnerSize, ConfigLimits.Intermediate),
+            ("n_head", cfg.NumHeads, ConfigLimits.Heads), ("vocab_size", cfg.VocabSize, ConfigLimits.Vocab), ("n_positions", cfg.MaxPositions, ConfigLimits.Positions));
+        ConfigLimits.Positive(c.Path, "layer_norm_epsilon", cfg.LayerNormEps);
         return cfg;
     }
 }

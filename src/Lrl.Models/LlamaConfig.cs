@@ -86,6 +86,11 @@ public sealed record LlamaConfig(
         Require(NumHeads > 0 && NumKvHeads > 0 && NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) must be a positive multiple of num_key_value_heads ({NumKvHeads})");
         Require(HeadDim > 0 && HeadDim % 2 == 0, $"head_dim ({HeadDim}) must be positive and even");
         Require(MaxPositions > 0, $"max_position_embeddings ({MaxPositions}) must be positive");
+        ConfigLimits.Check(path, ("num_hidden_layers", NumLayers, ConfigLimits.Layers), ("hidden_size", HiddenSize, ConfigLimits.Hidden),
+            ("intermediate_size", IntermediateSize, ConfigLimits.Intermediate), ("num_attention_heads", NumHeads, ConfigLimits.Heads),
+            ("head_dim", HeadDim, ConfigLimits.Hidden), ("vocab_size", VocabSize, ConfigLimits.Vocab), ("max_position_embeddings", MaxPositions, ConfigLimits.Positions));
+        ConfigLimits.Positive(path, "rms_norm_eps", RmsNormEps);
+        ConfigLimits.Positive(path, "rope_theta", RopeTheta);
     }
 
     /// <summary>inv_freq[i] = θ^(-2i/d), adjusted by rope_scaling exactly as HF's _compute_llama3_parameters.</summary>

@@ -31,6 +31,8 @@ public sealed record RwkvConfig(
             c.GetDouble("group_norm_epsilon", type == "rwkv5" ? 1e-5 : 64e-5));
         if (cfg.HiddenSize <= 0 || cfg.NumLayers <= 0 || cfg.VocabSize <= 0)
             throw new ModelFormatException(c.Path, "hidden_size, num_hidden_layers and vocab_size must be positive");
+        ConfigLimits.Check(c.Path, ("num_hidden_layers", cfg.NumLayers, ConfigLimits.Layers), ("hidden_size", cfg.HiddenSize, ConfigLimits.Hidden),
+            ("vocab_size", cfg.VocabSize, ConfigLimits.Vocab));
         return cfg;
     }
 }

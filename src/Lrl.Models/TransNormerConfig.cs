@@ -52,6 +52,8 @@ public sealed record TransNormerConfig(
         void Require(bool ok, string what) { if (!ok) throw new ModelFormatException(c.Path, what); }
         Require(embed > 0 && cfg.HiddenDim > 0 && cfg.NumLayers > 0 && cfg.VocabSize > 0 && cfg.GluDim > 0,
             "decoder_embed_dim, hidden_dim, decoder_layers, glu_dim and vocab_size must be positive");
+        ConfigLimits.Check(c.Path, ("decoder_layers", cfg.NumLayers, ConfigLimits.Layers), ("decoder_embed_dim", embed, ConfigLimits.Hidden),
+            ("hidden_dim", cfg.HiddenDim, ConfigLimits.Hidden), ("glu_dim", cfg.GluDim, ConfigLimits.Intermediate), ("vocab_size", cfg.VocabSize, ConfigLimits.Vocab));
         Require(cfg.NumHeads > 0 && cfg.HiddenDim % cfg.NumHeads == 0,
             $"hidden_dim ({cfg.HiddenDim}) must be a multiple of decoder_attention_heads ({cfg.NumHeads})");
         string act = c.GetString("linear_act_fun") ?? "silu";

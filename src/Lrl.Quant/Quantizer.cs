@@ -61,10 +61,7 @@ public static class Quantizer
         if (options.Bits is not (4 or 8)) throw new LrlException($"--bits must be 4 or 8, got {options.Bits}");
         int? fixedGroup = ParseGroup(options.Group);
         inDir = Path.GetFullPath(inDir);
-        outDir = Path.GetFullPath(outDir.TrimEnd('/', '\\'));
-        if (inDir == outDir) throw new LrlException("the output folder must differ from the input folder");
-        if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any() && !options.Overwrite)
-            throw new LrlException($"{outDir}: output folder exists and is not empty");
+        outDir = OutputFolder.Prepare(outDir, options.Overwrite, inDir);
 
         using var ck = Checkpoint.Open(inDir);
         if (ck.Names.Any(n => n.EndsWith(".qweight", StringComparison.Ordinal)))
@@ -133,8 +130,7 @@ public static class Quantizer
         writer.AddMetadata(QuantMetadata.Key, meta.ToJson());
         writer.AddMetadata("format", "pt");
 
-        string tmp = Path.Combine(Path.GetDirectoryName(outDir)!, $".{Path.GetFileName(outDir)}.tmp-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
+        string tmp = OutputFolder.CreateTemporary(outDir);
         try
         {
             writer.Write(Path.Combine(tmp, "model.safetensors"));
@@ -145,14 +141,7 @@ public static class Quantizer
                 if (name == "config.json") File.WriteAllText(Path.Combine(tmp, name), WithQuantConfig(file, meta));
                 else File.Copy(file, Path.Combine(tmp, name));
             }
-            if (Directory.Exists(outDir))
-            {
-                string old = tmp + ".old";
-                Directory.Move(outDir, old);
-                Directory.Move(tmp, outDir);
-                Directory.Delete(old, recursive: true);
-            }
-            else Directory.Move(tmp, outDir);
+            OutputFolder.Commit(tmp, outDir);
         }
         catch
         {

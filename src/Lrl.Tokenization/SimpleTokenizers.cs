@@ -23,16 +23,14 @@ internal sealed class VocabularyTokenizer : ITokenizerCore
     public static LrlTokenizer Load(string path, SpecialTokenConfig cfg)
     {
         Dictionary<string, int> map;
-        try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("token2id", out var t2i) || t2i.ValueKind != JsonValueKind.Object)
+            using var doc = JsonFile.ParseObject(path);
+            if (!doc.RootElement.TryGetProperty("token2id", out var t2i) || t2i.ValueKind != JsonValueKind.Object)
                 throw new ModelFormatException(path, "missing 'token2id' object");
             map = new Dictionary<string, int>(StringComparer.Ordinal);
             foreach (var p in t2i.EnumerateObject())
-                map[p.Name] = p.Value.TryGetInt32(out int id) && id is >= 0 and <= 16_777_216 ? id : throw new ModelFormatException(path, $"token2id['{p.Name}'] is not a token id");
+                map[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id is >= 0 and <= 16_777_216 ? id : throw new ModelFormatException(path, $"token2id['{p.Name}'] is not a token id");
         }
-        catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
         if (map.Count == 0) throw new ModelFormatException(path, "token2id is empty");
         return new LrlTokenizer("word-level (token_mappings.json)", new VocabularyTokenizer(map, path), cfg.BosId, cfg.EosIds(null), prependBos: false);
     }

@@ -27,39 +27,52 @@ internal sealed class SpecialTokenConfig
         {
             var path = Path.Combine(dir, name);
             if (!File.Exists(path)) continue;
-            using var doc = Parse(path);
+            using var doc = JsonFile.ParseObject(path);
             var r = doc.RootElement;
             if (r.TryGetProperty("eos_token_id", out var e))
             {
-                if (e.ValueKind == JsonValueKind.Number) c.AddEos(e.GetInt32());
-                else if (e.ValueKind == JsonValueKind.Array) foreach (var x in e.EnumerateArray()) if (x.ValueKind == JsonValueKind.Number) c.AddEos(x.GetInt32());
+                if (e.ValueKind == JsonValueKind.Array) foreach (var x in e.EnumerateArray()) c.AddEos(Id(x, path, "eos_token_id"));
+                else if (e.ValueKind != JsonValueKind.Null) c.AddEos(Id(e, path, "eos_token_id"));
             }
-            if (c.BosId is null && r.TryGetProperty("bos_token_id", out var b) && b.ValueKind == JsonValueKind.Number) c.BosId = b.GetInt32();
+            if (c.BosId is null && r.TryGetProperty("bos_token_id", out var b) && b.ValueKind != JsonValueKind.Null) c.BosId = Id(b, path, "bos_token_id");
             if (name == "config.json" && TokenizerLoader.Str(r, "tokenizer") is { } t && t.StartsWith("byte-level", StringComparison.OrdinalIgnoreCase))
                 c.DeclaresByteLevel = true;
         }
         var tc = Path.Combine(dir, "tokenizer_config.json");
         if (File.Exists(tc))
         {
-            using var doc = Parse(tc);
+            using var doc = JsonFile.ParseObject(tc);
             var r = doc.RootElement;
-            c.BosToken = TokenString(r, "bos_token");
-            c.EosToken = TokenString(r, "eos_token");
-            if (r.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) c.AddBos = ab.GetBoolean();
+            c.BosToken = TokenString(r, "bos_token", tc);
+            c.EosToken = TokenString(r, "eos_token", tc);
+            if (r.TryGetProperty("add_bos_token", out var ab))
+                c.AddBos = ab.ValueKind switch
+                {
+                    JsonValueKind.True => true,
+                    JsonValueKind.False => false,
+                    JsonValueKind.Null => null,
+                    _ => throw new ModelFormatException(tc, $"field 'add_bos_token' = {Excerpt(ab)} is not true or false"),
+                };
         }
         return c;
     }
 
     private void AddEos(int id) { if (!_eos.Contains(id)) _eos.Add(id); }
 
-    private static string? TokenString(JsonElement r, string name) =>
+    private static int Id(JsonElement e, string path, string field) =>
+        e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int id) && id >= 0 ? id
+        : throw new ModelFormatException(path, $"field '{field}' = {Excerpt(e)} is not a token id");
+
+    private static string? TokenString(JsonElement r, string name, string path) =>
         !r.TryGetProperty(name, out var v) ? null
         : v.ValueKind == JsonValueKind.String ? v.GetString()
-        : TokenizerLoader.Str(v, "content");
+        : v.ValueKind == JsonValueKind.Null ? null
+        : v.ValueKind == JsonValueKind.Object ? TokenizerLoader.Str(v, "content")
+        : throw new ModelFormatException(path, $"field '{name}' = {Excerpt(v)} is neither a string nor {{\"content\": ...}}");
 
-    private static JsonDocument Parse(string path)
+    private static string Excerpt(JsonElement e)
     {
-        try { return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
-        catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
+        var s = e.GetRawText();
+        return s.Length <= 40 ? s : s[..40] + "…";
     }
 }

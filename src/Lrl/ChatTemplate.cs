@@ -53,15 +53,13 @@ public sealed class ChatTemplate
         string? template = null;
         if (File.Exists(path))
         {
-            try
-            {
-                using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-                if (doc.RootElement.TryGetProperty("chat_template", out var t))
-                    template = t.ValueKind == JsonValueKind.String ? t.GetString()
-                             : t.ValueKind == JsonValueKind.Array ? t.EnumerateArray().Select(e => e.TryGetProperty("template", out var x) ? x.GetString() : null).FirstOrDefault(s => s != null)
-                             : null;
-            }
-            catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {e.Message}"); }
+            using var doc = JsonFile.ParseObject(path);
+            if (doc.RootElement.TryGetProperty("chat_template", out var t))
+                template = t.ValueKind == JsonValueKind.String ? t.GetString()
+                         : t.ValueKind == JsonValueKind.Array ? t.EnumerateArray()
+                             .Select(e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("template", out var x) && x.ValueKind == JsonValueKind.String ? x.GetString() : null)
+                             .FirstOrDefault(s => s != null)
+                         : null;
         }
         // Newer repositories keep the template in its own file.
         var jinja = Path.Combine(modelDir, "chat_template.jinja");

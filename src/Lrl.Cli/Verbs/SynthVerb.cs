@@ -21,9 +21,12 @@ public sealed class SynthVerb
     [Option('o', "out", Required = true, HelpText = "Output model folder.")]
     public string Out { get; set; } = "";
 
+    [Option("force", HelpText = "Replace an existing output folder.")]
+    public bool Force { get; set; }
+
     public int Run()
     {
-        Synthesizer.Write(Preset, DType, Out, Console.Error);
+        Synthesizer.Write(Preset, DType, Out, Console.Error, Force);
         Console.Error.WriteLine($"wrote {Path.GetFullPath(Out)}");
         return 0;
     }

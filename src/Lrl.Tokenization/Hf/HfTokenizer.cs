@@ -85,13 +85,8 @@ internal sealed class HfTokenizer : ITokenizerCore
 
     public static HfTokenizer Load(string path)
     {
-        byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
-        catch (IOException e) { throw new ModelFormatException(path, $"cannot read: {e.Message}"); }
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 256 }); }
-        catch (JsonException e) { throw new ModelFormatException(path, $"not valid JSON: {Short(e.Message)}"); }
-        using (doc) return FromJson(doc.RootElement, path);
+        using var doc = JsonFile.ParseObject(path);
+        return FromJson(doc.RootElement, path);
     }
 
     private static string Short(string s) => s.Length <= 200 ? s : s[..200] + "...";
@@ -210,7 +205,7 @@ internal sealed class HfTokenizer : ITokenizerCore
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var p in v.EnumerateObject())
         {
-            if (!p.Value.TryGetInt32(out int id) || id < 0 || id > 16_777_216)
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0 || id > 16_777_216)
                 throw new ModelFormatException(j.File, $"model.vocab['{Trim(p.Name)}'] is not a token id in 0..16777216");
             vocab[p.Name] = id;
         }
@@ -370,7 +365,7 @@ internal sealed class HfTokenizer : ITokenizerCore
         int TokenPair(string field)
         {
             var p = j.Prop(e, field, w);
-            if (p.ValueKind != JsonValueKind.Array || p.GetArrayLength() != 2 || !p[1].TryGetInt32(out int id) || id < 0)
+            if (p.ValueKind != JsonValueKind.Array || p.GetArrayLength() != 2 || p[1].ValueKind != JsonValueKind.Number || !p[1].TryGetInt32(out int id) || id < 0)
                 throw new ModelFormatException(j.File, $"{w}.{field} is not [\"token\", id]");
             return id;
         }
@@ -393,7 +388,7 @@ internal sealed class HfTokenizer : ITokenizerCore
                         var idsEl = j.Prop(p.Value, "ids", sw);
                         var list = new List<int>();
                         foreach (var x in j.Array(idsEl, $"{sw}.ids"))
-                            list.Add(x.TryGetInt32(out int v) && v >= 0 ? v : throw new ModelFormatException(j.File, $"{sw}.ids holds a value that is not a token id"));
+                            list.Add(x.ValueKind == JsonValueKind.Number && x.TryGetInt32(out int v) && v >= 0 ? v : throw new ModelFormatException(j.File, $"{sw}.ids holds a value that is not a token id"));
                         specials[p.Name] = list.ToArray();
                     }
                 }

@@ -37,7 +37,9 @@ public static class Synthesizer
     }
 
     /// <summary>Writes config.json and model.safetensors for <paramref name="preset"/> in a dense dtype into <paramref name="outDir"/>.</summary>
-    public static void Write(string preset, string dtypeName, string outDir, TextWriter? progress = null)
+    /// <summary>Writes the checkpoint into <paramref name="outDir"/> (a temporary folder renamed into place); an existing
+    /// non-empty folder is an error unless <paramref name="force"/>.</summary>
+    public static void Write(string preset, string dtypeName, string outDir, TextWriter? progress = null, bool force = false)
     {
         DType dtype = dtypeName.ToLowerInvariant() switch
         {
@@ -81,10 +83,20 @@ public static class Synthesizer
         Vector("model.norm.weight", c.HiddenSize, true);
         if (!c.TieWordEmbeddings) Matrix("lm_head.weight", c.VocabSize, c.HiddenSize);
 
-        Directory.CreateDirectory(outDir);
+        outDir = OutputFolder.Prepare(outDir, force);
         progress?.WriteLine($"writing {preset} ({dtype}, {writer.DataLength / 1e6:F0} MB) to {outDir}");
-        writer.Write(Path.Combine(outDir, "model.safetensors"));
-        AtomicFile.WriteAllText(Path.Combine(outDir, "config.json"), json.ToJsonString(new() { WriteIndented = true }));
+        var tmp = OutputFolder.CreateTemporary(outDir);
+        try
+        {
+            writer.Write(Path.Combine(tmp, "model.safetensors"));
+            File.WriteAllText(Path.Combine(tmp, "config.json"), json.ToJsonString(new() { WriteIndented = true }));
+            OutputFolder.Commit(tmp, outDir);
+        }
+        catch
+        {
+            try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
+            throw;
+        }
     }
 
     /// <summary>
@@ -113,7 +125,7 @@ public static class Synthesizer
                 progress is null ? null : new Progress<string>(_ => { }));
             return dir;
         }
-        Write(preset, dtype, dir, progress);
+        Write(preset, dtype, dir, progress, force: true);
         return dir;
     }
 
