@@ -27,12 +27,12 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     private SafeTensorsFile(string path)
     {
         Path = path;
-        if (!File.Exists(path)) throw new ModelFormatException(path, "file not found");
-        FileLength = new FileInfo(path).Length;
+        var target = ResolveRegularFile(path);
+        FileLength = target.Length;
         if (FileLength < 8) throw new ModelFormatException(path, $"truncated: {FileLength} bytes, a safetensors file has at least an 8-byte header length");
         try
         {
-            _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            _map = MemoryMappedFile.CreateFromFile(target.FullName, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
             _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             byte* p = null;
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
@@ -44,6 +44,28 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The file a path names, following symbolic links (the Hugging Face cache links snapshots to blobs); a missing
+    /// target, a link loop, or something that is not a regular file (a device, /proc, a pipe) is refused.
+    /// </summary>
+    internal static FileInfo ResolveRegularFile(string path)
+    {
+        var info = new FileInfo(path);
+        if (!info.Exists && info.LinkTarget is null) throw new ModelFormatException(path, "file not found");
+        if (info.LinkTarget is not null)
+        {
+            FileSystemInfo? final;
+            try { final = info.ResolveLinkTarget(returnFinalTarget: true); }
+            catch (IOException e) { throw new ModelFormatException(path, $"symbolic link cannot be followed ({e.Message})"); }
+            if (final is not FileInfo f || !f.Exists) throw new ModelFormatException(path, $"symbolic link to {final?.FullName ?? info.LinkTarget}, which does not exist");
+            info = f;
+        }
+        var full = info.FullName;
+        if (full.StartsWith("/dev/", StringComparison.Ordinal) || full.StartsWith("/proc/", StringComparison.Ordinal) || full.StartsWith("/sys/", StringComparison.Ordinal))
+            throw new ModelFormatException(path, $"{full} is not a regular file");
+        return info;
     }
 
     /// <summary>Opens and validates a safetensors file; a malformed file raises <see cref="ModelFormatException"/>.</summary>

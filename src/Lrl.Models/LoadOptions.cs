@@ -21,6 +21,8 @@ public sealed record ModelLoadOptions
     {
         if (ContextLength < 0) throw new LrlException($"context length must be ≥ 0, got {ContextLength}");
         if (BatchSize < 1) throw new LrlException($"batch size must be ≥ 1, got {BatchSize}");
+        if (ContextLength > RecurrentContextCap)
+            throw new LrlException($"context length {ContextLength} exceeds {RecurrentContextCap}, the most positions lrlrun runs a recurrent model for");
         return ContextLength > 0 ? ContextLength : RecurrentContextCap;
     }
 

@@ -66,6 +66,7 @@ public static class Quantizer
         using var ck = Checkpoint.Open(inDir);
         if (ck.Names.Any(n => n.EndsWith(".qweight", StringComparison.Ordinal)))
             throw new LrlException($"{inDir}: the model is already quantized");
+        TensorCheck.ThrowIfAny(ck); // NaN/Inf weights would quantize to garbage silently
 
         var meta = new QuantMetadata { Bits = options.Bits, Group = options.Group };
         var writer = new SafeTensorsWriter();
@@ -137,7 +138,8 @@ public static class Quantizer
             foreach (var file in Directory.GetFiles(inDir))
             {
                 string name = Path.GetFileName(file);
-                if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == "model.safetensors.index.json") continue;
+                // Weights are written anew; hidden files (pull's hash caches, partial downloads) describe the input's own.
+                if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == "model.safetensors.index.json" || name.StartsWith('.')) continue;
                 if (name == "config.json") File.WriteAllText(Path.Combine(tmp, name), WithQuantConfig(file, meta));
                 else File.Copy(file, Path.Combine(tmp, name));
             }

@@ -33,7 +33,8 @@ public sealed class Sampler
         if (_o.LogitBias is { } bias)
             foreach (var (id, b) in bias)
                 if ((uint)id < (uint)_vocab) logits[id] += b;
-        if (_o.Temperature == 0) return ArgMax(logits);
+        // Greedy at temperature 0, and at temperatures so small that 1/T overflows (the softmax would be NaN).
+        if (_o.Temperature == 0 || float.IsInfinity(1f / _o.Temperature)) return ArgMax(logits);
 
         int n = SelectTopK(logits, _o.TopK > 0 ? Math.Min(_o.TopK, _vocab) : _vocab);
         // Softmax with temperature over the sorted candidates.

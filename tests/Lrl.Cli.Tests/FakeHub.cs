@@ -32,6 +32,14 @@ public sealed class FakeHub : IAsyncDisposable
         public HashSet<string> Truncated { get; } = [];
         /// <summary>Files whose x-linked-etag is wrong.</summary>
         public HashSet<string> WrongHash { get; } = [];
+        /// <summary>Weights served without x-linked-size / x-linked-etag (the listing's lfs fields are all there is).</summary>
+        public HashSet<string> NoEtag { get; } = [];
+        /// <summary>Weights whose lfs.sha256 in the listing is wrong.</summary>
+        public HashSet<string> WrongListingHash { get; } = [];
+        /// <summary>When set, the revision API answers this text instead of the listing.</summary>
+        public string? RawListing { get; set; }
+        /// <summary>Files whose resolve/ answer is a redirect to this location.</summary>
+        public Dictionary<string, string> RedirectTo { get; } = new(StringComparer.Ordinal);
     }
 
     private readonly WebApplication _app;
@@ -105,11 +113,17 @@ public sealed class FakeHub : IAsyncDisposable
         if (parts is ["api", "models", var owner, var name, "revision", var rev])
         {
             if (!Repos.TryGetValue($"{owner}/{name}", out var repo) || rev != "main") { NotFound(ctx); return; }
+            if (repo.RawListing is { } raw) { ctx.Response.ContentType = "application/json"; await ctx.Response.WriteAsync(raw); return; }
             var siblings = new JsonArray();
             foreach (var n in repo.Listed)
             {
                 var s = new JsonObject { ["rfilename"] = n };
                 if (n.EndsWith(".json", StringComparison.Ordinal) && repo.Files.TryGetValue(n, out var b)) s["size"] = b.Length; // sizes for some files only
+                if (IsWeight(n) && repo.Files.TryGetValue(n, out var w))
+                {
+                    var sha = repo.WrongListingHash.Contains(n) ? new string('1', 64) : Convert.ToHexStringLower(SHA256.HashData(w));
+                    s["lfs"] = new JsonObject { ["size"] = w.Length, ["sha256"] = sha, ["pointerSize"] = 134 };
+                }
                 siblings.Add(s);
             }
             await ctx.Response.WriteAsJsonAsync(new JsonObject { ["id"] = $"{owner}/{name}", ["sha"] = "0123abcd", ["siblings"] = siblings });
@@ -121,6 +135,13 @@ public sealed class FakeHub : IAsyncDisposable
             var file = string.Join('/', parts[4..]);
             if (!Repos.TryGetValue($"{parts[0]}/{parts[1]}", out var repo) || parts[3] != "main") { NotFound(ctx); return; }
             if (!repo.Files.TryGetValue(file, out var bytes)) { NotFound(ctx, entry: true); return; }
+            if (repo.RedirectTo.TryGetValue(file, out var target)) { ctx.Response.StatusCode = 302; ctx.Response.Headers.Location = target; return; }
+            if (IsWeight(file) && repo.NoEtag.Contains(file))
+            {
+                ctx.Response.StatusCode = 302;
+                ctx.Response.Headers.Location = $"/cdn/{parts[0]}/{parts[1]}/{file}";
+                return;
+            }
             if (IsWeight(file))
             {
                 var hash = Convert.ToHexStringLower(SHA256.HashData(bytes));

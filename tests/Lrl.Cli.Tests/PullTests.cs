@@ -23,6 +23,16 @@ public sealed class FakeHubFixture : IAsyncLifetime
             Hub.AddFolder("test/corrupt", Path.Combine(models, "stories260k")).WrongHash.Add("model.safetensors");
             Hub.AddFolder("test/resume", Path.Combine(models, "stories260k")).Truncated.Add("model.safetensors");
             Hub.AddFolder("test/missing-file", Path.Combine(models, "stories260k")).Files.Remove("tokenizer.json");
+            Hub.AddFolder("test/no-etag", Path.Combine(models, "stories260k")).NoEtag.Add("model.safetensors");
+            var bad = Hub.AddFolder("test/no-etag-bad-listing", Path.Combine(models, "stories260k"));
+            bad.NoEtag.Add("model.safetensors");
+            bad.WrongListingHash.Add("model.safetensors");
+            Hub.AddFolder("test/listing-array", Path.Combine(models, "stories260k")).RawListing = "[]";
+            Hub.AddFolder("test/listing-duplicate", Path.Combine(models, "stories260k")).RawListing =
+                "{\"siblings\": [{\"rfilename\": \"config.json\"}, {\"rfilename\": \"config.json\"}]}";
+            Hub.AddFolder("test/listing-size-string", Path.Combine(models, "stories260k")).RawListing =
+                "{\"siblings\": [{\"rfilename\": \"config.json\", \"size\": \"12\"}]}";
+            Hub.AddFolder("test/file-redirect", Path.Combine(models, "stories260k")).RedirectTo["config.json"] = "file:///etc/passwd";
             var pt = Hub.AddFolder("test/pytorch-only", Path.Combine(models, "stories260k"));
             pt.Files.Remove("model.safetensors");
             pt.Listed.Remove("model.safetensors");
@@ -48,7 +58,8 @@ public sealed class PullTests(FakeHubFixture fixture) : IClassFixture<FakeHubFix
     private CliRunner.Result Pull(string repo, string outDir, params string[] extra) =>
         CliRunner.RunWith(_noEnv, ["pull", repo, "--endpoint", Hub.Endpoint, "--out", outDir, .. extra]);
 
-    private static string[] Listing(string dir) => Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
+    /// <summary>The visible files (pull keeps hidden hash caches and partial downloads beside them).</summary>
+    private static string[] Listing(string dir) => Directory.GetFiles(dir).Select(Path.GetFileName).Where(n => !n!.StartsWith('.')).Order(StringComparer.Ordinal).ToArray()!;
 
     [Fact]
     public void PullFetchesOnlyTheRunFilesAndTheFolderGeneratesTheReferenceText()
@@ -234,6 +245,54 @@ public sealed class PullTests(FakeHubFixture fixture) : IClassFixture<FakeHubFix
         Assert.Contains("'a/b/c' is not a hub repo id", badId.Stderr);
 
         foreach (var r in new[] { noToken, badToken, noRepo, noRev, missing, pt, badId }) Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
+    [Fact]
+    public void TheListingsHashIsCheckedWhenTheHubSendsNoEtag()
+    {
+        CliRunner.Model("stories260k");
+        var good = Pull("test/no-etag", Path.Combine(_dir, "no-etag"), "--token", FakeHub.Token);
+        Assert.True(good.ExitCode == 0, good.Stderr);
+        var bad = Pull("test/no-etag-bad-listing", Path.Combine(_dir, "no-etag-bad"), "--token", FakeHub.Token);
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("model.safetensors is corrupt", bad.Stderr);
+        Assert.False(File.Exists(Path.Combine(_dir, "no-etag-bad", "model.safetensors")));
+    }
+
+    [Fact]
+    public void AWeightOfTheRightSizeButWrongContentIsFetchedAgain()
+    {
+        var source = CliRunner.Model("stories260k");
+        var outDir = Path.Combine(_dir, "tampered");
+        Assert.Equal(0, Pull("test/stories", outDir, "--token", FakeHub.Token).ExitCode);
+        var weights = Path.Combine(outDir, "model.safetensors");
+        var bytes = File.ReadAllBytes(weights);
+        bytes[^1] ^= 0xFF; // same size, other content
+        File.WriteAllBytes(weights, bytes);
+        var again = Pull("test/stories", outDir, "--token", FakeHub.Token);
+        Assert.True(again.ExitCode == 0, again.Stderr);
+        Assert.Contains("1 downloaded", again.Stderr);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(source, "model.safetensors")), File.ReadAllBytes(weights));
+        // Verified once: the next pull finds everything up to date without fetching.
+        var third = Pull("test/stories", outDir, "--token", FakeHub.Token);
+        Assert.Contains("0 downloaded", third.Stderr);
+    }
+
+    [Theory]
+    [InlineData("test/listing-array", "not an object")]
+    [InlineData("test/listing-duplicate", "names 'config.json' twice")]
+    [InlineData("test/listing-size-string", "not a byte count")]
+    [InlineData("test/file-redirect", "not http(s)")]
+    public void MalformedListingsAndOddRedirectsAreClearErrors(string repo, string message)
+    {
+        CliRunner.Model("stories260k");
+        var outDir = Path.Combine(_dir, repo.Replace('/', '-'));
+        var r = Pull(repo, outDir, "--token", FakeHub.Token);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(message, r.Stderr);
+        Assert.Contains(repo, r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr);
+        Assert.False(Directory.Exists(outDir) && Directory.GetFiles(outDir).Any(f => !Path.GetFileName(f).StartsWith('.') && new FileInfo(f).Length == 0));
     }
 
     [Fact]

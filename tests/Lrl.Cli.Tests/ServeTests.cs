@@ -44,6 +44,9 @@ public class ServerProcess : IDisposable
 
     public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
 
+    /// <summary>The server's process id (after <see cref="Start"/>).</summary>
+    public int ProcessId => _process?.Id ?? throw new InvalidOperationException("the server is not started");
+
     /// <summary>More `lrlrun serve` options for a fixture that needs them.</summary>
     protected virtual string[] ExtraArgs => [];
 

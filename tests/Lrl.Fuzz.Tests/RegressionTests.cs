@@ -122,3 +122,95 @@ public sealed class RegressionTests
         Refused(dir, "config.json", field);
     }
 }
+
+/// <summary>Weights behind links and special files, numeric hazards, and option values past what can be allocated.</summary>
+public sealed class FileAndNumericRegressionTests
+{
+    private static string CopyWithoutWeights(out string weights)
+    {
+        if (SharedData.Root is null) Assert.Skip("shared/ not found (set LRL_SHARED)");
+        var src = Path.Combine(SharedData.Root!, "models", "stories260k");
+        var dir = Directory.CreateTempSubdirectory("lrl-links").FullName;
+        foreach (var f in Directory.GetFiles(src).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
+            File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        weights = Path.Combine(src, "model.safetensors");
+        return dir;
+    }
+
+    [Fact]
+    public void WeightsThatAreSymlinksLoad_AsInTheHubCache()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("symbolic links");
+        var dir = CopyWithoutWeights(out var weights);
+        var blobs = Directory.CreateTempSubdirectory("lrl-blobs").FullName;
+        File.Copy(weights, Path.Combine(blobs, "0123abcd"));
+        File.CreateSymbolicLink(Path.Combine(dir, "model.safetensors"), Path.Combine("..", Path.GetFileName(blobs), "0123abcd"));
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 1 });
+        Assert.NotEmpty(model.Generate("Once", new GenerationOptions { MaxTokens = 2 }).ToList());
+    }
+
+    [Theory]
+    [InlineData("/dev/zero", "not a regular file")]
+    [InlineData("/proc/self/status", "not a regular file")]
+    [InlineData("loop", "cannot be followed")]
+    [InlineData("missing-target", "does not exist")]
+    public void SpecialFilesAndBrokenLinksAreRefused(string target, string message)
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("symbolic links and /dev");
+        var dir = CopyWithoutWeights(out _);
+        var link = Path.Combine(dir, "model.safetensors");
+        if (target == "loop")
+        {
+            File.CreateSymbolicLink(link, "loop2");
+            File.CreateSymbolicLink(Path.Combine(dir, "loop2"), "model.safetensors");
+        }
+        else File.CreateSymbolicLink(link, target);
+        var e = Assert.Throws<ModelFormatException>(() => LrlModel.Load(dir, new ModelOptions { Threads = 1 }));
+        Assert.Contains(message, e.Message);
+    }
+
+    [Fact]
+    public void NaNWeightsAreFoundByTheCheckAndRefusedByQuantize()
+    {
+        var dir = CopyWithoutWeights(out var weights);
+        var bytes = File.ReadAllBytes(weights);
+        ulong headerLen = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        using (var header = System.Text.Json.JsonDocument.Parse(bytes.AsMemory(8, (int)headerLen)))
+        {
+            var t = header.RootElement.EnumerateObject().First(p => p.Name == "model.norm.weight");
+            long begin = t.Value.GetProperty("data_offsets")[0].GetInt64();
+            BitConverter.GetBytes(float.NaN).CopyTo(bytes, 8 + (int)headerLen + (int)begin);
+        }
+        File.WriteAllBytes(Path.Combine(dir, "model.safetensors"), bytes);
+        using (var ck = Checkpoint.Open(dir))
+        {
+            var findings = TensorCheck.Scan(ck);
+            var f = Assert.Single(findings);
+            Assert.Equal("model.norm.weight", f.Tensor);
+            Assert.Contains("1 NaN", f.Problem);
+        }
+        var e = Assert.Throws<ModelFormatException>(() => Lrl.Quant.Quantizer.QuantizeModel(dir, dir + "-q8", 8, "auto", null));
+        Assert.Contains("model.norm.weight", e.Message);
+        Assert.False(Directory.Exists(dir + "-q8"));
+    }
+
+    [Fact]
+    public void TemperatureSoSmallThat1OverTOverflowsIsGreedy()
+    {
+        if (SharedData.Root is null) Assert.Skip("shared/ not found");
+        using var model = LrlModel.Load(Path.Combine(SharedData.Root!, "models", "stories260k"), new ModelOptions { Threads = 1 });
+        var greedy = model.Generate("Once upon", new GenerationOptions { MaxTokens = 8, Sampling = Lrl.Runtime.SamplingOptions.Greedy }).Select(t => t.Id).ToList();
+        var tiny = model.Generate("Once upon", new GenerationOptions { MaxTokens = 8, Sampling = new() { Temperature = 1e-45f, Seed = 3 } }).Select(t => t.Id).ToList();
+        Assert.Equal(greedy, tiny);
+    }
+
+    [Fact]
+    public void ContextPastWhatCanBeAllocatedIsAnError()
+    {
+        if (SharedData.Root is null) Assert.Skip("shared/ not found");
+        var e = Assert.Throws<LrlException>(() => LrlModel.Load(Path.Combine(SharedData.Root!, "models", "rwkv-tiny-7v0-834K"), new ModelOptions { ContextLength = 100_000_000 }));
+        Assert.Contains("100000000", e.Message);
+        var l = Assert.Throws<LrlException>(() => LrlModel.Load(Path.Combine(SharedData.Root!, "models", "stories260k"), new ModelOptions { ContextLength = 100_000_000 }));
+        Assert.Contains("max_position_embeddings", l.Message);
+    }
+}

@@ -4,11 +4,13 @@ using System.Net.Http.Headers;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Lrl.Loading;
 
 namespace Lrl.Cli.Pull;
 
 /// <summary>One file of a hub repository, with its size when the hub reported it.</summary>
-public sealed record HubFile(string Name, long? Size);
+/// <summary>A file of a hub repo: its name, size, and the SHA-256 the listing gives for LFS files (weights).</summary>
+public sealed record HubFile(string Name, long? Size, string? Sha256 = null);
 
 /// <summary>What <see cref="HubClient.PullAsync"/> did.</summary>
 public sealed record PullResult(string Directory, IReadOnlyList<string> Downloaded, IReadOnlyList<string> UpToDate, long BytesDownloaded);
@@ -85,25 +87,48 @@ public sealed partial class HubClient : IDisposable
         byte[] body;
         try { body = await response.Content.ReadAsByteArrayAsync(ct); }
         catch (HttpRequestException e) { throw Network(repo, "the file list", e); }
-        try
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 64 }); }
+        catch (JsonException e) { throw new LrlException($"{repo}: the hub's file list at {url} is not valid JSON: {JsonFile.Reason(e)}"); }
+        using (doc)
         {
-            using var doc = JsonDocument.Parse(body);
+            string where = $"{repo}: the hub's file list for revision '{revision}'";
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new LrlException($"{where} is a JSON {doc.RootElement.ValueKind.ToString().ToLowerInvariant()}, not an object");
             if (!doc.RootElement.TryGetProperty("siblings", out var siblings) || siblings.ValueKind != JsonValueKind.Array)
-                throw new LrlException($"{repo}: the hub's answer for revision '{revision}' at {url} has no \"siblings\" file list");
+                throw new LrlException($"{where} at {url} has no \"siblings\" file list");
             var files = new List<HubFile>();
+            var names = new HashSet<string>(StringComparer.Ordinal);
             foreach (var s in siblings.EnumerateArray())
             {
-                if (s.ValueKind != JsonValueKind.Object || !s.TryGetProperty("rfilename", out var n) || n.ValueKind != JsonValueKind.String) continue;
-                long? size = s.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object && lfs.TryGetProperty("size", out var ls) && ls.TryGetInt64(out var l1) ? l1
-                    : s.TryGetProperty("size", out var sz) && sz.ValueKind == JsonValueKind.Number && sz.TryGetInt64(out var l2) ? l2 : null;
-                files.Add(new HubFile(n.GetString()!, size));
+                if (s.ValueKind != JsonValueKind.Object || !s.TryGetProperty("rfilename", out var n) || n.ValueKind != JsonValueKind.String)
+                    throw new LrlException($"{where} has an entry without an \"rfilename\" string");
+                var name = n.GetString()!;
+                if (!names.Add(name)) throw new LrlException($"{where} names '{name}' twice");
+                long? size = null;
+                string? sha = null;
+                if (s.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object)
+                {
+                    size = Size(lfs, "size", where, name);
+                    if (lfs.TryGetProperty("sha256", out var h) || lfs.TryGetProperty("oid", out h))
+                    {
+                        var hex = h.ValueKind == JsonValueKind.String ? h.GetString()!.Replace("sha256:", "", StringComparison.Ordinal) : "";
+                        sha = hex.Length == 64 && hex.All(char.IsAsciiHexDigit) ? hex.ToLowerInvariant()
+                            : throw new LrlException($"{where}: the SHA-256 of '{name}' is not 64 hex digits");
+                    }
+                }
+                size ??= Size(s, "size", where, name);
+                files.Add(new HubFile(name, size, sha));
             }
             return files;
         }
-        catch (JsonException e)
-        {
-            throw new LrlException($"{repo}: the hub's file list at {url} is not valid JSON: {e.Message}");
-        }
+    }
+
+    private static long? Size(JsonElement e, string field, string where, string name)
+    {
+        if (!e.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long x) && x >= 0 ? x
+            : throw new LrlException($"{where}: the size of '{name}' is {(v.ValueKind == JsonValueKind.String ? "a string" : v.GetRawText())}, not a byte count");
     }
 
     /// <summary>
@@ -167,7 +192,7 @@ public sealed partial class HubClient : IDisposable
     {
         if (!IsPlainName(file.Name)) throw new LrlException($"{repo}: refusing file name '{file.Name}' (not a plain file name)");
         var path = Path.Combine(directory, file.Name);
-        if (file.Size is { } known && File.Exists(path) && new FileInfo(path).Length == known)
+        if (file.Size is { } known && File.Exists(path) && new FileInfo(path).Length == known && await MatchesAsync(path, file.Sha256, ct))
         {
             _log?.WriteLine($"  {file.Name}: up to date ({Size(known)})");
             return -1;
@@ -197,13 +222,14 @@ public sealed partial class HubClient : IDisposable
                 response = await SendAsync(url, repo, revision, file.Name, ct, linked, 0);
                 total = linked.Size ?? response.Content.Headers.ContentLength ?? file.Size;
             }
-            if (total is { } e && File.Exists(path) && new FileInfo(path).Length == e)
+            string? sha = linked.Sha256 ?? file.Sha256;
+            if (total is { } e && file.Size is { } listed && e != listed)
+                throw new LrlException($"{repo}: {file.Name} is announced as {e} bytes but listed as {listed}; run pull again");
+            if (total is { } e2 && File.Exists(path) && new FileInfo(path).Length == e2 && await MatchesAsync(path, sha, ct))
             {
-                _log?.WriteLine($"  {file.Name}: up to date ({Size(e)})");
+                _log?.WriteLine($"  {file.Name}: up to date ({Size(e2)})");
                 return -1;
             }
-
-            string? sha = linked.Sha256;
             using var hash = sha is null ? null : IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             if (resume)
             {
@@ -235,10 +261,18 @@ public sealed partial class HubClient : IDisposable
             keepPart = false;
             if (total is { } n1 && size > n1)
                 throw new LrlException($"{repo}: {file.Name} came out as {size} bytes, more than the {n1} the hub announced; run pull again");
-            if (hash is not null && Convert.ToHexStringLower(hash.GetHashAndReset()) is var got && got != sha)
-                throw new LrlException($"{repo}: {file.Name} is corrupt (SHA-256 {got}, the hub says {sha}); run pull again");
+            // Checked against the download's own hash (x-linked-etag) and the listing's lfs.sha256, whichever the hub gave.
+            if (hash is not null && Convert.ToHexStringLower(hash.GetHashAndReset()) is var got
+                && (got != sha || (file.Sha256 is not null && got != file.Sha256)))
+                throw new LrlException($"{repo}: {file.Name} is corrupt (SHA-256 {got}, the hub says {(got != sha ? sha : file.Sha256)}); run pull again");
             await output.DisposeAsync();
             File.Move(part, path, overwrite: true);
+            if (sha is not null)
+            {
+                var info = new FileInfo(path);
+                try { AtomicFile.WriteAllText(Path.Combine(directory, $".{file.Name}.sha256"), $"{sha} {info.Length} {info.LastWriteTimeUtc.Ticks}"); }
+                catch (IOException) { }
+            }
             return fetched;
         }
         finally
@@ -284,6 +318,25 @@ public sealed partial class HubClient : IDisposable
         return total;
     }
 
+    /// <summary>
+    /// Whether a file already there has the expected SHA-256 (true when none is known). The hash of a checked file is
+    /// cached beside it (<c>.NAME.sha256</c>: hash, size, modification time) so an up-to-date pull does not re-read it.
+    /// </summary>
+    private static async Task<bool> MatchesAsync(string path, string? sha, CancellationToken ct)
+    {
+        if (sha is null) return true;
+        var info = new FileInfo(path);
+        var cache = Path.Combine(info.DirectoryName!, $".{info.Name}.sha256");
+        string stamp = $"{info.Length} {info.LastWriteTimeUtc.Ticks}";
+        if (File.Exists(cache) && (await File.ReadAllTextAsync(cache, ct)).Split(' ', 2) is [var cached, var cachedStamp] && cachedStamp.Trim() == stamp)
+            return cached == sha;
+        string actual;
+        await using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20, useAsync: true))
+            actual = Convert.ToHexStringLower(await SHA256.HashDataAsync(fs, ct));
+        try { AtomicFile.WriteAllText(cache, $"{actual} {stamp}"); } catch (IOException) { }
+        return actual == sha;
+    }
+
     /// <summary>What the hub says about an LFS file (x-linked-size, x-linked-etag = SHA-256) before redirecting to its storage.</summary>
     private sealed class LinkedHeaders
     {
@@ -322,6 +375,8 @@ public sealed partial class HubClient : IDisposable
             {
                 response.Dispose();
                 url = new Uri(url, location);
+                if (url.Scheme is not ("http" or "https"))
+                    throw new LrlException($"{repo}: the hub redirected {what} to '{url.Scheme}:', not http(s); refusing it");
                 continue;
             }
             if (response.IsSuccessStatusCode || (rangeFrom > 0 && status == 416)) return response;

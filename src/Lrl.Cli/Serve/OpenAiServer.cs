@@ -31,6 +31,10 @@ public sealed record ServerOptions
     public IReadOnlyList<string> CorsOrigins { get; init; } = [];
     /// <summary>When set, every request but /health and CORS preflights needs "Authorization: Bearer KEY".</summary>
     public string? ApiKey { get; init; }
+    /// <summary>Completion requests admitted at once (running or waiting); more are answered 503 with Retry-After.</summary>
+    public int QueueLimit { get; init; } = 16;
+    /// <summary>Largest request body in bytes (a larger one is a 413 before it is read).</summary>
+    public long MaxRequestBytes { get; init; } = 8 << 20;
 }
 
 /// <summary>
@@ -45,6 +49,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ServerOptions _options;
     private readonly ChatTemplate _template;
     private readonly SemaphoreSlim _gate = new(1, 1);
+    // Bounds the requests holding memory (body, tokens, output) at once; taken before the body is read.
+    private readonly SemaphoreSlim _admission;
     private readonly WebApplication _app;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     /// <summary>Readable JSON: non-ASCII text and apostrophes as themselves (quotes and control characters still escaped).</summary>
@@ -56,6 +62,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     private OpenAiServer(LrlModel model, ServerOptions options, ChatTemplate template)
     {
         _model = model; _options = options; _template = template;
+        if (options.QueueLimit < 1) throw new LrlException($"--queue must be ≥ 1, got {options.QueueLimit}");
+        if (options.MaxRequestBytes < 1024) throw new LrlException($"--max-request-bytes must be ≥ 1024, got {options.MaxRequestBytes}");
+        _admission = new SemaphoreSlim(options.QueueLimit, options.QueueLimit);
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(5));
@@ -63,7 +72,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;
-            k.Limits.MaxRequestBodySize = 16 << 20;
+            k.Limits.MaxRequestBodySize = options.MaxRequestBytes;
             k.Listen(ip, options.Port);
         });
         _app = builder.Build();
@@ -117,6 +126,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         await _app.DisposeAsync();
         _gate.Dispose();
+        _admission.Dispose();
     }
 
     private static IPAddress ResolveHost(string host)
@@ -233,8 +243,19 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task HandleAsync(HttpContext ctx, bool chat)
     {
+        if (!_admission.Wait(0))
+        {
+            ctx.Response.Headers.RetryAfter = "1";
+            throw new ApiException(503, $"the server is busy ({_options.QueueLimit} requests running or queued); retry later", null, "server_busy");
+        }
+        try { await AdmittedAsync(ctx, chat); }
+        finally { _admission.Release(); }
+    }
+
+    private async Task AdmittedAsync(HttpContext ctx, bool chat)
+    {
         var ct = ctx.RequestAborted;
-        var body = await ReadBodyAsync(ctx.Request, ct);
+        var body = await ReadBodyAsync(ctx.Request, _options.MaxRequestBytes, ct);
         var request = RequestParser.Parse(body, chat, _options.Defaults);
         var options = request.Options;
         int[] ids;
@@ -372,10 +393,19 @@ public sealed class OpenAiServer : IAsyncDisposable
         _ => "length",
     };
 
-    private static async Task<byte[]> ReadBodyAsync(HttpRequest request, CancellationToken ct)
+    private static async Task<byte[]> ReadBodyAsync(HttpRequest request, long limit, CancellationToken ct)
     {
+        if (request.ContentLength > limit)
+            throw new ApiException(413, $"the request body is {request.ContentLength} bytes; this server takes at most {limit} (--max-request-bytes)", null);
         using var ms = new MemoryStream();
-        await request.Body.CopyToAsync(ms, ct);
+        var buffer = new byte[64 << 10];
+        int n;
+        while ((n = await request.Body.ReadAsync(buffer, ct)) > 0)
+        {
+            if (ms.Length + n > limit)
+                throw new ApiException(413, $"the request body is over {limit} bytes, the most this server takes (--max-request-bytes)", null);
+            ms.Write(buffer, 0, n);
+        }
         return ms.ToArray();
     }
 }

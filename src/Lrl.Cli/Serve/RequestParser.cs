@@ -14,6 +14,8 @@ public static class RequestParser
     public static CompletionRequest Parse(ReadOnlySpan<byte> body, bool chat, GenerationOptions defaults)
     {
         if (body.IsEmpty) throw new ApiException(400, "the request body is empty; send a JSON object");
+        if (!System.Text.Unicode.Utf8.IsValid(body))
+            throw new ApiException(400, "the request body is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -24,7 +26,57 @@ public static class RequestParser
         {
             throw new ApiException(400, $"the request body is not valid JSON: {e.Message}");
         }
-        using (doc) return Parse(doc.RootElement, chat, defaults);
+        using (doc)
+        {
+            try { CheckStrings(doc.RootElement, ""); }
+            catch (InvalidOperationException)
+            {
+                // System.Text.Json refuses to materialize an escaped lone surrogate ("\ud800") as a .NET string.
+                throw new ApiException(400, "the request holds an unpaired surrogate escape (text that is not valid Unicode)");
+            }
+            return Parse(doc.RootElement, chat, defaults);
+        }
+    }
+
+    /// <summary>Every string (and key) must be valid Unicode: a lone surrogate ("\ud800") is a 400 naming where it is.</summary>
+    private static void CheckStrings(JsonElement e, string path)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                string value;
+                try { value = e.GetString()!; }
+                catch (InvalidOperationException)
+                {
+                    throw ApiException.BadRequest(path.TrimStart('.'), $"'{path.TrimStart('.')}' holds an unpaired surrogate (text that is not valid Unicode)");
+                }
+                if (HasLoneSurrogate(value))
+                    throw ApiException.BadRequest(path.TrimStart('.'), $"'{path.TrimStart('.')}' holds an unpaired surrogate (text that is not valid Unicode)");
+                break;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    if (HasLoneSurrogate(p.Name)) throw new ApiException(400, "a key of the request holds an unpaired surrogate (text that is not valid Unicode)");
+                    CheckStrings(p.Value, path + "." + p.Name);
+                }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var x in e.EnumerateArray()) CheckStrings(x, $"{path}[{i++}]");
+                break;
+        }
+    }
+
+    private static bool HasLoneSurrogate(string s)
+    {
+        for (int i = 0; i < s.Length; i++)
+        {
+            char c = s[i];
+            if (!char.IsSurrogate(c)) continue;
+            if (char.IsHighSurrogate(c) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])) { i++; continue; }
+            return true;
+        }
+        return false;
     }
 
     private static CompletionRequest Parse(JsonElement root, bool chat, GenerationOptions defaults)

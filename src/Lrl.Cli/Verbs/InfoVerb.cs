@@ -18,6 +18,9 @@ public sealed class InfoVerb
     [Option("tensors", Default = true, HelpText = "List every tensor.")]
     public bool ListTensors { get; set; }
 
+    [Option("check", HelpText = "Scan every tensor for NaN/infinite values and out-of-range int4 zero points (exit 2 when any).")]
+    public bool Check { get; set; }
+
     public int Run()
     {
         var config = ModelConfig.Load(Model);
@@ -35,8 +38,15 @@ public sealed class InfoVerb
         o.WriteLine($"dtypes:       {string.Join(", ", tensors.GroupBy(t => t.DType).Select(g => $"{g.Key} ×{g.Count()}"))}");
         o.WriteLine($"parameters:   {parameters:N0} ({Human(parameters)}), {bytes / 1048576.0:F2} MiB of weights");
         o.WriteLine($"tensors:      {tensors.Count}");
-        if (ListTensors)
+        if (ListTensors && !Check)
             foreach (var t in tensors) o.WriteLine($"  {t.Name,-56} {t.DType,-5} {t.ShapeString}");
+        if (Check)
+        {
+            var findings = TensorCheck.Scan(ck);
+            o.WriteLine(findings.Count == 0 ? $"check:        every value of the {tensors.Count} tensors is finite" : $"check:        {findings.Count} tensors with bad values");
+            foreach (var f in findings) o.WriteLine($"  {f.Tensor}: {f.Problem}");
+            if (findings.Count > 0) return 2;
+        }
         return 0;
     }
 

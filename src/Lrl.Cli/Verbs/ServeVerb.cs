@@ -35,6 +35,12 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("api-key", HelpText = "Require 'Authorization: Bearer KEY' on every request but /health (401 otherwise); default: $LRL_API_KEY, else none.")]
     public string? ApiKey { get; set; }
 
+    [Option("queue", Default = 16, HelpText = "Completion requests admitted at once (running or waiting); more get 503 with Retry-After.")]
+    public int Queue { get; set; }
+
+    [Option("max-request-bytes", Default = 8L << 20, HelpText = "Largest request body in bytes; larger ones get 413 before they are read.")]
+    public long MaxRequestBytes { get; set; }
+
     public int Run() => RunAsync().GetAwaiter().GetResult();
 
     private async Task<int> RunAsync()
@@ -46,6 +52,8 @@ public sealed class ServeVerb : SamplingVerbBase
         };
         defaults.Validate();
         if (Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {Port}");
+        if (Queue < 1) throw new LrlException($"--queue must be ≥ 1, got {Queue}");
+        if (MaxRequestBytes < 1024) throw new LrlException($"--max-request-bytes must be ≥ 1024, got {MaxRequestBytes}");
         var template = Template is null ? null : ChatTemplate.ByName(Template);
         var apiKey = ApiKey ?? Environment.GetEnvironmentVariable("LRL_API_KEY");
         if (apiKey is { Length: 0 }) throw new LrlException("--api-key is empty");
@@ -58,7 +66,7 @@ public sealed class ServeVerb : SamplingVerbBase
         var options = new ServerOptions
         {
             Host = Host, Port = Port, Defaults = defaults, Log = Console.Error, Template = template,
-            CorsOrigins = Cors.ToList(), ApiKey = apiKey,
+            CorsOrigins = Cors.ToList(), ApiKey = apiKey, QueueLimit = Queue, MaxRequestBytes = MaxRequestBytes,
             ModelId = string.IsNullOrWhiteSpace(Name) ? Path.GetFileName(model.Directory.TrimEnd(Path.DirectorySeparatorChar)) : Name,
         };
         await using var server = await OpenAiServer.StartAsync(model, options);
