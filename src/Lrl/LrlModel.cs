@@ -48,6 +48,8 @@ public sealed class LrlModel : IDisposable
         var dir = Path.GetFullPath(modelDir);
         if (!System.IO.Directory.Exists(dir)) throw new LrlException($"model folder not found: {dir}");
         var tokenizer = LrlTokenizer.Load(dir);
+        if (tokenizer.VocabSize == 0)
+            throw new ModelFormatException(dir, "the tokenizer's vocabulary is empty; a model needs the tokens it was trained on");
         var backend = Backends.Create(options.Device, options.Threads, options.Mmap);
         try
         {

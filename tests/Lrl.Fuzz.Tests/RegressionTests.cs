@@ -214,3 +214,19 @@ public sealed class FileAndNumericRegressionTests
         Assert.Contains("max_position_embeddings", l.Message);
     }
 }
+
+/// <summary>A tokenizer with no vocabulary cannot serve a model.</summary>
+public sealed class EmptyVocabularyTests
+{
+    [Fact]
+    public void AnEmptyVocabularyIsAClearErrorAtLoad()
+    {
+        if (SharedData.Root is null) Assert.Skip("shared/ not found");
+        var src = Path.Combine(SharedData.Root!, "models", "stories260k");
+        var dir = Directory.CreateTempSubdirectory("lrl-empty").FullName;
+        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), """{"model": {"type": "WordLevel", "vocab": {}, "unk_token": "<unk>"}}""");
+        var e = Assert.Throws<ModelFormatException>(() => LrlModel.Load(dir, new ModelOptions { Threads = 1 }));
+        Assert.Contains("vocabulary is empty", e.Message);
+    }
+}
