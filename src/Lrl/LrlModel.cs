@@ -71,13 +71,9 @@ public sealed class LrlModel : IDisposable
     }
 
     /// <summary>Streams generated tokens; the forward passes run on the thread pool, never on the caller's context.</summary>
-    public async IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
-        [EnumeratorCancellation] CancellationToken cancellationToken = default)
-    {
-        using var e = await Task.Run(() => Generate(prompt, options, cancellationToken).GetEnumerator()).ConfigureAwait(false);
-        while (await Task.Run(e.MoveNext).ConfigureAwait(false))
-            yield return e.Current;
-    }
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
+        CancellationToken cancellationToken = default) =>
+        OffContext.Stream(() => Generate(prompt, options, cancellationToken));
 
     /// <summary>Generates synchronously, token by token.</summary>
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
