@@ -8,20 +8,23 @@ public static class Backends
     private static readonly Lazy<GpuBackend> Cpu = new(GpuBackend.CreateCpuAccelerator);
     // Wider simulated groups (8 warps of 4) take the kernels' many-threads-per-head paths that CUDA's 256-thread groups use.
     private static readonly Lazy<GpuBackend> CpuWide = new(() => GpuBackend.CreateCpuAccelerator(4, 8, 1));
+    // NVIDIA-like: warps of 32 and 8 warps per group, the shape the CUDA launches use, so warp-size and group-size
+    // assumptions are exercised without a GPU.
+    private static readonly Lazy<GpuBackend> CpuNvidia = new(() => GpuBackend.CreateCpuAccelerator(32, 8, 1));
     private static readonly Lazy<GpuBackend?> Cuda = new(() => GpuBackend.IsCudaAvailable() ? GpuBackend.CreateCuda() : null);
     private static readonly object Gate = new();
 
-    public static TheoryData<string> Kinds => new() { "cpu-accelerator", "cuda" };
+    public static TheoryData<string> Kinds => new() { "cpu-accelerator", "cpu-accelerator-nvidia", "cuda" };
 
     /// <summary>Kinds for kernel-level tests: also the CPU accelerator with wide groups.</summary>
-    public static string[] KernelKinds => ["cpu-accelerator", "cpu-accelerator-wide", "cuda"];
+    public static string[] KernelKinds => ["cpu-accelerator", "cpu-accelerator-wide", "cpu-accelerator-nvidia", "cuda"];
 
     /// <summary>The shared backend of that kind (kernels compile once per process). Skips when CUDA is absent.</summary>
     public static GpuBackend Get(string kind)
     {
         if (kind == "cuda")
             return Cuda.Value ?? throw Skip("no CUDA device");
-        return kind == "cpu-accelerator-wide" ? CpuWide.Value : Cpu.Value;
+        return kind switch { "cpu-accelerator-wide" => CpuWide.Value, "cpu-accelerator-nvidia" => CpuNvidia.Value, _ => Cpu.Value };
     }
 
     /// <summary>Tests share one backend; ops on it run one test at a time.</summary>

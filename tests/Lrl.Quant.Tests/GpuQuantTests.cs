@@ -10,21 +10,26 @@ namespace Lrl.Quant.Tests;
 /// </summary>
 public class GpuQuantTests
 {
-    public static TheoryData<int, int, int, int, bool, bool> Cases() => new()
-    {
-        { 8, 7, 96, 32, false, false },
-        { 8, 33, 172, 172, false, true },
-        { 4, 9, 128, 64, false, false },
-        { 4, 17, 100, 100, true, false },
-        { 4, 5, 256, 32, true, true },
-    };
+    /// <summary>ILGPU's CPU accelerator in its default shape and NVIDIA-like (warps of 32, 8 per group, as the CUDA launches).</summary>
+    public static TheoryData<string> Devices => new("default", "nvidia-like");
 
-    [Theory, MemberData(nameof(Cases))]
-    public void MatMulMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute)
+    private static GpuBackend Create(string device) => device == "nvidia-like" ? GpuBackend.CreateCpuAccelerator(32, 8, 1) : GpuBackend.CreateCpuAccelerator();
+
+    public static TheoryData<int, int, int, int, bool, bool, string> CasesOnDevices()
+    {
+        var data = new TheoryData<int, int, int, int, bool, bool, string>();
+        foreach (var device in new[] { "default", "nvidia-like" })
+            foreach (var (bits, rows, cols, group, zeros, permute) in new[] { (8, 7, 96, 32, false, false), (8, 33, 172, 172, false, true), (4, 9, 128, 64, false, false), (4, 17, 100, 100, true, false), (4, 5, 256, 32, true, true) })
+                data.Add(bits, rows, cols, group, zeros, permute, device);
+        return data;
+    }
+
+    [Theory, MemberData(nameof(CasesOnDevices))]
+    public void MatMulMatchesReference(int bits, int rows, int cols, int group, bool zeros, bool permute, string device)
     {
         var rng = new Random(bits + rows + cols);
         var q = TestUtil.Random(rng, bits, rows, cols, group, zeros, permute);
-        using var gpu = GpuBackend.CreateCpuAccelerator();
+        using var gpu = Create(device);
         var w = gpu.LoadQuantized(q);
         Assert.Equal(q.Format, w.Format);
         Assert.Equal(q.ByteSize, w.ByteSize);
@@ -43,14 +48,14 @@ public class GpuQuantTests
         }
     }
 
-    [Fact]
-    public void SwiGluGemvAndEmbed()
+    [Theory, MemberData(nameof(Devices))]
+    public void SwiGluGemvAndEmbed(string device)
     {
         var rng = new Random(11);
         int rows = 24, cols = 64;
         var gq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
         var uq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
-        using var gpu = GpuBackend.CreateCpuAccelerator();
+        using var gpu = Create(device);
         var gw = gpu.LoadQuantized(gq); var uw = gpu.LoadQuantized(uq);
         var x = TestUtil.RandomVector(rng, cols, 4);
         using var xb = gpu.Allocate(cols); using var yb = gpu.Allocate(rows);
