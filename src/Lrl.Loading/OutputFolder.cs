@@ -28,8 +28,8 @@ public static class OutputFolder
         Directory.CreateDirectory(parent);
         foreach (var stale in Directory.EnumerateDirectories(parent, $".{Path.GetFileName(full)}.tmp-*"))
         {
-            // Left by a run that was killed: no live run uses a temporary older than this one's start.
-            if (Directory.GetLastWriteTimeUtc(stale) < DateTime.UtcNow.AddMinutes(-1) || !IsLive(stale))
+            // Left by a run that was killed (its process is gone); a live run's temporary is left alone.
+            if (!IsLive(stale))
                 try { Directory.Delete(stale, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }
         return full;

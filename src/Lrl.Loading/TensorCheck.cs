@@ -5,7 +5,7 @@ namespace Lrl.Loading;
 /// quantization scales, and int4 zero points outside 0..15. `lrlrun info --check` prints the findings; `quantize`
 /// refuses an input that has any.
 /// </summary>
-public static class TensorCheck
+public static unsafe class TensorCheck
 {
     public sealed record Finding(string Tensor, string Problem);
 
@@ -16,12 +16,7 @@ public static class TensorCheck
         {
             if (t.DType is DType.F32 or DType.F16 or DType.BF16)
             {
-                long nan = 0, inf = 0;
-                foreach (var v in t.ToFloatArray())
-                {
-                    if (float.IsNaN(v)) nan++;
-                    else if (float.IsInfinity(v)) inf++;
-                }
+                var (nan, inf) = CountNonFinite(t);
                 if (nan + inf > 0) findings.Add(new Finding(t.Name, $"{nan} NaN and {inf} infinite values of {t.ElementCount}"));
             }
             else if (t.DType == DType.U8 && t.Name.EndsWith(".zeros", StringComparison.Ordinal))
@@ -32,6 +27,24 @@ public static class TensorCheck
             }
         }
         return findings;
+    }
+
+    /// <summary>NaN and infinity counts, read in place by the exponent bits (all ones: infinite when the mantissa is zero, else NaN).</summary>
+    private static (long Nan, long Inf) CountNonFinite(HostTensor t)
+    {
+        long nan = 0, inf = 0, n = t.ElementCount;
+        if (t.DType == DType.F32)
+        {
+            var p = (uint*)t.Pointer;
+            for (long i = 0; i < n; i++)
+                if ((p[i] & 0x7F80_0000u) == 0x7F80_0000u) { if ((p[i] & 0x007F_FFFFu) != 0) nan++; else inf++; }
+            return (nan, inf);
+        }
+        var (exponent, mantissa) = t.DType == DType.BF16 ? (0x7F80, 0x007F) : (0x7C00, 0x03FF); // BF16 or F16
+        var h = (ushort*)t.Pointer;
+        for (long i = 0; i < n; i++)
+            if ((h[i] & exponent) == exponent) { if ((h[i] & mantissa) != 0) nan++; else inf++; }
+        return (nan, inf);
     }
 
     /// <summary>An <see cref="ModelFormatException"/> naming the first finding, when there is one.</summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Lrl.Runtime;
 
 namespace Lrl;
@@ -33,7 +34,7 @@ public sealed class InferenceSession : IDisposable
         var model = owner.Model;
         _state = model.CreateState();
         _logits = new float[model.VocabSize];
-        _held = new List<int>(model.ContextLength + 1);
+        _held = new List<int>(Math.Min(model.ContextLength, 4096));
     }
 
     /// <summary>Streams generated tokens; the forward passes run on the thread pool, never on the caller's context.</summary>
@@ -45,36 +46,40 @@ public sealed class InferenceSession : IDisposable
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        ThrowIfDisposed();
         options ??= new GenerationOptions();
-        options.Validate();
         return Generate(_owner.Tokenizer.Encode(prompt, options.AddBos), options, cancellationToken);
     }
 
     /// <summary>Generates from prompt token ids.</summary>
     public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
+        ThrowIfDisposed();
+        return Run(CheckPrompt(_owner.Model, promptIds, options), options, cancellationToken);
+    }
+
+    /// <summary>
+    /// Checks a prompt and its options against the model (non-empty, every id in the vocabulary, within the context
+    /// window unless <see cref="GenerationOptions.TruncatePrompt"/>) and returns the ids to run.
+    /// </summary>
+    internal static int[] CheckPrompt(ILanguageModel model, int[] promptIds, GenerationOptions options)
+    {
         ArgumentNullException.ThrowIfNull(promptIds);
         ArgumentNullException.ThrowIfNull(options);
-        ThrowIfDisposed();
         options.Validate();
-        var model = _owner.Model;
         int ctx = model.ContextLength;
         if (promptIds.Length == 0) throw new LrlException("the prompt is empty (no tokens to start from)");
         foreach (var id in promptIds)
             if ((uint)id >= (uint)model.VocabSize) throw new LrlException($"prompt token id {id} is outside the model's vocabulary (0..{model.VocabSize - 1})");
-        if (promptIds.Length > ctx)
-        {
-            if (!options.TruncatePrompt)
-                throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
-            // Keep the prompt's last tokens and leave room for the generation (at most half the window).
-            int keep = Math.Max(1, ctx - Math.Min(options.MaxTokens, ctx / 2));
-            promptIds = promptIds[^keep..];
-        }
-        return Run(promptIds, options, cancellationToken);
+        if (promptIds.Length <= ctx) return promptIds;
+        if (!options.TruncatePrompt)
+            throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {ctx}; shorten it, raise --context, or pass --truncate to keep its last tokens");
+        // Keep the prompt's last tokens and leave room for the generation (at most half the window).
+        int keep = Math.Max(1, ctx - Math.Min(options.MaxTokens, ctx / 2));
+        return promptIds[^keep..];
     }
 
-    private IEnumerable<GeneratedToken> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
+    /// <summary>Runs a checked prompt (see <see cref="CheckPrompt"/>).</summary>
+    internal IEnumerable<GeneratedToken> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
         if (Interlocked.Exchange(ref _busy, 1) == 1)
             throw new InvalidOperationException("this session is already generating; a session runs one generation at a time (create one session per concurrent generation)");
@@ -94,9 +99,6 @@ public sealed class InferenceSession : IDisposable
         var sampler = new Sampler(model.VocabSize, options.Sampling);
         var decoder = tokenizer.CreateStreamingDecoder();
         var stops = new StopMatcher(options.StopStrings);
-        var history = new int[model.ContextLength + 1];
-        prompt.CopyTo(history, 0);
-        int len = prompt.Length;
         var eos = tokenizer.EosIds;
 
         // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
@@ -117,9 +119,8 @@ public sealed class InferenceSession : IDisposable
         for (int i = 0; i < options.MaxTokens; i++)
         {
             if (ct.IsCancellationRequested) { stats.FinishReason = FinishReason.Cancelled; break; }
-            int next = sampler.Sample(_logits, history.AsSpan(0, len));
+            int next = sampler.Sample(_logits, CollectionsMarshal.AsSpan(_held)); // the context so far
             if (!options.IgnoreEos && eos.Contains(next)) { stats.FinishReason = FinishReason.EndOfSequence; break; }
-            history[len++] = next;
             stats.GeneratedTokens++;
             var text = stops.Push(decoder.Push(next));
             if (stops.Stopped)
@@ -131,9 +132,9 @@ public sealed class InferenceSession : IDisposable
             }
             yield return new GeneratedToken(next, text);
             if (i + 1 == options.MaxTokens) break;
-            if (len >= model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
+            if (_held.Count + 1 >= model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
             _one[0] = next;
-            Forward(_one, len - 1);
+            Forward(_one, _held.Count);
             _held.Add(next);
         }
         stats.DecodeTime = clock.Elapsed;

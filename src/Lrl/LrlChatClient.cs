@@ -16,9 +16,8 @@ public sealed class LrlChatClient : IChatClient
 {
     private readonly LrlModel _model;
     private readonly ChatTemplate _template;
-    private readonly InferenceSession _session;
+    private readonly SharedSession _session;
     private readonly GenerationOptions _defaults;
-    private int _sessionBusy;
     private bool _disposed;
 
     /// <param name="model">The loaded model (not disposed with the client).</param>
@@ -29,7 +28,7 @@ public sealed class LrlChatClient : IChatClient
         _model = model ?? throw new ArgumentNullException(nameof(model));
         _template = template ?? ChatTemplate.Load(model.Directory);
         _defaults = defaults ?? new GenerationOptions();
-        _session = model.CreateSession();
+        _session = new SharedSession(model);
         Metadata = new ChatClientMetadata("lrlrun", null, Path.GetFileName(model.Directory));
     }
 
@@ -61,30 +60,22 @@ public sealed class LrlChatClient : IChatClient
         ObjectDisposedException.ThrowIf(_disposed, this);
         var prompt = _template.Format(messages.Select(ToLrl).ToList());
         var generation = Map(options);
-        bool own = Interlocked.Exchange(ref _sessionBusy, 1) == 0;
-        var session = own ? _session : _model.CreateSession();
-        try
+        using var lease = _session.Acquire();
+        var session = lease.Session;
+        string responseId = Guid.NewGuid().ToString("N");
+        await foreach (var t in session.GenerateAsync(prompt, generation, cancellationToken).ConfigureAwait(false))
+            if (t.Text.Length > 0)
+                yield return new ChatResponseUpdate(ChatRole.Assistant, t.Text) { ResponseId = responseId, ModelId = Metadata.DefaultModelId };
+        var s = session.LastStats;
+        yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(new UsageDetails
         {
-            string responseId = Guid.NewGuid().ToString("N");
-            await foreach (var t in session.GenerateAsync(prompt, generation, cancellationToken).ConfigureAwait(false))
-                if (t.Text.Length > 0)
-                    yield return new ChatResponseUpdate(ChatRole.Assistant, t.Text) { ResponseId = responseId, ModelId = Metadata.DefaultModelId };
-            var s = session.LastStats;
-            yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(new UsageDetails
-            {
-                InputTokenCount = s.PromptTokens, OutputTokenCount = s.GeneratedTokens, TotalTokenCount = s.PromptTokens + s.GeneratedTokens,
-            })])
-            {
-                ResponseId = responseId,
-                ModelId = Metadata.DefaultModelId,
-                FinishReason = s.FinishReason is FinishReason.Length or FinishReason.ContextFull ? ChatFinishReason.Length : ChatFinishReason.Stop,
-            };
-        }
-        finally
+            InputTokenCount = s.PromptTokens, OutputTokenCount = s.GeneratedTokens, TotalTokenCount = s.PromptTokens + s.GeneratedTokens,
+        })])
         {
-            if (own) Volatile.Write(ref _sessionBusy, 0);
-            else session.Dispose();
-        }
+            ResponseId = responseId,
+            ModelId = Metadata.DefaultModelId,
+            FinishReason = s.FinishReason is FinishReason.Length or FinishReason.ContextFull ? ChatFinishReason.Length : ChatFinishReason.Stop,
+        };
     }
 
     private static ChatMessage ToLrl(AiChatMessage m)

@@ -24,8 +24,7 @@ namespace Lrl;
 public sealed class LrlModel : IDisposable
 {
     private readonly IBackend _backend;
-    private readonly InferenceSession _default;
-    private int _defaultBusy;
+    private readonly SharedSession _default;
     private volatile bool _disposed;
     private GenerationStats _lastStats = new();
 
@@ -38,7 +37,7 @@ public sealed class LrlModel : IDisposable
     private LrlModel(string dir, IBackend backend, ILanguageModel model, LrlTokenizer tokenizer)
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
-        _default = new InferenceSession(this);
+        _default = new SharedSession(this);
     }
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
@@ -79,9 +78,7 @@ public sealed class LrlModel : IDisposable
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        ThrowIfDisposed();
         options ??= new GenerationOptions();
-        options.Validate();
         return Generate(Tokenizer.Encode(prompt, options.AddBos), options, cancellationToken);
     }
 
@@ -89,37 +86,25 @@ public sealed class LrlModel : IDisposable
     public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        // Validate eagerly (errors at the call, as before), then run in whichever session is free when enumerated.
-        _ = promptIds ?? throw new ArgumentNullException(nameof(promptIds));
-        options.Validate();
-        if (promptIds.Length == 0) throw new LrlException("the prompt is empty (no tokens to start from)");
-        if (promptIds.Length > Model.ContextLength && !options.TruncatePrompt)
-            throw new LrlException($"the prompt is {promptIds.Length} tokens but the context window holds {Model.ContextLength}; shorten it, raise --context, or pass --truncate to keep its last tokens");
-        return RunInSession(promptIds, options, cancellationToken);
+        // Validate eagerly (errors at the call), then run in whichever session is free when enumerated.
+        var prompt = InferenceSession.CheckPrompt(Model, promptIds, options);
+        return RunInSession(prompt, options, cancellationToken);
     }
 
-    private IEnumerable<GeneratedToken> RunInSession(int[] promptIds, GenerationOptions options, CancellationToken ct)
+    private IEnumerable<GeneratedToken> RunInSession(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
-        bool own = Interlocked.Exchange(ref _defaultBusy, 1) == 0;
-        var session = own ? _default : CreateSession();
-        try
+        using var lease = _default.Acquire();
+        var session = lease.Session;
+        foreach (var t in session.Run(prompt, options, ct))
         {
-            foreach (var t in session.Generate(promptIds, options, ct))
-            {
-                _lastStats = session.LastStats;
-                yield return t;
-            }
             _lastStats = session.LastStats;
+            yield return t;
         }
-        finally
-        {
-            if (own) Volatile.Write(ref _defaultBusy, 0);
-            else session.Dispose();
-        }
+        _lastStats = session.LastStats;
     }
 
     /// <summary>Forgets the default session's state: the next generation starts from an empty context.</summary>
-    public void ResetState() => _default.Reset();
+    public void ResetState() => _default.Current?.Reset();
 
     internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
@@ -128,6 +113,7 @@ public sealed class LrlModel : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _default.Dispose();
         Model.Dispose();
         _backend.Dispose();
     }

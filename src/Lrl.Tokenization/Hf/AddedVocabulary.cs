@@ -49,8 +49,6 @@ internal sealed class AddedVocabulary
         }
     }
 
-    public bool TryGet(int id, out AddedToken token) => _byId.TryGetValue(id, out token!);
-
     public int? IdOf(string content) => _byContent.TryGetValue(content, out int id) ? id : null;
 
     /// <summary>The text an added id decodes to: its content (as the Rust library of the oracle, Tokenizers.DotNet 1.4.1).</summary>

@@ -241,16 +241,18 @@ internal sealed class HfTokenizer : ITokenizerCore
                 catch (FormatException) { throw new ModelFormatException(j.File, $"{w}.precompiled_charsmap is not base64"); }
                 return new PrecompiledNormalizer(CharsMap.Parse(blob, j.File));
             }
-            case "Sequence":
-            {
-                var parts = new List<Normalizer>();
-                int i = 0;
-                foreach (var x in j.Array(j.Prop(e, "normalizers", w), $"{w}.normalizers")) parts.Add(BuildNormalizer(j, x, $"{w}.normalizers[{i++}]"));
-                return new SequenceNormalizer(parts.ToArray());
-            }
+            case "Sequence": return new SequenceNormalizer(Each(j, e, "normalizers", w, BuildNormalizer));
             default:
                 throw new ModelFormatException(j.File, $"{w}: normalizer type '{type}' is not supported");
         }
+    }
+
+    /// <summary>A Sequence's parts: <paramref name="build"/> over each element of the array <paramref name="field"/>.</summary>
+    private static T[] Each<T>(JsonReader j, JsonElement e, string field, string w, Func<JsonReader, JsonElement, string, T> build)
+    {
+        var parts = new List<T>();
+        foreach (var x in j.Array(j.Prop(e, field, w), $"{w}.{field}")) parts.Add(build(j, x, $"{w}.{field}[{parts.Count}]"));
+        return parts.ToArray();
     }
 
     private static ReplaceNormalizer BuildReplace(JsonReader j, JsonElement e, string w)
@@ -310,13 +312,7 @@ internal sealed class HfTokenizer : ITokenizerCore
                 int dcp = dch.EnumerateRunes().First().Value;
                 return new PredicatePreTokenizer(cp => cp == dcp, SplitBehavior.Removed);
             }
-            case "Sequence":
-            {
-                var parts = new List<PreTokenizer>();
-                int i = 0;
-                foreach (var x in j.Array(j.Prop(e, "pretokenizers", w), $"{w}.pretokenizers")) parts.Add(BuildPreTokenizer(j, x, $"{w}.pretokenizers[{i++}]"));
-                return new SequencePreTokenizer(parts.ToArray());
-            }
+            case "Sequence": return new SequencePreTokenizer(Each(j, e, "pretokenizers", w, BuildPreTokenizer));
             default:
                 throw new ModelFormatException(j.File, $"{w}: pre-tokenizer type '{type}' is not supported");
         }
@@ -346,13 +342,7 @@ internal sealed class HfTokenizer : ITokenizerCore
             case "WordPiece": return new WordPieceDecoder(j.Str(e, "prefix", w) ?? "##", j.Bool(e, "cleanup", w) ?? true);
             case "BPEDecoder": return new BpeSuffixDecoder(j.Str(e, "suffix", w) ?? "</w>");
             case "CTC": return new CtcDecoder(j.Str(e, "pad_token", w) ?? "<pad>", j.Str(e, "word_delimiter_token", w) ?? "|", j.Bool(e, "cleanup", w) ?? true);
-            case "Sequence":
-            {
-                var parts = new List<Decoder>();
-                int i = 0;
-                foreach (var x in j.Array(j.Prop(e, "decoders", w), $"{w}.decoders")) parts.Add(BuildDecoder(j, x, $"{w}.decoders[{i++}]"));
-                return new SequenceDecoder(parts.ToArray());
-            }
+            case "Sequence": return new SequenceDecoder(Each(j, e, "decoders", w, BuildDecoder));
             default:
                 throw new ModelFormatException(j.File, $"{w}: decoder type '{type}' is not supported");
         }

@@ -25,7 +25,6 @@ internal abstract class TokenModel
     public int MaxId => _idToToken.Count == 0 ? -1 : _idToToken.Keys.Max();
     /// <summary>The number of vocabulary entries (the Rust library's get_vocab_size).</summary>
     public int Count => Vocab.Count;
-    public IEnumerable<KeyValuePair<string, int>> Entries => Vocab;
 
     /// <summary>Ids of the byte tokens &lt;0x00&gt;..&lt;0xFF&gt; (-1 where the vocabulary lacks one).</summary>
     protected int[] ByteTokenIds()

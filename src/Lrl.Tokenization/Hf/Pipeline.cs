@@ -24,46 +24,55 @@ internal static class Splitter
         _ => throw new ModelFormatException(file, $"{where}: behavior '{s}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous"),
     };
 
-    /// <summary>Coverage (start, end, isMatch) from plain matches, as Rust's Pattern::find_matches for regexes.</summary>
-    public static void Coverage(int length, List<(int Start, int End)> matches, List<(int Start, int End, bool Match)> output)
+    // Scratch of the splitting below, one set per thread (tokenizers are shared between threads).
+    [ThreadStatic] private static List<(int Start, int End, bool Match)>? t_cov;
+    [ThreadStatic] private static List<(int Start, int End, bool Remove)>? t_spans;
+
+    /// <summary>Splits on plain matches (start, end) of a pattern, as Rust's Pattern::find_matches for regexes (or their inverse).</summary>
+    public static void SplitByMatches(Piece parent, List<(int Start, int End)> matches, SplitBehavior behavior, bool invert, List<Piece> output)
     {
-        output.Clear();
-        if (length == 0) { output.Add((0, 0, false)); return; }
+        var cov = t_cov ??= new();
+        cov.Clear();
+        int length = parent.Text.Length;
         int prev = 0;
         foreach (var (s, e) in matches)
         {
-            if (prev != s) output.Add((prev, s, false));
-            output.Add((s, e, true));
+            if (prev != s) cov.Add((prev, s, invert));
+            cov.Add((s, e, !invert));
             prev = e;
         }
-        if (prev != length) output.Add((prev, length, false));
+        if (prev != length) cov.Add((prev, length, invert));
+        Split(parent, cov, behavior, output);
     }
 
-    /// <summary>Coverage from a per-code-point predicate: every matching character is its own match.</summary>
-    public static void Coverage(string s, Func<int, bool> predicate, List<(int Start, int End, bool Match)> output)
+    /// <summary>Splits on the characters a predicate holds for: every such character is its own match.</summary>
+    public static void SplitByPredicate(Piece parent, Func<int, bool> predicate, SplitBehavior behavior, List<Piece> output)
     {
-        output.Clear();
-        if (s.Length == 0) { output.Add((0, 0, false)); return; }
+        var cov = t_cov ??= new();
+        cov.Clear();
+        var s = parent.Text;
         int last = 0;
         for (int i = 0; i < s.Length;)
         {
             int cp = CharClass.At(s, i, out int len);
             if (predicate(cp))
             {
-                if (last < i) output.Add((last, i, false));
-                output.Add((i, i + len, true));
+                if (last < i) cov.Add((last, i, false));
+                cov.Add((i, i + len, true));
                 last = i + len;
             }
             i += len;
         }
-        if (s.Length > last) output.Add((last, s.Length, false));
+        if (s.Length > last) cov.Add((last, s.Length, false));
+        Split(parent, cov, behavior, output);
     }
 
-    /// <summary>Applies a split behavior and appends the non-empty pieces.</summary>
-    public static void Split(Piece parent, List<(int Start, int End, bool Match)> cov, SplitBehavior behavior, List<Piece> output)
+    /// <summary>Applies a split behavior to a coverage (start, end, isMatch) of the piece and appends the non-empty pieces.</summary>
+    private static void Split(Piece parent, List<(int Start, int End, bool Match)> cov, SplitBehavior behavior, List<Piece> output)
     {
         var s = parent.Text;
-        var spans = new List<(int Start, int End, bool Remove)>(cov.Count);
+        var spans = t_spans ??= new();
+        spans.Clear();
         switch (behavior)
         {
             case SplitBehavior.Isolated:
@@ -391,64 +400,61 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) 
         byte[]? rented = null;
         Span<byte> bytes = n <= 512 ? stackalloc byte[n] : (rented = System.Buffers.ArrayPool<byte>.Shared.Rent(n));
         Encoding.UTF8.GetBytes(s, bytes);
-        var chars = new char[n];
-        for (int k = 0; k < n; k++) chars[k] = ByteToChar[bytes[k]];
+        string result;
+        unsafe
+        {
+            fixed (byte* p = bytes)
+                result = string.Create(n, (IntPtr)p, static (dst, ptr) =>
+                {
+                    var src = (byte*)ptr;
+                    for (int k = 0; k < dst.Length; k++) dst[k] = ByteToChar[src[k]];
+                });
+        }
         if (rented is not null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
-        return new string(chars);
+        return result;
     }
 }
 
 internal sealed class MetaspacePreTokenizer(char replacement, string prependScheme, bool split) : PreTokenizer
 {
-    public char Replacement => replacement;
-    public string PrependScheme => prependScheme;
-
     protected override void SplitPiece(Piece p, List<Piece> output)
     {
         var s = p.Text.Replace(' ', replacement);
         bool prepend = prependScheme == "always" || (prependScheme == "first" && p.AtStart);
         if (prepend && (s.Length == 0 || s[0] != replacement)) s = replacement + s;
         if (!split) { if (s.Length > 0) output.Add(p with { Text = s }); return; }
-        var cov = new List<(int, int, bool)>();
-        Splitter.Coverage(s, cp => cp == replacement, cov);
-        Splitter.Split(p with { Text = s }, cov, SplitBehavior.MergedWithNext, output);
+        Splitter.SplitByPredicate(p with { Text = s }, cp => cp == replacement, SplitBehavior.MergedWithNext, output);
     }
 }
 
 internal sealed class SplitPreTokenizer(OnigRegex regex, SplitBehavior behavior, bool invert) : PreTokenizer
 {
     [ThreadStatic] private static List<(int, int)>? t_matches;
-    [ThreadStatic] private static List<(int, int, bool)>? t_cov;
 
     protected override void SplitPiece(Piece p, List<Piece> output)
     {
         var matches = t_matches ??= new();
-        var cov = t_cov ??= new();
         regex.Matches(p.Text, matches);
-        Splitter.Coverage(p.Text.Length, matches, cov);
-        if (invert) for (int i = 0; i < cov.Count; i++) cov[i] = (cov[i].Item1, cov[i].Item2, !cov[i].Item3);
-        Splitter.Split(p, cov, behavior, output);
+        Splitter.SplitByMatches(p, matches, behavior, invert, output);
     }
 }
 
 /// <summary>Splits on characters that satisfy a predicate (Punctuation, Digits, WhitespaceSplit, CharDelimiterSplit, Bert).</summary>
 internal sealed class PredicatePreTokenizer(Func<int, bool> predicate, SplitBehavior behavior) : PreTokenizer
 {
-    protected override void SplitPiece(Piece p, List<Piece> output)
-    {
-        var cov = new List<(int, int, bool)>();
-        Splitter.Coverage(p.Text, predicate, cov);
-        Splitter.Split(p, cov, behavior, output);
-    }
+    protected override void SplitPiece(Piece p, List<Piece> output) => Splitter.SplitByPredicate(p, predicate, behavior, output);
 }
 
 /// <summary>Whitespace: \w+|[^\w\s]+ kept, the rest removed.</summary>
 internal sealed class WhitespacePreTokenizer : PreTokenizer
 {
+    [ThreadStatic] private static List<(int, int)>? t_matches;
+
     protected override void SplitPiece(Piece p, List<Piece> output)
     {
         var s = p.Text;
-        var matches = new List<(int, int)>();
+        var matches = t_matches ??= new();
+        matches.Clear();
         int i = 0;
         while (i < s.Length)
         {
@@ -466,10 +472,8 @@ internal sealed class WhitespacePreTokenizer : PreTokenizer
             matches.Add((i, j));
             i = j;
         }
-        var cov = new List<(int, int, bool)>();
-        Splitter.Coverage(s.Length, matches, cov);
-        for (int k = 0; k < cov.Count; k++) cov[k] = (cov[k].Item1, cov[k].Item2, !cov[k].Item3);
-        Splitter.Split(p, cov, SplitBehavior.Removed, output);
+        // Invert(\w+|[^\w\s]+) with Removed: the runs are kept, what lies between them dropped.
+        Splitter.SplitByMatches(p, matches, SplitBehavior.Removed, invert: true, output);
     }
 }
 

@@ -33,8 +33,6 @@ internal sealed class SentencePieceModel : ITokenizerCore
     public int EosId { get; }
     public int VocabSize => _pieces.Length;
     public int ModelType => _modelType;
-    public string PieceText(int id) => _pieces[id];
-    public int PieceType(int id) => _types[id];
 
     private SentencePieceModel(SentencePieceProto.Model m, string file)
     {
@@ -149,7 +147,7 @@ internal sealed class SentencePieceModel : ITokenizerCore
         if (_removeExtraWhitespaces)
         {
             var tail = _escapeWhitespaces ? spaceSym : [(byte)' '];
-            while (outBytes.Count >= tail.Length && outBytes.GetRange(outBytes.Count - tail.Length, tail.Length).SequenceEqual(tail))
+            while (System.Runtime.InteropServices.CollectionsMarshal.AsSpan(outBytes).EndsWith(tail))
                 outBytes.RemoveRange(outBytes.Count - tail.Length, tail.Length);
         }
         if (_suffixWhitespace && _addDummyPrefix) AddSpace();

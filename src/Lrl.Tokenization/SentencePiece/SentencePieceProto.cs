@@ -4,7 +4,7 @@ namespace Lrl.Tokenization;
 
 /// <summary>
 /// Reads sentencepiece's ModelProto (sentencepiece_model.proto): the pieces with score and type, the trainer spec's
-/// model type, byte fallback, whitespace-as-suffix, special ids and unk surface, and the normalizer spec. Every length
+/// model type, byte fallback, whitespace-as-suffix, BOS/EOS ids and unk surface, and the normalizer spec. Every length
 /// is checked against the bytes that remain, so a truncated or hostile file is a clear error.
 /// </summary>
 internal static class SentencePieceProto
@@ -17,7 +17,6 @@ internal static class SentencePieceProto
         public int ModelType { get; set; } = 1;
         public bool ByteFallback { get; set; }
         public bool TreatWhitespaceAsSuffix { get; set; }
-        public int? UnkId { get; set; } = 0;
         public int? BosId { get; set; } = 1;
         public int? EosId { get; set; } = 2;
         public string? UnkSurface { get; set; }
@@ -89,7 +88,7 @@ internal static class SentencePieceProto
         while (pos < r.End)
         {
             var (f, w) = Key(b, ref pos);
-            if (w == 0 && f is 3 or 24 or 35 or 40 or 41 or 42)
+            if (w == 0 && f is 3 or 24 or 35 or 41 or 42)
             {
                 long v = (long)ReadVarint(b, ref pos);
                 switch (f)
@@ -97,7 +96,6 @@ internal static class SentencePieceProto
                     case 3: m.ModelType = (int)v; break;
                     case 24: m.TreatWhitespaceAsSuffix = v != 0; break;
                     case 35: m.ByteFallback = v != 0; break;
-                    case 40: m.UnkId = (int)v; break;
                     case 41: m.BosId = (int)v; break;
                     case 42: m.EosId = (int)v; break;
                 }

@@ -38,9 +38,6 @@ internal static class CharClass
         IsLetter(cp) || IsMark(cp) || Category(cp) is UnicodeCategory.DecimalDigitNumber or UnicodeCategory.LetterNumber or UnicodeCategory.ConnectorPunctuation
         || cp is 0x200C or 0x200D;
 
-    /// <summary>Rust char::is_alphanumeric (Alphabetic or Numeric; Alphabetic approximated by letters, Nl and marks).</summary>
-    public static bool IsAlphanumeric(int cp) => IsLetter(cp) || IsNumber(cp) || IsMark(cp);
-
     /// <summary>The code point at <paramref name="i"/> (a lone surrogate reads as itself) and its length in UTF-16 units.</summary>
     public static int At(string s, int i, out int len)
     {

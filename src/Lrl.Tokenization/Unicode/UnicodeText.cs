@@ -179,29 +179,35 @@ public static class UnicodeText
         {
             int ch = cps[read];
             int cc = CombiningClass(ch);
-            int composite;
-            bool composed = false;
-            if (lastClass < cc || lastClass == 0)
+            // Composable when nothing between the starter and ch blocks it (UAX #15): ch directly follows the starter,
+            // or every mark in between has a lower combining class.
+            if ((lastClass == 0 || lastClass < cc) && TryCompose(starter, ch, out int composite))
             {
-                // Hangul LV / LVT
-                if (starter >= LBase && starter < LBase + LCount && ch >= VBase && ch < VBase + VCount && lastClass == 0)
-                { composite = SBase + ((starter - LBase) * VCount + (ch - VBase)) * TCount; composed = true; }
-                else if (starter >= SBase && starter < SBase + SCount && (starter - SBase) % TCount == 0
-                         && ch > TBase && ch < TBase + TCount && lastClass == 0)
-                { composite = starter + (ch - TBase); composed = true; }
-                else composed = Compose.TryGetValue(((long)starter << 21) | (uint)ch, out composite);
-                if (composed && (lastClass < cc || lastClass == 0))
-                {
-                    cps[starterPos] = composite;
-                    starter = composite;
-                    continue;
-                }
+                cps[starterPos] = composite;
+                starter = composite;
+                continue;
             }
             if (cc == 0) { starterPos = write; starter = ch; }
             lastClass = cc;
             cps[write++] = ch;
         }
         cps.RemoveRange(write, cps.Count - write);
+    }
+
+    /// <summary>The primary composite of (starter, ch): Hangul LV and LVT algorithmically, the rest from the table.</summary>
+    private static bool TryCompose(int starter, int ch, out int composite)
+    {
+        if (starter >= LBase && starter < LBase + LCount && ch >= VBase && ch < VBase + VCount)
+        {
+            composite = SBase + ((starter - LBase) * VCount + (ch - VBase)) * TCount;
+            return true;
+        }
+        if (starter >= SBase && starter < SBase + SCount && (starter - SBase) % TCount == 0 && ch > TBase && ch < TBase + TCount)
+        {
+            composite = starter + (ch - TBase);
+            return true;
+        }
+        return Compose.TryGetValue(((long)starter << 21) | (uint)ch, out composite);
     }
 
     /// <summary>Full lowercase mapping of each code point on its own (Rust's char::to_lowercase: İ → i̇, no final-sigma context).</summary>
