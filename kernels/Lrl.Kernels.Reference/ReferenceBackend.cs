@@ -86,13 +86,13 @@ public sealed partial class ReferenceBackend : IBackend
             }
     }
 
-    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         var X = D(x); int half = rope.RotaryDim / 2;
         for (int r = 0; r < rows; r++)
             for (int h = 0; h < heads; h++)
             {
-                int b = (r * heads + h) * headDim;
+                int b = ((row0 + r) * heads + h) * headDim;
                 for (int i = 0; i < half; i++)
                 {
                     double ang = (double)(pos0 + r) * rope.InvFreq[i];
@@ -104,8 +104,8 @@ public sealed partial class ReferenceBackend : IBackend
             }
     }
 
-    public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
-                          int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
+    public void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
     {
         var Q = D(q); var K = D(kCache); var V = D(vCache); var O = D(output);
         int kvDim = kvHeads * headDim, group = heads / kvHeads;
@@ -118,7 +118,7 @@ public sealed partial class ReferenceBackend : IBackend
                 for (int t = 0; t < n; t++)
                 {
                     double s = 0;
-                    for (int i = 0; i < headDim; i++) s += (double)Q[(r * heads + h) * headDim + i] * K[t * kvDim + kvh * headDim + i];
+                    for (int i = 0; i < headDim; i++) s += (double)Q[((row0 + r) * heads + h) * headDim + i] * K[t * kvDim + kvh * headDim + i];
                     att[t] = s * scale;
                     max = Math.Max(max, att[t]);
                 }
@@ -128,7 +128,7 @@ public sealed partial class ReferenceBackend : IBackend
                 {
                     double acc = 0;
                     for (int t = 0; t < n; t++) acc += att[t] / sum * V[t * kvDim + kvh * headDim + i];
-                    O[(r * heads + h) * headDim + i] = (float)acc;
+                    O[((row0 + r) * heads + h) * headDim + i] = (float)acc;
                 }
             }
     }

@@ -92,16 +92,18 @@ public interface IBackend : IDisposable
         SwiGlu(gateOut, upOut, gateOut, (long)rows * gate.Rows);
     }
 
-    /// <summary>In-place rotary embedding of x [rows, heads·headDim]; row r is at position pos0 + r.</summary>
-    void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope);
+    /// <summary>
+    /// In-place rotary embedding of rows row0 .. row0+rows-1 of x [*, heads·headDim]; row row0 + r is at position
+    /// pos0 + r (a batched step rotates each sequence's rows by its own positions).
+    /// </summary>
+    void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope);
 
     /// <summary>
-    /// Causal attention against a KV cache laid out [position, kvHeads·headDim] that already holds positions
-    /// 0 .. pos0+rows-1. Query row r (position pos0 + r) attends to positions 0 .. pos0 + r.
-    /// q and output are [rows, heads·headDim]; query head h reads kv head h / (heads / kvHeads).
+    /// As <see cref="BackendOps.Attention"/> for query rows row0 .. row0+rows-1 of q and output (one sequence's rows inside a
+    /// batched step whose other rows belong to other sequences with their own caches).
     /// </summary>
-    void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
-                   int rows, int pos0, int heads, int kvHeads, int headDim, float scale);
+    void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                       int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale);
 
     /// <summary>y[i] = silu(gate[i]) * up[i] for i &lt; n.</summary>
     void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n);
@@ -114,4 +116,21 @@ public interface IBackend : IDisposable
 
     /// <summary>Waits for queued work (no-op on the CPU).</summary>
     void Synchronize();
+}
+
+/// <summary>The whole-buffer forms of the row-ranged ops (one sequence's rows starting at row 0).</summary>
+public static class BackendOps
+{
+    /// <summary>In-place rotary embedding of x [rows, heads·headDim]; row r is at position pos0 + r.</summary>
+    public static void Rope(this IBackend b, DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope) =>
+        b.RopeRows(x, 0, rows, heads, headDim, pos0, rope);
+
+    /// <summary>
+    /// Causal attention against a KV cache laid out [position, kvHeads·headDim] that already holds positions
+    /// 0 .. pos0+rows-1. Query row r (position pos0 + r) attends to positions 0 .. pos0 + r.
+    /// q and output are [rows, heads·headDim]; query head h reads kv head h / (heads / kvHeads).
+    /// </summary>
+    public static void Attention(this IBackend b, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                                 int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
+        b.AttentionRows(q, kCache, vCache, output, 0, rows, pos0, heads, kvHeads, headDim, scale);
 }

@@ -53,4 +53,29 @@ public interface ILanguageModel : IDisposable
     /// model's own default state.
     /// </summary>
     void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits);
+
+    /// <summary>
+    /// Runs one batched step over the runs of several sequence states (see <see cref="StepBatch"/>): every product
+    /// reads the weights once for all rows, attention runs per sequence over its own state. Writes the wanted logits
+    /// in run order into <paramref name="logits"/> (at least batch.LogitsRows · VocabSize floats). Each run's result
+    /// equals a <see cref="Forward(ISequenceState, ReadOnlySpan{int}, int, Span{float})"/> of the same tokens within
+    /// floating-point rounding (the products sum over all rows at once).
+    /// </summary>
+    void Forward(StepBatch batch, Span<float> logits)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        float[]? discard = null;
+        int v = VocabSize;
+        foreach (var run in batch.Runs)
+        {
+            var tokens = batch.Tokens.Slice(run.Row0, run.Rows);
+            var dst = run.Logits switch
+            {
+                LogitsWanted.None => discard ??= new float[v],
+                LogitsWanted.Last => logits.Slice(run.LogitsRow * v, v),
+                _ => logits.Slice(run.LogitsRow * v, run.Rows * v),
+            };
+            Forward(run.State, tokens, run.StartPos, dst);
+        }
+    }
 }

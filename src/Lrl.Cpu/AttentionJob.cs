@@ -21,7 +21,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
     private readonly int _threads;
     private float[] _partial = [], _stats = [];
     private float[] _q = [], _k = [], _v = [], _o = [];
-    private int _pos0, _heads, _kvHeads, _headDim, _chunks, _chunkLen;
+    private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks, _chunkLen;
     private float _scale;
 
     public AttentionJob(int threads)
@@ -31,15 +31,20 @@ internal sealed unsafe class AttentionJob : IParallelJob
         for (int i = 0; i < threads; i++) _scores[i] = [];
     }
 
-    public void Run(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int rows, int pos0,
+    /// <summary>Attends query rows row0 .. row0+rows-1 of q (positions pos0 ..) into the same rows of o.</summary>
+    public void Run(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
                     int heads, int kvHeads, int headDim, float scale)
     {
         if (heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
+        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))
+            throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
+        if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: positions up to {pos0 + rows - 1} exceed the cache");
         int capacity = k.Length / (kvHeads * headDim); // scratch sized once to the whole cache: no growth mid-sequence
         int group = heads / kvHeads;
         for (int i = 0; i < _scores.Length; i++)
             if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
-        _q = q; _k = k; _v = v; _o = o; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        _q = q; _k = k; _v = v; _o = o; _row0 = row0; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
         int n = pos0 + 1;
         _chunks = rows == 1 ? Chunks(n, kvHeads, _threads) : 1;
         _chunkLen = (n + _chunks - 1) / _chunks;
@@ -75,7 +80,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
     public void Execute(int item, int worker)
     {
         int perRow = _kvHeads * _chunks;
-        int r = item / perRow, kvh = item % perRow / _chunks, c = item % _chunks;
+        int r = item / perRow, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
         int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
         int n = _pos0 + r + 1;
         int t0 = c * _chunkLen, t1 = _chunks == 1 ? n : Math.Min(n, t0 + _chunkLen);
@@ -114,11 +119,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
                     // reduction for all four scores, instead of a full reduction per score.
                     if ((t & 3) == 3)
                         for (int g = 0; g < group; g++)
-                            (Dot4(qp0 + (r * _heads + h0 + g) * hd, kt - 3L * kvDim, kvDim, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
+                            (Dot4(qp0 + (qr * _heads + h0 + g) * hd, kt - 3L * kvDim, kvDim, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
                     continue;
                 }
                 for (int g = 0; g < group; g++)
-                    sp0[(long)g * len + t] = Dot(qp0 + (r * _heads + h0 + g) * hd, kt, hd) * _scale;
+                    sp0[(long)g * len + t] = Dot(qp0 + (qr * _heads + h0 + g) * hd, kt, hd) * _scale;
             }
             Span<float> maxes = stackalloc float[group], sums = stackalloc float[group];
             for (int g = 0; g < group; g++)
@@ -144,7 +149,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 int bl = Math.Min(Block, len - tb);
                 for (int g = 0; g < group; g++)
                 {
-                    float* dst = final ? op0 + (r * _heads + h0 + g) * hd : pp0 + (((long)kvh * _chunks + c) * group + g) * hd;
+                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + (((long)kvh * _chunks + c) * group + g) * hd;
                     WeightedSum(vp + (long)tb * kvDim, kvDim, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
                 }
             }
@@ -152,7 +157,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
             {
                 if (final)
                 {
-                    if (sums[g] > 0) TensorPrimitives.Multiply(new Span<float>(op0 + (r * _heads + h0 + g) * hd, hd), 1f / sums[g], new Span<float>(op0 + (r * _heads + h0 + g) * hd, hd));
+                    if (sums[g] > 0) TensorPrimitives.Multiply(new Span<float>(op0 + (qr * _heads + h0 + g) * hd, hd), 1f / sums[g], new Span<float>(op0 + (qr * _heads + h0 + g) * hd, hd));
                 }
                 else
                 {
@@ -173,7 +178,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
             {
                 float m = float.NegativeInfinity;
                 for (int c = 0; c < _chunks; c++) m = Math.Max(m, _stats[(((long)kvh * _chunks + c) * group + g) * 2]);
-                var o = _o.AsSpan((kvh * group + g) * hd, hd);
+                var o = _o.AsSpan((_row0 * _heads + kvh * group + g) * hd, hd);
                 o.Clear();
                 float den = 0;
                 for (int c = 0; c < _chunks; c++)

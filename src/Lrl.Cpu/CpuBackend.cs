@@ -178,9 +178,11 @@ public sealed partial class CpuBackend : IBackend
     private int _ropePos0 = -1, _ropeRows;
     private float[] _ropeCos = [], _ropeSin = [];
 
-    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         var X = D(x);
+        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > X.Length)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"rope: rows {row0}..{row0 + rows - 1} exceed the buffer");
         int half = rope.RotaryDim / 2;
         if (!ReferenceEquals(_ropeFor, rope) || _ropePos0 != pos0 || _ropeRows < rows)
         {
@@ -203,7 +205,7 @@ public sealed partial class CpuBackend : IBackend
             var sin = _ropeSin.AsSpan(r * half, half);
             for (int h = 0; h < heads; h++)
             {
-                var v = X.AsSpan((r * heads + h) * headDim, rope.RotaryDim);
+                var v = X.AsSpan(((row0 + r) * heads + h) * headDim, rope.RotaryDim);
                 for (int i = 0; i < half; i++)
                 {
                     float a0 = v[i], a1 = v[i + half];
@@ -214,9 +216,9 @@ public sealed partial class CpuBackend : IBackend
         }
     }
 
-    public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
-                          int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
-        _attention.Run(_pool, D(q), D(kCache), D(vCache), D(output), rows, pos0, heads, kvHeads, headDim, scale);
+    public void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
+        _attention.Run(_pool, D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, heads, kvHeads, headDim, scale);
 
     public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
     {

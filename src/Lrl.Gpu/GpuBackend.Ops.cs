@@ -193,19 +193,21 @@ public sealed partial class GpuBackend
         MatMulSwiGlu(x, gate, up, gateOut, rows);
     }
 
-    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (rows <= 0) return;
         if (rope.RotaryDim > headDim || rope.RotaryDim == 0)
             throw new ArgumentException($"rope: rotary dim {rope.RotaryDim} does not fit head_dim {headDim}");
-        CheckRange(x, 0, (long)rows * heads * headDim, "rope input");
+        if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "rope: first row must be ≥ 0");
+        long at = (long)row0 * heads * headDim, len = (long)rows * heads * headDim;
+        CheckRange(x, at, len, "rope input");
         if (pos0 < 0) throw new ArgumentOutOfRangeException(nameof(pos0), pos0, "rope: position must be ≥ 0");
         int half = rope.RotaryDim / 2;
         if (!_ropeTables.TryGetValue(rope, out var cache)) _ropeTables[rope] = cache = new RopeCache();
         int needed = pos0 + rows;
         if (cache.Positions < needed) GrowRope(cache, rope, Math.Max(needed, Math.Max(256, cache.Positions * 2)));
         int total = rows * heads * half;
-        RopeKernel(_stream, total, B(x).View, cache.Cos!.View, cache.Sin!.View, half, heads, headDim, pos0, total);
+        RopeKernel(_stream, total, B(x).View.SubView(at, len), cache.Cos!.View, cache.Sin!.View, half, heads, headDim, pos0, total);
     }
 
     /// <summary>Recomputes the cos/sin tables for positions [0, positions) on the host (rare: capacity doubles).</summary>
@@ -231,17 +233,21 @@ public sealed partial class GpuBackend
         cache.Positions = positions;
     }
 
-    public void Attention(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
-                          int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
+    public void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
     {
         if (rows <= 0) return;
+        if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "attention: first row must be ≥ 0");
         if (kvHeads <= 0 || heads % kvHeads != 0)
             throw new ArgumentException($"attention: {heads} heads are not a multiple of {kvHeads} kv heads");
         if (headDim <= 0 || headDim > AttentionKernels.MaxHeadDim)
             throw new ArgumentException($"attention: head_dim {headDim} is outside 1..{AttentionKernels.MaxHeadDim}");
         int n = pos0 + rows, kvDim = kvHeads * headDim;
-        CheckRange(q, 0, (long)rows * heads * headDim, "attention q");
-        CheckRange(output, 0, (long)rows * heads * headDim, "attention output");
+        long at = (long)row0 * heads * headDim, len = (long)rows * heads * headDim;
+        CheckRange(q, at, len, "attention q");
+        CheckRange(output, at, len, "attention output");
+        var qv = B(q).View.SubView(at, len);
+        var ov = B(output).View.SubView(at, len);
         CheckRange(kCache, 0, (long)n * kvDim, "attention k cache");
         CheckRange(vCache, 0, (long)n * kvDim, "attention v cache");
         var shape = new AttentionShape
@@ -251,7 +257,7 @@ public sealed partial class GpuBackend
         if (rows > 1 && headDim <= AttentionKernels.PrefillMaxHeadDim)
         {
             int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
-            AttnPrefillKernel(_stream, new KernelConfig(heads * blocks, _group), B(q).View, B(kCache).View, B(vCache).View, B(output).View, shape);
+            AttnPrefillKernel(_stream, new KernelConfig(heads * blocks, _group), qv, B(kCache).View, B(vCache).View, ov, shape);
             return;
         }
         // Split-K: enough groups to fill the device, chunks of 32..MaxChunk positions.
@@ -264,8 +270,8 @@ public sealed partial class GpuBackend
         long groups = (long)rows * heads * splits;
         var po = Scratch(ref _partO, groups * headDim, "attention partials");
         var pml = Scratch(ref _partML, groups * 2, "attention partials");
-        AttnSplitKernel(_stream, new KernelConfig(checked((int)groups), _group), B(q).View, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
-        AttnCombineKernel(_stream, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, B(output).View, shape);
+        AttnSplitKernel(_stream, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
+        AttnCombineKernel(_stream, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, ov, shape);
     }
 
     private static int NextPow2(int v) { int p = 1; while (p < v) p <<= 1; return p; }

@@ -98,8 +98,55 @@ public sealed class Llama : ModelBase
         }
     }
 
+    /// <summary>Part of a batched step's run that falls in one chunk: rows [Row, Row + Rows) of the chunk at positions Pos...</summary>
+    private record struct Piece(SequenceState State, int Row, int Rows, int Pos);
+
+    private Piece[] _pieces = new Piece[8];
+    private readonly Piece[] _one = new Piece[1];
+
+    private protected override void ForwardBatchCore(StepBatch batch, Span<float> logits)
+    {
+        var tokens = batch.Tokens;
+        var runs = batch.Runs;
+        int run = 0, logitsAt = 0;
+        for (int c0 = 0; c0 < batch.RowCount; c0 += _batch)
+        {
+            int rows = Math.Min(_batch, batch.RowCount - c0), end = c0 + rows, n = 0;
+            // The runs overlapping rows [c0, end), clipped to them.
+            for (int r = run; r < runs.Length && runs[r].Row0 < end; r++)
+            {
+                var x = runs[r];
+                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
+                if (n == _pieces.Length) Array.Resize(ref _pieces, n * 2);
+                _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0));
+            }
+            RunChunk(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
+            // Logits of the rows that want them, in run order (runs and their rows are in row order).
+            for (; run < runs.Length && runs[run].Row0 < end; run++)
+            {
+                var x = runs[run];
+                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
+                if (x.Logits == LogitsWanted.All) _out.Gather(_xb, a - c0, b - a);
+                else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) _out.Gather(_xb, b - 1 - c0, 1);
+                if (b < x.Row0 + x.Rows) break; // the run goes on in the next chunk
+            }
+            logitsAt += _out.Flush(logits.Slice(logitsAt * VocabSize));
+        }
+    }
+
     /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
     private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
+    {
+        _one[0] = new Piece(state, 0, tokens.Length, pos);
+        RunChunk(_one, tokens);
+        _one[0] = default;
+    }
+
+    /// <summary>
+    /// Runs the blocks for the rows of a chunk, each piece of rows at its own positions over its own state's cache,
+    /// leaving the final-normed hidden state in _xb.
+    /// </summary>
+    private void RunChunk(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens)
     {
         var c = Config;
         int rows = tokens.Length;
@@ -110,14 +157,18 @@ public sealed class Llama : ModelBase
         for (int i = 0; i < _layers.Length; i++)
         {
             var l = _layers[i];
-            DeviceBuffer kCache = state[l.KCache], vCache = state[l.VCache];
-            // Attention: project, rotate, append to the cache, attend causally, project back.
+            // Attention: project, rotate, append to the cache, attend causally, project back. Each sequence's rows
+            // rotate by their own positions and attend over their own cache.
             _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
-            _b.Rope(_q, rows, c.NumHeads, c.HeadDim, pos, _rope);
-            _b.Rope(_k, rows, c.NumKvHeads, c.HeadDim, pos, _rope);
-            _b.Copy(_k, 0, kCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
-            _b.Copy(_v, 0, vCache, (long)pos * c.KvDim, (long)rows * c.KvDim);
-            _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+            foreach (var p in pieces)
+            {
+                DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
+                _b.RopeRows(_q, p.Row, p.Rows, c.NumHeads, c.HeadDim, p.Pos, _rope);
+                _b.RopeRows(_k, p.Row, p.Rows, c.NumKvHeads, c.HeadDim, p.Pos, _rope);
+                _b.Copy(_k, (long)p.Row * c.KvDim, kCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
+                _b.Copy(_v, (long)p.Row * c.KvDim, vCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
+                _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+            }
             _b.MatMul(_att, l.Wo, _delta, rows);
             // Residual add fused with the MLP's norm.
             _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);

@@ -12,10 +12,13 @@ internal sealed class LogitsHead : IDisposable
     private readonly int _hidden, _vocab;
     private readonly DeviceBuffer _last;    // [1, hidden] the last row, for last-token logits
     private readonly DeviceBuffer _logits;  // [batch, vocab]
+    private DeviceBuffer? _gathered;        // [batch, hidden] rows of a batched step that want logits (made on first use)
+    private readonly int _batch;
+    private int _count;
 
     public LogitsHead(IBackend backend, Weight head, int hidden, int vocab, int batch)
     {
-        _b = backend; _head = head; _hidden = hidden; _vocab = vocab;
+        _b = backend; _head = head; _hidden = hidden; _vocab = vocab; _batch = batch;
         _last = backend.Allocate(hidden);
         _logits = backend.Allocate((long)batch * vocab);
     }
@@ -51,8 +54,29 @@ internal sealed class LogitsHead : IDisposable
         }
     }
 
+    /// <summary>Batched step: queues <paramref name="rows"/> hidden rows from row <paramref name="row"/> for <see cref="Flush"/>.</summary>
+    public void Gather(DeviceBuffer hidden, int row, int rows)
+    {
+        if (_count + rows > _batch) throw new InvalidOperationException("more logits rows gathered than one chunk holds");
+        _gathered ??= _b.Allocate((long)_batch * _hidden);
+        _b.Copy(hidden, (long)row * _hidden, _gathered, (long)_count * _hidden, (long)rows * _hidden);
+        _count += rows;
+    }
+
+    /// <summary>Runs the head over the gathered rows and writes their logits to <paramref name="logits"/> (count · vocab).</summary>
+    public int Flush(Span<float> logits)
+    {
+        int n = _count;
+        if (n == 0) return 0;
+        _count = 0;
+        _b.MatMul(_gathered!, _head, _logits, n);
+        _b.Download(_logits, 0, logits.Slice(0, n * _vocab));
+        return n;
+    }
+
     public void Dispose()
     {
+        _gathered?.Dispose();
         _last.Dispose();
         _logits.Dispose();
     }

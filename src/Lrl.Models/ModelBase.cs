@@ -103,6 +103,55 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
+    public void Forward(StepBatch batch, Span<float> logits)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        if (batch.RowCount == 0) return;
+        if (logits.Length < (long)batch.LogitsRows * VocabSize)
+            throw new ArgumentException($"logits must hold {batch.LogitsRows} rows of {VocabSize} values for this step", nameof(logits));
+        foreach (var run in batch.Runs)
+        {
+            if (run.State is not SequenceState s || s.Owner != this)
+                throw new LrlException("a sequence state of the step was created by another model; create it with this model's CreateState()");
+            if (run.StartPos < 0 || (long)run.StartPos + run.Rows > ContextLength)
+                throw new LrlException($"positions {run.StartPos}..{(long)run.StartPos + run.Rows - 1} exceed the context window of {ContextLength} tokens");
+        }
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            foreach (var run in batch.Runs) ObjectDisposedException.ThrowIf(((SequenceState)run.State).IsDisposed, run.State);
+            ForwardBatchCore(batch, logits);
+        }
+    }
+
+    private float[]? _discard;
+
+    /// <summary>
+    /// One batched step; called under the model's lock with validated runs. The default runs each sequence's rows as
+    /// its own forward pass (architectures with a true batched pass override it).
+    /// </summary>
+    private protected virtual void ForwardBatchCore(StepBatch batch, Span<float> logits)
+    {
+        int v = VocabSize;
+        foreach (var run in batch.Runs)
+        {
+            var tokens = batch.Tokens.Slice(run.Row0, run.Rows);
+            var state = (SequenceState)run.State;
+            switch (run.Logits)
+            {
+                case LogitsWanted.None:
+                    ForwardCore(state, tokens, run.StartPos, _discard ??= new float[v]);
+                    break;
+                case LogitsWanted.Last:
+                    ForwardCore(state, tokens, run.StartPos, logits.Slice(run.LogitsRow * v, v));
+                    break;
+                default:
+                    ForwardCore(state, tokens, run.StartPos, logits.Slice(run.LogitsRow * v, run.Rows * v));
+                    break;
+            }
+        }
+    }
+
     /// <summary>The forward pass over one sequence's state; called under the model's lock.</summary>
     private protected abstract void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits);
 

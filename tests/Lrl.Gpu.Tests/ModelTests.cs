@@ -61,6 +61,41 @@ public class ModelTests
         Assert.Equal(ArgMax(logits), backend.Argmax(buf, logits.Length));
     }
 
+    [Theory, MemberData(nameof(Backends.Kinds), MemberType = typeof(Backends))]
+    public void BatchedStepEqualsEachSequenceAlone(string kind)
+    {
+        var dir = SharedData.Model("stories260k");
+        var backend = Backends.Get(kind);
+        // Chunks of 4 rows: the runs of one step straddle chunk boundaries.
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 32, BatchSize = 4 });
+        int[][] prompts = [[1, 403, 407, 261, 378], [1, 300], [1, 378, 432, 260, 300, 261]];
+        int v = model.VocabSize;
+        var alone = new List<float>();
+        foreach (var p in prompts)
+        {
+            using var s = model.CreateState();
+            var l = new float[v];
+            model.Forward(s, p, 0, l);
+            alone.AddRange(l);
+            model.Forward(s, [ArgMax(l)], p.Length, l);
+            alone.AddRange(l);
+        }
+        var states = prompts.Select(_ => model.CreateState()).ToArray();
+        var batch = new StepBatch();
+        foreach (var (p, s) in prompts.Zip(states)) batch.Add(s, p, 0);
+        var first = new float[prompts.Length * v];
+        model.Forward(batch, first);
+        batch.Clear();
+        for (int i = 0; i < prompts.Length; i++) batch.Add(states[i], [ArgMax(first.AsSpan(i * v, v))], prompts[i].Length);
+        var second = new float[prompts.Length * v];
+        model.Forward(batch, second);
+        var together = new List<float>();
+        for (int i = 0; i < prompts.Length; i++) { together.AddRange(first.AsSpan(i * v, v).ToArray()); together.AddRange(second.AsSpan(i * v, v).ToArray()); }
+        double err = SharedData.RelativeL2(together.ToArray(), alone.Select(x => (double)x).ToList());
+        Assert.True(err < 1e-5, $"{kind}: batched step vs alone, relative L2 error {err:E2}");
+        foreach (var s in states) s.Dispose();
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;

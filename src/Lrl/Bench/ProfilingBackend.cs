@@ -95,15 +95,15 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         if (!Enabled) { inner.GateUpSwiGlu(x, rows, gate, up, gateOut, upOut); return; }
         Time($"gate_up_swiglu 2x{Shape(gate)}", gate.ByteSize + up.ByteSize, () => inner.GateUpSwiGlu(x, rows, gate, up, gateOut, upOut));
     }
-    public void Rope(DeviceBuffer x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
-        if (!Enabled) { inner.Rope(x, rows, heads, headDim, pos0, rope); return; }
-        Time("rope", 0, () => inner.Rope(x, rows, heads, headDim, pos0, rope));
+        if (!Enabled) { inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope); return; }
+        Time("rope", 0, () => inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope));
     }
-    public void Attention(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer o, int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
+    public void AttentionRows(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
     {
-        if (!Enabled) { inner.Attention(q, k, v, o, rows, pos0, heads, kvHeads, headDim, scale); return; }
-        Time("attention", 0, () => inner.Attention(q, k, v, o, rows, pos0, heads, kvHeads, headDim, scale));
+        if (!Enabled) { inner.AttentionRows(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale); return; }
+        Time("attention", 0, () => inner.AttentionRows(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale));
     }
     public void SwiGlu(DeviceBuffer g, DeviceBuffer u, DeviceBuffer y, long n)
     {

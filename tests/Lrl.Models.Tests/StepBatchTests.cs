@@ -1,0 +1,180 @@
+using Lrl.Cpu;
+using Lrl.Kernels.Reference;
+
+namespace Lrl.Models.Tests;
+
+/// <summary>
+/// The batched step (<see cref="StepBatch"/>): rows of several sequences in one forward pass give each sequence what
+/// it gets alone — the same logits within rounding and the same greedy tokens — on every real model, with prefill and
+/// decode rows mixed, runs straddling the model's chunk size, and sequences joining and leaving between steps.
+/// </summary>
+public class StepBatchTests
+{
+    public static TheoryData<string> AllModels => new()
+    {
+        "stories260k", "stories260k-fp16", "stories260k-bf16-sharded", "capp-gpt2-tiny", "rwkv-tiny-5v2-730K", "rwkv-tiny-7v0-834K",
+    };
+
+    private static int[][] Prompts(string name)
+    {
+        var r = SharedData.Reference(name);
+        if (r.TryGetProperty("prompts", out var prompts))
+            return prompts.EnumerateArray()
+                .Select(p => p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray())
+                .Where(p => p.Length > 0).ToArray();
+        // One recorded prompt (the RWKV files): its prefixes and a rotation of it make several.
+        var ids = r.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        return [ids, ids[..(ids.Length / 2 + 1)], [.. ids[(ids.Length / 2)..], .. ids[..(ids.Length / 2)]], ids[..1]];
+    }
+
+    /// <summary>Each prompt alone: its greedy continuation and the logits of every step.</summary>
+    private static (int[] Tokens, float[][] Logits) Alone(ILanguageModel model, int[] prompt, int steps)
+    {
+        using var state = model.CreateState();
+        var logits = new float[model.VocabSize];
+        model.Forward(state, prompt, 0, logits);
+        var tokens = new int[steps];
+        var all = new float[steps][];
+        int pos = prompt.Length;
+        for (int i = 0; i < steps; i++)
+        {
+            all[i] = (float[])logits.Clone();
+            tokens[i] = LlamaReferenceTests.ArgMax(logits);
+            if (i + 1 < steps) model.Forward(state, [tokens[i]], pos++, logits);
+        }
+        return (tokens, all);
+    }
+
+    /// <summary>
+    /// All prompts together: sequence i joins at step <c>i * stagger</c> (its prompt prefilled in the same step as the
+    /// others' decode rows), prompts longer than <paramref name="prefillChunk"/> split over several steps.
+    /// </summary>
+    private static (int[][] Tokens, float[][][] Logits) Together(ILanguageModel model, int[][] prompts, int steps, int stagger, int prefillChunk)
+    {
+        int n = prompts.Length, v = model.VocabSize;
+        var states = prompts.Select(_ => model.CreateState()).ToArray();
+        try
+        {
+            var fed = new int[n];            // prompt tokens already run
+            var tokens = prompts.Select(_ => new List<int>()).ToArray();
+            var logits = prompts.Select(_ => new List<float[]>()).ToArray();
+            var batch = new StepBatch(4);
+            var rowOf = new int[n];
+            var output = new float[64 * v];
+            for (int step = 0; tokens.Any(t => t.Count < steps); step++)
+            {
+                batch.Clear();
+                for (int i = 0; i < n; i++)
+                {
+                    rowOf[i] = -1;
+                    if (step < i * stagger || tokens[i].Count >= steps) continue;
+                    if (fed[i] < prompts[i].Length)
+                    {
+                        int take = Math.Min(prefillChunk, prompts[i].Length - fed[i]);
+                        bool last = fed[i] + take == prompts[i].Length;
+                        rowOf[i] = batch.Add(states[i], prompts[i].AsSpan(fed[i], take), fed[i], last ? LogitsWanted.Last : LogitsWanted.None);
+                        fed[i] += take;
+                    }
+                    else rowOf[i] = batch.Add(states[i], [tokens[i][^1]], prompts[i].Length + tokens[i].Count - 1);
+                }
+                if (batch.RowCount == 0) continue;
+                if (output.Length < batch.LogitsRows * v) output = new float[batch.LogitsRows * v];
+                model.Forward(batch, output);
+                for (int i = 0; i < n; i++)
+                {
+                    if (rowOf[i] < 0) continue;
+                    var row = output.AsSpan(rowOf[i] * v, v).ToArray();
+                    logits[i].Add(row);
+                    tokens[i].Add(LlamaReferenceTests.ArgMax(row));
+                }
+            }
+            return (tokens.Select(t => t.ToArray()).ToArray(), logits.Select(l => l.ToArray()).ToArray());
+        }
+        finally
+        {
+            foreach (var s in states) s.Dispose();
+        }
+    }
+
+    [Theory, MemberData(nameof(AllModels))]
+    public void BatchedStepsEqualEachSequenceAlone(string name)
+    {
+        var dir = SharedData.Model(name);
+        var prompts = Prompts(name);
+        // Repeat the prompts (a sequence twice in one step) and add a long one that crosses chunk boundaries.
+        prompts = [.. prompts, .. prompts.Take(2), Enumerable.Range(0, 40).Select(i => prompts[0][i % prompts[0].Length]).ToArray()];
+        using var backend = new CpuBackend(threads: 2);
+        // A chunk of 7 rows: runs straddle chunk boundaries inside one step.
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 128, BatchSize = 7 });
+        const int steps = 12;
+        var alone = prompts.Select(p => Alone(model, p, steps)).ToArray();
+        foreach (var (stagger, chunk) in new[] { (0, 1000), (1, 5), (3, 16) })
+        {
+            var (tokens, logits) = Together(model, prompts, steps, stagger, chunk);
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                Assert.True(alone[i].Tokens.SequenceEqual(tokens[i]),
+                    $"{name} prompt {i} (stagger {stagger}, chunk {chunk}): alone [{string.Join(',', alone[i].Tokens)}] batched [{string.Join(',', tokens[i])}]");
+                for (int s = 0; s < steps; s++)
+                {
+                    double err = SharedData.RelativeL2(logits[i][s], alone[i].Logits[s].Select(x => (double)x).ToList());
+                    Assert.True(err < 2e-5, $"{name} prompt {i} step {s}: relative error {err:E2}");
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void BatchedStepMatchesScalarReferenceBackend()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var cpu = new CpuBackend();
+        using var reference = new ReferenceBackend();
+        using var a = ModelRegistry.Load(dir, cpu, new ModelLoadOptions { ContextLength = 64, BatchSize = 5 });
+        using var b = ModelRegistry.Load(dir, reference, new ModelLoadOptions { ContextLength = 64 });
+        int[][] prompts = [[1, 403, 407, 261], [1, 300], [1, 378, 432, 260, 300, 261, 403, 407, 261, 378]];
+        int v = a.VocabSize;
+        var sa = prompts.Select(_ => a.CreateState()).ToArray();
+        var batch = new StepBatch();
+        for (int i = 0; i < prompts.Length; i++) batch.Add(sa[i], prompts[i], 0, i == 1 ? LogitsWanted.All : LogitsWanted.Last);
+        var got = new float[batch.LogitsRows * v];
+        a.Forward(batch, got);
+        var want = new List<double>();
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            using var s = b.CreateState();
+            var l = new float[(i == 1 ? prompts[i].Length : 1) * v];
+            b.Forward(s, prompts[i], 0, l);
+            want.AddRange(l.Select(x => (double)x));
+        }
+        double err = SharedData.RelativeL2(got, want);
+        Assert.True(err < 1e-5, $"relative L2 error {err:E2}");
+        foreach (var s in sa) s.Dispose();
+    }
+
+    [Fact]
+    public void MisuseIsAClearError()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var backend = new CpuBackend(threads: 1);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 16 });
+        using var other = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 16 });
+        using var s = model.CreateState();
+        var batch = new StepBatch();
+        batch.Add(s, [1, 2], 0);
+        Assert.Throws<ArgumentException>(() => batch.Add(s, [3], 2));          // a state twice in one step
+        Assert.Throws<ArgumentException>(() => model.Forward(batch, new float[3])); // logits too small
+        var foreign = other.CreateState();
+        batch.Add(foreign, [1], 0);
+        Assert.Throws<LrlException>(() => model.Forward(batch, new float[2 * model.VocabSize]));
+        batch.Clear();
+        batch.Add(s, [1, 2], 15);
+        Assert.Contains("context window", Assert.Throws<LrlException>(() => model.Forward(batch, new float[model.VocabSize])).Message);
+        batch.Clear();
+        var dead = model.CreateState();
+        dead.Dispose();
+        batch.Add(dead, [1], 0);
+        Assert.Throws<ObjectDisposedException>(() => model.Forward(batch, new float[model.VocabSize]));
+        foreign.Dispose();
+    }
+}
