@@ -6,7 +6,7 @@ namespace Lrl;
 /// </summary>
 public interface ISequenceState : IDisposable
 {
-    /// <summary>Floats of memory this state holds (constant for its lifetime).</summary>
+    /// <summary>Floats of memory this state holds now (KV caches grow with the sequence, up to the context window).</summary>
     long Floats { get; }
 }
 

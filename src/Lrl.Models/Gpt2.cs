@@ -69,7 +69,7 @@ public sealed class Gpt2 : ModelBase
                     W(p + "ln_2.weight", C), W(p + "ln_2.bias", C),
                     Conv(p + "mlp.c_fc.weight", C, c.InnerSize, 0, c.InnerSize), W(p + "mlp.c_fc.bias", c.InnerSize),
                     Conv(p + "mlp.c_proj.weight", c.InnerSize, C, 0, C), W(p + "mlp.c_proj.bias", C),
-                    StateSlot((long)ContextLength * C), StateSlot((long)ContextLength * C));
+                    PositionSlot(C), PositionSlot(C));
             }
         }
         catch { _owned.Dispose(); throw; }

@@ -66,7 +66,7 @@ public sealed class Llama : ModelBase
                 W(p + "mlp.gate_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.up_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.down_proj.weight", c.HiddenSize, c.IntermediateSize),
-                StateSlot((long)ContextLength * c.KvDim), StateSlot((long)ContextLength * c.KvDim));
+                PositionSlot(c.KvDim), PositionSlot(c.KvDim));
         }
         _rope = new RopeTable(c.RopeInvFreq());
 

@@ -9,9 +9,11 @@ internal sealed class SequenceState : ISequenceState
     private readonly ModelBase _owner;
     private DeviceBuffer[]? _buffers;
 
-    public SequenceState(ModelBase owner, DeviceBuffer[] buffers) { _owner = owner; _buffers = buffers; Floats = buffers.Sum(b => b.Length); }
+    public SequenceState(ModelBase owner, DeviceBuffer[] buffers, int capacity) { _owner = owner; _buffers = buffers; Capacity = capacity; }
 
-    public long Floats { get; }
+    public long Floats => _buffers?.Sum(b => b.Length) ?? 0;
+    /// <summary>Positions the per-position buffers (KV caches) hold now; they grow on demand up to the context window.</summary>
+    public int Capacity { get; private set; }
     /// <summary>Tokens consumed since the last reset (recurrent models).</summary>
     public long Position { get; set; }
     public bool IsDisposed => _buffers is null;
@@ -21,6 +23,10 @@ internal sealed class SequenceState : ISequenceState
     public DeviceBuffer this[int slot] => (_buffers ?? throw new ObjectDisposedException(nameof(ISequenceState)))[slot];
 
     public IEnumerable<DeviceBuffer> Buffers => _buffers ?? [];
+
+    /// <summary>Replaces the buffer of a slot (growth); the caller copied what it held.</summary>
+    internal void Replace(int slot, DeviceBuffer buffer) => _buffers![slot] = buffer;
+    internal void SetCapacity(int positions) => Capacity = positions;
 
     public void Dispose() => _owner.Release(this);
 
@@ -41,7 +47,8 @@ internal sealed class SequenceState : ISequenceState
 public abstract class ModelBase : ILanguageModel
 {
     private readonly object _gate = new();
-    private readonly List<long> _slots = new();
+    // Per slot: floats held regardless of length, and floats per position (KV caches: kvDim), grown on demand.
+    private readonly List<(long Fixed, long PerPosition)> _slots = new();
     private readonly HashSet<SequenceState> _states = new();
     private SequenceState? _default;
     private bool _disposed;
@@ -55,29 +62,57 @@ public abstract class ModelBase : ILanguageModel
     public abstract long WeightBytesPerToken { get; }
     public virtual bool CanRewind => true;
 
-    /// <summary>Floats of one sequence state (constant: the layout is fixed at load).</summary>
-    public long StateFloats => _slots.Sum();
+    /// <summary>Floats of one sequence state holding the whole context window.</summary>
+    public long StateFloats => _slots.Sum(x => x.Fixed + x.PerPosition * ContextLength);
 
-    /// <summary>Declares a per-sequence buffer of <paramref name="floats"/> floats; returns its slot.</summary>
-    protected int StateSlot(long floats) { _slots.Add(floats); return _slots.Count - 1; }
+    /// <summary>Positions a new state holds before it first grows.</summary>
+    public const int InitialPositions = 256;
+
+    /// <summary>Declares a per-sequence buffer of <paramref name="floats"/> floats (a recurrent state); returns its slot.</summary>
+    protected int StateSlot(long floats) { _slots.Add((floats, 0)); return _slots.Count - 1; }
+
+    /// <summary>
+    /// Declares a per-sequence buffer of <paramref name="floatsPerPosition"/> floats per position held (a KV cache laid
+    /// out [position, floatsPerPosition]); it starts small and grows (doubling, up to the context window) as the
+    /// sequence does, so a state costs memory for the positions it holds, not for the whole window.
+    /// </summary>
+    protected int PositionSlot(long floatsPerPosition) { _slots.Add((0, floatsPerPosition)); return _slots.Count - 1; }
 
     public ISequenceState CreateState()
     {
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            var s = Allocate();
+            var s = Allocate(Math.Min(ContextLength, InitialPositions));
             _states.Add(s);
             return s;
         }
     }
 
-    private SequenceState Allocate()
+    private SequenceState Allocate(int positions)
     {
         var buffers = new DeviceBuffer[_slots.Count];
-        try { for (int i = 0; i < buffers.Length; i++) buffers[i] = Backend.Allocate(_slots[i]); }
+        try { for (int i = 0; i < buffers.Length; i++) buffers[i] = Backend.Allocate(_slots[i].Fixed + _slots[i].PerPosition * positions); }
         catch { foreach (var b in buffers) b?.Dispose(); throw; }
-        return new SequenceState(this, buffers);
+        return new SequenceState(this, buffers, positions);
+    }
+
+    /// <summary>Grows the state's per-position buffers to hold at least <paramref name="positions"/> (under the lock).</summary>
+    private static void Reserve(SequenceState s, int positions, ModelBase m)
+    {
+        if (positions <= s.Capacity) return;
+        int grown = (int)Math.Min(m.ContextLength, Math.Max(positions, 2L * s.Capacity));
+        for (int i = 0; i < m._slots.Count; i++)
+        {
+            long per = m._slots[i].PerPosition;
+            if (per == 0) continue;
+            var old = s[i];
+            var next = m.Backend.Allocate(m._slots[i].Fixed + per * grown);
+            m.Backend.Copy(old, 0, next, 0, m._slots[i].Fixed + per * s.Capacity);
+            s.Replace(i, next);
+            old.Dispose();
+        }
+        s.SetCapacity(grown);
     }
 
     public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
@@ -85,7 +120,8 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            _default ??= Allocate();
+            _default ??= Allocate(Math.Min(ContextLength, InitialPositions));
+            if (startPos >= 0) Reserve(_default, (int)Math.Min(ContextLength, (long)startPos + tokens.Length), this);
             ForwardCore(_default, tokens, startPos, logits);
         }
     }
@@ -99,6 +135,7 @@ public abstract class ModelBase : ILanguageModel
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             ObjectDisposedException.ThrowIf(s.IsDisposed, state);
+            if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length), this);
             ForwardCore(s, tokens, startPos, logits);
         }
     }
@@ -119,7 +156,12 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            foreach (var run in batch.Runs) ObjectDisposedException.ThrowIf(((SequenceState)run.State).IsDisposed, run.State);
+            foreach (var run in batch.Runs)
+            {
+                var s = (SequenceState)run.State;
+                ObjectDisposedException.ThrowIf(s.IsDisposed, run.State);
+                Reserve(s, run.StartPos + run.Rows, this);
+            }
             ForwardBatchCore(batch, logits);
         }
     }

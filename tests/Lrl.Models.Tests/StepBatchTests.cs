@@ -152,6 +152,29 @@ public class StepBatchTests
         foreach (var s in sa) s.Dispose();
     }
 
+    [Theory]
+    [InlineData("stories260k")]
+    [InlineData("capp-gpt2-tiny")]
+    public void KvCachesGrowWithTheSequenceAndKeepWhatTheyHeld(string name)
+    {
+        var dir = SharedData.Model(name);
+        using var backend = new CpuBackend(threads: 2);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 512 });
+        int n = Math.Min(model.ContextLength, 300); // past the 256 positions a state starts with
+        var ids = Enumerable.Range(0, n).Select(i => 1 + i * 7 % (model.VocabSize - 1)).ToArray();
+        using var whole = model.CreateState();
+        using var stepwise = model.CreateState();
+        long small = stepwise.Floats;
+        var a = new float[model.VocabSize];
+        var b = new float[model.VocabSize];
+        model.Forward(whole, ids, 0, a);
+        model.Forward(stepwise, ids.AsSpan(0, 200), 0, b);
+        for (int i = 200; i < n; i++) model.Forward(stepwise, ids.AsSpan(i, 1), i, b);
+        Assert.True(stepwise.Floats > small, "the state did not grow");
+        double err = SharedData.RelativeL2(b, a.Select(x => (double)x).ToList());
+        Assert.True(err < 1e-5, $"{name}: logits after growth differ from one pass, relative error {err:E2}");
+    }
+
     [Fact]
     public void MisuseIsAClearError()
     {
