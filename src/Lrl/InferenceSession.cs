@@ -20,6 +20,7 @@ public sealed class InferenceSession : IDisposable
     // Tokens whose state the session holds now (prompt + fed generated tokens).
     private readonly List<int> _held;
     private int _busy;
+    private volatile DecodeLoop.Job? _job; // the generation the model's decode loop runs for this session
     private volatile bool _disposed;
 
     /// <summary>Counts and timings of this session's last generation.</summary>
@@ -39,8 +40,33 @@ public sealed class InferenceSession : IDisposable
 
     /// <summary>Streams generated tokens; the forward passes run on the thread pool, never on the caller's context.</summary>
     public IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
-        CancellationToken cancellationToken = default) =>
-        OffContext.Stream(() => Generate(prompt, options, cancellationToken));
+        CancellationToken cancellationToken = default)
+    {
+        if (_owner.Loop is null) return OffContext.Stream(() => Generate(prompt, options, cancellationToken));
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(prompt);
+        options ??= new GenerationOptions();
+        return RunAsync(CheckPrompt(_owner.Model, _owner.Tokenizer.Encode(prompt, options.AddBos), options), options, cancellationToken);
+    }
+
+    /// <summary>
+    /// Streams tokens generated from prompt ids. With continuous batching (<see cref="ModelOptions.Parallel"/> &gt; 1) no
+    /// thread waits while the tokens come; otherwise the forward passes run on the thread pool.
+    /// </summary>
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        var prompt = CheckPrompt(_owner.Model, promptIds, options);
+        return _owner.Loop is null ? OffContext.Stream(() => Run(prompt, options, cancellationToken)) : RunAsync(prompt, options, cancellationToken);
+    }
+
+    /// <summary>Tokens at the start of <paramref name="prompt"/> whose state this session holds already.</summary>
+    internal int SharedPrefix(ReadOnlySpan<int> prompt)
+    {
+        int n = 0;
+        while (n < _held.Count && n < prompt.Length && _held[n] == prompt[n]) n++;
+        return n;
+    }
 
     /// <summary>Generates synchronously, token by token.</summary>
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
@@ -93,53 +119,79 @@ public sealed class InferenceSession : IDisposable
     private IEnumerable<GeneratedToken> RunCore(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
         ThrowIfDisposed();
-        var model = _owner.Model;
-        var tokenizer = _owner.Tokenizer;
-        var stats = LastStats = new GenerationStats { PromptTokens = prompt.Length };
-        var sampler = new Sampler(model.VocabSize, options.Sampling);
-        var decoder = tokenizer.CreateStreamingDecoder();
-        var stops = new StopMatcher(options.StopStrings);
-        var eos = tokenizer.EosIds;
-
-        // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
-        int reuse = 0;
-        while (reuse < _held.Count && reuse < prompt.Length && _held[reuse] == prompt[reuse]) reuse++;
-        if (reuse == prompt.Length) reuse--; // at least one token must run to produce logits
-        if (reuse < _held.Count && !model.CanRewind) reuse = 0;
-        stats.CachedTokens = reuse;
-        _held.Clear();
-
-        var clock = Stopwatch.StartNew();
-        Forward(prompt.AsSpan(reuse), reuse);
-        _held.AddRange(prompt);
-        stats.PrefillTime = clock.Elapsed;
-        clock.Restart();
-        stats.FinishReason = FinishReason.Length;
-
-        for (int i = 0; i < options.MaxTokens; i++)
+        var g = new Generation(_owner, _held, prompt, options, ct);
+        LastStats = g.Stats;
+        if (_owner.Loop is { } loop)
         {
-            if (ct.IsCancellationRequested) { stats.FinishReason = FinishReason.Cancelled; break; }
-            int next = sampler.Sample(_logits, CollectionsMarshal.AsSpan(_held)); // the context so far
-            if (!options.IgnoreEos && eos.Contains(next)) { stats.FinishReason = FinishReason.EndOfSequence; break; }
-            stats.GeneratedTokens++;
-            var text = stops.Push(decoder.Push(next));
-            if (stops.Stopped)
+            // Batched: the model's decode loop runs this generation's steps together with every other one's.
+            var job = _job = loop.Submit(_state, g);
+            try
             {
-                stats.FinishReason = FinishReason.StopString;
-                stats.DecodeTime = clock.Elapsed;
-                yield return new GeneratedToken(next, text);
-                yield break;
+                var reader = job.Output.Reader;
+                // Tokens the loop made before a cancellation are not delivered after it (as without the loop).
+                while (!ct.IsCancellationRequested && reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+                    while (!ct.IsCancellationRequested && reader.TryRead(out var t)) yield return t;
             }
-            yield return new GeneratedToken(next, text);
-            if (i + 1 == options.MaxTokens) break;
-            if (_held.Count + 1 >= model.ContextLength) { stats.FinishReason = FinishReason.ContextFull; break; }
-            _one[0] = next;
-            Forward(_one, _held.Count);
-            _held.Add(next);
+            finally { Leave(job); }
+            yield break;
         }
-        stats.DecodeTime = clock.Elapsed;
-        var rest = stops.Push(decoder.Flush()) + stops.Flush();
-        if (rest.Length > 0) yield return new GeneratedToken(-1, rest);
+        var emit = new List<GeneratedToken>(2);
+        Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
+        g.PromptRan(g.PromptLeft);
+        while (true)
+        {
+            bool more = g.Accept(_logits, emit);
+            foreach (var t in emit) yield return t;
+            emit.Clear();
+            if (!more) break;
+            _one[0] = g.Next;
+            Forward(_one, g.Held.Count);
+            g.NextRan();
+        }
+    }
+
+    /// <summary>
+    /// As <see cref="Run"/> for a model with a decode loop: tokens come from the loop's channel without holding a
+    /// thread while waiting.
+    /// </summary>
+    internal async IAsyncEnumerable<GeneratedToken> RunAsync(int[] prompt, GenerationOptions options,
+        [EnumeratorCancellation] CancellationToken ct)
+    {
+        var loop = _owner.Loop ?? throw new InvalidOperationException("no decode loop");
+        if (Interlocked.Exchange(ref _busy, 1) == 1)
+            throw new InvalidOperationException("this session is already generating; a session runs one generation at a time (create one session per concurrent generation)");
+        DecodeLoop.Job? job = null;
+        try
+        {
+            ThrowIfDisposed();
+            var g = new Generation(_owner, _held, prompt, options, ct);
+            LastStats = g.Stats;
+            job = _job = loop.Submit(_state, g);
+            await foreach (var t in job.Output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                if (ct.IsCancellationRequested) break; // the loop ends the job as cancelled at its next step
+                yield return t;
+            }
+        }
+        finally
+        {
+            if (job is not null)
+            {
+                job.Abandoned = true;
+                // The loop drops an abandoned job at its next step; the state stays in use until then.
+                await job.Finished.Task.ConfigureAwait(false);
+                _job = null;
+            }
+            Volatile.Write(ref _busy, 0);
+        }
+    }
+
+    /// <summary>Stops reading a job: the loop drops it at its next step; returns once it no longer uses the state.</summary>
+    private void Leave(DecodeLoop.Job job)
+    {
+        job.Abandoned = true;
+        job.Finished.Task.Wait();
+        _job = null;
     }
 
     private void Forward(ReadOnlySpan<int> tokens, int startPos)
@@ -167,6 +219,7 @@ public sealed class InferenceSession : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        if (_job is { } job) Leave(job); // never free the state under a step of the decode loop
         _state.Dispose();
     }
 }

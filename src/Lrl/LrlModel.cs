@@ -34,16 +34,29 @@ public sealed class LrlModel : IDisposable
     /// <summary>Counts and timings of the last generation run through this object's Generate methods.</summary>
     public GenerationStats LastStats => _lastStats;
 
-    private LrlModel(string dir, IBackend backend, ILanguageModel model, LrlTokenizer tokenizer)
+    private LrlModel(string dir, IBackend backend, ILanguageModel model, LrlTokenizer tokenizer, ModelOptions options)
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
         _default = new SharedSession(this);
+        if (options.Parallel > 1)
+            Loop = new DecodeLoop(model, options.Parallel, options.StepRows > 0 ? options.StepRows : 64, options.BatchSize);
     }
+
+    /// <summary>The continuous-batching loop every generation runs in (when <see cref="ModelOptions.Parallel"/> &gt; 1).</summary>
+    internal DecodeLoop? Loop { get; }
+
+    /// <summary>Most generations decoded together (1: no continuous batching; see <see cref="ModelOptions.Parallel"/>).</summary>
+    public int Parallel => Loop?.MaxSequences ?? 1;
+
+    /// <summary>Batched steps the decode loop ran, the rows in them, and the most sequences decoding in one step.</summary>
+    public (long Steps, long Rows, int MostSequences) BatchStatistics => Loop is { } l ? (l.Steps, l.Rows, l.MostInStep) : default;
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
     public static LrlModel Load(string modelDir, ModelOptions? options = null)
     {
         options ??= new ModelOptions();
+        if (options.Parallel < 1) throw new LrlException($"--parallel must be ≥ 1, got {options.Parallel}");
+        if (options.StepRows < 0) throw new LrlException($"--step-rows must be ≥ 0, got {options.StepRows}");
         var dir = Path.GetFullPath(modelDir);
         if (!System.IO.Directory.Exists(dir)) throw new LrlException($"model folder not found: {dir}");
         var tokenizer = LrlTokenizer.Load(dir);
@@ -53,7 +66,7 @@ public sealed class LrlModel : IDisposable
         try
         {
             var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = options.ContextLength, BatchSize = options.BatchSize });
-            return new LrlModel(dir, backend, model, tokenizer);
+            return new LrlModel(dir, backend, model, tokenizer, options);
         }
         catch
         {
@@ -71,8 +84,28 @@ public sealed class LrlModel : IDisposable
 
     /// <summary>Streams generated tokens; the forward passes run on the thread pool, never on the caller's context.</summary>
     public IAsyncEnumerable<GeneratedToken> GenerateAsync(string prompt, GenerationOptions? options = null,
-        CancellationToken cancellationToken = default) =>
-        OffContext.Stream(() => Generate(prompt, options, cancellationToken));
+        CancellationToken cancellationToken = default)
+    {
+        if (Loop is null) return OffContext.Stream(() => Generate(prompt, options, cancellationToken));
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(prompt);
+        options ??= new GenerationOptions();
+        var ids = InferenceSession.CheckPrompt(Model, Tokenizer.Encode(prompt, options.AddBos), options);
+        return RunInSessionAsync(ids, options, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<GeneratedToken> RunInSessionAsync(int[] prompt, GenerationOptions options,
+        [EnumeratorCancellation] CancellationToken ct)
+    {
+        using var lease = _default.Acquire();
+        var session = lease.Session;
+        await foreach (var t in session.RunAsync(prompt, options, ct).ConfigureAwait(false))
+        {
+            _lastStats = session.LastStats;
+            yield return t;
+        }
+        _lastStats = session.LastStats;
+    }
 
     /// <summary>Generates synchronously, token by token.</summary>
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
@@ -113,6 +146,7 @@ public sealed class LrlModel : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        Loop?.Dispose();
         _default.Dispose();
         Model.Dispose();
         _backend.Dispose();

@@ -26,6 +26,15 @@ public sealed record ModelOptions
     public bool Mmap { get; init; } = true;
     /// <summary>Prompt tokens run per batched pass.</summary>
     public int BatchSize { get; init; } = 256;
+    /// <summary>
+    /// Most generations decoded together (continuous batching): above 1, every generation of this model runs in one
+    /// decode loop whose steps hold a row per running sequence, so concurrent requests share each read of the weights.
+    /// 1 runs each generation on its caller's thread, one forward pass at a time.
+    /// </summary>
+    public int Parallel { get; init; } = 1;
+    /// <summary>Most rows in one batched step while sequences are decoding (bounds the time between their tokens when
+    /// prompts are being admitted); 0 = 64.</summary>
+    public int StepRows { get; init; }
 }
 
 /// <summary>How text is generated.</summary>

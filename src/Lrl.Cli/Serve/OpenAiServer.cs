@@ -40,7 +40,8 @@ public sealed record ServerOptions
 /// <summary>
 /// An OpenAI-compatible HTTP server over one <see cref="LrlModel"/> (ASP.NET Core minimal APIs on Kestrel):
 /// GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with Server-Sent-Events streaming.
-/// Requests run one at a time (the model holds one sequence); a client that disconnects cancels its generation.
+/// With continuous batching (the model loaded with Parallel &gt; 1) concurrent requests decode together in the model's
+/// decode loop; otherwise they run one at a time. A client that disconnects cancels its generation.
 /// Errors are OpenAI-style JSON: 400 for requests the client can fix, never a stack trace.
 /// </summary>
 public sealed class OpenAiServer : IAsyncDisposable
@@ -49,6 +50,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ServerOptions _options;
     private readonly ChatTemplate _template;
     private readonly SemaphoreSlim _gate = new(1, 1);
+    // Sessions kept between requests, picked by shared prompt prefix (a repeated system prompt runs once).
+    private readonly SessionPool _sessions;
     // Bounds the requests holding memory (body, tokens, output) at once; taken before the body is read.
     private readonly SemaphoreSlim _admission;
     private readonly WebApplication _app;
@@ -65,6 +68,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (options.QueueLimit < 1) throw new LrlException($"--queue must be ≥ 1, got {options.QueueLimit}");
         if (options.MaxRequestBytes < 1024) throw new LrlException($"--max-request-bytes must be ≥ 1024, got {options.MaxRequestBytes}");
         _admission = new SemaphoreSlim(options.QueueLimit, options.QueueLimit);
+        _sessions = new SessionPool(model, model.Parallel);
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(5));
@@ -125,6 +129,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _app.DisposeAsync();
+        _sessions.Dispose();
         _gate.Dispose();
         _admission.Dispose();
     }
@@ -287,32 +292,33 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (ids.Length > ctxLen)
             throw ApiException.BadRequest(field, $"'{field}' is {ids.Length} tokens but the context window holds {ctxLen}; shorten it (or restart the server with a larger --context)");
 
-        await _gate.WaitAsync(ct);
+        // Without continuous batching the model runs one generation at a time: requests wait their turn here.
+        bool serial = _model.Parallel == 1;
+        if (serial) await _gate.WaitAsync(ct);
         try
         {
-            IEnumerable<GeneratedToken> tokens;
-            try { tokens = _model.Generate(ids, options, ct); }
+            using var lease = _sessions.Acquire(ids);
+            var session = lease.Session;
+            IAsyncEnumerable<GeneratedToken> tokens;
+            try { tokens = session.GenerateAsync(ids, options, ct); }
             catch (LrlException e) { throw new ApiException(400, e.Message, field); }
             var id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N")[..24];
             long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-            if (request.Stream) await StreamAsync(ctx, request, tokens, id, created, ct);
-            else await RespondAsync(ctx, chat, tokens, id, created, ct);
+            if (request.Stream) await StreamAsync(ctx, request, tokens, session, id, created, ct);
+            else await RespondAsync(ctx, chat, tokens, session, id, created, ct);
         }
         finally
         {
-            _gate.Release();
+            if (serial) _gate.Release();
         }
     }
 
-    private async Task RespondAsync(HttpContext ctx, bool chat, IEnumerable<GeneratedToken> tokens, string id, long created, CancellationToken ct)
+    private async Task RespondAsync(HttpContext ctx, bool chat, IAsyncEnumerable<GeneratedToken> tokens, InferenceSession session, string id, long created, CancellationToken ct)
     {
-        var text = await Task.Run(() =>
-        {
-            var sb = new System.Text.StringBuilder();
-            foreach (var t in tokens) sb.Append(t.Text);
-            return sb.ToString();
-        }, ct);
-        var stats = _model.LastStats;
+        var sb = new System.Text.StringBuilder();
+        await foreach (var t in tokens.ConfigureAwait(false)) sb.Append(t.Text);
+        var text = sb.ToString();
+        var stats = session.LastStats;
         if (stats.FinishReason == FinishReason.Cancelled) return;
         ctx.Items["usage"] = UsageNote(stats);
         var choice = new JsonObject { ["index"] = 0 };
@@ -327,7 +333,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await ctx.Response.WriteAsync(response.ToJsonString(Json), ct);
     }
 
-    private async Task StreamAsync(HttpContext ctx, CompletionRequest request, IEnumerable<GeneratedToken> tokens, string id, long created, CancellationToken ct)
+    private async Task StreamAsync(HttpContext ctx, CompletionRequest request, IAsyncEnumerable<GeneratedToken> tokens, InferenceSession session, string id, long created, CancellationToken ct)
     {
         bool chat = request.IsChat;
         string kind = chat ? "chat.completion.chunk" : "text_completion";
@@ -336,12 +342,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         ctx.Response.Headers["X-Accel-Buffering"] = "no";
         await ctx.Response.StartAsync(ct);
         if (chat) await SendAsync(Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
-        foreach (var t in tokens)
+        await foreach (var t in tokens.ConfigureAwait(false))
         {
             if (t.Text.Length == 0) continue;
             await SendAsync(Chunk(chat ? new JsonObject { ["content"] = t.Text } : t.Text, null));
         }
-        var stats = _model.LastStats;
+        var stats = session.LastStats;
         if (stats.FinishReason == FinishReason.Cancelled) return;
         ctx.Items["usage"] = UsageNote(stats);
         await SendAsync(Chunk(chat ? new JsonObject() : "", FinishReasonName(stats.FinishReason)));

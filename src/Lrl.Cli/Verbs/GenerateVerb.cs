@@ -128,6 +128,10 @@ public abstract class ModelVerbBase
         _ => throw new LrlException($"--device '{name}' is not one of cpu, cuda, auto"),
     };
 
-    public LrlModel LoadModel() =>
-        LrlModel.Load(Model, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap });
+    public LrlModel LoadModel(int parallel = 1, int stepRows = 0) =>
+        LrlModel.Load(Model, new ModelOptions
+        {
+            Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap,
+            Parallel = parallel, StepRows = stepRows,
+        });
 }

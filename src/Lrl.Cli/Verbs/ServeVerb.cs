@@ -11,6 +11,7 @@ public sealed class ServeVerb : SamplingVerbBase
     [
         "lrlrun serve --model ../shared/models/stories260k --port 8080",
         "lrlrun serve --model ../shared/models/stories260k --host 0.0.0.0 --port 0",
+        "lrlrun serve --model ../shared/models/stories260k --parallel 16 --queue 64",
         "lrlrun serve --model ../shared/models/stories260k --cors http://localhost:5173 --api-key secret --template chatml",
     ];
 
@@ -38,6 +39,12 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("queue", Default = 16, HelpText = "Completion requests admitted at once (running or waiting); more get 503 with Retry-After.")]
     public int Queue { get; set; }
 
+    [Option("parallel", Default = 8, HelpText = "Requests decoded together (continuous batching: each step reads the weights once for all of them); 1 = one request at a time.")]
+    public int Parallel { get; set; }
+
+    [Option("step-rows", Default = 64, HelpText = "Most tokens in one batched step while requests decode (prompts are admitted in chunks of what is left): lower keeps the time between tokens short.")]
+    public int StepRows { get; set; }
+
     [Option("max-request-bytes", Default = 8L << 20, HelpText = "Largest request body in bytes; larger ones get 413 before they are read.")]
     public long MaxRequestBytes { get; set; }
 
@@ -53,6 +60,8 @@ public sealed class ServeVerb : SamplingVerbBase
         defaults.Validate();
         if (Port is < 0 or > 65535) throw new LrlException($"--port must be in 0..65535, got {Port}");
         if (Queue < 1) throw new LrlException($"--queue must be ≥ 1, got {Queue}");
+        if (Parallel < 1) throw new LrlException($"--parallel must be ≥ 1, got {Parallel}");
+        if (StepRows < 1) throw new LrlException($"--step-rows must be ≥ 1, got {StepRows}");
         if (MaxRequestBytes < 1024) throw new LrlException($"--max-request-bytes must be ≥ 1024, got {MaxRequestBytes}");
         var template = Template is null ? null : ChatTemplate.ByName(Template);
         var apiKey = ApiKey ?? Environment.GetEnvironmentVariable("LRL_API_KEY");
@@ -60,7 +69,7 @@ public sealed class ServeVerb : SamplingVerbBase
         foreach (var o in Cors)
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
-        using var model = LoadModel();
+        using var model = LoadModel(Parallel, StepRows);
         template ??= ChatTemplate.Load(model.Directory);
         if (template.Warning is { } warning) Console.Error.WriteLine($"lrlrun: warning: {warning}");
         var options = new ServerOptions
@@ -70,7 +79,7 @@ public sealed class ServeVerb : SamplingVerbBase
             ModelId = string.IsNullOrWhiteSpace(Name) ? Path.GetFileName(model.Directory.TrimEnd(Path.DirectorySeparatorChar)) : Name,
         };
         await using var server = await OpenAiServer.StartAsync(model, options);
-        Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, chat template {server.ChatTemplateName})");
+        Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, {model.Parallel} requests decoded together, chat template {server.ChatTemplateName})");
         Console.Error.WriteLine($"lrlrun: listening on {server.Address.GetLeftPart(UriPartial.Authority)}");
         await server.WaitForShutdownAsync();
         return 0;

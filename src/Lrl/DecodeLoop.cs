@@ -1,0 +1,190 @@
+using System.Threading.Channels;
+
+namespace Lrl;
+
+/// <summary>
+/// Continuous batching: one thread runs every generation of a model in shared batched steps
+/// (<see cref="StepBatch"/>). Each step holds one decode row per running sequence and, within a row budget, chunks of
+/// the prompts of sequences being admitted, so a new request's prefill interleaves with the others' decode instead of
+/// waiting for them; a step reads the weights once for all its rows. Sequences join between steps (up to
+/// <see cref="MaxSequences"/> at once, the rest wait in arrival order) and leave when they finish; each one's tokens
+/// stream out through its own channel. Sampling, stop strings and detokenization run per sequence on this thread
+/// (<see cref="Generation"/>), so every sequence's output equals its output when run alone.
+/// </summary>
+internal sealed class DecodeLoop : IDisposable
+{
+    private readonly ILanguageModel _model;
+    private readonly Thread _thread;
+    private readonly object _gate = new();
+    private readonly Queue<Job> _waiting = new();
+    private readonly List<Job> _active = new();
+    private readonly StepBatch _batch = new(256);
+    private readonly List<GeneratedToken> _emit = new();
+    private float[] _logits = [];
+    private bool _stop;
+
+    /// <summary>Most sequences decoding at once.</summary>
+    public int MaxSequences { get; }
+    /// <summary>Most rows (tokens) in a step while other sequences decode: bounds the time between their tokens.</summary>
+    public int StepRows { get; }
+    /// <summary>Most rows in a step of prompts only (nothing else waits for it).</summary>
+    public int PrefillRows { get; }
+
+    /// <summary>Steps run and rows in them (for tests and statistics).</summary>
+    public long Steps { get; private set; }
+    public long Rows { get; private set; }
+    /// <summary>The most sequences seen decoding in one step.</summary>
+    public int MostInStep { get; private set; }
+
+    public DecodeLoop(ILanguageModel model, int maxSequences, int stepRows, int prefillRows)
+    {
+        if (maxSequences < 1) throw new LrlException($"--parallel must be ≥ 1, got {maxSequences}");
+        if (stepRows < 1) throw new LrlException($"the step row budget must be ≥ 1, got {stepRows}");
+        _model = model;
+        MaxSequences = maxSequences;
+        StepRows = Math.Max(stepRows, maxSequences);
+        PrefillRows = Math.Max(prefillRows, StepRows);
+        _thread = new Thread(Run) { IsBackground = true, Name = "lrl-decode-loop" };
+        _thread.Start();
+    }
+
+    /// <summary>One generation in the loop: its state, its cursor, and where its tokens go.</summary>
+    internal sealed class Job(ISequenceState state, Generation generation)
+    {
+        public ISequenceState State { get; } = state;
+        public Generation Generation { get; } = generation;
+        public Channel<GeneratedToken> Output { get; } = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        /// <summary>Set by the reader when it stops reading (disposed enumerator): the loop drops the job.</summary>
+        public volatile bool Abandoned;
+        /// <summary>Completes when the loop no longer uses the job's state (the channel's Completion waits for a reader too).</summary>
+        public TaskCompletionSource Finished { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void End(Exception? error = null)
+        {
+            Output.Writer.TryComplete(error);
+            Finished.TrySetResult();
+        }
+        public int LogitsRow = -1;
+        public bool Decoding;
+    }
+
+    /// <summary>Queues a generation; its tokens arrive on the returned job's channel, which completes when it ends.</summary>
+    public Job Submit(ISequenceState state, Generation generation)
+    {
+        var job = new Job(state, generation);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_stop, this);
+            _waiting.Enqueue(job);
+            Monitor.Pulse(_gate);
+        }
+        return job;
+    }
+
+    private void Run()
+    {
+        while (true)
+        {
+            lock (_gate)
+            {
+                while (!_stop && _waiting.Count == 0 && _active.Count == 0) Monitor.Wait(_gate);
+                if (_stop) break;
+                while (_active.Count < MaxSequences && _waiting.Count > 0) _active.Add(_waiting.Dequeue());
+            }
+            try { Step(); }
+            catch (Exception e)
+            {
+                // A failed step (e.g. a disposed model) fails every sequence in it; the loop goes on for later ones.
+                foreach (var j in _active) j.End(e);
+                _active.Clear();
+            }
+        }
+        lock (_gate)
+        {
+            var stopped = new ObjectDisposedException(nameof(DecodeLoop), "the model was disposed during generation");
+            foreach (var j in _active) j.End(stopped);
+            foreach (var j in _waiting) j.End(stopped);
+            _active.Clear(); _waiting.Clear();
+        }
+    }
+
+    private void Step()
+    {
+        _batch.Clear();
+        int decoding = 0;
+        // Decode rows first: one per running sequence.
+        foreach (var j in _active)
+        {
+            j.LogitsRow = -1;
+            if (Drop(j) || !j.Decoding) continue;
+            var g = j.Generation;
+            j.LogitsRow = _batch.Add(j.State, [g.Next], g.Held.Count);
+            decoding++;
+        }
+        // Then prompt chunks, in arrival order, within the budget (at least one row of prefill per step, so admission
+        // always progresses).
+        int budget = (decoding > 0 ? StepRows : PrefillRows) - decoding;
+        foreach (var j in _active)
+        {
+            if (j.Decoding || j.Generation.Done) continue;
+            if (budget <= 0 && _batch.RowCount > 0) break;
+            var g = j.Generation;
+            int take = Math.Min(g.PromptLeft, Math.Max(budget, 1));
+            bool last = take == g.PromptLeft;
+            j.LogitsRow = _batch.Add(j.State, g.Prompt.AsSpan(g.Held.Count, take), g.Held.Count, last ? LogitsWanted.Last : LogitsWanted.None);
+            g.PromptRan(take);
+            budget -= take;
+        }
+        if (_batch.RowCount > 0)
+        {
+            int v = _model.VocabSize;
+            if (_logits.Length < _batch.LogitsRows * v) _logits = new float[Math.Max(_batch.LogitsRows, 16) * v];
+            _model.Forward(_batch, _logits);
+            Steps++;
+            Rows += _batch.RowCount;
+            MostInStep = Math.Max(MostInStep, decoding);
+        }
+        // Sample, emit, retire.
+        for (int i = 0; i < _active.Count; i++)
+        {
+            var j = _active[i];
+            var g = j.Generation;
+            if (!g.Done && j.LogitsRow >= 0)
+            {
+                if (j.Decoding) g.NextRan();
+                _emit.Clear();
+                j.Decoding = g.Accept(_logits.AsSpan(j.LogitsRow * _model.VocabSize, _model.VocabSize), _emit);
+                foreach (var t in _emit) j.Output.Writer.TryWrite(t);
+            }
+            if (g.Done)
+            {
+                j.End();
+                _active.RemoveAt(i--);
+            }
+        }
+    }
+
+    /// <summary>Ends a job whose reader left or whose caller cancelled; returns whether it is done.</summary>
+    private bool Drop(Job j)
+    {
+        var g = j.Generation;
+        if (g.Done) return true;
+        if (!j.Abandoned && !g.Cancellation.IsCancellationRequested) return false;
+        _emit.Clear();
+        g.Finish(FinishReason.Cancelled, _emit);
+        foreach (var t in _emit) j.Output.Writer.TryWrite(t);
+        return true;
+    }
+
+    /// <summary>Stops the loop after the step in progress; waiting and running generations end with an error.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_stop) return;
+            _stop = true;
+            Monitor.PulseAll(_gate);
+        }
+        if (Thread.CurrentThread != _thread) _thread.Join();
+    }
+}

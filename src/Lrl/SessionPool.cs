@@ -1,0 +1,89 @@
+namespace Lrl;
+
+/// <summary>
+/// Sessions kept between requests (as llama.cpp's server slots): a request takes the idle session whose held tokens
+/// share the longest prefix with its prompt (a repeated system prompt or the previous turn of a chat is not run
+/// again), or a new one; on return the session is kept for later requests, up to <see cref="MaxIdle"/> of them (the
+/// least recently used beyond that are disposed, releasing their KV memory). Thread-safe.
+/// </summary>
+public sealed class SessionPool : IDisposable
+{
+    private readonly LrlModel _model;
+    private readonly LinkedList<InferenceSession> _idle = new(); // most recently returned first
+    private bool _disposed;
+
+    public SessionPool(LrlModel model, int maxIdle)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (maxIdle < 0) throw new ArgumentOutOfRangeException(nameof(maxIdle), maxIdle, "must be ≥ 0");
+        _model = model;
+        MaxIdle = maxIdle;
+    }
+
+    /// <summary>Most sessions kept while idle.</summary>
+    public int MaxIdle { get; }
+
+    /// <summary>Sessions idle in the pool now.</summary>
+    public int IdleCount { get { lock (_idle) return _idle.Count; } }
+
+    /// <summary>A session for <paramref name="prompt"/>: the idle one sharing its longest prefix, else a new one.</summary>
+    public Lease Acquire(ReadOnlySpan<int> prompt)
+    {
+        lock (_idle)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            LinkedListNode<InferenceSession>? best = null;
+            int bestLen = 0;
+            for (var n = _idle.First; n is not null; n = n.Next)
+            {
+                int len = n.Value.SharedPrefix(prompt);
+                if (len > bestLen) { best = n; bestLen = len; }
+            }
+            if (best is null && _idle.Count >= MaxIdle && _idle.Last is { } lru) best = lru; // reuse memory rather than grow
+            if (best is not null)
+            {
+                _idle.Remove(best);
+                return new Lease(this, best.Value);
+            }
+        }
+        return new Lease(this, _model.CreateSession());
+    }
+
+    private void Return(InferenceSession session)
+    {
+        lock (_idle)
+        {
+            if (!_disposed && MaxIdle > 0)
+            {
+                _idle.AddFirst(session);
+                if (_idle.Count <= MaxIdle) return;
+                session = _idle.Last!.Value;
+                _idle.RemoveLast();
+            }
+        }
+        session.Dispose();
+    }
+
+    public void Dispose()
+    {
+        lock (_idle)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            foreach (var s in _idle) s.Dispose();
+            _idle.Clear();
+        }
+    }
+
+    /// <summary>A session lent by the pool; <see cref="Dispose"/> returns it.</summary>
+    public sealed class Lease(SessionPool pool, InferenceSession session) : IDisposable
+    {
+        private int _returned;
+        public InferenceSession Session { get; } = session;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _returned, 1) == 0) pool.Return(Session);
+        }
+    }
+}

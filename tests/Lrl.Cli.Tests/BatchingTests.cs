@@ -1,0 +1,139 @@
+using Lrl.Runtime;
+
+namespace Lrl.Cli.Tests;
+
+/// <summary>
+/// Continuous batching (ModelOptions.Parallel &gt; 1): concurrent generations decode together in the model's loop and
+/// each one's output equals its output alone — greedy and seeded sampling, with stop strings, EOS and token budgets
+/// ending sequences inside shared steps — while readers that leave, cancel or outlive the model break nothing.
+/// </summary>
+public class BatchingTests
+{
+    private static readonly string[] Prompts =
+    [
+        "Once upon a time", "Lily and Ben", "The little dog", "One day, a girl", "Tom had a big red ball",
+        "The sun was shining and the birds", "Sara", "Once upon a time, there was a little girl named Lily. She loved to play",
+    ];
+
+    private static GenerationOptions Options(int i) => new()
+    {
+        MaxTokens = 24 + 5 * i,
+        IgnoreEos = i % 3 != 0,
+        StopStrings = i == 5 ? ["the"] : [],
+        Sampling = i % 2 == 0 ? SamplingOptions.Greedy : new SamplingOptions { Temperature = 0.9f, TopK = 40, TopP = 0.95f, Seed = 11 + i },
+    };
+
+    private static (int[] Ids, string Text) Collect(IEnumerable<GeneratedToken> tokens)
+    {
+        var list = tokens.ToList();
+        return (list.Where(t => t.Id >= 0).Select(t => t.Id).ToArray(), string.Concat(list.Select(t => t.Text)));
+    }
+
+    private static async Task<(int[] Ids, string Text)> CollectAsync(IAsyncEnumerable<GeneratedToken> tokens)
+    {
+        var list = new List<GeneratedToken>();
+        await foreach (var t in tokens) list.Add(t);
+        return (list.Where(t => t.Id >= 0).Select(t => t.Id).ToArray(), string.Concat(list.Select(t => t.Text)));
+    }
+
+    [Theory]
+    [InlineData("stories260k")]
+    [InlineData("stories260k-bf16-sharded")]
+    [InlineData("rwkv-tiny-7v0-834K")]
+    public async Task ConcurrentGenerationsEqualEachAlone(string name)
+    {
+        var dir = CliRunner.Model(name);
+        (int[] Ids, string Text)[] alone;
+        using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 2 }))
+            alone = Prompts.Select((p, i) => { using var s = serial.CreateSession(); return Collect(s.Generate(p, Options(i))); }).ToArray();
+
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 8 });
+        Assert.Equal(4, model.Parallel);
+        // Twice as many generations as slots: half wait, then join while the others decode. Half are read
+        // synchronously on threads of their own, half asynchronously.
+        var tasks = Prompts.Select((p, i) => i % 2 == 0
+            ? Task.Factory.StartNew(() => { using var s = model.CreateSession(); return Collect(s.Generate(p, Options(i))); }, TaskCreationOptions.LongRunning)
+            : Task.Run(async () => { using var s = model.CreateSession(); return await CollectAsync(s.GenerateAsync(p, Options(i))); })).ToArray();
+        var together = await Task.WhenAll(tasks);
+        for (int i = 0; i < Prompts.Length; i++)
+        {
+            Assert.True(alone[i].Ids.SequenceEqual(together[i].Ids), $"{name} prompt {i}: alone [{string.Join(',', alone[i].Ids)}] batched [{string.Join(',', together[i].Ids)}]");
+            Assert.Equal(alone[i].Text, together[i].Text);
+        }
+        var (steps, rows, most) = model.BatchStatistics;
+        Assert.True(most >= 2, $"no step decoded more than one sequence ({steps} steps, {rows} rows)");
+        Assert.True(rows > steps, "steps held one row each: nothing was batched");
+    }
+
+    [Fact]
+    public async Task ModelLevelGenerateAndChatSessionsRunInTheLoop()
+    {
+        var dir = CliRunner.Model("stories260k");
+        string expected;
+        using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 1 }))
+            expected = Collect(serial.Generate(Prompts[0], Options(0))).Text;
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 3 });
+        var results = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => Task.Run(() => CollectAsync(model.GenerateAsync(Prompts[0], Options(0))))));
+        Assert.All(results, r => Assert.Equal(expected, r.Text));
+        Assert.Equal(Collect(model.Generate(Prompts[0], Options(0))).Text, expected);
+        Assert.Equal(Options(0).MaxTokens, model.LastStats.GeneratedTokens);
+    }
+
+    [Fact]
+    public async Task ReadersThatLeaveOrCancel_DoNotDisturbTheOthers()
+    {
+        var dir = CliRunner.Model("stories260k");
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 4 });
+        var long_ = new GenerationOptions { MaxTokens = 200, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+        string expected;
+        using (var s = model.CreateSession()) expected = Collect(s.Generate(Prompts[1], long_)).Text;
+
+        using var cts = new CancellationTokenSource();
+        using var leaving = model.CreateSession();
+        using var cancelled = model.CreateSession();
+        using var steady = model.CreateSession();
+        var steadyTask = Task.Run(() => CollectAsync(steady.GenerateAsync(Prompts[1], long_)));
+        var leaveTask = Task.Run(() => leaving.Generate(Prompts[2], long_).Take(3).Count());
+        var cancelTask = Task.Run(async () =>
+        {
+            int n = 0;
+            await foreach (var _ in cancelled.GenerateAsync(Prompts[3], long_, cts.Token)) if (++n == 5) cts.Cancel();
+            return n;
+        });
+        Assert.Equal(3, await leaveTask);
+        int got = await cancelTask;
+        Assert.InRange(got, 5, 7);
+        Assert.Equal(FinishReason.Cancelled, cancelled.LastStats.FinishReason);
+        Assert.Equal(expected, (await steadyTask).Text);
+        // The sessions are free again and give the same output as before.
+        var again = Collect(leaving.Generate(Prompts[1], long_)).Text;
+        Assert.True(expected == again, $"expected:\n{expected}\nagain:\n{again}\ncached {leaving.LastStats.CachedTokens}");
+    }
+
+    [Fact]
+    public async Task DisposingTheModelEndsRunningGenerationsWithAClearError()
+    {
+        var dir = CliRunner.Model("stories260k");
+        var model = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 2 });
+        var session = model.CreateSession();
+        var started = new TaskCompletionSource();
+        var run = Task.Run(async () =>
+        {
+            while (true) // generations back to back, so disposal always meets one
+                await foreach (var _ in session.GenerateAsync(Prompts[0], new GenerationOptions { MaxTokens = 100_000, IgnoreEos = true }))
+                    started.TrySetResult();
+        });
+        await started.Task;
+        model.Dispose();
+        await Assert.ThrowsAnyAsync<ObjectDisposedException>(() => run.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Throws<ObjectDisposedException>(() => model.CreateSession());
+    }
+
+    [Fact]
+    public void BadParallelOptionsAreClearErrors()
+    {
+        var dir = CliRunner.Model("stories260k");
+        Assert.Contains("--parallel", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { Parallel = 0 })).Message);
+        Assert.Contains("--step-rows", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { StepRows = -1 })).Message);
+    }
+}
