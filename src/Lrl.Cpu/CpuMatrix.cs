@@ -28,6 +28,19 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
     /// preparation would be identical; false (prepare as usual) otherwise.
     /// </summary>
     public virtual bool TryShareGemv(CpuMatrix other) => false;
+
+    /// <summary>
+    /// Whether <see cref="GemvRows"/> serves products of a few rows (quantized matrices: each weight block is read
+    /// from memory once and applied to every row from L1 by the decode kernel, so each row's result is exactly its
+    /// GEMV result). Matrices without it take the f32 tile path for several rows.
+    /// </summary>
+    public virtual bool SupportsRows => false;
+
+    /// <summary>Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/>.</summary>
+    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows) => throw new NotSupportedException();
+
+    /// <summary>y[r, o] for r &lt; rows and o in [rowStart, rowEnd), y laid out [rows, Rows]; after <see cref="PrepareRows"/>.</summary>
+    public virtual void GemvRows(Span<float> y, int rows, int rowStart, int rowEnd) => throw new NotSupportedException();
 }
 
 /// <summary>A dense matrix read in place from memory-mapped storage (f32, f16 or bf16; converted inside the kernel).</summary>

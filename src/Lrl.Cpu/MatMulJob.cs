@@ -46,6 +46,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private int _count, _rows, _rowsPadded;
     private float[] _x = [];
     private bool _swiGlu;
+    private bool _quantRows; // a few rows over quantized matrices: the decode kernel per row, weights read once per block
 
     public MatMulJob(int threads)
     {
@@ -56,7 +57,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
 
     public void Run(WorkerPool pool, float[] x, CpuMatrix w, float[] y, int rows, float[]? bias)
     {
-        Begin(x, rows, false);
+        Begin(x, rows, false, w);
         Add(pool, w, y, bias);
         Dispatch(pool);
     }
@@ -64,7 +65,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     public void Run3(WorkerPool pool, float[] x, int rows, CpuMatrix w0, float[] y0, float[]? b0,
                      CpuMatrix w1, float[] y1, float[]? b1, CpuMatrix w2, float[] y2, float[]? b2)
     {
-        Begin(x, rows, false);
+        Begin(x, rows, false, w0, w1, w2);
         Add(pool, w0, y0, b0); Add(pool, w1, y1, b1); Add(pool, w2, y2, b2);
         Dispatch(pool);
     }
@@ -74,16 +75,23 @@ internal sealed unsafe class MatMulJob : IParallelJob
     {
         if (gate.Rows != up.Rows || gate.Cols != up.Cols)
             throw new ArgumentException($"gate {gate} and up {up} must have the same shape");
-        Begin(x, rows, true);
+        Begin(x, rows, true, gate, up);
         Add(pool, gate, gateOut, null);
         _t[1] = _t[0] with { W = up, Y = upOut };
         _count = 1; // items cover the gate's blocks; each also does the matching up block
         Dispatch(pool);
     }
 
-    private void Begin(float[] x, int rows, bool swiGlu)
+    /// <summary>
+    /// Most rows a product of quantized matrices runs through their integer decode kernels (<see cref="CpuMatrix.GemvRows"/>);
+    /// from here on the f32 tile path (weights dequantized once per tile, then FMA over all rows) is faster.
+    /// </summary>
+    internal static int QuantRowsMax { get; set; } = 32;
+
+    private void Begin(float[] x, int rows, bool swiGlu, CpuMatrix w0, CpuMatrix? w1 = null, CpuMatrix? w2 = null)
     {
         _x = x; _rows = rows; _count = 0; _swiGlu = swiGlu;
+        _quantRows = rows > 1 && rows <= QuantRowsMax && w0.SupportsRows && (w1?.SupportsRows ?? true) && (w2?.SupportsRows ?? true);
     }
 
     private void Add(WorkerPool pool, CpuMatrix w, float[] y, float[]? bias)
@@ -91,7 +99,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
         if ((long)_rows * w.Cols > _x.Length || (long)_rows * w.Rows > y.Length)
             throw new ArgumentException($"MatMul {w.Name}: buffers too small for {_rows} rows of [{w.Rows}, {w.Cols}]");
         int first = _count == 0 ? 0 : _t[_count - 1].FirstItem + _t[_count - 1].Blocks;
-        if (_rows == 1)
+        if (_rows == 1 || _quantRows)
         {
             int threads = pool.ThreadCount, items = GuidedItems(w.Rows, threads, null);
             if (_starts[_count].Length < items + 1) _starts[_count] = new int[items + 1]; // once per shape, not per token
@@ -132,8 +140,10 @@ internal sealed unsafe class MatMulJob : IParallelJob
         int prepared = _rows == 1 ? (_swiGlu ? 2 : _count) : 0;
         for (int i = 0; i < prepared; i++)
             if (i == 0 || !_t[i].W.TryShareGemv(_t[0].W)) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
+        if (_quantRows)
+            for (int i = 0; i < (_swiGlu ? 2 : _count); i++) _t[i].W.PrepareRows(_x.AsSpan(0, _rows * _t[i].W.Cols), _rows);
         _rowsPadded = 0;
-        if (Wide && _rows >= MinTransposedRows)
+        if (Wide && _rows >= MinTransposedRows && !_quantRows)
         {
             // Prefill: x transposed once per dispatch (Q/K/V and gate/up share it). Tokens are padded to whole blocks
             // of 64, except that a last block of up to 24 is padded to 16s only (the 4x16 kernel, broadcast-bound,
@@ -190,7 +200,8 @@ internal sealed unsafe class MatMulJob : IParallelJob
             return;
         }
 
-        if (_rowsPadded > 0) ComputeTransposed(ref t, start, end, worker);
+        if (_quantRows) w.GemvRows(t.Y, _rows, start, end);
+        else if (_rowsPadded > 0) ComputeTransposed(ref t, start, end, worker);
         else ComputeTiles(ref t, start, end, worker);
         if (t.Bias != null)
             for (int r = 0; r < _rows; r++)

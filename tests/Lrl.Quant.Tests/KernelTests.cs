@@ -120,7 +120,53 @@ public class KernelTests
                 b.MatMul(xb, w, yb, n);
                 var y = new float[n * rows];
                 b.Download(yb, 0, y);
-                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: b == cpu && n == 1);
+                // The CPU backend runs up to 32 rows through the integer decode kernels (int8 activations).
+                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: b == cpu && n <= 32);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A product of a few rows (a batched decode step, speculative verification) gives each row exactly its one-row
+    /// result: same kernel, same activation quantization, weights merely read once for all rows. Fused Q/K/V and
+    /// gate/up included, odd row counts and both sides of the many-row threshold.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 200, 576, 576, false)]
+    [InlineData(4, 96, 320, 64, true)]
+    [InlineData(8, 130, 576, 576, false)]
+    [InlineData(8, 64, 256, 128, false)]
+    [InlineData(4, 40, 1536, 32, true)]
+    public void FewRowsEqualEachRowAlone(int bits, int outF, int cols, int group, bool zeros)
+    {
+        var rng = new Random(bits * 77 + outF + cols + group);
+        var q = TestUtil.Random(rng, bits, outF, cols, group, zeros);
+        var q2 = TestUtil.Random(rng, bits, outF, cols, group, zeros);
+        using var cpu = new CpuBackend(2);
+        var w = cpu.LoadQuantized(q);
+        var w2 = cpu.LoadQuantized(q2);
+        foreach (int n in new[] { 2, 3, 7, 16, 31, 32, 33 })
+        {
+            var x = TestUtil.RandomVector(rng, n * cols);
+            var xb = cpu.Allocate(n * cols); cpu.Upload(x, xb);
+            var y = cpu.Allocate(n * outF); var y2 = cpu.Allocate(n * outF);
+            var one = cpu.Allocate(cols); var y1 = cpu.Allocate(outF); var y1b = cpu.Allocate(outF);
+            var all = new float[n * outF]; var all2 = new float[n * outF];
+            cpu.MatMul(xb, w, y, n);
+            cpu.Download(y, 0, all);
+            cpu.GateUpSwiGlu(xb, n, w, w2, y, y2);
+            cpu.Download(y, 0, all2);
+            var row = new float[outF];
+            for (int r = 0; r < n; r++)
+            {
+                cpu.Upload(x.AsSpan(r * cols, cols), one);
+                cpu.MatMul(one, w, y1, 1);
+                cpu.Download(y1, 0, row);
+                if (n <= 32) Assert.True(row.AsSpan().SequenceEqual(all.AsSpan(r * outF, outF)), $"{q.Format} n={n} row {r}: the many-row product differs from the row's GEMV");
+                else Assert.True(TestUtil.RelErr(all.AsSpan(r * outF, outF), row) < 2e-2, $"n={n} row {r}");
+                cpu.GateUpSwiGlu(one, 1, w, w2, y1, y1b);
+                cpu.Download(y1, 0, row);
+                if (n <= 32) Assert.True(row.AsSpan().SequenceEqual(all2.AsSpan(r * outF, outF)), $"{q.Format} n={n} row {r}: fused gate/up differs from the row's");
             }
         }
     }

@@ -118,7 +118,8 @@ public class ModelTests(ITestOutputHelper output)
             var decode = DecodeLogits(dir, cpu, Prompt);
             double e2 = TestUtil.RelErr(decode, expected);
             output.WriteLine($"Q{bits} {group}: prefill rel err {e1:E2}, decode rel err {e2:E2}");
-            Assert.True(e1 < 1e-4, $"prefill logits relative error {e1:E2}");
+            // Up to 32 prompt rows run through the integer decode kernels (int8 activations, as decode).
+            Assert.True(e1 < (Prompt.Length <= 32 ? 2e-2 : 1e-4), $"prefill logits relative error {e1:E2}");
             Assert.True(e2 < 2e-2, $"decode logits relative error {e2:E2}");
         }
         finally { Directory.Delete(Path.GetDirectoryName(dir)!, recursive: true); }
@@ -143,7 +144,9 @@ public class ModelTests(ITestOutputHelper output)
             double e0 = TestUtil.RelErr(refQuant, expected), e1 = TestUtil.RelErr(prefill, expected), e2 = TestUtil.RelErr(decode, expected);
             output.WriteLine($"{format} g{groupSize} act-order={actOrder}: reference {e0:E2}, cpu prefill {e1:E2}, cpu decode {e2:E2}");
             Assert.True(e0 < 1e-6, $"reference backend: {e0:E2}");
-            Assert.True(e1 < 1e-4, $"cpu prefill: {e1:E2}");
+            // Up to 32 prompt rows run through the integer decode kernels (int8 activations, as decode); longer
+            // prompts through f32 tiles of the dequantized weights.
+            Assert.True(e1 < (Prompt.Length <= 32 ? 2e-2 : 1e-4), $"cpu prefill: {e1:E2}");
             Assert.True(e2 < 2e-2, $"cpu decode: {e2:E2}");
             using var m = ModelRegistry.Load(qDir, cpu);
             Assert.StartsWith("Q4_G", m.WeightFormat);

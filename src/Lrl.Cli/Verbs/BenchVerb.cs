@@ -13,9 +13,10 @@ public sealed class BenchVerb
         "lrlrun bench --preset SmolLM2-135M --dtype q4 -p 128 -n 64 -r 3",
         "lrlrun bench --model ../shared/models/stories260k -p 32,128 -n 128 --json",
         "lrlrun bench kernels --device cpu",
+        "lrlrun bench serve --preset SmolLM2-135M --dtype q4 --streams 1,4,16 -p 32 -n 32",
     ];
 
-    [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks.")]
+    [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks; 'serve' for concurrent streams against `serve` on loopback (continuous batching vs one request at a time).")]
     public string? What { get; set; }
 
     [Option('m', "model", HelpText = "Model folder to benchmark.")]
@@ -57,14 +58,27 @@ public sealed class BenchVerb
     [Option("plot", HelpText = "Also write a bar chart of the results to this file: PNG or SVG by its extension (.png, .svg).")]
     public string? Plot { get; set; }
 
+    [Option("streams", Separator = ',', HelpText = "bench serve: concurrent client streams, comma-separated (default 1,4,16,64).")]
+    public IEnumerable<int> Streams { get; set; } = [];
+
+    [Option("requests", Default = 1, HelpText = "bench serve: requests each stream sends one after another.")]
+    public int Requests { get; set; }
+
+    [Option("modes", Default = "batched,serial", HelpText = "bench serve: batched (continuous batching, --parallel = the most streams) and/or serial (--parallel 1).")]
+    public string Modes { get; set; } = "batched,serial";
+
+    [Option("step-rows", Default = 64, HelpText = "bench serve: most tokens in one batched step while streams decode.")]
+    public int StepRows { get; set; }
+
     public int Run()
     {
+        if (string.Equals(What, "serve", StringComparison.OrdinalIgnoreCase)) return RunServe();
         if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase))
         {
             using var kb = Backends.Create(ModelVerbBase.ParseDevice(DeviceName), Threads);
             return Lrl.Gpu.KernelBenchmark.Run(kb, Json, Console.Out, Math.Max(20, Reps), quick: false);
         }
-        if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels' or omit it)");
+        if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels', 'serve' or omit it)");
         if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
         var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];
         if (sizes.All(p => p == 0) && GenTokens == 0) throw new LrlException("bench: -p 0 and -n 0 leave nothing to measure");
@@ -102,6 +116,64 @@ public sealed class BenchVerb
             log.WriteLine($"plot written to {Plot}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// `bench serve`: for each mode, one server on loopback over the model, and for each stream count a bounded load of
+    /// streaming greedy completions (prompt of -p random token ids, -n tokens each); prints aggregate tok/s, TTFT and
+    /// inter-token latency per run.
+    /// </summary>
+    private int RunServe()
+    {
+        if ((Model is null) == (Preset is null)) throw new LrlException("bench serve: give exactly one of --model DIR or --preset NAME");
+        var streams = Streams.Any() ? Streams.ToArray() : [1, 4, 16, 64];
+        if (streams.Any(s => s is < 1 or > 256)) throw new LrlException("bench serve: --streams must be in 1..256");
+        if (Requests < 1) throw new LrlException($"bench serve: --requests must be ≥ 1, got {Requests}");
+        if (GenTokens < 1) throw new LrlException($"bench serve: -n must be ≥ 1, got {GenTokens}");
+        if (StepRows < 1) throw new LrlException($"bench serve: --step-rows must be ≥ 1, got {StepRows}");
+        var modes = Modes.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (modes.Length == 0 || modes.Any(m => m is not ("batched" or "serial")))
+            throw new LrlException($"bench serve: --modes '{Modes}' must list batched and/or serial");
+        int promptLen = PromptSizes.FirstOrDefault(32);
+        if (promptLen < 1) throw new LrlException("bench serve: -p must be ≥ 1 (the prompt length)");
+        var log = Console.Error;
+        string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
+        string name = Preset ?? Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'));
+        var results = new List<Lrl.Cli.Serve.LoadGenerator.Result>();
+        foreach (var mode in modes)
+        {
+            int parallel = mode == "batched" ? streams.Max() : 1;
+            using var model = LrlModel.Load(dir, new ModelOptions
+            {
+                Device = ModelVerbBase.ParseDevice(DeviceName), Threads = Threads, Mmap = !NoMmap,
+                ContextLength = Math.Min(4096, promptLen + GenTokens + 8), Parallel = parallel, StepRows = StepRows,
+            });
+            var rng = new Random(1);
+            int[] prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(3, model.Model.VocabSize)).ToArray();
+            var server = Lrl.Cli.Serve.OpenAiServer.StartAsync(model, new Lrl.Cli.Serve.ServerOptions
+            {
+                Host = "127.0.0.1", Port = 0, QueueLimit = 2 * streams.Max() + 1, ModelId = name,
+            }).GetAwaiter().GetResult();
+            try
+            {
+                // Warm-up: one short request (first-call JIT and page faults out of the figures).
+                Lrl.Cli.Serve.LoadGenerator.RunAsync(server.Address, mode, 1, 1, prompt, 4).GetAwaiter().GetResult();
+                foreach (int n in streams)
+                {
+                    log.WriteLine($"{name} {model.Model.WeightFormat}: {mode}, {n} streams × {Requests} requests × {GenTokens} tokens ...");
+                    var r = Lrl.Cli.Serve.LoadGenerator.RunAsync(server.Address, mode, n, Requests, prompt, GenTokens).GetAwaiter().GetResult();
+                    results.Add(r);
+                    log.WriteLine(FormattableString.Invariant($"  {r.TokensPerSecond:F1} tok/s, TTFT p50 {r.TtftP50:F0} ms, ITL p95 {r.ItlP95:F1} ms"));
+                }
+            }
+            finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        }
+        if (Json) Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(results.Select(r => new
+        {
+            r.Mode, r.Streams, r.Requests, r.Tokens, r.Seconds, r.TokensPerSecond, r.TtftP50, r.TtftP95, r.ItlP50, r.ItlP95, r.Failed,
+        })));
+        else Console.Out.Write(Lrl.Cli.Serve.LoadGenerator.ToMarkdown(results));
+        return results.Any(r => r.Failed > 0) ? 1 : 0;
     }
 
     private int RunProfile(ILanguageModel model, ProfilingBackend profiler)
