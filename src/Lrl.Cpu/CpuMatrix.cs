@@ -30,17 +30,34 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
     public virtual bool TryShareGemv(CpuMatrix other) => false;
 
     /// <summary>
-    /// Whether <see cref="GemvRows"/> serves products of a few rows (quantized matrices: each weight block is read
-    /// from memory once and applied to every row from L1 by the decode kernel, so each row's result is exactly its
-    /// GEMV result). Matrices without it take the f32 tile path for several rows.
+    /// Most rows a product runs through <see cref="GemvRows"/> (each weight block read from memory once and applied to
+    /// every row from L1 by the decode kernel, so each row's result is exactly its GEMV result); above it the f32 tile
+    /// path (weights converted once per tile, then FMA over all rows) is faster. 0 = never.
     /// </summary>
-    public virtual bool SupportsRows => false;
+    public virtual int RowsMax => 0;
 
-    /// <summary>Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/>.</summary>
-    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows) => throw new NotSupportedException();
+    /// <summary>Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/> (quantized matrices quantize them).</summary>
+    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows) { }
 
-    /// <summary>y[r, o] for r &lt; rows and o in [rowStart, rowEnd), y laid out [rows, Rows]; after <see cref="PrepareRows"/>.</summary>
-    public virtual void GemvRows(Span<float> y, int rows, int rowStart, int rowEnd) => throw new NotSupportedException();
+    /// <summary>Bytes of one weight row as stored (sizes the L1 blocks of <see cref="GemvRows"/>).</summary>
+    protected long RowBytes => Math.Max(1, ByteSize / Math.Max(1, Rows));
+
+    /// <summary>
+    /// y[r, o] for r &lt; rows and o in [rowStart, rowEnd), x laid out [rows, Cols] and y [rows, Rows], after
+    /// <see cref="PrepareRows"/>: blocks of weight rows small enough for L1, each applied to every row in turn.
+    /// </summary>
+    public virtual void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
+    {
+        int step = (int)Math.Clamp(16384 / RowBytes, 4, 64), outF = Rows;
+        for (int b0 = rowStart; b0 < rowEnd; b0 += step)
+        {
+            int b1 = Math.Min(rowEnd, b0 + step);
+            for (int r = 0; r < rows; r++) GemvRow(x.Slice(r * Cols, Cols), r, y.Slice(r * outF + b0, b1 - b0), b0, b1);
+        }
+    }
+
+    /// <summary>One activation row's share of <see cref="GemvRows"/>; dense matrices run their GEMV.</summary>
+    protected virtual void GemvRow(ReadOnlySpan<float> x, int row, Span<float> y, int rowStart, int rowEnd) => Gemv(x, y, rowStart, rowEnd);
 }
 
 /// <summary>A dense matrix read in place from memory-mapped storage (f32, f16 or bf16; converted inside the kernel).</summary>
@@ -59,6 +76,10 @@ public sealed unsafe class DenseMatrix : CpuMatrix
 
     public override string Format => _dtype.ToString();
     public override long ByteSize => (long)Rows * Cols * _dtype.Size();
+
+    /// <summary>Most rows through the GEMV kernel per L1 block (see <see cref="CpuMatrix.RowsMax"/>).</summary>
+    internal static int DenseRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_DENSE_ROWS"), out var v) ? v : 8;
+    public override int RowsMax => DenseRowsMax;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)

@@ -46,7 +46,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private int _count, _rows, _rowsPadded;
     private float[] _x = [];
     private bool _swiGlu;
-    private bool _quantRows; // a few rows over quantized matrices: the decode kernel per row, weights read once per block
+    private bool _quantRows; // a few rows: the decode kernel per row over L1 blocks of weights (CpuMatrix.GemvRows)
 
     public MatMulJob(int threads)
     {
@@ -82,16 +82,10 @@ internal sealed unsafe class MatMulJob : IParallelJob
         Dispatch(pool);
     }
 
-    /// <summary>
-    /// Most rows a product of quantized matrices runs through their integer decode kernels (<see cref="CpuMatrix.GemvRows"/>);
-    /// from here on the f32 tile path (weights dequantized once per tile, then FMA over all rows) is faster.
-    /// </summary>
-    internal static int QuantRowsMax { get; set; } = 32;
-
     private void Begin(float[] x, int rows, bool swiGlu, CpuMatrix w0, CpuMatrix? w1 = null, CpuMatrix? w2 = null)
     {
         _x = x; _rows = rows; _count = 0; _swiGlu = swiGlu;
-        _quantRows = rows > 1 && rows <= QuantRowsMax && w0.SupportsRows && (w1?.SupportsRows ?? true) && (w2?.SupportsRows ?? true);
+        _quantRows = rows > 1 && rows <= w0.RowsMax && rows <= (w1?.RowsMax ?? rows) && rows <= (w2?.RowsMax ?? rows);
     }
 
     private void Add(WorkerPool pool, CpuMatrix w, float[] y, float[]? bias)
@@ -200,7 +194,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
             return;
         }
 
-        if (_quantRows) w.GemvRows(t.Y, _rows, start, end);
+        if (_quantRows) w.GemvRows(_x, t.Y, _rows, start, end);
         else if (_rowsPadded > 0) ComputeTransposed(ref t, start, end, worker);
         else ComputeTiles(ref t, start, end, worker);
         if (t.Bias != null)

@@ -92,7 +92,7 @@ public sealed unsafe class QuantMatrix : CpuMatrix
 
     private QuantScratch[] _rowScratch = [];
 
-    public override bool SupportsRows => true;
+    public override int RowsMax => 32;
 
     /// <summary>Quantizes each activation row once (as <see cref="PrepareGemv"/> does for one).</summary>
     public override void PrepareRows(ReadOnlySpan<float> x, int rows)
@@ -106,20 +106,8 @@ public sealed unsafe class QuantMatrix : CpuMatrix
         for (int r = 0; r < rows; r++) Prepare(x.Slice(r * Cols, Cols), _rowScratch[r]);
     }
 
-    /// <summary>Weight rows per block of <see cref="GemvRows"/>: a block's codes stay in L1 while every activation row passes over them.</summary>
-    private int RowsPerBlock => Math.Clamp(16384 / Math.Max(1, Cols * _q.Bits / 8), 4, 64);
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public override void GemvRows(Span<float> y, int rows, int rowStart, int rowEnd)
-    {
-        int step = RowsPerBlock, outF = Rows;
-        for (int b0 = rowStart; b0 < rowEnd; b0 += step)
-        {
-            int b1 = Math.Min(rowEnd, b0 + step);
-            for (int r = 0; r < rows; r++)
-                RunKernel(_rowScratch[r], y.Slice(r * outF + b0, b1 - b0), b0, b1);
-        }
-    }
+    protected override void GemvRow(ReadOnlySpan<float> x, int row, Span<float> y, int rowStart, int rowEnd) =>
+        RunKernel(_rowScratch[row], y, rowStart, rowEnd);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)

@@ -66,6 +66,40 @@ public sealed class CpuKernelTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// Up to 8 rows of a dense product run the GEMV kernel per row over L1 blocks of the weights: each row is exactly
+    /// its one-row result (a batched decode step gives each sequence what it gets alone), fused products included.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void FewRowsEqualEachRowAlone(DType dtype)
+    {
+        const int outF = 300, inF = 577;
+        var w = _cpu.LoadWeight(_r.Tensor("w", dtype, outF, inF));
+        var u = _cpu.LoadWeight(_r.Tensor("u", dtype, outF, inF));
+        foreach (int n in new[] { 2, 5, 8 })
+        {
+            var xs = _r.Floats((long)n * inF);
+            var x = _cpu.Allocate(xs.Length); _cpu.Upload(xs, x);
+            var y = _cpu.Allocate((long)n * outF); var y2 = _cpu.Allocate((long)n * outF);
+            _cpu.MatMul(x, w, y, n);
+            var all = Get(_cpu, y, (long)n * outF);
+            _cpu.GateUpSwiGlu(x, n, w, u, y, y2);
+            var fused = Get(_cpu, y, (long)n * outF);
+            var one = _cpu.Allocate(inF); var o1 = _cpu.Allocate(outF); var o2 = _cpu.Allocate(outF);
+            for (int r = 0; r < n; r++)
+            {
+                _cpu.Upload(xs.AsSpan(r * inF, inF), one);
+                _cpu.MatMul(one, w, o1, 1);
+                Assert.True(Get(_cpu, o1, outF).AsSpan().SequenceEqual(all.AsSpan(r * outF, outF)), $"{dtype} n={n} row {r}");
+                _cpu.GateUpSwiGlu(one, 1, w, u, o1, o2);
+                Assert.True(Get(_cpu, o1, outF).AsSpan().SequenceEqual(fused.AsSpan(r * outF, outF)), $"{dtype} n={n} row {r} (gate/up)");
+            }
+        }
+    }
+
     /// <summary>Decode items: contiguous, covering every row once, whole tiles, each 1/threads of what is left (≥ 32 rows).</summary>
     [Theory]
     [InlineData(576, 2)]

@@ -60,8 +60,10 @@ public static class LoadGenerator
                     var root = doc.RootElement;
                     if (root.TryGetProperty("usage", out var usage) && usage.ValueKind == JsonValueKind.Object)
                         count = usage.GetProperty("completion_tokens").GetInt64();
+                    // A chunk per token (its text may be empty: random-weight presets make ids with no text).
                     if (root.TryGetProperty("choices", out var choices) && choices.GetArrayLength() > 0
-                        && choices[0].TryGetProperty("text", out var text) && text.GetString() is { Length: > 0 })
+                        && choices[0].TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String
+                        && choices[0].TryGetProperty("finish_reason", out var fr) && fr.ValueKind == JsonValueKind.Null)
                     {
                         long now = Stopwatch.GetTimestamp();
                         if (first < 0) first = Stopwatch.GetElapsedTime(sent, now).TotalMilliseconds;

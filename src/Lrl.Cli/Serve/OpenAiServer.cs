@@ -342,9 +342,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         ctx.Response.Headers["X-Accel-Buffering"] = "no";
         await ctx.Response.StartAsync(ct);
         if (chat) await SendAsync(Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
+        // One chunk per generated token (as OpenAI streams), its text empty while a character is incomplete; the
+        // held-back text that ends a generation (id -1) only when there is some.
         await foreach (var t in tokens.ConfigureAwait(false))
         {
-            if (t.Text.Length == 0) continue;
+            if (t.Id < 0 && t.Text.Length == 0) continue;
             await SendAsync(Chunk(chat ? new JsonObject { ["content"] = t.Text } : t.Text, null));
         }
         var stats = session.LastStats;

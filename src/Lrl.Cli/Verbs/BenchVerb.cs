@@ -58,6 +58,9 @@ public sealed class BenchVerb
     [Option("plot", HelpText = "Also write a bar chart of the results to this file: PNG or SVG by its extension (.png, .svg).")]
     public string? Plot { get; set; }
 
+    [Option("batch", Separator = ',', HelpText = "Also decode this many sequences together (comma-separated, e.g. 4,16,64): test tgN xB, aggregate tok/s of one batched step per token.")]
+    public IEnumerable<int> Batch { get; set; } = [];
+
     [Option("streams", Separator = ',', HelpText = "bench serve: concurrent client streams, comma-separated (default 1,4,16,64).")]
     public IEnumerable<int> Streams { get; set; } = [];
 
@@ -104,7 +107,8 @@ public sealed class BenchVerb
         var fma = MachineProbe.FmaPeakGFlops(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
         var results = EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
-                                        new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null);
+                                        new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
+                                        batches: Batch.ToArray());
         var limits = new MachineLimits(probes.Max(), fma);
         if (probes.Max() > 1.15 * probes.Min())
             log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probes on either side of its repetition");

@@ -25,7 +25,7 @@ public static class EndToEndBench
 {
     public static List<BenchResult> Run(ILanguageModel model, string name, string format, int threads,
         IReadOnlyList<int> promptSizes, int genTokens, int reps, MachineLimits limits, TextWriter? progress = null,
-        Func<double>? bandwidthProbe = null)
+        Func<double>? bandwidthProbe = null, IReadOnlyList<int>? batches = null)
     {
         if (reps < 1) throw new LrlException($"-r must be ≥ 1, got {reps}");
         if (genTokens < 0) throw new LrlException($"-n must be ≥ 0 (0 skips generation), got {genTokens}");
@@ -79,6 +79,34 @@ public static class EndToEndBench
             results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}", genTokens, reps, speeds.Mean, speeds.Std,
                 gbs, fractions.Average(), null, null));
             progress?.WriteLine($"  tg{genTokens}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
+        }
+        foreach (int b in batches ?? [])
+        {
+            if (b < 2) continue;
+            if (genTokens < 1) throw new LrlException("--batch needs -n ≥ 1 (tokens each sequence decodes)");
+            // Batched decode: b sequences, each decoding genTokens tokens, one row per sequence per step (StepBatch);
+            // aggregate tokens per second over all of them.
+            var states = Enumerable.Range(0, b).Select(_ => model.CreateState()).ToArray();
+            try
+            {
+                var batch = new StepBatch(b);
+                var out_ = new float[b * model.VocabSize];
+                void Decode()
+                {
+                    for (int i = 0; i < genTokens; i++)
+                    {
+                        batch.Clear();
+                        foreach (var st in states) batch.Add(st, [rng.Next(model.VocabSize)], i);
+                        model.Forward(batch, out_);
+                    }
+                }
+                WarmUp(Decode);
+                var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Decode(); return (double)b * genTokens / sw.Elapsed.TotalSeconds; });
+                results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}x{b}", genTokens * b, reps, speeds.Mean, speeds.Std,
+                    null, null, speeds.Mean * flopsPerToken / 1e9, speeds.Mean * flopsPerToken / 1e9 / limits.FmaPeakGFlops));
+                progress?.WriteLine($"  tg{genTokens}x{b}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s (all {b} sequences)");
+            }
+            finally { foreach (var st in states) st.Dispose(); }
         }
         return results;
     }
