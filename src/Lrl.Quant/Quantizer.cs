@@ -12,8 +12,14 @@ public sealed record QuantizeOptions
     public int Bits { get; init; } = 8;
     /// <summary>"auto" (FineQuant adaptive), "32", "64", "128", ... (a multiple of 32), or "channel".</summary>
     public string Group { get; init; } = "auto";
-    /// <summary>Also quantize the token embedding table (and a tied head with it).</summary>
+    /// <summary>Quantize every embedding table (token and positional) at <see cref="Bits"/> (overrides <see cref="EmbeddingBits"/>).</summary>
     public bool QuantizeEmbeddings { get; init; }
+    /// <summary>
+    /// Bits of the token embedding table, and with it a tied LM head: 8 (the default: in a small model the table is a
+    /// large share of the weights, and as a tied head it is read in full for every decoded token), 4, or 0 to keep it
+    /// as stored. Rows are dequantized on lookup.
+    /// </summary>
+    public int EmbeddingBits { get; init; } = 8;
     /// <summary>Adaptive grouping: halve while the mean relative row error exceeds this (null = 1% for int8, 9% for int4).</summary>
     public double? ErrorThreshold { get; init; }
     /// <summary>
@@ -59,6 +65,7 @@ public static class Quantizer
     public static QuantizeReport QuantizeModel(string inDir, string outDir, QuantizeOptions options, IProgress<string>? progress = null)
     {
         if (options.Bits is not (4 or 8)) throw new LrlException($"--bits must be 4 or 8, got {options.Bits}");
+        if (options.EmbeddingBits is not (0 or 4 or 8)) throw new LrlException($"--embedding-bits must be 8, 4 or 0 (keep), got {options.EmbeddingBits}");
         int? fixedGroup = ParseGroup(options.Group);
         inDir = Path.GetFullPath(inDir);
         outDir = OutputFolder.Prepare(outDir, options.Overwrite, inDir);
@@ -84,7 +91,7 @@ public static class Quantizer
             }
             int rows = t.Shape[0], cols = t.Shape[1];
             string b = QuantizedWeights.BaseName(t.Name);
-            int bits = options.BitsFor?.Invoke(t.Name) ?? options.Bits;
+            int bits = BitsOf(t.Name, options);
             if (bits == 0 || (bits == 4 && cols % 2 != 0)) { writer.Add(t); continue; }
             if (bits is not (4 or 8)) throw new LrlException($"{t.Name}: bits must be 4 or 8, got {bits}");
             var w = t.ToFloatArray();
@@ -167,13 +174,28 @@ public static class Quantizer
         throw new LrlException($"--group must be auto, channel or a multiple of 32 (32, 64, 128, ...), got '{group}'");
     }
 
-    /// <summary>2-D float Linear weights; embeddings only when asked (norms and biases are vectors and never quantized).</summary>
+    /// <summary>
+    /// 2-D float Linear weights and the token embedding table (unless <see cref="QuantizeOptions.EmbeddingBits"/> is 0);
+    /// positional embeddings only with <see cref="QuantizeOptions.QuantizeEmbeddings"/> (norms and biases are vectors
+    /// and never quantized).
+    /// </summary>
     public static bool ShouldQuantize(HostTensor t, QuantizeOptions options)
     {
         if (t.Rank != 2 || !t.DType.IsFloat() || !t.Name.EndsWith(".weight", StringComparison.Ordinal)) return false;
-        bool embedding = t.Name.Contains("embed_tokens") || t.Name.Contains("wte") || t.Name.Contains("embeddings") || t.Name.Contains("wpe");
-        return !embedding || options.QuantizeEmbeddings;
+        if (options.QuantizeEmbeddings) return true;
+        if (IsPositionalEmbedding(t.Name)) return false;
+        return !IsTokenEmbedding(t.Name) || options.EmbeddingBits != 0;
     }
+
+    private static bool IsTokenEmbedding(string name) =>
+        name.Contains("embed_tokens") || name.Contains("wte") || name.Contains("word_embeddings");
+
+    private static bool IsPositionalEmbedding(string name) =>
+        name.Contains("wpe") || (name.Contains("embeddings") && !name.Contains("word_embeddings"));
+
+    /// <summary>The bits a quantized tensor gets: the per-weight override, the embedding bits, or the default.</summary>
+    private static int BitsOf(string name, QuantizeOptions options) =>
+        options.BitsFor?.Invoke(name) ?? (!options.QuantizeEmbeddings && IsTokenEmbedding(name) ? options.EmbeddingBits : options.Bits);
 
     private static string WithQuantConfig(string configPath, QuantMetadata meta)
     {

@@ -133,7 +133,7 @@ public class ErrorTests : IDisposable
     {
         var dir = Track(CheckpointWriters.Rewrite(_good, (_, _) => true, meta => meta.Remove(QuantMetadata.Key),
             config: c => c.Remove("quantization_config")));
-        LoadFails(dir, "model.safetensors", Q + ".qweight", QuantMetadata.Key);
+        LoadFails(dir, "model.safetensors", ".qweight", QuantMetadata.Key); // the first quantized tensor loaded (the embedding table)
     }
 
     [Fact]

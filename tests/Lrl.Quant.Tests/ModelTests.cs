@@ -87,10 +87,38 @@ public class ModelTests(ITestOutputHelper output)
             // Fixed groups keep every matrix at int4; auto moves only the ungroupable 172-wide rows (down_proj) to int8.
             if (bits == 4 && fallback is null)
                 foreach (var (name, v) in report.Metadata.Tensors)
-                    Assert.True(v.Bits == (group == "auto" && name.Contains("down_proj") ? 8 : 4), $"{name}: Q{v.Bits}");
+                    Assert.True(v.Bits == (name.Contains("embed_tokens") || group == "auto" && name.Contains("down_proj") ? 8 : 4), $"{name}: Q{v.Bits}");
             if (fallback is not null) Assert.Contains(report.Metadata.Tensors.Values, v => v.Bits == 4);
         }
         finally { Directory.Delete(Path.GetDirectoryName(dir)!, recursive: true); }
+    }
+
+    /// <summary>
+    /// The token embedding table (stories260k ties it as the LM head) quantized by default at int8, or at int4, against
+    /// keeping it: the held-out perplexity each gives (printed) and a bound on what int8 costs.
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(4)]
+    public void QuantizedEmbeddingAndTiedHeadCostLittlePerplexity(int bits)
+    {
+        string src = SharedData.Model(Model);
+        var ppl = new Dictionary<int, double>();
+        foreach (int eb in new[] { 0, 8, 4 })
+        {
+            string dir = Path.Combine(CheckpointWriters.TempDir("qe"), "out");
+            try
+            {
+                var report = Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = bits, EmbeddingBits = eb });
+                var embed = report.Metadata.Tensors.Where(kv => kv.Key.Contains("embed_tokens")).Select(kv => kv.Value.Bits).ToArray();
+                Assert.Equal(eb == 0 ? [] : new[] { eb }, embed);
+                ppl[eb] = Perplexity(dir).Perplexity;
+                output.WriteLine($"Q{bits} body, embeddings/tied head {(eb == 0 ? "kept (F32)" : $"Q{eb}")}: ppl {ppl[eb]:F4}, {report.OutputBytes} bytes");
+            }
+            finally { Directory.Delete(Path.GetDirectoryName(dir)!, recursive: true); }
+        }
+        double cost8 = ppl[8] / ppl[0] - 1;
+        Assert.True(Math.Abs(cost8) < 0.01, $"an int8 embedding/head moved perplexity by {cost8:P2}");
     }
 
     [Theory]

@@ -185,7 +185,21 @@ public sealed class BenchVerb
         int n = Math.Max(GenTokens, 8);
         var logits = new float[model.VocabSize];
         var one = new int[1];
-        void Decode() { for (int i = 0; i < n; i++) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); } }
+        // With --batch B: the profile of a batched decode step of B sequences (per step, not per token).
+        int b = Batch.Any() ? Batch.Max() : 1;
+        var states = b > 1 ? Enumerable.Range(0, b).Select(_ => model.CreateState()).ToArray() : [];
+        var batch = new StepBatch(b);
+        var outB = new float[b * model.VocabSize];
+        void Decode()
+        {
+            for (int i = 0; i < n; i++)
+            {
+                if (b == 1) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); continue; }
+                batch.Clear();
+                for (int j = 0; j < b; j++) batch.Add(states[j], [(i + j) % model.VocabSize], i);
+                model.Forward(batch, outB);
+            }
+        }
         EndToEndBench.WarmUp(Decode);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         Decode();
@@ -195,6 +209,7 @@ public sealed class BenchVerb
         profiler.Enabled = false;
         var rows = profiler.Report().ToList();
         double total = rows.Sum(r => r.Ms) / n;
+        if (b > 1) Console.Out.WriteLine($"batched decode of {b} sequences: figures per step ({b} tokens)");
         Console.Out.WriteLine($"decode profile over {n} tokens: {unprofiled:F3} ms/token unprofiled, {total:F3} ms/token in ops (each op synchronized)");
         Console.Out.WriteLine($"{"op",-44} {"ms/token",9} {"calls/tok",9} {"share",7} {"GB/s",8}");
         foreach (var r in rows)

@@ -25,8 +25,11 @@ public sealed class QuantizeVerb
     [Option("zero-points", HelpText = "int4 only: an asymmetric zero point per group.")]
     public bool ZeroPoints { get; set; }
 
-    [Option("quantize-embeddings", HelpText = "Quantize the token embeddings (and a tied head) too.")]
+    [Option("quantize-embeddings", HelpText = "Quantize every embedding table (token and positional) at --bits.")]
     public bool QuantizeEmbeddings { get; set; }
+
+    [Option("embedding-bits", Default = 8, HelpText = "Bits of the token embeddings and a tied LM head (read in full for every decoded token): 8, 4, or 0 to keep them as stored.")]
+    public int EmbeddingBits { get; set; }
 
     [Option("calibration", HelpText = "GPTQ: a text file whose tokens calibrate each layer's rounding (error compensation through its inputs' Hessian), or 'self' for text the model samples itself. Slow for large models (O(rows·cols²) per matrix).")]
     public string? Calibration { get; set; }
@@ -57,7 +60,7 @@ public sealed class QuantizeVerb
         }
         var options = new QuantizeOptions
         {
-            Bits = Bits, Group = Group, Asymmetric = ZeroPoints, QuantizeEmbeddings = QuantizeEmbeddings, Overwrite = Force,
+            Bits = Bits, Group = Group, Asymmetric = ZeroPoints, QuantizeEmbeddings = QuantizeEmbeddings, EmbeddingBits = EmbeddingBits, Overwrite = Force,
             Hessians = hessians,
             OnTensor = (done, total, name) => { if (terminal) bar.Report(done, total, name); },
         };

@@ -130,7 +130,7 @@ public static class Synthesizer
     }
 
     /// <summary>Bumped when synthetic checkpoints change, so that older cached ones are written again.</summary>
-    public const int CacheVersion = 2;
+    public const int CacheVersion = 3; // 3: q8/q4 quantize the token embeddings and tied head (int8) by default
     private const string VersionKey = "lrl_synthetic_version";
 
     private static bool IsCurrent(string dir)
