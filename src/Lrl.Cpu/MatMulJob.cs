@@ -28,6 +28,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     // 1-2 %); a floor of 16 rows gave 0.0 %, of 64 rows +1.9 %.
     private const int DecodeMinRows = 32;
 
+
     private struct Target
     {
         public CpuMatrix W;

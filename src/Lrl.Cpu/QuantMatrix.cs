@@ -92,7 +92,9 @@ public sealed unsafe class QuantMatrix : CpuMatrix
 
     private QuantScratch[] _rowScratch = [];
 
-    public override int RowsMax => 32;
+    /// <summary>Most rows through the integer kernel per L1 block (see <see cref="CpuMatrix.RowsMax"/>).</summary>
+    internal static int QuantRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_QUANT_ROWS"), out var v) ? v : 32;
+    public override int RowsMax => QuantRowsMax;
 
     /// <summary>Quantizes each activation row once (as <see cref="PrepareGemv"/> does for one).</summary>
     public override void PrepareRows(ReadOnlySpan<float> x, int rows)

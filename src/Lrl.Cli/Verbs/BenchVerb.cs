@@ -58,6 +58,9 @@ public sealed class BenchVerb
     [Option("plot", HelpText = "Also write a bar chart of the results to this file: PNG or SVG by its extension (.png, .svg).")]
     public string? Plot { get; set; }
 
+    [Option("load", Default = 0, HelpText = "Start this many busy threads of its own (a competing load, e.g. one per core) while benchmarking.")]
+    public int Load { get; set; }
+
     [Option("batch", Separator = ',', HelpText = "Also decode this many sequences together (comma-separated, e.g. 4,16,64): test tgN xB, aggregate tok/s of one batched step per token.")]
     public IEnumerable<int> Batch { get; set; } = [];
 
@@ -74,6 +77,38 @@ public sealed class BenchVerb
     public int StepRows { get; set; }
 
     public int Run()
+    {
+        if (Load < 0 || Load > 1024) throw new LrlException($"--load must be in 0..1024, got {Load}");
+        using var load = new BusyLoad(Load);
+        return RunCore();
+    }
+
+    /// <summary>Threads that spin until disposed: a deliberate competing load (a busy laptop or shared server).</summary>
+    private sealed class BusyLoad : IDisposable
+    {
+        private volatile bool _stop;
+        private readonly Thread[] _threads;
+
+        public BusyLoad(int n)
+        {
+            _threads = Enumerable.Range(0, n).Select(i => new Thread(() =>
+            {
+                double x = 1;
+                while (!_stop) for (int k = 0; k < 100_000; k++) x = x * 1.0000001 + 1e-9;
+                GC.KeepAlive(x);
+            }) { IsBackground = true, Name = $"lrl-bench-load-{i}" }).ToArray();
+            foreach (var t in _threads) t.Start();
+            if (n > 0) Console.Error.WriteLine($"competing load: {n} busy threads");
+        }
+
+        public void Dispose()
+        {
+            _stop = true;
+            foreach (var t in _threads) t.Join();
+        }
+    }
+
+    private int RunCore()
     {
         if (string.Equals(What, "serve", StringComparison.OrdinalIgnoreCase)) return RunServe();
         if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase))
