@@ -48,13 +48,19 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
     /// </summary>
     public virtual void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
-        int step = (int)Math.Clamp(16384 / RowBytes, 4, 64), outF = Rows;
+        int step = BlockRows, outF = Rows;
         for (int b0 = rowStart; b0 < rowEnd; b0 += step)
         {
             int b1 = Math.Min(rowEnd, b0 + step);
             for (int r = 0; r < rows; r++) GemvRow(x.Slice(r * Cols, Cols), r, y.Slice(r * outF + b0, b1 - b0), b0, b1);
         }
     }
+
+    /// <summary>
+    /// Weight rows per block of <see cref="GemvRows"/>: about 16 KB (L1), a multiple of 4 so that blocks start where
+    /// the GEMV's items do (kernels that pair rows then pair the same ones, and give the same bits).
+    /// </summary>
+    protected int BlockRows => (int)Math.Clamp(16384 / RowBytes, 4, 64) / 4 * 4;
 
     /// <summary>One activation row's share of <see cref="GemvRows"/>; dense matrices run their GEMV.</summary>
     protected virtual void GemvRow(ReadOnlySpan<float> x, int row, Span<float> y, int rowStart, int rowEnd) => Gemv(x, y, rowStart, rowEnd);

@@ -466,6 +466,101 @@ internal static unsafe class QuantKernels
         }
     }
 
+    /// <summary>
+    /// Whether <see cref="Int4ChannelPairs4"/> serves a matrix: per-channel int4 rows, a multiple of 64 columns long and
+    /// short enough that the GEMV takes them two at a time (the float arithmetic it mirrors).
+    /// </summary>
+    public static bool PairsEligible(QuantizedTensor q, float[]? channelScales) =>
+        q.Bits == 4 && channelScales != null && q.ColumnOrder == null && q.Cols % 64 == 0 && q.Cols <= PairedRowsMaxCols;
+
+    public static void Int4ChannelPairs4(QuantizedTensor q, QuantScratch[] xs, int m0, float[] channelScales, Span<float> y, int outF,
+                                         int rowStart, int rowEnd, bool vnni)
+    {
+        if (vnni) Int4ChannelPairs4<VnniDot>(q, xs, m0, channelScales, y, outF, rowStart, rowEnd);
+        else Int4ChannelPairs4<Avx2Dot>(q, xs, m0, channelScales, y, outF, rowStart, rowEnd);
+    }
+
+    /// <summary>
+    /// Four activation rows (m0 .. m0+3) against weight rows [rowStart, rowEnd) taken two at a time (an even count):
+    /// each step's 128 columns of both weight rows are loaded and unpacked once and used for all four activation rows,
+    /// and every (weight row, activation row) result goes through exactly the float operations of the GEMV's paired
+    /// rows (one accumulator, one FMA per step with the step's activation scale, the same tail), so a batched product
+    /// equals each row's GEMV bit for bit. y is [rows, outF].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Int4ChannelPairs4<TDot>(QuantizedTensor q, QuantScratch[] xs, int m0, float[] channelScales, Span<float> y, int outF,
+                                                int rowStart, int rowEnd) where TDot : struct, IDot
+    {
+        int n = q.Cols;
+        var mask = Vector256.Create((byte)0x0F);
+        QuantScratch sa = xs[m0], sb = xs[m0 + 1], sc = xs[m0 + 2], se = xs[m0 + 3];
+        fixed (sbyte* xa0 = sa.Xq) fixed (sbyte* xb0 = sb.Xq) fixed (sbyte* xc0 = sc.Xq) fixed (sbyte* xe0 = se.Xq)
+        fixed (float* da = sa.D) fixed (float* db = sb.D) fixed (float* dc = sc.D) fixed (float* de = se.D)
+        {
+            for (int o = rowStart; o + 2 <= rowEnd; o += 2)
+            {
+                byte* p0 = q.Codes + (long)o * (n / 2), p1 = p0 + n / 2;
+                Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default, c0 = default, c1 = default, e0 = default, e1 = default;
+                int c = 0;
+                for (; c + 128 <= n; c += 128, p0 += 64, p1 += 64)
+                {
+                    var v = Vector256.Load(p0); var u = Vector256.Load(p0 + 32);
+                    var w00 = v & mask; var w01 = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+                    var w02 = u & mask; var w03 = Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask;
+                    v = Vector256.Load(p1); u = Vector256.Load(p1 + 32);
+                    var w10 = v & mask; var w11 = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+                    var w12 = u & mask; var w13 = Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask;
+                    int k = c >> 5;
+                    Step(xa0 + c, da[k], w00, w01, w02, w03, w10, w11, w12, w13, ref a0, ref a1);
+                    Step(xb0 + c, db[k], w00, w01, w02, w03, w10, w11, w12, w13, ref b0, ref b1);
+                    Step(xc0 + c, dc[k], w00, w01, w02, w03, w10, w11, w12, w13, ref c0, ref c1);
+                    Step(xe0 + c, de[k], w00, w01, w02, w03, w10, w11, w12, w13, ref e0, ref e1);
+                }
+                if (c < n)
+                {
+                    // A last 64-column block: its two halves scaled separately, as the GEMV does.
+                    var v = Vector256.Load(p0); var u = Vector256.Load(p1);
+                    int k = c >> 5;
+                    Tail(xa0 + c, da[k], da[k + 1], v, u, ref a0, ref a1);
+                    Tail(xb0 + c, db[k], db[k + 1], v, u, ref b0, ref b1);
+                    Tail(xc0 + c, dc[k], dc[k + 1], v, u, ref c0, ref c1);
+                    Tail(xe0 + c, de[k], de[k + 1], v, u, ref e0, ref e1);
+                }
+                float s0 = channelScales[o], s1 = channelScales[o + 1];
+                float z0 = q.Zeros == null ? 8 : q.Zeros[o], z1 = q.Zeros == null ? 8 : q.Zeros[o + 1];
+                float g;
+                g = sa.GroupBSum[0]; y[m0 * outF + o] = s0 * (Vector256.Sum(a0) - z0 * g); y[m0 * outF + o + 1] = s1 * (Vector256.Sum(a1) - z1 * g);
+                g = sb.GroupBSum[0]; y[(m0 + 1) * outF + o] = s0 * (Vector256.Sum(b0) - z0 * g); y[(m0 + 1) * outF + o + 1] = s1 * (Vector256.Sum(b1) - z1 * g);
+                g = sc.GroupBSum[0]; y[(m0 + 2) * outF + o] = s0 * (Vector256.Sum(c0) - z0 * g); y[(m0 + 2) * outF + o + 1] = s1 * (Vector256.Sum(c1) - z1 * g);
+                g = se.GroupBSum[0]; y[(m0 + 3) * outF + o] = s0 * (Vector256.Sum(e0) - z0 * g); y[(m0 + 3) * outF + o + 1] = s1 * (Vector256.Sum(e1) - z1 * g);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static void Step(sbyte* x, float d, Vector256<byte> w00, Vector256<byte> w01, Vector256<byte> w02, Vector256<byte> w03,
+                         Vector256<byte> w10, Vector256<byte> w11, Vector256<byte> w12, Vector256<byte> w13, ref Vector256<float> r0, ref Vector256<float> r1)
+        {
+            var x0 = Vector256.Load(x); var x1 = Vector256.Load(x + 32); var x2 = Vector256.Load(x + 64); var x3 = Vector256.Load(x + 96);
+            var i0 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(w00, x0), w01, x1), w02, x2), w03, x3);
+            var i1 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(w10, x0), w11, x1), w12, x2), w13, x3);
+            var dv = Vector256.Create(d);
+            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), dv, r0);
+            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), dv, r1);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static void Tail(sbyte* x, float d0s, float d1s, Vector256<byte> v, Vector256<byte> u, ref Vector256<float> r0, ref Vector256<float> r1)
+        {
+            var mask = Vector256.Create((byte)0x0F);
+            var x0 = Vector256.Load(x); var x1 = Vector256.Load(x + 32);
+            var d0 = Vector256.Create(d0s); var d1 = Vector256.Create(d1s);
+            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, x0)), d0, r0);
+            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d1, r0);
+            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(u & mask, x0)), d0, r1);
+            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d1, r1);
+        }
+    }
+
     /// <summary>The scale of 128-column step k: activation scale d[4k], times the weight group's scale where groups vary.</summary>
     private interface IStepScale
     {

@@ -111,6 +111,35 @@ public sealed unsafe class QuantMatrix : CpuMatrix
     protected override void GemvRow(ReadOnlySpan<float> x, int row, Span<float> y, int rowStart, int rowEnd) =>
         RunKernel(_rowScratch[row], y, rowStart, rowEnd);
 
+    /// <summary>
+    /// Per-channel int4 matrices whose GEMV takes rows in pairs: four activation rows at a time through one load and
+    /// unpack of each weight pair (<see cref="QuantKernels.Int4ChannelPairs4"/>, bit-identical to the GEMV); the rest
+    /// (other formats, leftover activation rows, an odd last weight row) as the base class does.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public override void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
+    {
+        var k = Selected();
+        if (rows < 4 || k is not (QuantKernel.Avx2Int or QuantKernel.Vnni) || !QuantKernels.PairsEligible(_q, _channelScales))
+        {
+            base.GemvRows(x, y, rows, rowStart, rowEnd);
+            return;
+        }
+        int step = BlockRows, outF = Rows, full = rows / 4 * 4;
+        for (int b0 = rowStart; b0 < rowEnd; b0 += step)
+        {
+            int b1 = Math.Min(rowEnd, b0 + step), even = b0 + (b1 - b0) / 2 * 2;
+            for (int m = 0; m < full; m += 4)
+                QuantKernels.Int4ChannelPairs4(_q, _rowScratch, m, _channelScales!, y, outF, b0, even, k == QuantKernel.Vnni);
+            for (int m = 0; m < rows; m++)
+            {
+                if (m < full && even == b1) continue;
+                int from = m < full ? even : b0; // an odd last weight row, or every row for leftover activation rows
+                RunKernel(_rowScratch[m], y.Slice(m * outF + from, b1 - from), from, b1);
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Gemv(ReadOnlySpan<float> x, Span<float> y, int rowStart, int rowEnd)
     {

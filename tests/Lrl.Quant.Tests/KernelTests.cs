@@ -137,6 +137,8 @@ public class KernelTests
     [InlineData(8, 130, 576, 576, false)]
     [InlineData(8, 64, 256, 128, false)]
     [InlineData(4, 40, 1536, 32, true)]
+    [InlineData(4, 97, 1536, 1536, true)]   // per-channel zero points, an odd last weight row
+    [InlineData(4, 66, 640, 640, false)]    // a 64-column tail after the 128-column steps
     public void FewRowsEqualEachRowAlone(int bits, int outF, int cols, int group, bool zeros)
     {
         var rng = new Random(bits * 77 + outF + cols + group);
