@@ -45,7 +45,7 @@ public sealed class WorkerPool : IDisposable
     private volatile int _participants;
     private int _windowJobs, _windowStalls, _calmJobs;
     private const int Window = 256;          // jobs per decision
-    private const int StallsToShrink = 4;    // blocked waits in a window that drop one worker
+    private const int StallsToShrink = 16;   // blocked waits in a window (6 %) that drop one worker
     private const int CalmJobsToGrow = 8192; // jobs since the last stall before one more worker is tried
 
     public int ThreadCount { get; }

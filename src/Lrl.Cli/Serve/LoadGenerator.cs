@@ -104,7 +104,7 @@ public static class LoadGenerator
         sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in results)
             sb.AppendLine(FormattableString.Invariant(
-                $"| {r.Mode} | {r.Streams} | {r.Requests} | {r.Tokens} | {r.Seconds:F1} | {r.TokensPerSecond:F1} | {r.TokensPerSecond / baseline:F2}x | {r.TtftP50:F0} | {r.TtftP95:F0} | {r.ItlP50:F1} | {r.ItlP95:F1} | {r.Failed} |"));
+                $"| {r.Mode} | {r.Streams} | {r.Requests} | {r.Tokens} | {r.Seconds:F1} | {r.TokensPerSecond:F1} | {(double.IsNaN(baseline) ? "-" : (r.TokensPerSecond / baseline).ToString("F2", System.Globalization.CultureInfo.InvariantCulture) + "x")} | {r.TtftP50:F0} | {r.TtftP95:F0} | {r.ItlP50:F1} | {r.ItlP95:F1} | {r.Failed} |"));
         return sb.ToString();
     }
 }
