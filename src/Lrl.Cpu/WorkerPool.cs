@@ -17,8 +17,8 @@ public interface IParallelJob
 /// take an item of a later job with the earlier one's state.</item>
 /// <item>Waiting is bounded spinning, then blocking: the caller spins about as long as a job's tail normally takes,
 /// then sleeps until the last item's worker wakes it; idle workers spin about a millisecond, then sleep.</item>
-/// <item>The number of workers taking part follows the machine: when the caller often has to block for a job's last
-/// item (workers descheduled by other processes), one worker fewer takes part (down to the caller alone, which is
+/// <item>The number of workers taking part follows the machine: when the caller often waits for a job's last items
+/// longer than its own share took (workers descheduled by other processes), one worker fewer takes part (down to the caller alone, which is
 /// then as fast as one thread); every few thousand jobs without such stalls, one more is tried again.</item>
 /// </list>
 /// No allocation per job. Not reentrant: one job at a time.
@@ -47,6 +47,7 @@ public sealed class WorkerPool : IDisposable
     private const int Window = 256;          // jobs per decision
     private const int StallsToShrink = 16;   // blocked waits in a window (6 %) that drop one worker
     private const int CalmJobsToGrow = 8192; // jobs since the last stall before one more worker is tried
+    private static readonly long StallTicks = System.Diagnostics.Stopwatch.Frequency / 5000; // 200 µs
 
     public int ThreadCount { get; }
 
@@ -94,8 +95,18 @@ public sealed class WorkerPool : IDisposable
         // the count is seen here and the pulse reaches it (it holds the lock until Monitor.Wait releases it).
         if (Volatile.Read(ref _sleepers) > 0)
             lock (_sleep) Monitor.PulseAll(_sleep);
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         Work(0);
-        bool stalled = Volatile.Read(ref _done) < items && WaitForItems(items);
+        bool stalled = false;
+        if (Volatile.Read(ref _done) < items)
+        {
+            long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
+            WaitForItems(items);
+            // A stall: the wait for the others outlasted the caller's own share of the job (and 200 µs). An uneven
+            // split of a long job makes shorter waits; a worker the OS has descheduled, longer ones.
+            long waited = System.Diagnostics.Stopwatch.GetTimestamp() - t1;
+            stalled = waited > Math.Max(t1 - t0, StallTicks);
+        }
         Volatile.Write(ref _claim, (gen << 32) | Closed);
         _job = null;
         Adapt(stalled);
@@ -120,12 +131,12 @@ public sealed class WorkerPool : IDisposable
         _windowJobs = _windowStalls = 0;
     }
 
-    /// <summary>Waits for the job's last items; returns whether it had to block (a stall).</summary>
-    private bool WaitForItems(int items)
+    /// <summary>Waits for the job's last items, spinning briefly, then blocking.</summary>
+    private void WaitForItems(int items)
     {
         for (int spins = 0; spins < CallerSpins; spins++)
         {
-            if (Volatile.Read(ref _done) >= items) return false;
+            if (Volatile.Read(ref _done) >= items) return;
             Thread.SpinWait(1);
         }
         // The rest of the job is in the hands of a worker that is slow to finish (descheduled by a competing load):
@@ -138,7 +149,6 @@ public sealed class WorkerPool : IDisposable
             _callerWaiting = false;
         }
         BlockedWaits++;
-        return true;
     }
 
     private void Work(int worker)
