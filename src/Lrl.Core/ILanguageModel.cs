@@ -65,16 +65,10 @@ public interface ILanguageModel : IDisposable
     {
         ArgumentNullException.ThrowIfNull(batch);
         float[]? discard = null;
-        int v = VocabSize;
         foreach (var run in batch.Runs)
         {
             var tokens = batch.Tokens.Slice(run.Row0, run.Rows);
-            var dst = run.Logits switch
-            {
-                LogitsWanted.None => discard ??= new float[v],
-                LogitsWanted.Last => logits.Slice(run.LogitsRow * v, v),
-                _ => logits.Slice(run.LogitsRow * v, run.Rows * v),
-            };
+            var dst = StepBatch.LogitsOf(run, logits, VocabSize, ref discard);
             Forward(run.State, tokens, run.StartPos, dst);
         }
     }

@@ -47,6 +47,17 @@ public sealed class StepBatch
     public ReadOnlySpan<int> Tokens => _tokens.AsSpan(0, RowCount);
     public ReadOnlySpan<Run> Runs => _runs.AsSpan(0, RunCount);
 
+    /// <summary>
+    /// Where a run's logits go in a step's output: its row(s) of <paramref name="logits"/>, or, for a run that wants
+    /// none, <paramref name="discard"/> (made on first use) for the pass to write into.
+    /// </summary>
+    public static Span<float> LogitsOf(in Run run, Span<float> logits, int vocab, ref float[]? discard) => run.Logits switch
+    {
+        LogitsWanted.None => discard ??= new float[vocab],
+        LogitsWanted.Last => logits.Slice(run.LogitsRow * vocab, vocab),
+        _ => logits.Slice(run.LogitsRow * vocab, run.Rows * vocab),
+    };
+
     /// <summary>Empties the batch (keeps its arrays).</summary>
     public void Clear()
     {

@@ -98,17 +98,17 @@ public abstract class ModelBase : ILanguageModel
     }
 
     /// <summary>Grows the state's per-position buffers to hold at least <paramref name="positions"/> (under the lock).</summary>
-    private static void Reserve(SequenceState s, int positions, ModelBase m)
+    private void Reserve(SequenceState s, int positions)
     {
         if (positions <= s.Capacity) return;
-        int grown = (int)Math.Min(m.ContextLength, Math.Max(positions, 2L * s.Capacity));
-        for (int i = 0; i < m._slots.Count; i++)
+        int grown = (int)Math.Min(ContextLength, Math.Max(positions, 2L * s.Capacity));
+        for (int i = 0; i < _slots.Count; i++)
         {
-            long per = m._slots[i].PerPosition;
+            long per = _slots[i].PerPosition;
             if (per == 0) continue;
             var old = s[i];
-            var next = m.Backend.Allocate(m._slots[i].Fixed + per * grown);
-            m.Backend.Copy(old, 0, next, 0, m._slots[i].Fixed + per * s.Capacity);
+            var next = Backend.Allocate(_slots[i].Fixed + per * grown);
+            Backend.Copy(old, 0, next, 0, _slots[i].Fixed + per * s.Capacity);
             s.Replace(i, next);
             old.Dispose();
         }
@@ -121,7 +121,7 @@ public abstract class ModelBase : ILanguageModel
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             _default ??= Allocate(Math.Min(ContextLength, InitialPositions));
-            if (startPos >= 0) Reserve(_default, (int)Math.Min(ContextLength, (long)startPos + tokens.Length), this);
+            if (startPos >= 0) Reserve(_default, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
             ForwardCore(_default, tokens, startPos, logits);
         }
     }
@@ -135,7 +135,7 @@ public abstract class ModelBase : ILanguageModel
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             ObjectDisposedException.ThrowIf(s.IsDisposed, state);
-            if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length), this);
+            if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
             ForwardCore(s, tokens, startPos, logits);
         }
     }
@@ -160,7 +160,7 @@ public abstract class ModelBase : ILanguageModel
             {
                 var s = (SequenceState)run.State;
                 ObjectDisposedException.ThrowIf(s.IsDisposed, run.State);
-                Reserve(s, run.StartPos + run.Rows, this);
+                Reserve(s, run.StartPos + run.Rows);
             }
             ForwardBatchCore(batch, logits);
         }
@@ -174,24 +174,9 @@ public abstract class ModelBase : ILanguageModel
     /// </summary>
     private protected virtual void ForwardBatchCore(StepBatch batch, Span<float> logits)
     {
-        int v = VocabSize;
         foreach (var run in batch.Runs)
-        {
-            var tokens = batch.Tokens.Slice(run.Row0, run.Rows);
-            var state = (SequenceState)run.State;
-            switch (run.Logits)
-            {
-                case LogitsWanted.None:
-                    ForwardCore(state, tokens, run.StartPos, _discard ??= new float[v]);
-                    break;
-                case LogitsWanted.Last:
-                    ForwardCore(state, tokens, run.StartPos, logits.Slice(run.LogitsRow * v, v));
-                    break;
-                default:
-                    ForwardCore(state, tokens, run.StartPos, logits.Slice(run.LogitsRow * v, run.Rows * v));
-                    break;
-            }
-        }
+            ForwardCore((SequenceState)run.State, batch.Tokens.Slice(run.Row0, run.Rows), run.StartPos,
+                        StepBatch.LogitsOf(run, logits, VocabSize, ref _discard));
     }
 
     /// <summary>The forward pass over one sequence's state; called under the model's lock.</summary>

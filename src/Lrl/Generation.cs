@@ -37,13 +37,20 @@ internal sealed class Generation
         Stats = new GenerationStats { PromptTokens = prompt.Length, FinishReason = FinishReason.Length };
 
         // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
-        int reuse = 0;
-        while (reuse < held.Count && reuse < prompt.Length && held[reuse] == prompt[reuse]) reuse++;
+        int reuse = SharedPrefix(held, prompt);
         if (reuse == prompt.Length) reuse--; // at least one token must run to produce logits
         if (reuse < held.Count && !model.CanRewind) reuse = 0;
         Stats.CachedTokens = reuse;
         held.Clear();
         held.AddRange(prompt.AsSpan(0, reuse));
+    }
+
+    /// <summary>Tokens at the start of <paramref name="prompt"/> that <paramref name="held"/> starts with too.</summary>
+    public static int SharedPrefix(List<int> held, ReadOnlySpan<int> prompt)
+    {
+        int n = 0;
+        while (n < held.Count && n < prompt.Length && held[n] == prompt[n]) n++;
+        return n;
     }
 
     public GenerationStats Stats { get; }

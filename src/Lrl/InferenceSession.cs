@@ -43,10 +43,9 @@ public sealed class InferenceSession : IDisposable
         CancellationToken cancellationToken = default)
     {
         if (_owner.Loop is null) return OffContext.Stream(() => Generate(prompt, options, cancellationToken));
-        ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(prompt);
         options ??= new GenerationOptions();
-        return RunAsync(CheckPrompt(_owner.Model, _owner.Tokenizer.Encode(prompt, options.AddBos), options), options, cancellationToken);
+        return GenerateAsync(_owner.Tokenizer.Encode(prompt, options.AddBos), options, cancellationToken);
     }
 
     /// <summary>
@@ -61,12 +60,7 @@ public sealed class InferenceSession : IDisposable
     }
 
     /// <summary>Tokens at the start of <paramref name="prompt"/> whose state this session holds already.</summary>
-    internal int SharedPrefix(ReadOnlySpan<int> prompt)
-    {
-        int n = 0;
-        while (n < _held.Count && n < prompt.Length && _held[n] == prompt[n]) n++;
-        return n;
-    }
+    internal int SharedPrefix(ReadOnlySpan<int> prompt) => Generation.SharedPrefix(_held, prompt);
 
     /// <summary>Generates synchronously, token by token.</summary>
     public IEnumerable<GeneratedToken> Generate(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)

@@ -82,7 +82,8 @@ public static class EndToEndBench
         }
         foreach (int b in batches ?? [])
         {
-            if (b < 2) continue;
+            if (b < 1 || b > 1024) throw new LrlException($"--batch {b} must be in 1..1024");
+            if (b == 1) continue; // the tg row
             if (genTokens < 1) throw new LrlException("--batch needs -n ≥ 1 (tokens each sequence decodes)");
             // Batched decode: b sequences, each decoding genTokens tokens, one row per sequence per step (StepBatch);
             // aggregate tokens per second over all of them.
