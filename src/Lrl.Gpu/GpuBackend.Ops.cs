@@ -38,7 +38,7 @@ public sealed partial class GpuBackend
 
     private void DisposeScratch()
     {
-        _tokens?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _scalar.Dispose();
+        _tokens?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
         foreach (var b in _ropeTables.Values) b.Dispose();
         _ropeTables.Clear();
     }

@@ -11,7 +11,8 @@ public sealed class Gpt2 : ModelBase
 {
     private sealed record Layer(Weight Ln1W, Weight Ln1B, Weight Wq, Weight Wk, Weight Wv, Weight Bq, Weight Bk, Weight Bv,
                                 Weight Wo, Weight Bo, Weight Ln2W, Weight Ln2B, Weight Fc, Weight BFc, Weight Proj, Weight BProj,
-                                int KCache, int VCache);   // state slots: [context, hidden] each
+                                int KCache, int VCache,    // state slots: [context, hidden] each
+                                int Lora);                 // adapter slots: q, k, v (c_attn), c_proj, c_fc, mlp c_proj from here
 
     private readonly Checkpoint _checkpoint;
     private readonly OwnedTensors _owned = new();
@@ -69,7 +70,8 @@ public sealed class Gpt2 : ModelBase
                     W(p + "ln_2.weight", C), W(p + "ln_2.bias", C),
                     Conv(p + "mlp.c_fc.weight", C, c.InnerSize, 0, c.InnerSize), W(p + "mlp.c_fc.bias", c.InnerSize),
                     Conv(p + "mlp.c_proj.weight", c.InnerSize, C, 0, C), W(p + "mlp.c_proj.bias", C),
-                    PositionSlot(C), PositionSlot(C));
+                    PositionSlot(C), PositionSlot(C),
+                    AdaptableModules(i, C, c.InnerSize));
             }
         }
         catch { _owned.Dispose(); throw; }
@@ -90,6 +92,20 @@ public sealed class Gpt2 : ModelBase
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Fc, l.Proj }.Sum(w => w.ByteSize)) + _head.ByteSize;
     }
 
+    /// <summary>GPT-2's adaptable Conv1D modules, under the checkpoint's names and the other prefix form.</summary>
+    private int AdaptableModules(int i, int C, int inner)
+    {
+        int M(string name, int outF, int inF, int row0 = 0, int rows = -1) =>
+            AdaptableModule("transformer.h." + i + "." + name, outF, inF, row0, rows, alias: "h." + i + "." + name);
+        int first = M("attn.c_attn", 3 * C, C, 0, C);
+        M("attn.c_attn", 3 * C, C, C, C);
+        M("attn.c_attn", 3 * C, C, 2 * C, C);
+        M("attn.c_proj", C, C);
+        M("mlp.c_fc", inner, C);
+        M("mlp.c_proj", C, inner);
+        return first;
+    }
+
     private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         int n = tokens.Length;
@@ -108,6 +124,7 @@ public sealed class Gpt2 : ModelBase
         var c = Config;
         int rows = tokens.Length, C = c.HiddenSize;
         float eps = (float)c.LayerNormEps;
+        bool adapted = Adapted(state);
         _b.Embed(_wte, tokens, _x);
         for (int r = 0; r < rows; r++) _positions[r] = pos + r;
         _b.Embed(_wpe, _positions.AsSpan(0, rows), _pe);
@@ -122,15 +139,24 @@ public sealed class Gpt2 : ModelBase
             _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
             _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
             _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
+            if (adapted)
+            {
+                Adapt(state, l.Lora, _xb, 0, rows, _q);
+                Adapt(state, l.Lora + 1, _xb, 0, rows, _k);
+                Adapt(state, l.Lora + 2, _xb, 0, rows, _v);
+            }
             _b.Copy(_k, 0, kCache, (long)pos * C, (long)rows * C);
             _b.Copy(_v, 0, vCache, (long)pos * C, (long)rows * C);
             _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
             _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
+            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta);
             _b.Add(_x, _delta, (long)rows * C);
             _b.LayerNorm(_x, l.Ln2W, l.Ln2B, _xb, rows, eps);
             _b.MatMul(_xb, l.Fc, _h, rows, l.BFc);
+            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h);
             _b.Gelu(_h, (long)rows * c.InnerSize);
             _b.MatMul(_h, l.Proj, _delta, rows, l.BProj);
+            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta);
             _b.Add(_x, _delta, (long)rows * C);
         }
         _b.LayerNorm(_x, _lnfW, _lnfB, _xb, rows, eps);

@@ -10,7 +10,8 @@ public sealed class Llama : ModelBase
 {
     private sealed record Layer(Weight AttnNorm, Weight Wq, Weight Wk, Weight Wv, Weight Wo,
                                 Weight? Bq, Weight? Bk, Weight? Bv, Weight MlpNorm, Weight Gate, Weight Up, Weight Down,
-                                int KCache, int VCache);   // state slots: [context, kvDim] each
+                                int KCache, int VCache,    // state slots: [context, kvDim] each
+                                int Lora);                 // adapter slots: q, k, v, o, gate, up, down from here
 
     private readonly Checkpoint _checkpoint;
     private readonly IBackend _b;
@@ -66,7 +67,8 @@ public sealed class Llama : ModelBase
                 W(p + "mlp.gate_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.up_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.down_proj.weight", c.HiddenSize, c.IntermediateSize),
-                PositionSlot(c.KvDim), PositionSlot(c.KvDim));
+                PositionSlot(c.KvDim), PositionSlot(c.KvDim),
+                AdaptableModules(p, c));
         }
         _rope = new RopeTable(c.RopeInvFreq());
 
@@ -84,6 +86,18 @@ public sealed class Llama : ModelBase
         ParameterCount = WeightLoader.ParameterCount(checkpoint);
         WeightBytesPerToken = _layers.Sum(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }.Sum(w => w.ByteSize))
                               + _lmHead.ByteSize;
+    }
+
+    private int AdaptableModules(string p, LlamaConfig c)
+    {
+        int first = AdaptableModule(p + "self_attn.q_proj", c.QDim, c.HiddenSize);
+        AdaptableModule(p + "self_attn.k_proj", c.KvDim, c.HiddenSize);
+        AdaptableModule(p + "self_attn.v_proj", c.KvDim, c.HiddenSize);
+        AdaptableModule(p + "self_attn.o_proj", c.HiddenSize, c.QDim);
+        AdaptableModule(p + "mlp.gate_proj", c.IntermediateSize, c.HiddenSize);
+        AdaptableModule(p + "mlp.up_proj", c.IntermediateSize, c.HiddenSize);
+        AdaptableModule(p + "mlp.down_proj", c.HiddenSize, c.IntermediateSize);
+        return first;
     }
 
     private protected override void ForwardCore(SequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
@@ -152,6 +166,8 @@ public sealed class Llama : ModelBase
         int rows = tokens.Length;
         float eps = (float)c.RmsNormEps, scale = 1f / MathF.Sqrt(c.HeadDim);
 
+        bool adapted = false;
+        foreach (var p in pieces) adapted |= Adapted(p.State);
         _b.Embed(_embed, tokens, _x);
         _b.RmsNorm(_x, _layers[0].AttnNorm, _xb, rows, eps);
         for (int i = 0; i < _layers.Length; i++)
@@ -163,6 +179,12 @@ public sealed class Llama : ModelBase
             foreach (var p in pieces)
             {
                 DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
+                if (adapted)
+                {
+                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q);
+                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k);
+                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v);
+                }
                 _b.RopeRows(_q, p.Row, p.Rows, c.NumHeads, c.HeadDim, p.Pos, _rope);
                 _b.RopeRows(_k, p.Row, p.Rows, c.NumKvHeads, c.HeadDim, p.Pos, _rope);
                 _b.Copy(_k, (long)p.Row * c.KvDim, kCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
@@ -170,11 +192,24 @@ public sealed class Llama : ModelBase
                 _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             }
             _b.MatMul(_att, l.Wo, _delta, rows);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta);
             // Residual add fused with the MLP's norm.
             _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
-            // SwiGLU MLP.
-            _b.GateUpSwiGlu(_xb, rows, l.Gate, l.Up, _gate, _up);
+            // SwiGLU MLP (with adapters, the gate and up products take their updates before the activation).
+            if (!adapted) _b.GateUpSwiGlu(_xb, rows, l.Gate, l.Up, _gate, _up);
+            else
+            {
+                _b.MatMul(_xb, l.Gate, _gate, rows);
+                _b.MatMul(_xb, l.Up, _up, rows);
+                foreach (var p in pieces)
+                {
+                    Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _gate);
+                    Adapt(p.State, l.Lora + 5, _xb, p.Row, p.Rows, _up);
+                }
+                _b.SwiGlu(_gate, _up, _gate, (long)rows * c.IntermediateSize);
+            }
             _b.MatMul(_gate, l.Down, _delta, rows);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta);
             // Residual add fused with the next block's norm (or the final norm).
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].AttnNorm : _finalNorm;
             _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);

@@ -14,6 +14,8 @@ internal sealed class SequenceState : ISequenceState
     public long Floats => _buffers?.Sum(b => b.Length) ?? 0;
     /// <summary>Positions the per-position buffers (KV caches) hold now; they grow on demand up to the context window.</summary>
     public int Capacity { get; private set; }
+    /// <summary>LoRA adapters applied to this sequence's rows (set under the owner's lock).</summary>
+    public LoraAdapter[] Adapters { get; set; } = [];
     /// <summary>Tokens consumed since the last reset (recurrent models).</summary>
     public long Position { get; set; }
     public bool IsDisposed => _buffers is null;
@@ -52,6 +54,11 @@ public abstract class ModelBase : ILanguageModel
     private readonly HashSet<SequenceState> _states = new();
     private SequenceState? _default;
     private bool _disposed;
+    // Linear modules a LoRA adapter may target, by base-model name (aliases share a list), and the adapters loaded.
+    private readonly Dictionary<string, List<LoraBinder.Target>> _adaptable = new(StringComparer.Ordinal);
+    private int _adaptSlots;
+    private readonly HashSet<LoraAdapter> _adapters = new();
+    private ILoraOps? _loraOps;
 
     public abstract string Architecture { get; }
     public abstract int VocabSize { get; }
@@ -77,6 +84,101 @@ public abstract class ModelBase : ILanguageModel
     /// sequence does, so a state costs memory for the positions it holds, not for the whole window.
     /// </summary>
     protected int PositionSlot(long floatsPerPosition) { _slots.Add((0, floatsPerPosition)); return _slots.Count - 1; }
+
+    /// <summary>
+    /// Declares a linear module LoRA adapters may target: <paramref name="name"/> is its base-model name (e.g.
+    /// "model.layers.0.self_attn.q_proj"), [outF, inF] its full shape; the product it declares computes the module's
+    /// outputs [row0, row0 + rows) (GPT-2's fused c_attn is three products: three calls). Returns the slot the forward
+    /// pass hands to <see cref="Adapt"/>.
+    /// </summary>
+    private protected int AdaptableModule(string name, int outF, int inF, int row0 = 0, int rows = -1, string? alias = null)
+    {
+        if (!_adaptable.TryGetValue(name, out var list))
+        {
+            _adaptable[name] = list = new List<LoraBinder.Target>();
+            if (alias is not null) _adaptable[alias] = list;
+        }
+        var t = new LoraBinder.Target(_adaptSlots++, outF, inF, row0, rows < 0 ? outF : rows);
+        list.Add(t);
+        return t.Slot;
+    }
+
+    /// <summary>
+    /// Loads a Hugging Face PEFT LoRA adapter folder onto this model's backend, unmerged, scaled by
+    /// <paramref name="scale"/> on top of its own lora_alpha / r. Errors name the adapter's file and tensor.
+    /// </summary>
+    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var a = LoraBinder.Load(this, _adaptable, directory, scale, name);
+            _adapters.Add(a);
+            return a;
+        }
+    }
+
+    /// <summary>
+    /// Sets the adapters applied to a sequence's rows from its next forward pass on (empty: the base model). The state's
+    /// cached positions were computed with the adapters it had then; restart the sequence when they change.
+    /// </summary>
+    public void SetAdapters(ISequenceState state, IReadOnlyList<LoraAdapter> adapters)
+    {
+        ArgumentNullException.ThrowIfNull(adapters);
+        var s = Own(state);
+        foreach (var a in adapters)
+        {
+            ArgumentNullException.ThrowIfNull(a, nameof(adapters));
+            if (a.Owner != this) throw new LrlException($"adapter {a.Name} was loaded by another model; load it with this model's LoadAdapter()");
+            ObjectDisposedException.ThrowIf(a.IsDisposed, a);
+        }
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(s.IsDisposed, state);
+            s.Adapters = adapters.ToArray();
+        }
+    }
+
+    /// <summary>The adapters a state runs with.</summary>
+    public IReadOnlyList<LoraAdapter> AdaptersOf(ISequenceState state) => Own(state).Adapters;
+
+    private SequenceState Own(ISequenceState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        return state is SequenceState s && s.Owner == this ? s
+            : throw new LrlException("the sequence state was created by another model; create it with this model's CreateState()");
+    }
+
+    /// <summary>Whether any of the states runs with adapters.</summary>
+    private protected static bool Adapted(SequenceState s) => s.Adapters.Length > 0;
+
+    /// <summary>Adds every adapter of <paramref name="s"/> for <paramref name="slot"/> to y's rows [row, row + rows), reading x's.</summary>
+    private protected void Adapt(SequenceState s, int slot, DeviceBuffer x, int row, int rows, DeviceBuffer y)
+    {
+        var list = s.Adapters;
+        for (int i = 0; i < list.Length; i++)
+        {
+            var a = list[i];
+            if (a.Slots[slot] is { } w)
+                (_loraOps ??= Backend as ILoraOps ?? throw new LrlException($"the {Backend.Name} backend cannot run LoRA adapters"))
+                    .LoraRows(x, row, rows, w, a.Scales[slot], y);
+        }
+    }
+
+    internal void Release(LoraAdapter a)
+    {
+        lock (_gate)
+        {
+            _adapters.Remove(a);
+            a.Free();
+        }
+    }
+
+    private static void CheckAdapters(SequenceState s)
+    {
+        foreach (var a in s.Adapters) ObjectDisposedException.ThrowIf(a.IsDisposed, a);
+    }
 
     public ISequenceState CreateState()
     {
@@ -135,6 +237,7 @@ public abstract class ModelBase : ILanguageModel
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             ObjectDisposedException.ThrowIf(s.IsDisposed, state);
+            CheckAdapters(s);
             if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
             ForwardCore(s, tokens, startPos, logits);
         }
@@ -160,6 +263,7 @@ public abstract class ModelBase : ILanguageModel
             {
                 var s = (SequenceState)run.State;
                 ObjectDisposedException.ThrowIf(s.IsDisposed, run.State);
+                CheckAdapters(s);
                 Reserve(s, run.StartPos + run.Rows);
             }
             ForwardBatchCore(batch, logits);
@@ -200,6 +304,8 @@ public abstract class ModelBase : ILanguageModel
             _default?.Free();
             foreach (var s in _states) s.Free();
             _states.Clear();
+            foreach (var a in _adapters) a.Free();
+            _adapters.Clear();
             DisposeCore();
         }
         GC.SuppressFinalize(this);

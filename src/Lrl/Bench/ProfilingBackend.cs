@@ -6,7 +6,7 @@ namespace Lrl.Bench;
 /// Wraps a backend and times every op (synchronizing around each, so GPU times are real): where a decoded token's
 /// time goes, by op and by matrix shape, with the GB/s each matrix product reached. For `lrlrun bench --profile`.
 /// </summary>
-public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBackend
+public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBackend, ILoraOps
 {
     private readonly Dictionary<string, (long Ticks, long Calls, long Bytes)> _ops = new();
     private readonly Stopwatch _clock = new();
@@ -42,6 +42,14 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
     public Weight LoadWeight(HostTensor tensor) => inner.LoadWeight(tensor);
     public Weight LoadQuantized(QuantizedTensor q) =>
         (inner as IQuantizedBackend ?? throw new LrlException($"backend {inner.Name} has no quantized weights")).LoadQuantized(q);
+    private ILoraOps Lora => inner as ILoraOps ?? throw new LrlException($"backend {inner.Name} has no LoRA ops");
+    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures) =>
+        Lora.LoadLora(name, a, b, rank, inFeatures, outFeatures);
+    public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        if (!Enabled) { Lora.LoraRows(x, row0, rows, lora, scale, y); return; }
+        Time($"lora r{lora.Rank} {lora.OutFeatures}x{lora.InFeatures}", lora.ByteSize, () => Lora.LoraRows(x, row0, rows, lora, scale, y));
+    }
     public DeviceBuffer Allocate(long length) => inner.Allocate(length);
     public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) => inner.Upload(source, destination, destinationOffset);
     public void Download(DeviceBuffer source, long sourceOffset, Span<float> destination)

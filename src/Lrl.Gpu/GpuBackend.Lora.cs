@@ -1,0 +1,57 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Lrl.Kernels;
+
+namespace Lrl.Gpu;
+
+/// <summary>A LoRA pair in device memory as f32: A [rank, in] as stored, B transposed to [rank, out].</summary>
+internal sealed class GpuLora(string name, int rank, int inF, int outF,
+                              MemoryBuffer1D<float, Stride1D.Dense> a, MemoryBuffer1D<float, Stride1D.Dense> bt) : LoraWeights(name, rank, inF, outF)
+{
+    public ArrayView<float> A => a.View;
+    public ArrayView<float> Bt => bt.View;
+    public override long ByteSize => (a.Length + bt.Length) * 4;
+    public override void Dispose() { a.Dispose(); bt.Dispose(); }
+}
+
+// ILoraOps on ILGPU kernels (kernels/Lrl.Kernels/LoraKernels.cs): two launches per adapted product.
+public sealed partial class GpuBackend : ILoraOps
+{
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>? _loraDown;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _loraUp;
+    private MemoryBuffer1D<float, Stride1D.Dense>? _loraT; // [rows, rank] scratch, grown on demand
+
+    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures)
+    {
+        if (rank < 1 || inFeatures < 1 || outFeatures < 1 || a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
+            throw new ArgumentException($"LoRA {name}: A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]");
+        var bt = new float[(long)rank * outFeatures];
+        for (int o = 0; o < outFeatures; o++)
+            for (int j = 0; j < rank; j++) bt[(long)j * outFeatures + o] = b[o * rank + j];
+        var ad = AllocateRaw<float>(a.Length, $"LoRA {name} A");
+        var bd = AllocateRaw<float>(bt.Length, $"LoRA {name} B");
+        ad.View.CopyFromCPU(_stream, a);
+        bd.View.CopyFromCPU(_stream, bt);
+        _stream.Synchronize();
+        return new GpuLora(name, rank, inFeatures, outFeatures, ad, bd);
+    }
+
+    public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        var w = lora as GpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by this GPU backend");
+        if (row0 < 0 || rows < 0 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
+        if (rows == 0) return;
+        long need = (long)rows * w.Rank;
+        if (_loraT is null || _loraT.Length < need)
+        {
+            _loraT?.Dispose();
+            _loraT = AllocateRaw<float>(Math.Max(need, 256), "LoRA scratch");
+        }
+        _loraDown ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>(LoraKernels.Down);
+        _loraUp ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(LoraKernels.Up);
+        int perGroup = _group / _warp;
+        _loraDown(_stream, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), B(x).View, w.A, _loraT.View, row0, rows, w.Rank, w.InFeatures, scale);
+        _loraUp(_stream, N((long)rows * w.OutFeatures), _loraT.View, w.Bt, B(y).View, row0, rows, w.Rank, w.OutFeatures);
+    }
+}

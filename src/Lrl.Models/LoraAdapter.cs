@@ -1,0 +1,105 @@
+using Lrl.Loading;
+
+namespace Lrl.Models;
+
+/// <summary>
+/// A LoRA adapter loaded onto one model's backend, applied unmerged: after each adapted product,
+/// y += s·(x·Aᵀ)·Bᵀ with s = user scale · lora_alpha / r (or / √r with rsLoRA). Attach it to sequence states
+/// (<see cref="ModelBase.SetAdapters"/>) so one shared base runs each sequence with its own adapters, in the same
+/// batched step. Read-only once loaded; dispose it (or the model) to free its weights.
+/// </summary>
+public sealed class LoraAdapter : IDisposable
+{
+    // Per adaptable slot of the owner (see ModelBase.AdaptableModule): the pair and its scale, or null.
+    internal readonly LoraWeights?[] Slots;
+    internal readonly float[] Scales;
+
+    /// <summary>The adapter's name (its folder's name unless given).</summary>
+    public string Name { get; }
+    public string Directory { get; }
+    /// <summary>The user's multiplier (--lora DIR:scale), on top of lora_alpha / r.</summary>
+    public float Scale { get; }
+    /// <summary>r from adapter_config.json.</summary>
+    public int Rank { get; }
+    /// <summary>Base-model modules it adapts.</summary>
+    public IReadOnlyList<string> Modules { get; }
+    /// <summary>Bytes of its matrices on the backend (what one row of a step reads extra, at most).</summary>
+    public long ByteSize => Slots.Sum(s => s?.ByteSize ?? 0);
+    public bool IsDisposed { get; private set; }
+    internal ModelBase Owner { get; }
+
+    internal LoraAdapter(ModelBase owner, string name, string directory, float scale, int rank, LoraWeights?[] slots, float[] scales, IReadOnlyList<string> modules)
+    {
+        Owner = owner; Name = name; Directory = directory; Scale = scale; Rank = rank; Slots = slots; Scales = scales; Modules = modules;
+    }
+
+    /// <summary>Frees the adapter's weights (waiting for a forward pass in progress); states that hold it then fail to run.</summary>
+    public void Dispose() => Owner.Release(this);
+
+    internal void Free()
+    {
+        if (IsDisposed) return;
+        IsDisposed = true;
+        foreach (var w in Slots) w?.Dispose();
+    }
+
+    public override string ToString() => $"{Name} (r={Rank}, {Modules.Count} modules, scale {Scale})";
+}
+
+/// <summary>Binds a PEFT adapter folder to a model's adaptable modules and loads its pairs onto the backend.</summary>
+internal static class LoraBinder
+{
+    /// <summary>An adaptable module slot: the product it follows takes B's rows [Row0, Row0 + Rows) of the module.</summary>
+    internal readonly record struct Target(int Slot, int OutFeatures, int InFeatures, int Row0, int Rows);
+
+    public static LoraAdapter Load(ModelBase model, IReadOnlyDictionary<string, List<Target>> modules, string directory, float scale, string? name)
+    {
+        if (!float.IsFinite(scale)) throw new LrlException($"LoRA scale must be a finite number, got {scale}");
+        var ops = model.Backend as ILoraOps ?? throw new LrlException($"the {model.Backend.Name} backend cannot run LoRA adapters");
+        using var peft = PeftAdapter.Open(directory);
+        if (modules.Count == 0)
+            throw new LrlException($"{peft.Directory}: LoRA adapters are supported for the Llama family and GPT-2, not {model.Architecture}");
+        if (peft.Replacements.Count > 0)
+            throw new ModelFormatException(peft.WeightsPath,
+                $"replaces whole modules ({string.Join(", ", peft.Replacements.Keys.Take(4))}, from modules_to_save); run it merged: lrlrun merge-lora MODEL --lora {peft.Directory} --out DIR");
+        var unmatched = peft.UnmatchedTargets(modules.Keys.ToList()).ToList();
+        if (unmatched.Count > 0)
+            throw new ModelFormatException(peft.ConfigPath, $"target module '{unmatched[0]}' matches no linear module of {model.Architecture}");
+        int slotCount = modules.Values.SelectMany(v => v).Select(t => t.Slot).DefaultIfEmpty(-1).Max() + 1;
+        var slots = new LoraWeights?[slotCount];
+        var scales = new float[slotCount];
+        var adapted = new List<string>();
+        try
+        {
+            foreach (var p in peft.Pairs)
+            {
+                if (p.Embedding)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_embedding_A' adapts an embedding; run it merged: lrlrun merge-lora MODEL --lora {peft.Directory} --out DIR");
+                if (!modules.TryGetValue(p.Module, out var targets))
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_A.weight' adapts '{p.Module}', which is not a linear module of {model.Architecture}");
+                var t0 = targets[0];
+                int fullOut = t0.OutFeatures, inF = t0.InFeatures;
+                if (p.A.Shape[1] != inF)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_A.weight' is {p.A.ShapeString}; {p.Module} takes {inF} inputs, so it must be [{p.Rank}, {inF}]");
+                if (p.B.Shape[0] != fullOut)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_B.weight' is {p.B.ShapeString}; {p.Module} has {fullOut} outputs, so it must be [{fullOut}, {p.Rank}]");
+                var a = p.A.ToFloatArray();
+                var b = p.B.ToFloatArray();
+                foreach (var t in targets)
+                {
+                    if (slots[t.Slot] is not null)
+                        throw new ModelFormatException(peft.WeightsPath, $"module '{p.Module}' is adapted twice");
+                    slots[t.Slot] = ops.LoadLora($"{p.Module}[{t.Row0}:{t.Row0 + t.Rows}]", a, b.AsSpan(t.Row0 * p.Rank, t.Rows * p.Rank), p.Rank, inF, t.Rows);
+                    scales[t.Slot] = (float)(scale * p.Scaling);
+                }
+                adapted.Add(p.Module);
+            }
+        }
+        catch
+        {
+            foreach (var w in slots) w?.Dispose();
+            throw;
+        }
+        return new LoraAdapter(model, name ?? Path.GetFileName(peft.Directory.TrimEnd(Path.DirectorySeparatorChar)), peft.Directory, scale, peft.Rank, slots, scales, adapted);
+    }
+}
