@@ -1,0 +1,298 @@
+using Lrl.Cpu;
+using Lrl.Kernels.Reference;
+using Lrl.Loading;
+
+namespace Lrl.Models.Tests;
+
+/// <summary>
+/// LoRA adapters on the real models: random PEFT adapters (several ranks, target sets, alpha and rsLoRA scaling, adapter
+/// dtypes) applied unmerged give the logits of the merged checkpoint and of the float64 reference backend; adapters are
+/// per sequence inside one batched step; malformed adapters are one-line errors naming the tensor.
+/// </summary>
+public class LoraTests
+{
+    private static readonly string[] AllLlama = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    private static readonly string[] AllGpt2 = ["c_attn", "c_proj", "c_fc"];
+
+    public static TheoryData<string, string, int, bool, DType> Cases => new()
+    {
+        { "stories260k", "all", 16, false, DType.F32 },
+        { "stories260k", "attn", 1, false, DType.F32 },
+        { "stories260k", "mlp", 4, true, DType.BF16 },
+        { "stories260k-fp16", "all", 8, false, DType.F16 },
+        { "stories260k-bf16-sharded", "qv", 4, true, DType.F32 },
+        { "capp-gpt2-tiny", "all", 8, false, DType.F32 },
+        { "capp-gpt2-tiny", "c_attn", 2, true, DType.F32 },
+    };
+
+    private static string[] Targets(string model, string set) => set switch
+    {
+        "all" => model.Contains("gpt2") ? AllGpt2 : AllLlama,
+        "attn" => ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "mlp" => ["gate_proj", "up_proj", "down_proj"],
+        "qv" => ["q_proj", "v_proj"],
+        _ => [set],
+    };
+
+    private static int[] Prompt(ILanguageModel m, int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => rng.Next(3, m.VocabSize)).ToArray();
+    }
+
+    /// <summary>Every position's logits of <paramref name="tokens"/> from a fresh state with the given adapters.</summary>
+    private static float[] Logits(ILanguageModel model, int[] tokens, params LoraAdapter[] adapters)
+    {
+        using var state = model.CreateState();
+        ((ModelBase)model).SetAdapters(state, adapters);
+        var logits = new float[tokens.Length * model.VocabSize];
+        model.Forward(state, tokens, 0, logits);
+        return logits;
+    }
+
+    private static double Rel(float[] a, float[] b)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++) { double d = a[i] - b[i]; num += d * d; den += (double)b[i] * b[i]; }
+        return Math.Sqrt(num / den);
+    }
+
+    [Theory, MemberData(nameof(Cases))]
+    public void UnmergedEqualsMergedAndFloat64Reference(string name, string set, int rank, bool rsLora, DType dtype)
+    {
+        var dir = SharedData.Model(name);
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("adapter"), dir, Targets(name, set), rank, alpha: 2.0 * rank, seed: rank * 31 + set.Length, rsLora: rsLora, dtype: dtype);
+        var merged = LoraMerger.Merge(dir, [(adapter, 0.8f)], tmp.Sub("merged")).OutDir;
+
+        using var cpu = new CpuBackend();
+        using var reference = new ReferenceBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var refModel = ModelRegistry.Load(dir, reference);
+        using var mergedModel = ModelRegistry.Load(merged, cpu);
+        var a = ((ModelBase)model).LoadAdapter(adapter, 0.8f);
+        var aRef = ((ModelBase)refModel).LoadAdapter(adapter, 0.8f);
+        Assert.Equal(rank, a.Rank);
+
+        var tokens = Prompt(model, 40, rank);
+        var baseLogits = Logits(model, tokens);
+        var unmerged = Logits(model, tokens, a);
+        var mergedLogits = Logits(mergedModel, tokens);
+        var refUnmerged = Logits(refModel, tokens, aRef);
+
+        // The adapter matters (so the comparisons below can fail)...
+        Assert.True(Rel(unmerged, baseLogits) > 1e-2, $"the adapter changed the logits by only {Rel(unmerged, baseLogits):E2}");
+        // ...and the unmerged pass is the float64 reference's...
+        double toRef = Rel(unmerged, refUnmerged);
+        Assert.True(toRef < 1e-4, $"unmerged CPU vs float64 reference: {toRef:E2}");
+        // ...and the merged checkpoint's (rounded to the base's dtype once).
+        double tolMerged = name.Contains("bf16") ? 3e-2 : name.Contains("fp16") ? 3e-3 : 1e-4;
+        double toMerged = Rel(unmerged, mergedLogits);
+        Assert.True(toMerged < tolMerged, $"unmerged vs merged: {toMerged:E2} (tolerance {tolMerged:E0})");
+    }
+
+    [Fact]
+    public void StackedAdaptersAddUpAndScaleZeroIsTheBase()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string a1 = LoraFiles.Write(tmp.Sub("a1"), dir, AllLlama, 4, 8, seed: 1);
+        string a2 = LoraFiles.Write(tmp.Sub("a2"), dir, ["q_proj", "v_proj", "down_proj"], 2, 2, seed: 2);
+        var merged = LoraMerger.Merge(dir, [(a1, 1f), (a2, -0.5f)], tmp.Sub("merged")).OutDir;
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var mergedModel = ModelRegistry.Load(merged, cpu);
+        var m = (ModelBase)model;
+        var x1 = m.LoadAdapter(a1, 1f);
+        var x2 = m.LoadAdapter(a2, -0.5f);
+        var zero = m.LoadAdapter(a1, 0f);
+        var tokens = Prompt(model, 24, 5);
+        Assert.True(Rel(Logits(model, tokens, x1, x2), Logits(mergedModel, tokens)) < 1e-4);
+        Assert.True(Rel(Logits(model, tokens, zero), Logits(model, tokens)) < 1e-6); // the unfused gate/up path rounds differently
+    }
+
+    [Fact]
+    public void QuantizedBasesTakeAdaptersAsTheReferenceDoes()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("adapter"), dir, AllLlama, 16, 16, seed: 7);
+        foreach (int bits in new[] { 8, 4 })
+        {
+            var q = Lrl.Quant.Quantizer.QuantizeModel(dir, tmp.Sub($"q{bits}"), bits, "auto", null).OutputDirectory;
+            using var cpu = new CpuBackend();
+            using var reference = new ReferenceBackend();
+            using var model = ModelRegistry.Load(q, cpu);
+            using var refModel = ModelRegistry.Load(q, reference);
+            var tokens = Prompt(model, 32, bits);
+            var got = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter));
+            var want = Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(adapter));
+            Assert.True(Rel(got, Logits(model, tokens)) > 1e-2);
+            // int8 activations in the CPU's quantized products (≤ 32 rows) cost up to ~2e-2 (as without adapters).
+            Assert.True(Rel(got, want) < 3e-2, $"q{bits}: {Rel(got, want):E2}");
+        }
+    }
+
+    [Fact]
+    public void EachSequenceOfABatchedStepRunsItsOwnAdapters()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        var m = (ModelBase)model;
+        var a = m.LoadAdapter(LoraFiles.Write(tmp.Sub("a"), dir, AllLlama, 8, 16, seed: 11));
+        var b = m.LoadAdapter(LoraFiles.Write(tmp.Sub("b"), dir, ["q_proj", "up_proj"], 3, 3, seed: 12));
+        LoraAdapter[][] sets = [[a], [], [b], [a, b]];
+        var prompts = sets.Select((_, i) => Prompt(model, 5 + 7 * i, 20 + i)).ToArray();
+        int v = model.VocabSize;
+        var alone = prompts.Select((p, i) => Logits(model, p, sets[i])).ToArray();
+
+        var states = sets.Select(s => { var st = model.CreateState(); m.SetAdapters(st, s); return st; }).ToArray();
+        try
+        {
+            var batch = new StepBatch();
+            for (int i = 0; i < states.Length; i++) batch.Add(states[i], prompts[i], 0, LogitsWanted.All);
+            var logits = new float[batch.LogitsRows * v];
+            model.Forward(batch, logits);
+            int row = 0;
+            for (int i = 0; i < states.Length; i++)
+            {
+                var got = logits.AsSpan(row * v, prompts[i].Length * v).ToArray();
+                row += prompts[i].Length;
+                Assert.True(Rel(got, alone[i]) < 1e-5, $"sequence {i}: {Rel(got, alone[i]):E2}");
+            }
+        }
+        finally { foreach (var s in states) s.Dispose(); }
+    }
+
+    [Fact]
+    public void DisposedAdapterIsAClearErrorAndOtherModelsAdaptersAreRefused()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var other = ModelRegistry.Load(dir, cpu);
+        var path = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj"], 2, 2, seed: 3);
+        var a = ((ModelBase)model).LoadAdapter(path);
+        using var state = model.CreateState();
+        Assert.Throws<LrlException>(() => ((ModelBase)other).SetAdapters(state, [a]));
+        using var otherState = other.CreateState();
+        Assert.Throws<LrlException>(() => ((ModelBase)other).SetAdapters(otherState, [a]));
+        ((ModelBase)model).SetAdapters(state, [a]);
+        a.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => model.Forward(state, [1, 2], 0, new float[model.VocabSize]));
+    }
+
+    public static TheoryData<string, string> Malformed => new()
+    {
+        { "wrong-in", "lora_A.weight" },
+        { "wrong-out", "lora_B.weight" },
+        { "rank-mismatch", "rank mismatch" },
+        { "config-rank", "rank mismatch" },
+        { "unknown-module", "self_attn.qkv_proj" },
+        { "unknown-target", "qkv_proj" },
+        { "missing-b", "no matching" },
+        { "modules-to-save", "merge-lora" },
+        { "not-targeted", "does not name" },
+        { "bad-json", "adapter_config.json" },
+        { "dora", "DoRA" },
+        { "int-tensor", "F32, F16 or BF16" },
+        { "bin-only", "safe_serialization" },
+    };
+
+    [Theory, MemberData(nameof(Malformed))]
+    public void MalformedAdapterIsAOneLineErrorNamingTheTensor(string kind, string expected)
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string ad = tmp.Sub("bad");
+        string L0(string m) => $"base_model.model.model.layers.0.{m}";
+        switch (kind)
+        {
+            case "wrong-in":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj"),
+                    extraTensors: (w, r) => { w.Add(L0("self_attn.q_proj.lora_A.weight"), [2, 63], new float[126]); w.Add(L0("self_attn.q_proj.lora_B.weight"), [64, 2], new float[128]); });
+                break;
+            case "wrong-out":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("k_proj"),
+                    extraTensors: (w, r) => { w.Add(L0("self_attn.k_proj.lora_A.weight"), [2, 64], new float[128]); w.Add(L0("self_attn.k_proj.lora_B.weight"), [64, 2], new float[128]); });
+                break;
+            case "rank-mismatch":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj"),
+                    extraTensors: (w, r) => { w.Add(L0("self_attn.q_proj.lora_A.weight"), [2, 64], new float[128]); w.Add(L0("self_attn.q_proj.lora_B.weight"), [64, 3], new float[192]); });
+                break;
+            case "config-rank": LoraFiles.Write(ad, dir, ["q_proj"], 4, 4, 1, editConfig: c => c["r"] = 8); break;
+            case "unknown-module":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = ".*_proj",
+                    extraTensors: (w, r) => { w.Add(L0("self_attn.qkv_proj.lora_A.weight"), [2, 64], new float[128]); w.Add(L0("self_attn.qkv_proj.lora_B.weight"), [192, 2], new float[384]); });
+                break;
+            case "unknown-target": LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj", "qkv_proj")); break;
+            case "missing-b":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj"),
+                    extraTensors: (w, r) => w.Add(L0("self_attn.q_proj.lora_A.weight"), [2, 64], new float[128]));
+                break;
+            case "modules-to-save":
+                LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("lm_head"),
+                    extraTensors: (w, r) => w.Add("base_model.model.lm_head.weight", [512, 64], new float[512 * 64]));
+                break;
+            case "not-targeted": LoraFiles.Write(ad, dir, ["q_proj", "k_proj"], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj")); break;
+            case "bad-json":
+                LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1);
+                File.WriteAllText(Path.Combine(ad, "adapter_config.json"), "{\"r\": 2, \"lora_alpha\": ");
+                break;
+            case "dora": LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["use_dora"] = true); break;
+            case "int-tensor":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj"),
+                    extraTensors: (w, r) => { w.Add(L0("self_attn.q_proj.lora_A.weight"), DType.I32, [2, 64], new byte[512]); w.Add(L0("self_attn.q_proj.lora_B.weight"), DType.I32, [64, 2], new byte[512]); });
+                break;
+            case "bin-only":
+                LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1);
+                File.Move(Path.Combine(ad, "adapter_model.safetensors"), Path.Combine(ad, "adapter_model.bin"));
+                break;
+        }
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        var e = Assert.ThrowsAny<LrlException>(() => ((ModelBase)model).LoadAdapter(ad));
+        Assert.Contains(expected, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        // The merge path reports the same problems (except the ones only an unmerged run has).
+        if (kind is not ("modules-to-save" or "unknown-target"))
+            Assert.ThrowsAny<LrlException>(() => LoraMerger.Merge(dir, [(ad, 1f)], tmp.Sub("out")));
+        Assert.False(Directory.Exists(tmp.Sub("out")));
+    }
+
+    [Fact]
+    public void MergeWithModulesToSaveExtendsTheVocabulary()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        using var baseCk = Checkpoint.Open(dir);
+        var embed = baseCk.Get("model.embed_tokens.weight").ToFloatArray(); // [512, 64]
+        var rng = new Random(9);
+        var extended = embed.Concat(LoraFiles.Random(rng, 3 * 64, 0.5f)).ToArray();
+        string ad = LoraFiles.Write(tmp.Sub("ext"), dir, ["q_proj"], 2, 2, 1,
+            editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("embed_tokens"),
+            extraTensors: (w, r) => w.Add("base_model.model.model.embed_tokens.weight", [515, 64], extended));
+        var report = LoraMerger.Merge(dir, [(ad, 1f)], tmp.Sub("merged"));
+        Assert.Equal(515, report.VocabSize);
+        Assert.Equal(1, report.TensorsReplaced);
+        using var cpu = new CpuBackend();
+        using var merged = ModelRegistry.Load(report.OutDir, cpu);
+        using var model = ModelRegistry.Load(dir, cpu);
+        Assert.Equal(515, merged.VocabSize);
+        // The old tokens' logits are the q_proj-adapted model's; the new tokens run and get logits.
+        var m = (ModelBase)model;
+        var tokens = Prompt(model, 16, 3);
+        // The same seed writes the same q_proj pair without the replaced embedding.
+        var want = Logits(model, tokens, m.LoadAdapter(LoraFiles.Write(tmp.Sub("qonly"), dir, ["q_proj"], 2, 2, 1)));
+        var got = new float[16 * 515];
+        using (var s = merged.CreateState()) merged.Forward(s, tokens, 0, got);
+        for (int t = 0; t < 16; t++)
+            Assert.True(Rel(got.AsSpan(t * 515, 512).ToArray(), want.AsSpan(t * 512, 512).ToArray()) < 1e-4);
+        var logits = new float[515];
+        using (var s = merged.CreateState()) merged.Forward(s, [1, 513, 514], 0, logits);
+        Assert.All(logits, x => Assert.True(float.IsFinite(x)));
+    }
+}
