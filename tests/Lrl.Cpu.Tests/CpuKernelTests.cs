@@ -296,6 +296,39 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(y, ids.Length * 19, tol: 1e-7);
         Assert.Throws<LrlException>(() => _cpu.Embed(_cpu.LoadWeight(table), [50], y.cpu));
     }
+
+    [Theory]
+    [InlineData(1, 0, 1, 64, 64, 1)]
+    [InlineData(5, 2, 3, 67, 129, 4)]
+    [InlineData(1, 0, 1, 2048, 8192, 16)]   // Llama-3.2-1B gate/up at rank 16: the parallel path
+    [InlineData(40, 7, 33, 576, 1536, 16)]
+    [InlineData(3, 1, 2, 173, 31, 7)]
+    public void LoraRowsMatchReference(int total, int row0, int rows, int inF, int outF, int rank)
+    {
+        var x = _r.Floats((long)total * inF);
+        var y0 = _r.Floats((long)total * outF);
+        var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
+        var b = _r.Floats((long)outF * rank);
+        var xi = Input(x); var yi = Input(y0);
+        var lc = ((ILoraOps)_cpu).LoadLora("t", a, b, rank, inF, outF);
+        var lr = ((ILoraOps)_ref).LoadLora("t", a, b, rank, inF, outF);
+        ((ILoraOps)_cpu).LoraRows(xi.cpu, row0, rows, lc, 0.75f, yi.cpu);
+        ((ILoraOps)_ref).LoraRows(xi.reference, row0, rows, lr, 0.75f, yi.reference);
+        var got = Get(_cpu, yi.cpu, (long)total * outF);
+        var want = Get(_ref, yi.reference, (long)total * outF);
+        // Rows outside [row0, row0 + rows) are untouched; the adapted rows changed and match the reference.
+        for (int r = 0; r < total; r++)
+        {
+            var g = got.AsSpan(r * outF, outF).ToArray(); var w = want.AsSpan(r * outF, outF).ToArray();
+            if (r < row0 || r >= row0 + rows) Assert.Equal(y0.AsSpan(r * outF, outF).ToArray(), g);
+            else
+            {
+                Assert.True(RandomTensors.RelErr(g, w) < Tol, $"row {r}: {RandomTensors.RelErr(g, w):E2}");
+                Assert.NotEqual(y0.AsSpan(r * outF, outF).ToArray(), g);
+            }
+        }
+        Assert.ThrowsAny<ArgumentException>(() => ((ILoraOps)_cpu).LoraRows(xi.cpu, total - rows + 1, rows, lc, 1f, yi.cpu));
+    }
 }
 
 /// <summary>f16 weights at the edges of the format: subnormals, signed zeros, the largest finite values.</summary>
@@ -347,4 +380,5 @@ public sealed class F16ToFloatTests
                              $"0x{bits:X4}: {actual} vs {expected}");
         }
     }
+
 }

@@ -225,4 +225,30 @@ public class KernelTests
         Assert.True(float.IsNaN(got[4]) && float.IsNaN(got[45]));
         Assert.ThrowsAny<ArgumentException>(() => g.Copy(src, 90, dst, 0, 10));
     }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void LoraRowsMatchReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        foreach (var (total, row0, rows, inF, outF, rank) in new[] { (1, 0, 1, 64, 64, 1), (5, 2, 3, 67, 129, 4), (9, 0, 9, 576, 300, 16), (3, 1, 2, 173, 31, 7) })
+        {
+            var x = arena.Floats((long)total * inF);
+            var y0 = arena.Floats((long)total * outF);
+            var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
+            var b = arena.Floats((long)outF * rank);
+            using var xg = Check.Buffer(g, x); using var yg = Check.Buffer(g, y0);
+            using var xr = Check.Buffer(r, x); using var yr = Check.Buffer(r, y0);
+            using var lg = ((ILoraOps)g).LoadLora("t", a, b, rank, inF, outF);
+            var lr = ((ILoraOps)r).LoadLora("t", a, b, rank, inF, outF);
+            ((ILoraOps)g).LoraRows(xg, row0, rows, lg, 1.5f, yg);
+            ((ILoraOps)r).LoraRows(xr, row0, rows, lr, 1.5f, yr);
+            var got = Check.Read(g, yg, (long)total * outF);
+            var want = Check.Read(r, yr, (long)total * outF);
+            Check.Close(got, want, F32Tol, $"lora rows {row0}+{rows} of {total}, [{outF}, {inF}] r={rank}");
+            for (int i = 0; i < row0 * outF; i++) Assert.Equal(y0[i], got[i]);
+            for (int i = (row0 + rows) * outF; i < total * outF; i++) Assert.Equal(y0[i], got[i]);
+        }
+    }
 }

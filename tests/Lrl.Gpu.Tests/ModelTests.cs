@@ -102,4 +102,35 @@ public class ModelTests
         for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
         return best;
     }
+
+    /// <summary>An unmerged adapter on the GPU backend gives the CPU backend's logits (Llama and GPT-2), and decode rows too.</summary>
+    [Theory]
+    [InlineData("cpu-accelerator", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    [InlineData("cpu-accelerator-nvidia", "capp-gpt2-tiny", "c_attn,c_proj,c_fc")]
+    [InlineData("cuda", "stories260k", "q_proj,v_proj,down_proj")]
+    public void LoraAdapterMatchesTheCpuBackend(string kind, string name, string targets)
+    {
+        var dir = SharedData.Model(name);
+        var backend = Backends.Get(kind);
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, targets.Split(','), 8, 16, seed: 4);
+        using var cpu = new Lrl.Cpu.CpuBackend();
+        using var model = ModelRegistry.Load(dir, backend);
+        using var cpuModel = ModelRegistry.Load(dir, cpu);
+        var ids = Enumerable.Range(0, 12).Select(i => 3 + (i * 7) % (model.VocabSize - 3)).ToArray();
+        float[] Run(ILanguageModel m)
+        {
+            var mb = (ModelBase)m;
+            using var state = m.CreateState();
+            mb.SetAdapters(state, [mb.LoadAdapter(adapter, 0.5f)]);
+            var all = new float[(ids.Length + 1) * m.VocabSize];
+            m.Forward(state, ids, 0, all.AsSpan(0, ids.Length * m.VocabSize));
+            m.Forward(state, [5], ids.Length, all.AsSpan(ids.Length * m.VocabSize)); // a decode row
+            return all;
+        }
+        var got = Run(model);
+        var want = Run(cpuModel);
+        double err = Check.RelativeL2(got, want);
+        Assert.True(err < 1e-4, $"{name} on {kind} with a LoRA adapter: relative L2 {err:E2}");
+    }
 }

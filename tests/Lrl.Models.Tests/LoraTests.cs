@@ -111,6 +111,26 @@ public class LoraTests
         Assert.True(Rel(Logits(model, tokens, zero), Logits(model, tokens)) < 1e-6); // the unfused gate/up path rounds differently
     }
 
+    /// <summary>PEFT's scaling, checked independently of the merge: rsLoRA divides alpha by √r instead of r, and the user scale multiplies it.</summary>
+    [Fact]
+    public void ScalingFollowsAlphaRankRsLoraAndUserScale()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        // Same matrices (same seed): plain α=8, r=4 → 2; rsLoRA α=4, r=4 → 4/√4 = 2; plain α=4 at user scale 2 → 2.
+        string plain = LoraFiles.Write(tmp.Sub("plain"), dir, AllLlama, 4, 8, seed: 5);
+        string rs = LoraFiles.Write(tmp.Sub("rs"), dir, AllLlama, 4, 4, seed: 5, rsLora: true);
+        string half = LoraFiles.Write(tmp.Sub("half"), dir, AllLlama, 4, 4, seed: 5);
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        var m = (ModelBase)model;
+        var tokens = Prompt(model, 20, 8);
+        var want = Logits(model, tokens, m.LoadAdapter(plain));
+        Assert.True(Rel(Logits(model, tokens, m.LoadAdapter(rs)), want) < 1e-6);
+        Assert.True(Rel(Logits(model, tokens, m.LoadAdapter(half, 2f)), want) < 1e-6);
+        Assert.True(Rel(Logits(model, tokens, m.LoadAdapter(half)), want) > 1e-3);
+    }
+
     [Fact]
     public void QuantizedBasesTakeAdaptersAsTheReferenceDoes()
     {
