@@ -26,6 +26,8 @@ public sealed class LoraAdapter : IDisposable
     /// <summary>Bytes of its matrices on the backend (what one row of a step reads extra, at most).</summary>
     public long ByteSize => Slots.Sum(s => s?.ByteSize ?? 0);
     public bool IsDisposed { get; private set; }
+    /// <summary>The model it was loaded onto (the only one it runs with).</summary>
+    public ILanguageModel Model => Owner;
     internal ModelBase Owner { get; }
 
     internal LoraAdapter(ModelBase owner, string name, string directory, float scale, int rank, LoraWeights?[] slots, float[] scales, IReadOnlyList<string> modules)

@@ -26,8 +26,10 @@ public static class PerplexityEvaluator
     /// <param name="context">Window length N (≤ the model's context; 0 = the model's context).</param>
     /// <param name="stride">Window step S, 1 ≤ S ≤ N (0 = N).</param>
     /// <param name="progress">Reports (windows done, windows total).</param>
+    /// <param name="state">The sequence state to run in (e.g. one with LoRA adapters); null = the model's default state.</param>
     public static PerplexityResult Evaluate(ILanguageModel model, ReadOnlySpan<int> tokens, long textBytes,
-                                            int context = 0, int stride = 0, IProgress<(int Done, int Total)>? progress = null)
+                                            int context = 0, int stride = 0, IProgress<(int Done, int Total)>? progress = null,
+                                            ISequenceState? state = null)
     {
         if (context == 0) context = model.ContextLength;
         if (stride == 0) stride = context;
@@ -52,7 +54,8 @@ public static class PerplexityEvaluator
             var (begin, end) = Window(prevEnd, n, context, stride);
             int len = end - begin;
             var rows = logits.AsSpan(0, len * vocab);
-            model.Forward(tokens[begin..end], 0, rows);
+            if (state is null) model.Forward(tokens[begin..end], 0, rows);
+            else model.Forward(state, tokens[begin..end], 0, rows);
             for (int p = Math.Max(prevEnd, 1); p < end; p++)
             {
                 nll += Nll(rows.Slice((p - 1 - begin) * vocab, vocab), tokens[p]);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Lrl.Models;
 using Lrl.Runtime;
 
 namespace Lrl;
@@ -22,6 +23,45 @@ public sealed class InferenceSession : IDisposable
     private int _busy;
     private volatile DecodeLoop.Job? _job; // the generation the model's decode loop runs for this session
     private volatile bool _disposed;
+    private LoraAdapter[] _adapters = [];      // the session's default adapters
+    private LoraAdapter[] _stateAdapters = []; // the adapters the held state was computed with
+
+    /// <summary>
+    /// LoRA adapters (from <see cref="LrlModel.LoadAdapter"/>) this session's generations run with unless their
+    /// <see cref="GenerationOptions.Adapters"/> say otherwise; empty = the base model. Changing them starts the next
+    /// generation from an empty context (the held state belongs to the old ones). Not while generating.
+    /// </summary>
+    public IReadOnlyList<LoraAdapter> Adapters
+    {
+        get => _adapters;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            ThrowIfDisposed();
+            if (Volatile.Read(ref _busy) == 1) throw new InvalidOperationException("adapters cannot change while the session is generating");
+            var model = (ModelBase)_owner.Model;
+            foreach (var a in value)
+            {
+                ArgumentNullException.ThrowIfNull(a, nameof(value));
+                if (a.Model != model) throw new LrlException($"adapter {a.Name} was loaded by another model");
+                ObjectDisposedException.ThrowIf(a.IsDisposed, a);
+            }
+            _adapters = value.ToArray();
+        }
+    }
+
+    /// <summary>Points the state at the adapters a generation runs with; a change forgets the held tokens.</summary>
+    private void UseAdapters(GenerationOptions options)
+    {
+        var want = options.Adapters ?? _adapters;
+        if (want.SequenceEqual(_stateAdapters)) return;
+        ((ModelBase)_owner.Model).SetAdapters(_state, want);
+        _stateAdapters = want.ToArray();
+        _held.Clear();
+    }
+
+    /// <summary>Whether this session's state runs with exactly these adapters (null = its defaults).</summary>
+    internal bool RunsWith(IReadOnlyList<LoraAdapter>? adapters) => (adapters ?? _adapters).SequenceEqual(_stateAdapters);
 
     /// <summary>Counts and timings of this session's last generation.</summary>
     public GenerationStats LastStats { get; private set; } = new();
@@ -113,6 +153,7 @@ public sealed class InferenceSession : IDisposable
     private IEnumerable<GeneratedToken> RunCore(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
         ThrowIfDisposed();
+        UseAdapters(options);
         var g = new Generation(_owner, _held, prompt, options, ct);
         LastStats = g.Stats;
         if (_owner.Loop is { } loop)
@@ -158,6 +199,7 @@ public sealed class InferenceSession : IDisposable
         try
         {
             ThrowIfDisposed();
+            UseAdapters(options);
             var g = new Generation(_owner, _held, prompt, options, ct);
             LastStats = g.Stats;
             job = _job = loop.Submit(_state, g);

@@ -75,6 +75,26 @@ public sealed class LrlModel : IDisposable
         }
     }
 
+    private readonly List<LoraAdapter> _adapters = new();
+
+    /// <summary>
+    /// Loads a Hugging Face PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) onto this model,
+    /// unmerged: one base serves any number of adapters, each generation choosing its own
+    /// (<see cref="GenerationOptions.Adapters"/>, <see cref="InferenceSession.Adapters"/>). <paramref name="scale"/>
+    /// multiplies the adapter's own lora_alpha / r. Disposed with the model.
+    /// </summary>
+    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null)
+    {
+        ThrowIfDisposed();
+        var model = Model as ModelBase ?? throw new LrlException($"{Model.Architecture} does not take LoRA adapters");
+        var a = model.LoadAdapter(directory, scale, name);
+        lock (_adapters) _adapters.Add(a);
+        return a;
+    }
+
+    /// <summary>The adapters loaded so far (in load order).</summary>
+    public IReadOnlyList<LoraAdapter> Adapters { get { lock (_adapters) return _adapters.ToArray(); } }
+
     /// <summary>A new session with its own state over this model's weights; dispose it to release that state.</summary>
     public InferenceSession CreateSession()
     {

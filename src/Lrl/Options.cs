@@ -51,6 +51,11 @@ public sealed record GenerationOptions
     public bool AddBos { get; init; } = true;
     /// <summary>When the prompt does not fit the context, keep its last tokens instead of failing.</summary>
     public bool TruncatePrompt { get; init; }
+    /// <summary>
+    /// LoRA adapters (from <see cref="LrlModel.LoadAdapter"/>) this generation runs with; null = the session's
+    /// <see cref="InferenceSession.Adapters"/> (none unless set). Empty runs the base model.
+    /// </summary>
+    public IReadOnlyList<Lrl.Models.LoraAdapter>? Adapters { get; init; }
 
     public void Validate()
     {

@@ -26,9 +26,13 @@ public sealed class SessionPool : IDisposable
     /// <summary>Sessions idle in the pool now.</summary>
     public int IdleCount { get { lock (_idle) return _idle.Count; } }
 
-    /// <summary>A session for <paramref name="prompt"/>: the idle one sharing its longest prefix, else a new one.</summary>
-    public Lease Acquire(ReadOnlySpan<int> prompt)
+    /// <summary>
+    /// A session for <paramref name="prompt"/>: the idle one sharing its longest prefix (computed with the same
+    /// <paramref name="adapters"/>; null = none), else a new one.
+    /// </summary>
+    public Lease Acquire(ReadOnlySpan<int> prompt, IReadOnlyList<Lrl.Models.LoraAdapter>? adapters = null)
     {
+        adapters ??= [];
         lock (_idle)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -36,7 +40,7 @@ public sealed class SessionPool : IDisposable
             int bestLen = 0;
             for (var n = _idle.First; n is not null; n = n.Next)
             {
-                int len = n.Value.SharedPrefix(prompt);
+                int len = n.Value.RunsWith(adapters) ? n.Value.SharedPrefix(prompt) : 0;
                 if (len > bestLen) { best = n; bestLen = len; }
             }
             if (best is null && _idle.Count >= MaxIdle && _idle.Last is { } lru) best = lru; // reuse memory rather than grow

@@ -13,5 +13,7 @@ public sealed record CompletionRequest
     public bool Stream { get; init; }
     /// <summary>stream_options.include_usage: send a last chunk carrying usage before [DONE].</summary>
     public bool IncludeUsage { get; init; }
+    /// <summary>The 'model' field: the base model's id or a LoRA adapter's (null when absent).</summary>
+    public string? Model { get; init; }
     public bool IsChat => Messages is not null;
 }

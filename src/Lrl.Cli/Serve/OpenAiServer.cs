@@ -19,8 +19,13 @@ public sealed record ServerOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>TCP port; 0 = any free port (see <see cref="OpenAiServer.Address"/>).</summary>
     public int Port { get; init; } = 8080;
-    /// <summary>The id /v1/models reports; requests may name any model (there is one).</summary>
+    /// <summary>
+    /// The base model's id in /v1/models. Without adapters, requests may name any model (there is one); with adapters,
+    /// a request's 'model' picks the base or an adapter and an unknown id is a 404.
+    /// </summary>
     public string ModelId { get; init; } = "model";
+    /// <summary>LoRA adapters served over the base, by model id (listed in /v1/models; a request picks one by 'model').</summary>
+    public IReadOnlyDictionary<string, Lrl.Models.LoraAdapter> Adapters { get; init; } = new Dictionary<string, Lrl.Models.LoraAdapter>();
     /// <summary>Generation options for fields a request omits.</summary>
     public GenerationOptions Defaults { get; init; } = new();
     /// <summary>Where one line per request is logged; null = nowhere.</summary>
@@ -83,10 +88,14 @@ public sealed class OpenAiServer : IAsyncDisposable
         _app.Use(ErrorsAndLogging);
         _app.Use(CorsAndAuthentication);
         _app.MapGet("/health", () => Results.Json(new JsonObject { ["status"] = "ok", ["model"] = options.ModelId }, Json));
-        _app.MapGet("/v1/models", () => Results.Json(new JsonObject { ["object"] = "list", ["data"] = new JsonArray(ModelObject()) }, Json));
-        _app.MapGet("/v1/models/{id}", (string id) => id == options.ModelId
-            ? Results.Json(ModelObject(), Json)
-            : throw new ApiException(404, $"model '{id}' does not exist; this server serves '{options.ModelId}'", "model", "not_found_error"));
+        _app.MapGet("/v1/models", () => Results.Json(new JsonObject
+        {
+            ["object"] = "list",
+            ["data"] = new JsonArray([ModelObject(), .. options.Adapters.Select(kv => (JsonNode)AdapterObject(kv.Key, kv.Value))]),
+        }, Json));
+        _app.MapGet("/v1/models/{id}", (string id) => id == options.ModelId ? Results.Json(ModelObject(), Json)
+            : options.Adapters.TryGetValue(id, out var a) ? Results.Json(AdapterObject(id, a), Json)
+            : throw new ApiException(404, $"model '{id}' does not exist; this server serves {ModelIds()}", "model", "not_found_error"));
         _app.MapPost("/v1/completions", ctx => HandleAsync(ctx, chat: false));
         _app.MapPost("/v1/chat/completions", ctx => HandleAsync(ctx, chat: true));
         _app.MapFallback(ctx =>
@@ -156,6 +165,24 @@ public sealed class OpenAiServer : IAsyncDisposable
         ["id"] = _options.ModelId, ["object"] = "model", ["created"] = _created, ["owned_by"] = "lrlrun",
         ["context_length"] = _model.Model.ContextLength,
     };
+
+    // As vLLM lists LoRA modules: the adapter's id, its folder as root, the base as parent.
+    private JsonObject AdapterObject(string id, Lrl.Models.LoraAdapter a) => new()
+    {
+        ["id"] = id, ["object"] = "model", ["created"] = _created, ["owned_by"] = "lrlrun",
+        ["root"] = a.Directory, ["parent"] = _options.ModelId, ["context_length"] = _model.Model.ContextLength,
+        ["lora"] = new JsonObject { ["rank"] = a.Rank, ["scale"] = a.Scale, ["modules"] = a.Modules.Count },
+    };
+
+    private string ModelIds() => string.Join(", ", new[] { _options.ModelId }.Concat(_options.Adapters.Keys).Select(x => $"'{x}'"));
+
+    /// <summary>The adapters a request's 'model' asks for: an adapter's id → it; the base's id (or any id on a server without adapters) → none.</summary>
+    private IReadOnlyList<Lrl.Models.LoraAdapter> AdaptersFor(string? model)
+    {
+        if (model is not null && _options.Adapters.TryGetValue(model, out var a)) return [a];
+        if (model is null || model == _options.ModelId || _options.Adapters.Count == 0) return [];
+        throw new ApiException(404, $"model '{model}' does not exist; this server serves {ModelIds()}", "model", "model_not_found");
+    }
 
     private async Task ErrorsAndLogging(HttpContext ctx, RequestDelegate next)
     {
@@ -262,7 +289,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         var ct = ctx.RequestAborted;
         var body = await ReadBodyAsync(ctx.Request, _options.MaxRequestBytes, ct);
         var request = RequestParser.Parse(body, chat, _options.Defaults);
-        var options = request.Options;
+        var adapters = AdaptersFor(request.Model);
+        var options = request.Options with { Adapters = adapters };
         int[] ids;
         string field = chat ? "messages" : "prompt";
         if (request.IsChat)
@@ -297,7 +325,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (serial) await _gate.WaitAsync(ct);
         try
         {
-            using var lease = _sessions.Acquire(ids);
+            using var lease = _sessions.Acquire(ids, adapters);
             var session = lease.Session;
             IAsyncEnumerable<GeneratedToken> tokens;
             try { tokens = session.GenerateAsync(ids, options, ct); }

@@ -145,10 +145,17 @@ public static class RequestParser
         try { options.Validate(); }
         catch (LrlException e) { throw new ApiException(400, e.Message); }
 
+        string? model = null;
+        if (Property(root, "model") is { } m)
+        {
+            if (m.ValueKind is not (JsonValueKind.String or JsonValueKind.Null)) throw ApiException.BadRequest("model", $"'model' must be a string, got {Kind(m)}");
+            model = m.ValueKind == JsonValueKind.String ? m.GetString() : null;
+        }
+
         return new CompletionRequest
         {
             Prompt = prompt, PromptIds = promptIds, Messages = messages, Options = options,
-            Stream = stream, IncludeUsage = includeUsage,
+            Stream = stream, IncludeUsage = includeUsage, Model = model,
         };
     }
 

@@ -34,10 +34,12 @@ public sealed class ChatVerb : SamplingVerbBase
         template ??= ChatTemplate.Load(model.Directory);
         if (template.Warning is { } warning) Console.Error.WriteLine($"lrlrun: warning: {warning}");
         using var session = model.CreateSession();
+        session.Adapters = LoadAdapters(model);
         var messages = new List<ChatMessage>();
         if (!string.IsNullOrWhiteSpace(System)) messages.Add(new ChatMessage("system", System));
         bool interactive = !Console.IsInputRedirected;
         var editor = interactive ? new LineEditor() : null;
+        if (interactive && session.Adapters.Count > 0) Console.Error.WriteLine($"lrlrun: LoRA {string.Join(", ", session.Adapters)}");
         if (interactive) Console.Error.WriteLine($"lrlrun chat ({template.Name} template). /reset clears the conversation, /exit or Ctrl-D quits; Ctrl-C stops a reply.");
 
         // Ctrl-C stops the reply being written and returns to the prompt; at the prompt (or pressed twice) it exits.

@@ -44,6 +44,7 @@ public sealed class GenerateVerb : SamplingVerbBase
         };
         options.Validate();
         using var model = LoadModel();
+        options = options with { Adapters = LoadAdapters(model) };
         using var cts = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
         var stdout = Console.Out;
@@ -59,7 +60,8 @@ public sealed class GenerateVerb : SamplingVerbBase
         if (PrintIds) Console.Error.WriteLine($"ids: {string.Join(' ', ids)}");
         Console.Error.WriteLine(
             $"prompt: {s.PromptTokens} tokens, {s.PrefillTokensPerSecond:F1} tok/s | generated: {s.GeneratedTokens} tokens, " +
-            $"{s.DecodeTokensPerSecond:F1} tok/s | finish: {s.FinishReason} | backend: {model.Model.Backend.Name}");
+            $"{s.DecodeTokensPerSecond:F1} tok/s | finish: {s.FinishReason} | backend: {model.Model.Backend.Name}" +
+            (options.Adapters!.Count > 0 ? $" | lora: {string.Join(", ", options.Adapters.Select(a => a.ToString()))}" : ""));
         return 0;
     }
 }
@@ -117,6 +119,9 @@ public abstract class ModelVerbBase
     [Option('c', "context", Default = 0, HelpText = "Context window in tokens; 0 = the model's, capped at 4096.")]
     public int Context { get; set; }
 
+    [Option("lora", Separator = ',', HelpText = "LoRA adapter folder(s) (Hugging Face PEFT), applied unmerged: DIR or DIR:SCALE, comma-separated or repeated.")]
+    public IEnumerable<string> Lora { get; set; } = [];
+
     [Option("no-mmap", HelpText = "Copy the weights into memory (huge pages) instead of reading the mapped file in place: slower load, faster decode.")]
     public bool NoMmap { get; set; }
 
@@ -127,6 +132,23 @@ public abstract class ModelVerbBase
         "auto" => Device.Auto,
         _ => throw new LrlException($"--device '{name}' is not one of cpu, cuda, auto"),
     };
+
+    /// <summary>"DIR" or "DIR:SCALE" (the scale after the last ':' when it parses as a number).</summary>
+    public static (string Dir, float Scale) ParseLora(string spec)
+    {
+        if (string.IsNullOrWhiteSpace(spec)) throw new LrlException("--lora needs an adapter folder (DIR or DIR:SCALE)");
+        int colon = spec.LastIndexOf(':');
+        if (colon > 0 && float.TryParse(spec[(colon + 1)..], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out float scale))
+        {
+            if (!float.IsFinite(scale)) throw new LrlException($"--lora {spec}: the scale must be a finite number");
+            return (spec[..colon], scale);
+        }
+        return (spec, 1f);
+    }
+
+    /// <summary>Loads the --lora adapters onto <paramref name="model"/> (in order; empty when none).</summary>
+    public IReadOnlyList<Lrl.Models.LoraAdapter> LoadAdapters(LrlModel model) =>
+        Lora.Select(ParseLora).Select(x => model.LoadAdapter(x.Dir, x.Scale)).ToArray();
 
     public LrlModel LoadModel(int parallel = 1, int stepRows = 0) =>
         LrlModel.Load(Model, new ModelOptions

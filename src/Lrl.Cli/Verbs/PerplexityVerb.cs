@@ -11,6 +11,7 @@ public sealed class PerplexityVerb : ModelVerbBase
     public static string[] Examples =>
     [
         "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --context 256 --stride 128",
+        "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --lora my-adapter",
     ];
 
     [Option('f', "file", Required = true, HelpText = "UTF-8 text file.")]
@@ -32,21 +33,37 @@ public sealed class PerplexityVerb : ModelVerbBase
         int context = Context > 0 ? Context : Math.Min(model.Model.ContextLength, 1024);
         context = Math.Min(context, model.Model.ContextLength);
         Console.Error.WriteLine($"{File}: {bytes} bytes, {tokens.Length} tokens; window {context}, stride {(Stride == 0 ? context : Stride)}");
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        var bar = new ProgressBar("windows");
-        var r = PerplexityEvaluator.Evaluate(model.Model, tokens, bytes, context, Stride,
-            new SyncProgress<(int Done, int Total)>(p => bar.Report(p.Done, p.Total)));
-        bar.Done();
-        if (Json)
-            Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
-            {
-                model = model.Directory, format = model.Model.WeightFormat, file = File, bytes, tokens = tokens.Length,
-                context, stride = Stride == 0 ? context : Stride, perplexity = r.Perplexity, bits_per_byte = r.BitsPerByte,
-                tokens_scored = r.TokensScored, seconds = clock.Elapsed.TotalSeconds,
-            }));
-        else
-            Console.Out.WriteLine($"perplexity {r.Perplexity:F4} | bits per byte {r.BitsPerByte:F4} | {r.TokensScored} tokens scored in {r.Windows} windows " +
-                                  $"| {model.Model.WeightFormat} | {clock.Elapsed.TotalSeconds:F1} s");
+        var adapters = LoadAdapters(model);
+        // With adapters, the base model first and then the adapted one on the same tokens: the comparison a
+        // language-adaptation user makes (bits per byte does not depend on the tokenizer).
+        var runs = new List<(string Label, PerplexityResult R, double Seconds)>();
+        foreach (var with in adapters.Count > 0 ? new[] { Array.Empty<Lrl.Models.LoraAdapter>(), adapters.ToArray() } : [[]])
+        {
+            string label = with.Length == 0 ? "base" : "lora " + string.Join("+", with.Select(a => a.Name));
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var bar = new ProgressBar(adapters.Count > 0 ? $"windows ({label})" : "windows");
+            using var state = model.Model.CreateState();
+            ((Lrl.Models.ModelBase)model.Model).SetAdapters(state, with);
+            var r = PerplexityEvaluator.Evaluate(model.Model, tokens, bytes, context, Stride,
+                new SyncProgress<(int Done, int Total)>(p => bar.Report(p.Done, p.Total)), state);
+            bar.Done();
+            runs.Add((label, r, clock.Elapsed.TotalSeconds));
+        }
+        foreach (var (label, r, seconds) in runs)
+        {
+            if (Json)
+                Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
+                {
+                    model = model.Directory, format = model.Model.WeightFormat, adapters = label, file = File, bytes, tokens = tokens.Length,
+                    context, stride = Stride == 0 ? context : Stride, perplexity = r.Perplexity, bits_per_byte = r.BitsPerByte,
+                    tokens_scored = r.TokensScored, seconds,
+                }));
+            else
+                Console.Out.WriteLine($"{(adapters.Count > 0 ? label + ": " : "")}perplexity {r.Perplexity:F4} | bits per byte {r.BitsPerByte:F4} | {r.TokensScored} tokens scored in {r.Windows} windows " +
+                                      $"| {model.Model.WeightFormat} | {seconds:F1} s");
+        }
+        if (runs.Count == 2)
+            Console.Out.WriteLine($"bits per byte: base {runs[0].R.BitsPerByte:F4} → {runs[1].Label} {runs[1].R.BitsPerByte:F4} ({runs[1].R.BitsPerByte - runs[0].R.BitsPerByte:+0.0000;-0.0000})");
         return 0;
     }
 }

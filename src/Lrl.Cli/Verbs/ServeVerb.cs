@@ -13,6 +13,7 @@ public sealed class ServeVerb : SamplingVerbBase
         "lrlrun serve --model ../shared/models/stories260k --host 0.0.0.0 --port 0",
         "lrlrun serve --model ../shared/models/stories260k --parallel 16 --queue 64",
         "lrlrun serve --model ../shared/models/stories260k --cors http://localhost:5173 --api-key secret --template chatml",
+        "lrlrun serve --model ../shared/models/stories260k --lora adapters/swahili --lora adapters/yoruba:0.8   # request \"model\": \"swahili\"",
     ];
 
     [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
@@ -70,6 +71,9 @@ public sealed class ServeVerb : SamplingVerbBase
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
         using var model = LoadModel(Parallel, StepRows);
+        var adapters = new Dictionary<string, Lrl.Models.LoraAdapter>(StringComparer.Ordinal);
+        foreach (var a in LoadAdapters(model))
+            if (!adapters.TryAdd(a.Name, a)) throw new LrlException($"--lora: two adapters are named '{a.Name}' (the folder name is the model id); rename a folder");
         template ??= ChatTemplate.Load(model.Directory);
         if (template.Warning is { } warning) Console.Error.WriteLine($"lrlrun: warning: {warning}");
         var options = new ServerOptions
@@ -77,9 +81,12 @@ public sealed class ServeVerb : SamplingVerbBase
             Host = Host, Port = Port, Defaults = defaults, Log = Console.Error, Template = template,
             CorsOrigins = Cors.ToList(), ApiKey = apiKey, QueueLimit = Queue, MaxRequestBytes = MaxRequestBytes,
             ModelId = string.IsNullOrWhiteSpace(Name) ? Path.GetFileName(model.Directory.TrimEnd(Path.DirectorySeparatorChar)) : Name,
+            Adapters = adapters,
         };
+        if (adapters.ContainsKey(options.ModelId)) throw new LrlException($"--lora: adapter '{options.ModelId}' has the base model's id; rename its folder or pass --name");
         await using var server = await OpenAiServer.StartAsync(model, options);
         Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, {model.Parallel} requests decoded together, chat template {server.ChatTemplateName})");
+        foreach (var (id, a) in adapters) Console.Error.WriteLine($"lrlrun: adapter '{id}': {a}");
         Console.Error.WriteLine($"lrlrun: listening on {server.Address.GetLeftPart(UriPartial.Authority)}");
         await server.WaitForShutdownAsync();
         return 0;
