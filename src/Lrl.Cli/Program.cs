@@ -41,7 +41,7 @@ namespace Lrl.Cli
                 Console.Out.WriteLine($"lrlrun {Version} (.NET {Environment.Version})");
                 return 0;
             }
-            var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; s.AutoVersion = true; });
+            var parser = new Parser(s => { s.HelpWriter = null; s.CaseInsensitiveEnumValues = true; s.AutoVersion = true; s.AllowMultiInstance = true; });
             var result = parser.ParseArguments(args, Verbs);
             return result.MapResult(Dispatch, errors => Report(result, errors.ToList(), args));
         }

@@ -50,7 +50,7 @@ public class ServerProcess : IDisposable
     /// <summary>More `lrlrun serve` options for a fixture that needs them.</summary>
     protected virtual string[] ExtraArgs => [];
 
-    public void Dispose()
+    public virtual void Dispose()
     {
         if (_process is { HasExited: false }) { _process.Kill(true); _process.WaitForExit(10_000); }
         _process?.Dispose();

@@ -62,7 +62,7 @@ public sealed class PerplexityVerb : ModelVerbBase
                 Console.Out.WriteLine($"{(adapters.Count > 0 ? label + ": " : "")}perplexity {r.Perplexity:F4} | bits per byte {r.BitsPerByte:F4} | {r.TokensScored} tokens scored in {r.Windows} windows " +
                                       $"| {model.Model.WeightFormat} | {seconds:F1} s");
         }
-        if (runs.Count == 2)
+        if (runs.Count == 2 && !Json)
             Console.Out.WriteLine($"bits per byte: base {runs[0].R.BitsPerByte:F4} → {runs[1].Label} {runs[1].R.BitsPerByte:F4} ({runs[1].R.BitsPerByte - runs[0].R.BitsPerByte:+0.0000;-0.0000})");
         return 0;
     }
