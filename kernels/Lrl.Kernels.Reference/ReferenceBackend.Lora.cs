@@ -10,7 +10,8 @@ public sealed partial class ReferenceBackend : ILoraOps
         public override long ByteSize => (A.Length + (long)B.Length) * 4;
     }
 
-    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures)
+    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
+                                DType stored = DType.F32)
     {
         if (a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
             throw new ArgumentException($"LoRA {name}: A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]");

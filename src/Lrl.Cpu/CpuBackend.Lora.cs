@@ -2,12 +2,30 @@ using System.Numerics.Tensors;
 
 namespace Lrl.Cpu;
 
-/// <summary>A LoRA pair in host memory as f32: A [rank, in] as stored, B transposed to [rank, out] (rows of B's columns).</summary>
-internal sealed class CpuLora(string name, int rank, int inF, int outF, float[] a, float[] bt) : LoraWeights(name, rank, inF, outF)
+/// <summary>
+/// A LoRA pair in host memory: A [rank, in] as stored, B transposed to [rank, out] (rows of B's columns), as f32, or as
+/// bf16 bits when the adapter file is bf16 (half the bytes a product reads; widened in registers).
+/// </summary>
+internal sealed class CpuLora : LoraWeights
 {
-    public float[] A { get; } = a;
-    public float[] Bt { get; } = bt;
-    public override long ByteSize => (A.Length + (long)Bt.Length) * 4;
+    public float[]? A { get; }
+    public float[]? Bt { get; }
+    public ushort[]? A16 { get; }
+    public ushort[]? Bt16 { get; }
+
+    public CpuLora(string name, int rank, int inF, int outF, ReadOnlySpan<float> a, ReadOnlySpan<float> b, bool bf16) : base(name, rank, inF, outF)
+    {
+        var bt = new float[(long)rank * outF];
+        for (int o = 0; o < outF; o++)
+            for (int j = 0; j < rank; j++) bt[(long)j * outF + o] = b[o * rank + j];
+        if (!bf16) { A = a.ToArray(); Bt = bt; return; }
+        A16 = new ushort[a.Length];
+        for (int i = 0; i < a.Length; i++) A16[i] = DTypes.FloatToBF16(a[i]);
+        Bt16 = new ushort[bt.Length];
+        for (int i = 0; i < bt.Length; i++) Bt16[i] = DTypes.FloatToBF16(bt[i]);
+    }
+
+    public override long ByteSize => A is not null ? (A.Length + (long)Bt!.Length) * 4 : (A16!.Length + (long)Bt16!.Length) * 2;
 }
 
 /// <summary>
@@ -15,10 +33,10 @@ internal sealed class CpuLora(string name, int rank, int inF, int outF, float[] 
 /// y += scale·t·B (output columns split in chunks, each chunk an axpy per rank over B's transposed rows: contiguous
 /// reads). Small updates run on the caller alone (a pool dispatch costs more than they do).
 /// </summary>
-internal sealed class LoraJob : IParallelJob
+internal sealed unsafe class LoraJob : IParallelJob
 {
-    private const int Chunk = 256;            // output columns per item of the second phase
-    private const long SerialWork = 1 << 16;  // multiply-adds below which the caller does it alone
+    private const int Chunk = 512;            // output columns per item of the second phase
+    private const long SerialWork = 1 << 17;  // multiply-adds below which the caller does it alone
     private float[] _t = new float[64];       // [rows, rank] scaled x·Aᵀ
     private float[] _x = [], _y = [];
     private CpuLora? _w;
@@ -51,15 +69,20 @@ internal sealed class LoraJob : IParallelJob
         if (_phase == 0)
         {
             int r = item / rank, j = item % rank;
-            _t[item] = TensorPrimitives.Dot(_x.AsSpan((_row0 + r) * inF, inF), w.A.AsSpan(j * inF, inF));
+            var x = _x.AsSpan((_row0 + r) * inF, inF);
+            if (w.A is { } a) _t[item] = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
+            else fixed (ushort* a16 = &w.A16![j * inF]) _t[item] = Simd.DotBF16(a16, x);
             return;
         }
         int o0 = item * Chunk, n = Math.Min(Chunk, outF - o0);
         for (int r = 0; r < _rows; r++)
         {
             var y = _y.AsSpan((_row0 + r) * outF + o0, n);
-            for (int j = 0; j < rank; j++)
-                TensorPrimitives.MultiplyAdd(w.Bt.AsSpan(j * outF + o0, n), _t[r * rank + j], y, y);
+            if (w.Bt is { } bt)
+                for (int j = 0; j < rank; j++) TensorPrimitives.MultiplyAdd(bt.AsSpan(j * outF + o0, n), _t[r * rank + j], y, y);
+            else
+                fixed (ushort* bt16 = w.Bt16)
+                    for (int j = 0; j < rank; j++) Simd.AxpyBF16(bt16 + (long)j * outF + o0, _t[r * rank + j], y);
         }
     }
 }
@@ -69,17 +92,138 @@ public sealed partial class CpuBackend : ILoraOps
 {
     private LoraJob? _loraJob;
 
-    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures)
+    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
+                                DType stored = DType.F32)
     {
         if (rank < 1 || inFeatures < 1 || outFeatures < 1 || a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
             throw new ArgumentException($"LoRA {name}: A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]");
-        var bt = new float[(long)rank * outFeatures];
-        for (int o = 0; o < outFeatures; o++)
-            for (int j = 0; j < rank; j++) bt[(long)j * outFeatures + o] = b[o * rank + j];
-        return new CpuLora(name, rank, inFeatures, outFeatures, a.ToArray(), bt);
+        return new CpuLora(name, rank, inFeatures, outFeatures, a, b, stored == DType.BF16);
     }
 
     public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
         (_loraJob ??= new LoraJob()).Run(_pool, D(x), row0, rows,
             lora as CpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by the CPU backend"), scale, D(y));
+
+    /// <summary>The products apply staged updates in their own pass (see <see cref="LoraStage"/>).</summary>
+    public bool FusesLora => true;
+
+    public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
+        _matMul.Stage.Add(D(x), row0, rows, lora as CpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by the CPU backend"), scale, D(y));
+}
+
+/// <summary>
+/// Adapter updates staged for the next products (<see cref="ILoraOps.StageLora"/>): each term's down-projection
+/// t = scale·x·Aᵀ is computed when a product that writes its output dispatches (all of that dispatch's terms in one
+/// pass), and the product adds t·B to the rows and output columns each of its items writes, in the same pass
+/// (<see cref="Epilogue"/>), so the update needs no dispatch of its own and runs on every thread.
+/// </summary>
+internal sealed unsafe class LoraStage : IParallelJob
+{
+    private const long SerialWork = 1 << 16; // down-projection multiply-adds below which the caller does them alone
+
+    internal struct Term
+    {
+        public float[] X, Y;
+        public int Row0, Rows, T; // T: offset of its [rows, rank] block in _t
+        public CpuLora W;
+        public float Scale;
+        public bool Active;        // taken by the dispatch being run
+    }
+
+    private Term[] _terms = new Term[8];
+    private int _count, _active;
+    private float[] _t = new float[256];
+    private int[] _itemEnd = new int[8]; // down items: cumulative rows·rank over the active terms
+
+    public int Count => _count;
+
+    public void Add(float[] x, int row0, int rows, CpuLora w, float scale, float[] y)
+    {
+        if (row0 < 0 || rows < 1 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
+        if (_count == _terms.Length) Array.Resize(ref _terms, _count * 2);
+        _terms[_count++] = new Term { X = x, Y = y, Row0 = row0, Rows = rows, W = w, Scale = scale };
+    }
+
+    /// <summary>Takes the staged terms writing one of <paramref name="outputs"/> and computes their down-projections.</summary>
+    public void Begin(WorkerPool pool, ReadOnlySpan<float[]?> outputs)
+    {
+        _active = 0;
+        int tUsed = 0;
+        long work = 0;
+        for (int i = 0; i < _count; i++)
+        {
+            ref var t = ref _terms[i];
+            bool mine = false;
+            foreach (var y in outputs) mine |= ReferenceEquals(y, t.Y);
+            t.Active = mine;
+            if (!mine) continue;
+            t.T = tUsed;
+            tUsed += t.Rows * t.W.Rank;
+            work += (long)t.Rows * t.W.Rank * t.W.InFeatures;
+            if (_itemEnd.Length <= _active) Array.Resize(ref _itemEnd, _active * 2 + 2);
+            _itemEnd[_active++] = tUsed;
+        }
+        if (_active == 0) return;
+        if (_t.Length < tUsed) _t = new float[Math.Max(tUsed, 2 * _t.Length)];
+        if (work < SerialWork || pool.ThreadCount == 1) for (int i = 0; i < tUsed; i++) Execute(i, 0);
+        else pool.Run(this, tUsed);
+    }
+
+    /// <summary>Whether the dispatch being run has updates.</summary>
+    public bool Active => _active > 0;
+
+    // Down item i: one (term, row, rank) dot product; terms in order, each rows·rank items.
+    public void Execute(int item, int worker)
+    {
+        int k = 0, n = 0;
+        for (int i = 0; i < _count; i++)
+        {
+            if (!_terms[i].Active) continue;
+            if (item < _itemEnd[k]) { n = i; break; }
+            k++;
+        }
+        ref var t = ref _terms[n];
+        int local = item - t.T, rank = t.W.Rank, inF = t.W.InFeatures;
+        int r = local / rank, j = local % rank;
+        var x = t.X.AsSpan((t.Row0 + r) * inF, inF);
+        float d;
+        if (t.W.A is { } a) d = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
+        else fixed (ushort* a16 = &t.W.A16![j * inF]) d = Simd.DotBF16(a16, x);
+        _t[item] = d * t.Scale;
+    }
+
+    /// <summary>Adds the active terms writing <paramref name="y"/> to its rows' output columns [start, end).</summary>
+    public void Epilogue(float[] y, int outF, int start, int end)
+    {
+        int n = end - start;
+        for (int i = 0; i < _count; i++)
+        {
+            ref var t = ref _terms[i];
+            if (!t.Active || !ReferenceEquals(t.Y, y)) continue;
+            int rank = t.W.Rank;
+            for (int r = 0; r < t.Rows; r++)
+            {
+                var dst = y.AsSpan((t.Row0 + r) * outF + start, n);
+                int tr = t.T + r * rank;
+                if (t.W.Bt is { } bt)
+                    for (int j = 0; j < rank; j++) TensorPrimitives.MultiplyAdd(bt.AsSpan(j * outF + start, n), _t[tr + j], dst, dst);
+                else
+                    fixed (ushort* bt16 = t.W.Bt16)
+                        for (int j = 0; j < rank; j++) Simd.AxpyBF16(bt16 + (long)j * outF + start, _t[tr + j], dst);
+            }
+        }
+    }
+
+    /// <summary>Drops the terms the finished dispatch applied.</summary>
+    public void End()
+    {
+        if (_active == 0) return;
+        int kept = 0;
+        for (int i = 0; i < _count; i++)
+            if (!_terms[i].Active) _terms[kept++] = _terms[i];
+        for (int i = kept; i < _count; i++) _terms[i] = default;
+        _count = kept;
+        _active = 0;
+    }
 }

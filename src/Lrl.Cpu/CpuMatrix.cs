@@ -261,6 +261,28 @@ public static unsafe class Simd
         return s;
     }
 
+    /// <summary>y[i] += c · bf16(w[i]).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AxpyBF16(ushort* w, float c, Span<float> y)
+    {
+        int n = y.Length, i = 0;
+        fixed (float* d = y)
+        {
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var cv = Vector256.Create(c);
+                for (; i <= n - 16; i += 16)
+                {
+                    Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i)), cv, Vector256.Load(d + i)).Store(d + i);
+                    Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i + 8)), cv, Vector256.Load(d + i + 8)).Store(d + i + 8);
+                }
+                for (; i <= n - 8; i += 8)
+                    Vector256.FusedMultiplyAdd(WidenBF16(Vector128.Load(w + i)), cv, Vector256.Load(d + i)).Store(d + i);
+            }
+            for (; i < n; i++) d[i] += c * DTypes.BF16ToFloat(w[i]);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BF16ToFloat(ushort* src, Span<float> dst)
     {

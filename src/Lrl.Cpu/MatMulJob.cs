@@ -49,6 +49,10 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private float[] _x = [];
     private bool _swiGlu;
     private bool _quantRows; // a few rows: the decode kernel per row over L1 blocks of weights (CpuMatrix.GemvRows)
+    private readonly float[]?[] _outputs = new float[3][];
+
+    /// <summary>Adapter updates staged for the next products (applied in their items' epilogue).</summary>
+    public LoraStage Stage { get; } = new();
 
     public MatMulJob(int threads)
     {
@@ -153,8 +157,19 @@ internal sealed unsafe class MatMulJob : IParallelJob
             if (_xT.Length < need) _xT = new float[need];
             TransposeInput(inF);
         }
+        bool lora = Stage.Count > 0;
+        if (lora)
+        {
+            int outputs = _swiGlu ? 2 : _count;
+            for (int i = 0; i < 3; i++) _outputs[i] = i < outputs ? _t[i].Y : null;
+            Stage.Begin(pool, _outputs);
+        }
         try { pool.Run(this, last.FirstItem + last.Blocks); }
-        finally { for (int i = 0; i < prepared; i++) _t[i].W.EndGemv(); }
+        finally
+        {
+            for (int i = 0; i < prepared; i++) _t[i].W.EndGemv();
+            if (lora) { Stage.End(); Array.Clear(_outputs); }
+        }
         _x = [];
         for (int i = 0; i < _t.Length; i++) _t[i] = default;
     }
@@ -197,6 +212,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
             var y = t.Y.AsSpan(start, end - start);
             w.Gemv(_x.AsSpan(0, inF), y, start, end);
             if (t.Bias != null) TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
+            if (Stage.Active) Stage.Epilogue(t.Y, outF, start, end);
             return;
         }
 
@@ -209,6 +225,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
                 var y = t.Y.AsSpan(r * outF + start, end - start);
                 TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
             }
+        if (Stage.Active) Stage.Epilogue(t.Y, outF, start, end);
     }
 
     /// <summary>

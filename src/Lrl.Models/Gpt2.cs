@@ -136,27 +136,26 @@ public sealed class Gpt2 : ModelBase
             float scale = c.ScaleAttnWeights ? 1f / MathF.Sqrt(c.HeadDim) : 1f;
             if (c.ScaleAttnByInverseLayerIdx) scale /= i + 1;
             _b.LayerNorm(_x, l.Ln1W, l.Ln1B, _xb, rows, eps);
+            for (int j = 0; j < 3 && adapted; j++) Adapt(state, l.Lora + j, _xb, 0, rows, j == 0 ? _q : j == 1 ? _k : _v, after: false);
             _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
             _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
             _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
-            if (adapted)
-            {
-                Adapt(state, l.Lora, _xb, 0, rows, _q);
-                Adapt(state, l.Lora + 1, _xb, 0, rows, _k);
-                Adapt(state, l.Lora + 2, _xb, 0, rows, _v);
-            }
+            for (int j = 0; j < 3 && adapted; j++) Adapt(state, l.Lora + j, _xb, 0, rows, j == 0 ? _q : j == 1 ? _k : _v, after: true);
             _b.Copy(_k, 0, kCache, (long)pos * C, (long)rows * C);
             _b.Copy(_v, 0, vCache, (long)pos * C, (long)rows * C);
             _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
+            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta, after: false);
             _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
-            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta);
+            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta, after: true);
             _b.Add(_x, _delta, (long)rows * C);
             _b.LayerNorm(_x, l.Ln2W, l.Ln2B, _xb, rows, eps);
+            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h, after: false);
             _b.MatMul(_xb, l.Fc, _h, rows, l.BFc);
-            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h);
+            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h, after: true);
             _b.Gelu(_h, (long)rows * c.InnerSize);
+            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta, after: false);
             _b.MatMul(_h, l.Proj, _delta, rows, l.BProj);
-            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta);
+            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta, after: true);
             _b.Add(_x, _delta, (long)rows * C);
         }
         _b.LayerNorm(_x, _lnfW, _lnfB, _xb, rows, eps);

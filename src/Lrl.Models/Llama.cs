@@ -168,6 +168,7 @@ public sealed class Llama : ModelBase
 
         bool adapted = false;
         foreach (var p in pieces) adapted |= Adapted(p.State);
+        bool fusedLora = adapted && FusedLora;
         _b.Embed(_embed, tokens, _x);
         _b.RmsNorm(_x, _layers[0].AttnNorm, _xb, rows, eps);
         for (int i = 0; i < _layers.Length; i++)
@@ -175,15 +176,22 @@ public sealed class Llama : ModelBase
             var l = _layers[i];
             // Attention: project, rotate, append to the cache, attend causally, project back. Each sequence's rows
             // rotate by their own positions and attend over their own cache.
+            if (adapted)
+                foreach (var p in pieces)
+                {
+                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: false);
+                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: false);
+                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: false);
+                }
             _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
             foreach (var p in pieces)
             {
                 DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
                 if (adapted)
                 {
-                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q);
-                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k);
-                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v);
+                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: true);
+                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: true);
+                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: true);
                 }
                 _b.RopeRows(_q, p.Row, p.Rows, c.NumHeads, c.HeadDim, p.Pos, _rope);
                 _b.RopeRows(_k, p.Row, p.Rows, c.NumKvHeads, c.HeadDim, p.Pos, _rope);
@@ -191,25 +199,37 @@ public sealed class Llama : ModelBase
                 _b.Copy(_v, (long)p.Row * c.KvDim, vCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
                 _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             }
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_att, l.Wo, _delta, rows);
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
             // Residual add fused with the MLP's norm.
             _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
-            // SwiGLU MLP (with adapters, the gate and up products take their updates before the activation).
-            if (!adapted) _b.GateUpSwiGlu(_xb, rows, l.Gate, l.Up, _gate, _up);
+            // SwiGLU MLP. Adapter updates of gate and up come before the activation: fused into the products by a backend
+            // that fuses them, else with the two products and the activation run apart.
+            if (!adapted || fusedLora)
+            {
+                if (adapted)
+                    foreach (var p in pieces)
+                    {
+                        Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _gate, after: false);
+                        Adapt(p.State, l.Lora + 5, _xb, p.Row, p.Rows, _up, after: false);
+                    }
+                _b.GateUpSwiGlu(_xb, rows, l.Gate, l.Up, _gate, _up);
+            }
             else
             {
                 _b.MatMul(_xb, l.Gate, _gate, rows);
                 _b.MatMul(_xb, l.Up, _up, rows);
                 foreach (var p in pieces)
                 {
-                    Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _gate);
-                    Adapt(p.State, l.Lora + 5, _xb, p.Row, p.Rows, _up);
+                    Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _gate, after: true);
+                    Adapt(p.State, l.Lora + 5, _xb, p.Row, p.Rows, _up, after: true);
                 }
                 _b.SwiGlu(_gate, _up, _gate, (long)rows * c.IntermediateSize);
             }
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_gate, l.Down, _delta, rows);
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
             // Residual add fused with the next block's norm (or the final norm).
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].AttnNorm : _finalNorm;
             _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);

@@ -91,7 +91,8 @@ internal static class LoraBinder
                 {
                     if (slots[t.Slot] is not null)
                         throw new ModelFormatException(peft.WeightsPath, $"module '{p.Module}' is adapted twice");
-                    slots[t.Slot] = ops.LoadLora($"{p.Module}[{t.Row0}:{t.Row0 + t.Rows}]", a, b.AsSpan(t.Row0 * p.Rank, t.Rows * p.Rank), p.Rank, inF, t.Rows);
+                    var stored = p.A.DType == DType.BF16 && p.B.DType == DType.BF16 ? DType.BF16 : DType.F32;
+                    slots[t.Slot] = ops.LoadLora($"{p.Module}[{t.Row0}:{t.Row0 + t.Rows}]", a, b.AsSpan(t.Row0 * p.Rank, t.Rows * p.Rank), p.Rank, inF, t.Rows, stored);
                     scales[t.Slot] = (float)(scale * p.Scaling);
                 }
                 adapted.Add(p.Module);

@@ -57,6 +57,10 @@ public abstract class ModelBase : ILanguageModel
     // Linear modules a LoRA adapter may target, by base-model name (aliases share a list), and the adapters loaded.
     private readonly Dictionary<string, List<LoraBinder.Target>> _adaptable = new(StringComparer.Ordinal);
     private int _adaptSlots;
+    private readonly Dictionary<string, (int Out, int In)> _adaptableShapes = new(StringComparer.Ordinal);
+
+    /// <summary>The linear modules LoRA adapters may target, by base-model name, with their [out, in] (empty: none).</summary>
+    public IReadOnlyDictionary<string, (int Out, int In)> AdaptableModules => _adaptableShapes;
     private readonly HashSet<LoraAdapter> _adapters = new();
     private ILoraOps? _loraOps;
 
@@ -97,6 +101,7 @@ public abstract class ModelBase : ILanguageModel
         {
             _adaptable[name] = list = new List<LoraBinder.Target>();
             if (alias is not null) _adaptable[alias] = list;
+            _adaptableShapes[name] = (outF, inF);
         }
         var t = new LoraBinder.Target(_adaptSlots++, outF, inF, row0, rows < 0 ? outF : rows);
         list.Add(t);
@@ -153,16 +158,29 @@ public abstract class ModelBase : ILanguageModel
     /// <summary>Whether any of the states runs with adapters.</summary>
     private protected static bool Adapted(SequenceState s) => s.Adapters.Length > 0;
 
-    /// <summary>Adds every adapter of <paramref name="s"/> for <paramref name="slot"/> to y's rows [row, row + rows), reading x's.</summary>
-    private protected void Adapt(SequenceState s, int slot, DeviceBuffer x, int row, int rows, DeviceBuffer y)
+    /// <summary>Whether the backend fuses adapter updates into its products (see <see cref="ILoraOps.FusesLora"/>).</summary>
+    private protected bool FusedLora => LoraOps?.FusesLora == true;
+
+    private ILoraOps? LoraOps => _loraOps ??= Backend as ILoraOps;
+
+    /// <summary>
+    /// The adapters of <paramref name="s"/> for <paramref name="slot"/>, on y's rows [row, row + rows) from x's. Call it
+    /// before the product that writes y (<paramref name="after"/> false) and again after it (true): a backend that fuses
+    /// the update into its products gets it staged before, any other computes it after.
+    /// </summary>
+    private protected void Adapt(SequenceState s, int slot, DeviceBuffer x, int row, int rows, DeviceBuffer y, bool after)
     {
         var list = s.Adapters;
+        if (list.Length == 0) return;
+        var ops = LoraOps ?? throw new LrlException($"the {Backend.Name} backend cannot run LoRA adapters");
+        bool fused = ops.FusesLora;
+        if (fused == after) return;
         for (int i = 0; i < list.Length; i++)
         {
             var a = list[i];
-            if (a.Slots[slot] is { } w)
-                (_loraOps ??= Backend as ILoraOps ?? throw new LrlException($"the {Backend.Name} backend cannot run LoRA adapters"))
-                    .LoraRows(x, row, rows, w, a.Scales[slot], y);
+            if (a.Slots[slot] is not { } w) continue;
+            if (fused) ops.StageLora(x, row, rows, w, a.Scales[slot], y);
+            else ops.LoraRows(x, row, rows, w, a.Scales[slot], y);
         }
     }
 

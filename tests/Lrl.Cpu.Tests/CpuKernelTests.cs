@@ -297,6 +297,83 @@ public sealed class CpuKernelTests : IDisposable
         Assert.Throws<LrlException>(() => _cpu.Embed(_cpu.LoadWeight(table), [50], y.cpu));
     }
 
+    /// <summary>
+    /// Staged updates fused into the products (the CPU's LoRA path): each product adds the updates of the rows it writes
+    /// in its own pass; equal to the reference's product followed by its unfused update, for the decode, few-row,
+    /// tiled and transposed (≥ 40 rows) kernels, fused Q/K/V and gate/up+SwiGLU, two sequences' row ranges with different
+    /// adapters, f32 and bf16 adapters.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 1)]
+    [InlineData(DType.F32, 6)]
+    [InlineData(DType.F16, 20)]
+    [InlineData(DType.BF16, 48)]
+    public void StagedLoraFusedIntoProductsMatchesReference(DType dtype, int rows)
+    {
+        int hidden = 96, q = 96, kv = 32, inter = 200;
+        var lc = (ILoraOps)_cpu; var lr = (ILoraOps)_ref;
+        Assert.True(lc.FusesLora);
+        var x = Input(_r.Floats((long)rows * hidden));
+        int split = rows / 2; // rows [0, split) run adapter 1, [split, rows) adapter 2 (none when split = 0)
+        (LoraWeights C, LoraWeights R) Pair(int outF, int inF, int rank, DType stored)
+        {
+            var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF)); var b = _r.Floats((long)outF * rank);
+            if (stored == DType.BF16)
+            {
+                for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
+                for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
+            }
+            return (lc.LoadLora("c", a, b, rank, inF, outF, stored), lr.LoadLora("r", a, b, rank, inF, outF));
+        }
+        void Stage((DeviceBuffer cpu, DeviceBuffer reference) input, (DeviceBuffer cpu, DeviceBuffer reference) y, int outF, int inF, List<Action> after)
+        {
+            foreach (var (row0, n, rank, stored, scale) in new[] { (0, split, 4, DType.F32, 0.5f), (split, rows - split, 7, DType.BF16, -1.25f) })
+            {
+                if (n == 0) continue;
+                var p = Pair(outF, inF, rank, stored);
+                lc.StageLora(input.cpu, row0, n, p.C, scale, y.cpu);
+                after.Add(() => lr.LoraRows(input.reference, row0, n, p.R, scale, y.reference));
+            }
+        }
+        // Q/K/V in one dispatch.
+        var wq = _r.Tensor("q", dtype, q, hidden); var wk = _r.Tensor("k", dtype, kv, hidden); var wv = _r.Tensor("v", dtype, kv, hidden);
+        var (yq, yk, yv) = (Output((long)rows * q), Output((long)rows * kv), Output((long)rows * kv));
+        var fix = new List<Action>();
+        Stage(x, yq, q, hidden, fix); Stage(x, yv, kv, hidden, fix); // k without an adapter
+        _cpu.MatMul3(x.cpu, rows, _cpu.LoadWeight(wq), yq.cpu, null, _cpu.LoadWeight(wk), yk.cpu, null, _cpu.LoadWeight(wv), yv.cpu, null);
+        _ref.MatMul(x.reference, _ref.LoadWeight(wq), yq.reference, rows);
+        _ref.MatMul(x.reference, _ref.LoadWeight(wk), yk.reference, rows);
+        _ref.MatMul(x.reference, _ref.LoadWeight(wv), yv.reference, rows);
+        fix.ForEach(f => f());
+        AssertClose(yq, (long)rows * q, what: "q"); AssertClose(yk, (long)rows * kv, what: "k"); AssertClose(yv, (long)rows * kv, what: "v");
+        // Gate/up with SwiGLU: the updates land before the activation.
+        var g = _r.Tensor("g", dtype, inter, hidden); var u = _r.Tensor("u", dtype, inter, hidden);
+        var (gate, up) = (Output((long)rows * inter), Output((long)rows * inter));
+        fix.Clear();
+        Stage(x, gate, inter, hidden, fix); Stage(x, up, inter, hidden, fix);
+        _cpu.GateUpSwiGlu(x.cpu, rows, _cpu.LoadWeight(g), _cpu.LoadWeight(u), gate.cpu, up.cpu);
+        _ref.MatMul(x.reference, _ref.LoadWeight(g), gate.reference, rows);
+        _ref.MatMul(x.reference, _ref.LoadWeight(u), up.reference, rows);
+        fix.ForEach(f => f());
+        _ref.SwiGlu(gate.reference, up.reference, gate.reference, (long)rows * inter);
+        AssertClose(gate, (long)rows * inter, what: "gate/up");
+        // A plain product with a bias.
+        var wd = _r.Tensor("d", dtype, hidden, inter); var bias = _r.Tensor("b", DType.F32, hidden);
+        var h = Input(_r.Floats((long)rows * inter));
+        var yd = Output((long)rows * hidden);
+        fix.Clear();
+        Stage(h, yd, hidden, inter, fix);
+        _cpu.MatMul(h.cpu, _cpu.LoadWeight(wd), yd.cpu, rows, _cpu.LoadWeight(bias));
+        _ref.MatMul(h.reference, _ref.LoadWeight(wd), yd.reference, rows, _ref.LoadWeight(bias));
+        fix.ForEach(f => f());
+        AssertClose(yd, (long)rows * hidden, what: "down");
+        // Nothing stays staged: the next product is a plain one.
+        var y2 = Output((long)rows * hidden);
+        _cpu.MatMul(h.cpu, _cpu.LoadWeight(wd), y2.cpu, rows);
+        _ref.MatMul(h.reference, _ref.LoadWeight(wd), y2.reference, rows);
+        AssertClose(y2, (long)rows * hidden, what: "after");
+    }
+
     [Theory]
     [InlineData(1, 0, 1, 64, 64, 1)]
     [InlineData(5, 2, 3, 67, 129, 4)]
@@ -305,12 +382,24 @@ public sealed class CpuKernelTests : IDisposable
     [InlineData(3, 1, 2, 173, 31, 7)]
     public void LoraRowsMatchReference(int total, int row0, int rows, int inF, int outF, int rank)
     {
+        LoraRowsCase(total, row0, rows, inF, outF, rank, DType.F32);
+        LoraRowsCase(total, row0, rows, inF, outF, rank, DType.BF16); // held as bf16, widened in registers
+    }
+
+    private void LoraRowsCase(int total, int row0, int rows, int inF, int outF, int rank, DType stored)
+    {
         var x = _r.Floats((long)total * inF);
         var y0 = _r.Floats((long)total * outF);
         var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
         var b = _r.Floats((long)outF * rank);
+        if (stored == DType.BF16)
+        {
+            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
+            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
+        }
         var xi = Input(x); var yi = Input(y0);
-        var lc = ((ILoraOps)_cpu).LoadLora("t", a, b, rank, inF, outF);
+        var lc = ((ILoraOps)_cpu).LoadLora("t", a, b, rank, inF, outF, stored);
+        Assert.Equal(stored == DType.BF16 ? 2L : 4L, lc.ByteSize / ((long)rank * (inF + outF)));
         var lr = ((ILoraOps)_ref).LoadLora("t", a, b, rank, inF, outF);
         ((ILoraOps)_cpu).LoraRows(xi.cpu, row0, rows, lc, 0.75f, yi.cpu);
         ((ILoraOps)_ref).LoraRows(xi.reference, row0, rows, lr, 0.75f, yi.reference);

@@ -14,6 +14,7 @@ public sealed class BenchVerb
         "lrlrun bench --model ../shared/models/stories260k -p 32,128 -n 128 --json",
         "lrlrun bench kernels --device cpu",
         "lrlrun bench serve --preset SmolLM2-135M --dtype q4 --streams 1,4,16 -p 32 -n 32",
+        "lrlrun bench --preset SmolLM2-135M --dtype q4 -p 0 -n 64 --lora-random 0,1,4 --lora-rank 16",
     ];
 
     [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks; 'serve' for concurrent streams against `serve` on loopback (continuous batching vs one request at a time).")]
@@ -75,6 +76,15 @@ public sealed class BenchVerb
 
     [Option("step-rows", Default = 64, HelpText = "bench serve: most tokens in one batched step while streams decode.")]
     public int StepRows { get; set; }
+
+    [Option("lora", Separator = ',', HelpText = "LoRA adapter folder(s) (DIR or DIR:SCALE) applied unmerged in every test.")]
+    public IEnumerable<string> Lora { get; set; } = [];
+
+    [Option("lora-random", Separator = ',', HelpText = "Also run every test with this many random adapters over all linear modules (comma-separated counts, e.g. 0,1,4): the unmerged cost.")]
+    public IEnumerable<int> LoraRandom { get; set; } = [];
+
+    [Option("lora-rank", Default = 16, HelpText = "Rank of the --lora-random adapters.")]
+    public int LoraRank { get; set; }
 
     public int Run()
     {
@@ -141,9 +151,25 @@ public sealed class BenchVerb
         var probes = new List<double> { probe.Measure(5) };
         var fma = MachineProbe.FmaPeakGFlops(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
-        var results = EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
-                                        new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
-                                        batches: Batch.ToArray());
+        var mb = (ModelBase)model;
+        var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale)).ToArray();
+        var counts = LoraRandom.Any() ? LoraRandom.Distinct().ToArray() : [0];
+        if (counts.Any(c => c is < 0 or > 64)) throw new LrlException("--lora-random counts must be in 0..64");
+        var randomAdapters = new List<LoraAdapter>();
+        for (int i = 0; i < counts.Max(); i++)
+        {
+            randomAdapters.Add(mb.LoadAdapter(RandomAdapter.Write(mb, RandomAdapter.CachePath(mb, LoraRank, i), LoraRank, seed: i + 1), name: $"random{i}"));
+        }
+        var results = new List<BenchResult>();
+        foreach (int count in counts)
+        {
+            var adapters = given.Concat(randomAdapters.Take(count)).ToArray();
+            if (adapters.Length > 0)
+                log.WriteLine($"with {adapters.Length} adapter(s): {string.Join(", ", adapters.Select(a => a.ToString()))}, {adapters.Sum(a => a.ByteSize) / 1e6:F1} MB read per token");
+            results.AddRange(EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
+                                               new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
+                                               batches: Batch.ToArray(), adapters: adapters));
+        }
         var limits = new MachineLimits(probes.Max(), fma);
         if (probes.Max() > 1.15 * probes.Min())
             log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probes on either side of its repetition");

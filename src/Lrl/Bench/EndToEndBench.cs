@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Lrl.Models;
 
 namespace Lrl.Bench;
 
@@ -25,8 +26,19 @@ public static class EndToEndBench
 {
     public static List<BenchResult> Run(ILanguageModel model, string name, string format, int threads,
         IReadOnlyList<int> promptSizes, int genTokens, int reps, MachineLimits limits, TextWriter? progress = null,
-        Func<double>? bandwidthProbe = null, IReadOnlyList<int>? batches = null)
+        Func<double>? bandwidthProbe = null, IReadOnlyList<int>? batches = null, IReadOnlyList<LoraAdapter>? adapters = null)
     {
+        adapters ??= [];
+        // With adapters, every sequence runs in a state of its own that carries them; without, the model's default state.
+        using var own = adapters.Count > 0 ? model.CreateState() : null;
+        if (own is not null) ((ModelBase)model).SetAdapters(own, adapters);
+        void Forward(ReadOnlySpan<int> t, int pos, Span<float> l)
+        {
+            if (own is null) model.Forward(t, pos, l);
+            else model.Forward(own, t, pos, l);
+        }
+        string suffix = adapters.Count > 0 ? $"+lora{adapters.Count}" : "";
+        long adapterBytes = adapters.Sum(a => a.ByteSize);
         if (reps < 1) throw new LrlException($"-r must be ≥ 1, got {reps}");
         if (genTokens < 0) throw new LrlException($"-n must be ≥ 0 (0 skips generation), got {genTokens}");
         var rng = new Random(1234);
@@ -39,10 +51,10 @@ public static class EndToEndBench
             if (p == 0) continue; // as llama-bench: -p 0 skips prompt processing
             if (p < 0 || p > model.ContextLength) throw new LrlException($"-p {p} must be between 0 (skip) and the context ({model.ContextLength})");
             var tokens = Enumerable.Range(0, p).Select(_ => rng.Next(model.VocabSize)).ToArray();
-            WarmUp(() => model.Forward(tokens, 0, logits));
-            var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); model.Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
+            WarmUp(() => Forward(tokens, 0, logits));
+            var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
             double gflops = speeds.Mean * flopsPerToken / 1e9;
-            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"pp{p}", p, reps, speeds.Mean, speeds.Std,
+            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"pp{p}{suffix}", p, reps, speeds.Mean, speeds.Std,
                 null, null, gflops, gflops / limits.FmaPeakGFlops));
             progress?.WriteLine($"  pp{p}: {speeds.Mean:F1} ± {speeds.Std:F1} tok/s");
         }
@@ -53,7 +65,7 @@ public static class EndToEndBench
             var one = new int[1];
             void Generate()
             {
-                for (int i = 0; i < genTokens; i++) { one[0] = rng.Next(model.VocabSize); model.Forward(one, i, logits); }
+                for (int i = 0; i < genTokens; i++) { one[0] = rng.Next(model.VocabSize); Forward(one, i, logits); }
             }
             // Warm up for at least a second: .NET compiles a method fully optimized only after it has run a while
             // (tiered compilation), and a single pass of a fast model can end before the hot loops are promoted.
@@ -68,17 +80,17 @@ public static class EndToEndBench
                 Generate();
                 double tps = genTokens / sw.Elapsed.TotalSeconds;
                 double after = bandwidthProbe?.Invoke() ?? before, bandwidth = (before + after) / 2;
-                fractions.Add(tps * model.WeightBytesPerToken / 1e9 / bandwidth);
+                fractions.Add(tps * (model.WeightBytesPerToken + adapterBytes) / 1e9 / bandwidth);
                 if (bandwidthProbe is not null)
                     progress?.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"    tg rep: {tps:F2} tok/s = {tps * model.WeightBytesPerToken / 1e9:F1} GB/s against probes of {before:F1} before and {after:F1} GB/s after, mean {bandwidth:F1} ({fractions[^1]:P1})"));
                 before = after;
                 return tps;
             });
-            double gbs = speeds.Mean * model.WeightBytesPerToken / 1e9;
-            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}", genTokens, reps, speeds.Mean, speeds.Std,
+            double gbs = speeds.Mean * (model.WeightBytesPerToken + adapterBytes) / 1e9;
+            results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}{suffix}", genTokens, reps, speeds.Mean, speeds.Std,
                 gbs, fractions.Average(), null, null));
-            progress?.WriteLine($"  tg{genTokens}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
+            progress?.WriteLine($"  tg{genTokens}{suffix}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s");
         }
         foreach (int b in batches ?? [])
         {
@@ -88,6 +100,7 @@ public static class EndToEndBench
             // Batched decode: b sequences, each decoding genTokens tokens, one row per sequence per step (StepBatch);
             // aggregate tokens per second over all of them.
             var states = Enumerable.Range(0, b).Select(_ => model.CreateState()).ToArray();
+            if (adapters.Count > 0) foreach (var st in states) ((ModelBase)model).SetAdapters(st, adapters);
             try
             {
                 var batch = new StepBatch(b);
@@ -103,7 +116,7 @@ public static class EndToEndBench
                 }
                 WarmUp(Decode);
                 var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Decode(); return (double)b * genTokens / sw.Elapsed.TotalSeconds; });
-                results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}x{b}", genTokens * b, reps, speeds.Mean, speeds.Std,
+                results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}x{b}{suffix}", genTokens * b, reps, speeds.Mean, speeds.Std,
                     null, null, speeds.Mean * flopsPerToken / 1e9, speeds.Mean * flopsPerToken / 1e9 / limits.FmaPeakGFlops));
                 progress?.WriteLine($"  tg{genTokens}x{b}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s (all {b} sequences)");
             }

@@ -43,13 +43,16 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
     public Weight LoadQuantized(QuantizedTensor q) =>
         (inner as IQuantizedBackend ?? throw new LrlException($"backend {inner.Name} has no quantized weights")).LoadQuantized(q);
     private ILoraOps Lora => inner as ILoraOps ?? throw new LrlException($"backend {inner.Name} has no LoRA ops");
-    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures) =>
-        Lora.LoadLora(name, a, b, rank, inFeatures, outFeatures);
+    public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
+                                DType stored = DType.F32) =>
+        Lora.LoadLora(name, a, b, rank, inFeatures, outFeatures, stored);
     public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y)
     {
         if (!Enabled) { Lora.LoraRows(x, row0, rows, lora, scale, y); return; }
         Time($"lora r{lora.Rank} {lora.OutFeatures}x{lora.InFeatures}", lora.ByteSize, () => Lora.LoraRows(x, row0, rows, lora, scale, y));
     }
+    public bool FusesLora => (inner as ILoraOps)?.FusesLora == true;
+    public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) => Lora.StageLora(x, row0, rows, lora, scale, y);
     public DeviceBuffer Allocate(long length) => inner.Allocate(length);
     public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) => inner.Upload(source, destination, destinationOffset);
     public void Download(DeviceBuffer source, long sourceOffset, Span<float> destination)
