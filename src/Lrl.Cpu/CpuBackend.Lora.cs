@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace Lrl.Cpu;
 
@@ -112,28 +114,26 @@ public sealed partial class CpuBackend : ILoraOps
 }
 
 /// <summary>
-/// Adapter updates staged for the next products (<see cref="ILoraOps.StageLora"/>): each term's down-projection
-/// t = scale·x·Aᵀ is computed when a product that writes its output dispatches (all of that dispatch's terms in one
-/// pass), and the product adds t·B to the rows and output columns each of its items writes, in the same pass
-/// (<see cref="Epilogue"/>), so the update needs no dispatch of its own and runs on every thread.
+/// Adapter updates staged for the next products (<see cref="ILoraOps.StageLora"/>), applied inside the dispatch of the
+/// product that writes their output, with no dispatch of their own: the dispatch's first items are the down-projections
+/// t = scale·x·Aᵀ (one item per term and row: all its rank dot products), claimed before any product item; each product
+/// item then adds t·B to the rows and output columns it wrote (<see cref="Epilogue"/>, after waiting for the
+/// down-projections, long done by the time its own product is), so the update runs on every thread.
 /// </summary>
-internal sealed unsafe class LoraStage : IParallelJob
+internal sealed unsafe class LoraStage
 {
-    private const long SerialWork = 1 << 16; // down-projection multiply-adds below which the caller does them alone
-
     internal struct Term
     {
         public float[] X, Y;
-        public int Row0, Rows, T; // T: offset of its [rows, rank] block in _t
+        public int Row0, Rows, T, Item; // T: offset of its [rows, rank] block in _t; Item: its first down item
         public CpuLora W;
         public float Scale;
-        public bool Active;        // taken by the dispatch being run
+        public bool Active;               // taken by the dispatch being run
     }
 
     private Term[] _terms = new Term[8];
-    private int _count, _active;
+    private int _count, _active, _downItems, _downDone;
     private float[] _t = new float[256];
-    private int[] _itemEnd = new int[8]; // down items: cumulative rows·rank over the active terms
 
     public int Count => _count;
 
@@ -145,12 +145,14 @@ internal sealed unsafe class LoraStage : IParallelJob
         _terms[_count++] = new Term { X = x, Y = y, Row0 = row0, Rows = rows, W = w, Scale = scale };
     }
 
-    /// <summary>Takes the staged terms writing one of <paramref name="outputs"/> and computes their down-projections.</summary>
-    public void Begin(WorkerPool pool, ReadOnlySpan<float[]?> outputs)
+    /// <summary>
+    /// Takes the staged terms writing one of <paramref name="outputs"/> for the dispatch about to run; returns its down
+    /// items (to run, in order, before the product's).
+    /// </summary>
+    public int Begin(ReadOnlySpan<float[]?> outputs)
     {
-        _active = 0;
+        _active = _downItems = _downDone = 0;
         int tUsed = 0;
-        long work = 0;
         for (int i = 0; i < _count; i++)
         {
             ref var t = ref _terms[i];
@@ -159,59 +161,103 @@ internal sealed unsafe class LoraStage : IParallelJob
             t.Active = mine;
             if (!mine) continue;
             t.T = tUsed;
+            t.Item = _downItems;
             tUsed += t.Rows * t.W.Rank;
-            work += (long)t.Rows * t.W.Rank * t.W.InFeatures;
-            if (_itemEnd.Length <= _active) Array.Resize(ref _itemEnd, _active * 2 + 2);
-            _itemEnd[_active++] = tUsed;
+            _downItems += t.Rows;
+            _active++;
         }
-        if (_active == 0) return;
         if (_t.Length < tUsed) _t = new float[Math.Max(tUsed, 2 * _t.Length)];
-        if (work < SerialWork || pool.ThreadCount == 1) for (int i = 0; i < tUsed; i++) Execute(i, 0);
-        else pool.Run(this, tUsed);
+        return _downItems;
     }
 
     /// <summary>Whether the dispatch being run has updates.</summary>
     public bool Active => _active > 0;
 
-    // Down item i: one (term, row, rank) dot product; terms in order, each rows·rank items.
-    public void Execute(int item, int worker)
+    /// <summary>Down item: every rank dot product of one term's row.</summary>
+    public void ExecuteDown(int item)
     {
-        int k = 0, n = 0;
+        int n = 0;
         for (int i = 0; i < _count; i++)
-        {
-            if (!_terms[i].Active) continue;
-            if (item < _itemEnd[k]) { n = i; break; }
-            k++;
-        }
+            if (_terms[i].Active && _terms[i].Item <= item) n = i;
         ref var t = ref _terms[n];
-        int local = item - t.T, rank = t.W.Rank, inF = t.W.InFeatures;
-        int r = local / rank, j = local % rank;
+        int r = item - t.Item, rank = t.W.Rank, inF = t.W.InFeatures;
         var x = t.X.AsSpan((t.Row0 + r) * inF, inF);
-        float d;
-        if (t.W.A is { } a) d = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
-        else fixed (ushort* a16 = &t.W.A16![j * inF]) d = Simd.DotBF16(a16, x);
-        _t[item] = d * t.Scale;
+        int at = t.T + r * rank;
+        for (int j = 0; j < rank; j++)
+        {
+            float d;
+            if (t.W.A is { } a) d = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
+            else fixed (ushort* a16 = &t.W.A16![j * inF]) d = Simd.DotBF16(a16, x);
+            _t[at + j] = d * t.Scale;
+        }
+        Interlocked.Increment(ref _downDone);
     }
 
     /// <summary>Adds the active terms writing <paramref name="y"/> to its rows' output columns [start, end).</summary>
     public void Epilogue(float[] y, int outF, int start, int end)
     {
+        if (Volatile.Read(ref _downDone) < _downItems)
+        {
+            var spin = new SpinWait();
+            while (Volatile.Read(ref _downDone) < _downItems) spin.SpinOnce(sleep1Threshold: -1);
+        }
         int n = end - start;
         for (int i = 0; i < _count; i++)
         {
             ref var t = ref _terms[i];
             if (!t.Active || !ReferenceEquals(t.Y, y)) continue;
             int rank = t.W.Rank;
-            for (int r = 0; r < t.Rows; r++)
+            fixed (float* tp = &_t[t.T])
+                for (int r = 0; r < t.Rows; r++)
+                    fixed (float* dst = &y[(t.Row0 + r) * outF + start])
+                    {
+                        if (t.W.Bt is { } bt) fixed (float* b = &bt[start]) Up(b, outF, tp + r * rank, rank, dst, n);
+                        else fixed (ushort* b = &t.W.Bt16![start]) Up(b, outF, tp + r * rank, rank, dst, n);
+                    }
+        }
+    }
+
+    /// <summary>y[o] += Σ_j t[j]·Bᵀ[j, o] for o &lt; n, eight outputs at a time held in a register over every rank.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Up(float* bt, int ld, float* t, int rank, float* y, int n)
+    {
+        int o = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; o <= n - 8; o += 8)
             {
-                var dst = y.AsSpan((t.Row0 + r) * outF + start, n);
-                int tr = t.T + r * rank;
-                if (t.W.Bt is { } bt)
-                    for (int j = 0; j < rank; j++) TensorPrimitives.MultiplyAdd(bt.AsSpan(j * outF + start, n), _t[tr + j], dst, dst);
-                else
-                    fixed (ushort* bt16 = t.W.Bt16)
-                        for (int j = 0; j < rank; j++) Simd.AxpyBF16(bt16 + (long)j * outF + start, _t[tr + j], dst);
+                var acc = Vector256.Load(y + o);
+                for (int j = 0; j < rank; j++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(bt + (long)j * ld + o), Vector256.Create(t[j]), acc);
+                acc.Store(y + o);
             }
+        for (; o < n; o++)
+        {
+            float s = y[o];
+            for (int j = 0; j < rank; j++) s += t[j] * bt[(long)j * ld + o];
+            y[o] = s;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Up(ushort* bt, int ld, float* t, int rank, float* y, int n)
+    {
+        int o = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; o <= n - 8; o += 8)
+            {
+                var acc = Vector256.Load(y + o);
+                for (int j = 0; j < rank; j++)
+                {
+                    var (lo, hi) = Vector128.Widen(Vector128.Load(bt + (long)j * ld + o));
+                    var w = Vector256.Create(Vector128.ShiftLeft(lo, 16), Vector128.ShiftLeft(hi, 16)).AsSingle();
+                    acc = Vector256.FusedMultiplyAdd(w, Vector256.Create(t[j]), acc);
+                }
+                acc.Store(y + o);
+            }
+        for (; o < n; o++)
+        {
+            float s = y[o];
+            for (int j = 0; j < rank; j++) s += t[j] * DTypes.BF16ToFloat(bt[(long)j * ld + o]);
+            y[o] = s;
         }
     }
 
@@ -224,6 +270,6 @@ internal sealed unsafe class LoraStage : IParallelJob
             if (!_terms[i].Active) _terms[kept++] = _terms[i];
         for (int i = kept; i < _count; i++) _terms[i] = default;
         _count = kept;
-        _active = 0;
+        _active = _downItems = 0;
     }
 }

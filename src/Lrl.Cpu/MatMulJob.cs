@@ -50,6 +50,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private bool _swiGlu;
     private bool _quantRows; // a few rows: the decode kernel per row over L1 blocks of weights (CpuMatrix.GemvRows)
     private readonly float[]?[] _outputs = new float[3][];
+    private int _loraItems; // the dispatch's first items: adapter down-projections (LoraStage)
 
     /// <summary>Adapter updates staged for the next products (applied in their items' epilogue).</summary>
     public LoraStage Stage { get; } = new();
@@ -158,13 +159,14 @@ internal sealed unsafe class MatMulJob : IParallelJob
             TransposeInput(inF);
         }
         bool lora = Stage.Count > 0;
+        _loraItems = 0;
         if (lora)
         {
             int outputs = _swiGlu ? 2 : _count;
             for (int i = 0; i < 3; i++) _outputs[i] = i < outputs ? _t[i].Y : null;
-            Stage.Begin(pool, _outputs);
+            _loraItems = Stage.Begin(_outputs);
         }
-        try { pool.Run(this, last.FirstItem + last.Blocks); }
+        try { pool.Run(this, _loraItems + last.FirstItem + last.Blocks); }
         finally
         {
             for (int i = 0; i < prepared; i++) _t[i].W.EndGemv();
@@ -177,6 +179,8 @@ internal sealed unsafe class MatMulJob : IParallelJob
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int item, int worker)
     {
+        if (item < _loraItems) { Stage.ExecuteDown(item); return; } // adapter down-projections come first
+        item -= _loraItems;
         int k = 0;
         while (k + 1 < _count && item >= _t[k + 1].FirstItem) k++;
         ref var t = ref _t[k];

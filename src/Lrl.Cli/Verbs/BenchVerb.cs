@@ -144,7 +144,6 @@ public sealed class BenchVerb
         string format = model.WeightFormat;
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
-        if (profiler is not null) return RunProfile(model, profiler);
         log.WriteLine("probing the machine: read bandwidth and FMA peak ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
@@ -160,6 +159,7 @@ public sealed class BenchVerb
         {
             randomAdapters.Add(mb.LoadAdapter(RandomAdapter.Write(mb, RandomAdapter.CachePath(mb, LoraRank, i), LoraRank, seed: i + 1), name: $"random{i}"));
         }
+        if (profiler is not null) return RunProfile(model, profiler, given.Concat(randomAdapters).ToArray());
         var results = new List<BenchResult>();
         foreach (int count in counts)
         {
@@ -241,21 +241,26 @@ public sealed class BenchVerb
         return results.Any(r => r.Failed > 0) ? 1 : 0;
     }
 
-    private int RunProfile(ILanguageModel model, ProfilingBackend profiler)
+    private int RunProfile(ILanguageModel model, ProfilingBackend profiler, LoraAdapter[] adapters)
     {
         int n = Math.Max(GenTokens, 8);
         var logits = new float[model.VocabSize];
         var one = new int[1];
         // With --batch B: the profile of a batched decode step of B sequences (per step, not per token).
         int b = Batch.Any() ? Batch.Max() : 1;
-        var states = b > 1 ? Enumerable.Range(0, b).Select(_ => model.CreateState()).ToArray() : [];
+        // With adapters (--lora, --lora-random N: the most given), every sequence runs them.
+        if (b == 1 && adapters.Length > 0) b = -1;
+        var states = b != 1 ? Enumerable.Range(0, Math.Abs(b)).Select(_ => model.CreateState()).ToArray() : [];
+        foreach (var st in states) ((ModelBase)model).SetAdapters(st, adapters);
+        if (b < 0) b = 1;
+        bool own = states.Length > 0;
         var batch = new StepBatch(b);
         var outB = new float[b * model.VocabSize];
         void Decode()
         {
             for (int i = 0; i < n; i++)
             {
-                if (b == 1) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); continue; }
+                if (b == 1 && !own) { one[0] = i % model.VocabSize; model.Forward(one, i, logits); continue; }
                 batch.Clear();
                 for (int j = 0; j < b; j++) batch.Add(states[j], [(i + j) % model.VocabSize], i);
                 model.Forward(batch, outB);
