@@ -58,7 +58,7 @@ public sealed class LoraCliTests(LoraAdapters adapters) : IClassFixture<LoraAdap
     public void PerplexityReportsBitsPerByteWithAndWithoutTheAdapter()
     {
         var model = CliRunner.Model("stories260k");
-        string text = Path.Combine(AppContext.BaseDirectory, "heldout.txt");
+        string text = adapters.Sub("story.txt");
         File.WriteAllText(text, string.Join(' ', Enumerable.Repeat("Once upon a time, there was a little girl named Lily. She liked to play in the park with her friends.", 12)));
         var r = CliRunner.Run("perplexity", "--model", model, "--file", text, "--lora", adapters.B, "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);

@@ -15,9 +15,10 @@ public sealed class BenchVerb
         "lrlrun bench kernels --device cpu",
         "lrlrun bench serve --preset SmolLM2-135M --dtype q4 --streams 1,4,16 -p 32 -n 32",
         "lrlrun bench --preset SmolLM2-135M --dtype q4 -p 0 -n 64 --lora-random 0,1,4 --lora-rank 16",
+        "lrlrun bench ptx --arch sm_80,sm_90",
     ];
 
-    [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks; 'serve' for concurrent streams against `serve` on loopback (continuous batching vs one request at a time).")]
+    [Value(0, MetaName = "what", Required = false, HelpText = "Omit for end-to-end; 'kernels' for kernel microbenchmarks; 'serve' for concurrent streams against `serve` on loopback (continuous batching vs one request at a time); 'ptx' to compile every CUDA kernel to PTX and assemble it with ptxas (no GPU needed).")]
     public string? What { get; set; }
 
     [Option('m', "model", HelpText = "Model folder to benchmark.")]
@@ -86,6 +87,12 @@ public sealed class BenchVerb
     [Option("lora-rank", Default = 16, HelpText = "Rank of the --lora-random adapters.")]
     public int LoraRank { get; set; }
 
+    [Option("arch", Default = "sm_80,sm_90", HelpText = "bench ptx: CUDA architectures, comma-separated (sm_50 .. sm_90).")]
+    public string Arch { get; set; } = "sm_80,sm_90";
+
+    [Option("ptx-out", HelpText = "bench ptx: also write each kernel's PTX into this folder.")]
+    public string? PtxOut { get; set; }
+
     public int Run()
     {
         if (Load < 0 || Load > 1024) throw new LrlException($"--load must be in 0..1024, got {Load}");
@@ -121,12 +128,13 @@ public sealed class BenchVerb
     private int RunCore()
     {
         if (string.Equals(What, "serve", StringComparison.OrdinalIgnoreCase)) return RunServe();
+        if (string.Equals(What, "ptx", StringComparison.OrdinalIgnoreCase)) return RunPtx();
         if (string.Equals(What, "kernels", StringComparison.OrdinalIgnoreCase))
         {
             using var kb = Backends.Create(ModelVerbBase.ParseDevice(DeviceName), Threads);
             return Lrl.Gpu.KernelBenchmark.Run(kb, Json, Console.Out, Math.Max(20, Reps), quick: false);
         }
-        if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels', 'serve' or omit it)");
+        if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels', 'serve', 'ptx' or omit it)");
         if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
         var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];
         if (sizes.All(p => p == 0) && GenTokens == 0) throw new LrlException("bench: -p 0 and -n 0 leave nothing to measure");
@@ -239,6 +247,54 @@ public sealed class BenchVerb
         })));
         else Console.Out.Write(Lrl.Cli.Serve.LoadGenerator.ToMarkdown(results));
         return results.Any(r => r.Failed > 0) ? 1 : 0;
+    }
+
+    /// <summary>
+    /// `bench ptx`: every kernel compiled to PTX per --arch and, with ptxas found ($LRL_PTXAS, the fetch-ptxas cache,
+    /// PATH), assembled: a table of registers, shared memory, stack and spills; exit 1 on any error or spill.
+    /// </summary>
+    private int RunPtx()
+    {
+        var archs = Arch.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(a =>
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(a, @"^sm_(\d+)$");
+            int sm = m.Success ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : 0;
+            return sm is >= 50 and <= 90
+                ? (Name: a, Arch: new ILGPU.Runtime.Cuda.CudaArchitecture(sm / 10, sm % 10))
+                : throw new LrlException($"--arch '{a}' is not a CUDA architecture from sm_50 to sm_90 (what ptxas 11.8 assembles)");
+        }).ToList();
+        if (archs.Count == 0) throw new LrlException("--arch lists no architecture");
+        var ptxas = Lrl.Gpu.PtxCheck.FindPtxas();
+        var log = Console.Error;
+        log.WriteLine(ptxas is null ? "ptxas not found ($LRL_PTXAS, bench/fetch-ptxas.sh, PATH): compiling to PTX only" : $"assembling with {ptxas}");
+        if (PtxOut is not null) Directory.CreateDirectory(PtxOut);
+        var rows = new List<Lrl.Gpu.PtxCheck.Assembled>();
+        int kernels = 0;
+        bool failed = false;
+        foreach (var (archName, arch) in archs)
+        {
+            foreach (var (k, ptx) in Lrl.Gpu.PtxCheck.Compile(arch))
+            {
+                kernels++;
+                if (PtxOut is not null) File.WriteAllText(Path.Combine(PtxOut, System.Text.RegularExpressions.Regex.Replace(k.Name, "[^A-Za-z0-9_.]", "_") + $".{archName}.ptx"), ptx);
+                if (ptxas is null) continue;
+                var r = Lrl.Gpu.PtxCheck.Assemble(ptxas, k.Name, ptx, archName);
+                rows.Add(r);
+                failed |= r.Error is not null || r.SpillStoreBytes > 0 || r.SpillLoadBytes > 0;
+            }
+        }
+        if (ptxas is null)
+        {
+            Console.Out.WriteLine($"{kernels} kernel compilations to PTX ({string.Join(", ", archs.Select(a => a.Name))}) succeeded; no ptxas to assemble them");
+            return 0;
+        }
+        Console.Out.WriteLine("| kernel | arch | registers | shared bytes | stack bytes | spill stores | spill loads | |");
+        Console.Out.WriteLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+        foreach (var r in rows)
+            Console.Out.WriteLine($"| {r.Kernel} | {r.Arch} | {r.Registers} | {r.SharedBytes} | {r.StackBytes} | {r.SpillStoreBytes} | {r.SpillLoadBytes} | {(r.Error ?? (r.SpillStoreBytes + r.SpillLoadBytes > 0 ? "SPILLS" : "ok"))} |");
+        Console.Out.WriteLine($"{rows.Count} kernel builds, {rows.Count(r => r.Error is null)} assembled, most registers {rows.Max(r => r.Registers)}, " +
+                              $"most shared memory {rows.Max(r => r.SharedBytes)} bytes, spills in {rows.Count(r => r.SpillStoreBytes + r.SpillLoadBytes > 0)}");
+        return failed ? 1 : 0;
     }
 
     private int RunProfile(ILanguageModel model, ProfilingBackend profiler, LoraAdapter[] adapters)

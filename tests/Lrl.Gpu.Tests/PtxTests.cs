@@ -1,0 +1,55 @@
+using ILGPU.Runtime.Cuda;
+
+namespace Lrl.Gpu.Tests;
+
+/// <summary>
+/// The CUDA path without a GPU: every kernel entry point compiles to PTX for sm_80 and sm_90, and, where NVIDIA's
+/// ptxas is available (bench/fetch-ptxas.sh caches it; .ci/run fetches it), assembles without errors or register spills.
+/// </summary>
+public class PtxTests
+{
+    [Fact]
+    public void EntryPointsCoverEveryKernelFamilyAndReader()
+    {
+        var names = PtxCheck.EntryPoints().Select(k => k.Name).ToHashSet();
+        foreach (var expected in new[] { "GemvKernels.Gemv<BF16Reader>", "GemvKernels.Gemv<Q4Reader>", "GemmKernels.Gemm<F16Reader>",
+                                         "NormKernels.RmsNorm", "AttentionKernels.SplitK", "LoraKernels.Down", "LoraKernels.Up",
+                                         "SamplingKernels.Sample", "QuantGemvKernels.GemvQ4", "LinearAttentionKernels.Wkv7" })
+            Assert.Contains(expected, names);
+        Assert.True(names.Count >= 50, $"only {names.Count} entry points");
+    }
+
+    [Theory]
+    [InlineData(8, "sm_80")]
+    [InlineData(9, "sm_90")]
+    public void EveryKernelCompilesToPtx(int major, string target)
+    {
+        int n = 0;
+        foreach (var (k, ptx) in PtxCheck.Compile(new CudaArchitecture(major, 0)))
+        {
+            // ILGPU targets the lowest architecture its capabilities need (as it does on a real device: sm_80 PTX on an
+            // H100, compiled for sm_90 by the driver or ptxas), never one above the requested.
+            var m = System.Text.RegularExpressions.Regex.Match(ptx, @"\.target sm_(\d+)");
+            Assert.True(m.Success && int.Parse(m.Groups[1].Value) <= int.Parse(target[3..]), $"{k.Name}: {m.Value} for {target}");
+            Assert.Contains(".entry", ptx);
+            n++;
+        }
+        Assert.Equal(PtxCheck.EntryPoints().Count, n);
+    }
+
+    [Fact]
+    public void EveryKernelAssemblesWithPtxasWithoutSpills()
+    {
+        var ptxas = PtxCheck.FindPtxas();
+        if (ptxas is null) Assert.Skip("ptxas not found: run bench/fetch-ptxas.sh or set LRL_PTXAS");
+        var bad = new List<string>();
+        foreach (var (arch, name) in new[] { (CudaArchitecture.SM_80, "sm_80"), (CudaArchitecture.SM_90, "sm_90") })
+            foreach (var (k, ptx) in PtxCheck.Compile(arch))
+            {
+                var r = PtxCheck.Assemble(ptxas!, k.Name, ptx, name);
+                if (r.Error is not null || r.SpillStoreBytes + r.SpillLoadBytes > 0 || r.Registers == 0)
+                    bad.Add($"{k.Name} {name}: {r.Error ?? $"{r.Registers} registers, spills {r.SpillStoreBytes}/{r.SpillLoadBytes} bytes"}");
+            }
+        Assert.True(bad.Count == 0, string.Join("\n", bad));
+    }
+}
