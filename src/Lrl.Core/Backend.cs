@@ -116,6 +116,13 @@ public interface IBackend : IDisposable
 
     /// <summary>Waits for queued work (no-op on the CPU).</summary>
     void Synchronize();
+
+    /// <summary>
+    /// Makes the backend usable from the calling thread (CUDA: its context is current per thread, so the GPU backend
+    /// binds it; no-op elsewhere). Models call it at the start of every forward pass, state creation and release, so
+    /// callers on any thread (a server's thread pool, a decode loop) launch into the right context.
+    /// </summary>
+    void Enter() { }
 }
 
 /// <summary>The whole-buffer forms of the row-ranged ops (one sequence's rows starting at row 0).</summary>

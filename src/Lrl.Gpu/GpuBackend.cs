@@ -196,6 +196,15 @@ public sealed partial class GpuBackend : IBackend
     /// <summary>Waits for all queued work.</summary>
     public void Synchronize() => _stream.Synchronize();
 
+    /// <summary>Binds the accelerator (its CUDA context) to the calling thread unless it already is.</summary>
+    public void Enter()
+    {
+        if (!ReferenceEquals(Accelerator.Current, _accelerator)) _accelerator.Bind();
+    }
+
+    /// <summary>Whether the calling thread has this backend's accelerator bound (see <see cref="Enter"/>).</summary>
+    public bool IsBoundToCurrentThread => ReferenceEquals(Accelerator.Current, _accelerator);
+
     public void Dispose()
     {
         if (_disposed) return;

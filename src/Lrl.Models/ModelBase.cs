@@ -118,6 +118,7 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
             var a = LoraBinder.Load(this, _adaptable, directory, scale, name);
             _adapters.Add(a);
             return a;
@@ -188,6 +189,7 @@ public abstract class ModelBase : ILanguageModel
     {
         lock (_gate)
         {
+            if (!_disposed) Backend.Enter();
             _adapters.Remove(a);
             a.Free();
         }
@@ -203,6 +205,7 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
             var s = Allocate(Math.Min(ContextLength, InitialPositions));
             _states.Add(s);
             return s;
@@ -240,6 +243,7 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
             _default ??= Allocate(Math.Min(ContextLength, InitialPositions));
             if (startPos >= 0) Reserve(_default, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
             ForwardCore(_default, tokens, startPos, logits);
@@ -254,6 +258,7 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
             ObjectDisposedException.ThrowIf(s.IsDisposed, state);
             CheckAdapters(s);
             if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
@@ -277,6 +282,7 @@ public abstract class ModelBase : ILanguageModel
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
             foreach (var run in batch.Runs)
             {
                 var s = (SequenceState)run.State;
@@ -308,6 +314,7 @@ public abstract class ModelBase : ILanguageModel
     {
         lock (_gate)
         {
+            if (!_disposed) Backend.Enter();
             _states.Remove(s);
             s.Free();
         }
@@ -319,6 +326,7 @@ public abstract class ModelBase : ILanguageModel
         {
             if (_disposed) return;
             _disposed = true;
+            Backend.Enter();
             _default?.Free();
             foreach (var s in _states) s.Free();
             _states.Clear();

@@ -133,4 +133,35 @@ public class ModelTests
         double err = Check.RelativeL2(got, want);
         Assert.True(err < 1e-4, $"{name} on {kind} with a LoRA adapter: relative L2 {err:E2}");
     }
+
+    /// <summary>
+    /// A CUDA context is current per thread: a model used from a thread that did not create the backend (a server's
+    /// thread pool, a decode loop) must bind it first. Every forward pass, state creation and release does.
+    /// </summary>
+    [Theory]
+    [InlineData("cpu-accelerator")]
+    [InlineData("cuda")]
+    public void ForwardPassesFromOtherThreadsBindTheAccelerator(string kind)
+    {
+        var backend = Backends.Get(kind);
+        using var model = ModelRegistry.Load(SharedData.Model("stories260k"), backend);
+        var want = new float[model.VocabSize];
+        model.Forward([1, 403, 407], 0, want);
+        var results = new (bool BoundBefore, bool BoundAfter, float[] Logits)[4];
+        var threads = Enumerable.Range(0, results.Length).Select(i => new Thread(() =>
+        {
+            bool before = backend.IsBoundToCurrentThread;
+            using var state = model.CreateState();
+            var logits = new float[model.VocabSize];
+            model.Forward(state, [1, 403, 407], 0, logits);
+            results[i] = (before, backend.IsBoundToCurrentThread, logits);
+        })).ToArray();
+        foreach (var t in threads) { t.Start(); t.Join(); }
+        foreach (var r in results)
+        {
+            Assert.False(r.BoundBefore); // a new thread starts unbound...
+            Assert.True(r.BoundAfter);   // ...and the model bound it
+            Assert.True(Check.RelativeL2(r.Logits, want) < 1e-6);
+        }
+    }
 }

@@ -53,6 +53,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
     }
     public bool FusesLora => (inner as ILoraOps)?.FusesLora == true;
     public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) => Lora.StageLora(x, row0, rows, lora, scale, y);
+    public void Enter() => inner.Enter();
     public DeviceBuffer Allocate(long length) => inner.Allocate(length);
     public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) => inner.Upload(source, destination, destinationOffset);
     public void Download(DeviceBuffer source, long sourceOffset, Span<float> destination)
