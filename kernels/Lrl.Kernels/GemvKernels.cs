@@ -75,4 +75,49 @@ public static class GemvKernels
         u = KernelMath.WarpSum(u);
         if (Warp.LaneIdx == 0) y[row] = g * u / (1f + XMath.Exp(-g));
     }
+
+    /// <summary>
+    /// Q/K/V at batch 1 in one launch: one warp per output row of the three matrices together (rows of w0, then w1,
+    /// then w2), each reading x as <see cref="Gemv{TW}"/> does. Grid = ceil((out0 + out1 + out2) / warpsPerGroup).
+    /// </summary>
+    public static void Gemv3<TW>(TW w0, TW w1, TW w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
+                                 ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+        where TW : struct, IWeightReader
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= s.Out0 + s.Out1 + s.Out2) return; // uniform per warp
+        int m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
+        int r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
+        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+        int inF = s.InF;
+        float acc = 0;
+        if ((inF & 3) == 0)
+        {
+            int quads = inF >> 2;
+            long qb = (long)r * quads;
+            for (int q = Warp.LaneIdx; q < quads; q += Warp.WarpSize)
+            {
+                w.Get4(qb + q, out float a0, out float a1, out float a2, out float a3);
+                int i = q << 2;
+                acc += a0 * x[i] + a1 * x[i + 1] + a2 * x[i + 2] + a3 * x[i + 3];
+            }
+        }
+        else
+        {
+            long b = (long)r * inF;
+            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += w.Get(b + i) * x[i];
+        }
+        acc = KernelMath.WarpSum(acc);
+        if (Warp.LaneIdx != 0) return;
+        if (m == 0) y0[r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;
+        else if (m == 1) y1[r] = (s.HasBias & 2) != 0 ? acc + b1[r] : acc;
+        else y2[r] = (s.HasBias & 4) != 0 ? acc + b2[r] : acc;
+    }
+}
+
+/// <summary>Shape of a <see cref="GemvKernels.Gemv3{TW}"/> launch: rows of each matrix, columns, and which have a bias (bits 0-2).</summary>
+public struct Gemv3Shape
+{
+    public int Out0, Out1, Out2, InF, HasBias;
 }

@@ -24,4 +24,51 @@ public static class RopeKernels
         x[b + i] = a0 * c - a1 * s;
         x[b + i + half] = a1 * c + a0 * s;
     }
+
+    /// <summary>
+    /// The attention block's whole position step in one launch, for rows row0 .. row0+rows-1 at positions pos0 ..:
+    /// Q rotated in place; K rotated straight into its cache row; V copied into its cache row. Threads: first the Q
+    /// pairs (rows·heads·half), then every K element (rows·kvDim), then every V element (rows·kvDim). The K rows in
+    /// k itself are left unrotated (attention reads the cache).
+    /// </summary>
+    public static void RopeQkvCache(Index1D idx, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                    ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> cos, ArrayView<float> sin,
+                                    RopeCacheShape s)
+    {
+        int qPairs = s.Rows * s.Heads * s.Half, kvDim = s.KvHeads * s.HeadDim, kvAll = s.Rows * kvDim;
+        if (idx >= qPairs + 2 * kvAll) return;
+        if (idx < qPairs)
+        {
+            int i = idx % s.Half, rh = idx / s.Half, r = rh / s.Heads;
+            long b = (long)s.Row0 * s.Heads * s.HeadDim + (long)rh * s.HeadDim;
+            long t = (long)(s.Pos0 + r) * s.Half + i;
+            float c = cos[t], sn = sin[t];
+            float a0 = q[b + i], a1 = q[b + i + s.Half];
+            q[b + i] = a0 * c - a1 * sn;
+            q[b + i + s.Half] = a1 * c + a0 * sn;
+            return;
+        }
+        int e = idx - qPairs;
+        bool isV = e >= kvAll;
+        if (isV) e -= kvAll;
+        int row = e / kvDim, col = e - row * kvDim;
+        long src = (long)(s.Row0 + row) * kvDim + col, dst = (long)(s.Pos0 + row) * kvDim + col;
+        if (isV) { vCache[dst] = v[src]; return; }
+        int d = col % s.HeadDim;
+        float val = k[src];
+        if (d < 2 * s.Half)
+        {
+            int i = d < s.Half ? d : d - s.Half;
+            long t = (long)(s.Pos0 + row) * s.Half + i;
+            float c = cos[t], sn = sin[t];
+            val = d < s.Half ? val * c - k[src + s.Half] * sn : val * c + k[src - s.Half] * sn;
+        }
+        kCache[dst] = val;
+    }
+}
+
+/// <summary>Shape of a <see cref="RopeKernels.RopeQkvCache"/> launch.</summary>
+public struct RopeCacheShape
+{
+    public int Row0, Rows, Heads, KvHeads, HeadDim, Half, Pos0;
 }

@@ -105,6 +105,21 @@ public interface IBackend : IDisposable
     void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                        int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale);
 
+    /// <summary>
+    /// The attention block's position step for one sequence's rows row0 .. row0+rows-1 at positions pos0 ..: rotate
+    /// those rows of q and k, then write the rows of k and v into the caches ([position, kvHeads·headDim]) at pos0 ...
+    /// Backends fuse it (one launch on a GPU); the rows of k are unspecified afterwards (attention reads the cache).
+    /// </summary>
+    void RopeAndCache(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, int row0, int rows, int heads, int kvHeads, int headDim,
+                      int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache)
+    {
+        long kvDim = (long)kvHeads * headDim;
+        RopeRows(q, row0, rows, heads, headDim, pos0, rope);
+        RopeRows(k, row0, rows, kvHeads, headDim, pos0, rope);
+        Copy(k, row0 * kvDim, kCache, pos0 * kvDim, rows * kvDim);
+        Copy(v, row0 * kvDim, vCache, pos0 * kvDim, rows * kvDim);
+    }
+
     /// <summary>y[i] = silu(gate[i]) * up[i] for i &lt; n.</summary>
     void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n);
 

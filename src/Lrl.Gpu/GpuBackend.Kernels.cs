@@ -14,6 +14,13 @@ public sealed partial class GpuBackend
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _gemm;
         private Action<AcceleratorStream, KernelConfig, TW, TW, ArrayView<float>, ArrayView<float>, int, int>? _gemvSwiGlu;
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<int>, int, ArrayView<float>, int>? _embed;
+        private Action<AcceleratorStream, KernelConfig, TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3;
+
+        public Action<AcceleratorStream, KernelConfig, TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3 =>
+            _gemv3 ??= a.LoadKernel<TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(GemvKernels.Gemv3<TW>);
 
         public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> Gemv =>
             _gemv ??= a.LoadKernel<TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(GemvKernels.Gemv<TW>);

@@ -36,7 +36,7 @@ public sealed partial class GpuBackend : ILinearAttentionOps
     {
         if (n == 0) return;
         _kUnary ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int>(LinearAttentionKernels.Unary);
-        _kUnary(_stream, N(n), V(x), N(n), op);
+        _kUnary(Launch_, N(n), V(x), N(n), op);
     }
 
     public void Sigmoid(DeviceBuffer x, long n) => Unary(x, n, 0);
@@ -49,14 +49,14 @@ public sealed partial class GpuBackend : ILinearAttentionOps
     {
         if (n == 0) return;
         _kMul ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(LinearAttentionKernels.Multiply);
-        _kMul(_stream, N(n), V(a), V(b), N(n));
+        _kMul(Launch_, N(n), V(a), V(b), N(n));
     }
 
     public void Scale(DeviceBuffer x, float s, long n)
     {
         if (n == 0) return;
         _kScale ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, float, int>(LinearAttentionKernels.Scale);
-        _kScale(_stream, N(n), V(x), s, N(n));
+        _kScale(Launch_, N(n), V(x), s, N(n));
     }
 
     public void MultiplyRow(DeviceBuffer x, Weight v, DeviceBuffer y, int rows)
@@ -64,7 +64,7 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         int n = rows * v.Cols;
         if (n == 0) return;
         _kMulRow ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LinearAttentionKernels.MultiplyRow);
-        _kMulRow(_stream, n, V(x), Vec(v), V(y), n, v.Cols);
+        _kMulRow(Launch_, n, V(x), Vec(v), V(y), n, v.Cols);
     }
 
     public void TokenShift(DeviceBuffer x, DeviceBuffer state, DeviceBuffer prev, int rows, int width)
@@ -72,8 +72,8 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         if (rows <= 0) return;
         _kShift ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LinearAttentionKernels.ShiftRows);
         _kTail ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(LinearAttentionKernels.CopyTail);
-        _kShift(_stream, rows * width, V(x), V(state), V(prev), rows * width, width);
-        _kTail(_stream, width, V(x), V(state), (rows - 1) * width, width);
+        _kShift(Launch_, rows * width, V(x), V(state), V(prev), rows * width, width);
+        _kTail(Launch_, width, V(x), V(state), (rows - 1) * width, width);
     }
 
     public void LerpRow(DeviceBuffer a, DeviceBuffer b, Weight mix, DeviceBuffer y, int rows)
@@ -81,14 +81,14 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         int n = rows * mix.Cols;
         if (n == 0) return;
         _kLerpRow ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LinearAttentionKernels.LerpRow);
-        _kLerpRow(_stream, n, V(a), V(b), Vec(mix), V(y), n, mix.Cols);
+        _kLerpRow(Launch_, n, V(a), V(b), Vec(mix), V(y), n, mix.Cols);
     }
 
     public void Lerp(DeviceBuffer a, DeviceBuffer b, DeviceBuffer t, DeviceBuffer y, long n)
     {
         if (n == 0) return;
         _kLerp ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(LinearAttentionKernels.Lerp);
-        _kLerp(_stream, N(n), V(a), V(b), V(t), V(y), N(n));
+        _kLerp(Launch_, N(n), V(a), V(b), V(t), V(y), N(n));
     }
 
     public void Rwkv7KeyScale(DeviceBuffer k, DeviceBuffer a, Weight kA, int rows)
@@ -96,7 +96,7 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         int n = rows * kA.Cols;
         if (n == 0) return;
         _kKeyScale ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LinearAttentionKernels.KeyScale);
-        _kKeyScale(_stream, n, V(k), V(a), Vec(kA), n, kA.Cols);
+        _kKeyScale(Launch_, n, V(k), V(a), Vec(kA), n, kA.Cols);
     }
 
     public void GroupNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, int groups, float eps)
@@ -105,7 +105,7 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         if (gs * groups != width) throw new ArgumentException($"group norm: width {width} is not a multiple of {groups} groups");
         if (rows == 0) return;
         _kGroupNorm ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, float>(LinearAttentionKernels.GroupNorm);
-        _kGroupNorm(_stream, rows * groups, V(x), Vec(w), Vec(b), V(y), rows * groups, gs, width, eps);
+        _kGroupNorm(Launch_, rows * groups, V(x), Vec(w), Vec(b), V(y), rows * groups, gs, width, eps);
     }
 
     public void L2NormalizeGroups(DeviceBuffer x, int rows, int width, int groupSize, float eps)
@@ -113,35 +113,35 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         int groups = rows * width / groupSize;
         if (groups == 0) return;
         _kL2 ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, float>(LinearAttentionKernels.L2Normalize);
-        _kL2(_stream, groups, V(x), groups, groupSize, eps);
+        _kL2(Launch_, groups, V(x), groups, groupSize, eps);
     }
 
     public void Wkv5(DeviceBuffer r, DeviceBuffer k, DeviceBuffer v, Weight decay, Weight bonus, DeviceBuffer state,
                      DeviceBuffer output, int rows, int heads, int headSize)
     {
         _kWkv5 ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LinearAttentionKernels.Wkv5);
-        _kWkv5(_stream, heads * headSize, V(r), V(k), V(v), Vec(decay), Vec(bonus), V(state), V(output), rows, heads, headSize);
+        _kWkv5(Launch_, heads * headSize, V(r), V(k), V(v), Vec(decay), Vec(bonus), V(state), V(output), rows, heads, headSize);
     }
 
     public void Wkv7(DeviceBuffer r, DeviceBuffer w, DeviceBuffer k, DeviceBuffer v, DeviceBuffer kk, DeviceBuffer a,
                      DeviceBuffer state, DeviceBuffer output, int rows, int heads, int headSize)
     {
         _kWkv7 ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LinearAttentionKernels.Wkv7);
-        _kWkv7(_stream, heads * headSize, V(r), V(w), V(k), V(v), V(kk), V(a), V(state), V(output), rows, heads, headSize);
+        _kWkv7(Launch_, heads * headSize, V(r), V(w), V(k), V(v), V(kk), V(a), V(state), V(output), rows, heads, headSize);
     }
 
     public void Rwkv7Bonus(DeviceBuffer r, DeviceBuffer k, DeviceBuffer v, Weight rK, DeviceBuffer output, int rows, int heads, int headSize)
     {
         if (rows == 0) return;
         _kBonus ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LinearAttentionKernels.Rwkv7Bonus);
-        _kBonus(_stream, rows * heads, V(r), V(k), V(v), Vec(rK), V(output), rows, heads, headSize);
+        _kBonus(Launch_, rows * heads, V(r), V(k), V(v), Vec(rK), V(output), rows, heads, headSize);
     }
 
     public void LightningRecurrent(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
                                    DeviceBuffer output, int rows, int heads, int keyDim, int valueDim)
     {
         _kLinRec ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(LinearAttentionKernels.LightningRecurrent);
-        _kLinRec(_stream, heads * valueDim, V(q), V(k), V(v), Vec(slopes), V(state), V(output), rows, heads, keyDim, valueDim);
+        _kLinRec(Launch_, heads * valueDim, V(q), V(k), V(v), Vec(slopes), V(state), V(output), rows, heads, keyDim, valueDim);
     }
 
     public void LightningChunked(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, Weight slopes, DeviceBuffer state,
@@ -149,7 +149,7 @@ public sealed partial class GpuBackend : ILinearAttentionOps
     {
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "block size must be ≥ 1");
         _kLinChunk ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(LinearAttentionKernels.LightningChunked);
-        _kLinChunk(_stream, heads * valueDim, V(q), V(k), V(v), Vec(slopes), V(state), V(output), rows, heads, keyDim, valueDim, blockSize);
+        _kLinChunk(Launch_, heads * valueDim, V(q), V(k), V(v), Vec(slopes), V(state), V(output), rows, heads, keyDim, valueDim, blockSize);
     }
 
     public void Lrpe(DeviceBuffer x, Weight theta, DeviceBuffer y, int rows, int heads, int headDim, int pos0)
@@ -157,12 +157,12 @@ public sealed partial class GpuBackend : ILinearAttentionOps
         int n = rows * heads * headDim;
         if (n == 0) return;
         _kLrpe ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(LinearAttentionKernels.Lrpe);
-        _kLrpe(_stream, n, V(x), Vec(theta), V(y), rows, heads, headDim, pos0);
+        _kLrpe(Launch_, n, V(x), Vec(theta), V(y), rows, heads, headDim, pos0);
     }
 
     public void Zero(DeviceBuffer x, long n)
     {
         if (n == 0) return;
-        B(x).View.SubView(0, n).MemSetToZero(_stream);
+        B(x).View.SubView(0, n).MemSetToZero(Launch_);
     }
 }

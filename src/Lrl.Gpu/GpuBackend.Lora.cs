@@ -31,9 +31,9 @@ public sealed partial class GpuBackend : ILoraOps
             for (int j = 0; j < rank; j++) bt[(long)j * outFeatures + o] = b[o * rank + j];
         var ad = AllocateRaw<float>(a.Length, $"LoRA {name} A");
         var bd = AllocateRaw<float>(bt.Length, $"LoRA {name} B");
-        ad.View.CopyFromCPU(_stream, a);
-        bd.View.CopyFromCPU(_stream, bt);
-        _stream.Synchronize();
+        ad.View.CopyFromCPU(Upload_, a);
+        bd.View.CopyFromCPU(Upload_, bt);
+        Sync();
         return new GpuLora(name, rank, inFeatures, outFeatures, ad, bd);
     }
 
@@ -52,7 +52,7 @@ public sealed partial class GpuBackend : ILoraOps
         _loraDown ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>(LoraKernels.Down);
         _loraUp ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(LoraKernels.Up);
         int perGroup = _group / _warp;
-        _loraDown(_stream, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), B(x).View, w.A, _loraT.View, row0, rows, w.Rank, w.InFeatures, scale);
-        _loraUp(_stream, N((long)rows * w.OutFeatures), _loraT.View, w.Bt, B(y).View, row0, rows, w.Rank, w.OutFeatures);
+        _loraDown(Launch_, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), B(x).View, w.A, _loraT.View, row0, rows, w.Rank, w.InFeatures, scale);
+        _loraUp(Launch_, N((long)rows * w.OutFeatures), _loraT.View, w.Bt, B(y).View, row0, rows, w.Rank, w.OutFeatures);
     }
 }

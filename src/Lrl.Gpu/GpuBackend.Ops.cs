@@ -30,7 +30,7 @@ public sealed partial class GpuBackend
     {
         if (buf is null || buf.Length < length)
         {
-            if (buf is not null) { _stream.Synchronize(); buf.Dispose(); }
+            if (buf is not null) { Sync(); buf.Dispose(); }
             buf = AllocateRaw<T>(Math.Max(length, 64), what);
         }
         return buf;
@@ -70,16 +70,16 @@ public sealed partial class GpuBackend
         if (rows > 1)
         {
             var buf = Scratch(ref _tokens, rows, "token ids");
-            buf.View.SubView(0, rows).CopyFromCPU(_stream, ref MemoryMarshal.GetReference(tokens), rows);
+            buf.View.SubView(0, rows).CopyFromCPU(Upload_, ref MemoryMarshal.GetReference(tokens), rows);
             ids = buf.View.SubView(0, rows);
         }
         var cfg = Rows(rows);
         var xv = B(x).View;
         switch (t.StoredType)
         {
-            case DType.F32: KF32.Embed(_stream, cfg, new F32Reader(t.FloatView), ids, single, xv, dim); break;
-            case DType.F16: KF16.Embed(_stream, cfg, new F16Reader(t.U16!.View), ids, single, xv, dim); break;
-            case DType.BF16: KBF16.Embed(_stream, cfg, new BF16Reader(t.U16!.View), ids, single, xv, dim); break;
+            case DType.F32: KF32.Embed(Launch_, cfg, new F32Reader(t.FloatView), ids, single, xv, dim); break;
+            case DType.F16: KF16.Embed(Launch_, cfg, new F16Reader(t.U16!.View), ids, single, xv, dim); break;
+            case DType.BF16: KBF16.Embed(Launch_, cfg, new BF16Reader(t.U16!.View), ids, single, xv, dim); break;
             default: QuantEmbed(t, cfg, ids, single, xv, dim); break;
         }
     }
@@ -90,7 +90,7 @@ public sealed partial class GpuBackend
         if (rows <= 0) return;
         CheckRange(x, 0, (long)rows * n, "rmsnorm input");
         CheckRange(y, 0, (long)rows * n, "rmsnorm output");
-        RmsNormKernel(_stream, Rows(rows), B(x).View, Vec(w, n, "rmsnorm"), B(y).View, n, eps);
+        RmsNormKernel(Launch_, Rows(rows), B(x).View, Vec(w, n, "rmsnorm"), B(y).View, n, eps);
     }
 
     public void AddRmsNorm(DeviceBuffer residual, DeviceBuffer delta, Weight w, DeviceBuffer y, int rows, float eps)
@@ -100,7 +100,7 @@ public sealed partial class GpuBackend
         CheckRange(residual, 0, (long)rows * n, "add_rmsnorm residual");
         CheckRange(delta, 0, (long)rows * n, "add_rmsnorm delta");
         CheckRange(y, 0, (long)rows * n, "add_rmsnorm output");
-        AddRmsNormKernel(_stream, Rows(rows), B(residual).View, B(delta).View, Vec(w, n, "add_rmsnorm"), B(y).View, n, eps);
+        AddRmsNormKernel(Launch_, Rows(rows), B(residual).View, B(delta).View, Vec(w, n, "add_rmsnorm"), B(y).View, n, eps);
     }
 
     public void LayerNorm(DeviceBuffer x, Weight w, Weight b, DeviceBuffer y, int rows, float eps)
@@ -109,7 +109,7 @@ public sealed partial class GpuBackend
         if (rows <= 0) return;
         CheckRange(x, 0, (long)rows * n, "layernorm input");
         CheckRange(y, 0, (long)rows * n, "layernorm output");
-        LayerNormKernel(_stream, Rows(rows), B(x).View, Vec(w, n, "layernorm weight"), Vec(b, n, "layernorm bias"), B(y).View, n, eps);
+        LayerNormKernel(Launch_, Rows(rows), B(x).View, Vec(w, n, "layernorm weight"), Vec(b, n, "layernorm bias"), B(y).View, n, eps);
     }
 
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
@@ -137,12 +137,12 @@ public sealed partial class GpuBackend
         if (rows == 1)
         {
             int perGroup = _group / _warp;
-            k.Gemv(_stream, new KernelConfig((outF + perGroup - 1) / perGroup, _group), reader, x, y, bias, hasBias, outF, inF);
+            k.Gemv(Launch_, new KernelConfig((outF + perGroup - 1) / perGroup, _group), reader, x, y, bias, hasBias, outF, inF);
         }
         else
         {
             int outBlocks = (outF + _group - 1) / _group, rowBlocks = (rows + GemmKernels.TileRows - 1) / GemmKernels.TileRows;
-            k.Gemm(_stream, new KernelConfig(outBlocks * rowBlocks, _group), reader, x, y, bias, hasBias, rows, outF, inF);
+            k.Gemm(Launch_, new KernelConfig(outBlocks * rowBlocks, _group), reader, x, y, bias, hasBias, rows, outF, inF);
         }
     }
 
@@ -173,9 +173,9 @@ public sealed partial class GpuBackend
         var xv = B(x).View; var yv = B(y).View;
         switch (g.StoredType)
         {
-            case DType.F32: KF32.GemvSwiGlu(_stream, cfg, new F32Reader(g.FloatView), new F32Reader(u.FloatView), xv, yv, outF, inF); break;
-            case DType.F16: KF16.GemvSwiGlu(_stream, cfg, new F16Reader(g.U16!.View), new F16Reader(u.U16!.View), xv, yv, outF, inF); break;
-            case DType.BF16: KBF16.GemvSwiGlu(_stream, cfg, new BF16Reader(g.U16!.View), new BF16Reader(u.U16!.View), xv, yv, outF, inF); break;
+            case DType.F32: KF32.GemvSwiGlu(Launch_, cfg, new F32Reader(g.FloatView), new F32Reader(u.FloatView), xv, yv, outF, inF); break;
+            case DType.F16: KF16.GemvSwiGlu(Launch_, cfg, new F16Reader(g.U16!.View), new F16Reader(u.U16!.View), xv, yv, outF, inF); break;
+            case DType.BF16: KBF16.GemvSwiGlu(Launch_, cfg, new BF16Reader(g.U16!.View), new BF16Reader(u.U16!.View), xv, yv, outF, inF); break;
             default: QuantGemvSwiGlu(g, u, cfg, xv, yv, outF, inF); break;
         }
     }
@@ -193,6 +193,71 @@ public sealed partial class GpuBackend
         MatMulSwiGlu(x, gate, up, gateOut, rows);
     }
 
+    /// <summary>Q/K/V in one launch at one row for dense weights (one warp per output row of the three); else three products.</summary>
+    public void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
+                        Weight w2, DeviceBuffer y2, Weight? b2)
+    {
+        var m0 = Wt(w0); var m1 = Wt(w1); var m2 = Wt(w2);
+        if (rows != 1 || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || m0.Quant is not null
+            || m1.Quant is not null || m2.Quant is not null || m0.Cols != m1.Cols || m0.Cols != m2.Cols)
+        {
+            MatMul(x, w0, y0, rows, b0);
+            MatMul(x, w1, y1, rows, b1);
+            MatMul(x, w2, y2, rows, b2);
+            return;
+        }
+        int inF = m0.Cols;
+        CheckRange(x, 0, inF, "matmul3 input");
+        CheckRange(y0, 0, m0.Rows, $"matmul output ({w0.Name})");
+        CheckRange(y1, 0, m1.Rows, $"matmul output ({w1.Name})");
+        CheckRange(y2, 0, m2.Rows, $"matmul output ({w2.Name})");
+        ArrayView<float> Bias(Weight? b, int n, Weight w) => b is null ? ArrayView<float>.Empty : Vec(b, n, $"bias of {w.Name}");
+        var shape = new Gemv3Shape
+        {
+            Out0 = m0.Rows, Out1 = m1.Rows, Out2 = m2.Rows, InF = inF,
+            HasBias = (b0 is null ? 0 : 1) | (b1 is null ? 0 : 2) | (b2 is null ? 0 : 4),
+        };
+        int perGroup = _group / _warp;
+        var cfg = new KernelConfig((m0.Rows + m1.Rows + m2.Rows + perGroup - 1) / perGroup, _group);
+        var (xv, v0, v1, v2) = (B(x).View, B(y0).View, B(y1).View, B(y2).View);
+        var (c0, c1, c2) = (Bias(b0, m0.Rows, w0), Bias(b1, m1.Rows, w1), Bias(b2, m2.Rows, w2));
+        switch (m0.StoredType)
+        {
+            case DType.F32: KF32.Gemv3(Launch_, cfg, new F32Reader(m0.FloatView), new F32Reader(m1.FloatView), new F32Reader(m2.FloatView), xv, v0, v1, v2, c0, c1, c2, shape); break;
+            case DType.F16: KF16.Gemv3(Launch_, cfg, new F16Reader(m0.U16!.View), new F16Reader(m1.U16!.View), new F16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape); break;
+            default: KBF16.Gemv3(Launch_, cfg, new BF16Reader(m0.U16!.View), new BF16Reader(m1.U16!.View), new BF16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape); break;
+        }
+    }
+
+    /// <summary>RoPE of Q and K, and the K/V cache writes, in one launch (<see cref="RopeKernels.RopeQkvCache"/>).</summary>
+    public void RopeAndCache(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, int row0, int rows, int heads, int kvHeads, int headDim,
+                             int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache)
+    {
+        if (rows <= 0) return;
+        if (rope.RotaryDim > headDim || rope.RotaryDim == 0)
+            throw new ArgumentException($"rope: rotary dim {rope.RotaryDim} does not fit head_dim {headDim}");
+        if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "rope: first row must be ≥ 0");
+        if (pos0 < 0) throw new ArgumentOutOfRangeException(nameof(pos0), pos0, "rope: position must be ≥ 0");
+        long kvDim = (long)kvHeads * headDim;
+        CheckRange(q, (long)row0 * heads * headDim, (long)rows * heads * headDim, "rope q");
+        CheckRange(k, row0 * kvDim, rows * kvDim, "rope k");
+        CheckRange(v, row0 * kvDim, rows * kvDim, "cache v");
+        CheckRange(kCache, pos0 * kvDim, rows * kvDim, "k cache");
+        CheckRange(vCache, pos0 * kvDim, rows * kvDim, "v cache");
+        int half = rope.RotaryDim / 2;
+        if (!_ropeTables.TryGetValue(rope, out var cache)) _ropeTables[rope] = cache = new RopeCache();
+        int needed = pos0 + rows;
+        if (cache.Positions < needed) GrowRope(cache, rope, Math.Max(needed, Math.Max(256, cache.Positions * 2)));
+        var shape = new RopeCacheShape { Row0 = row0, Rows = rows, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Half = half, Pos0 = pos0 };
+        int total = checked(rows * heads * half + 2 * rows * (int)kvDim);
+        _ropeCache ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, RopeCacheShape>(RopeKernels.RopeQkvCache);
+        _ropeCache(Launch_, total, B(q).View, B(k).View, B(v).View, B(kCache).View, B(vCache).View, cache.Cos!.View, cache.Sin!.View, shape);
+    }
+
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, RopeCacheShape>? _ropeCache;
+
     public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (rows <= 0) return;
@@ -207,7 +272,7 @@ public sealed partial class GpuBackend
         int needed = pos0 + rows;
         if (cache.Positions < needed) GrowRope(cache, rope, Math.Max(needed, Math.Max(256, cache.Positions * 2)));
         int total = rows * heads * half;
-        RopeKernel(_stream, total, B(x).View.SubView(at, len), cache.Cos!.View, cache.Sin!.View, half, heads, headDim, pos0, total);
+        RopeKernel(Launch_, total, B(x).View.SubView(at, len), cache.Cos!.View, cache.Sin!.View, half, heads, headDim, pos0, total);
     }
 
     /// <summary>Recomputes the cos/sin tables for positions [0, positions) on the host (rare: capacity doubles).</summary>
@@ -224,12 +289,12 @@ public sealed partial class GpuBackend
                 cos[(long)p * half + i] = (float)Math.Cos(a);
                 sin[(long)p * half + i] = (float)Math.Sin(a);
             }
-        _stream.Synchronize();
+        Sync();
         cache.Dispose();
         cache.Cos = AllocateRaw<float>(n, "rope cos table");
         cache.Sin = AllocateRaw<float>(n, "rope sin table");
-        cache.Cos.View.CopyFromCPU(_stream, ref cos[0], n);
-        cache.Sin.View.CopyFromCPU(_stream, ref sin[0], n);
+        cache.Cos.View.CopyFromCPU(Upload_, ref cos[0], n);
+        cache.Sin.View.CopyFromCPU(Upload_, ref sin[0], n);
         cache.Positions = positions;
     }
 
@@ -257,7 +322,7 @@ public sealed partial class GpuBackend
         if (rows > 1 && headDim <= AttentionKernels.PrefillMaxHeadDim)
         {
             int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
-            AttnPrefillKernel(_stream, new KernelConfig(heads * blocks, _group), qv, B(kCache).View, B(vCache).View, ov, shape);
+            AttnPrefillKernel(Launch_, new KernelConfig(heads * blocks, _group), qv, B(kCache).View, B(vCache).View, ov, shape);
             return;
         }
         // Split-K: enough groups to fill the device, chunks of 32..MaxChunk positions.
@@ -270,8 +335,8 @@ public sealed partial class GpuBackend
         long groups = (long)rows * heads * splits;
         var po = Scratch(ref _partO, groups * headDim, "attention partials");
         var pml = Scratch(ref _partML, groups * 2, "attention partials");
-        AttnSplitKernel(_stream, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
-        AttnCombineKernel(_stream, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, ov, shape);
+        AttnSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
+        AttnCombineKernel(Launch_, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, ov, shape);
     }
 
     private static int NextPow2(int v) { int p = 1; while (p < v) p <<= 1; return p; }
@@ -281,7 +346,7 @@ public sealed partial class GpuBackend
         int m = Elements(n, "swiglu");
         if (m == 0) return;
         CheckRange(gate, 0, n, "swiglu gate"); CheckRange(up, 0, n, "swiglu up"); CheckRange(y, 0, n, "swiglu output");
-        SwiGluKernel(_stream, m, B(gate).View, B(up).View, B(y).View, m);
+        SwiGluKernel(Launch_, m, B(gate).View, B(up).View, B(y).View, m);
     }
 
     public void Gelu(DeviceBuffer x, long n)
@@ -289,7 +354,7 @@ public sealed partial class GpuBackend
         int m = Elements(n, "gelu");
         if (m == 0) return;
         CheckRange(x, 0, n, "gelu");
-        GeluKernel(_stream, m, B(x).View, m);
+        GeluKernel(Launch_, m, B(x).View, m);
     }
 
     public void Add(DeviceBuffer a, DeviceBuffer b, long n)
@@ -297,6 +362,6 @@ public sealed partial class GpuBackend
         int m = Elements(n, "add");
         if (m == 0) return;
         CheckRange(a, 0, n, "add a"); CheckRange(b, 0, n, "add b");
-        AddKernel(_stream, m, B(a).View, B(b).View, m);
+        AddKernel(Launch_, m, B(a).View, B(b).View, m);
     }
 }

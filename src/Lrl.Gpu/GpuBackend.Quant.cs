@@ -37,14 +37,14 @@ public sealed partial class GpuBackend : IQuantizedBackend
     {
         q.Validate();
         var codes = AllocateRaw<byte>(q.CodeBytes, $"codes of {q.Name}");
-        codes.View.CopyFromCPU(_stream, ref *q.Codes, q.CodeBytes);
+        codes.View.CopyFromCPU(Upload_, ref *q.Codes, q.CodeBytes);
         var scales = AllocateRaw<ushort>(q.ScaleCount, $"scales of {q.Name}");
-        scales.View.CopyFromCPU(_stream, ref *(ushort*)q.Scales, q.ScaleCount);
+        scales.View.CopyFromCPU(Upload_, ref *(ushort*)q.Scales, q.ScaleCount);
         MemoryBuffer1D<byte, Stride1D.Dense>? zeros = null;
         if (q.Zeros != null)
         {
             zeros = AllocateRaw<byte>(q.ScaleCount, $"zero points of {q.Name}");
-            zeros.View.CopyFromCPU(_stream, ref *q.Zeros, q.ScaleCount);
+            zeros.View.CopyFromCPU(Upload_, ref *q.Zeros, q.ScaleCount);
         }
         MemoryBuffer1D<int, Stride1D.Dense>? stored = null;
         if (q.ColumnOrder is { } order)
@@ -52,14 +52,14 @@ public sealed partial class GpuBackend : IQuantizedBackend
             var inverse = new int[q.Cols];
             for (int j = 0; j < order.Length; j++) inverse[order[j]] = j;
             stored = AllocateRaw<int>(q.Cols, $"column order of {q.Name}");
-            stored.View.CopyFromCPU(_stream, ref inverse[0], q.Cols);
+            stored.View.CopyFromCPU(Upload_, ref inverse[0], q.Cols);
         }
         var data = new GpuQuantData
         {
             Bits = q.Bits, Codes = codes, Scales = scales, Zeros = zeros, StoredColumn = stored, ByteSize = q.ByteSize,
             Shape = new QuantShape { Cols = q.Cols, Group = q.GroupSize, Groups = q.Groups, HasZeros = q.Zeros != null ? 1 : 0, HasOrder = stored != null ? 1 : 0 },
         };
-        _stream.Synchronize(); // the host memory may be a converted copy that is not kept
+        Sync(); // the host memory may be a converted copy that is not kept
         return new GpuWeight(q.Name, q.Rows, q.Cols, q.Bits == 8 ? DType.I8 : DType.U8, q.Format, null, null) { Quant = data };
     }
 
@@ -76,10 +76,10 @@ public sealed partial class GpuBackend : IQuantizedBackend
             var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
             if (d.Bits == 8)
                 (_gemvQ8 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ8))
-                    (_stream, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);
+                    (Launch_, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);
             else
                 (_gemvQ4 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ4))
-                    (_stream, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
+                    (Launch_, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
             return;
         }
         if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF);
@@ -89,8 +89,8 @@ public sealed partial class GpuBackend : IQuantizedBackend
     private void QuantEmbed(GpuWeight t, KernelConfig cfg, ArrayView<int> ids, int single, ArrayView<float> xv, int dim)
     {
         var d = t.Quant ?? throw new NotSupportedException(t.Format);
-        if (d.Bits == 8) KQ8.Embed(_stream, cfg, d.Q8, ids, single, xv, dim);
-        else KQ4.Embed(_stream, cfg, d.Q4, ids, single, xv, dim);
+        if (d.Bits == 8) KQ8.Embed(Launch_, cfg, d.Q8, ids, single, xv, dim);
+        else KQ4.Embed(Launch_, cfg, d.Q4, ids, single, xv, dim);
     }
 
     private void QuantGemvSwiGlu(GpuWeight g, GpuWeight u, KernelConfig cfg, ArrayView<float> xv, ArrayView<float> yv, int outF, int inF)
@@ -98,7 +98,7 @@ public sealed partial class GpuBackend : IQuantizedBackend
         var dg = g.Quant ?? throw new NotSupportedException(g.Format);
         var du = u.Quant ?? throw new NotSupportedException(u.Format);
         if (dg.Bits != du.Bits) throw new ArgumentException($"{g} and {u} differ in bits");
-        if (dg.Bits == 8) KQ8.GemvSwiGlu(_stream, cfg, dg.Q8, du.Q8, xv, yv, outF, inF);
-        else KQ4.GemvSwiGlu(_stream, cfg, dg.Q4, du.Q4, xv, yv, outF, inF);
+        if (dg.Bits == 8) KQ8.GemvSwiGlu(Launch_, cfg, dg.Q8, du.Q8, xv, yv, outF, inF);
+        else KQ4.GemvSwiGlu(Launch_, cfg, dg.Q4, du.Q4, xv, yv, outF, inF);
     }
 }

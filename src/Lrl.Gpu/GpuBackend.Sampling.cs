@@ -15,7 +15,7 @@ public sealed partial class GpuBackend
     {
         if (n <= 0) throw new ArgumentOutOfRangeException(nameof(n), n, "argmax needs at least one logit");
         CheckRange(logits, 0, n, "argmax logits");
-        ArgmaxKernel(_stream, new ILGPU.KernelConfig(1, _group), B(logits).View, n, _scalar.View);
+        ArgmaxKernel(Launch_, new ILGPU.KernelConfig(1, _group), B(logits).View, n, _scalar.View);
         return ReadScalar();
     }
 
@@ -36,14 +36,14 @@ public sealed partial class GpuBackend
         CheckRange(logits, 0, n, "sample logits");
         int k = topK == 0 ? MaxDeviceTopK : Math.Min(topK, MaxDeviceTopK);
         k = Math.Min(k, n);
-        SampleKernel(_stream, new ILGPU.KernelConfig(1, _group), B(logits).View, n, k, temperature, topP, uniform01, _scalar.View);
+        SampleKernel(Launch_, new ILGPU.KernelConfig(1, _group), B(logits).View, n, k, temperature, topP, uniform01, _scalar.View);
         return ReadScalar();
     }
 
     private int ReadScalar()
     {
         Span<int> one = stackalloc int[1];
-        _scalar.View.SubView(0, 1).CopyToCPU(_stream, ref MemoryMarshal.GetReference(one), 1);
+        _scalar.View.SubView(0, 1).CopyToCPU(Download_, ref MemoryMarshal.GetReference(one), 1);
         return one[0];
     }
 }

@@ -109,6 +109,7 @@ public sealed partial class GpuBackend : IBackend
     internal MemoryBuffer1D<T, Stride1D.Dense> AllocateRaw<T>(long length, string what) where T : unmanaged
     {
         long bytes = Math.Max(1, length) * Marshal.SizeOf<T>();
+        _allocations++;
         try
         {
             return _accelerator.Allocate1D<T>(Math.Max(1, length));
@@ -144,7 +145,7 @@ public sealed partial class GpuBackend : IBackend
         CheckRange(destination, destinationOffset, source.Length, "upload");
         if (source.Length == 0) return;
         B(destination).View.SubView(destinationOffset, source.Length)
-            .CopyFromCPU(_stream, ref MemoryMarshal.GetReference(source), source.Length);
+            .CopyFromCPU(Upload_, ref MemoryMarshal.GetReference(source), source.Length);
     }
 
     /// <summary>Waits for the queued work, then copies to the host (the one synchronization per token).</summary>
@@ -153,7 +154,7 @@ public sealed partial class GpuBackend : IBackend
         CheckRange(source, sourceOffset, destination.Length, "download");
         if (destination.Length == 0) return;
         B(source).View.SubView(sourceOffset, destination.Length)
-            .CopyToCPU(_stream, ref MemoryMarshal.GetReference(destination), destination.Length);
+            .CopyToCPU(Download_, ref MemoryMarshal.GetReference(destination), destination.Length);
     }
 
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
@@ -161,7 +162,7 @@ public sealed partial class GpuBackend : IBackend
         CheckRange(source, sourceOffset, count, "copy source");
         CheckRange(destination, destinationOffset, count, "copy destination");
         if (count == 0) return;
-        B(source).View.SubView(sourceOffset, count).CopyTo(_stream, B(destination).View.SubView(destinationOffset, count));
+        B(source).View.SubView(sourceOffset, count).CopyTo(DeviceCopy_, B(destination).View.SubView(destinationOffset, count));
     }
 
     public unsafe Weight LoadWeight(HostTensor t)
@@ -177,7 +178,7 @@ public sealed partial class GpuBackend : IBackend
                 throw new ModelFormatException(t.Source, $"tensor '{t.Name}' is {t.DType}; the GPU backend takes F32, F16 or BF16 matrices");
             var data = t.ToFloatArray();
             var buf = AllocateRaw<float>(n, $"weight {t.Name}");
-            buf.View.CopyFromCPU(_stream, ref data[0], n);
+            buf.View.CopyFromCPU(Upload_, ref data[0], n);
             return new GpuWeight(t.Name, rows, cols, DType.F32, format, buf, null);
         }
         if (t.ByteLength < n * t.DType.Size())
@@ -185,16 +186,31 @@ public sealed partial class GpuBackend : IBackend
         if (t.DType == DType.F32)
         {
             var buf = AllocateRaw<float>(n, $"weight {t.Name}");
-            buf.View.CopyFromCPU(_stream, ref *(float*)t.Pointer, n);
+            buf.View.CopyFromCPU(Upload_, ref *(float*)t.Pointer, n);
             return new GpuWeight(t.Name, rows, cols, DType.F32, format, buf, null);
         }
         var hb = AllocateRaw<ushort>(n, $"weight {t.Name}");
-        hb.View.CopyFromCPU(_stream, ref *(ushort*)t.Pointer, n);
+        hb.View.CopyFromCPU(Upload_, ref *(ushort*)t.Pointer, n);
         return new GpuWeight(t.Name, rows, cols, t.DType, format, null, hb);
     }
 
     /// <summary>Waits for all queued work.</summary>
-    public void Synchronize() => _stream.Synchronize();
+    public void Synchronize() => Sync();
+
+    // Work queued per kind, counted where it is queued: each kernel launch reads Launch_ once, each copy its kind.
+    private long _launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations;
+    private AcceleratorStream Launch_ { get { _launches++; return _stream; } }
+    private AcceleratorStream Upload_ { get { _uploads++; return _stream; } }
+    private AcceleratorStream Download_ { get { _downloads++; return _stream; } }   // a copy to the host waits for the stream
+    private AcceleratorStream DeviceCopy_ { get { _deviceCopies++; return _stream; } }
+    private void Sync() { _syncs++; _stream.Synchronize(); }
+
+    /// <summary>
+    /// What the backend has queued so far: kernel launches, host→device uploads, device→host downloads (each waits for
+    /// the stream: a host synchronization), device-to-device copies, explicit synchronizations and device allocations.
+    /// Per-token budgets are differences of two readings.
+    /// </summary>
+    public GpuCounters Counters => new(_launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations);
 
     /// <summary>Binds the accelerator (its CUDA context) to the calling thread unless it already is.</summary>
     public void Enter()

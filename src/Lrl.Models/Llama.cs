@@ -193,10 +193,7 @@ public sealed class Llama : ModelBase
                     Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: true);
                     Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: true);
                 }
-                _b.RopeRows(_q, p.Row, p.Rows, c.NumHeads, c.HeadDim, p.Pos, _rope);
-                _b.RopeRows(_k, p.Row, p.Rows, c.NumKvHeads, c.HeadDim, p.Pos, _rope);
-                _b.Copy(_k, (long)p.Row * c.KvDim, kCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
-                _b.Copy(_v, (long)p.Row * c.KvDim, vCache, (long)p.Pos * c.KvDim, (long)p.Rows * c.KvDim);
+                _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
                 _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             }
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);

@@ -251,4 +251,40 @@ public class KernelTests
             for (int i = (row0 + rows) * outF; i < total * outF; i++) Assert.Equal(y0[i], got[i]);
         }
     }
+
+    /// <summary>The fused position step (RoPE of Q and K, K/V cache writes) and fused Q/K/V GEMV equal the unfused reference.</summary>
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void FusedQkvAndRopeCacheMatchReference(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        int hidden = 64, heads = 4, kvHeads = 2, headDim = 16, q = heads * headDim, kv = kvHeads * headDim;
+        var x = arena.Floats(hidden);
+        var (wq, wk, wv) = (arena.Tensor("q", dtype, q, hidden), arena.Tensor("k", dtype, kv, hidden), arena.Tensor("v", dtype, kv, hidden));
+        var bk = arena.Tensor("bk", DType.F32, kv);
+        using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+        using var qg = Check.Poisoned(g, q); using var kg = Check.Poisoned(g, kv); using var vg = Check.Poisoned(g, kv);
+        using var qr = r.Allocate(q); using var kr = r.Allocate(kv); using var vr = r.Allocate(kv);
+        g.MatMul3(xg, 1, g.LoadWeight(wq), qg, null, g.LoadWeight(wk), kg, g.LoadWeight(bk), g.LoadWeight(wv), vg, null);
+        ((IBackend)r).MatMul3(xr, 1, r.LoadWeight(wq), qr, null, r.LoadWeight(wk), kr, r.LoadWeight(bk), r.LoadWeight(wv), vr, null);
+        Check.Close(Check.Read(g, qg, q), Check.Read(r, qr, q), F32Tol, "fused q");
+        Check.Close(Check.Read(g, kg, kv), Check.Read(r, kr, kv), F32Tol, "fused k (bias)");
+        Check.Close(Check.Read(g, vg, kv), Check.Read(r, vr, kv), F32Tol, "fused v");
+
+        // Rows 1..3 of a 4-row buffer at positions 5..7, with a partial rotary dimension.
+        var rope = new RopeTable(Enumerable.Range(0, 6).Select(i => (float)Math.Pow(10000, -2.0 * i / 12)).ToArray());
+        int rows = 4, row0 = 1, n = 3, pos0 = 5, ctx = 16;
+        var (qs, ks, vs) = (arena.Floats(rows * q), arena.Floats(rows * kv), arena.Floats(rows * kv));
+        var cache0 = arena.Floats(ctx * kv);
+        using var q2g = Check.Buffer(g, qs); using var k2g = Check.Buffer(g, ks); using var v2g = Check.Buffer(g, vs);
+        using var kcg = Check.Buffer(g, cache0); using var vcg = Check.Buffer(g, cache0);
+        using var q2r = Check.Buffer(r, qs); using var k2r = Check.Buffer(r, ks); using var v2r = Check.Buffer(r, vs);
+        using var kcr = Check.Buffer(r, cache0); using var vcr = Check.Buffer(r, cache0);
+        g.RopeAndCache(q2g, k2g, v2g, row0, n, heads, kvHeads, headDim, pos0, rope, kcg, vcg);
+        ((IBackend)r).RopeAndCache(q2r, k2r, v2r, row0, n, heads, kvHeads, headDim, pos0, rope, kcr, vcr); // the unfused default
+        Check.Close(Check.Read(g, q2g, rows * q), Check.Read(r, q2r, rows * q), F32Tol, "rope q");
+        Check.Close(Check.Read(g, kcg, ctx * kv), Check.Read(r, kcr, ctx * kv), F32Tol, "k cache");
+        Check.Close(Check.Read(g, vcg, ctx * kv), Check.Read(r, vcr, ctx * kv), F32Tol, "v cache");
+    }
 }

@@ -164,4 +164,38 @@ public class ModelTests
             Assert.True(Check.RelativeL2(r.Logits, want) < 1e-6);
         }
     }
+
+    /// <summary>
+    /// The launch budget of a decoded token on the Llama path (a small model on a GPU is launch-bound): per token one
+    /// host wait (the logits download), no upload (the token id is a kernel argument), no device allocation, and a fixed
+    /// count of launches and device copies per layer, stated here so a change that adds any shows up.
+    /// </summary>
+    [Fact]
+    public void DecodeLaunchBudgetPerToken()
+    {
+        var backend = Backends.Get("cpu-accelerator");
+        var dir = SharedData.Model("stories260k");
+        using var model = ModelRegistry.Load(dir, backend);
+        int layers = ((Llama)model).Config.NumLayers;
+        var logits = new float[model.VocabSize];
+        using var state = model.CreateState();
+        model.Forward(state, [1, 403, 407, 261], 0, logits);
+        model.Forward(state, [300], 4, logits); // first decode step: lazily made scratch and kernels
+        var before = backend.Counters;
+        const int tokens = 8;
+        for (int i = 0; i < tokens; i++) model.Forward(state, [300 + i], 5 + i, logits);
+        var d = backend.Counters - before;
+        TestContext.Current.SendDiagnosticMessage($"stories260k ({layers} layers), per token: {d.Launches / (double)tokens} launches, " +
+            $"{d.DeviceCopies / (double)tokens} device copies, {d.Uploads / (double)tokens} uploads, {d.HostWaits / (double)tokens} host waits");
+        Assert.Equal(tokens, d.HostWaits);          // one wait per token: the logits download
+        Assert.Equal(0, d.Syncs);
+        Assert.Equal(0, d.Uploads);                 // the token id goes as a kernel argument
+        Assert.Equal(0, d.Allocations);             // nothing allocated per token
+        // Per layer: Q/K/V (1 fused GEMV), RoPE of Q and K with the K/V cache writes (1), split-K attention and its
+        // combine (2), O, add+rmsnorm, gate/up+SwiGLU (1 fused GEMV), down, add+rmsnorm = 9 (12 launches and 2 copies
+        // before the fusions); per token: embed, first rmsnorm, LM head = 3.
+        Assert.Equal((long)tokens * (3 + 9 * layers), d.Launches);
+        // No device copies: the cache rows are written by the RoPE launch, a single decode row feeds the head in place.
+        Assert.Equal(0, d.DeviceCopies);
+    }
 }

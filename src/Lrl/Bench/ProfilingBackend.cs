@@ -107,6 +107,13 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         if (!Enabled) { inner.GateUpSwiGlu(x, rows, gate, up, gateOut, upOut); return; }
         Time($"gate_up_swiglu 2x{Shape(gate)}", gate.ByteSize + up.ByteSize, () => inner.GateUpSwiGlu(x, rows, gate, up, gateOut, upOut));
     }
+    public void RopeAndCache(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, int row0, int rows, int heads, int kvHeads, int headDim,
+                             int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache)
+    {
+        if (!Enabled) { inner.RopeAndCache(q, k, v, row0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache); return; }
+        Time("rope+cache", 0, () => inner.RopeAndCache(q, k, v, row0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache));
+    }
+
     public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (!Enabled) { inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope); return; }
