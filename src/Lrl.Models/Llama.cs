@@ -37,6 +37,7 @@ public sealed class Llama : ModelBase
     public override long ParameterCount { get; }
     public override long WeightBytesPerToken { get; }
     public override string WeightFormat => _layers[0].Wq.Format;
+    public override int LayerCount => _layers.Length;
 
     public Llama(Checkpoint checkpoint, LlamaConfig config, IBackend backend, ModelLoadOptions options)
     {
@@ -171,7 +172,8 @@ public sealed class Llama : ModelBase
         bool fusedLora = adapted && FusedLora;
         _b.Embed(_embed, tokens, _x);
         _b.RmsNorm(_x, _layers[0].AttnNorm, _xb, rows, eps);
-        for (int i = 0; i < _layers.Length; i++)
+        int layerCount = Math.Min(_layers.Length, LayerLimit);
+        for (int i = 0; i < layerCount; i++)
         {
             var l = _layers[i];
             // Attention: project, rotate, append to the cache, attend causally, project back. Each sequence's rows
@@ -228,7 +230,7 @@ public sealed class Llama : ModelBase
             _b.MatMul(_gate, l.Down, _delta, rows);
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
             // Residual add fused with the next block's norm (or the final norm).
-            var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].AttnNorm : _finalNorm;
+            var nextNorm = i + 1 < layerCount ? _layers[i + 1].AttnNorm : _finalNorm;
             _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
         }
     }

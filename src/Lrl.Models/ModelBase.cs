@@ -294,6 +294,36 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
+    /// <summary>Layers of the model (the most an early-exit draft can run is one fewer); 0 when not layered.</summary>
+    public virtual int LayerCount => 0;
+
+    /// <summary>
+    /// As <see cref="Forward(ISequenceState, ReadOnlySpan{int}, int, Span{float})"/> through the first
+    /// <paramref name="layers"/> layers only, then the final norm and head (an early-exit draft). The state's cache
+    /// entries of those layers at these positions are written; a later full pass over the same positions overwrites
+    /// them. Only models that support it (the Llama family).
+    /// </summary>
+    public void ForwardLayers(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits, int layers)
+    {
+        if (LayerCount == 0) throw new LrlException($"{Architecture} cannot run an early-exit draft");
+        if (layers < 1 || layers > LayerCount) throw new LrlException($"--draft-layers must be in 1..{LayerCount}, got {layers}");
+        var s = Own(state);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
+            ObjectDisposedException.ThrowIf(s.IsDisposed, state);
+            CheckAdapters(s);
+            if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
+            LayerLimit = layers;
+            try { ForwardCore(s, tokens, startPos, logits); }
+            finally { LayerLimit = int.MaxValue; }
+        }
+    }
+
+    /// <summary>Layers the current pass runs (an early-exit draft sets it below <see cref="LayerCount"/>).</summary>
+    private protected int LayerLimit { get; private set; } = int.MaxValue;
+
     private float[]? _discard;
 
     /// <summary>

@@ -173,6 +173,13 @@ public sealed class InferenceSession : IDisposable
         var emit = new List<GeneratedToken>(2);
         Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
         g.PromptRan(g.PromptLeft);
+        if (options.Speculative != SpeculativeMethod.None && _owner.Model.CanRewind)
+        {
+            // Recurrent models cannot drop rejected drafts from their state: they decode plainly.
+            LastComputeThread = Environment.CurrentManagedThreadId;
+            foreach (var t in SpeculativeRun.Run(_owner, _state, g, options, _logits)) yield return t;
+            yield break;
+        }
         while (true)
         {
             bool more = g.Accept(_logits, emit);

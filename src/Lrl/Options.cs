@@ -56,12 +56,41 @@ public sealed record GenerationOptions
     /// <see cref="InferenceSession.Adapters"/> (none unless set). Empty runs the base model.
     /// </summary>
     public IReadOnlyList<Lrl.Models.LoraAdapter>? Adapters { get; init; }
+    /// <summary>
+    /// Speculative decoding: draft tokens cheaply, verify them in one batched forward pass of the model, keep the
+    /// longest run the model itself would have produced. Lossless: greedy output is token for token the plain output,
+    /// and seeded sampling gives the same tokens (each emitted token is the model's own sample).
+    /// </summary>
+    public SpeculativeMethod Speculative { get; init; }
+    /// <summary>Most draft tokens per verification step (1..64).</summary>
+    public int DraftTokens { get; init; } = 6;
+    /// <summary>Early exit: layers the draft runs (1 .. layers-1; 0 = half the model's).</summary>
+    public int DraftLayers { get; init; }
+    /// <summary>Draft model: a smaller model with the same tokenizer (<see cref="SpeculativeMethod.Draft"/>).</summary>
+    public LrlModel? DraftModel { get; init; }
 
     public void Validate()
     {
         if (MaxTokens < 0) throw new LrlException($"--max-tokens must be ≥ 0, got {MaxTokens}");
+        if (Speculative is < SpeculativeMethod.None or > SpeculativeMethod.Draft) throw new LrlException($"unknown speculative method {Speculative}");
+        if (Speculative != SpeculativeMethod.None && DraftTokens is < 1 or > 64) throw new LrlException($"--draft-tokens must be in 1..64, got {DraftTokens}");
+        if (DraftLayers < 0) throw new LrlException($"--draft-layers must be ≥ 0, got {DraftLayers}");
+        if (Speculative == SpeculativeMethod.Draft && DraftModel is null) throw new LrlException("--speculative draft needs --draft-model DIR");
         Sampling.Validate();
     }
+}
+
+/// <summary>How <see cref="GenerationOptions.Speculative"/> drafts tokens.</summary>
+public enum SpeculativeMethod
+{
+    /// <summary>Plain decoding.</summary>
+    None,
+    /// <summary>Prompt lookup: the continuation of the latest earlier occurrence of the last tokens (n-gram), no extra weights.</summary>
+    Lookup,
+    /// <summary>Self-speculation: the model's first <see cref="GenerationOptions.DraftLayers"/> layers with its final norm and head.</summary>
+    EarlyExit,
+    /// <summary>A smaller model with the same tokenizer (<see cref="GenerationOptions.DraftModel"/>).</summary>
+    Draft,
 }
 
 /// <summary>Why generation ended.</summary>
@@ -83,4 +112,12 @@ public sealed class GenerationStats
     public double PrefillTokensPerSecond => (PromptTokens - CachedTokens) / Math.Max(PrefillTime.TotalSeconds, 1e-9);
     /// <summary>Decode speed over the tokens after the first (the first comes from the prefill's logits).</summary>
     public double DecodeTokensPerSecond => Math.Max(GeneratedTokens - 1, 0) / Math.Max(DecodeTime.TotalSeconds, 1e-9);
+    /// <summary>Speculative decoding: verification passes, draft tokens proposed and draft tokens accepted.</summary>
+    public int VerifySteps { get; internal set; }
+    public int DraftedTokens { get; internal set; }
+    public int AcceptedTokens { get; internal set; }
+    /// <summary>Accepted draft tokens per verification step by depth (index 0: the first draft token).</summary>
+    public int[] AcceptedByDepth { get; internal set; } = [];
+    /// <summary>Tokens each verification pass produced on average (accepted drafts plus the model's own next token).</summary>
+    public double TokensPerStep => VerifySteps == 0 ? 0 : (AcceptedTokens + VerifySteps) / (double)VerifySteps;
 }

@@ -49,11 +49,12 @@ public sealed class ChatVerb : SamplingVerbBase
             var r = reply;
             if (r is not null && !r.IsCancellationRequested) { e.Cancel = true; r.Cancel(); }
         };
-        var options = new GenerationOptions
+        var options = WithSpeculation(new GenerationOptions
         {
             MaxTokens = MaxTokens, Sampling = sampling, StopStrings = template.StopStrings, IgnoreEos = IgnoreEos,
             AddBos = true, TruncatePrompt = false,
-        };
+        }, out var draftModel);
+        using var draftOwner = draftModel;
         int ctx = model.Model.ContextLength;
         while (true)
         {
@@ -90,6 +91,7 @@ public sealed class ChatVerb : SamplingVerbBase
             messages.Add(new ChatMessage("assistant", text.ToString().Trim()));
             var s = session.LastStats;
             Console.Error.WriteLine($"[{s.PromptTokens} prompt tokens ({s.CachedTokens} cached), {s.GeneratedTokens} generated, {s.DecodeTokensPerSecond:F1} tok/s, {s.FinishReason}]");
+            if (SpeculationLine(s) is { Length: > 0 } spec) Console.Error.WriteLine($"[{spec}]");
         }
         return 0;
     }

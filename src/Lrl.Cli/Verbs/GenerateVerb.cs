@@ -12,6 +12,7 @@ public sealed class GenerateVerb : SamplingVerbBase
         "lrlrun generate --model ../shared/models/stories260k --prompt \"Once upon a time\" --max-tokens 60 --temperature 0",
         "lrlrun generate --model ../shared/models/stories260k --prompt \"Lily and Ben\" --temperature 0.8 --top-k 40 --top-p 0.95 --seed 42",
         "lrlrun generate --model ../shared/models/stories260k --prompt \"Once upon a time\" --stop \"Lily\" --device auto",
+        "lrlrun generate --model ../shared/models/stories260k --prompt \"Once upon a time\" --temperature 0 --speculative lookup",
     ];
 
     [Option('p', "prompt", Required = true, HelpText = "Prompt text.")]
@@ -44,7 +45,8 @@ public sealed class GenerateVerb : SamplingVerbBase
         };
         options.Validate();
         using var model = LoadModel();
-        options = options with { Adapters = LoadAdapters(model) };
+        options = WithSpeculation(options with { Adapters = LoadAdapters(model) }, out var draftModel);
+        using var draftOwner = draftModel;
         using var cts = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
         var stdout = Console.Out;
@@ -58,6 +60,7 @@ public sealed class GenerateVerb : SamplingVerbBase
         stdout.WriteLine();
         var s = model.LastStats;
         if (PrintIds) Console.Error.WriteLine($"ids: {string.Join(' ', ids)}");
+        if (SpeculationLine(s) is { Length: > 0 } spec) Console.Error.WriteLine(spec);
         Console.Error.WriteLine(
             $"prompt: {s.PromptTokens} tokens, {s.PrefillTokensPerSecond:F1} tok/s | generated: {s.GeneratedTokens} tokens, " +
             $"{s.DecodeTokensPerSecond:F1} tok/s | finish: {s.FinishReason} | backend: {model.Model.Backend.Name}" +
@@ -95,6 +98,48 @@ public abstract class SamplingVerbBase : ModelVerbBase
 
     [Option("presence-penalty", Default = 0f, HelpText = "Subtract this from the logit of tokens present in the last --repeat-last-n tokens (OpenAI's); in [-2, 2].")]
     public float PresencePenalty { get; set; }
+
+    [Option("speculative", Default = "none", HelpText = "Speculative decoding (lossless): none, lookup (prompt n-grams), early-exit (the model's first --draft-layers layers) or draft (--draft-model DIR).")]
+    public string SpeculativeName { get; set; } = "none";
+
+    [Option("draft-tokens", Default = 6, HelpText = "Most draft tokens verified per step (1..64).")]
+    public int DraftTokens { get; set; }
+
+    [Option("draft-layers", Default = 0, HelpText = "Early exit: layers the draft runs; 0 = half the model's.")]
+    public int DraftLayers { get; set; }
+
+    [Option("draft-model", HelpText = "Draft model folder for --speculative draft (a smaller model with the same tokenizer).")]
+    public string? DraftModelDir { get; set; }
+
+    public static SpeculativeMethod ParseSpeculative(string name) => name.ToLowerInvariant() switch
+    {
+        "none" or "off" => SpeculativeMethod.None,
+        "lookup" or "prompt-lookup" or "ngram" => SpeculativeMethod.Lookup,
+        "early-exit" or "earlyexit" or "self" => SpeculativeMethod.EarlyExit,
+        "draft" or "draft-model" => SpeculativeMethod.Draft,
+        _ => throw new LrlException($"--speculative '{name}' is not one of none, lookup, early-exit, draft"),
+    };
+
+    /// <summary>The speculative settings of the options, loading --draft-model (dispose it with the model) when asked.</summary>
+    public GenerationOptions WithSpeculation(GenerationOptions options, out LrlModel? draftModel)
+    {
+        var method = ParseSpeculative(SpeculativeName);
+        draftModel = null;
+        if (method == SpeculativeMethod.Draft)
+        {
+            if (string.IsNullOrWhiteSpace(DraftModelDir)) throw new LrlException("--speculative draft needs --draft-model DIR");
+            draftModel = LrlModel.Load(DraftModelDir, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap });
+        }
+        else if (DraftModelDir is not null) throw new LrlException("--draft-model is for --speculative draft");
+        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel };
+        o.Validate();
+        return o;
+    }
+
+    /// <summary>One stderr line of speculative statistics (empty without speculation).</summary>
+    public static string SpeculationLine(GenerationStats s) => s.VerifySteps == 0 ? "" :
+        $"speculative: {s.TokensPerStep:F2} tokens per verify step ({s.VerifySteps} steps), {s.AcceptedTokens}/{s.DraftedTokens} drafts accepted" +
+        (s.AcceptedByDepth.Length > 0 ? $", by depth {string.Join(' ', s.AcceptedByDepth)}" : "");
 
     public SamplingOptions Sampling() => new()
     {

@@ -1,0 +1,204 @@
+using System.Runtime.InteropServices;
+using Lrl.Models;
+
+namespace Lrl;
+
+/// <summary>Proposes draft tokens to follow a sequence (speculative decoding).</summary>
+internal interface IDraftSource : IDisposable
+{
+    /// <summary>
+    /// Writes up to <paramref name="draft"/>.Length tokens likely to follow <paramref name="context"/> (the whole
+    /// sequence so far, its last token not yet run by the model) and returns how many.
+    /// </summary>
+    int Propose(ReadOnlySpan<int> context, Span<int> draft);
+}
+
+/// <summary>
+/// Prompt lookup (n-gram) drafts: the tokens that followed the latest earlier occurrence of the sequence's last n tokens
+/// (n from 4 down to 1), in the prompt or the text so far. No weights; strong where the output repeats its input
+/// (translation, summarization, editing, code).
+/// </summary>
+internal sealed class LookupDraft : IDraftSource
+{
+    private const int MaxNgram = 4;
+
+    public int Propose(ReadOnlySpan<int> context, Span<int> draft)
+    {
+        int n = context.Length;
+        for (int g = Math.Min(MaxNgram, n - 1); g >= 1; g--)
+        {
+            var tail = context[(n - g)..];
+            // Latest earlier occurrence whose continuation exists.
+            for (int start = n - g - 1; start >= 0; start--)
+            {
+                if (!context.Slice(start, g).SequenceEqual(tail)) continue;
+                int from = start + g, count = Math.Min(draft.Length, n - from);
+                if (count <= 0) continue;
+                context.Slice(from, count).CopyTo(draft);
+                return count;
+            }
+        }
+        return 0;
+    }
+
+    public void Dispose() { }
+}
+
+/// <summary>
+/// Self-speculation by early exit (LayerSkip-style): greedy drafts from the model's first layers, its final norm and
+/// head, over the same sequence state (the full verification pass overwrites those positions' cache entries).
+/// </summary>
+internal sealed class EarlyExitDraft(ModelBase model, ISequenceState state, int layers) : IDraftSource
+{
+    private readonly float[] _logits = new float[model.VocabSize];
+    private readonly int[] _one = new int[1];
+
+    public int Propose(ReadOnlySpan<int> context, Span<int> draft)
+    {
+        int pos = context.Length - 1, count = 0;
+        int room = Math.Min(draft.Length, model.ContextLength - 1 - pos);
+        int token = context[^1];
+        for (; count < room; count++)
+        {
+            _one[0] = token;
+            model.ForwardLayers(state, _one, pos + count, _logits, layers);
+            token = ArgMax(_logits);
+            draft[count] = token;
+        }
+        return count;
+    }
+
+    internal static int ArgMax(ReadOnlySpan<float> x)
+    {
+        int best = 0;
+        for (int i = 1; i < x.Length; i++) if (x[i] > x[best]) best = i;
+        return best;
+    }
+
+    public void Dispose() { }
+}
+
+/// <summary>
+/// A draft model with the same tokenizer (as llama.cpp's llama-speculative): its own state follows the sequence
+/// (reusing the prefix it holds), then it drafts greedily.
+/// </summary>
+internal sealed class DraftModelSource : IDraftSource
+{
+    private readonly ILanguageModel _model;
+    private readonly ISequenceState _state;
+    private readonly List<int> _held = new();
+    private readonly float[] _logits;
+    private readonly int[] _one = new int[1];
+
+    public DraftModelSource(LrlModel draft, LrlModel target)
+    {
+        if (draft.Model.VocabSize != target.Model.VocabSize || draft.Tokenizer.VocabSize != target.Tokenizer.VocabSize)
+            throw new LrlException($"the draft model's vocabulary ({draft.Model.VocabSize} tokens) is not the model's ({target.Model.VocabSize}); a draft model needs the same tokenizer");
+        if (!draft.Tokenizer.EosIds.SequenceEqual(target.Tokenizer.EosIds))
+            throw new LrlException("the draft model's end-of-sequence tokens differ from the model's; a draft model needs the same tokenizer");
+        _model = draft.Model;
+        _state = _model.CreateState();
+        _logits = new float[_model.VocabSize];
+    }
+
+    public int Propose(ReadOnlySpan<int> context, Span<int> draft)
+    {
+        int n = context.Length;
+        if (n > _model.ContextLength) return 0;
+        int reuse = Generation.SharedPrefix(_held, context);
+        if (reuse == n) reuse--; // the last token must run to give logits
+        if (reuse < _held.Count && !_model.CanRewind) reuse = 0;
+        _held.RemoveRange(reuse, _held.Count - reuse);
+        _model.Forward(_state, context[reuse..], reuse, _logits);
+        _held.AddRange(context[reuse..]);
+        int room = Math.Min(draft.Length, _model.ContextLength - n);
+        int count = 0;
+        for (; count < room; count++)
+        {
+            int t = EarlyExitDraft.ArgMax(_logits);
+            draft[count] = t;
+            if (count + 1 == room) { count++; break; }
+            _one[0] = t;
+            _model.Forward(_state, _one, n + count, _logits);
+            _held.Add(t);
+        }
+        return count;
+    }
+
+    public void Dispose() => _state.Dispose();
+}
+
+/// <summary>
+/// The verification core: one batched pass over the pending token and the drafts (every row's logits), then the
+/// generation's own sampling over the rows in order, keeping drafts while the model's token equals them. Every
+/// emitted token is the model's sample from its own logits for the true prefix, so greedy output equals plain greedy
+/// output and, with a seed, sampling draws the same random numbers in the same order as plain decoding: output
+/// distribution (and seeded output) unchanged. For a draft token d with the model's distribution p this accepts with
+/// probability p(d) and otherwise emits a sample of p without d, renormalized: the speculative sampling rule
+/// min(1, p/q) with the residual max(0, p − q) for a deterministic draft (q = the point mass at d).
+/// </summary>
+internal static class SpeculativeRun
+{
+    public static IDraftSource CreateSource(LrlModel owner, ISequenceState state, GenerationOptions options) => options.Speculative switch
+    {
+        SpeculativeMethod.Lookup => new LookupDraft(),
+        SpeculativeMethod.EarlyExit => owner.Model is ModelBase { LayerCount: > 1 } mb
+            ? new EarlyExitDraft(mb, state, options.DraftLayers == 0 ? Math.Max(1, mb.LayerCount / 2) :
+                options.DraftLayers < mb.LayerCount ? options.DraftLayers
+                : throw new LrlException($"--draft-layers must be below the model's {mb.LayerCount} layers, got {options.DraftLayers}"))
+            : throw new LrlException($"{owner.Model.Architecture} cannot draft by early exit (Llama-family models can)"),
+        SpeculativeMethod.Draft => new DraftModelSource(options.DraftModel!, owner),
+        _ => throw new ArgumentOutOfRangeException(nameof(options)),
+    };
+
+    /// <summary>
+    /// Runs a generation speculatively over <paramref name="state"/> (after its prompt ran and <paramref name="first"/>
+    /// holds the last prompt row's logits).
+    /// </summary>
+    public static IEnumerable<GeneratedToken> Run(LrlModel owner, ISequenceState state, Generation g, GenerationOptions options, float[] first)
+    {
+        var model = owner.Model;
+        int vocab = model.VocabSize, k = options.DraftTokens;
+        using var source = CreateSource(owner, state, options);
+        var rows = new float[(k + 1) * vocab];
+        var tokens = new int[k + 1];
+        var draft = new int[k];
+        var context = new List<int>(g.Held.Count + 64);
+        var byDepth = new int[k];
+        var emit = new List<GeneratedToken>(2);
+        g.Stats.AcceptedByDepth = byDepth;
+        bool more = g.Accept(first, emit);
+        foreach (var t in emit) yield return t;
+        emit.Clear();
+        while (more)
+        {
+            int pos = g.Held.Count;
+            context.Clear();
+            context.AddRange(g.Held);
+            context.Add(g.Next);
+            int room = Math.Min(k, model.ContextLength - 1 - pos);
+            int n = room > 0 ? source.Propose(CollectionsMarshal.AsSpan(context), draft.AsSpan(0, room)) : 0;
+            tokens[0] = g.Next;
+            draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
+            model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
+            g.NextRan();
+            g.Stats.VerifySteps++;
+            g.Stats.DraftedTokens += n;
+            for (int i = 0; ; i++)
+            {
+                more = g.Accept(rows.AsSpan(i * vocab, vocab), emit);
+                foreach (var t in emit) yield return t;
+                emit.Clear();
+                if (!more) break;
+                if (i < n && g.Next == draft[i])
+                {
+                    g.NextRan(); // its row already ran in this pass
+                    g.Stats.AcceptedTokens++;
+                    byDepth[i]++;
+                    continue;
+                }
+                break; // the model's token differs from the draft (or follows the last draft): run it next
+            }
+        }
+    }
+}

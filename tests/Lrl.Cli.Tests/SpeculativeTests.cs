@@ -1,0 +1,125 @@
+using Lrl.Runtime;
+
+namespace Lrl.Cli.Tests;
+
+/// <summary>
+/// Speculative decoding is lossless: for every method and real model, greedy output is the plain greedy output token
+/// for token, seeded sampling gives the same tokens, and stop strings, EOS and the context limit end it where plain
+/// decoding ends; the statistics count what was drafted and accepted.
+/// </summary>
+public class SpeculativeTests
+{
+    public static TheoryData<string, SpeculativeMethod> Cases
+    {
+        get
+        {
+            var d = new TheoryData<string, SpeculativeMethod>();
+            foreach (var m in new[] { "stories260k", "stories260k-fp16", "stories260k-bf16-sharded" })
+                foreach (var s in new[] { SpeculativeMethod.Lookup, SpeculativeMethod.EarlyExit, SpeculativeMethod.Draft }) d.Add(m, s);
+            d.Add("capp-gpt2-tiny", SpeculativeMethod.Lookup);
+            d.Add("capp-gpt2-tiny", SpeculativeMethod.Draft);
+            d.Add("rwkv-tiny-7v0-834K", SpeculativeMethod.Lookup); // recurrent: falls back to plain decoding
+            return d;
+        }
+    }
+
+    private static (int[] Ids, string Text, GenerationStats Stats) Run(LrlModel model, string prompt, GenerationOptions o) =>
+        Run(model, model.Tokenizer.Encode(prompt, o.AddBos), o);
+
+    private static (int[] Ids, string Text, GenerationStats Stats) Run(LrlModel model, int[] prompt, GenerationOptions o)
+    {
+        var ids = new List<int>();
+        var text = new System.Text.StringBuilder();
+        using var session = model.CreateSession();
+        foreach (var t in session.Generate(prompt, o))
+        {
+            if (t.Id >= 0) ids.Add(t.Id);
+            text.Append(t.Text);
+        }
+        return (ids.ToArray(), text.ToString(), session.LastStats);
+    }
+
+    private static int[][] Prompts(LrlModel m, string model) => model.StartsWith("capp", StringComparison.Ordinal)
+        ? [.. CliRunner.Reference(model).GetProperty("prompts").EnumerateArray().Select(p => p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray())]
+        : [.. (model.StartsWith("stories", StringComparison.Ordinal)
+            ? new[] { "Once upon a time", "Lily and Ben went to the park. Lily and Ben", "The cat sat on the mat. The cat" }
+            : new[] { "Hello", "abc abc abc" }).Select(t => m.Tokenizer.Encode(t, true))];
+
+    [Theory, MemberData(nameof(Cases))]
+    public void GreedyAndSeededSamplingEqualPlainDecoding(string name, SpeculativeMethod method)
+    {
+        using var model = LrlModel.Load(CliRunner.Model(name), new ModelOptions { Threads = 1 });
+        using var draft = method == SpeculativeMethod.Draft ? LrlModel.Load(CliRunner.Model(name == "capp-gpt2-tiny" ? name : "stories260k-fp16"), new ModelOptions { Threads = 1 }) : null;
+        foreach (var prompt in Prompts(model, name))
+            foreach (var sampling in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 0.9f, TopK = 40, TopP = 0.95f, MinP = 0.02f, Seed = 7 } })
+            {
+                var plain = new GenerationOptions { MaxTokens = 48, IgnoreEos = true, Sampling = sampling };
+                var spec = plain with { Speculative = method, DraftTokens = 5, DraftLayers = 2, DraftModel = draft };
+                var a = Run(model, prompt, plain);
+                var b = Run(model, prompt, spec);
+                Assert.Equal(a.Ids, b.Ids);
+                Assert.Equal(a.Text, b.Text);
+                Assert.Equal(a.Stats.FinishReason, b.Stats.FinishReason);
+                if (model.Model.CanRewind)
+                {
+                    Assert.True(b.Stats.VerifySteps > 0);
+                    Assert.Equal(b.Stats.AcceptedTokens, b.Stats.AcceptedByDepth.Sum());
+                    // The prompt's row gives the first token; each verify step its accepted drafts and one token of the model's.
+                    Assert.InRange(b.Ids.Length, b.Stats.VerifySteps + b.Stats.AcceptedTokens, 1 + b.Stats.VerifySteps + b.Stats.AcceptedTokens);
+                }
+                else Assert.Equal(0, b.Stats.VerifySteps);
+            }
+    }
+
+    [Fact]
+    public void DraftModelAcceptsMostAndLookupAcceptsRepeatedText()
+    {
+        using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1 });
+        using var draft = LrlModel.Load(CliRunner.Model("stories260k-bf16-sharded"), new ModelOptions { Threads = 1 });
+        var o = new GenerationOptions { MaxTokens = 60, IgnoreEos = true, Sampling = SamplingOptions.Greedy, Speculative = SpeculativeMethod.Draft, DraftModel = draft, DraftTokens = 6 };
+        var s = Run(model, "Once upon a time", o).Stats;
+        Assert.True(s.TokensPerStep > 3, $"a bf16 copy of the model as draft: {s.TokensPerStep:F2} tokens per step");
+        // A summarization-like prompt that repeats its input: the continuation copies, lookup drafts it.
+        string story = "Lily wanted to play with the ball. She asked her mom if she could play outside. Her mom said yes.";
+        var l = Run(model, story + " " + story + " " + story[..40], o with { Speculative = SpeculativeMethod.Lookup, DraftModel = null, MaxTokens = 40 }).Stats;
+        Assert.True(l.TokensPerStep > 1.2 && l.AcceptedTokens > 5, $"lookup on repeated text: {l.TokensPerStep:F2} tokens per step");
+    }
+
+    [Fact]
+    public void StopStringsEosAndTheContextEndWhereTheyDoWithoutSpeculation()
+    {
+        using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1, ContextLength = 40 });
+        using var draft = LrlModel.Load(CliRunner.Model("stories260k-fp16"), new ModelOptions { Threads = 1 });
+        var cases = new[]
+        {
+            new GenerationOptions { MaxTokens = 100, Sampling = SamplingOptions.Greedy, StopStrings = ["park"] },
+            new GenerationOptions { MaxTokens = 100, Sampling = SamplingOptions.Greedy },                       // EOS inside an accepted run
+            new GenerationOptions { MaxTokens = 100, Sampling = SamplingOptions.Greedy, IgnoreEos = true },   // the 40-token context
+            new GenerationOptions { MaxTokens = 7, Sampling = SamplingOptions.Greedy, IgnoreEos = true },     // the budget mid-run
+        };
+        foreach (var plain in cases)
+            foreach (var method in new[] { SpeculativeMethod.Lookup, SpeculativeMethod.EarlyExit, SpeculativeMethod.Draft })
+            {
+                var a = Run(model, "Once upon a time", plain);
+                var b = Run(model, "Once upon a time", plain with { Speculative = method, DraftModel = draft, DraftTokens = 8, DraftLayers = 3 });
+                Assert.Equal(a.Ids, b.Ids);
+                Assert.Equal(a.Text, b.Text);
+                Assert.Equal(a.Stats.FinishReason, b.Stats.FinishReason);
+            }
+    }
+
+    [Fact]
+    public void BadSpeculativeSettingsAreClearErrors()
+    {
+        using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1 });
+        Assert.Throws<LrlException>(() => model.Generate("Hi", new GenerationOptions { Speculative = SpeculativeMethod.Draft }).ToList());
+        Assert.Throws<LrlException>(() => model.Generate("Hi", new GenerationOptions { Speculative = SpeculativeMethod.Lookup, DraftTokens = 0 }).ToList());
+        Assert.Throws<LrlException>(() => model.Generate("Hi", new GenerationOptions { Speculative = SpeculativeMethod.EarlyExit, DraftLayers = 5 }).ToList());
+        using var gpt2 = LrlModel.Load(CliRunner.Model("capp-gpt2-tiny"), new ModelOptions { Threads = 1 });
+        Assert.Throws<LrlException>(() => gpt2.Generate("a", new GenerationOptions { Speculative = SpeculativeMethod.EarlyExit }).ToList());
+        Assert.Throws<LrlException>(() => model.Generate("Hi", new GenerationOptions { Speculative = SpeculativeMethod.Draft, DraftModel = gpt2 }).ToList());
+        var cli = CliRunner.Run("generate", "--model", CliRunner.Model("stories260k"), "--prompt", "Hi", "--speculative", "magic");
+        Assert.NotEqual(0, cli.ExitCode);
+        Assert.Contains("--speculative 'magic'", cli.Stderr);
+    }
+}
