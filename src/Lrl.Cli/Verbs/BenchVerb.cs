@@ -87,6 +87,21 @@ public sealed class BenchVerb
     [Option("lora-rank", Default = 16, HelpText = "Rank of the --lora-random adapters.")]
     public int LoraRank { get; set; }
 
+    [Option("speculative", HelpText = "Speculative decoding against plain decoding in the same run: lookup, early-exit, draft (comma-separated to compare several); greedy, -n tokens from --prompt.")]
+    public string? Speculative { get; set; }
+
+    [Option("prompt", Default = "Once upon a time", HelpText = "With --speculative: the prompt text (lookup shines on text the output repeats).")]
+    public string PromptText { get; set; } = "Once upon a time";
+
+    [Option("draft-tokens", Default = 6, HelpText = "With --speculative: most draft tokens per verify step.")]
+    public int DraftTokens { get; set; }
+
+    [Option("draft-layers", Separator = ',', HelpText = "With --speculative early-exit: draft depths to try, comma-separated (default half the layers).")]
+    public IEnumerable<int> DraftLayers { get; set; } = [];
+
+    [Option("draft-model", HelpText = "With --speculative draft: the draft model folder.")]
+    public string? DraftModel { get; set; }
+
     [Option("arch", Default = "sm_80,sm_90", HelpText = "bench ptx: CUDA architectures, comma-separated (sm_50 .. sm_90).")]
     public string Arch { get; set; } = "sm_80,sm_90";
 
@@ -136,6 +151,7 @@ public sealed class BenchVerb
         }
         if (What is not null) throw new LrlException($"bench: unknown target '{What}' (use 'kernels', 'serve', 'ptx' or omit it)");
         if ((Model is null) == (Preset is null)) throw new LrlException("bench: give exactly one of --model DIR or --preset NAME");
+        if (Speculative is not null) return RunSpeculative();
         var sizes = PromptSizes.Any() ? PromptSizes.ToArray() : [128, 512];
         if (sizes.All(p => p == 0) && GenTokens == 0) throw new LrlException("bench: -p 0 and -n 0 leave nothing to measure");
         var log = Console.Error;
@@ -247,6 +263,64 @@ public sealed class BenchVerb
         })));
         else Console.Out.Write(Lrl.Cli.Serve.LoadGenerator.ToMarkdown(results));
         return results.Any(r => r.Failed > 0) ? 1 : 0;
+    }
+
+    /// <summary>
+    /// `bench --speculative M[,M...]`: greedy generation of -n tokens from --prompt, plainly and with each method, in one
+    /// run (each -r times, alternating): tok/s of both, tokens per verify step and acceptance by draft depth.
+    /// </summary>
+    private int RunSpeculative()
+    {
+        string dir = Model ?? Synthesizer.Cached(Preset!, DType, Console.Error);
+        int n = GenTokens;
+        if (n < 2) throw new LrlException("bench --speculative needs -n ≥ 2");
+        var opts = new ModelOptions { Device = ModelVerbBase.ParseDevice(DeviceName), Threads = Threads, Mmap = !NoMmap };
+        using var model = LrlModel.Load(dir, opts);
+        using var draft = DraftModel is null ? null : LrlModel.Load(DraftModel, opts);
+        var plain = new GenerationOptions { MaxTokens = n, IgnoreEos = true, Sampling = Lrl.Runtime.SamplingOptions.Greedy };
+        var runs = new List<(string Name, GenerationOptions Options)> { ("plain", plain) };
+        foreach (var m in Speculative!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var method = SamplingVerbBase.ParseSpeculative(m);
+            if (method == SpeculativeMethod.None) continue;
+            if (method == SpeculativeMethod.EarlyExit && DraftLayers.Any())
+                foreach (int l in DraftLayers) runs.Add(($"early-exit {l}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = l }));
+            else runs.Add((m, plain with { Speculative = method, DraftTokens = DraftTokens, DraftModel = draft }));
+        }
+        foreach (var (_, o) in runs) o.Validate();
+        var prompt = model.Tokenizer.Encode(PromptText, true);
+        var speeds = runs.Select(_ => new List<double>()).ToArray();
+        var stats = new GenerationStats[runs.Count];
+        int[]? reference = null;
+        for (int rep = -1; rep < Math.Max(1, Reps); rep++) // rep -1: warm-up
+            for (int i = 0; i < runs.Count; i++)
+            {
+                using var session = model.CreateSession();
+                var ids = session.Generate(prompt, runs[i].Options).Where(t => t.Id >= 0).Select(t => t.Id).ToArray();
+                reference ??= ids;
+                if (!ids.SequenceEqual(reference)) throw new LrlException($"{runs[i].Name}: the output differs from plain greedy decoding");
+                if (rep < 0) continue;
+                var s = session.LastStats;
+                speeds[i].Add((s.GeneratedTokens - 1) / Math.Max(1e-9, s.DecodeTime.TotalSeconds));
+                stats[i] = s;
+            }
+        Console.Out.WriteLine($"| {Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'))} | decode tok/s | vs plain | tokens per verify step | drafts accepted | accepted by depth |");
+        Console.Out.WriteLine("| --- | ---: | ---: | ---: | ---: | --- |");
+        double basis = speeds[0].Average();
+        for (int i = 0; i < runs.Count; i++)
+        {
+            var s = stats[i];
+            Console.Out.WriteLine($"| {runs[i].Name} | {speeds[i].Average():F1} ± {Std(speeds[i]):F1} | {speeds[i].Average() / basis:F2}x | " +
+                                  (s.VerifySteps == 0 ? "1 | | |" : $"{s.TokensPerStep:F2} | {s.AcceptedTokens}/{s.DraftedTokens} | {string.Join(' ', s.AcceptedByDepth)} |"));
+        }
+        Console.Error.WriteLine($"every method's output equals plain greedy decoding ({n} tokens)");
+        return 0;
+    }
+
+    private static double Std(List<double> x)
+    {
+        double m = x.Average();
+        return x.Count < 2 ? 0 : Math.Sqrt(x.Sum(v => (v - m) * (v - m)) / (x.Count - 1));
     }
 
     /// <summary>
