@@ -49,10 +49,16 @@ internal sealed class DecodeLoop : IDisposable
     }
 
     /// <summary>One generation in the loop: its state, its cursor, and where its tokens go.</summary>
-    internal sealed class Job(ISequenceState state, Generation generation)
+    internal sealed class Job(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0)
     {
         public ISequenceState State { get; } = state;
         public Generation Generation { get; } = generation;
+        /// <summary>Speculative decoding: the job's draft source; its decode runs carry the drafts (all rows' logits).</summary>
+        public IDraftSource? Draft { get; } = draft;
+        public int[] Drafts { get; } = new int[draftTokens];
+        public int[] RunTokens { get; } = new int[draftTokens + 1];
+        public int DraftCount;
+        public List<int> Context { get; } = draft is null ? [] : new List<int>(256);
         public Channel<GeneratedToken> Output { get; } = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         /// <summary>Set by the reader when it stops reading (disposed enumerator): the loop drops the job.</summary>
         public volatile bool Abandoned;
@@ -61,6 +67,7 @@ internal sealed class DecodeLoop : IDisposable
 
         public void End(Exception? error = null)
         {
+            try { Draft?.Dispose(); } catch (Exception e) when (error is null) { error = e; }
             Output.Writer.TryComplete(error);
             Finished.TrySetResult();
         }
@@ -69,9 +76,9 @@ internal sealed class DecodeLoop : IDisposable
     }
 
     /// <summary>Queues a generation; its tokens arrive on the returned job's channel, which completes when it ends.</summary>
-    public Job Submit(ISequenceState state, Generation generation)
+    public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0)
     {
-        var job = new Job(state, generation);
+        var job = new Job(state, generation, draft, draftTokens);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_stop, this);
@@ -118,6 +125,17 @@ internal sealed class DecodeLoop : IDisposable
             j.LogitsRow = -1;
             if (Drop(j) || !j.Decoding) continue;
             var g = j.Generation;
+            if (j.Draft is { } source)
+            {
+                // Speculative: the pending token and its drafts in one run, every row's logits.
+                j.DraftCount = SpeculativeRun.Propose(source, g, j.Context, j.Drafts, _model.ContextLength);
+                var run = j.RunTokens.AsSpan(0, j.DraftCount + 1);
+                run[0] = g.Next;
+                j.Drafts.AsSpan(0, j.DraftCount).CopyTo(run[1..]);
+                j.LogitsRow = _batch.Add(j.State, run, g.Held.Count, LogitsWanted.All);
+                decoding += j.DraftCount + 1;
+                continue;
+            }
             j.LogitsRow = _batch.Add(j.State, [g.Next], g.Held.Count);
             decoding++;
         }
@@ -151,9 +169,18 @@ internal sealed class DecodeLoop : IDisposable
             var g = j.Generation;
             if (!g.Done && j.LogitsRow >= 0)
             {
-                if (j.Decoding) g.NextRan();
+                int v = _model.VocabSize;
                 _emit.Clear();
-                j.Decoding = g.Accept(_logits.AsSpan(j.LogitsRow * _model.VocabSize, _model.VocabSize), _emit);
+                if (j.Decoding && j.Draft is not null)
+                {
+                    g.NextRan();
+                    j.Decoding = SpeculativeRun.AcceptRows(g, _logits.AsSpan(j.LogitsRow * v, (j.DraftCount + 1) * v), v, j.Drafts.AsSpan(0, j.DraftCount), _emit);
+                }
+                else
+                {
+                    if (j.Decoding) g.NextRan();
+                    j.Decoding = g.Accept(_logits.AsSpan(j.LogitsRow * v, v), _emit);
+                }
                 foreach (var t in _emit) j.Output.Writer.TryWrite(t);
             }
             if (g.Done)

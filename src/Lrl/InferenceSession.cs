@@ -50,6 +50,10 @@ public sealed class InferenceSession : IDisposable
         }
     }
 
+    /// <summary>The draft source of a speculative generation in the decode loop (null: plain, or a model that cannot rewind).</summary>
+    private IDraftSource? DraftFor(GenerationOptions options) =>
+        options.Speculative != SpeculativeMethod.None && _owner.Model.CanRewind ? SpeculativeRun.CreateSource(_owner, _state, options) : null;
+
     /// <summary>Points the state at the adapters a generation runs with; a change forgets the held tokens.</summary>
     private void UseAdapters(GenerationOptions options)
     {
@@ -159,7 +163,7 @@ public sealed class InferenceSession : IDisposable
         if (_owner.Loop is { } loop)
         {
             // Batched: the model's decode loop runs this generation's steps together with every other one's.
-            var job = _job = loop.Submit(_state, g);
+            var job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens);
             try
             {
                 var reader = job.Output.Reader;
@@ -209,7 +213,7 @@ public sealed class InferenceSession : IDisposable
             UseAdapters(options);
             var g = new Generation(_owner, _held, prompt, options, ct);
             LastStats = g.Stats;
-            job = _job = loop.Submit(_state, g);
+            job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens);
             await foreach (var t in job.Output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 if (ct.IsCancellationRequested) break; // the loop ends the job as cancelled at its next step

@@ -164,41 +164,58 @@ internal static class SpeculativeRun
         var tokens = new int[k + 1];
         var draft = new int[k];
         var context = new List<int>(g.Held.Count + 64);
-        var byDepth = new int[k];
         var emit = new List<GeneratedToken>(2);
-        g.Stats.AcceptedByDepth = byDepth;
+        g.Stats.AcceptedByDepth = new int[k];
         bool more = g.Accept(first, emit);
         foreach (var t in emit) yield return t;
         emit.Clear();
         while (more)
         {
             int pos = g.Held.Count;
-            context.Clear();
-            context.AddRange(g.Held);
-            context.Add(g.Next);
-            int room = Math.Min(k, model.ContextLength - 1 - pos);
-            int n = room > 0 ? source.Propose(CollectionsMarshal.AsSpan(context), draft.AsSpan(0, room)) : 0;
+            int n = Propose(source, g, context, draft, model.ContextLength);
             tokens[0] = g.Next;
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
             model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
             g.NextRan();
-            g.Stats.VerifySteps++;
-            g.Stats.DraftedTokens += n;
-            for (int i = 0; ; i++)
+            more = AcceptRows(g, rows, vocab, draft.AsSpan(0, n), emit);
+            foreach (var t in emit) yield return t;
+            emit.Clear();
+        }
+    }
+
+    /// <summary>Drafts for the pending token <c>g.Next</c> (at most as many as the context leaves room for); returns how many.</summary>
+    internal static int Propose(IDraftSource source, Generation g, List<int> context, int[] draft, int contextLength)
+    {
+        int room = Math.Min(draft.Length, contextLength - 1 - g.Held.Count);
+        if (room <= 0) return 0;
+        context.Clear();
+        context.AddRange(g.Held);
+        context.Add(g.Next);
+        return source.Propose(CollectionsMarshal.AsSpan(context), draft.AsSpan(0, room));
+    }
+
+    /// <summary>
+    /// After a verify pass over the pending token and <paramref name="drafts"/> (rows 0 .. n of logits, the pending token
+    /// already recorded as run): samples row by row, keeping drafts while the sample equals them; appends what to emit.
+    /// Returns whether the generation goes on (with <c>g.Next</c> to run).
+    /// </summary>
+    internal static bool AcceptRows(Generation g, Span<float> rows, int vocab, ReadOnlySpan<int> drafts, List<GeneratedToken> emit)
+    {
+        var stats = g.Stats;
+        if (stats.AcceptedByDepth.Length < drafts.Length) stats.AcceptedByDepth = [.. stats.AcceptedByDepth, .. new int[drafts.Length - stats.AcceptedByDepth.Length]];
+        stats.VerifySteps++;
+        stats.DraftedTokens += drafts.Length;
+        for (int i = 0; ; i++)
+        {
+            if (!g.Accept(rows.Slice(i * vocab, vocab), emit)) return false;
+            if (i < drafts.Length && g.Next == drafts[i])
             {
-                more = g.Accept(rows.AsSpan(i * vocab, vocab), emit);
-                foreach (var t in emit) yield return t;
-                emit.Clear();
-                if (!more) break;
-                if (i < n && g.Next == draft[i])
-                {
-                    g.NextRan(); // its row already ran in this pass
-                    g.Stats.AcceptedTokens++;
-                    byDepth[i]++;
-                    continue;
-                }
-                break; // the model's token differs from the draft (or follows the last draft): run it next
+                g.NextRan(); // its row already ran in this pass
+                stats.AcceptedTokens++;
+                stats.AcceptedByDepth[i]++;
+                continue;
             }
+            return true; // the model's token differs from the draft (or follows the last draft): run it next
         }
     }
 }

@@ -122,4 +122,40 @@ public class SpeculativeTests
         Assert.NotEqual(0, cli.ExitCode);
         Assert.Contains("--speculative 'magic'", cli.Stderr);
     }
+
+    /// <summary>
+    /// In the batched decode loop (serve, Parallel &gt; 1) each speculative sequence's step carries its drafts as rows of
+    /// the shared pass: concurrent generations, speculative and plain, each equal their plain output alone.
+    /// </summary>
+    [Fact]
+    public async Task SpeculationInTheBatchedDecodeLoopIsLossless()
+    {
+        var dir = CliRunner.Model("stories260k");
+        using var single = LrlModel.Load(dir, new ModelOptions { Threads = 1 });
+        using var batched = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 4 });
+        using var draft = LrlModel.Load(CliRunner.Model("stories260k-fp16"), new ModelOptions { Threads = 1 });
+        var prompts = new[] { "Once upon a time", "Lily and Ben", "The cat sat on the mat. The cat", "Tom had a red ball" };
+        var methods = new[] { SpeculativeMethod.Draft, SpeculativeMethod.Lookup, SpeculativeMethod.None, SpeculativeMethod.EarlyExit };
+        var seeded = new SamplingOptions { Temperature = 0.8f, TopK = 40, Seed = 3 };
+        foreach (var sampling in new[] { SamplingOptions.Greedy, seeded })
+        {
+            var plain = new GenerationOptions { MaxTokens = 40, IgnoreEos = true, Sampling = sampling };
+            var expected = prompts.Select(p => Run(single, p, plain).Ids).ToArray();
+            var tasks = prompts.Select(async (p, i) =>
+            {
+                using var session = batched.CreateSession();
+                var ids = new List<int>();
+                await foreach (var t in session.GenerateAsync(p, plain with { Speculative = methods[i], DraftModel = draft, DraftTokens = 4, DraftLayers = 3 }))
+                    if (t.Id >= 0) ids.Add(t.Id);
+                return (ids.ToArray(), session.LastStats);
+            }).ToArray();
+            var results = await Task.WhenAll(tasks);
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                Assert.Equal(expected[i], results[i].Item1);
+                Assert.Equal(methods[i] != SpeculativeMethod.None, results[i].LastStats.VerifySteps > 0);
+            }
+        }
+        Assert.True(batched.BatchStatistics.MostSequences > 1, "the generations shared steps");
+    }
 }

@@ -417,10 +417,20 @@ public sealed class OpenAiServer : IAsyncDisposable
     private static string UsageNote(GenerationStats s) =>
         $"prompt {s.PromptTokens} tokens ({s.CachedTokens} cached), generated {s.GeneratedTokens} at {s.DecodeTokensPerSecond:F1} tok/s, {FinishReasonName(s.FinishReason)}";
 
-    private static JsonObject Usage(GenerationStats s) => new()
+    private static JsonObject Usage(GenerationStats s)
     {
-        ["prompt_tokens"] = s.PromptTokens, ["completion_tokens"] = s.GeneratedTokens, ["total_tokens"] = s.PromptTokens + s.GeneratedTokens,
-    };
+        var u = new JsonObject
+        {
+            ["prompt_tokens"] = s.PromptTokens, ["completion_tokens"] = s.GeneratedTokens, ["total_tokens"] = s.PromptTokens + s.GeneratedTokens,
+        };
+        if (s.VerifySteps > 0)
+            u["speculative"] = new JsonObject
+            {
+                ["verify_steps"] = s.VerifySteps, ["drafted_tokens"] = s.DraftedTokens, ["accepted_tokens"] = s.AcceptedTokens,
+                ["tokens_per_step"] = Math.Round(s.TokensPerStep, 3), ["accepted_by_depth"] = new JsonArray([.. s.AcceptedByDepth.Select(x => (JsonNode)x)]),
+            };
+        return u;
+    }
 
     /// <summary>OpenAI's finish_reason: "stop" for end-of-sequence or a stop string, "length" for the token or context limit.</summary>
     public static string FinishReasonName(FinishReason reason) => reason switch

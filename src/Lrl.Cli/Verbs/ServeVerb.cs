@@ -13,6 +13,7 @@ public sealed class ServeVerb : SamplingVerbBase
         "lrlrun serve --model ../shared/models/stories260k --host 0.0.0.0 --port 0",
         "lrlrun serve --model ../shared/models/stories260k --parallel 16 --queue 64",
         "lrlrun serve --model ../shared/models/stories260k --cors http://localhost:5173 --api-key secret --template chatml",
+        "lrlrun serve --model ../shared/models/stories260k --speculative draft --draft-model ../shared/models/stories260k-bf16-sharded",
         "lrlrun serve --model ../shared/models/stories260k --lora adapters/swahili --lora adapters/yoruba:0.8   # request \"model\": \"swahili\"",
     ];
 
@@ -71,6 +72,8 @@ public sealed class ServeVerb : SamplingVerbBase
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
         using var model = LoadModel(Parallel, StepRows);
+        defaults = WithSpeculation(defaults, out var draftModel);
+        using var draftOwner = draftModel;
         var adapters = new Dictionary<string, Lrl.Models.LoraAdapter>(StringComparer.Ordinal);
         foreach (var a in LoadAdapters(model))
             if (!adapters.TryAdd(a.Name, a)) throw new LrlException($"--lora: two adapters are named '{a.Name}' (the folder name is the model id); rename a folder");
