@@ -183,6 +183,34 @@ internal static class SpeculativeRun
         }
     }
 
+    /// <summary>
+    /// Tests only: a deliberately wrong acceptance rule (a draft token is kept whenever the model gives it at least a
+    /// third of its top probability, instead of only when the model's own sample is it), to show that the losslessness
+    /// tests catch a biased rule.
+    /// </summary>
+    [ThreadStatic] internal static bool BiasedRuleForTests; // per thread: only the test thread that sets it
+
+    private static bool AcceptRowsBiased(Generation g, Span<float> rows, int vocab, ReadOnlySpan<int> drafts, List<GeneratedToken> emit)
+    {
+        for (int i = 0; ; i++)
+        {
+            var row = rows.Slice(i * vocab, vocab);
+            if (i < drafts.Length)
+            {
+                float max = float.NegativeInfinity;
+                foreach (var x in row) max = Math.Max(max, x);
+                if (row[drafts[i]] >= max - MathF.Log(3))
+                {
+                    // Force the draft: every other logit far below it.
+                    for (int t = 0; t < row.Length; t++) if (t != drafts[i]) row[t] = float.NegativeInfinity;
+                }
+            }
+            if (!g.Accept(row, emit)) return false;
+            if (i < drafts.Length && g.Next == drafts[i]) { g.NextRan(); continue; }
+            return true;
+        }
+    }
+
     /// <summary>Drafts for the pending token <c>g.Next</c> (at most as many as the context leaves room for); returns how many.</summary>
     internal static int Propose(IDraftSource source, Generation g, List<int> context, int[] draft, int contextLength)
     {
@@ -201,6 +229,7 @@ internal static class SpeculativeRun
     /// </summary>
     internal static bool AcceptRows(Generation g, Span<float> rows, int vocab, ReadOnlySpan<int> drafts, List<GeneratedToken> emit)
     {
+        if (BiasedRuleForTests) return AcceptRowsBiased(g, rows, vocab, drafts, emit);
         var stats = g.Stats;
         if (stats.AcceptedByDepth.Length < drafts.Length) stats.AcceptedByDepth = [.. stats.AcceptedByDepth, .. new int[drafts.Length - stats.AcceptedByDepth.Length]];
         stats.VerifySteps++;
