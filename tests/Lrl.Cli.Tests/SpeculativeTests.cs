@@ -188,3 +188,29 @@ public class SpeculativeTests
         Assert.True(differBiased >= 20, $"the biased rule changed only {differBiased} of 40 seeded runs");
     }
 }
+
+/// <summary>`serve --speculative draft`: the server's generations speculate (usage.speculative) and answer what plain decoding answers.</summary>
+public sealed class SpeculativeServerProcess : ServerProcess
+{
+    protected override string[] ExtraArgs => ["--speculative", "draft", "--draft-model", CliRunner.Model("stories260k-fp16"), "--draft-tokens", "4"];
+}
+
+public sealed class SpeculativeServeTests(SpeculativeServerProcess server) : IClassFixture<SpeculativeServerProcess>
+{
+    [Fact]
+    public async Task CompletionsSpeculateAndMatchPlainGreedy()
+    {
+        server.Start();
+        var ct = TestContext.Current.CancellationToken;
+        using var response = await server.Http.PostAsync("/v1/completions", new StringContent(
+            """{"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "ignore_eos": true}""", System.Text.Encoding.UTF8, "application/json"), ct);
+        using var doc = System.Text.Json.JsonDocument.Parse(await response.Content.ReadAsStringAsync(ct));
+        var root = doc.RootElement;
+        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        var plain = CliRunner.Run("generate", "--model", CliRunner.Model("stories260k"), "--prompt", "Once upon a time", "-n", "40", "--temperature", "0", "--ignore-eos");
+        Assert.Equal(plain.Stdout.TrimEnd('\n'), root.GetProperty("choices")[0].GetProperty("text").GetString());
+        var spec = root.GetProperty("usage").GetProperty("speculative");
+        Assert.True(spec.GetProperty("verify_steps").GetInt32() < 40);
+        Assert.True(spec.GetProperty("accepted_tokens").GetInt32() > 0);
+    }
+}
