@@ -18,6 +18,16 @@ public static class GemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = Grid.IdxX * warps + Warp.WarpIdx;
         if (row >= outF) return; // uniform per warp
+        float acc = RowDot(w, x, row, inF);
+        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+
+    /// <summary>
+    /// The warp's dot product of weight row <paramref name="row"/> with x, summed over the warp (every lane gets it):
+    /// lanes stride the row, 4 elements per load when the row length allows.
+    /// </summary>
+    private static float RowDot<TW>(TW w, ArrayView<float> x, int row, int inF) where TW : struct, IWeightReader
+    {
         float acc = 0;
         if ((inF & 3) == 0)
         {
@@ -35,8 +45,7 @@ public static class GemvKernels
             long b = (long)row * inF;
             for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += w.Get(b + i) * x[i];
         }
-        acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+        return KernelMath.WarpSum(acc);
     }
 
     /// <summary>Fused MLP front half at batch 1: y[o] = silu(Gate[o]·x) · (Up[o]·x); x is read once for both rows.</summary>
@@ -90,25 +99,7 @@ public static class GemvKernels
         int m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
         int r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
         var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        int inF = s.InF;
-        float acc = 0;
-        if ((inF & 3) == 0)
-        {
-            int quads = inF >> 2;
-            long qb = (long)r * quads;
-            for (int q = Warp.LaneIdx; q < quads; q += Warp.WarpSize)
-            {
-                w.Get4(qb + q, out float a0, out float a1, out float a2, out float a3);
-                int i = q << 2;
-                acc += a0 * x[i] + a1 * x[i + 1] + a2 * x[i + 2] + a3 * x[i + 3];
-            }
-        }
-        else
-        {
-            long b = (long)r * inF;
-            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += w.Get(b + i) * x[i];
-        }
-        acc = KernelMath.WarpSum(acc);
+        float acc = RowDot(w, x, r, s.InF);
         if (Warp.LaneIdx != 0) return;
         if (m == 0) y0[r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;
         else if (m == 1) y1[r] = (s.HasBias & 2) != 0 ? acc + b1[r] : acc;

@@ -250,19 +250,22 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
-    public void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    public void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits) =>
+        ForwardOwn(Own(state), tokens, startPos, logits, int.MaxValue);
+
+    /// <summary>One sequence's pass through the first <paramref name="layers"/> layers (all: int.MaxValue), under the lock.</summary>
+    private void ForwardOwn(SequenceState s, ReadOnlySpan<int> tokens, int startPos, Span<float> logits, int layers)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state is not SequenceState s || s.Owner != this)
-            throw new LrlException("the sequence state was created by another model; create it with this model's CreateState()");
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             Backend.Enter();
-            ObjectDisposedException.ThrowIf(s.IsDisposed, state);
+            ObjectDisposedException.ThrowIf(s.IsDisposed, s);
             CheckAdapters(s);
             if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
-            ForwardCore(s, tokens, startPos, logits);
+            LayerLimit = layers;
+            try { ForwardCore(s, tokens, startPos, logits); }
+            finally { LayerLimit = int.MaxValue; }
         }
     }
 
@@ -307,18 +310,7 @@ public abstract class ModelBase : ILanguageModel
     {
         if (LayerCount == 0) throw new LrlException($"{Architecture} cannot run an early-exit draft");
         if (layers < 1 || layers > LayerCount) throw new LrlException($"--draft-layers must be in 1..{LayerCount}, got {layers}");
-        var s = Own(state);
-        lock (_gate)
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            Backend.Enter();
-            ObjectDisposedException.ThrowIf(s.IsDisposed, state);
-            CheckAdapters(s);
-            if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
-            LayerLimit = layers;
-            try { ForwardCore(s, tokens, startPos, logits); }
-            finally { LayerLimit = int.MaxValue; }
-        }
+        ForwardOwn(Own(state), tokens, startPos, logits, layers);
     }
 
     /// <summary>Layers the current pass runs (an early-exit draft sets it below <see cref="LayerCount"/>).</summary>
