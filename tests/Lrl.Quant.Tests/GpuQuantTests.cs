@@ -108,4 +108,34 @@ public class GpuQuantTests
         }
         finally { Directory.Delete(root, true); }
     }
+
+    /// <summary>A LoRA adapter over an int8 and an int4 base on the GPU backend gives the float64 reference's logits.</summary>
+    [Fact]
+    public void LoraOverQuantizedBasesMatchesReference()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 8, 16, seed: 9);
+        foreach (int bits in new[] { 8, 4 })
+        {
+            var q = Quantizer.QuantizeModel(dir, tmp.Sub($"q{bits}"), bits, "auto", null).OutputDirectory;
+            using var gpu = Create("nvidia-like");
+            using var reference = new ReferenceBackend();
+            float[] Run(IBackend b)
+            {
+                using var m = ModelRegistry.Load(q, b);
+                var mb = (ModelBase)m;
+                using var st = m.CreateState();
+                mb.SetAdapters(st, [mb.LoadAdapter(adapter)]);
+                var logits = new float[12 * m.VocabSize];
+                m.Forward(st, Enumerable.Range(0, 12).Select(i => 3 + 37 * i % 500).ToArray(), 0, logits);
+                return logits;
+            }
+            var got = Run(gpu);
+            var want = Run(reference);
+            double num = 0, den = 0;
+            for (int i = 0; i < got.Length; i++) { num += (got[i] - want[i]) * (double)(got[i] - want[i]); den += want[i] * (double)want[i]; }
+            Assert.True(Math.Sqrt(num / den) < 1e-4, $"q{bits}: relative L2 {Math.Sqrt(num / den):E2}");
+        }
+    }
 }
