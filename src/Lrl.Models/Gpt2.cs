@@ -5,7 +5,8 @@ namespace Lrl.Models;
 /// <summary>
 /// GPT2LMHeadModel: LayerNorm, learned absolute positions, fused c_attn, gelu_new MLP, tied head. Conv1D weights are
 /// stored [in, out]; they are transposed once at load into the [out, in] Linear layout the backend expects (and c_attn
-/// split into q, k, v), in the stored dtype. KV cache preallocated; batched prefill; no allocation per token.
+/// split into q, k, v), in the stored dtype. KV cache per sequence state; a true batched pass over the runs of a step
+/// (each its own positions and cache); no allocation per token.
 /// </summary>
 public sealed class Gpt2 : ModelBase
 {
@@ -118,47 +119,68 @@ public sealed class Gpt2 : ModelBase
         }
     }
 
-    /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
-    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
+    private protected override int ChunkRows => _batch;
+    private protected override LogitsHead? Head => _out;
+    private protected override DeviceBuffer? FinalHidden => _xb;
+
+    /// <summary>
+    /// Runs the blocks for the rows of a chunk, each piece of rows at its own positions over its own state's cache,
+    /// leaving the final-normed hidden state in _xb.
+    /// </summary>
+    private protected override void RunChunk(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens)
     {
         var c = Config;
         int rows = tokens.Length, C = c.HiddenSize;
         float eps = (float)c.LayerNormEps;
-        bool adapted = Adapted(state);
+        bool adapted = false;
+        foreach (var p in pieces)
+        {
+            adapted |= Adapted(p.State);
+            for (int r = 0; r < p.Rows; r++) _positions[p.Row + r] = p.Pos + r;
+        }
         _b.Embed(_wte, tokens, _x);
-        for (int r = 0; r < rows; r++) _positions[r] = pos + r;
         _b.Embed(_wpe, _positions.AsSpan(0, rows), _pe);
         _b.Add(_x, _pe, (long)rows * C);
         for (int i = 0; i < _layers.Length; i++)
         {
             var l = _layers[i];
-            DeviceBuffer kCache = state[l.KCache], vCache = state[l.VCache];
             float scale = c.ScaleAttnWeights ? 1f / MathF.Sqrt(c.HeadDim) : 1f;
             if (c.ScaleAttnByInverseLayerIdx) scale /= i + 1;
             _b.LayerNorm(_x, l.Ln1W, l.Ln1B, _xb, rows, eps);
-            for (int j = 0; j < 3 && adapted; j++) Adapt(state, l.Lora + j, _xb, 0, rows, j == 0 ? _q : j == 1 ? _k : _v, after: false);
+            if (adapted) foreach (var p in pieces) AdaptQkv(p, l, after: false);
             _b.MatMul(_xb, l.Wq, _q, rows, l.Bq);
             _b.MatMul(_xb, l.Wk, _k, rows, l.Bk);
             _b.MatMul(_xb, l.Wv, _v, rows, l.Bv);
-            for (int j = 0; j < 3 && adapted; j++) Adapt(state, l.Lora + j, _xb, 0, rows, j == 0 ? _q : j == 1 ? _k : _v, after: true);
-            _b.Copy(_k, 0, kCache, (long)pos * C, (long)rows * C);
-            _b.Copy(_v, 0, vCache, (long)pos * C, (long)rows * C);
-            _b.Attention(_q, kCache, vCache, _att, rows, pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
-            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta, after: false);
+            foreach (var p in pieces)
+            {
+                if (adapted) AdaptQkv(p, l, after: true);
+                DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
+                _b.Copy(_k, (long)p.Row * C, kCache, (long)p.Pos * C, (long)p.Rows * C);
+                _b.Copy(_v, (long)p.Row * C, vCache, (long)p.Pos * C, (long)p.Rows * C);
+                _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
+            }
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
-            if (adapted) Adapt(state, l.Lora + 3, _att, 0, rows, _delta, after: true);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
             _b.Add(_x, _delta, (long)rows * C);
             _b.LayerNorm(_x, l.Ln2W, l.Ln2B, _xb, rows, eps);
-            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h, after: false);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _h, after: false);
             _b.MatMul(_xb, l.Fc, _h, rows, l.BFc);
-            if (adapted) Adapt(state, l.Lora + 4, _xb, 0, rows, _h, after: true);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 4, _xb, p.Row, p.Rows, _h, after: true);
             _b.Gelu(_h, (long)rows * c.InnerSize);
-            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta, after: false);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 5, _h, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_h, l.Proj, _delta, rows, l.BProj);
-            if (adapted) Adapt(state, l.Lora + 5, _h, 0, rows, _delta, after: true);
+            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 5, _h, p.Row, p.Rows, _delta, after: true);
             _b.Add(_x, _delta, (long)rows * C);
         }
         _b.LayerNorm(_x, _lnfW, _lnfB, _xb, rows, eps);
+    }
+
+    private void AdaptQkv(Piece p, Layer l, bool after)
+    {
+        Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after);
+        Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after);
+        Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after);
     }
 
     protected override void DisposeCore()

@@ -38,6 +38,9 @@ public sealed class Llama : ModelBase
     public override long WeightBytesPerToken { get; }
     public override string WeightFormat => _layers[0].Wq.Format;
     public override int LayerCount => _layers.Length;
+    private protected override int ChunkRows => _batch;
+    private protected override LogitsHead? Head => _out;
+    private protected override DeviceBuffer? FinalHidden => _xb;
 
     public Llama(Checkpoint checkpoint, LlamaConfig config, IBackend backend, ModelLoadOptions options)
     {
@@ -113,55 +116,11 @@ public sealed class Llama : ModelBase
         }
     }
 
-    /// <summary>Part of a batched step's run that falls in one chunk: rows [Row, Row + Rows) of the chunk at positions Pos...</summary>
-    private record struct Piece(SequenceState State, int Row, int Rows, int Pos);
-
-    private Piece[] _pieces = new Piece[8];
-    private readonly Piece[] _one = new Piece[1];
-
-    private protected override void ForwardBatchCore(StepBatch batch, Span<float> logits)
-    {
-        var tokens = batch.Tokens;
-        var runs = batch.Runs;
-        int run = 0, logitsAt = 0;
-        for (int c0 = 0; c0 < batch.RowCount; c0 += _batch)
-        {
-            int rows = Math.Min(_batch, batch.RowCount - c0), end = c0 + rows, n = 0;
-            // The runs overlapping rows [c0, end), clipped to them.
-            for (int r = run; r < runs.Length && runs[r].Row0 < end; r++)
-            {
-                var x = runs[r];
-                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
-                if (n == _pieces.Length) Array.Resize(ref _pieces, n * 2);
-                _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0));
-            }
-            RunChunk(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
-            // Logits of the rows that want them, in run order (runs and their rows are in row order).
-            for (; run < runs.Length && runs[run].Row0 < end; run++)
-            {
-                var x = runs[run];
-                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
-                if (x.Logits == LogitsWanted.All) _out.Gather(_xb, a - c0, b - a);
-                else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) _out.Gather(_xb, b - 1 - c0, 1);
-                if (b < x.Row0 + x.Rows) break; // the run goes on in the next chunk
-            }
-            logitsAt += _out.Flush(logits.Slice(logitsAt * VocabSize));
-        }
-    }
-
-    /// <summary>Runs the blocks for rows tokens at positions pos..pos+rows-1, leaving the final-normed hidden state in _xb.</summary>
-    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
-    {
-        _one[0] = new Piece(state, 0, tokens.Length, pos);
-        RunChunk(_one, tokens);
-        _one[0] = default;
-    }
-
     /// <summary>
     /// Runs the blocks for the rows of a chunk, each piece of rows at its own positions over its own state's cache,
     /// leaving the final-normed hidden state in _xb.
     /// </summary>
-    private void RunChunk(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens)
+    private protected override void RunChunk(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens)
     {
         var c = Config;
         int rows = tokens.Length;

@@ -318,15 +318,78 @@ public abstract class ModelBase : ILanguageModel
 
     private float[]? _discard;
 
+    /// <summary>Part of a batched step's run that falls in one chunk: rows [Row, Row + Rows) of the chunk at positions Pos...</summary>
+    private protected record struct Piece(SequenceState State, int Row, int Rows, int Pos);
+
+    private Piece[] _pieces = new Piece[8];
+    private readonly Piece[] _one = new Piece[1];
+
+    /// <summary>Rows a true batched pass runs at once (its scratch buffers' height); 0: the model has none.</summary>
+    private protected virtual int ChunkRows => 0;
+
+    /// <summary>The output projection of a model with a true batched pass.</summary>
+    private protected virtual LogitsHead? Head => null;
+
+    /// <summary>Where <see cref="RunChunk(ReadOnlySpan{Piece}, ReadOnlySpan{int})"/> leaves the final-normed hidden rows.</summary>
+    private protected virtual DeviceBuffer? FinalHidden => null;
+
     /// <summary>
-    /// One batched step; called under the model's lock with validated runs. The default runs each sequence's rows as
-    /// its own forward pass (architectures with a true batched pass override it).
+    /// The blocks of a true batched pass over the rows of one chunk (at most <see cref="ChunkRows"/>), each piece of
+    /// rows at its own positions over its own state, leaving the final-normed hidden rows where <see cref="Head"/> reads.
+    /// </summary>
+    private protected virtual void RunChunk(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens) =>
+        throw new NotSupportedException($"{Architecture} has no batched pass");
+
+    /// <summary>One sequence's rows as the only piece of a chunk.</summary>
+    private protected void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
+    {
+        _one[0] = new Piece(state, 0, tokens.Length, pos);
+        RunChunk(_one, tokens);
+        _one[0] = default;
+    }
+
+    /// <summary>
+    /// One batched step; called under the model's lock with validated runs. A model with a true batched pass
+    /// (<see cref="ChunkRows"/> &gt; 0) runs the step's rows in chunks of that many, every product over all of a
+    /// chunk's rows and each run's attention over its own cache, and gathers the wanted rows' logits; the others run
+    /// each sequence's rows as its own forward pass.
     /// </summary>
     private protected virtual void ForwardBatchCore(StepBatch batch, Span<float> logits)
     {
-        foreach (var run in batch.Runs)
-            ForwardCore((SequenceState)run.State, batch.Tokens.Slice(run.Row0, run.Rows), run.StartPos,
-                        StepBatch.LogitsOf(run, logits, VocabSize, ref _discard));
+        if (ChunkRows == 0 || Head is not { } head || FinalHidden is not { } hidden)
+        {
+            foreach (var run in batch.Runs)
+                ForwardCore((SequenceState)run.State, batch.Tokens.Slice(run.Row0, run.Rows), run.StartPos,
+                            StepBatch.LogitsOf(run, logits, VocabSize, ref _discard));
+            return;
+        }
+        var tokens = batch.Tokens;
+        var runs = batch.Runs;
+        int next = 0, logitsAt = 0, chunk = ChunkRows;
+        for (int c0 = 0; c0 < batch.RowCount; c0 += chunk)
+        {
+            int rows = Math.Min(chunk, batch.RowCount - c0), end = c0 + rows, n = 0;
+            // The runs overlapping rows [c0, end), clipped to them.
+            for (int r = next; r < runs.Length && runs[r].Row0 < end; r++)
+            {
+                var x = runs[r];
+                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
+                if (n == _pieces.Length) Array.Resize(ref _pieces, n * 2);
+                _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0));
+            }
+            RunChunk(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
+            Array.Clear(_pieces, 0, n);
+            // Logits of the rows that want them, in run order (runs and their rows are in row order).
+            for (; next < runs.Length && runs[next].Row0 < end; next++)
+            {
+                var x = runs[next];
+                int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
+                if (x.Logits == LogitsWanted.All) head.Gather(hidden, a - c0, b - a);
+                else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) head.Gather(hidden, b - 1 - c0, 1);
+                if (b < x.Row0 + x.Rows) break; // the run goes on in the next chunk
+            }
+            logitsAt += head.Flush(logits.Slice(logitsAt * VocabSize));
+        }
     }
 
     /// <summary>The forward pass over one sequence's state; called under the model's lock.</summary>
