@@ -77,15 +77,10 @@ internal sealed unsafe class LoraJob : IParallelJob
             return;
         }
         int o0 = item * Chunk, n = Math.Min(Chunk, outF - o0);
-        for (int r = 0; r < _rows; r++)
-        {
-            var y = _y.AsSpan((_row0 + r) * outF + o0, n);
-            if (w.Bt is { } bt)
-                for (int j = 0; j < rank; j++) TensorPrimitives.MultiplyAdd(bt.AsSpan(j * outF + o0, n), _t[r * rank + j], y, y);
-            else
-                fixed (ushort* bt16 = w.Bt16)
-                    for (int j = 0; j < rank; j++) Simd.AxpyBF16(bt16 + (long)j * outF + o0, _t[r * rank + j], y);
-        }
+        fixed (float* tp = _t)
+            for (int r = 0; r < _rows; r++)
+                fixed (float* y = &_y[(_row0 + r) * outF + o0])
+                    LoraStage.Up(w, o0, tp + r * rank, y, n);
     }
 }
 
@@ -210,11 +205,15 @@ internal sealed unsafe class LoraStage
             fixed (float* tp = &_t[t.T])
                 for (int r = 0; r < t.Rows; r++)
                     fixed (float* dst = &y[(t.Row0 + r) * outF + start])
-                    {
-                        if (t.W.Bt is { } bt) fixed (float* b = &bt[start]) Up(b, outF, tp + r * rank, rank, dst, n);
-                        else fixed (ushort* b = &t.W.Bt16![start]) Up(b, outF, tp + r * rank, rank, dst, n);
-                    }
+                        Up(t.W, start, tp + r * rank, dst, n);
         }
+    }
+
+    /// <summary>y[o] += Σ_j t[j]·B[start + o, j] for o &lt; n (f32 or bf16 B).</summary>
+    internal static void Up(CpuLora w, int start, float* t, float* y, int n)
+    {
+        if (w.Bt is { } bt) fixed (float* b = &bt[start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
+        else fixed (ushort* b = &w.Bt16![start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
     }
 
     /// <summary>y[o] += Σ_j t[j]·Bᵀ[j, o] for o &lt; n, eight outputs at a time held in a register over every rank.</summary>

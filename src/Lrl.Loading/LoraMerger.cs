@@ -101,13 +101,7 @@ public static class LoraMerger
             try
             {
                 writer.Write(Path.Combine(tmp, "model.safetensors"));
-                foreach (var file in Directory.GetFiles(baseDir))
-                {
-                    string name = Path.GetFileName(file);
-                    if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == "model.safetensors.index.json" || name.StartsWith('.')) continue;
-                    if (name == "config.json") File.WriteAllText(Path.Combine(tmp, name), config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-                    else File.Copy(file, Path.Combine(tmp, name));
-                }
+                OutputFolder.CopyModelFiles(baseDir, tmp, config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
                 // An adapter that brings its own tokenizer (new tokens) replaces the base's.
                 foreach (var (a, _) in peft)
                     foreach (var f in TokenizerFiles)

@@ -43,6 +43,22 @@ public static class OutputFolder
         return tmp;
     }
 
+    /// <summary>
+    /// Copies a model folder's files other than its weights into <paramref name="tmp"/> (the weights are written anew;
+    /// hidden files, such as pull's hash caches and partial downloads, describe the input's own), config.json as
+    /// <paramref name="config"/> writes it.
+    /// </summary>
+    public static void CopyModelFiles(string inDir, string tmp, string configText)
+    {
+        foreach (var file in Directory.GetFiles(inDir))
+        {
+            string name = Path.GetFileName(file);
+            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == "model.safetensors.index.json" || name.StartsWith('.')) continue;
+            if (name == "config.json") File.WriteAllText(Path.Combine(tmp, name), configText);
+            else File.Copy(file, Path.Combine(tmp, name));
+        }
+    }
+
     /// <summary>Moves the finished temporary folder into place, replacing an existing output folder.</summary>
     public static void Commit(string tmp, string outDir)
     {

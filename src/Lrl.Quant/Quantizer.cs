@@ -142,14 +142,7 @@ public static class Quantizer
         try
         {
             writer.Write(Path.Combine(tmp, "model.safetensors"));
-            foreach (var file in Directory.GetFiles(inDir))
-            {
-                string name = Path.GetFileName(file);
-                // Weights are written anew; hidden files (pull's hash caches, partial downloads) describe the input's own.
-                if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == "model.safetensors.index.json" || name.StartsWith('.')) continue;
-                if (name == "config.json") File.WriteAllText(Path.Combine(tmp, name), WithQuantConfig(file, meta));
-                else File.Copy(file, Path.Combine(tmp, name));
-            }
+            OutputFolder.CopyModelFiles(inDir, tmp, WithQuantConfig(Path.Combine(inDir, "config.json"), meta));
             OutputFolder.Commit(tmp, outDir);
         }
         catch

@@ -9,8 +9,8 @@ public sealed class MergeLoraVerb
     /// <summary>Shown under the options by `lrlrun merge-lora --help`.</summary>
     public static string[] Examples =>
     [
-        "lrlrun merge-lora --model ../shared/models/stories260k --lora my-adapter --out /tmp/stories260k-merged",
-        "lrlrun merge-lora --model base --lora lang-a:0.7,lang-b:0.3 --out merged && lrlrun quantize --model merged --bits 4 --out merged-q4",
+        "lrlrun merge-lora --model ../shared/models/stories260k --lora models/adapters/stories260k-demo --out /tmp/stories260k-merged",
+        "lrlrun merge-lora --model base --lora models/adapters/stories260k-demo:0.7:0.3 --out merged && lrlrun quantize --model merged --bits 4 --out merged-q4",
     ];
 
     [Option('m', "model", Required = true, HelpText = "Base model folder (unquantized: f32, f16 or bf16).")]

@@ -11,7 +11,7 @@ public sealed class PerplexityVerb : ModelVerbBase
     public static string[] Examples =>
     [
         "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --context 256 --stride 128",
-        "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --lora my-adapter",
+        "lrlrun perplexity --model ../shared/models/stories260k --file tests/Lrl.Quant.Tests/data/heldout.txt --lora models/adapters/stories260k-demo",
     ];
 
     [Option('f', "file", Required = true, HelpText = "UTF-8 text file.")]

@@ -14,7 +14,7 @@ public sealed class ServeVerb : SamplingVerbBase
         "lrlrun serve --model ../shared/models/stories260k --parallel 16 --queue 64",
         "lrlrun serve --model ../shared/models/stories260k --cors http://localhost:5173 --api-key secret --template chatml",
         "lrlrun serve --model ../shared/models/stories260k --speculative draft --draft-model ../shared/models/stories260k-bf16-sharded",
-        "lrlrun serve --model ../shared/models/stories260k --lora adapters/swahili --lora adapters/yoruba:0.8   # request \"model\": \"swahili\"",
+        "lrlrun serve --model ../shared/models/stories260k --lora models/adapters/stories260k-demo --port 0   # request \"model\": \"stories260k-demo\"",
     ];
 
     [Option("host", Default = "127.0.0.1", HelpText = "Address to listen on (0.0.0.0 = every interface).")]
