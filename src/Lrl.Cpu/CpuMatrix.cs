@@ -37,7 +37,10 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
     public virtual int RowsMax => 0;
 
     /// <summary>Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/> (quantized matrices quantize them).</summary>
-    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows) { }
+    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows, RowScratch scratch) { }
+
+    /// <summary>Uses the rows <paramref name="other"/> prepared from the same input, when it prepares them the same way.</summary>
+    public virtual bool TryShareRows(CpuMatrix other) => false;
 
     /// <summary>Bytes of one weight row as stored (sizes the L1 blocks of <see cref="GemvRows"/>).</summary>
     protected long RowBytes => Math.Max(1, ByteSize / Math.Max(1, Rows));

@@ -39,6 +39,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     }
 
     private readonly int[][] _starts = [[], [], []];
+    private readonly RowScratch[] _rowScratch = [new(), new(), new()]; // the prepared rows of each target
 
     private readonly Target[] _t = new Target[3];
     private readonly float[][] _scratch;
@@ -143,7 +144,8 @@ internal sealed unsafe class MatMulJob : IParallelJob
         for (int i = 0; i < prepared; i++)
             if (i == 0 || !_t[i].W.TryShareGemv(_t[0].W)) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
         if (_quantRows)
-            for (int i = 0; i < (_swiGlu ? 2 : _count); i++) _t[i].W.PrepareRows(_x.AsSpan(0, _rows * _t[i].W.Cols), _rows);
+            for (int i = 0; i < (_swiGlu ? 2 : _count); i++)
+                if (i == 0 || !_t[i].W.TryShareRows(_t[0].W)) _t[i].W.PrepareRows(_x.AsSpan(0, _rows * _t[i].W.Cols), _rows, _rowScratch[i]);
         _rowsPadded = 0;
         if (Wide && _rows >= MinTransposedRows && !_quantRows)
         {

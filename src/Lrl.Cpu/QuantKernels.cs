@@ -9,7 +9,7 @@ namespace Lrl.Cpu;
 /// Quantized matrix-vector inner loops. Every kernel computes y[o − rowStart] = Σ_j (q[o, j] − z)·s[o, j / group]·x[j]
 /// for stored column order; <see cref="GemvScalar"/> is the plain reference the SIMD ones are tested against.
 /// </summary>
-internal static unsafe class QuantKernels
+internal static unsafe partial class QuantKernels
 {
     public static QuantKernel Best =>
         IsSupported(QuantKernel.Vnni) ? QuantKernel.Vnni : IsSupported(QuantKernel.Avx2Int) ? QuantKernel.Avx2Int : QuantKernel.Scalar;
@@ -315,37 +315,52 @@ internal static unsafe class QuantKernels
             : TDot.Acc(acc, Avx2.Abs(w), Avx2.Sign(Vector256.Load(x), w));
 
     /// <summary>
-    /// Σ over the row's full 32-column chunks of int8 codes · int8 activations, each 128-column step (one activation
-    /// scale) as two integer chains of two, one convert and one FMA; the row's own scale is the caller's. A lean method
-    /// of its own: written inline in the row loop, its pointers were spilled to the stack.
+    /// Σ over the row's full 32-column chunks of int8 codes · int8 activations in the channel order (see
+    /// <see cref="ChannelStep"/>): each 128-column step's integer dot (two chains of two) converted once and scaled by
+    /// its activation scale into one accumulator, a last partial step (1-3 chunks) likewise, then <see cref="HSum"/>.
+    /// The row's own scale is the caller's. A lean method of its own: written inline in the row loop, its pointers
+    /// were spilled to the stack.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static float Int8ChannelRow<TDot>(sbyte* wp, sbyte* xp, float* d, int chunks) where TDot : struct, IDot
     {
-        Vector256<float> a0 = default, a1 = default;
+        Vector256<float> a = default;
         int k = 0;
-        for (; k + 8 <= chunks; k += 8, wp += 256, xp += 256)
+        for (; k + 4 <= chunks; k += 4, wp += 128, xp += 128)
         {
             Simd.PrefetchStream(wp);
             Simd.PrefetchStream(wp + 64);
-            Simd.PrefetchStream(wp + 128);
-            Simd.PrefetchStream(wp + 192);
             var i0 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp), xp), Vector256.Load(wp + 32), xp + 32);
             var i1 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 64), xp + 64), Vector256.Load(wp + 96), xp + 96);
-            var i2 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 128), xp + 128), Vector256.Load(wp + 160), xp + 160);
-            var i3 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp + 192), xp + 192), Vector256.Load(wp + 224), xp + 224);
-            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[k]), a0);
-            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2 + i3), Vector256.Create(d[k + 4]), a1);
-        }
-        for (; k + 2 <= chunks; k += 2, wp += 64, xp += 64)
-        {
-            // 64 columns: both halves share an activation scale (activation blocks are 128 columns, chunks of 32 even).
-            var i0 = AccS8<TDot>(DotS8<TDot>(Vector256.Load(wp), xp), Vector256.Load(wp + 32), xp + 32);
-            a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[k]), a0);
+            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[k]), a);
         }
         if (k < chunks)
-            a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotS8<TDot>(Vector256.Load(wp), xp)), Vector256.Create(d[k]), a1);
-        return Vector256.Sum(a0 + a1);
+        {
+            var i = DotS8<TDot>(Vector256.Load(wp), xp);
+            for (int j = 1; j < chunks - k; j++) i = AccS8<TDot>(i, Vector256.Load(wp + 32 * j), xp + 32 * j);
+            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(d[k]), a);
+        }
+        return HSum(a);
+    }
+
+    /// <summary>
+    /// The horizontal sum every per-channel integer kernel ends with, ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)): the
+    /// order <see cref="HSum4"/> gives four rows at once, so a tile of rows and the one-row GEMV agree bit for bit.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float HSum(Vector256<float> v)
+    {
+        var h = Avx.HorizontalAdd(v, v);
+        h = Avx.HorizontalAdd(h, h);
+        return h.GetLower().ToScalar() + h.GetUpper().ToScalar();
+    }
+
+    /// <summary>[HSum(a), HSum(b), HSum(c), HSum(e)] with three horizontal adds and one add.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> HSum4(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> e)
+    {
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a, b), Avx.HorizontalAdd(c, e));
+        return h.GetLower() + h.GetUpper();
     }
 
     /// <summary>Σ over the row's full 32-column chunks, chunk k scaled by d[k]·sc[k &gt;&gt; groupShift] (groups of 32·2^groupShift).</summary>
@@ -412,43 +427,44 @@ internal static unsafe class QuantKernels
                     }
                     if (c < n)
                     {
-                        // A last 64-column block: its two halves may belong to different activation scales.
+                        // A last 64-column block: a partial step, one convert and one FMA (the channel order).
                         var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
-                        var d0 = Vector256.Create(dp[0]); var d1 = Vector256.Create(dp[1]);
+                        var d0 = Vector256.Create(dp[0]);
                         var v = Vector256.Load(p0); var u = Vector256.Load(p1);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, x0)), d0, a);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d1, a);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(u & mask, x0)), d0, b);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d1, b);
+                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d0, a);
+                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Acc(TDot.Dot(u & mask, x0), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d0, b);
                     }
                     float s0 = channelScales[o], s1 = channelScales[o + 1];
                     float z0 = q.Zeros == null ? z : q.Zeros[o], z1 = q.Zeros == null ? z : q.Zeros[o + 1];
-                    y[o - rowStart] = s0 * (Vector256.Sum(a) - z0 * gbs[0]);
-                    y[o + 1 - rowStart] = s1 * (Vector256.Sum(b) - z1 * gbs[0]);
+                    y[o - rowStart] = s0 * (HSum(a) - z0 * gbs[0]);
+                    y[o + 1 - rowStart] = s1 * (HSum(b) - z1 * gbs[0]);
                 }
             }
             for (; o < rowEnd; o++)
             {
                 byte* w = q.Codes + (long)o * (n / 2);
-                // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
-                float corr;
+                float sum;
                 if (channelScales != null)
                 {
+                    // One scale per row: the channel order (ChannelStep), as the paired rows above and the tiles.
                     sc[0] = channelScales[o];
-                    corr = (q.Zeros == null ? 8 : q.Zeros[o]) * sc[0] * gbs[0];
+                    sum = sc[0] * (Int4ChannelRow<TDot>(w, xq, d, blocks) - (q.Zeros == null ? 8 : q.Zeros[o]) * gbs[0]);
+                    int t = blocks * 64;
+                    for (; t < n; t++) sum += q.Code(o, t) * sc[0] * x[t];
+                    y[o - rowStart] = sum;
+                    continue;
                 }
-                else corr = RowScales(q, o, sc, gbs);
+                // Σ_g z_g·s_g·(d·Σxq over the full blocks of group g): the zero-point term, once per row.
+                float corr = RowScales(q, o, sc, gbs);
                 float grouped;
-                if (q.Groups == 1 || q.GroupSize >= QuantKernels.ActivationBlock)
+                if (q.GroupSize >= QuantKernels.ActivationBlock)
                 {
-                    // Per-channel rows and groups of 128 or more: one weight scale and one activation scale per
-                    // 128-column step, so four integer dots are summed before one convert and one FMA (half the
-                    // multiply-port work of scaling every 32 columns).
+                    // Groups of 128 or more: one weight scale and one activation scale per 128-column step, so four
+                    // integer dots are summed before one convert and one FMA (half the multiply-port work of scaling
+                    // every 32 columns).
                     // In a lean method of its own: inline here, the accumulators and the mask lived on the stack
                     // (the row loop's register pressure), a store-forwarding round trip on every step.
-                    grouped = q.Groups == 1
-                        ? sc[0] * WideRow<TDot, RowScale>(w, xq, d, sc, 31, blocks)
-                        : WideRow<TDot, GroupScale>(w, xq, d, sc, shift - 7, blocks);
+                    grouped = WideRow<TDot, GroupScale>(w, xq, d, sc, shift - 7, blocks);
                 }
                 else
                 {
@@ -457,7 +473,7 @@ internal static unsafe class QuantKernels
                     // pressure spilled its pointers to the stack every step: 7-9 GB/s hot against 15-26 per-channel).
                     grouped = GroupedRow<TDot>(w, xq, d, sc, shift - 5, cs, blocks);
                 }
-                float sum = grouped - corr;
+                sum = grouped - corr;
                 int c = blocks * 64;
                 // The tail (a short last block) runs in f32 against the unquantized x, its zero term included.
                 for (; c < n; c++) sum += q.Code(o, c) * sc[c >> shift] * x[c];
@@ -466,112 +482,10 @@ internal static unsafe class QuantKernels
         }
     }
 
-    /// <summary>
-    /// Whether <see cref="Int4ChannelPairs4"/> serves a matrix: per-channel int4 rows, a multiple of 64 columns long and
-    /// short enough that the GEMV takes them two at a time (the float arithmetic it mirrors).
-    /// </summary>
-    public static bool PairsEligible(QuantizedTensor q, float[]? channelScales) =>
-        q.Bits == 4 && channelScales != null && q.ColumnOrder == null && q.Cols % 64 == 0 && q.Cols <= PairedRowsMaxCols;
-
-    public static void Int4ChannelPairs4(QuantizedTensor q, QuantScratch[] xs, int m0, float[] channelScales, Span<float> y, int outF,
-                                         int rowStart, int rowEnd, bool vnni)
-    {
-        if (vnni) Int4ChannelPairs4<VnniDot>(q, xs, m0, channelScales, y, outF, rowStart, rowEnd);
-        else Int4ChannelPairs4<Avx2Dot>(q, xs, m0, channelScales, y, outF, rowStart, rowEnd);
-    }
-
-    /// <summary>
-    /// Four activation rows (m0 .. m0+3) against weight rows [rowStart, rowEnd) taken two at a time (an even count):
-    /// each step's 128 columns of both weight rows are loaded and unpacked once and used for all four activation rows,
-    /// and every (weight row, activation row) result goes through exactly the float operations of the GEMV's paired
-    /// rows (one accumulator, one FMA per step with the step's activation scale, the same tail), so a batched product
-    /// equals each row's GEMV bit for bit. y is [rows, outF].
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Int4ChannelPairs4<TDot>(QuantizedTensor q, QuantScratch[] xs, int m0, float[] channelScales, Span<float> y, int outF,
-                                                int rowStart, int rowEnd) where TDot : struct, IDot
-    {
-        int n = q.Cols;
-        var mask = Vector256.Create((byte)0x0F);
-        QuantScratch sa = xs[m0], sb = xs[m0 + 1], sc = xs[m0 + 2], se = xs[m0 + 3];
-        fixed (sbyte* xa0 = sa.Xq) fixed (sbyte* xb0 = sb.Xq) fixed (sbyte* xc0 = sc.Xq) fixed (sbyte* xe0 = se.Xq)
-        fixed (float* da = sa.D) fixed (float* db = sb.D) fixed (float* dc = sc.D) fixed (float* de = se.D)
-        {
-            for (int o = rowStart; o + 2 <= rowEnd; o += 2)
-            {
-                byte* p0 = q.Codes + (long)o * (n / 2), p1 = p0 + n / 2;
-                Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default, c0 = default, c1 = default, e0 = default, e1 = default;
-                int c = 0;
-                for (; c + 128 <= n; c += 128, p0 += 64, p1 += 64)
-                {
-                    var v = Vector256.Load(p0); var u = Vector256.Load(p0 + 32);
-                    var w00 = v & mask; var w01 = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
-                    var w02 = u & mask; var w03 = Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask;
-                    v = Vector256.Load(p1); u = Vector256.Load(p1 + 32);
-                    var w10 = v & mask; var w11 = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
-                    var w12 = u & mask; var w13 = Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask;
-                    int k = c >> 5;
-                    Step(xa0 + c, da[k], w00, w01, w02, w03, w10, w11, w12, w13, ref a0, ref a1);
-                    Step(xb0 + c, db[k], w00, w01, w02, w03, w10, w11, w12, w13, ref b0, ref b1);
-                    Step(xc0 + c, dc[k], w00, w01, w02, w03, w10, w11, w12, w13, ref c0, ref c1);
-                    Step(xe0 + c, de[k], w00, w01, w02, w03, w10, w11, w12, w13, ref e0, ref e1);
-                }
-                if (c < n)
-                {
-                    // A last 64-column block: its two halves scaled separately, as the GEMV does.
-                    var v = Vector256.Load(p0); var u = Vector256.Load(p1);
-                    int k = c >> 5;
-                    Tail(xa0 + c, da[k], da[k + 1], v, u, ref a0, ref a1);
-                    Tail(xb0 + c, db[k], db[k + 1], v, u, ref b0, ref b1);
-                    Tail(xc0 + c, dc[k], dc[k + 1], v, u, ref c0, ref c1);
-                    Tail(xe0 + c, de[k], de[k + 1], v, u, ref e0, ref e1);
-                }
-                float s0 = channelScales[o], s1 = channelScales[o + 1];
-                float z0 = q.Zeros == null ? 8 : q.Zeros[o], z1 = q.Zeros == null ? 8 : q.Zeros[o + 1];
-                float g;
-                g = sa.GroupBSum[0]; y[m0 * outF + o] = s0 * (Vector256.Sum(a0) - z0 * g); y[m0 * outF + o + 1] = s1 * (Vector256.Sum(a1) - z1 * g);
-                g = sb.GroupBSum[0]; y[(m0 + 1) * outF + o] = s0 * (Vector256.Sum(b0) - z0 * g); y[(m0 + 1) * outF + o + 1] = s1 * (Vector256.Sum(b1) - z1 * g);
-                g = sc.GroupBSum[0]; y[(m0 + 2) * outF + o] = s0 * (Vector256.Sum(c0) - z0 * g); y[(m0 + 2) * outF + o + 1] = s1 * (Vector256.Sum(c1) - z1 * g);
-                g = se.GroupBSum[0]; y[(m0 + 3) * outF + o] = s0 * (Vector256.Sum(e0) - z0 * g); y[(m0 + 3) * outF + o + 1] = s1 * (Vector256.Sum(e1) - z1 * g);
-            }
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        static void Step(sbyte* x, float d, Vector256<byte> w00, Vector256<byte> w01, Vector256<byte> w02, Vector256<byte> w03,
-                         Vector256<byte> w10, Vector256<byte> w11, Vector256<byte> w12, Vector256<byte> w13, ref Vector256<float> r0, ref Vector256<float> r1)
-        {
-            var x0 = Vector256.Load(x); var x1 = Vector256.Load(x + 32); var x2 = Vector256.Load(x + 64); var x3 = Vector256.Load(x + 96);
-            var i0 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(w00, x0), w01, x1), w02, x2), w03, x3);
-            var i1 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(w10, x0), w11, x1), w12, x2), w13, x3);
-            var dv = Vector256.Create(d);
-            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), dv, r0);
-            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), dv, r1);
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        static void Tail(sbyte* x, float d0s, float d1s, Vector256<byte> v, Vector256<byte> u, ref Vector256<float> r0, ref Vector256<float> r1)
-        {
-            var mask = Vector256.Create((byte)0x0F);
-            var x0 = Vector256.Load(x); var x1 = Vector256.Load(x + 32);
-            var d0 = Vector256.Create(d0s); var d1 = Vector256.Create(d1s);
-            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(v & mask, x0)), d0, r0);
-            r0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d1, r0);
-            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(u & mask, x0)), d0, r1);
-            r1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot(Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d1, r1);
-        }
-    }
-
     /// <summary>The scale of 128-column step k: activation scale d[4k], times the weight group's scale where groups vary.</summary>
     private interface IStepScale
     {
         static abstract Vector256<float> Of(float* d, float* sc, int k, int stepShift);
-    }
-
-    /// <summary>One weight scale for the row, applied by the caller: the step's FMA takes d[4k] as a broadcast operand.</summary>
-    private readonly struct RowScale : IStepScale
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Of(float* d, float* sc, int k, int stepShift) => Vector256.Create(d[4 * k]);
     }
 
     private readonly struct GroupScale : IStepScale

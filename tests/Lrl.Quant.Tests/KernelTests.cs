@@ -121,7 +121,7 @@ public class KernelTests
                 var y = new float[n * rows];
                 b.Download(yb, 0, y);
                 // The CPU backend runs up to 32 rows through the integer decode kernels (int8 activations).
-                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: b == cpu && n <= 32);
+                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: b == cpu && n <= ((CpuMatrix)wc).RowsMax);
             }
         }
     }
@@ -139,6 +139,9 @@ public class KernelTests
     [InlineData(4, 40, 1536, 32, true)]
     [InlineData(4, 97, 1536, 1536, true)]   // per-channel zero points, an odd last weight row
     [InlineData(4, 66, 640, 640, false)]    // a 64-column tail after the 128-column steps
+    [InlineData(8, 34, 600, 600, false)]    // per-channel int8 with a 24-column f32 tail and a 64-column partial step
+    [InlineData(4, 51, 2048, 2048, true)]   // rows too long to pair in the GEMV, per-channel zero points
+    [InlineData(4, 30, 1600, 1600, false)]  // a 64-column partial step and 1600 % 128 = 64
     public void FewRowsEqualEachRowAlone(int bits, int outF, int cols, int group, bool zeros)
     {
         var rng = new Random(bits * 77 + outF + cols + group);
@@ -147,8 +150,12 @@ public class KernelTests
         using var cpu = new CpuBackend(2);
         var w = cpu.LoadQuantized(q);
         var w2 = cpu.LoadQuantized(q2);
-        foreach (int n in new[] { 2, 3, 7, 16, 31, 32, 33 })
+        // Every kernel the machine has, forced: the integer tiles exist for VNNI and AVX2 (4-bit), and each must agree
+        // with its own GEMV; the scalar and f32 kernels run rows through their GEMV.
+        foreach (var k in Kernels())
+        foreach (int n in new[] { 2, 3, 4, 7, 16, 31, 32, 33, 70 })
         {
+            ((QuantMatrix)w).Kernel = k; ((QuantMatrix)w2).Kernel = k;
             var x = TestUtil.RandomVector(rng, n * cols);
             var xb = cpu.Allocate(n * cols); cpu.Upload(x, xb);
             var y = cpu.Allocate(n * outF); var y2 = cpu.Allocate(n * outF);
@@ -164,11 +171,11 @@ public class KernelTests
                 cpu.Upload(x.AsSpan(r * cols, cols), one);
                 cpu.MatMul(one, w, y1, 1);
                 cpu.Download(y1, 0, row);
-                if (n <= 32) Assert.True(row.AsSpan().SequenceEqual(all.AsSpan(r * outF, outF)), $"{q.Format} n={n} row {r}: the many-row product differs from the row's GEMV");
+                if (n <= ((CpuMatrix)w).RowsMax) Assert.True(row.AsSpan().SequenceEqual(all.AsSpan(r * outF, outF)), $"{q.Format} {k} n={n} row {r}: the many-row product differs from the row's GEMV");
                 else Assert.True(TestUtil.RelErr(all.AsSpan(r * outF, outF), row) < 2e-2, $"n={n} row {r}");
                 cpu.GateUpSwiGlu(one, 1, w, w2, y1, y1b);
                 cpu.Download(y1, 0, row);
-                if (n <= 32) Assert.True(row.AsSpan().SequenceEqual(all2.AsSpan(r * outF, outF)), $"{q.Format} n={n} row {r}: fused gate/up differs from the row's");
+                if (n <= ((CpuMatrix)w).RowsMax) Assert.True(row.AsSpan().SequenceEqual(all2.AsSpan(r * outF, outF)), $"{q.Format} {k} n={n} row {r}: fused gate/up differs from the row's");
             }
         }
     }

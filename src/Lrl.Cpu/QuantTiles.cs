@@ -1,0 +1,210 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Lrl.Cpu;
+
+/// <summary>
+/// Register-blocked integer products for many activation rows against per-channel quantized matrices (one scale per
+/// weight row: lrlrun's Q4_GC/Q8_GC, the presets' layout): the products of a batched decode step, speculative
+/// verification and prefill.
+///
+/// <para>The channel order. Every per-channel integer kernel (the one-row GEMVs <see cref="Int8ChannelRow{TDot}"/>,
+/// <see cref="Int4ChannelRow{TDot}"/>, the paired rows of <see cref="GemvInt4{TDot}"/>, and these tiles) computes a
+/// result (weight row o, activation row m) by the same float operations: one accumulator; per 128-column step (one
+/// activation scale d) a = fma(float(I), d, a) where I is the step's exact int32 lane sums; a last partial step (32-96
+/// columns) likewise; y = s_o · (<see cref="HSum"/>(a) − z_o · g_m) with g_m = d·Σxq (the zero-point term); columns
+/// past the integer part in f32. Integer sums are exact in any grouping, so a tile that reads each weight chunk once for
+/// four activation rows gives each row exactly its GEMV's bits: a sequence's output never depends on what it is batched
+/// with.</para>
+///
+/// <para>The tile. A block of weight rows (about 24 KB once unpacked, L1) is unpacked once to unsigned bytes (int4:
+/// nibbles 0..15; int8: code + 128, VNNI only) and then applied to four activation rows at a time, two weight rows per
+/// pass: per 32 columns two weight loads feed eight <c>vpdpbusd</c> (the activations as memory operands), per 128
+/// columns eight converts and eight FMAs; the epilogue reduces four rows at once (<see cref="HSum4"/>). The unpack is
+/// paid once per block instead of once per activation row.</para>
+/// </summary>
+internal static unsafe partial class QuantKernels
+{
+    /// <summary>Whether <see cref="ChannelTiles"/> serves a matrix (int8 codes need VNNI: biased codes would saturate pmaddubsw).</summary>
+    public static bool TilesServe(QuantizedTensor q, float[]? channelScales, bool vnni) =>
+        channelScales != null && (q.Bits == 4 ? q.Cols >= 64 : vnni && q.Cols >= 32);
+
+    /// <summary>Columns the integer kernels cover: full 64-column blocks (4-bit) or 32-column chunks (8-bit).</summary>
+    private static int IntegerCols(QuantizedTensor q) => q.Bits == 4 ? q.Cols / 64 * 64 : q.Cols / 32 * 32;
+
+    /// <summary>Weight rows per tile block: about 24 KB of unpacked codes, even, 2 to 64.</summary>
+    public static int TileBlockRows(QuantizedTensor q) => Math.Clamp(24576 / Math.Max(32, IntegerCols(q)), 2, 64) & ~1;
+
+    [ThreadStatic] private static byte[]? _unpackStore;
+    [ThreadStatic] private static nint _unpack;
+
+    private static byte* UnpackBuffer(int bytes)
+    {
+        if (_unpackStore == null || _unpackStore.Length < bytes + 64)
+        {
+            _unpackStore = GC.AllocateArray<byte>(bytes + 64, pinned: true);
+            fixed (byte* p = _unpackStore) _unpack = ((nint)p + 63) & ~(nint)63;
+        }
+        return (byte*)_unpack;
+    }
+
+    /// <summary>
+    /// y[m, o] for activation rows m &lt; <paramref name="rows"/> (a multiple of 4, prepared in <paramref name="xs"/>) and an
+    /// even number of weight rows [rowStart, rowEnd); y is [rows, outF].
+    /// </summary>
+    public static void ChannelTiles(QuantizedTensor q, QuantScratch[] xs, int rows, float[] channelScales, Span<float> y, int outF,
+                                    int rowStart, int rowEnd, bool vnni)
+    {
+        if (vnni) ChannelTiles<VnniDot>(q, xs, rows, channelScales, y, outF, rowStart, rowEnd);
+        else ChannelTiles<Avx2Dot>(q, xs, rows, channelScales, y, outF, rowStart, rowEnd);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ChannelTiles<TDot>(QuantizedTensor q, QuantScratch[] xs, int rows, float[] channelScales, Span<float> y, int outF,
+                                           int rowStart, int rowEnd) where TDot : struct, IDot
+    {
+        int n = q.Cols, kInt = IntegerCols(q);
+        byte* buf = UnpackBuffer((rowEnd - rowStart) * kInt);
+        Unpack(q, rowStart, rowEnd, kInt, buf);
+        float zero = q.Bits == 4 ? 8 : 128;
+        fixed (float* yp = y)
+        fixed (float* scales = channelScales)
+        {
+            int pairs = (rowEnd - rowStart) / 2;
+            float* sums = stackalloc float[8 * pairs]; // per weight row: the four activation rows' HSum
+            for (int m = 0; m + 4 <= rows; m += 4)
+            {
+                QuantScratch s0 = xs[m], s1 = xs[m + 1], s2 = xs[m + 2], s3 = xs[m + 3];
+                var g = Vector128.Create(s0.GroupBSum[0], s1.GroupBSum[0], s2.GroupBSum[0], s3.GroupBSum[0]);
+                fixed (sbyte* x0 = s0.Xq) fixed (sbyte* x1 = s1.Xq) fixed (sbyte* x2 = s2.Xq) fixed (sbyte* x3 = s3.Xq)
+                    TileRun<TDot>(buf, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                float* y0 = yp + (long)m * outF, y1 = y0 + outF, y2 = y1 + outF, y3 = y2 + outF;
+                for (int o = rowStart; o < rowEnd; o += 2)
+                {
+                    // y = s·(HSum − z·g), as the GEMV computes it, for weight rows o and o + 1 and the four rows.
+                    float* r = sums + 4 * (o - rowStart);
+                    float za = q.Zeros == null ? zero : q.Zeros[o], zb = q.Zeros == null ? zero : q.Zeros[o + 1];
+                    var va = (Vector128.Load(r) - Vector128.Create(za) * g) * Vector128.Create(scales[o]);
+                    var vb = (Vector128.Load(r + 4) - Vector128.Create(zb) * g) * Vector128.Create(scales[o + 1]);
+                    var lo = Sse.UnpackLow(va, vb); var hi = Sse.UnpackHigh(va, vb);
+                    Sse.StoreLow(y0 + o, lo); Sse.StoreHigh(y1 + o, lo);
+                    Sse.StoreLow(y2 + o, hi); Sse.StoreHigh(y3 + o, hi);
+                }
+                if (kInt < n)
+                    for (int i = 0; i < 4; i++)
+                    {
+                        var xf = xs[m + i].Permuted;
+                        for (int o = rowStart; o < rowEnd; o++)
+                        {
+                            float s = scales[o], sum = yp[(long)(m + i) * outF + o];
+                            for (int t = kInt; t < n; t++) sum += q.Code(o, t) * s * xf[t];
+                            yp[(long)(m + i) * outF + o] = sum;
+                        }
+                    }
+            }
+        }
+    }
+
+    /// <summary>Weight rows [r0, r1) as unsigned bytes, <paramref name="kInt"/> per row in stored column order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Unpack(QuantizedTensor q, int r0, int r1, int kInt, byte* dst)
+    {
+        var mask = Vector256.Create((byte)0x0F);
+        var flip = Vector256.Create((byte)0x80);
+        for (int o = r0; o < r1; o++, dst += kInt)
+        {
+            if (q.Bits == 4)
+            {
+                byte* src = q.Codes + (long)o * (q.Cols / 2);
+                for (int c = 0; c < kInt; c += 64)
+                {
+                    var v = Vector256.Load(src + c / 2);
+                    (v & mask).Store(dst + c);
+                    (Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask).Store(dst + c + 32);
+                }
+            }
+            else
+            {
+                byte* src = q.Codes + (long)o * q.Cols;
+                for (int c = 0; c < kInt; c += 32) (Vector256.Load(src + c) ^ flip).Store(dst + c);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Four activation rows × two unpacked weight rows (w0, w0 + ldw) over <paramref name="kInt"/> columns in the
+    /// channel order; r0/r1: the four rows' HSum for weight rows 0 and 1.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void TileRun<TDot>(byte* w, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1, float* d2, float* d3,
+                                      float* sums) where TDot : struct, IDot
+    {
+        for (int p = 0; p < pairs; p++, w += 2 * kInt, sums += 8)
+        {
+            Tile42<TDot>(w, kInt, x0, x1, x2, x3, d0, d1, d2, d3, out var r0, out var r1);
+            r0.Store(sums);
+            r1.Store(sums + 4);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile42<TDot>(byte* w0, int kInt, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1, float* d2, float* d3,
+                                     out Vector128<float> r0, out Vector128<float> r1) where TDot : struct, IDot
+    {
+        byte* w1 = w0 + kInt;
+        Vector256<float> f00 = default, f01 = default, f10 = default, f11 = default, f20 = default, f21 = default, f30 = default, f31 = default;
+        int c = 0;
+        while (c < kInt)
+        {
+            int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
+            Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
+            for (; c < end; c += 32)
+            {
+                var a = Vector256.Load(w0 + c); var b = Vector256.Load(w1 + c);
+                var x = Vector256.Load(x0 + c); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
+                x = Vector256.Load(x1 + c); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
+                x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
+                x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+            }
+            var dv = Vector256.Create(d0[k]);
+            f00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i00), dv, f00); f01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i01), dv, f01);
+            dv = Vector256.Create(d1[k]);
+            f10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i10), dv, f10); f11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i11), dv, f11);
+            dv = Vector256.Create(d2[k]);
+            f20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i20), dv, f20); f21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i21), dv, f21);
+            dv = Vector256.Create(d3[k]);
+            f30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i30), dv, f30); f31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i31), dv, f31);
+        }
+        r0 = HSum4(f00, f10, f20, f30);
+        r1 = HSum4(f01, f11, f21, f31);
+    }
+
+    /// <summary>
+    /// Σ over <paramref name="blocks"/> 64-column int4 blocks of codes · int8 activations for a per-channel row, in the
+    /// channel order (the row's scale and zero point are the caller's).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float Int4ChannelRow<TDot>(byte* wp, sbyte* xp, float* d, int blocks) where TDot : struct, IDot
+    {
+        var mask = Vector256.Create((byte)0x0F);
+        Vector256<float> a = default;
+        int k = 0;
+        for (; k + 2 <= blocks; k += 2, wp += 64, xp += 128, d += 4)
+        {
+            Simd.PrefetchStream(wp);
+            var v = Vector256.Load(wp); var u = Vector256.Load(wp + 32);
+            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+            var i1 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[0]), a);
+        }
+        if (k < blocks)
+        {
+            var v = Vector256.Load(wp);
+            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[0]), a);
+        }
+        return HSum(a);
+    }
+}
