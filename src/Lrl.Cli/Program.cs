@@ -27,7 +27,7 @@ namespace Lrl.Cli
         public static readonly Type[] Verbs =
         [
             typeof(GenerateVerb), typeof(ChatVerb), typeof(ServeVerb), typeof(TokenizeVerb), typeof(InfoVerb), typeof(BenchVerb),
-            typeof(QuantizeVerb), typeof(MergeLoraVerb), typeof(PerplexityVerb), typeof(PullVerb), typeof(SynthVerb),
+            typeof(QuantizeVerb), typeof(MergeLoraVerb), typeof(PerplexityVerb), typeof(PullVerb), typeof(SynthVerb), typeof(HeadsVerb),
         ];
 
         public static string Version =>
@@ -55,6 +55,7 @@ namespace Lrl.Cli
             SynthVerb v => v.Run(),
             QuantizeVerb v => v.Run(),
             MergeLoraVerb v => v.Run(),
+            HeadsVerb v => v.Run(),
             PerplexityVerb v => v.Run(),
             ServeVerb v => v.Run(),
             PullVerb v => v.Run(),

@@ -15,6 +15,30 @@ internal sealed class LogitsHead : IDisposable
     private DeviceBuffer? _gathered;        // [batch, hidden] rows of a batched step that want logits (made on first use)
     private readonly int _batch;
     private int _count;
+    private float[] _captured = []; // host copies of the hidden rows behind the last pass's logits rows
+
+    /// <summary>
+    /// While &gt; 0, every pass also keeps the final hidden row behind each logits row it writes, on the host
+    /// (<see cref="CapturedRow"/>): draft heads start from it. A count, so overlapping users each hold it.
+    /// </summary>
+    public int Capture;
+
+    public int HiddenSize => _hidden;
+    public int Capacity => _batch;
+    public Weight Weight => _head;
+
+    /// <summary>The hidden row behind logits row <paramref name="logitsRow"/> of the last pass (with <see cref="Capture"/> on).</summary>
+    public ReadOnlySpan<float> CapturedRow(int logitsRow) =>
+        (long)(logitsRow + 1) * _hidden <= _captured.Length ? _captured.AsSpan(logitsRow * _hidden, _hidden)
+        : throw new InvalidOperationException($"no hidden row was kept for logits row {logitsRow}");
+
+    private void Keep(DeviceBuffer hidden, long sourceRow, int rows, int at)
+    {
+        if (Capture <= 0) return;
+        long need = (long)(at + rows) * _hidden;
+        if (_captured.Length < need) Array.Resize(ref _captured, (int)Math.Max(need, 2L * _captured.Length));
+        _b.Download(hidden, sourceRow * _hidden, _captured.AsSpan(at * _hidden, rows * _hidden));
+    }
 
     public LogitsHead(IBackend backend, Weight head, int hidden, int vocab, int batch)
     {
@@ -43,12 +67,14 @@ internal sealed class LogitsHead : IDisposable
     {
         if (all)
         {
+            Keep(hidden, 0, rows, done);
             _b.MatMul(hidden, _head, _logits, rows);
             _b.Download(_logits, 0, logits.Slice(done * _vocab, rows * _vocab));
         }
         else if (done + rows == n)
         {
             _b.Copy(hidden, (long)(rows - 1) * _hidden, _last, 0, _hidden);
+            Keep(_last, 0, 1, 0);
             _b.MatMul(_last, _head, _logits, 1);
             _b.Download(_logits, 0, logits);
         }
@@ -63,12 +89,16 @@ internal sealed class LogitsHead : IDisposable
         _count += rows;
     }
 
-    /// <summary>Runs the head over the gathered rows and writes their logits to <paramref name="logits"/> (count · vocab).</summary>
-    public int Flush(Span<float> logits)
+    /// <summary>
+    /// Runs the head over the gathered rows and writes their logits to <paramref name="logits"/> (count · vocab), the
+    /// pass's logits rows from <paramref name="at"/> (where kept hidden rows go).
+    /// </summary>
+    public int Flush(Span<float> logits, int at = 0)
     {
         int n = _count;
         if (n == 0) return 0;
         _count = 0;
+        Keep(_gathered!, 0, n, at);
         _b.MatMul(_gathered!, _head, _logits, n);
         _b.Download(_logits, 0, logits.Slice(0, n * _vocab));
         return n;

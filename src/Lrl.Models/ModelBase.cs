@@ -313,6 +313,53 @@ public abstract class ModelBase : ILanguageModel
         ForwardOwn(Own(state), tokens, startPos, logits, layers);
     }
 
+    /// <summary>Width of the final hidden rows (what draft heads read); 0 when the model has no batched pass.</summary>
+    public int HiddenSize => Head?.HiddenSize ?? 0;
+
+    /// <summary>
+    /// Keeps, from now until the returned handle is disposed, the final hidden row behind every logits row each pass
+    /// writes (<see cref="CopyCapturedHidden"/>): draft heads start from the hidden state of the last accepted token.
+    /// </summary>
+    public IDisposable CaptureHidden()
+    {
+        var head = Head ?? throw new LrlException($"{Architecture} does not expose its hidden states (draft heads need a Llama-family or GPT-2 model)");
+        lock (_gate) head.Capture++;
+        return new CaptureHandle(() => { lock (_gate) head.Capture--; });
+    }
+
+    private sealed class CaptureHandle(Action release) : IDisposable
+    {
+        private Action? _release = release;
+        public void Dispose() => Interlocked.Exchange(ref _release, null)?.Invoke();
+    }
+
+    /// <summary>The final hidden row behind logits row <paramref name="logitsRow"/> of the last pass (while captured).</summary>
+    public void CopyCapturedHidden(int logitsRow, Span<float> destination)
+    {
+        lock (_gate) Head!.CapturedRow(logitsRow).CopyTo(destination);
+    }
+
+    /// <summary>
+    /// Logits of every draft head for one hidden row: <paramref name="logits"/> holds heads.Count rows of the
+    /// vocabulary. Heads sharing the model's output projection run it once over all their rows.
+    /// </summary>
+    public void RunDraftHeads(DraftHeads heads, ReadOnlySpan<float> hidden, Span<float> logits)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var head = Head ?? throw new LrlException($"{Architecture} cannot run draft heads");
+            Backend.Enter();
+            int keep = head.Capture;
+            head.Capture = 0; // the heads' own rows must not replace the pass's kept hidden rows
+            try { heads.Run(Backend, head, hidden, logits); }
+            finally { head.Capture = keep; }
+        }
+    }
+
+    /// <summary>The output projection's weights (draft-head training reads them).</summary>
+    public Weight OutputWeight => Head?.Weight ?? throw new LrlException($"{Architecture} has no output projection to share");
+
     /// <summary>Layers the current pass runs (an early-exit draft sets it below <see cref="LayerCount"/>).</summary>
     private protected int LayerLimit { get; private set; } = int.MaxValue;
 
@@ -388,7 +435,7 @@ public abstract class ModelBase : ILanguageModel
                 else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) head.Gather(hidden, b - 1 - c0, 1);
                 if (b < x.Row0 + x.Rows) break; // the run goes on in the next chunk
             }
-            logitsAt += head.Flush(logits.Slice(logitsAt * VocabSize));
+            logitsAt += head.Flush(logits.Slice(logitsAt * VocabSize), logitsAt);
         }
     }
 

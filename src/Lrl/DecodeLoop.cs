@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Lrl.Models;
 
 namespace Lrl;
 
@@ -59,6 +60,8 @@ internal sealed class DecodeLoop : IDisposable
         public int[] RunTokens { get; } = new int[draftTokens + 1];
         public int DraftCount;
         public List<int> Context { get; } = draft is null ? [] : new List<int>(256);
+        /// <summary>Draft heads: the hidden row handed to the draft source after each step.</summary>
+        public float[]? Hidden { get; set; }
         public Channel<GeneratedToken> Output { get; } = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         /// <summary>Set by the reader when it stops reading (disposed enumerator): the loop drops the job.</summary>
         public volatile bool Abandoned;
@@ -171,6 +174,7 @@ internal sealed class DecodeLoop : IDisposable
             {
                 int v = _model.VocabSize;
                 _emit.Clear();
+                long accepted = g.Stats.AcceptedTokens;
                 if (j.Decoding && j.Draft is not null)
                 {
                     g.NextRan();
@@ -180,6 +184,13 @@ internal sealed class DecodeLoop : IDisposable
                 {
                     if (j.Decoding) g.NextRan();
                     j.Decoding = g.Accept(_logits.AsSpan(j.LogitsRow * v, v), _emit);
+                }
+                if (j.Decoding && j.Draft is { WantsHidden: true } heads && _model is ModelBase mb)
+                {
+                    // Draft heads start from the hidden row the pending token was sampled from.
+                    var hidden = j.Hidden ??= new float[mb.HiddenSize];
+                    mb.CopyCapturedHidden(j.LogitsRow + (int)(g.Stats.AcceptedTokens - accepted), hidden);
+                    heads.Observe(hidden);
                 }
                 foreach (var t in _emit) j.Output.Writer.TryWrite(t);
             }

@@ -68,14 +68,17 @@ public sealed record GenerationOptions
     public int DraftLayers { get; init; }
     /// <summary>Draft model: a smaller model with the same tokenizer (<see cref="SpeculativeMethod.Draft"/>).</summary>
     public LrlModel? DraftModel { get; init; }
+    /// <summary>Draft heads trained for the model (<see cref="SpeculativeMethod.Heads"/>, <see cref="DraftHeads.Load"/>).</summary>
+    public Lrl.Models.DraftHeads? DraftHeads { get; init; }
 
     public void Validate()
     {
         if (MaxTokens < 0) throw new LrlException($"--max-tokens must be ≥ 0, got {MaxTokens}");
-        if (Speculative is < SpeculativeMethod.None or > SpeculativeMethod.Draft) throw new LrlException($"unknown speculative method {Speculative}");
+        if (Speculative is < SpeculativeMethod.None or > SpeculativeMethod.Heads) throw new LrlException($"unknown speculative method {Speculative}");
         if (Speculative != SpeculativeMethod.None && DraftTokens is < 1 or > 64) throw new LrlException($"--draft-tokens must be in 1..64, got {DraftTokens}");
         if (DraftLayers < 0) throw new LrlException($"--draft-layers must be ≥ 0, got {DraftLayers}");
         if (Speculative == SpeculativeMethod.Draft && DraftModel is null) throw new LrlException("--speculative draft needs --draft-model DIR");
+        if (Speculative == SpeculativeMethod.Heads && DraftHeads is null) throw new LrlException("--speculative heads needs --heads DIR");
         Sampling.Validate();
     }
 }
@@ -91,6 +94,8 @@ public enum SpeculativeMethod
     EarlyExit,
     /// <summary>A smaller model with the same tokenizer (<see cref="GenerationOptions.DraftModel"/>).</summary>
     Draft,
+    /// <summary>Medusa-style draft heads on the model's last hidden state (<see cref="GenerationOptions.DraftHeads"/>).</summary>
+    Heads,
 }
 
 /// <summary>Why generation ended.</summary>

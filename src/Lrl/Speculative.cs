@@ -11,6 +11,58 @@ internal interface IDraftSource : IDisposable
     /// sequence so far, its last token not yet run by the model) and returns how many.
     /// </summary>
     int Propose(ReadOnlySpan<int> context, Span<int> draft);
+
+    /// <summary>Whether the source drafts from the model's final hidden state (<see cref="Observe"/> after each pass).</summary>
+    bool WantsHidden => false;
+
+    /// <summary>The final hidden row behind the pending token's logits (the row the model sampled it from).</summary>
+    void Observe(ReadOnlySpan<float> hidden) { }
+}
+
+/// <summary>
+/// Medusa-1 draft heads: from the hidden row that produced the pending token, head k proposes the token k positions
+/// after it (a chain of each head's top token). Costs the heads' small residual blocks and one pass of the output
+/// projection over K rows per step; no second model, no extra cache.
+/// </summary>
+internal sealed class HeadsDraft : IDraftSource
+{
+    private readonly ModelBase _model;
+    private readonly DraftHeads _heads;
+    private readonly IDisposable _capture;
+    private readonly float[] _hidden, _logits;
+    private bool _observed;
+
+    public HeadsDraft(ModelBase model, DraftHeads heads)
+    {
+        if (model.HiddenSize == 0) throw new LrlException($"{model.Architecture} cannot run draft heads (Llama-family and GPT-2 models can)");
+        if (heads.Hidden != model.HiddenSize || heads.Vocab != model.VocabSize)
+            throw new LrlException($"the draft heads are for hidden size {heads.Hidden} and {heads.Vocab} tokens; the model has {model.HiddenSize} and {model.VocabSize}");
+        _model = model;
+        _heads = heads;
+        _capture = model.CaptureHidden();
+        _hidden = new float[heads.Hidden];
+        _logits = new float[heads.Count * heads.Vocab];
+    }
+
+    public bool WantsHidden => true;
+
+    public void Observe(ReadOnlySpan<float> hidden)
+    {
+        hidden.CopyTo(_hidden);
+        _observed = true;
+    }
+
+    public int Propose(ReadOnlySpan<int> context, Span<int> draft)
+    {
+        if (!_observed) return 0; // the first step after a prompt run without the hidden rows kept: plain
+        _observed = false;
+        _model.RunDraftHeads(_heads, _hidden, _logits);
+        int n = Math.Min(draft.Length, _heads.Count);
+        for (int k = 0; k < n; k++) draft[k] = EarlyExitDraft.ArgMax(_logits.AsSpan(k * _heads.Vocab, _heads.Vocab));
+        return n;
+    }
+
+    public void Dispose() => _capture.Dispose();
 }
 
 /// <summary>
@@ -148,6 +200,9 @@ internal static class SpeculativeRun
                 : throw new LrlException($"--draft-layers must be below the model's {mb.LayerCount} layers, got {options.DraftLayers}"))
             : throw new LrlException($"{owner.Model.Architecture} cannot draft by early exit (Llama-family models can)"),
         SpeculativeMethod.Draft => new DraftModelSource(options.DraftModel!, owner),
+        SpeculativeMethod.Heads => owner.Model is ModelBase hb
+            ? new HeadsDraft(hb, options.DraftHeads!)
+            : throw new LrlException($"{owner.Model.Architecture} cannot run draft heads"),
         _ => throw new ArgumentOutOfRangeException(nameof(options)),
     };
 
@@ -167,6 +222,8 @@ internal static class SpeculativeRun
         var emit = new List<GeneratedToken>(2);
         g.Stats.AcceptedByDepth = new int[k];
         bool more = g.Accept(first, emit);
+        var heads = source.WantsHidden ? (ModelBase)model : null;
+        var hidden = heads is null ? [] : new float[heads.HiddenSize];
         foreach (var t in emit) yield return t;
         emit.Clear();
         while (more)
@@ -177,7 +234,14 @@ internal static class SpeculativeRun
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
             model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
             g.NextRan();
+            long accepted = g.Stats.AcceptedTokens;
             more = AcceptRows(g, rows, vocab, draft.AsSpan(0, n), emit);
+            if (more && heads is not null)
+            {
+                // The pending token came from the row after the accepted drafts: its hidden state drafts next.
+                heads.CopyCapturedHidden((int)(g.Stats.AcceptedTokens - accepted), hidden);
+                source.Observe(hidden);
+            }
             foreach (var t in emit) yield return t;
             emit.Clear();
         }

@@ -102,6 +102,9 @@ public sealed class BenchVerb
     [Option("draft-model", HelpText = "With --speculative draft: the draft model folder.")]
     public string? DraftModel { get; set; }
 
+    [Option("heads", HelpText = "With --speculative heads: the draft heads folder (`lrlrun heads train` output or Medusa's).")]
+    public string? Heads { get; set; }
+
     [Option("arch", Default = "sm_80,sm_90", HelpText = "bench ptx: CUDA architectures, comma-separated (sm_50 .. sm_90).")]
     public string Arch { get; set; } = "sm_80,sm_90";
 
@@ -168,11 +171,12 @@ public sealed class BenchVerb
         string format = model.WeightFormat;
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
-        log.WriteLine("probing the machine: read bandwidth and FMA peak ...");
+        log.WriteLine("probing the machine: read bandwidth, FMA and int8 dot peaks ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
         var probes = new List<double> { probe.Measure(5) };
         var fma = MachineProbe.FmaPeakGFlops(probeThreads);
+        var int8 = MachineProbe.Int8PeakGOps(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
         var mb = (ModelBase)model;
         var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale)).ToArray();
@@ -191,10 +195,10 @@ public sealed class BenchVerb
             if (adapters.Length > 0)
                 log.WriteLine($"with {adapters.Length} adapter(s): {string.Join(", ", adapters.Select(a => a.ToString()))}, {adapters.Sum(a => a.ByteSize) / 1e6:F1} MB read per token");
             results.AddRange(EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
-                                               new MachineLimits(probes[0], fma), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
+                                               new MachineLimits(probes[0], fma, int8), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
                                                batches: Batch.ToArray(), adapters: adapters));
         }
-        var limits = new MachineLimits(probes.Max(), fma);
+        var limits = new MachineLimits(probes.Max(), fma, int8);
         if (probes.Max() > 1.15 * probes.Min())
             log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probes on either side of its repetition");
 
@@ -277,6 +281,7 @@ public sealed class BenchVerb
         var opts = new ModelOptions { Device = ModelVerbBase.ParseDevice(DeviceName), Threads = Threads, Mmap = !NoMmap };
         using var model = LrlModel.Load(dir, opts);
         using var draft = DraftModel is null ? null : LrlModel.Load(DraftModel, opts);
+        using var heads = Heads is null ? null : Lrl.Models.DraftHeads.Load(Heads);
         var plain = new GenerationOptions { MaxTokens = n, IgnoreEos = true, Sampling = Lrl.Runtime.SamplingOptions.Greedy };
         var runs = new List<(string Name, GenerationOptions Options)> { ("plain", plain) };
         foreach (var m in Speculative!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
@@ -285,7 +290,7 @@ public sealed class BenchVerb
             if (method == SpeculativeMethod.None) continue;
             if (method == SpeculativeMethod.EarlyExit && DraftLayers.Any())
                 foreach (int l in DraftLayers) runs.Add(($"early-exit {l}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = l }));
-            else runs.Add((m, plain with { Speculative = method, DraftTokens = DraftTokens, DraftModel = draft }));
+            else runs.Add((m, plain with { Speculative = method, DraftTokens = DraftTokens, DraftModel = draft, DraftHeads = heads }));
         }
         foreach (var (_, o) in runs) o.Validate();
         var prompt = model.Tokenizer.Encode(PromptText, true);

@@ -99,7 +99,7 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("presence-penalty", Default = 0f, HelpText = "Subtract this from the logit of tokens present in the last --repeat-last-n tokens (OpenAI's); in [-2, 2].")]
     public float PresencePenalty { get; set; }
 
-    [Option("speculative", Default = "none", HelpText = "Speculative decoding (lossless): none, lookup (prompt n-grams), early-exit (the model's first --draft-layers layers) or draft (--draft-model DIR).")]
+    [Option("speculative", Default = "none", HelpText = "Speculative decoding (lossless): none, lookup (prompt n-grams), early-exit (the model's first --draft-layers layers), draft (--draft-model DIR) or heads (Medusa draft heads, --heads DIR).")]
     public string SpeculativeName { get; set; } = "none";
 
     [Option("draft-tokens", Default = 6, HelpText = "Most draft tokens verified per step (1..64).")]
@@ -111,13 +111,17 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("draft-model", HelpText = "Draft model folder for --speculative draft (a smaller model with the same tokenizer).")]
     public string? DraftModelDir { get; set; }
 
+    [Option("heads", HelpText = "Draft heads folder for --speculative heads (Medusa's medusa_lm_head.safetensors, or `lrlrun heads train` output).")]
+    public string? HeadsDir { get; set; }
+
     public static SpeculativeMethod ParseSpeculative(string name) => name.ToLowerInvariant() switch
     {
         "none" or "off" => SpeculativeMethod.None,
         "lookup" or "prompt-lookup" or "ngram" => SpeculativeMethod.Lookup,
         "early-exit" or "earlyexit" or "self" => SpeculativeMethod.EarlyExit,
         "draft" or "draft-model" => SpeculativeMethod.Draft,
-        _ => throw new LrlException($"--speculative '{name}' is not one of none, lookup, early-exit, draft"),
+        "heads" or "medusa" => SpeculativeMethod.Heads,
+        _ => throw new LrlException($"--speculative '{name}' is not one of none, lookup, early-exit, draft, heads"),
     };
 
     /// <summary>The speculative settings of the options, loading --draft-model (dispose it with the model) when asked.</summary>
@@ -131,7 +135,14 @@ public abstract class SamplingVerbBase : ModelVerbBase
             draftModel = LrlModel.Load(DraftModelDir, new ModelOptions { Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap });
         }
         else if (DraftModelDir is not null) throw new LrlException("--draft-model is for --speculative draft");
-        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel };
+        Lrl.Models.DraftHeads? heads = null;
+        if (method == SpeculativeMethod.Heads)
+        {
+            if (string.IsNullOrWhiteSpace(HeadsDir)) throw new LrlException("--speculative heads needs --heads DIR");
+            heads = Lrl.Models.DraftHeads.Load(HeadsDir);
+        }
+        else if (HeadsDir is not null) throw new LrlException("--heads is for --speculative heads");
+        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads };
         o.Validate();
         return o;
     }

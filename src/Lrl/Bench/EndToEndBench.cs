@@ -13,7 +13,12 @@ public sealed record BenchResult(
     double? GBPerSecond, double? RooflineFraction, double? GFlopsPerSecond, double? FmaPeakFraction);
 
 /// <summary>The machine limits the results are compared with (bandwidth: the largest probe of the run).</summary>
-public sealed record MachineLimits(double BandwidthGBs, double FmaPeakGFlops);
+/// <summary>The machine's measured limits; <see cref="Int8PeakGOps"/> (0: not measured) is the ceiling of quantized formats' arithmetic.</summary>
+public sealed record MachineLimits(double BandwidthGBs, double FmaPeakGFlops, double Int8PeakGOps = 0)
+{
+    /// <summary>The peak a format's products run against: int8 dot products for quantized formats ("Q…"), else f32 FMA.</summary>
+    public double PeakFor(string format) => format.StartsWith('Q') && Int8PeakGOps > 0 ? Int8PeakGOps : FmaPeakGFlops;
+}
 
 /// <summary>
 /// Prompt processing: one batched forward pass over p random tokens from an empty state.
@@ -55,7 +60,7 @@ public static class EndToEndBench
             var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Forward(tokens, 0, logits); return p / sw.Elapsed.TotalSeconds; });
             double gflops = speeds.Mean * flopsPerToken / 1e9;
             results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"pp{p}{suffix}", p, reps, speeds.Mean, speeds.Std,
-                null, null, gflops, gflops / limits.FmaPeakGFlops));
+                null, null, gflops, gflops / limits.PeakFor(format)));
             progress?.WriteLine($"  pp{p}: {speeds.Mean:F1} ± {speeds.Std:F1} tok/s");
         }
 
@@ -117,7 +122,7 @@ public static class EndToEndBench
                 WarmUp(Decode);
                 var speeds = Repeat(reps, () => { var sw = Stopwatch.StartNew(); Decode(); return (double)b * genTokens / sw.Elapsed.TotalSeconds; });
                 results.Add(new BenchResult(name, format, model.Backend.Name, threads, $"tg{genTokens}x{b}{suffix}", genTokens * b, reps, speeds.Mean, speeds.Std,
-                    null, null, speeds.Mean * flopsPerToken / 1e9, speeds.Mean * flopsPerToken / 1e9 / limits.FmaPeakGFlops));
+                    null, null, speeds.Mean * flopsPerToken / 1e9, speeds.Mean * flopsPerToken / 1e9 / limits.PeakFor(format)));
                 progress?.WriteLine($"  tg{genTokens}x{b}: {speeds.Mean:F2} ± {speeds.Std:F2} tok/s (all {b} sequences)");
             }
             finally { foreach (var st in states) st.Dispose(); }
@@ -143,9 +148,10 @@ public static class EndToEndBench
     public static string ToMarkdown(IEnumerable<BenchResult> rows, MachineLimits limits)
     {
         var sb = new StringBuilder();
-        sb.AppendLine(CultureInfo.InvariantCulture, $"machine: read bandwidth {limits.BandwidthGBs:F1} GB/s, f32 FMA peak {limits.FmaPeakGFlops:F0} GFLOP/s");
+        string int8 = limits.Int8PeakGOps > 0 ? string.Create(CultureInfo.InvariantCulture, $", int8 dot peak {limits.Int8PeakGOps:F0} GOP/s (quantized formats' 'of peak')") : "";
+        sb.AppendLine(CultureInfo.InvariantCulture, $"machine: read bandwidth {limits.BandwidthGBs:F1} GB/s, f32 FMA peak {limits.FmaPeakGFlops:F0} GFLOP/s{int8}");
         sb.AppendLine();
-        sb.AppendLine("| model | format | backend | threads | test | t/s | GB/s | roofline | GFLOP/s | of FMA peak |");
+        sb.AppendLine("| model | format | backend | threads | test | t/s | GB/s | roofline | GFLOP/s | of peak |");
         sb.AppendLine("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
         foreach (var r in rows)
             sb.AppendLine(CultureInfo.InvariantCulture,

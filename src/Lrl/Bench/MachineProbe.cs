@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lrl.Bench;
 
@@ -130,6 +131,59 @@ public static unsafe class MachineProbe
             best = Math.Max(best, flops / seconds / 1e9);
         }
         return best;
+    }
+
+    /// <summary>
+    /// Peak int8 dot-product GOP/s (2 ops per multiply-add) from independent u8×s8 chains on every thread: AVX-VNNI
+    /// <c>vpdpbusd</c> (32 multiply-adds per 256-bit instruction) where the CPU has it, else AVX2 <c>vpmaddubsw</c> +
+    /// <c>vpmaddwd</c> + add; 0 without AVX2. The ceiling of the quantized kernels (activations as int8).
+    /// </summary>
+    public static double Int8PeakGOps(int threads, int trials = 3)
+    {
+        if (!Avx2.IsSupported) return 0;
+        const long Iterations = 20_000_000;
+        double best = 0;
+        for (int trial = 0; trial < trials; trial++)
+        {
+            var results = new int[threads];
+            double seconds = OnAllThreads(threads, t => results[t] = DotChains(Iterations));
+            best = Math.Max(best, 2.0 * 32 * 10 * Iterations * threads / seconds / 1e9);
+        }
+        return best;
+    }
+
+    private static int DotChains(long iterations)
+    {
+        var u = Vector256.Create((byte)1);
+        var s = Vector256.Create((sbyte)1);
+        Vector256<int> a0 = default, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
+        if (AvxVnni.IsSupported)
+            for (long i = 0; i < iterations; i++)
+            {
+                a0 = AvxVnni.MultiplyWideningAndAdd(a0, u, s); a1 = AvxVnni.MultiplyWideningAndAdd(a1, u, s);
+                a2 = AvxVnni.MultiplyWideningAndAdd(a2, u, s); a3 = AvxVnni.MultiplyWideningAndAdd(a3, u, s);
+                a4 = AvxVnni.MultiplyWideningAndAdd(a4, u, s); a5 = AvxVnni.MultiplyWideningAndAdd(a5, u, s);
+                a6 = AvxVnni.MultiplyWideningAndAdd(a6, u, s); a7 = AvxVnni.MultiplyWideningAndAdd(a7, u, s);
+                a8 = AvxVnni.MultiplyWideningAndAdd(a8, u, s); a9 = AvxVnni.MultiplyWideningAndAdd(a9, u, s);
+            }
+        else
+        {
+            var one = Vector256<short>.One;
+            for (long i = 0; i < iterations; i++)
+            {
+                a0 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a1 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a2 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a3 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a4 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a5 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a6 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a7 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a8 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+                a9 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), one);
+            }
+        }
+        return Vector256.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
     }
 
     private static float FmaChains512(long iterations)
