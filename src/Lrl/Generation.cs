@@ -54,6 +54,9 @@ internal sealed class Generation
     }
 
     public GenerationStats Stats { get; }
+
+    /// <summary>Speculative decoding's adaptive draft length for this generation (<see cref="SpeculativeRun"/>).</summary>
+    internal DraftControl Drafting { get; } = new();
     public CancellationToken Cancellation { get; }
     /// <summary>Tokens the state holds (prompt tokens run so far, then the generated tokens fed back).</summary>
     public List<int> Held { get; }

@@ -175,15 +175,19 @@ public sealed class InferenceSession : IDisposable
             yield break;
         }
         var emit = new List<GeneratedToken>(2);
-        Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
-        g.PromptRan(g.PromptLeft);
         if (options.Speculative != SpeculativeMethod.None && _owner.Model.CanRewind)
         {
-            // Recurrent models cannot drop rejected drafts from their state: they decode plainly.
+            // Recurrent models cannot drop rejected drafts from their state: they decode plainly. The source exists
+            // before the prompt runs, so draft heads see the prompt's last hidden row.
+            using var source = SpeculativeRun.CreateSource(_owner, _state, options);
+            Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
+            g.PromptRan(g.PromptLeft);
             LastComputeThread = Environment.CurrentManagedThreadId;
-            foreach (var t in SpeculativeRun.Run(_owner, _state, g, options, _logits)) yield return t;
+            foreach (var t in SpeculativeRun.Run(_owner, _state, g, options, _logits, source)) yield return t;
             yield break;
         }
+        Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
+        g.PromptRan(g.PromptLeft);
         while (true)
         {
             bool more = g.Accept(_logits, emit);

@@ -119,6 +119,8 @@ public sealed class GenerationStats
     public double DecodeTokensPerSecond => Math.Max(GeneratedTokens - 1, 0) / Math.Max(DecodeTime.TotalSeconds, 1e-9);
     /// <summary>Speculative decoding: verification passes, draft tokens proposed and draft tokens accepted.</summary>
     public int VerifySteps { get; internal set; }
+    /// <summary>Speculative decoding: steps that drafted nothing (the adaptive length backing off, or no room left).</summary>
+    public int PlainSteps { get; internal set; }
     public int DraftedTokens { get; internal set; }
     public int AcceptedTokens { get; internal set; }
     /// <summary>Accepted draft tokens per verification step by depth (index 0: the first draft token).</summary>

@@ -181,6 +181,38 @@ internal sealed class DraftModelSource : IDraftSource
 }
 
 /// <summary>
+/// Adaptive draft length: an average of the fraction of drafted tokens accepted sets how many to draft next (about the
+/// run the acceptance makes likely, plus one), and when drafts keep failing the generation decodes plainly for a while
+/// before trying one draft again, so a poor draft source costs little more than plain decoding.
+/// </summary>
+internal sealed class DraftControl
+{
+    private const double Keep = 0.75;          // weight of the past in the average
+    private const double GiveUp = 0.12;        // below this acceptance rate: back off
+    private const int PlainSteps = 16;         // plain steps before trying again
+    private double _rate = 0.6;
+    private int _pause;
+
+    /// <summary>Drafts to propose this step (0 while backing off), at most <paramref name="most"/>.</summary>
+    public int Length(int most)
+    {
+        if (_pause > 0) { _pause--; return 0; }
+        double run = _rate >= 0.95 ? most : _rate / (1 - _rate);
+        return Math.Clamp((int)Math.Round(run) + 1, 1, most);
+    }
+
+    /// <summary>A verify step kept <paramref name="accepted"/> of <paramref name="drafted"/> drafts.</summary>
+    public void Observe(int drafted, int accepted)
+    {
+        if (drafted == 0) return;
+        // A step stopped early by the draft's failure says the rate is below accepted / (accepted + 1).
+        double rate = (double)accepted / Math.Min(drafted, accepted + 1);
+        _rate = Keep * _rate + (1 - Keep) * rate;
+        if (_rate < GiveUp) { _pause = PlainSteps; _rate = GiveUp * 1.5; }
+    }
+}
+
+/// <summary>
 /// The verification core: one batched pass over the pending token and the drafts (every row's logits), then the
 /// generation's own sampling over the rows in order, keeping drafts while the model's token equals them. Every
 /// emitted token is the model's sample from its own logits for the true prefix, so greedy output equals plain greedy
@@ -210,11 +242,10 @@ internal static class SpeculativeRun
     /// Runs a generation speculatively over <paramref name="state"/> (after its prompt ran and <paramref name="first"/>
     /// holds the last prompt row's logits).
     /// </summary>
-    public static IEnumerable<GeneratedToken> Run(LrlModel owner, ISequenceState state, Generation g, GenerationOptions options, float[] first)
+    public static IEnumerable<GeneratedToken> Run(LrlModel owner, ISequenceState state, Generation g, GenerationOptions options, float[] first, IDraftSource source)
     {
         var model = owner.Model;
         int vocab = model.VocabSize, k = options.DraftTokens;
-        using var source = CreateSource(owner, state, options);
         var rows = new float[(k + 1) * vocab];
         var tokens = new int[k + 1];
         var draft = new int[k];
@@ -224,6 +255,11 @@ internal static class SpeculativeRun
         bool more = g.Accept(first, emit);
         var heads = source.WantsHidden ? (ModelBase)model : null;
         var hidden = heads is null ? [] : new float[heads.HiddenSize];
+        if (more && heads is not null)
+        {
+            heads.CopyCapturedHidden(0, hidden); // the prompt's last row, kept since the source was made
+            source.Observe(hidden);
+        }
         foreach (var t in emit) yield return t;
         emit.Clear();
         while (more)
@@ -275,10 +311,13 @@ internal static class SpeculativeRun
         }
     }
 
-    /// <summary>Drafts for the pending token <c>g.Next</c> (at most as many as the context leaves room for); returns how many.</summary>
+    /// <summary>
+    /// Drafts for the pending token <c>g.Next</c> (at most as many as the context leaves room for and the adaptive
+    /// length allows: none while backing off); returns how many.
+    /// </summary>
     internal static int Propose(IDraftSource source, Generation g, List<int> context, int[] draft, int contextLength)
     {
-        int room = Math.Min(draft.Length, contextLength - 1 - g.Held.Count);
+        int room = Math.Min(g.Drafting.Length(draft.Length), contextLength - 1 - g.Held.Count);
         if (room <= 0) return 0;
         context.Clear();
         context.AddRange(g.Held);
@@ -296,19 +335,21 @@ internal static class SpeculativeRun
         if (BiasedRuleForTests) return AcceptRowsBiased(g, rows, vocab, drafts, emit);
         var stats = g.Stats;
         if (stats.AcceptedByDepth.Length < drafts.Length) stats.AcceptedByDepth = [.. stats.AcceptedByDepth, .. new int[drafts.Length - stats.AcceptedByDepth.Length]];
+        if (drafts.Length == 0) { stats.PlainSteps++; return g.Accept(rows[..vocab], emit); } // backing off, or no room
         stats.VerifySteps++;
         stats.DraftedTokens += drafts.Length;
         for (int i = 0; ; i++)
         {
-            if (!g.Accept(rows.Slice(i * vocab, vocab), emit)) return false;
-            if (i < drafts.Length && g.Next == drafts[i])
+            bool more = g.Accept(rows.Slice(i * vocab, vocab), emit);
+            if (more && i < drafts.Length && g.Next == drafts[i])
             {
                 g.NextRan(); // its row already ran in this pass
                 stats.AcceptedTokens++;
                 stats.AcceptedByDepth[i]++;
                 continue;
             }
-            return true; // the model's token differs from the draft (or follows the last draft): run it next
+            g.Drafting.Observe(drafts.Length, Math.Min(i, drafts.Length));
+            return more; // the model's token differs from the draft (or follows the last draft): run it next
         }
     }
 }

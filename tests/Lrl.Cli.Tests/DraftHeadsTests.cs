@@ -115,7 +115,7 @@ public class DraftHeadsTests
             using var batched = LrlModel.Load(modelDir, new ModelOptions { Threads = 1, Parallel = 4 });
             using var heads = DraftHeads.Load(dir);
             var prompts = new[] { "Once upon a time", "Lily and Ben", "The cat sat on the mat.", "Tom had a red ball" };
-            var plain = new GenerationOptions { MaxTokens = 40, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+            var plain = new GenerationOptions { MaxTokens = 60, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
             var expected = prompts.Select(p => Run(single, p, plain).Ids).ToArray();
             var results = await Task.WhenAll(prompts.Select(async (p, i) =>
             {
@@ -125,11 +125,10 @@ public class DraftHeadsTests
                 await foreach (var t in session.GenerateAsync(p, o)) if (t.Id >= 0) ids.Add(t.Id);
                 return (ids.ToArray(), session.LastStats);
             }));
-            for (int i = 0; i < prompts.Length; i++)
-            {
-                Assert.Equal(expected[i], results[i].Item1);
-                if (i % 2 == 0) Assert.True(results[i].LastStats.AcceptedTokens > 0, $"prompt {i}: no draft accepted");
-            }
+            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i].Item1);
+            // Drafts from the right hidden rows are accepted (from another sequence's rows they would almost never be).
+            int accepted = results.Where((_, i) => i % 2 == 0).Sum(r => r.LastStats.AcceptedTokens);
+            Assert.True(accepted >= 8, $"{accepted} drafts accepted over the two speculative sequences");
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
@@ -185,11 +184,15 @@ public class DraftHeadsTests
             File.WriteAllText(Path.Combine(dir, "config.json"), """{"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": "stories260k"}""");
             using var heads = DraftHeads.Load(dir);
             Assert.False(heads.SharedHead);
-            var plain = new GenerationOptions { MaxTokens = 30, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+            var plain = new GenerationOptions { MaxTokens = 80, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
             var a = Run(model, "Once upon a time", plain);
             var b = Run(model, "Once upon a time", plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 2 });
             Assert.Equal(a.Ids, b.Ids);
             Assert.True(b.Stats.VerifySteps > 0);
+            // Random heads are nearly always wrong: the adaptive length backs off to plain steps instead of paying for
+            // rejected drafts every step.
+            Assert.True(b.Stats.PlainSteps >= 16, $"plain steps {b.Stats.PlainSteps}, verify steps {b.Stats.VerifySteps}");
+            Assert.True(b.Stats.DraftedTokens < 80, $"drafted {b.Stats.DraftedTokens}");
 
             // Malformed: a missing tensor, a wrong shape, a bad config field, heads of another model: one-line errors.
             File.WriteAllText(Path.Combine(dir, "config.json"), """{"medusa_num_heads": 3, "medusa_num_layers": 1}""");

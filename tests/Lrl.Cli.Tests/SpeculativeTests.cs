@@ -64,8 +64,10 @@ public class SpeculativeTests
                 {
                     Assert.True(b.Stats.VerifySteps > 0);
                     Assert.Equal(b.Stats.AcceptedTokens, b.Stats.AcceptedByDepth.Sum());
-                    // The prompt's row gives the first token; each verify step its accepted drafts and one token of the model's.
-                    Assert.InRange(b.Ids.Length, b.Stats.VerifySteps + b.Stats.AcceptedTokens, 1 + b.Stats.VerifySteps + b.Stats.AcceptedTokens);
+                    // The prompt's row gives the first token; each verify step its accepted drafts and one token of the
+                    // model's; each plain step (the adaptive length backing off) one token.
+                    int steps = b.Stats.VerifySteps + b.Stats.PlainSteps;
+                    Assert.InRange(b.Ids.Length, steps + b.Stats.AcceptedTokens, 1 + steps + b.Stats.AcceptedTokens);
                 }
                 else Assert.Equal(0, b.Stats.VerifySteps);
             }
