@@ -15,8 +15,13 @@ public sealed record HeadsTrainOptions
     public int Layers { get; init; } = 1;
     /// <summary>Train on this text (teacher forcing) instead of the model's own greedy continuations.</summary>
     public string? TextFile { get; init; }
-    /// <summary>Self-distillation: sequences the model generates (greedy, each from a different random first token).</summary>
+    /// <summary>Self-distillation: sequences the model generates.</summary>
     public int Samples { get; init; } = 64;
+    /// <summary>
+    /// Self-distillation: tokens sampled (temperature 1) at the start of each sequence before the greedy continuation,
+    /// so the sequences begin as the model's text does and differ from each other; their positions train no head.
+    /// </summary>
+    public int SamplePrefix { get; init; } = 12;
     /// <summary>Tokens per sequence (generated, or per window of the text).</summary>
     public int Length { get; init; } = 128;
     public int Epochs { get; init; } = 4;
@@ -34,6 +39,7 @@ public sealed record HeadsTrainOptions
         if (Heads is < 1 or > 64) throw new LrlException($"--heads must be in 1..64, got {Heads}");
         if (Layers is < 1 or > 16) throw new LrlException($"--layers must be in 1..16, got {Layers}");
         if (Samples < 1) throw new LrlException($"--samples must be ≥ 1, got {Samples}");
+        if (SamplePrefix < 0) throw new LrlException($"--sample-prefix must be ≥ 0, got {SamplePrefix}");
         if (Length < Heads + 2) throw new LrlException($"--length must be at least --heads + 2 ({Heads + 2}), got {Length}");
         if (Epochs < 1) throw new LrlException($"--epochs must be ≥ 1, got {Epochs}");
         if (!(LearningRate > 0) || !float.IsFinite(LearningRate)) throw new LrlException($"--lr must be a positive number, got {LearningRate}");
@@ -117,13 +123,18 @@ public static class HeadsTrainer
         return heads;
     }
 
-    /// <summary>The model's greedy continuations, each from BOS (where the tokenizer has one) and a random first token.</summary>
-    private static List<int[]> SelfDistill(LrlModel model, HeadsTrainOptions o)
+    /// <summary>
+    /// The model's own text: from BOS (or a random first token without one), <see cref="HeadsTrainOptions.SamplePrefix"/>
+    /// tokens sampled from its distribution, then its greedy continuation. Returns each sequence and where its greedy
+    /// part starts.
+    /// </summary>
+    private static List<(int[] Tokens, int Greedy)> SelfDistill(LrlModel model, HeadsTrainOptions o)
     {
         var m = model.Model;
         var rng = new Random(o.Seed);
-        var list = new List<int[]>(o.Samples);
+        var list = new List<(int[], int)>(o.Samples);
         var logits = new float[m.VocabSize];
+        var p = new double[m.VocabSize];
         int length = Math.Min(o.Length, m.ContextLength);
         var eos = new HashSet<int>(model.Tokenizer.EosIds);
         for (int s = 0; s < o.Samples; s++)
@@ -131,47 +142,64 @@ public static class HeadsTrainer
             using var state = m.CreateState();
             var seq = new List<int>(length);
             if (model.Tokenizer.BosId is int bos) seq.Add(bos);
-            int first;
-            do first = rng.Next(m.VocabSize); while (eos.Contains(first) || first == model.Tokenizer.BosId);
-            seq.Add(first);
+            else
+            {
+                int first;
+                do first = rng.Next(m.VocabSize); while (eos.Contains(first));
+                seq.Add(first);
+            }
+            int greedyFrom = Math.Min(length, seq.Count + o.SamplePrefix);
             m.Forward(state, seq.ToArray(), 0, logits);
             while (seq.Count < length)
             {
-                int t = EarlyExitDraft.ArgMax(logits);
+                int t = seq.Count < greedyFrom ? Sample(logits, p, rng, eos) : EarlyExitDraft.ArgMax(logits);
                 seq.Add(t);
                 if (eos.Contains(t) || seq.Count == length) break;
                 m.Forward(state, [t], seq.Count - 1, logits);
             }
-            list.Add([.. seq]);
+            list.Add(([.. seq], greedyFrom));
         }
         return list;
     }
 
-    /// <summary>Windows of <see cref="HeadsTrainOptions.Length"/> tokens of the text (teacher forcing).</summary>
-    private static List<int[]> FromText(LrlModel model, HeadsTrainOptions o)
+    /// <summary>A token from softmax(logits), never an end-of-sequence token (the sequence must go on).</summary>
+    private static int Sample(float[] logits, double[] p, Random rng, HashSet<int> eos)
+    {
+        double max = logits.Max(), sum = 0;
+        for (int i = 0; i < logits.Length; i++) sum += p[i] = eos.Contains(i) ? 0 : Math.Exp(logits[i] - max);
+        double r = rng.NextDouble() * sum;
+        for (int i = 0; i < logits.Length; i++) if ((r -= p[i]) <= 0 && p[i] > 0) return i;
+        return EarlyExitDraft.ArgMax(logits);
+    }
+
+    /// <summary>Windows of <see cref="HeadsTrainOptions.Length"/> tokens of the text (teacher forcing), every position trained.</summary>
+    private static List<(int[] Tokens, int Greedy)> FromText(LrlModel model, HeadsTrainOptions o)
     {
         var ids = model.Tokenizer.Encode(File.ReadAllText(o.TextFile!), addSpecial: true);
         int length = Math.Min(o.Length, model.Model.ContextLength);
-        var list = new List<int[]>();
-        for (int i = 0; i + o.Heads + 2 <= ids.Length; i += length) list.Add(ids[i..Math.Min(ids.Length, i + length)]);
+        var list = new List<(int[], int)>();
+        for (int i = 0; i + o.Heads + 2 <= ids.Length; i += length) list.Add((ids[i..Math.Min(ids.Length, i + length)], 0));
         if (list.Count == 0) throw new LrlException($"{o.TextFile}: too short to train on ({ids.Length} tokens)");
         return list;
     }
 
-    /// <summary>Every position's final hidden row, and its heads' targets (token t + 1 + k, or −1 past the end).</summary>
-    private static (float[] Hidden, int[] Targets) Collect(ModelBase m, List<int[]> sequences, int hidden, int heads)
+    /// <summary>
+    /// Every trained position's final hidden row and its heads' targets (token t + 1 + k, or −1 past the end); positions
+    /// whose next token was sampled (a sequence's prefix) are left out.
+    /// </summary>
+    private static (float[] Hidden, int[] Targets) Collect(ModelBase m, List<(int[] Tokens, int Greedy)> sequences, int hidden, int heads)
     {
-        long rows = sequences.Sum(s => (long)s.Length);
+        long rows = sequences.Sum(s => (long)Math.Max(0, s.Tokens.Length - Math.Max(0, s.Greedy - 1)));
         var h = new float[checked(rows * hidden)];
         var targets = new int[checked(rows * heads)];
         int p = 0;
         using var capture = m.CaptureHidden();
-        foreach (var seq in sequences)
+        foreach (var (seq, greedy) in sequences)
         {
             using var state = m.CreateState();
             var logits = new float[(long)seq.Length * m.VocabSize];
             m.Forward(state, seq, 0, logits);
-            for (int t = 0; t < seq.Length; t++, p++)
+            for (int t = Math.Max(0, greedy - 1); t < seq.Length; t++, p++)
             {
                 m.CopyCapturedHidden(t, h.AsSpan(p * hidden, hidden));
                 for (int k = 1; k <= heads; k++) targets[p * heads + k - 1] = t + 1 + k < seq.Length ? seq[t + 1 + k] : -1;

@@ -181,8 +181,8 @@ internal sealed class DraftModelSource : IDraftSource
 }
 
 /// <summary>
-/// Adaptive draft length: an average of the fraction of drafted tokens accepted sets how many to draft next (about the
-/// run the acceptance makes likely, plus one), and when drafts keep failing the generation decodes plainly for a while
+/// Adaptive draft length: an average of the fraction of drafted tokens accepted sets how many to draft next (as deep as
+/// a run of accepted drafts reaches with about 10 % probability), and when drafts keep failing the generation decodes plainly for a while
 /// before trying one draft again, so a poor draft source costs little more than plain decoding.
 /// </summary>
 internal sealed class DraftControl
@@ -197,8 +197,10 @@ internal sealed class DraftControl
     public int Length(int most)
     {
         if (_pause > 0) { _pause--; return 0; }
-        double run = _rate >= 0.95 ? most : _rate / (1 - _rate);
-        return Math.Clamp((int)Math.Round(run) + 1, 1, most);
+        // Deep enough that a run reaches the last draft with about 10 % probability (verify rows cost little on a
+        // bandwidth-bound model; rows nearly sure to be rejected are what to save).
+        double depth = _rate >= 0.99 ? most : Math.Log(0.1) / Math.Log(Math.Max(_rate, 1e-3));
+        return Math.Clamp((int)Math.Ceiling(depth), 1, most);
     }
 
     /// <summary>A verify step kept <paramref name="accepted"/> of <paramref name="drafted"/> drafts.</summary>

@@ -212,4 +212,35 @@ public class DraftHeadsTests
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
+
+    /// <summary>The verbs: `heads train` writes a folder `generate --speculative heads --heads` uses; bad settings are one line.</summary>
+    [Fact]
+    public void HeadsVerbTrainsAndGenerateUsesTheHeads()
+    {
+        var model = CliRunner.Model("stories260k");
+        string dir = Path.Combine(Path.GetTempPath(), $"lrl-heads-cli-{Guid.NewGuid():N}");
+        try
+        {
+            var train = CliRunner.Run("heads", "train", "--model", model, "--out", dir, "--heads", "2", "--samples", "8", "--length", "48", "--epochs", "2");
+            Assert.True(train.ExitCode == 0, train.Stderr);
+            Assert.Contains("epoch 2/2", train.Stderr);
+            Assert.True(File.Exists(Path.Combine(dir, DraftHeads.WeightsFile)) && File.Exists(Path.Combine(dir, HeadsTrainer.StateFile)));
+            var plain = CliRunner.Run("generate", "--model", model, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "40", "--ignore-eos");
+            var spec = CliRunner.Run("generate", "--model", model, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "40", "--ignore-eos",
+                                     "--speculative", "heads", "--heads", dir);
+            Assert.True(spec.ExitCode == 0, spec.Stderr);
+            Assert.Equal(plain.Stdout, spec.Stdout);
+            Assert.Contains("per verify step", spec.Stderr);
+            var noDir = CliRunner.Run("generate", "--model", model, "--prompt", "x", "--speculative", "heads");
+            Assert.NotEqual(0, noDir.ExitCode);
+            Assert.Contains("--heads", noDir.Stderr);
+            var bad = CliRunner.Run("heads", "train", "--model", model, "--out", dir, "--heads", "0");
+            Assert.NotEqual(0, bad.ExitCode);
+            Assert.Contains("--heads must be in 1..64", bad.Stderr);
+            var what = CliRunner.Run("heads", "fly", "--model", model, "--out", dir);
+            Assert.NotEqual(0, what.ExitCode);
+            Assert.Contains("unknown action 'fly'", what.Stderr);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+    }
 }

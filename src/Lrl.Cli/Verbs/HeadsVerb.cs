@@ -34,6 +34,9 @@ public sealed class HeadsVerb
     [Option("samples", Default = 64, HelpText = "Self-distillation: sequences the model generates.")]
     public int Samples { get; set; }
 
+    [Option("sample-prefix", Default = 12, HelpText = "Self-distillation: tokens sampled at each sequence's start before the greedy continuation (not trained on).")]
+    public int SamplePrefix { get; set; }
+
     [Option("length", Default = 128, HelpText = "Tokens per sequence (generated, or per window of --file).")]
     public int Length { get; set; }
 
@@ -63,7 +66,7 @@ public sealed class HeadsVerb
         if (What != "train") throw new LrlException($"heads: unknown action '{What}' (train)");
         var options = new HeadsTrainOptions
         {
-            Out = Out, Heads = Heads, Layers = Layers, TextFile = File, Samples = Samples, Length = Length, Epochs = Epochs,
+            Out = Out, Heads = Heads, Layers = Layers, TextFile = File, Samples = Samples, SamplePrefix = SamplePrefix, Length = Length, Epochs = Epochs,
             LearningRate = LearningRate, WeightDecay = WeightDecay, BatchSize = Batch, Seed = Seed, Resume = Resume,
         };
         options.Validate();
