@@ -25,7 +25,7 @@ public sealed record HeadsTrainOptions
     /// <summary>Tokens per sequence (generated, or per window of the text).</summary>
     public int Length { get; init; } = 128;
     public int Epochs { get; init; } = 4;
-    public float LearningRate { get; init; } = 1e-3f;
+    public float LearningRate { get; init; } = 3e-3f;
     public float WeightDecay { get; init; } = 0.01f;
     /// <summary>Head k's loss weight is Decay^(k-1) (Medusa's decaying weights: later heads are harder).</summary>
     public float Decay { get; init; } = 0.8f;

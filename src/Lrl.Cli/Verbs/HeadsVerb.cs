@@ -43,7 +43,7 @@ public sealed class HeadsVerb
     [Option("epochs", Default = 4, HelpText = "Passes over the training positions.")]
     public int Epochs { get; set; }
 
-    [Option("lr", Default = 1e-3f, HelpText = "AdamW learning rate.")]
+    [Option("lr", Default = 3e-3f, HelpText = "AdamW learning rate.")]
     public float LearningRate { get; set; }
 
     [Option("weight-decay", Default = 0.01f, HelpText = "AdamW weight decay.")]
