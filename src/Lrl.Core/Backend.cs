@@ -120,6 +120,28 @@ public interface IBackend : IDisposable
         Copy(v, row0 * kvDim, vCache, pos0 * kvDim, rows * kvDim);
     }
 
+    /// <summary>
+    /// Tree-masked attention for speculative verification of a tree of candidates: query rows row0 .. row0+rows-1 are
+    /// tree nodes whose K/V sit in the caches at slots pos0 .. pos0+rows-1 (node order); node r attends to slots
+    /// 0 .. pos0-1 (the sequence so far) and to the slots of its ancestors and itself (parents[r]: the parent's node
+    /// index, −1 for the root, always below r). A chain (parents[r] = r − 1) is plain causal attention. The default
+    /// runs <see cref="TreeAttention.Compute"/> on host copies (correct on every backend); the CPU runs it in place.
+    /// </summary>
+    void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                       int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale)
+    {
+        int qDim = heads * headDim, kvDim = kvHeads * headDim, slots = pos0 + rows;
+        var qh = new float[rows * qDim];
+        var kh = new float[(long)slots * kvDim];
+        var vh = new float[(long)slots * kvDim];
+        var oh = new float[rows * qDim];
+        Download(q, (long)row0 * qDim, qh);
+        Download(kCache, 0, kh);
+        Download(vCache, 0, vh);
+        TreeAttention.Compute(qh, kh, vh, oh, 0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+        Upload(oh, output, (long)row0 * qDim);
+    }
+
     /// <summary>y[i] = silu(gate[i]) * up[i] for i &lt; n.</summary>
     void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n);
 
@@ -155,4 +177,67 @@ public static class BackendOps
     public static void Attention(this IBackend b, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                                  int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
         b.AttentionRows(q, kCache, vCache, output, 0, rows, pos0, heads, kvHeads, headDim, scale);
+}
+
+/// <summary>The host algorithm of <see cref="IBackend.AttentionTree"/> (float products, double softmax sums).</summary>
+public static class TreeAttention
+{
+    /// <summary>Checks a parent array: one root (−1) first, every other node's parent an earlier node.</summary>
+    public static void Validate(ReadOnlySpan<int> parents, int rows)
+    {
+        if (parents.Length != rows) throw new ArgumentException($"parents holds {parents.Length} entries for {rows} rows");
+        for (int r = 0; r < rows; r++)
+            if (r == 0 ? parents[r] != -1 : parents[r] < 0 || parents[r] >= r)
+                throw new ArgumentException($"tree node {r} has parent {parents[r]}: the root comes first (−1), every other node after its parent");
+    }
+
+    /// <summary>
+    /// Rows row0 .. row0+rows-1 of q/output ([*, heads·headDim]) against caches [slot, kvHeads·headDim] as
+    /// <see cref="IBackend.AttentionTree"/> describes.
+    /// </summary>
+    public static void Compute(ReadOnlySpan<float> q, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache, Span<float> output,
+                               int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale)
+    {
+        Validate(parents, rows);
+        int qDim = heads * headDim, kvDim = kvHeads * headDim, group = heads / kvHeads;
+        var slots = new int[pos0 + rows];
+        var scores = new float[pos0 + rows];
+        var acc = new double[headDim];
+        for (int r = 0; r < rows; r++)
+        {
+            // The slots this node sees: the prefix, then its ancestors' and its own (in slot order).
+            int n = 0;
+            for (int s = 0; s < pos0; s++) slots[n++] = s;
+            int depth = 0;
+            for (int a = r; a >= 0; a = parents[a]) depth++;
+            n += depth;
+            for (int a = r, at = n - 1; a >= 0; a = parents[a], at--) slots[at] = pos0 + a;
+            for (int h = 0; h < heads; h++)
+            {
+                var qr = q.Slice((row0 + r) * qDim + h * headDim, headDim);
+                int kvOff = h / group * headDim;
+                float max = float.NegativeInfinity;
+                for (int i = 0; i < n; i++)
+                {
+                    var k = kCache.Slice(slots[i] * kvDim + kvOff, headDim);
+                    float dot = 0;
+                    for (int j = 0; j < headDim; j++) dot += qr[j] * k[j];
+                    float d = dot * scale;
+                    scores[i] = d;
+                    if (d > max) max = d;
+                }
+                double sum = 0;
+                Array.Clear(acc);
+                for (int i = 0; i < n; i++)
+                {
+                    double w = Math.Exp(scores[i] - max);
+                    sum += w;
+                    var v = vCache.Slice(slots[i] * kvDim + kvOff, headDim);
+                    for (int j = 0; j < headDim; j++) acc[j] += w * v[j];
+                }
+                var o = output.Slice((row0 + r) * qDim + h * headDim, headDim);
+                for (int j = 0; j < headDim; j++) o[j] = (float)(acc[j] / sum);
+            }
+        }
+    }
 }

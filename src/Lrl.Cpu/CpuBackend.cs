@@ -220,6 +220,10 @@ public sealed partial class CpuBackend : IBackend
                               int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
         _attention.Run(_pool, D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, heads, kvHeads, headDim, scale);
 
+    public void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale) =>
+        TreeAttention.Compute(D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+
     public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
     {
         var g = D(gate).AsSpan(0, (int)n); var u = D(up).AsSpan(0, (int)n); var o = D(y).AsSpan(0, (int)n);

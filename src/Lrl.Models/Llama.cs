@@ -154,6 +154,23 @@ public sealed class Llama : ModelBase
                     Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: true);
                     Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: true);
                 }
+                if (p.Parents is { } parents)
+                {
+                    // A tree of candidates: each node rotates by its depth, its K/V go to the next cache slot in node
+                    // order, and it attends to the sequence and its own ancestors.
+                    long kvDim = c.KvDim;
+                    for (int r = 0, depth; r < p.Rows; r++)
+                    {
+                        depth = 0;
+                        for (int a = parents[r]; a >= 0; a = parents[a]) depth++;
+                        _b.RopeRows(_q, p.Row + r, 1, c.NumHeads, c.HeadDim, p.Pos + depth, _rope);
+                        _b.RopeRows(_k, p.Row + r, 1, c.NumKvHeads, c.HeadDim, p.Pos + depth, _rope);
+                    }
+                    _b.Copy(_k, p.Row * kvDim, kCache, p.Pos * kvDim, p.Rows * kvDim);
+                    _b.Copy(_v, p.Row * kvDim, vCache, p.Pos * kvDim, p.Rows * kvDim);
+                    _b.AttentionTree(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, parents, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+                    continue;
+                }
                 _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
                 _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             }
@@ -192,6 +209,20 @@ public sealed class Llama : ModelBase
             var nextNorm = i + 1 < layerCount ? _layers[i + 1].AttnNorm : _finalNorm;
             _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
         }
+    }
+
+    public override bool SupportsTrees => true;
+
+    private protected override void KeepPath(SequenceState s, int pos0, ReadOnlySpan<int> path)
+    {
+        long kvDim = Config.KvDim;
+        foreach (var l in _layers)
+            for (int j = 1; j < path.Length; j++)
+            {
+                if (path[j] == j) continue;
+                _b.Copy(s[l.KCache], (pos0 + path[j]) * kvDim, s[l.KCache], (pos0 + j) * kvDim, kvDim);
+                _b.Copy(s[l.VCache], (pos0 + path[j]) * kvDim, s[l.VCache], (pos0 + j) * kvDim, kvDim);
+            }
     }
 
     protected override void DisposeCore()

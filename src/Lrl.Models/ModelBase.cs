@@ -357,6 +357,63 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
+    /// <summary>Whether <see cref="ForwardTree"/> runs on this model (the Llama family).</summary>
+    public virtual bool SupportsTrees => false;
+
+    /// <summary>
+    /// Verifies a tree of candidate tokens in one pass: node r (row r of <paramref name="tokens"/>) follows its parent
+    /// node <paramref name="parents"/>[r] (−1 for the root, which follows the sequence's first <paramref name="pos0"/>
+    /// tokens), sits at position pos0 + its depth and attends to the sequence and its own ancestors only. Every node's
+    /// logits go to <paramref name="logits"/> (rows × vocabulary). The nodes' cache entries occupy positions pos0 ..
+    /// pos0 + rows − 1 in node order until <see cref="KeepTreePath"/> keeps the accepted path.
+    /// </summary>
+    public void ForwardTree(ISequenceState state, ReadOnlySpan<int> tokens, ReadOnlySpan<int> parents, int pos0, Span<float> logits)
+    {
+        if (!SupportsTrees) throw new LrlException($"{Architecture} cannot verify a tree of candidates");
+        var s = Own(state);
+        int n = tokens.Length;
+        TreeAttention.Validate(parents, n);
+        if (n > ChunkRows) throw new LrlException($"a tree of {n} nodes exceeds the model's batch of {ChunkRows} rows");
+        if (logits.Length != (long)n * VocabSize) throw new ArgumentException($"logits must hold {n} × {VocabSize} values");
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)VocabSize) throw new LrlException($"token id {t} is outside the vocabulary (0..{VocabSize - 1})");
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
+            ObjectDisposedException.ThrowIf(s.IsDisposed, s);
+            CheckAdapters(s);
+            var head = Head!;
+            head.Begin(n, pos0, ContextLength, logits);
+            Reserve(s, pos0 + n);
+            _one[0] = new Piece(s, 0, n, pos0) { Parents = parents.ToArray() };
+            try { RunChunk(_one, tokens); }
+            finally { _one[0] = default; }
+            head.Write(FinalHidden!, n, 0, n, all: true, logits);
+        }
+    }
+
+    /// <summary>
+    /// After <see cref="ForwardTree"/> at <paramref name="pos0"/>: keeps the cache entries of the accepted path
+    /// (node indices, root first, each the next one's parent) at positions pos0, pos0 + 1, ...
+    /// </summary>
+    public void KeepTreePath(ISequenceState state, int pos0, ReadOnlySpan<int> path)
+    {
+        var s = Own(state);
+        for (int j = 0; j < path.Length; j++)
+            if (path[j] < j || (j > 0 && path[j] <= path[j - 1])) throw new ArgumentException("a tree path's node indices rise from the root (0)");
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
+            KeepPath(s, pos0, path);
+        }
+    }
+
+    /// <summary>Moves the cache entries of path nodes to consecutive positions (a model with trees overrides it).</summary>
+    private protected virtual void KeepPath(SequenceState s, int pos0, ReadOnlySpan<int> path) =>
+        throw new LrlException($"{Architecture} cannot verify a tree of candidates");
+
     /// <summary>The output projection's weights (draft-head training reads them).</summary>
     public Weight OutputWeight => Head?.Weight ?? throw new LrlException($"{Architecture} has no output projection to share");
 
@@ -366,7 +423,11 @@ public abstract class ModelBase : ILanguageModel
     private float[]? _discard;
 
     /// <summary>Part of a batched step's run that falls in one chunk: rows [Row, Row + Rows) of the chunk at positions Pos...</summary>
-    private protected record struct Piece(SequenceState State, int Row, int Rows, int Pos);
+    private protected record struct Piece(SequenceState State, int Row, int Rows, int Pos)
+    {
+        /// <summary>A tree of candidates instead of consecutive tokens: each row's parent row (−1: the root), see <see cref="ForwardTree"/>.</summary>
+        public int[]? Parents { get; init; }
+    }
 
     private Piece[] _pieces = new Piece[8];
     private readonly Piece[] _one = new Piece[1];

@@ -70,6 +70,11 @@ public sealed record GenerationOptions
     public LrlModel? DraftModel { get; init; }
     /// <summary>Draft heads trained for the model (<see cref="SpeculativeMethod.Heads"/>, <see cref="DraftHeads.Load"/>).</summary>
     public Lrl.Models.DraftHeads? DraftHeads { get; init; }
+    /// <summary>
+    /// Draft heads: verify a tree of candidates instead of a chain, with this many of head d's top tokens under every
+    /// node of depth d − 1 (e.g. [3, 2, 2, 1]: 3 + 6 + 12 + 12 nodes, at most 63); null or empty: a chain.
+    /// </summary>
+    public int[]? DraftTree { get; init; }
 
     public void Validate()
     {
@@ -79,6 +84,11 @@ public sealed record GenerationOptions
         if (DraftLayers < 0) throw new LrlException($"--draft-layers must be ≥ 0, got {DraftLayers}");
         if (Speculative == SpeculativeMethod.Draft && DraftModel is null) throw new LrlException("--speculative draft needs --draft-model DIR");
         if (Speculative == SpeculativeMethod.Heads && DraftHeads is null) throw new LrlException("--speculative heads needs --heads DIR");
+        if (DraftTree is { Length: > 0 } tree)
+        {
+            if (Speculative != SpeculativeMethod.Heads) throw new LrlException("--tree is for --speculative heads");
+            if (tree.Length > 16 || tree.Any(b => b is < 1 or > 16)) throw new LrlException($"--tree takes 1-16 branch counts of 1..16 each, got {string.Join(',', tree)}");
+        }
         Sampling.Validate();
     }
 }

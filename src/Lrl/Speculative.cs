@@ -62,6 +62,53 @@ internal sealed class HeadsDraft : IDraftSource
         return n;
     }
 
+    /// <summary>
+    /// Tree candidates after the pending token (row 0): depth d + 1 holds, under every node of depth d, the top
+    /// <paramref name="branching"/>[d] tokens of head d + 1 (Medusa's heads predict a position, not a continuation of a
+    /// particular parent), at most <paramref name="maxNodes"/> nodes in breadth-first order. Returns the node count
+    /// (0 without a hidden row to draft from).
+    /// </summary>
+    public int ProposeTree(ReadOnlySpan<int> branching, int maxDepth, int maxNodes, List<int> tokens, List<int> parents)
+    {
+        tokens.Clear(); parents.Clear();
+        if (!_observed || maxNodes <= 0 || maxDepth <= 0) return 0;
+        _observed = false;
+        _model.RunDraftHeads(_heads, _hidden, _logits);
+        int depth = Math.Min(Math.Min(branching.Length, _heads.Count), maxDepth);
+        var frontier = new List<int> { 0 };
+        var next = new List<int>();
+        for (int d = 0; d < depth && tokens.Count < maxNodes; d++)
+        {
+            var top = TopK(_logits.AsSpan(d * _heads.Vocab, _heads.Vocab), branching[d]);
+            next.Clear();
+            foreach (int node in frontier)
+                foreach (int t in top)
+                {
+                    if (tokens.Count == maxNodes) break;
+                    tokens.Add(t);
+                    parents.Add(node);
+                    next.Add(tokens.Count); // rows: the pending token is row 0, node i is row i + 1
+                }
+            (frontier, next) = (next, frontier);
+        }
+        return tokens.Count;
+    }
+
+    private static int[] TopK(ReadOnlySpan<float> x, int k)
+    {
+        k = Math.Clamp(k, 1, x.Length);
+        var best = new int[k];
+        int n = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            if (n == k && x[i] <= x[best[k - 1]]) continue;
+            int at = n < k ? n++ : k - 1;
+            while (at > 0 && x[best[at - 1]] < x[i]) { best[at] = best[at - 1]; at--; }
+            best[at] = i;
+        }
+        return best;
+    }
+
     public void Dispose() => _capture.Dispose();
 }
 
@@ -264,9 +311,20 @@ internal static class SpeculativeRun
         }
         foreach (var t in emit) yield return t;
         emit.Clear();
+        var tree = options.DraftTree is { Length: > 0 } shape && source is HeadsDraft hd && model is ModelBase { SupportsTrees: true } tm
+            ? (Shape: shape, Heads: hd, Model: tm) : default;
+        var treeTokens = new List<int>();
+        var treeParents = new List<int>();
         while (more)
         {
             int pos = g.Held.Count;
+            if (tree.Heads is not null)
+            {
+                more = TreeStep(tree.Model, tree.Heads, tree.Shape, state, g, pos, treeTokens, treeParents, hidden, emit);
+                foreach (var t in emit) yield return t;
+                emit.Clear();
+                continue;
+            }
             int n = Propose(source, g, context, draft, model.ContextLength);
             tokens[0] = g.Next;
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
@@ -283,6 +341,63 @@ internal static class SpeculativeRun
             foreach (var t in emit) yield return t;
             emit.Clear();
         }
+    }
+
+    /// <summary>
+    /// One verify step over a tree of head candidates: one pass over the pending token and every node (tree-masked
+    /// attention), then the generation's own sampling from the root down, descending into the child whose token is the
+    /// model's own; the accepted path's cache entries are kept, the rest dropped.
+    /// </summary>
+    private static bool TreeStep(ModelBase model, HeadsDraft heads, int[] shape, ISequenceState state, Generation g, int pos,
+                                 List<int> tokens, List<int> parents, float[] hidden, List<GeneratedToken> emit)
+    {
+        var stats = g.Stats;
+        int maxDepth = g.Drafting.Length(shape.Length);
+        int room = Math.Min(63, model.ContextLength - 1 - pos);
+        int n = heads.ProposeTree(shape, maxDepth, room, tokens, parents);
+        int vocab = model.VocabSize, rows = n + 1;
+        var rowTokens = new int[rows];
+        var rowParents = new int[rows];
+        rowTokens[0] = g.Next; rowParents[0] = -1;
+        for (int i = 0; i < n; i++) { rowTokens[i + 1] = tokens[i]; rowParents[i + 1] = parents[i]; }
+        var logits = new float[rows * vocab];
+        model.ForwardTree(state, rowTokens, rowParents, pos, logits);
+        g.NextRan();
+        var path = new List<int> { 0 };
+        int cur = 0, accepted = 0;
+        bool more;
+        while (true)
+        {
+            more = g.Accept(logits.AsSpan(cur * vocab, vocab), emit);
+            if (!more) break;
+            int child = -1;
+            for (int c = cur + 1; c < rows; c++)
+                if (rowParents[c] == cur && rowTokens[c] == g.Next) { child = c; break; }
+            if (child < 0) break;
+            g.NextRan(); // its row already ran in this pass
+            path.Add(child);
+            cur = child;
+            accepted++;
+        }
+        model.KeepTreePath(state, pos, CollectionsMarshal.AsSpan(path));
+        if (n == 0) stats.PlainSteps++;
+        else
+        {
+            int depth = 0;
+            for (int a = rows - 1; a > 0; a = rowParents[a]) depth++;
+            if (stats.AcceptedByDepth.Length < depth) stats.AcceptedByDepth = [.. stats.AcceptedByDepth, .. new int[depth - stats.AcceptedByDepth.Length]];
+            stats.VerifySteps++;
+            stats.DraftedTokens += n;
+            stats.AcceptedTokens += accepted;
+            for (int d = 0; d < accepted; d++) stats.AcceptedByDepth[d]++;
+            g.Drafting.Observe(depth, Math.Min(accepted, depth));
+        }
+        if (more)
+        {
+            model.CopyCapturedHidden(cur, hidden);
+            heads.Observe(hidden);
+        }
+        return more;
     }
 
     /// <summary>

@@ -264,6 +264,66 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(o, (long)rows * heads * headDim);
     }
 
+    /// <summary>
+    /// Tree-masked attention: every node's output equals causal attention (the reference backend) for one query at the
+    /// end of its own path laid out as a sequence (the prefix, then its ancestors and itself), and a chain equals the
+    /// causal attention of its rows; on the CPU backend and through the interface's host default.
+    /// </summary>
+    [Theory]
+    [InlineData(9, 0, 4, 2, 16, 1)]
+    [InlineData(17, 40, 9, 3, 64, 2)]
+    [InlineData(33, 300, 8, 2, 32, 3)]
+    [InlineData(5, 7, 4, 4, 8, 4)]
+    public void TreeAttentionEqualsEachPathAsASequence(int rows, int pos0, int heads, int kvHeads, int headDim, int seed)
+    {
+        var rng = new Random(seed);
+        int kvDim = kvHeads * headDim, qDim = heads * headDim, slots = pos0 + rows;
+        var parents = new int[rows];
+        parents[0] = -1;
+        for (int r = 1; r < rows; r++) parents[r] = rng.Next(Math.Max(0, r - 4), r); // bushy: recent nodes as parents
+        var q = _r.Floats((long)rows * qDim); var k = _r.Floats((long)slots * kvDim); var v = _r.Floats((long)slots * kvDim);
+        float scale = 1f / MathF.Sqrt(headDim);
+        var qb = _cpu.Allocate(q.Length); _cpu.Upload(q, qb);
+        var kb = _cpu.Allocate(k.Length); _cpu.Upload(k, kb);
+        var vb = _cpu.Allocate(v.Length); _cpu.Upload(v, vb);
+        var ob = _cpu.Allocate(q.Length);
+        _cpu.AttentionTree(qb, kb, vb, ob, 0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+        var got = Get(_cpu, ob, q.Length);
+        var viaHost = new float[q.Length];
+        TreeAttention.Compute(q, k, v, viaHost, 0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+        for (int r = 0; r < rows; r++)
+        {
+            var path = new List<int>();
+            for (int a = r; a >= 0; a = parents[a]) path.Insert(0, a);
+            int len = pos0 + path.Count;
+            var kp = new float[len * kvDim]; var vp = new float[len * kvDim];
+            Array.Copy(k, kp, pos0 * kvDim); Array.Copy(v, vp, pos0 * kvDim);
+            for (int j = 0; j < path.Count; j++)
+            {
+                Array.Copy(k, (pos0 + path[j]) * kvDim, kp, (pos0 + j) * kvDim, kvDim);
+                Array.Copy(v, (pos0 + path[j]) * kvDim, vp, (pos0 + j) * kvDim, kvDim);
+            }
+            var qr = _ref.Allocate(qDim); _ref.Upload(q.AsSpan(r * qDim, qDim), qr);
+            var kr = _ref.Allocate(kp.Length); _ref.Upload(kp, kr);
+            var vr = _ref.Allocate(vp.Length); _ref.Upload(vp, vr);
+            var or = _ref.Allocate(qDim);
+            _ref.Attention(qr, kr, vr, or, 1, len - 1, heads, kvHeads, headDim, scale);
+            var expected = Get(_ref, or, qDim);
+            double err = RandomTensors.RelErr(got.AsSpan(r * qDim, qDim).ToArray(), expected);
+            Assert.True(err < Tol, $"node {r} (depth {path.Count - 1}): relative error {err:E2}");
+            Assert.True(RandomTensors.RelErr(viaHost.AsSpan(r * qDim, qDim).ToArray(), expected) < Tol);
+        }
+        // A chain is causal attention.
+        var chain = Enumerable.Range(-1, rows).ToArray();
+        _cpu.AttentionTree(qb, kb, vb, ob, 0, rows, pos0, chain, heads, kvHeads, headDim, scale);
+        var causal = _cpu.Allocate(q.Length);
+        _cpu.Attention(qb, kb, vb, causal, rows, pos0, heads, kvHeads, headDim, scale);
+        Assert.True(RandomTensors.RelErr(Get(_cpu, ob, q.Length), Get(_cpu, causal, q.Length)) < Tol);
+        // Malformed trees are refused.
+        Assert.Throws<ArgumentException>(() => _cpu.AttentionTree(qb, kb, vb, ob, 0, 2, pos0, [-1, 1], heads, kvHeads, headDim, scale));
+        Assert.Throws<ArgumentException>(() => _cpu.AttentionTree(qb, kb, vb, ob, 0, 2, pos0, [0, 0], heads, kvHeads, headDim, scale));
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(37)]

@@ -105,6 +105,9 @@ public sealed class BenchVerb
     [Option("heads", HelpText = "With --speculative heads: the draft heads folder (`lrlrun heads train` output or Medusa's).")]
     public string? Heads { get; set; }
 
+    [Option("tree", Separator = ',', HelpText = "With --speculative heads: also verify a tree of candidates, this many top tokens of each head per node (e.g. 3,2,2,1).")]
+    public IEnumerable<int> Tree { get; set; } = [];
+
     [Option("arch", Default = "sm_80,sm_90", HelpText = "bench ptx: CUDA architectures, comma-separated (sm_50 .. sm_90).")]
     public string Arch { get; set; } = "sm_80,sm_90";
 
@@ -291,6 +294,8 @@ public sealed class BenchVerb
             if (method == SpeculativeMethod.EarlyExit && DraftLayers.Any())
                 foreach (int l in DraftLayers) runs.Add(($"early-exit {l}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = l }));
             else runs.Add((m, plain with { Speculative = method, DraftTokens = DraftTokens, DraftModel = draft, DraftHeads = heads }));
+            if (method == SpeculativeMethod.Heads && Tree.Any())
+                runs.Add(($"heads tree {string.Join(',', Tree)}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftHeads = heads, DraftTree = Tree.ToArray() }));
         }
         foreach (var (_, o) in runs) o.Validate();
         var prompt = model.Tokenizer.Encode(PromptText, true);

@@ -114,6 +114,9 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("heads", HelpText = "Draft heads folder for --speculative heads (Medusa's medusa_lm_head.safetensors, or `lrlrun heads train` output).")]
     public string? HeadsDir { get; set; }
 
+    [Option("tree", Separator = ',', HelpText = "With --speculative heads: verify a tree of candidates, this many top tokens of each head per node (e.g. 3,2,2,1); default a chain.")]
+    public IEnumerable<int> Tree { get; set; } = [];
+
     public static SpeculativeMethod ParseSpeculative(string name) => name.ToLowerInvariant() switch
     {
         "none" or "off" => SpeculativeMethod.None,
@@ -142,7 +145,7 @@ public abstract class SamplingVerbBase : ModelVerbBase
             heads = Lrl.Models.DraftHeads.Load(HeadsDir);
         }
         else if (HeadsDir is not null) throw new LrlException("--heads is for --speculative heads");
-        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads };
+        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads, DraftTree = Tree.Any() ? Tree.ToArray() : null };
         o.Validate();
         return o;
     }
