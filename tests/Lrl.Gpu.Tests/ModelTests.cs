@@ -96,6 +96,45 @@ public class ModelTests
         foreach (var s in states) s.Dispose();
     }
 
+    /// <summary>
+    /// Speculative verification on the device backend: a tree of candidates (tree-masked attention, per-node RoPE
+    /// positions), the kept path's cache entries and draft heads give the CPU backend's logits.
+    /// </summary>
+    [Theory, MemberData(nameof(Backends.Kinds), MemberType = typeof(Backends))]
+    public void TreeVerificationAndDraftHeadsMatchTheCpuBackend(string kind)
+    {
+        var dir = SharedData.Model("stories260k");
+        using var gpu = ModelRegistry.Load(dir, Backends.Get(kind), new ModelLoadOptions { ContextLength = 64 });
+        using var cpuBackend = new Lrl.Cpu.CpuBackend(1);
+        using var cpu = ModelRegistry.Load(dir, cpuBackend, new ModelLoadOptions { ContextLength = 64 });
+        int v = cpu.VocabSize;
+        int[] prompt = [1, 403, 407, 261, 378];
+        int[] nodes = [300, 261, 378, 432, 260, 300, 407];
+        int[] parents = [-1, 0, 0, 1, 1, 2, 3];
+        var outputs = new List<float[]>();
+        foreach (var m in new[] { (Lrl.Models.ModelBase)cpu, (Lrl.Models.ModelBase)gpu })
+        {
+            using var s = m.CreateState();
+            var last = new float[v];
+            m.Forward(s, prompt, 0, last);
+            var tree = new float[nodes.Length * v];
+            m.ForwardTree(s, nodes, parents, prompt.Length, tree);
+            m.KeepTreePath(s, prompt.Length, [0, 1, 3, 6]);
+            var next = new float[v];
+            m.Forward(s, [ArgMax(tree.AsSpan(6 * v, v))], prompt.Length + 4, next);
+            using var heads = Lrl.Models.DraftHeads.Create(2, 1, m.HiddenSize, v);
+            var rng = new Random(4);
+            foreach (var w in heads.W) for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 0.2 - 0.1);
+            var headLogits = new float[2 * v];
+            var hidden = new float[m.HiddenSize];
+            for (int i = 0; i < hidden.Length; i++) hidden[i] = (float)Math.Sin(i);
+            m.RunDraftHeads(heads, hidden, headLogits);
+            outputs.Add([.. tree, .. next, .. headLogits]);
+        }
+        double err = SharedData.RelativeL2(outputs[1], outputs[0].Select(x => (double)x).ToList());
+        Assert.True(err < 1e-5, $"{kind}: tree pass, kept path and draft heads vs the CPU backend, relative L2 error {err:E2}");
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;
