@@ -162,6 +162,74 @@ public class SpeculativeTests
     }
 
     /// <summary>
+    /// The output distribution, not only seeded equality: plain and speculative sampling with independent seeds
+    /// (temperature 1, no truncation, 600 runs each) give the same distribution of the 2nd and 3rd generated tokens
+    /// (where drafts are verified) by a chi-square homogeneity test at a false-alarm rate of 0.1 % per token position
+    /// (cells with an expected count below 5 pooled; the critical value by the Wilson-Hilferty approximation), and the
+    /// deliberately biased acceptance rule fails the same test.
+    /// </summary>
+    [Fact]
+    public void ChiSquareAcceptsTheSpeculativeDistributionAndRejectsABiasedRule()
+    {
+        using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1 });
+        using var draft = LrlModel.Load(CliRunner.Model("stories260k-fp16"), new ModelOptions { Threads = 1 });
+        const int Runs = 600;
+        int[][] Sample(bool speculative, bool biased, int seed0)
+        {
+            var tokens = new int[Runs][];
+            for (int i = 0; i < Runs; i++)
+            {
+                var plain = new GenerationOptions { MaxTokens = 3, IgnoreEos = true, Sampling = new SamplingOptions { Temperature = 1.0f, TopK = 0, TopP = 1, MinP = 0, Seed = seed0 + i } };
+                var o = speculative ? plain with { Speculative = SpeculativeMethod.Draft, DraftModel = draft, DraftTokens = 4 } : plain;
+                lock (typeof(SpeculativeRun))
+                {
+                    SpeculativeRun.BiasedRuleForTests = biased;
+                    try { tokens[i] = Run(model, "Once upon a time", o).Ids; }
+                    finally { SpeculativeRun.BiasedRuleForTests = false; }
+                }
+            }
+            return tokens;
+        }
+        var plainRuns = Sample(false, false, 1);
+        var specRuns = Sample(true, false, 100_001);
+        var biasedRuns = Sample(true, true, 200_001);
+        foreach (int position in new[] { 1, 2 })
+        {
+            var (chi, critical) = ChiSquare(plainRuns.Select(t => t[position]), specRuns.Select(t => t[position]));
+            Assert.True(chi < critical, $"token {position + 1}: chi-square {chi:F1} ≥ {critical:F1} for the speculative distribution");
+        }
+        var (chiB, criticalB) = ChiSquare(plainRuns.Select(t => t[1]), biasedRuns.Select(t => t[1]));
+        Assert.True(chiB > criticalB, $"the biased rule passed: chi-square {chiB:F1} < {criticalB:F1}");
+    }
+
+    /// <summary>Chi-square homogeneity statistic of two samples and its 99.9 % critical value.</summary>
+    private static (double Chi, double Critical) ChiSquare(IEnumerable<int> a, IEnumerable<int> b)
+    {
+        var ca = a.GroupBy(t => t).ToDictionary(g => g.Key, g => g.Count());
+        var cb = b.GroupBy(t => t).ToDictionary(g => g.Key, g => g.Count());
+        double na = ca.Values.Sum(), nb = cb.Values.Sum(), n = na + nb;
+        // Cells: tokens whose expected counts are ≥ 5 in both samples; the rest pooled into one cell.
+        var cells = new List<(double A, double B)>();
+        double restA = 0, restB = 0;
+        foreach (int t in ca.Keys.Union(cb.Keys))
+        {
+            double x = ca.GetValueOrDefault(t), y = cb.GetValueOrDefault(t), total = x + y;
+            if (total * Math.Min(na, nb) / n >= 5) cells.Add((x, y)); else { restA += x; restB += y; }
+        }
+        if ((restA + restB) * Math.Min(na, nb) / n >= 5 || cells.Count < 2) cells.Add((restA, restB));
+        double chi = 0;
+        foreach (var (x, y) in cells)
+        {
+            double total = x + y, ea = total * na / n, eb = total * nb / n;
+            chi += (x - ea) * (x - ea) / ea + (y - eb) * (y - eb) / eb;
+        }
+        int df = cells.Count - 1;
+        const double Z = 3.0902; // the 99.9 % normal quantile
+        double h = 2.0 / (9 * df);
+        return (chi, df * Math.Pow(1 - h + Z * Math.Sqrt(h), 3));
+    }
+
+    /// <summary>
     /// The losslessness check has power: with a deliberately biased acceptance rule (keep a draft the model finds
     /// merely plausible) the seeded outputs differ from plain sampling, so the equality above would fail. Over 40 seeds
     /// the first 24 tokens of plain and correct speculative runs agree every time (a false alarm is impossible: the
