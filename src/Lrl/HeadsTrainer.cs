@@ -141,7 +141,7 @@ public static class HeadsTrainer
         {
             using var state = m.CreateState();
             var seq = new List<int>(length);
-            if (model.Tokenizer.BosId is int bos) seq.Add(bos);
+            if (model.Tokenizer.BosId is int bos && bos < m.VocabSize) seq.Add(bos);
             else
             {
                 int first;
