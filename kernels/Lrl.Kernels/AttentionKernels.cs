@@ -132,7 +132,24 @@ public static class AttentionKernels
     /// head and streams K/V tiles of PrefillKeys positions through shared memory with an online softmax, so every K/V
     /// element loaded serves all the tile's queries.
     /// </summary>
-    public static void Prefill(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, AttentionShape s)
+    public static void Prefill(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, AttentionShape s) =>
+        PrefillCore(q, k, v, output, s, default, tree: false);
+
+    /// <summary>Most nodes of a tree <see cref="TreePrefill"/> verifies (one 64-bit ancestor mask per node).</summary>
+    public const int MaxTreeRows = 64;
+
+    /// <summary>
+    /// Tree-masked attention for speculative verification (as <see cref="Prefill"/>, grid = heads · ceil(rows /
+    /// PrefillRows)): query row r is a tree node whose K/V sit at cache position Pos0 + r; it attends to positions
+    /// 0 .. Pos0 − 1 and to the nodes whose bit is set in its ancestor mask (itself included): masks[2r] holds nodes
+    /// 0-31, masks[2r + 1] nodes 32-63.
+    /// </summary>
+    public static void TreePrefill(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output,
+                                   ArrayView<int> masks, AttentionShape s) =>
+        PrefillCore(q, k, v, output, s, masks, tree: true);
+
+    private static void PrefillCore(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, AttentionShape s,
+                                    ArrayView<int> masks, bool tree)
     {
         const int QB = PrefillRows, TK = PrefillKeys, HD = PrefillMaxHeadDim;
         var qs = SharedMemory.Allocate<float>(QB * HD);
@@ -174,7 +191,13 @@ public static class AttentionKernels
                 int qi = e / TK, j = e % TK;
                 int r = r0 + qi, p = p0 + j;
                 float dot = float.NegativeInfinity;
-                if (r < s.Rows && p <= s.Pos0 + r)
+                bool visible = p <= s.Pos0 + r;
+                if (tree && r < s.Rows && p >= s.Pos0)
+                {
+                    int node = p - s.Pos0;
+                    visible = ((masks[2 * r + (node >> 5)] >> (node & 31)) & 1) != 0;
+                }
+                if (r < s.Rows && visible)
                 {
                     dot = 0f;
                     for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * hd + d];

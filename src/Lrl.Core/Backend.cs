@@ -128,19 +128,8 @@ public interface IBackend : IDisposable
     /// runs <see cref="TreeAttention.Compute"/> on host copies (correct on every backend); the CPU runs it in place.
     /// </summary>
     void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
-                       int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale)
-    {
-        int qDim = heads * headDim, kvDim = kvHeads * headDim, slots = pos0 + rows;
-        var qh = new float[rows * qDim];
-        var kh = new float[(long)slots * kvDim];
-        var vh = new float[(long)slots * kvDim];
-        var oh = new float[rows * qDim];
-        Download(q, (long)row0 * qDim, qh);
-        Download(kCache, 0, kh);
-        Download(vCache, 0, vh);
-        TreeAttention.Compute(qh, kh, vh, oh, 0, rows, pos0, parents, heads, kvHeads, headDim, scale);
-        Upload(oh, output, (long)row0 * qDim);
-    }
+                       int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale) =>
+        TreeAttention.OnHost(this, q, kCache, vCache, output, row0, rows, pos0, parents, heads, kvHeads, headDim, scale);
 
     /// <summary>y[i] = silu(gate[i]) * up[i] for i &lt; n.</summary>
     void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n);
@@ -189,6 +178,36 @@ public static class TreeAttention
         for (int r = 0; r < rows; r++)
             if (r == 0 ? parents[r] != -1 : parents[r] < 0 || parents[r] >= r)
                 throw new ArgumentException($"tree node {r} has parent {parents[r]}: the root comes first (−1), every other node after its parent");
+    }
+
+    /// <summary>
+    /// <see cref="IBackend.AttentionTree"/> on host copies of the backend's buffers (the interface's default, and a
+    /// fallback for shapes a backend's kernel does not take).
+    /// </summary>
+    public static void OnHost(IBackend b, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale)
+    {
+        int qDim = heads * headDim, kvDim = kvHeads * headDim, slots = pos0 + rows;
+        var qh = new float[rows * qDim];
+        var kh = new float[(long)slots * kvDim];
+        var vh = new float[(long)slots * kvDim];
+        var oh = new float[rows * qDim];
+        b.Download(q, (long)row0 * qDim, qh);
+        b.Download(kCache, 0, kh);
+        b.Download(vCache, 0, vh);
+        Compute(qh, kh, vh, oh, 0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+        b.Upload(oh, output, (long)row0 * qDim);
+    }
+
+    /// <summary>Each node's ancestors-and-itself as a 64-bit mask (two ints, low word first); at most 64 nodes.</summary>
+    public static int[] AncestorMasks(ReadOnlySpan<int> parents)
+    {
+        Validate(parents, parents.Length);
+        if (parents.Length > 64) throw new ArgumentException($"a tree mask holds at most 64 nodes, got {parents.Length}");
+        var masks = new int[2 * parents.Length];
+        for (int r = 0; r < parents.Length; r++)
+            for (int a = r; a >= 0; a = parents[a]) masks[2 * r + (a >> 5)] |= 1 << (a & 31);
+        return masks;
     }
 
     /// <summary>

@@ -9,6 +9,7 @@ namespace Lrl.Gpu;
 public sealed partial class GpuBackend
 {
     private MemoryBuffer1D<int, Stride1D.Dense>? _tokens;      // prefill token ids
+    private MemoryBuffer1D<int, Stride1D.Dense>? _treeMasks;   // tree attention: each node's ancestor mask
     private MemoryBuffer1D<float, Stride1D.Dense>? _partO;     // split-K attention partial outputs
     private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
     private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
@@ -38,7 +39,7 @@ public sealed partial class GpuBackend
 
     private void DisposeScratch()
     {
-        _tokens?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
+        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
         foreach (var b in _ropeTables.Values) b.Dispose();
         _ropeTables.Clear();
     }
@@ -296,6 +297,29 @@ public sealed partial class GpuBackend
         cache.Cos.View.CopyFromCPU(Upload_, ref cos[0], n);
         cache.Sin.View.CopyFromCPU(Upload_, ref sin[0], n);
         cache.Positions = positions;
+    }
+
+    public void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                              int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale)
+    {
+        if (rows > AttentionKernels.MaxTreeRows || headDim > AttentionKernels.PrefillMaxHeadDim || kvHeads <= 0 || heads % kvHeads != 0)
+        {
+            TreeAttention.OnHost(this, q, kCache, vCache, output, row0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+            return;
+        }
+        var masks = TreeAttention.AncestorMasks(parents);
+        int kvDim = kvHeads * headDim;
+        long at = (long)row0 * heads * headDim, len = (long)rows * heads * headDim;
+        CheckRange(q, at, len, "tree attention q");
+        CheckRange(output, at, len, "tree attention output");
+        CheckRange(kCache, 0, (long)(pos0 + rows) * kvDim, "tree attention k cache");
+        CheckRange(vCache, 0, (long)(pos0 + rows) * kvDim, "tree attention v cache");
+        var mb = Scratch(ref _treeMasks, masks.Length, "tree masks");
+        mb.View.SubView(0, masks.Length).CopyFromCPU(Upload_, ref masks[0], masks.Length);
+        var shape = new AttentionShape { Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale };
+        int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
+        AttnTreeKernel(Launch_, new KernelConfig(heads * blocks, _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
+                       B(output).View.SubView(at, len), mb.View.SubView(0, masks.Length), shape);
     }
 
     public void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
