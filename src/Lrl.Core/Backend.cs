@@ -144,6 +144,19 @@ public interface IBackend : IDisposable
     void Synchronize();
 
     /// <summary>
+    /// Index of the largest of x[0..n) (the first on ties): greedy decoding's choice. A GPU computes it on the device
+    /// and copies back one id instead of the logits; the default reads them to the host.
+    /// </summary>
+    int Argmax(DeviceBuffer x, int n)
+    {
+        var v = new float[n];
+        Download(x, 0, v);
+        int best = 0;
+        for (int i = 1; i < n; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
+    /// <summary>
     /// Makes the backend usable from the calling thread (CUDA: its context is current per thread, so the GPU backend
     /// binds it; no-op elsewhere). Models call it at the start of every forward pass, state creation and release, so
     /// callers on any thread (a server's thread pool, a decode loop) launch into the right context.

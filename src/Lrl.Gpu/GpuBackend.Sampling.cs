@@ -43,6 +43,7 @@ public sealed partial class GpuBackend
     private int ReadScalar()
     {
         Span<int> one = stackalloc int[1];
+        _downloadBytes += sizeof(int);
         _scalar.View.SubView(0, 1).CopyToCPU(Download_, ref MemoryMarshal.GetReference(one), 1);
         return one[0];
     }

@@ -153,6 +153,7 @@ public sealed partial class GpuBackend : IBackend
     {
         CheckRange(source, sourceOffset, destination.Length, "download");
         if (destination.Length == 0) return;
+        _downloadBytes += (long)destination.Length * sizeof(float);
         B(source).View.SubView(sourceOffset, destination.Length)
             .CopyToCPU(Download_, ref MemoryMarshal.GetReference(destination), destination.Length);
     }
@@ -198,7 +199,7 @@ public sealed partial class GpuBackend : IBackend
     public void Synchronize() => Sync();
 
     // Work queued per kind, counted where it is queued: each kernel launch reads Launch_ once, each copy its kind.
-    private long _launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations;
+    private long _launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations, _downloadBytes;
     private AcceleratorStream Launch_ { get { _launches++; return _stream; } }
     private AcceleratorStream Upload_ { get { _uploads++; return _stream; } }
     private AcceleratorStream Download_ { get { _downloads++; return _stream; } }   // a copy to the host waits for the stream
@@ -210,7 +211,7 @@ public sealed partial class GpuBackend : IBackend
     /// the stream: a host synchronization), device-to-device copies, explicit synchronizations and device allocations.
     /// Per-token budgets are differences of two readings.
     /// </summary>
-    public GpuCounters Counters => new(_launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations);
+    public GpuCounters Counters => new(_launches, _uploads, _downloads, _deviceCopies, _syncs, _allocations, _downloadBytes);
 
     /// <summary>Binds the accelerator (its CUDA context) to the calling thread unless it already is.</summary>
     public void Enter()

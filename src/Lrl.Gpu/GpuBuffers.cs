@@ -54,14 +54,15 @@ public sealed class GpuWeight : Weight
 }
 
 /// <summary>Counts of work a <see cref="GpuBackend"/> queued (see <see cref="GpuBackend.Counters"/>).</summary>
-public readonly record struct GpuCounters(long Launches, long Uploads, long Downloads, long DeviceCopies, long Syncs, long Allocations)
+public readonly record struct GpuCounters(long Launches, long Uploads, long Downloads, long DeviceCopies, long Syncs, long Allocations, long DownloadBytes = 0)
 {
     public static GpuCounters operator -(GpuCounters a, GpuCounters b) =>
-        new(a.Launches - b.Launches, a.Uploads - b.Uploads, a.Downloads - b.Downloads, a.DeviceCopies - b.DeviceCopies, a.Syncs - b.Syncs, a.Allocations - b.Allocations);
+        new(a.Launches - b.Launches, a.Uploads - b.Uploads, a.Downloads - b.Downloads, a.DeviceCopies - b.DeviceCopies, a.Syncs - b.Syncs,
+            a.Allocations - b.Allocations, a.DownloadBytes - b.DownloadBytes);
 
     /// <summary>Host synchronizations: explicit ones and downloads (a copy to the host waits for the stream).</summary>
     public long HostWaits => Syncs + Downloads;
 
     public override string ToString() =>
-        $"{Launches} launches, {Uploads} uploads, {Downloads} downloads, {DeviceCopies} device copies, {Syncs} syncs, {Allocations} allocations";
+        $"{Launches} launches, {Uploads} uploads, {Downloads} downloads ({DownloadBytes} bytes), {DeviceCopies} device copies, {Syncs} syncs, {Allocations} allocations";
 }

@@ -80,6 +80,18 @@ internal sealed class LogitsHead : IDisposable
         }
     }
 
+    /// <summary>
+    /// The greedy token of the last of the chunk's <paramref name="rows"/> hidden rows: the head over that row, then the
+    /// backend's argmax (on a GPU only the id is copied back).
+    /// </summary>
+    public int WriteArgmax(DeviceBuffer hidden, int rows)
+    {
+        _b.Copy(hidden, (long)(rows - 1) * _hidden, _last, 0, _hidden);
+        Keep(_last, 0, 1, 0);
+        _b.MatMul(_last, _head, _logits, 1);
+        return _b.Argmax(_logits, _vocab);
+    }
+
     /// <summary>Batched step: queues <paramref name="rows"/> hidden rows from row <paramref name="row"/> for <see cref="Flush"/>.</summary>
     public void Gather(DeviceBuffer hidden, int row, int rows)
     {

@@ -297,6 +297,48 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
+    /// <summary>
+    /// As <see cref="Forward(ISequenceState, ReadOnlySpan{int}, int, Span{float})"/> returning only the last token's
+    /// greedy choice (the first largest logit): the argmax runs where the logits are (the device, on a GPU), so only
+    /// one id comes back per token. Greedy decoding without penalties or biases uses it.
+    /// </summary>
+    public int ForwardArgmax(ISequenceState state, ReadOnlySpan<int> tokens, int startPos)
+    {
+        if (ChunkRows == 0 || Head is null || FinalHidden is null)
+        {
+            var l = new float[VocabSize];
+            Forward(state, tokens, startPos, l);
+            return EarlyArgmax(l);
+        }
+        var s = Own(state);
+        int n = tokens.Length;
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || (long)startPos + n > ContextLength)
+            throw new LrlException($"positions {startPos}..{(long)startPos + n - 1} exceed the context window of {ContextLength} tokens");
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.Enter();
+            ObjectDisposedException.ThrowIf(s.IsDisposed, s);
+            CheckAdapters(s);
+            Reserve(s, startPos + n);
+            int rows = 0;
+            for (int done = 0; done < n; done += rows)
+            {
+                rows = Math.Min(ChunkRows, n - done);
+                RunChunk(s, tokens.Slice(done, rows), startPos + done);
+            }
+            return Head.WriteArgmax(FinalHidden, rows);
+        }
+
+        static int EarlyArgmax(ReadOnlySpan<float> v)
+        {
+            int best = 0;
+            for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+            return best;
+        }
+    }
+
     /// <summary>Layers of the model (the most an early-exit draft can run is one fewer); 0 when not layered.</summary>
     public virtual int LayerCount => 0;
 

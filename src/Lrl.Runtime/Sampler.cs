@@ -19,24 +19,18 @@ public sealed class Sampler
         options.Validate();
         _o = options;
         _vocab = vocabSize;
-        _rng = options.Seed is int s ? new Random(MixSeed(s)) : new Random();
+        _rng = options.Seed is int s ? new Random(s) : new Random();
         _keys = new float[vocabSize];
         _ids = new int[vocabSize];
     }
 
     /// <summary>
-    /// The seed spread by SplitMix64's finalizer before it seeds <see cref="Random"/>: the seeded (legacy subtractive)
-    /// generator's first draws move almost linearly with the seed, so seeds 1, 2, 3, ... sampled a quasi-regular grid
-    /// of the first token's distribution instead of independent draws (600 consecutive seeds matched another 600 to
-    /// within a count or two per token).
+    /// Whether the choice is the plain argmax of the model's logits (greedy, no penalty or bias changes them), so a
+    /// backend may take it where the logits are.
     /// </summary>
-    internal static int MixSeed(int seed)
-    {
-        ulong z = (ulong)(uint)seed + 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return (int)((z ^ (z >> 31)) & 0x7FFFFFFF);
-    }
+    public bool IsPlainArgmax =>
+        (_o.Temperature == 0 || float.IsInfinity(1f / _o.Temperature)) && (_o.RepeatPenalty == 1f || _o.RepeatLastN == 0) &&
+        ((_o.FrequencyPenalty == 0 && _o.PresencePenalty == 0) || _o.RepeatLastN == 0) && (_o.LogitBias is null || _o.LogitBias.Count == 0);
 
     /// <summary>Chooses a token. <paramref name="logits"/> is modified (penalties applied); <paramref name="recent"/> are the tokens seen so far.</summary>
     public int Sample(Span<float> logits, ReadOnlySpan<int> recent)

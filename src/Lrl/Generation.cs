@@ -76,6 +76,23 @@ internal sealed class Generation
     /// </summary>
     public bool Accept(Span<float> logits, List<GeneratedToken> emit)
     {
+        if (!Begin(emit)) return false;
+        return Take(_sampler.Sample(logits, CollectionsMarshal.AsSpan(Held)), emit); // the context so far
+    }
+
+    /// <summary>Whether the sampler's choice is the plain argmax of the logits (<see cref="AcceptArgmax"/> may be used).</summary>
+    public bool PlainArgmax => _sampler.IsPlainArgmax;
+
+    /// <summary>As <see cref="Accept"/> with the logits' argmax already taken (on the device) by the model.</summary>
+    public bool AcceptArgmax(int token, List<GeneratedToken> emit)
+    {
+        if (!PlainArgmax) throw new InvalidOperationException("the sampler does not take the plain argmax");
+        if (!Begin(emit)) return false;
+        return Take(token, emit);
+    }
+
+    private bool Begin(List<GeneratedToken> emit)
+    {
         if (!_prefilled)
         {
             _prefilled = true;
@@ -84,7 +101,11 @@ internal sealed class Generation
         }
         if (Cancellation.IsCancellationRequested) return Finish(FinishReason.Cancelled, emit);
         if (Stats.GeneratedTokens >= _options.MaxTokens) return Finish(FinishReason.Length, emit);
-        int next = _sampler.Sample(logits, CollectionsMarshal.AsSpan(Held)); // the context so far
+        return true;
+    }
+
+    private bool Take(int next, List<GeneratedToken> emit)
+    {
         if (!_options.IgnoreEos && _eos.Contains(next)) return Finish(FinishReason.EndOfSequence, emit);
         Stats.GeneratedTokens++;
         var text = _stops.Push(_decoder.Push(next));

@@ -186,6 +186,25 @@ public sealed class InferenceSession : IDisposable
             foreach (var t in SpeculativeRun.Run(_owner, _state, g, options, _logits, source)) yield return t;
             yield break;
         }
+        if (g.PlainArgmax && _owner.Model is Lrl.Models.ModelBase mb)
+        {
+            // Greedy without penalties: the model takes the argmax where its logits are (one id back per token).
+            ThrowIfDisposed();
+            LastComputeThread = Environment.CurrentManagedThreadId;
+            int token = mb.ForwardArgmax(_state, prompt.AsSpan(g.Held.Count), g.Held.Count);
+            g.PromptRan(g.PromptLeft);
+            while (true)
+            {
+                bool more = g.AcceptArgmax(token, emit);
+                foreach (var t in emit) yield return t;
+                emit.Clear();
+                if (!more) break;
+                ThrowIfDisposed();
+                token = mb.ForwardArgmax(_state, [g.Next], g.Held.Count);
+                g.NextRan();
+            }
+            yield break;
+        }
         Forward(prompt.AsSpan(g.Held.Count), g.Held.Count);
         g.PromptRan(g.PromptLeft);
         while (true)

@@ -236,5 +236,30 @@ public class ModelTests
         Assert.Equal((long)tokens * (3 + 9 * layers), d.Launches);
         // No device copies: the cache rows are written by the RoPE launch, a single decode row feeds the head in place.
         Assert.Equal(0, d.DeviceCopies);
+
+        // Greedy decoding takes the argmax on the device: one more launch, and one id (4 bytes) back per token instead
+        // of the vocabulary's logits; the same tokens as the host's argmax of the downloaded logits.
+        using var greedyState = model.CreateState();
+        using var hostState = model.CreateState();
+        int token = ((ModelBase)model).ForwardArgmax(greedyState, [1, 403, 407, 261], 0);
+        model.Forward(hostState, [1, 403, 407, 261], 0, logits);
+        Assert.Equal(ArgMax(logits), token);
+        token = ((ModelBase)model).ForwardArgmax(greedyState, [token], 4);
+        before = backend.Counters;
+        var ids = new List<int>();
+        for (int i = 0; i < tokens; i++) { ids.Add(token); token = ((ModelBase)model).ForwardArgmax(greedyState, [token], 5 + i); }
+        d = backend.Counters - before;
+        TestContext.Current.SendDiagnosticMessage($"greedy on the device, per token: {d.Launches / (double)tokens} launches, {d.DownloadBytes / (double)tokens} bytes back");
+        Assert.Equal((long)tokens * (3 + 9 * layers + 1), d.Launches);
+        Assert.Equal(tokens, d.HostWaits);
+        Assert.Equal(4L * tokens, d.DownloadBytes);
+        Assert.Equal(0, d.Uploads);
+        Assert.Equal(0, d.Allocations);
+        model.Forward(hostState, [ArgMax(logits)], 4, logits);
+        for (int i = 0; i < tokens; i++)
+        {
+            Assert.Equal(ArgMax(logits), ids[i]);
+            model.Forward(hostState, [ids[i]], 5 + i, logits);
+        }
     }
 }
