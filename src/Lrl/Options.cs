@@ -68,7 +68,7 @@ public sealed record GenerationOptions
     public int DraftLayers { get; init; }
     /// <summary>Draft model: a smaller model with the same tokenizer (<see cref="SpeculativeMethod.Draft"/>).</summary>
     public LrlModel? DraftModel { get; init; }
-    /// <summary>Draft heads trained for the model (<see cref="SpeculativeMethod.Heads"/>, <see cref="DraftHeads.Load"/>).</summary>
+    /// <summary>Draft heads trained for the model (<see cref="SpeculativeMethod.Heads"/>, <see cref="Lrl.Models.DraftHeads.Load"/>).</summary>
     public Lrl.Models.DraftHeads? DraftHeads { get; init; }
     /// <summary>
     /// Draft heads: verify a tree of candidates instead of a chain, with this many of head d's top tokens under every
