@@ -26,7 +26,11 @@ public sealed class StepBatch
     /// <param name="StartPos">Position of the run's first token; the state holds positions 0 .. StartPos-1.</param>
     /// <param name="Logits">Which logits the run wants.</param>
     /// <param name="LogitsRow">Row of the logits output where the run's first wanted row goes (-1: none).</param>
-    public readonly record struct Run(ISequenceState State, int Row0, int Rows, int StartPos, LogitsWanted Logits, int LogitsRow);
+    public readonly record struct Run(ISequenceState State, int Row0, int Rows, int StartPos, LogitsWanted Logits, int LogitsRow)
+    {
+        /// <summary>A tree of candidates (<see cref="AddTree"/>): each row's parent row within the run, −1 for the root.</summary>
+        public int[]? Parents { get; init; }
+    }
 
     private int[] _tokens;
     private Run[] _runs;
@@ -85,6 +89,19 @@ public sealed class StepBatch
         _runs[RunCount++] = new Run(state, RowCount, tokens.Length, startPos, logits, at);
         RowCount += tokens.Length;
         LogitsRows += logits switch { LogitsWanted.Last => 1, LogitsWanted.All => tokens.Length, _ => 0 };
+        return at;
+    }
+
+    /// <summary>
+    /// Appends a tree of candidate tokens after the state's first <paramref name="startPos"/> tokens (speculative
+    /// verification; see the model's ForwardTree): row r follows row <paramref name="parents"/>[r] (−1: the root), every
+    /// row's logits wanted. Returns the logits row of the root.
+    /// </summary>
+    public int AddTree(ISequenceState state, ReadOnlySpan<int> tokens, ReadOnlySpan<int> parents, int startPos)
+    {
+        TreeAttention.Validate(parents, tokens.Length);
+        int at = Add(state, tokens, startPos, LogitsWanted.All);
+        _runs[RunCount - 1] = _runs[RunCount - 1] with { Parents = parents.ToArray() };
         return at;
     }
 }

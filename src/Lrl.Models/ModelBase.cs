@@ -281,6 +281,9 @@ public abstract class ModelBase : ILanguageModel
                 throw new LrlException("a sequence state of the step was created by another model; create it with this model's CreateState()");
             if (run.StartPos < 0 || (long)run.StartPos + run.Rows > ContextLength)
                 throw new LrlException($"positions {run.StartPos}..{(long)run.StartPos + run.Rows - 1} exceed the context window of {ContextLength} tokens");
+            if (run.Parents is not null && (!SupportsTrees || run.Rows > ChunkRows))
+                throw new LrlException(SupportsTrees ? $"a tree of {run.Rows} nodes exceeds the model's batch of {ChunkRows} rows"
+                                                     : $"{Architecture} cannot verify a tree of candidates");
         }
         lock (_gate)
         {
@@ -516,16 +519,24 @@ public abstract class ModelBase : ILanguageModel
         var tokens = batch.Tokens;
         var runs = batch.Runs;
         int next = 0, logitsAt = 0, chunk = ChunkRows;
-        for (int c0 = 0; c0 < batch.RowCount; c0 += chunk)
+        for (int c0 = 0, rows; c0 < batch.RowCount; c0 += rows)
         {
-            int rows = Math.Min(chunk, batch.RowCount - c0), end = c0 + rows, n = 0;
+            rows = Math.Min(chunk, batch.RowCount - c0);
+            int end = c0 + rows, n = 0;
+            // A tree run is never split: the chunk ends before one that would straddle its end.
+            for (int r = next; r < runs.Length && runs[r].Row0 < end; r++)
+                if (runs[r].Parents is not null && runs[r].Row0 > c0 && runs[r].Row0 + runs[r].Rows > end)
+                {
+                    rows = runs[r].Row0 - c0; end = c0 + rows;
+                    break;
+                }
             // The runs overlapping rows [c0, end), clipped to them.
             for (int r = next; r < runs.Length && runs[r].Row0 < end; r++)
             {
                 var x = runs[r];
                 int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
                 if (n == _pieces.Length) Array.Resize(ref _pieces, n * 2);
-                _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0));
+                _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0)) { Parents = x.Parents };
             }
             RunChunk(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
             Array.Clear(_pieces, 0, n);

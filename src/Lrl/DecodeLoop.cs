@@ -50,8 +50,14 @@ internal sealed class DecodeLoop : IDisposable
     }
 
     /// <summary>One generation in the loop: its state, its cursor, and where its tokens go.</summary>
-    internal sealed class Job(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0)
+    internal sealed class Job(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0, int[]? tree = null)
     {
+        /// <summary>Draft heads verifying a tree of candidates: the tree's shape, and this step's rows.</summary>
+        public int[]? Tree { get; } = tree;
+        public int[]? TreeTokens, TreeParents;
+        public int TreePos;
+        public List<int> TreeNodeTokens { get; } = [];
+        public List<int> TreeNodeParents { get; } = [];
         public ISequenceState State { get; } = state;
         public Generation Generation { get; } = generation;
         /// <summary>Speculative decoding: the job's draft source; its decode runs carry the drafts (all rows' logits).</summary>
@@ -79,9 +85,9 @@ internal sealed class DecodeLoop : IDisposable
     }
 
     /// <summary>Queues a generation; its tokens arrive on the returned job's channel, which completes when it ends.</summary>
-    public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0)
+    public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0, int[]? tree = null)
     {
-        var job = new Job(state, generation, draft, draftTokens);
+        var job = new Job(state, generation, draft, draftTokens, tree);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_stop, this);
@@ -128,6 +134,15 @@ internal sealed class DecodeLoop : IDisposable
             j.LogitsRow = -1;
             if (Drop(j) || !j.Decoding) continue;
             var g = j.Generation;
+            if (j.Draft is HeadsDraft treeHeads && j.Tree is { Length: > 0 } shape && _model is ModelBase { SupportsTrees: true })
+            {
+                // Draft heads with a tree: the pending token and every candidate in one tree run.
+                var (rowTokens, rowParents) = SpeculativeRun.TreePropose(treeHeads, shape, g, _model.ContextLength, j.TreeNodeTokens, j.TreeNodeParents);
+                j.TreeTokens = rowTokens; j.TreeParents = rowParents; j.TreePos = g.Held.Count;
+                j.LogitsRow = _batch.AddTree(j.State, rowTokens, rowParents, g.Held.Count);
+                decoding += rowTokens.Length;
+                continue;
+            }
             if (j.Draft is { } source)
             {
                 // Speculative: the pending token and its drafts in one run, every row's logits.
@@ -175,7 +190,15 @@ internal sealed class DecodeLoop : IDisposable
                 int v = _model.VocabSize;
                 _emit.Clear();
                 long accepted = g.Stats.AcceptedTokens;
-                if (j.Decoding && j.Draft is not null)
+                int hiddenRow = -1;
+                if (j.Decoding && j.TreeTokens is { } rowTokens)
+                {
+                    j.Decoding = SpeculativeRun.TreeAccept((ModelBase)_model, g, j.State, j.TreePos, rowTokens, j.TreeParents!,
+                                                           _logits.AsSpan(j.LogitsRow * v, rowTokens.Length * v), _emit, out int last);
+                    j.TreeTokens = j.TreeParents = null;
+                    hiddenRow = j.LogitsRow + last;
+                }
+                else if (j.Decoding && j.Draft is not null)
                 {
                     g.NextRan();
                     j.Decoding = SpeculativeRun.AcceptRows(g, _logits.AsSpan(j.LogitsRow * v, (j.DraftCount + 1) * v), v, j.Drafts.AsSpan(0, j.DraftCount), _emit);
@@ -189,7 +212,7 @@ internal sealed class DecodeLoop : IDisposable
                 {
                     // Draft heads start from the hidden row the pending token was sampled from.
                     var hidden = j.Hidden ??= new float[mb.HiddenSize];
-                    mb.CopyCapturedHidden(j.LogitsRow + (int)(g.Stats.AcceptedTokens - accepted), hidden);
+                    mb.CopyCapturedHidden(hiddenRow >= 0 ? hiddenRow : j.LogitsRow + (int)(g.Stats.AcceptedTokens - accepted), hidden);
                     heads.Observe(hidden);
                 }
                 foreach (var t in _emit) j.Output.Writer.TryWrite(t);

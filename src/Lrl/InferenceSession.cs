@@ -163,7 +163,7 @@ public sealed class InferenceSession : IDisposable
         if (_owner.Loop is { } loop)
         {
             // Batched: the model's decode loop runs this generation's steps together with every other one's.
-            var job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens);
+            var job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens, options.DraftTree);
             try
             {
                 var reader = job.Output.Reader;
@@ -236,7 +236,7 @@ public sealed class InferenceSession : IDisposable
             UseAdapters(options);
             var g = new Generation(_owner, _held, prompt, options, ct);
             LastStats = g.Stats;
-            job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens);
+            job = _job = loop.Submit(_state, g, DraftFor(options), options.DraftTokens, options.DraftTree);
             await foreach (var t in job.Output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 if (ct.IsCancellationRequested) break; // the loop ends the job as cancelled at its next step

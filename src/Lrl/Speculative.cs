@@ -345,30 +345,60 @@ internal static class SpeculativeRun
 
     /// <summary>
     /// One verify step over a tree of head candidates: one pass over the pending token and every node (tree-masked
-    /// attention), then the generation's own sampling from the root down, descending into the child whose token is the
-    /// model's own; the accepted path's cache entries are kept, the rest dropped.
+    /// attention), then the generation's own sampling from the root down (<see cref="TreeAccept"/>).
     /// </summary>
     private static bool TreeStep(ModelBase model, HeadsDraft heads, int[] shape, ISequenceState state, Generation g, int pos,
                                  List<int> tokens, List<int> parents, float[] hidden, List<GeneratedToken> emit)
     {
-        var stats = g.Stats;
+        var (rowTokens, rowParents) = TreePropose(heads, shape, g, model.ContextLength, tokens, parents);
+        var logits = new float[rowTokens.Length * model.VocabSize];
+        model.ForwardTree(state, rowTokens, rowParents, pos, logits);
+        int cur;
+        bool more = TreeAccept(model, g, state, pos, rowTokens, rowParents, logits, emit, out cur);
+        if (more)
+        {
+            model.CopyCapturedHidden(cur, hidden);
+            heads.Observe(hidden);
+        }
+        return more;
+    }
+
+    /// <summary>The rows of a tree step: the pending token (root), then the heads' candidates (none while backing off).</summary>
+    internal static (int[] Tokens, int[] Parents) TreePropose(HeadsDraft heads, int[] shape, Generation g, int contextLength,
+                                                              List<int> tokens, List<int> parents)
+    {
         int maxDepth = g.Drafting.Length(shape.Length);
-        int room = Math.Min(63, model.ContextLength - 1 - pos);
+        int room = Math.Min(AttentionRowsMax, contextLength - 1 - g.Held.Count);
         int n = heads.ProposeTree(shape, maxDepth, room, tokens, parents);
-        int vocab = model.VocabSize, rows = n + 1;
-        var rowTokens = new int[rows];
-        var rowParents = new int[rows];
+        var rowTokens = new int[n + 1];
+        var rowParents = new int[n + 1];
         rowTokens[0] = g.Next; rowParents[0] = -1;
         for (int i = 0; i < n; i++) { rowTokens[i + 1] = tokens[i]; rowParents[i + 1] = parents[i]; }
-        var logits = new float[rows * vocab];
-        model.ForwardTree(state, rowTokens, rowParents, pos, logits);
+        return (rowTokens, rowParents);
+    }
+
+    /// <summary>Most nodes of a tree step besides the root (one 64-bit ancestor mask on a GPU).</summary>
+    private const int AttentionRowsMax = 63;
+
+    /// <summary>
+    /// After a tree pass at <paramref name="pos"/> (its pending root recorded as run here): samples from the root down,
+    /// descending into the child whose token is the model's own; keeps the accepted path's cache entries; updates the
+    /// statistics and the adaptive length. <paramref name="last"/>: the node the pending token was sampled from.
+    /// </summary>
+    internal static bool TreeAccept(ModelBase model, Generation g, ISequenceState state, int pos, int[] rowTokens, int[] rowParents,
+                                    ReadOnlySpan<float> logitsRows, List<GeneratedToken> emit, out int last)
+    {
+        var stats = g.Stats;
+        int vocab = model.VocabSize, rows = rowTokens.Length, n = rows - 1;
         g.NextRan();
         var path = new List<int> { 0 };
         int cur = 0, accepted = 0;
+        var row = new float[vocab];
         bool more;
         while (true)
         {
-            more = g.Accept(logits.AsSpan(cur * vocab, vocab), emit);
+            logitsRows.Slice(cur * vocab, vocab).CopyTo(row); // the sampler may change its logits (penalties)
+            more = g.Accept(row, emit);
             if (!more) break;
             int child = -1;
             for (int c = cur + 1; c < rows; c++)
@@ -392,11 +422,7 @@ internal static class SpeculativeRun
             for (int d = 0; d < accepted; d++) stats.AcceptedByDepth[d]++;
             g.Drafting.Observe(depth, Math.Min(accepted, depth));
         }
-        if (more)
-        {
-            model.CopyCapturedHidden(cur, hidden);
-            heads.Observe(hidden);
-        }
+        last = cur;
         return more;
     }
 

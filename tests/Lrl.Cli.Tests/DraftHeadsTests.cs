@@ -121,7 +121,8 @@ public class DraftHeadsTests
             {
                 using var session = batched.CreateSession();
                 var ids = new List<int>();
-                var o = i % 2 == 0 ? plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 3 } : plain;
+                // Sequence 2 verifies trees of candidates: its tree run shares the steps with the others' rows.
+                var o = i % 2 == 0 ? plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 3, DraftTree = i == 2 ? [3, 2, 2] : null } : plain;
                 await foreach (var t in session.GenerateAsync(p, o)) if (t.Id >= 0) ids.Add(t.Id);
                 return (ids.ToArray(), session.LastStats);
             }));
@@ -129,6 +130,8 @@ public class DraftHeadsTests
             // Drafts from the right hidden rows are accepted (from another sequence's rows they would almost never be).
             int accepted = results.Where((_, i) => i % 2 == 0).Sum(r => r.LastStats.AcceptedTokens);
             Assert.True(accepted >= 8, $"{accepted} drafts accepted over the two speculative sequences");
+            Assert.True(results[2].LastStats.DraftedTokens > results[2].LastStats.VerifySteps * 3, "sequence 2 verified trees (more than a chain's drafts a step)");
+            Assert.True(results[2].LastStats.AcceptedTokens > 0, "sequence 2's tree drafts were never accepted");
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

@@ -200,4 +200,39 @@ public class StepBatchTests
         Assert.Throws<ObjectDisposedException>(() => model.Forward(batch, new float[model.VocabSize]));
         foreign.Dispose();
     }
+
+    /// <summary>
+    /// A tree run in a batched step (speculative verification beside other sequences) gives the logits of the same tree
+    /// run alone, and is never split across the model's chunks: with 7-row chunks, a 5-node tree after 4 rows of another
+    /// sequence starts a new chunk instead of straddling.
+    /// </summary>
+    [Fact]
+    public void TreeRunsInABatchedStepEqualTheTreeAlone()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var backend = new CpuBackend(threads: 2);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 64, BatchSize = 7 });
+        var mb = (ModelBase)model;
+        int v = model.VocabSize;
+        int[] prompt = [1, 403, 407, 261], other = [1, 300, 378, 432];
+        int[] nodes = [300, 261, 378, 432, 260];
+        int[] parents = [-1, 0, 0, 1, 1];
+        var alone = new float[nodes.Length * v];
+        using (var s = model.CreateState())
+        {
+            model.Forward(s, prompt, 0, new float[v]);
+            mb.ForwardTree(s, nodes, parents, prompt.Length, alone);
+        }
+        using var a = model.CreateState();
+        using var b = model.CreateState();
+        model.Forward(a, prompt, 0, new float[v]);
+        var batch = new StepBatch();
+        batch.Add(b, other, 0);                                   // rows 0-3 of the first chunk
+        int at = batch.AddTree(a, nodes, parents, prompt.Length); // 5 rows: would straddle rows 4-8
+        var logits = new float[batch.LogitsRows * v];
+        model.Forward(batch, logits);
+        double err = SharedData.RelativeL2(logits.AsSpan(at * v, nodes.Length * v).ToArray(), alone.Select(x => (double)x).ToList());
+        Assert.True(err < 1e-5, $"tree run in a batched step vs alone: relative L2 error {err:E2}");
+        Assert.Throws<ArgumentException>(() => batch.AddTree(b, [1, 2], [0, 0], 4));
+    }
 }
