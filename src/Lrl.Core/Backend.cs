@@ -151,9 +151,7 @@ public interface IBackend : IDisposable
     {
         var v = new float[n];
         Download(x, 0, v);
-        int best = 0;
-        for (int i = 1; i < n; i++) if (v[i] > v[best]) best = i;
-        return best;
+        return Logits.ArgMax(v);
     }
 
     /// <summary>
@@ -179,6 +177,19 @@ public static class BackendOps
     public static void Attention(this IBackend b, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                                  int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
         b.AttentionRows(q, kCache, vCache, output, 0, rows, pos0, heads, kvHeads, headDim, scale);
+}
+
+/// <summary>Host helpers over logits.</summary>
+public static class Logits
+{
+    /// <summary>Index of the largest value, the first on ties (greedy decoding's choice).</summary>
+    public static int ArgMax(ReadOnlySpan<float> v)
+    {
+        int best = 0;
+        float bv = v[0];
+        for (int i = 1; i < v.Length; i++) if (v[i] > bv) { bv = v[i]; best = i; }
+        return best;
+    }
 }
 
 /// <summary>The host algorithm of <see cref="IBackend.AttentionTree"/> (float products, double softmax sums).</summary>

@@ -311,7 +311,7 @@ public abstract class ModelBase : ILanguageModel
         {
             var l = new float[VocabSize];
             Forward(state, tokens, startPos, l);
-            return EarlyArgmax(l);
+            return Logits.ArgMax(l);
         }
         var s = Own(state);
         int n = tokens.Length;
@@ -332,13 +332,6 @@ public abstract class ModelBase : ILanguageModel
                 RunChunk(s, tokens.Slice(done, rows), startPos + done);
             }
             return Head.WriteArgmax(FinalHidden, rows);
-        }
-
-        static int EarlyArgmax(ReadOnlySpan<float> v)
-        {
-            int best = 0;
-            for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
-            return best;
         }
     }
 

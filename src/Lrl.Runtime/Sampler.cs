@@ -108,13 +108,7 @@ public sealed class Sampler
         foreach (int t in window) if ((uint)t < (uint)_vocab) _ids[t] = 0;
     }
 
-    public static int ArgMax(ReadOnlySpan<float> v)
-    {
-        int best = 0;
-        float bv = v[0];
-        for (int i = 1; i < v.Length; i++) if (v[i] > bv) { bv = v[i]; best = i; }
-        return best;
-    }
+    public static int ArgMax(ReadOnlySpan<float> v) => Logits.ArgMax(v);
 
     /// <summary>Puts the k largest logits (ties: lower id first) into _keys/_ids sorted descending; returns k.</summary>
     private int SelectTopK(ReadOnlySpan<float> logits, int k)

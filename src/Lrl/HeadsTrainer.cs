@@ -64,6 +64,9 @@ public static class HeadsTrainer
     public static DraftHeads Train(LrlModel model, HeadsTrainOptions o, TextWriter? log = null)
     {
         o.Validate();
+        string existing = Path.Combine(o.Out, "config.json");
+        if (File.Exists(existing) && !File.ReadAllText(existing).Contains("medusa_num_heads", StringComparison.Ordinal))
+            throw new LrlException($"--out {o.Out}: holds a config.json that is not a draft heads folder's; choose another folder (a model folder is never overwritten)");
         if (model.Model is not ModelBase mb || mb.HiddenSize == 0)
             throw new LrlException($"{model.Model.Architecture} cannot train draft heads (Llama-family and GPT-2 models can)");
         if (mb.OutputWeight is not CpuMatrix output)
@@ -152,7 +155,7 @@ public static class HeadsTrainer
             m.Forward(state, seq.ToArray(), 0, logits);
             while (seq.Count < length)
             {
-                int t = seq.Count < greedyFrom ? Sample(logits, p, rng, eos) : EarlyExitDraft.ArgMax(logits);
+                int t = seq.Count < greedyFrom ? Sample(logits, p, rng, eos) : Logits.ArgMax(logits);
                 seq.Add(t);
                 if (eos.Contains(t) || seq.Count == length) break;
                 m.Forward(state, [t], seq.Count - 1, logits);
@@ -169,7 +172,7 @@ public static class HeadsTrainer
         for (int i = 0; i < logits.Length; i++) sum += p[i] = eos.Contains(i) ? 0 : Math.Exp(logits[i] - max);
         double r = rng.NextDouble() * sum;
         for (int i = 0; i < logits.Length; i++) if ((r -= p[i]) <= 0 && p[i] > 0) return i;
-        return EarlyExitDraft.ArgMax(logits);
+        return Logits.ArgMax(logits);
     }
 
     /// <summary>Windows of <see cref="HeadsTrainOptions.Length"/> tokens of the text (teacher forcing), every position trained.</summary>
@@ -208,14 +211,20 @@ public static class HeadsTrainer
         return (h, targets);
     }
 
-    /// <summary>The gradients of one batch, shaped as the heads' tensors.</summary>
+    /// <summary>The gradients of one batch, shaped as the heads' tensors, and the per-position scratch (made once).</summary>
     internal sealed class Gradients
     {
         public readonly float[][] W, B;
+        internal readonly float[] Xs, Zs, Logits, Gx, Gz;
         public Gradients(DraftHeads h)
         {
             W = h.W.Select(w => new float[w.Length]).ToArray();
             B = h.B.Select(b => new float[b.Length]).ToArray();
+            Xs = new float[(h.Layers + 1) * h.Hidden];
+            Zs = new float[h.Layers * h.Hidden];
+            Logits = new float[h.Vocab];
+            Gx = new float[h.Hidden];
+            Gz = new float[h.Hidden];
         }
 
         public void Clear()
@@ -235,11 +244,7 @@ public static class HeadsTrainer
                                       double[]? lossPerHead = null, long[]? correct = null, long[]? counted = null)
     {
         int H = heads.Hidden, V = heads.Vocab, L = heads.Layers;
-        var xs = new float[(L + 1) * H];
-        var zs = new float[L * H];
-        var logits = new float[V];
-        var gx = new float[H];
-        var gz = new float[H];
+        float[] xs = g.Xs, zs = g.Zs, logits = g.Logits, gx = g.Gx, gz = g.Gz;
         double total = 0;
         float weight = 1;
         for (int k = 0; k < heads.Count; k++, weight *= decay)

@@ -58,7 +58,7 @@ internal sealed class HeadsDraft : IDraftSource
         _observed = false;
         _model.RunDraftHeads(_heads, _hidden, _logits);
         int n = Math.Min(draft.Length, _heads.Count);
-        for (int k = 0; k < n; k++) draft[k] = EarlyExitDraft.ArgMax(_logits.AsSpan(k * _heads.Vocab, _heads.Vocab));
+        for (int k = 0; k < n; k++) draft[k] = Logits.ArgMax(_logits.AsSpan(k * _heads.Vocab, _heads.Vocab));
         return n;
     }
 
@@ -161,18 +161,12 @@ internal sealed class EarlyExitDraft(ModelBase model, ISequenceState state, int 
         {
             _one[0] = token;
             model.ForwardLayers(state, _one, pos + count, _logits, layers);
-            token = ArgMax(_logits);
+            token = Logits.ArgMax(_logits);
             draft[count] = token;
         }
         return count;
     }
 
-    internal static int ArgMax(ReadOnlySpan<float> x)
-    {
-        int best = 0;
-        for (int i = 1; i < x.Length; i++) if (x[i] > x[best]) best = i;
-        return best;
-    }
 
     public void Dispose() { }
 }
@@ -214,7 +208,7 @@ internal sealed class DraftModelSource : IDraftSource
         int count = 0;
         for (; count < room; count++)
         {
-            int t = EarlyExitDraft.ArgMax(_logits);
+            int t = Logits.ArgMax(_logits);
             draft[count] = t;
             if (count + 1 == room) { count++; break; }
             _one[0] = t;

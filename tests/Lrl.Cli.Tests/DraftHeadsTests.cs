@@ -155,6 +155,13 @@ public class DraftHeadsTests
                 Assert.Equal(straight.B[i], resumed.B[i]);
             }
             Assert.Throws<LrlException>(() => HeadsTrainer.Train(m, o with { Out = b, Heads = 3, Resume = true }));
+            // A folder with another config.json (a model's) is never written into.
+            string model = a.Replace("-a-", "-m-");
+            Directory.CreateDirectory(model);
+            File.WriteAllText(Path.Combine(model, "config.json"), """{"model_type": "llama"}""");
+            Assert.Contains("not a draft heads folder", Assert.Throws<LrlException>(() => HeadsTrainer.Train(m, o with { Out = model })).Message);
+            Assert.Equal("""{"model_type": "llama"}""", File.ReadAllText(Path.Combine(model, "config.json")));
+            Directory.Delete(model, true);
         }
         finally
         {
