@@ -25,7 +25,9 @@ public interface ILoraOps
     /// Copies a LoRA pair into the backend: <paramref name="a"/> is A [rank, in] and <paramref name="b"/> is B [out, rank],
     /// both row-major f32 values (the adapter file's own layout; backends may hold them in another). When
     /// <paramref name="stored"/> is BF16 the values are exactly bf16 and a backend may hold them so (half the bytes a
-    /// product reads); otherwise it keeps f32.
+    /// product reads); when it is I8 they lie on the int8 grid of <see cref="LoraInt8"/> (each row of A and each column
+    /// of B is a scale times whole numbers in [-127, 127]) and a backend may hold the codes and one scale per row of A
+    /// and column of B (a quarter of the bytes); otherwise it keeps f32.
     /// </summary>
     LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
                          DType stored = DType.F32);
@@ -50,4 +52,39 @@ public interface ILoraOps
     /// </summary>
     void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
         throw new NotSupportedException("this backend does not fuse LoRA updates; call LoraRows after the product");
+}
+
+/// <summary>
+/// The int8 grid of adapters held as int8 (<see cref="ILoraOps.LoadLora"/> with <see cref="DType.I8"/>): each row of A
+/// [rank, in] and each column of B [out, rank] is s·q with s = max|values| / 127 and q a whole number in [-127, 127].
+/// Rounding the values onto it (<see cref="RoundA"/>, <see cref="RoundB"/>) before loading makes every backend compute
+/// with the same numbers, whether it keeps the codes or the floats.
+/// </summary>
+public static class LoraInt8
+{
+    /// <summary>The scale of a row or column whose largest magnitude is <paramref name="maxAbs"/> (1 for all zeros).</summary>
+    public static float Scale(float maxAbs) => maxAbs > 0 ? maxAbs / 127f : 1f;
+
+    /// <summary>The code of <paramref name="v"/> at scale <paramref name="s"/>.</summary>
+    public static sbyte Code(float v, float s) => (sbyte)Math.Clamp(MathF.Round(v / s, MidpointRounding.ToEven), -127, 127);
+
+    /// <summary>Rounds each row of A [rank, inF] onto its int8 grid, in place.</summary>
+    public static void RoundA(Span<float> a, int rank, int inF)
+    {
+        for (int j = 0; j < rank; j++) RoundStrided(a.Slice(j * inF, inF), 1);
+    }
+
+    /// <summary>Rounds each column of B [outF, rank] onto its int8 grid, in place.</summary>
+    public static void RoundB(Span<float> b, int outF, int rank)
+    {
+        for (int j = 0; j < rank; j++) RoundStrided(b[j..], rank);
+    }
+
+    private static void RoundStrided(Span<float> v, int stride)
+    {
+        float max = 0;
+        for (int i = 0; i < v.Length; i += stride) max = MathF.Max(max, MathF.Abs(v[i]));
+        float s = Scale(max);
+        for (int i = 0; i < v.Length; i += stride) v[i] = Code(v[i], s) * s;
+    }
 }

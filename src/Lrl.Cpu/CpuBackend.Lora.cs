@@ -1,33 +1,106 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lrl.Cpu;
 
 /// <summary>
-/// A LoRA pair in host memory: A [rank, in] as stored, B transposed to [rank, out] (rows of B's columns), as f32, or as
-/// bf16 bits when the adapter file is bf16 (half the bytes a product reads; widened in registers).
+/// A LoRA pair in host memory, as f32, as bf16 bits (adapter files in bf16: half the bytes a product reads) or as int8
+/// codes (<see cref="LoraInt8"/>: a quarter). A is [rank, in] as stored; B is held transposed, [rank, out] (f32/bf16: a
+/// product's outputs are contiguous per rank), or for int8 in panels of <see cref="Panel"/> outputs, [out/8][rank][8]
+/// (the rank codes of eight outputs in one 8-byte run: an output range reads one contiguous stretch). The int8 scales
+/// fold into the down-projection: t[j] = SA[j]·SB[j]·Σ x·qA[j], so the up-projection is codes times t alone.
 /// </summary>
-internal sealed class CpuLora : LoraWeights
+internal sealed unsafe class CpuLora : LoraWeights
 {
+    public const int Panel = 16;
+    /// <summary>The adapter pairs of the dispatch that followed the last one this pair opened (a prefetch hint).</summary>
+    internal CpuLora[]? NextDispatch;
     public float[]? A { get; }
     public float[]? Bt { get; }
     public ushort[]? A16 { get; }
     public ushort[]? Bt16 { get; }
+    public sbyte[]? A8 { get; }
+    public sbyte[]? B8 { get; }
+    private readonly float[]? _fold; // SA[j]·SB[j] for int8
 
-    public CpuLora(string name, int rank, int inF, int outF, ReadOnlySpan<float> a, ReadOnlySpan<float> b, bool bf16) : base(name, rank, inF, outF)
+    public CpuLora(string name, int rank, int inF, int outF, ReadOnlySpan<float> a, ReadOnlySpan<float> b, DType stored) : base(name, rank, inF, outF)
     {
+        if (stored == DType.I8)
+        {
+            A8 = new sbyte[a.Length];
+            _fold = new float[rank];
+            B8 = new sbyte[(long)(outF + Panel - 1) / Panel * Panel * rank];
+            for (int j = 0; j < rank; j++)
+            {
+                var row = a.Slice(j * inF, inF);
+                float sa = LoraInt8.Scale(TensorPrimitives.MaxMagnitude(row) is var m && float.IsFinite(m) ? MathF.Abs(m) : throw new ArgumentException($"LoRA {name}: A holds a non-finite value"));
+                for (int i = 0; i < inF; i++) A8[j * inF + i] = LoraInt8.Code(row[i], sa);
+                float max = 0;
+                for (int o = 0; o < outF; o++) max = MathF.Max(max, MathF.Abs(b[o * rank + j]));
+                float sb = LoraInt8.Scale(max);
+                for (int o = 0; o < outF; o++) B8[((long)(o / Panel) * rank + j) * Panel + o % Panel] = LoraInt8.Code(b[o * rank + j], sb);
+                _fold[j] = sa * sb;
+            }
+            return;
+        }
         var bt = new float[(long)rank * outF];
         for (int o = 0; o < outF; o++)
             for (int j = 0; j < rank; j++) bt[(long)j * outF + o] = b[o * rank + j];
-        if (!bf16) { A = a.ToArray(); Bt = bt; return; }
+        if (stored != DType.BF16) { A = a.ToArray(); Bt = bt; return; }
         A16 = new ushort[a.Length];
         for (int i = 0; i < a.Length; i++) A16[i] = DTypes.FloatToBF16(a[i]);
         Bt16 = new ushort[bt.Length];
         for (int i = 0; i < bt.Length; i++) Bt16[i] = DTypes.FloatToBF16(bt[i]);
     }
 
-    public override long ByteSize => A is not null ? (A.Length + (long)Bt!.Length) * 4 : (A16!.Length + (long)Bt16!.Length) * 2;
+    public override long ByteSize => A is not null ? (A.Length + (long)Bt!.Length) * 4
+        : A16 is not null ? (A16.Length + (long)Bt16!.Length) * 2
+        : A8!.Length + (long)B8!.Length + 4L * Rank;
+
+    /// <summary>Asks for B's bytes of outputs [start, end) in L2.</summary>
+    internal void PrefetchUp(int start, int end)
+    {
+        if (B8 is null || !Sse.IsSupported) return;
+        long from = (long)(start / Panel) * Rank * Panel, to = (long)((end + Panel - 1) / Panel) * Rank * Panel;
+        fixed (sbyte* p = B8)
+            for (long b = from & ~63L; b < to; b += 64) Sse.Prefetch1(p + b);
+    }
+
+    /// <summary>Asks for the fraction [from, to) of A's and B's bytes in L2.</summary>
+    internal void PrefetchSlice(double from, double to)
+    {
+        if (A is not null) fixed (float* p = A) PrefetchPart(p, A.Length * 4L, from, to);
+        else if (A16 is not null) fixed (ushort* p = A16) PrefetchPart(p, A16.Length * 2L, from, to);
+        else fixed (sbyte* p = A8) PrefetchPart(p, A8!.Length, from, to);
+        if (Bt is not null) fixed (float* p = Bt) PrefetchPart(p, Bt.Length * 4L, from, to);
+        else if (Bt16 is not null) fixed (ushort* p = Bt16) PrefetchPart(p, Bt16.Length * 2L, from, to);
+        else fixed (sbyte* p = B8) PrefetchPart(p, B8!.Length, from, to);
+    }
+
+    private static void PrefetchPart(void* p, long bytes, double from, double to)
+    {
+        if (!Sse.IsSupported) return;
+        byte* b = (byte*)p + ((long)(bytes * from) & ~63L), e = (byte*)p + (long)(bytes * to);
+        for (; b < e; b += 64) Sse.Prefetch1(b);
+    }
+
+    /// <summary>t[j] = scale·Σ x·A[j] for every rank j (int8: times SA[j]·SB[j], B's scale folded in).</summary>
+    public void DownAll(ReadOnlySpan<float> x, float scale, float* t)
+    {
+        int inF = InFeatures, rank = Rank;
+        if (A is { } a) for (int j = 0; j < rank; j++) t[j] = scale * TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
+        else if (A16 is { } a16) fixed (ushort* p = a16) for (int j = 0; j < rank; j++) t[j] = scale * Simd.DotBF16(p + (long)j * inF, x);
+        else
+            fixed (sbyte* p = A8) fixed (float* xp = x)
+            {
+                int j = 0;
+                for (; j + 4 <= rank; j += 4) Simd.DotI8x4(p + (long)j * inF, inF, xp, t + j);
+                for (; j < rank; j++) t[j] = Simd.DotI8(p + (long)j * inF, x);
+                for (j = 0; j < rank; j++) t[j] *= scale * _fold![j];
+            }
+    }
 }
 
 /// <summary>
@@ -43,6 +116,7 @@ internal sealed unsafe class LoraJob : IParallelJob
     private float[] _x = [], _y = [];
     private CpuLora? _w;
     private int _row0, _rows, _phase;
+    private float _scale;
 
     public void Run(WorkerPool pool, float[] x, int row0, int rows, CpuLora w, float scale, float[] y)
     {
@@ -53,10 +127,9 @@ internal sealed unsafe class LoraJob : IParallelJob
         _x = x; _y = y; _w = w; _row0 = row0; _rows = rows;
         bool serial = (long)rows * w.Rank * (w.InFeatures + w.OutFeatures) < SerialWork || pool.ThreadCount == 1;
         _phase = 0;
-        int downItems = rows * w.Rank;
-        if (serial) for (int i = 0; i < downItems; i++) Execute(i, 0);
-        else pool.Run(this, downItems);
-        TensorPrimitives.Multiply(_t.AsSpan(0, downItems), scale, _t.AsSpan(0, downItems));
+        _scale = scale;
+        if (serial) for (int i = 0; i < rows; i++) Execute(i, 0);
+        else pool.Run(this, rows);
         _phase = 1;
         int upItems = (w.OutFeatures + Chunk - 1) / Chunk;
         if (serial) for (int i = 0; i < upItems; i++) Execute(i, 0);
@@ -70,10 +143,7 @@ internal sealed unsafe class LoraJob : IParallelJob
         int rank = w.Rank, inF = w.InFeatures, outF = w.OutFeatures;
         if (_phase == 0)
         {
-            int r = item / rank, j = item % rank;
-            var x = _x.AsSpan((_row0 + r) * inF, inF);
-            if (w.A is { } a) _t[item] = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
-            else fixed (ushort* a16 = &w.A16![j * inF]) _t[item] = Simd.DotBF16(a16, x);
+            fixed (float* t = &_t[item * rank]) w.DownAll(_x.AsSpan((_row0 + item) * inF, inF), _scale, t); // one item per row
             return;
         }
         int o0 = item * Chunk, n = Math.Min(Chunk, outF - o0);
@@ -94,7 +164,7 @@ public sealed partial class CpuBackend : ILoraOps
     {
         if (rank < 1 || inFeatures < 1 || outFeatures < 1 || a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
             throw new ArgumentException($"LoRA {name}: A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]");
-        return new CpuLora(name, rank, inFeatures, outFeatures, a, b, stored == DType.BF16);
+        return new CpuLora(name, rank, inFeatures, outFeatures, a, b, stored);
     }
 
     public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
@@ -162,7 +232,47 @@ internal sealed unsafe class LoraStage
             _active++;
         }
         if (_t.Length < tUsed) _t = new float[Math.Max(tUsed, 2 * _t.Length)];
+        // Learn which pairs the next dispatch runs (decode repeats the same order every token) and let this dispatch's
+        // product items fetch them: an adapter's matrices are short streams, evicted by the base's weights every
+        // token, that each waited out DRAM latency when read cold (2-3x what their bytes take).
+        _next = null;
+        if (_active > 0)
+        {
+            var first = FirstActive();
+            if (_lastFirst is not null && _lastFirst != first && _lastFirst.NextDispatch is null)
+            {
+                var ws = new CpuLora[_active];
+                for (int i = 0, k = 0; i < _count; i++) if (_terms[i].Active) ws[k++] = _terms[i].W;
+                _lastFirst.NextDispatch = ws;
+            }
+            _lastFirst = first;
+            _next = first.NextDispatch;
+        }
         return _downItems;
+    }
+
+    private CpuLora? _lastFirst;
+    private CpuLora[]? _next;
+
+    private CpuLora FirstActive()
+    {
+        for (int i = 0; i < _count; i++) if (_terms[i].Active) return _terms[i].W;
+        throw new InvalidOperationException("no active term");
+    }
+
+    /// <summary>Product item <paramref name="item"/> of <paramref name="items"/>: prefetches its share of the next dispatch's adapter bytes.</summary>
+    public void PrefetchNext(int item, int items)
+    {
+        if (_next is null || items <= 0) return;
+        double from = (double)item / items, to = (double)(item + 1) / items;
+        foreach (var w in _next) w.PrefetchSlice(from, to);
+    }
+
+    /// <summary>Asks for the B bytes the epilogue of <paramref name="y"/>'s outputs [start, end) will read (before its product).</summary>
+    public void PrefetchUp(float[] y, int start, int end)
+    {
+        for (int i = 0; i < _count; i++)
+            if (_terms[i].Active && ReferenceEquals(_terms[i].Y, y)) _terms[i].W.PrefetchUp(start, end);
     }
 
     /// <summary>Whether the dispatch being run has updates.</summary>
@@ -178,13 +288,7 @@ internal sealed unsafe class LoraStage
         int r = item - t.Item, rank = t.W.Rank, inF = t.W.InFeatures;
         var x = t.X.AsSpan((t.Row0 + r) * inF, inF);
         int at = t.T + r * rank;
-        for (int j = 0; j < rank; j++)
-        {
-            float d;
-            if (t.W.A is { } a) d = TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
-            else fixed (ushort* a16 = &t.W.A16![j * inF]) d = Simd.DotBF16(a16, x);
-            _t[at + j] = d * t.Scale;
-        }
+        fixed (float* tp = &_t[at]) t.W.DownAll(x, t.Scale, tp);
         Interlocked.Increment(ref _downDone);
     }
 
@@ -196,6 +300,7 @@ internal sealed unsafe class LoraStage
             var spin = new SpinWait();
             while (Volatile.Read(ref _downDone) < _downItems) spin.SpinOnce(sleep1Threshold: -1);
         }
+
         int n = end - start;
         for (int i = 0; i < _count; i++)
         {
@@ -209,25 +314,116 @@ internal sealed unsafe class LoraStage
         }
     }
 
-    /// <summary>y[o] += Σ_j t[j]·B[start + o, j] for o &lt; n (f32 or bf16 B).</summary>
+    /// <summary>y[o] += Σ_j t[j]·B[start + o, j] for o &lt; n (f32, bf16 or int8 B).</summary>
     internal static void Up(CpuLora w, int start, float* t, float* y, int n)
     {
         if (w.Bt is { } bt) fixed (float* b = &bt[start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
-        else fixed (ushort* b = &w.Bt16![start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
+        else if (w.Bt16 is { } b16) fixed (ushort* b = &b16[start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
+        else fixed (sbyte* b = w.B8) UpPanels(b, t, w.Rank, y - start, start, start + n);
     }
 
-    /// <summary>y[o] += Σ_j t[j]·Bᵀ[j, o] for o &lt; n, eight outputs at a time held in a register over every rank.</summary>
+    /// <summary>
+    /// y[o] += Σ_j t[j]·q[o, j] for start ≤ o &lt; end, q in panels [out/16][rank][16] (<see cref="CpuLora"/>): AVX-512
+    /// takes four panels (64 outputs) at a time in four registers over every rank (four FMA chains: one chain waited out
+    /// each FMA's latency), one 16-byte load widened per panel and rank (the widening shuffle, one a cycle, is the
+    /// bound: 16 outputs per shuffle); AVX2 a panel in two registers; partial panels at the range's ends one output at a
+    /// time. y is indexed by output.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void UpPanels(sbyte* q, float* t, int rank, float* y, int start, int end)
+    {
+        const int P = CpuLora.Panel;
+        int o = start;
+        long step = (long)rank * P; // bytes from one panel to the next
+        if (Avx512F.IsSupported)
+        {
+            for (; o < end && o % P != 0; o++) y[o] += UpOne(q, t, rank, o);
+            for (; o <= end - 4 * P; o += 4 * P)
+            {
+                sbyte* p = q + (long)(o / P) * step;
+                Vector512<float> a0 = Vector512.Load(y + o), a1 = Vector512.Load(y + o + 16), a2 = Vector512.Load(y + o + 32), a3 = Vector512.Load(y + o + 48);
+                for (int j = 0; j < rank; j++, p += P)
+                {
+                    var tj = Vector512.Create(t[j]);
+                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), tj, a0);
+                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + step))), tj, a1);
+                    a2 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 2 * step))), tj, a2);
+                    a3 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 3 * step))), tj, a3);
+                }
+                a0.Store(y + o); a1.Store(y + o + 16); a2.Store(y + o + 32); a3.Store(y + o + 48);
+            }
+            for (; o <= end - P; o += P)
+            {
+                sbyte* p = q + (long)(o / P) * step;
+                Vector512<float> a0 = Vector512.Load(y + o), a1 = default;
+                int j = 0;
+                for (; j + 1 < rank; j += 2, p += 2 * P)
+                {
+                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Create(t[j]), a0);
+                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + P))), Vector512.Create(t[j + 1]), a1);
+                }
+                if (j < rank) a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Create(t[j]), a0);
+                (a0 + a1).Store(y + o);
+            }
+        }
+        else if (Avx2.IsSupported)
+        {
+            for (; o < end && o % P != 0; o++) y[o] += UpOne(q, t, rank, o);
+            for (; o <= end - 2 * P; o += 2 * P)
+            {
+                sbyte* p = q + (long)(o / P) * step;
+                Vector256<float> a0 = Vector256.Load(y + o), a1 = Vector256.Load(y + o + 8), a2 = Vector256.Load(y + o + 16), a3 = Vector256.Load(y + o + 24);
+                for (int j = 0; j < rank; j++, p += P)
+                {
+                    var tj = Vector256.Create(t[j]);
+                    a0 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p)), tj, a0);
+                    a1 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + 8)), tj, a1);
+                    a2 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + step)), tj, a2);
+                    a3 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + step + 8)), tj, a3);
+                }
+                a0.Store(y + o); a1.Store(y + o + 8); a2.Store(y + o + 16); a3.Store(y + o + 24);
+            }
+        }
+        for (; o < end; o++) y[o] += UpOne(q, t, rank, o);
+    }
+
+    private static float UpOne(sbyte* q, float* t, int rank, int o)
+    {
+        const int P = CpuLora.Panel;
+        sbyte* p = q + (long)(o / P) * rank * P + o % P;
+        float s = 0;
+        for (int j = 0; j < rank; j++) s += t[j] * p[j * P];
+        return s;
+    }
+
+    /// <summary>y[o] += Σ_j t[j]·Bᵀ[j, o] for o &lt; n, 32 outputs at a time in four registers over every rank.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Up(float* bt, int ld, float* t, int rank, float* y, int n)
     {
         int o = 0;
         if (Vector256.IsHardwareAccelerated)
+        {
+            for (; o <= n - 32; o += 32)
+            {
+                Vector256<float> a0 = Vector256.Load(y + o), a1 = Vector256.Load(y + o + 8), a2 = Vector256.Load(y + o + 16), a3 = Vector256.Load(y + o + 24);
+                float* b = bt + o;
+                for (int j = 0; j < rank; j++, b += ld)
+                {
+                    var tj = Vector256.Create(t[j]);
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(b), tj, a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(b + 8), tj, a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(b + 16), tj, a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(b + 24), tj, a3);
+                }
+                a0.Store(y + o); a1.Store(y + o + 8); a2.Store(y + o + 16); a3.Store(y + o + 24);
+            }
             for (; o <= n - 8; o += 8)
             {
                 var acc = Vector256.Load(y + o);
                 for (int j = 0; j < rank; j++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(bt + (long)j * ld + o), Vector256.Create(t[j]), acc);
                 acc.Store(y + o);
             }
+        }
         for (; o < n; o++)
         {
             float s = y[o];
@@ -236,22 +432,41 @@ internal sealed unsafe class LoraStage
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> WidenBF16(ushort* p)
+    {
+        var (lo, hi) = Vector128.Widen(Vector128.Load(p));
+        return Vector256.Create(Vector128.ShiftLeft(lo, 16), Vector128.ShiftLeft(hi, 16)).AsSingle();
+    }
+
+    /// <summary>The bf16 form of <see cref="Up(float*, int, float*, int, float*, int)"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Up(ushort* bt, int ld, float* t, int rank, float* y, int n)
     {
         int o = 0;
         if (Vector256.IsHardwareAccelerated)
+        {
+            for (; o <= n - 32; o += 32)
+            {
+                Vector256<float> a0 = Vector256.Load(y + o), a1 = Vector256.Load(y + o + 8), a2 = Vector256.Load(y + o + 16), a3 = Vector256.Load(y + o + 24);
+                ushort* b = bt + o;
+                for (int j = 0; j < rank; j++, b += ld)
+                {
+                    var tj = Vector256.Create(t[j]);
+                    a0 = Vector256.FusedMultiplyAdd(WidenBF16(b), tj, a0);
+                    a1 = Vector256.FusedMultiplyAdd(WidenBF16(b + 8), tj, a1);
+                    a2 = Vector256.FusedMultiplyAdd(WidenBF16(b + 16), tj, a2);
+                    a3 = Vector256.FusedMultiplyAdd(WidenBF16(b + 24), tj, a3);
+                }
+                a0.Store(y + o); a1.Store(y + o + 8); a2.Store(y + o + 16); a3.Store(y + o + 24);
+            }
             for (; o <= n - 8; o += 8)
             {
                 var acc = Vector256.Load(y + o);
-                for (int j = 0; j < rank; j++)
-                {
-                    var (lo, hi) = Vector128.Widen(Vector128.Load(bt + (long)j * ld + o));
-                    var w = Vector256.Create(Vector128.ShiftLeft(lo, 16), Vector128.ShiftLeft(hi, 16)).AsSingle();
-                    acc = Vector256.FusedMultiplyAdd(w, Vector256.Create(t[j]), acc);
-                }
+                for (int j = 0; j < rank; j++) acc = Vector256.FusedMultiplyAdd(WidenBF16(bt + (long)j * ld + o), Vector256.Create(t[j]), acc);
                 acc.Store(y + o);
             }
+        }
         for (; o < n; o++)
         {
             float s = y[o];

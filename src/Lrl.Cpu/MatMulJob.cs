@@ -15,6 +15,10 @@ namespace Lrl.Cpu;
 internal sealed unsafe class MatMulJob : IParallelJob
 {
     private const int Tile = 4;       // weight rows per micro-kernel tile
+    // Items start at multiples of this many output rows: whole tiles and whole panels of an int8 adapter's B (the
+    // fused LoRA epilogue runs a range's partial panels one output at a time: at 4-row alignment those edges were a
+    // third of a SmolLM2-135M adapter's cost).
+    private const int ItemAlign = CpuLora.Panel;
     private const int KChunk = 1024;
     private const int PanelRows = 32;  // prefill (transposed path): weight rows converted to f32 together
     private const int PanelK = 128;    // K per chunk: 64 tokens × 128 columns of the transposed input = 32 KB (L1)
@@ -113,7 +117,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
         }
         int target = pool.ThreadCount * 4;
         int block = Math.Max(Tile, (w.Rows + target - 1) / target);
-        block = (block + Tile - 1) / Tile * Tile;
+        block = (block + ItemAlign - 1) / ItemAlign * ItemAlign;
         _t[_count++] = new Target { W = w, Y = y, Bias = bias, Block = block, Blocks = (w.Rows + block - 1) / block, FirstItem = first };
     }
 
@@ -127,7 +131,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
         while (at < rows)
         {
             int size = Math.Max(DecodeMinRows, (rows - at + threads - 1) / threads);
-            size = (size + Tile - 1) / Tile * Tile;
+            size = (size + ItemAlign - 1) / ItemAlign * ItemAlign;
             if (starts != null) starts[n] = at;
             n++;
             at = Math.Min(rows, at + size);
@@ -183,6 +187,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
     {
         if (item < _loraItems) { Stage.ExecuteDown(item); return; } // adapter down-projections come first
         item -= _loraItems;
+        if (Stage.Active) Stage.PrefetchNext(item, _t[_count - 1].FirstItem + _t[_count - 1].Blocks);
         int k = 0;
         while (k + 1 < _count && item >= _t[k + 1].FirstItem) k++;
         ref var t = ref _t[k];
@@ -216,6 +221,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
         if (_rows == 1)
         {
             var y = t.Y.AsSpan(start, end - start);
+            if (Stage.Active) Stage.PrefetchUp(t.Y, start, end); // the epilogue's B bytes, in L2 when the product is done
             w.Gemv(_x.AsSpan(0, inF), y, start, end);
             if (t.Bias != null) TensorPrimitives.Add(y, t.Bias.AsSpan(start, end - start), y);
             if (Stage.Active) Stage.Epilogue(t.Y, outF, start, end);

@@ -48,14 +48,27 @@ public sealed class LoraAdapter : IDisposable
     public override string ToString() => $"{Name} (r={Rank}, {Modules.Count} modules, scale {Scale})";
 }
 
+/// <summary>How an adapter's matrices are held on the backend.</summary>
+public enum AdapterPrecision
+{
+    /// <summary>int8 over int8/int4 bases (where an adapter's bf16 bytes would be a tenth of the base's), else as stored.</summary>
+    Auto,
+    /// <summary>As the adapter file stores them: bf16 files as bf16, f32 and f16 as f32.</summary>
+    AsStored,
+    /// <summary>int8 codes with one scale per row of A and per column of B (<see cref="LoraInt8"/>).</summary>
+    Int8,
+}
+
 /// <summary>Binds a PEFT adapter folder to a model's adaptable modules and loads its pairs onto the backend.</summary>
 internal static class LoraBinder
 {
     /// <summary>An adaptable module slot: the product it follows takes B's rows [Row0, Row0 + Rows) of the module.</summary>
     internal readonly record struct Target(int Slot, int OutFeatures, int InFeatures, int Row0, int Rows);
 
-    public static LoraAdapter Load(ModelBase model, IReadOnlyDictionary<string, List<Target>> modules, string directory, float scale, string? name)
+    public static LoraAdapter Load(ModelBase model, IReadOnlyDictionary<string, List<Target>> modules, string directory, float scale, string? name,
+                                   AdapterPrecision precision)
     {
+        bool int8 = precision == AdapterPrecision.Int8 || precision == AdapterPrecision.Auto && model.WeightFormat.StartsWith('Q');
         if (!float.IsFinite(scale)) throw new LrlException($"LoRA scale must be a finite number, got {scale}");
         var ops = model.Backend as ILoraOps ?? throw new LrlException($"the {model.Backend.Name} backend cannot run LoRA adapters");
         using var peft = PeftAdapter.Open(directory);
@@ -87,12 +100,21 @@ internal static class LoraBinder
                     throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_B.weight' is {p.B.ShapeString}; {p.Module} has {fullOut} outputs, so it must be [{fullOut}, {p.Rank}]");
                 var a = p.A.ToFloatArray();
                 var b = p.B.ToFloatArray();
+                if (int8) LoraInt8.RoundA(a, p.Rank, inF);
                 foreach (var t in targets)
                 {
                     if (slots[t.Slot] is not null)
                         throw new ModelFormatException(peft.WeightsPath, $"module '{p.Module}' is adapted twice");
-                    var stored = p.A.DType == DType.BF16 && p.B.DType == DType.BF16 ? DType.BF16 : DType.F32;
-                    slots[t.Slot] = ops.LoadLora($"{p.Module}[{t.Row0}:{t.Row0 + t.Rows}]", a, b.AsSpan(t.Row0 * p.Rank, t.Rows * p.Rank), p.Rank, inF, t.Rows, stored);
+                    var stored = int8 ? DType.I8 : p.A.DType == DType.BF16 && p.B.DType == DType.BF16 ? DType.BF16 : DType.F32;
+                    var bt = b.AsSpan(t.Row0 * p.Rank, t.Rows * p.Rank);
+                    if (int8)
+                    {
+                        // Each product's own columns of B on their own grid (GPT-2's c_attn is three products).
+                        var part = bt.ToArray();
+                        LoraInt8.RoundB(part, t.Rows, p.Rank);
+                        bt = part;
+                    }
+                    slots[t.Slot] = ops.LoadLora($"{p.Module}[{t.Row0}:{t.Row0 + t.Rows}]", a, bt, p.Rank, inF, t.Rows, stored);
                     scales[t.Slot] = (float)(scale * p.Scaling);
                 }
                 adapted.Add(p.Module);

@@ -110,16 +110,17 @@ public abstract class ModelBase : ILanguageModel
 
     /// <summary>
     /// Loads a Hugging Face PEFT LoRA adapter folder onto this model's backend, unmerged, scaled by
-    /// <paramref name="scale"/> on top of its own lora_alpha / r. Errors name the adapter's file and tensor.
+    /// <paramref name="scale"/> on top of its own lora_alpha / r, held as <paramref name="precision"/> says (by default
+    /// int8 over int8/int4 bases). Errors name the adapter's file and tensor.
     /// </summary>
-    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null)
+    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null, AdapterPrecision precision = AdapterPrecision.Auto)
     {
         ArgumentNullException.ThrowIfNull(directory);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             Backend.Enter();
-            var a = LoraBinder.Load(this, _adaptable, directory, scale, name);
+            var a = LoraBinder.Load(this, _adaptable, directory, scale, name, precision);
             _adapters.Add(a);
             return a;
         }

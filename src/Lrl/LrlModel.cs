@@ -81,13 +81,14 @@ public sealed class LrlModel : IDisposable
     /// Loads a Hugging Face PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) onto this model,
     /// unmerged: one base serves any number of adapters, each generation choosing its own
     /// (<see cref="GenerationOptions.Adapters"/>, <see cref="InferenceSession.Adapters"/>). <paramref name="scale"/>
-    /// multiplies the adapter's own lora_alpha / r. Disposed with the model.
+    /// multiplies the adapter's own lora_alpha / r. Over an int8/int4 base the adapter is held as int8 unless
+    /// <paramref name="precision"/> says otherwise (<see cref="AdapterPrecision"/>). Disposed with the model.
     /// </summary>
-    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null)
+    public LoraAdapter LoadAdapter(string directory, float scale = 1, string? name = null, AdapterPrecision precision = AdapterPrecision.Auto)
     {
         ThrowIfDisposed();
         var model = Model as ModelBase ?? throw new LrlException($"{Model.Architecture} does not take LoRA adapters");
-        var a = model.LoadAdapter(directory, scale, name);
+        var a = model.LoadAdapter(directory, scale, name, precision);
         lock (_adapters) _adapters.Add(a);
         return a;
     }

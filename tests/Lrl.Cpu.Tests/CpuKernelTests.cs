@@ -100,7 +100,10 @@ public sealed class CpuKernelTests : IDisposable
         }
     }
 
-    /// <summary>Decode items: contiguous, covering every row once, whole tiles, each 1/threads of what is left (≥ 32 rows).</summary>
+    /// <summary>
+    /// Decode items: contiguous, covering every row once, starting at multiples of 16 (whole tiles and whole int8 adapter
+    /// panels), each 1/threads of what is left (≥ 32 rows).
+    /// </summary>
     [Theory]
     [InlineData(576, 2)]
     [InlineData(1, 2)]
@@ -121,12 +124,12 @@ public sealed class CpuKernelTests : IDisposable
             Assert.True(size > 0);
             if (i < n - 1)
             {
-                Assert.Equal(0, size % 4);
-                Assert.True(size >= 32 && size >= left / threads && size < left / threads + 4 + 32, $"item {i}: {size} of {left} left");
+                Assert.Equal(0, size % 16);
+                Assert.True(size >= 32 && size >= left / threads && size < left / threads + 16 + 32, $"item {i}: {size} of {left} left");
             }
         }
         if (threads == 1) Assert.Equal(1, n);
-        if (rows == 576 && threads == 2) Assert.Equal(new[] { 0, 288, 432, 504, 540, 572, 576 }, starts);
+        if (rows == 576 && threads == 2) Assert.Equal(new[] { 0, 288, 432, 512, 544, 576 }, starts);
     }
 
     /// <summary>Decode products (many guided items) at several thread counts, against the reference.</summary>
@@ -361,14 +364,15 @@ public sealed class CpuKernelTests : IDisposable
     /// Staged updates fused into the products (the CPU's LoRA path): each product adds the updates of the rows it writes
     /// in its own pass; equal to the reference's product followed by its unfused update, for the decode, few-row,
     /// tiled and transposed (≥ 40 rows) kernels, fused Q/K/V and gate/up+SwiGLU, two sequences' row ranges with different
-    /// adapters, f32 and bf16 adapters.
+    /// adapters, f32, bf16 and int8 adapters (output counts that end in a partial int8 panel).
     /// </summary>
     [Theory]
-    [InlineData(DType.BF16, 1)]
-    [InlineData(DType.F32, 6)]
-    [InlineData(DType.F16, 20)]
-    [InlineData(DType.BF16, 48)]
-    public void StagedLoraFusedIntoProductsMatchesReference(DType dtype, int rows)
+    [InlineData(DType.BF16, 1, DType.BF16)]
+    [InlineData(DType.BF16, 1, DType.I8)]
+    [InlineData(DType.F32, 6, DType.I8)]
+    [InlineData(DType.F16, 20, DType.BF16)]
+    [InlineData(DType.BF16, 48, DType.I8)]
+    public void StagedLoraFusedIntoProductsMatchesReference(DType dtype, int rows, DType stored2)
     {
         int hidden = 96, q = 96, kv = 32, inter = 200;
         var lc = (ILoraOps)_cpu; var lr = (ILoraOps)_ref;
@@ -378,16 +382,12 @@ public sealed class CpuKernelTests : IDisposable
         (LoraWeights C, LoraWeights R) Pair(int outF, int inF, int rank, DType stored)
         {
             var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF)); var b = _r.Floats((long)outF * rank);
-            if (stored == DType.BF16)
-            {
-                for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
-                for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
-            }
+            OnGrid(a, b, rank, inF, outF, stored);
             return (lc.LoadLora("c", a, b, rank, inF, outF, stored), lr.LoadLora("r", a, b, rank, inF, outF));
         }
         void Stage((DeviceBuffer cpu, DeviceBuffer reference) input, (DeviceBuffer cpu, DeviceBuffer reference) y, int outF, int inF, List<Action> after)
         {
-            foreach (var (row0, n, rank, stored, scale) in new[] { (0, split, 4, DType.F32, 0.5f), (split, rows - split, 7, DType.BF16, -1.25f) })
+            foreach (var (row0, n, rank, stored, scale) in new[] { (0, split, 4, DType.F32, 0.5f), (split, rows - split, 7, stored2, -1.25f) })
             {
                 if (n == 0) continue;
                 var p = Pair(outF, inF, rank, stored);
@@ -434,6 +434,44 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(y2, (long)rows * hidden, what: "after");
     }
 
+    /// <summary>Rounds A and B to what <paramref name="stored"/> holds exactly (bf16 values; the int8 grid).</summary>
+    private static void OnGrid(float[] a, float[] b, int rank, int inF, int outF, DType stored)
+    {
+        if (stored == DType.BF16)
+        {
+            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
+            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
+        }
+        else if (stored == DType.I8)
+        {
+            LoraInt8.RoundA(a, rank, inF);
+            LoraInt8.RoundB(b, outF, rank);
+        }
+    }
+
+    /// <summary>The int8 grid: rounding is idempotent, each row of A / column of B has ≤ 255 levels and keeps its largest magnitude.</summary>
+    [Fact]
+    public void LoraInt8GridRoundsRowsOfAAndColumnsOfB()
+    {
+        int rank = 5, inF = 37, outF = 23;
+        var a = _r.Floats((long)rank * inF); var b = _r.Floats((long)outF * rank);
+        b[3 * rank + 2] = 40f; // one large value in column 2 coarsens that column only
+        var a0 = (float[])a.Clone(); var b0 = (float[])b.Clone();
+        LoraInt8.RoundA(a, rank, inF); LoraInt8.RoundB(b, outF, rank);
+        for (int j = 0; j < rank; j++)
+        {
+            float max = 0; for (int i = 0; i < inF; i++) max = MathF.Max(max, MathF.Abs(a0[j * inF + i]));
+            for (int i = 0; i < inF; i++) Assert.True(MathF.Abs(a[j * inF + i] - a0[j * inF + i]) <= max / 254 * 1.0001f);
+            float bmax = 0; for (int o = 0; o < outF; o++) bmax = MathF.Max(bmax, MathF.Abs(b0[o * rank + j]));
+            for (int o = 0; o < outF; o++) Assert.True(MathF.Abs(b[o * rank + j] - b0[o * rank + j]) <= bmax / 254 * 1.0001f);
+        }
+        Assert.Equal(40f, b[3 * rank + 2], 4);
+        Assert.True(MathF.Abs(b[rank + 1] - b0[rank + 1]) < 0.02f); // other columns keep their fine grid
+        var a1 = (float[])a.Clone(); var b1 = (float[])b.Clone();
+        LoraInt8.RoundA(a1, rank, inF); LoraInt8.RoundB(b1, outF, rank);
+        Assert.Equal(a, a1); Assert.Equal(b, b1);
+    }
+
     [Theory]
     [InlineData(1, 0, 1, 64, 64, 1)]
     [InlineData(5, 2, 3, 67, 129, 4)]
@@ -444,6 +482,7 @@ public sealed class CpuKernelTests : IDisposable
     {
         LoraRowsCase(total, row0, rows, inF, outF, rank, DType.F32);
         LoraRowsCase(total, row0, rows, inF, outF, rank, DType.BF16); // held as bf16, widened in registers
+        LoraRowsCase(total, row0, rows, inF, outF, rank, DType.I8);   // int8 codes in panels, scales folded into t
     }
 
     private void LoraRowsCase(int total, int row0, int rows, int inF, int outF, int rank, DType stored)
@@ -452,14 +491,11 @@ public sealed class CpuKernelTests : IDisposable
         var y0 = _r.Floats((long)total * outF);
         var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
         var b = _r.Floats((long)outF * rank);
-        if (stored == DType.BF16)
-        {
-            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
-            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
-        }
+        OnGrid(a, b, rank, inF, outF, stored);
         var xi = Input(x); var yi = Input(y0);
         var lc = ((ILoraOps)_cpu).LoadLora("t", a, b, rank, inF, outF, stored);
-        Assert.Equal(stored == DType.BF16 ? 2L : 4L, lc.ByteSize / ((long)rank * (inF + outF)));
+        long panels = (outF + 15) / 16 * 16L;
+        Assert.Equal(stored switch { DType.BF16 => 2L * rank * (inF + outF), DType.I8 => rank * (inF + panels) + 4L * rank, _ => 4L * rank * (inF + outF) }, lc.ByteSize);
         var lr = ((ILoraOps)_ref).LoadLora("t", a, b, rank, inF, outF);
         ((ILoraOps)_cpu).LoraRows(xi.cpu, row0, rows, lc, 0.75f, yi.cpu);
         ((ILoraOps)_ref).LoraRows(xi.reference, row0, rows, lr, 0.75f, yi.reference);

@@ -131,6 +131,26 @@ public class LoraTests
         Assert.True(Rel(Logits(model, tokens, m.LoadAdapter(half)), want) > 1e-3);
     }
 
+    /// <summary>An int8-held adapter on a float base runs the int8 grid's values: equal to the reference given them.</summary>
+    [Fact]
+    public void Int8AdapterOnAFloatBaseEqualsTheReferenceOnItsGrid()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("adapter"), dir, AllLlama, 8, 16, seed: 5);
+        using var cpu = new CpuBackend();
+        using var reference = new ReferenceBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var refModel = ModelRegistry.Load(dir, reference);
+        var tokens = Prompt(model, 24, 3);
+        var got = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter, precision: AdapterPrecision.Int8));
+        var want = Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(adapter, precision: AdapterPrecision.Int8));
+        Assert.True(Rel(got, want) < 1e-5, $"{Rel(got, want):E2}");
+        // Auto keeps a float base's adapter as stored (f32 here): not the int8 values.
+        var auto = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter));
+        Assert.True(Rel(auto, got) > 1e-6);
+    }
+
     [Fact]
     public void QuantizedBasesTakeAdaptersAsTheReferenceDoes()
     {
@@ -145,11 +165,21 @@ public class LoraTests
             using var model = ModelRegistry.Load(q, cpu);
             using var refModel = ModelRegistry.Load(q, reference);
             var tokens = Prompt(model, 32, bits);
-            var got = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter));
+            var int8 = ((ModelBase)model).LoadAdapter(adapter);
+            var got = Logits(model, tokens, int8);
             var want = Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(adapter));
-            Assert.True(Rel(got, Logits(model, tokens)) > 1e-2);
+            var plain = Logits(model, tokens);
+            Assert.True(Rel(got, plain) > 1e-2);
             // int8 activations in the CPU's quantized products (≤ 32 rows) cost up to ~2e-2 (as without adapters).
             Assert.True(Rel(got, want) < 3e-2, $"q{bits}: {Rel(got, want):E2}");
+            // Over an int8/int4 base the adapter is held as int8 (a quarter of f32's bytes: per-row scales, padded
+            // panels), and its rounding moves the logits by a fraction of what the adapter itself does (on this tiny model
+            // a random adapter's update rivals the hidden state, so that fraction is ~10 %, 9e-3 of the logits: the
+            // order of the int8 base's own rounding).
+            var f32 = ((ModelBase)model).LoadAdapter(adapter, precision: AdapterPrecision.AsStored);
+            Assert.InRange(int8.ByteSize, f32.ByteSize / 4, f32.ByteSize / 4 + f32.ByteSize / 8);
+            var exact = Logits(model, tokens, f32);
+            Assert.True(Rel(got, exact) < Math.Min(2e-2, 0.2 * Rel(exact, plain)), $"q{bits}: int8 adapter {Rel(got, exact):E2} from f32, adapter effect {Rel(exact, plain):E2}");
         }
     }
 

@@ -87,6 +87,9 @@ public sealed class BenchVerb
     [Option("lora-rank", Default = 16, HelpText = "Rank of the --lora-random adapters.")]
     public int LoraRank { get; set; }
 
+    [Option("lora-precision", Default = AdapterPrecision.Auto, HelpText = "How adapters are held: auto (int8 over int8/int4 models, else as stored), asstored, int8.")]
+    public AdapterPrecision LoraPrecision { get; set; }
+
     [Option("speculative", HelpText = "Speculative decoding against plain decoding in the same run: lookup, early-exit, draft (comma-separated to compare several); greedy, -n tokens from --prompt.")]
     public string? Speculative { get; set; }
 
@@ -182,13 +185,19 @@ public sealed class BenchVerb
         var int8 = MachineProbe.Int8PeakGOps(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
         var mb = (ModelBase)model;
-        var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale)).ToArray();
+        var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
         var counts = LoraRandom.Any() ? LoraRandom.Distinct().ToArray() : [0];
         if (counts.Any(c => c is < 0 or > 64)) throw new LrlException("--lora-random counts must be in 0..64");
         var randomAdapters = new List<LoraAdapter>();
         for (int i = 0; i < counts.Max(); i++)
         {
-            randomAdapters.Add(mb.LoadAdapter(RandomAdapter.Write(mb, RandomAdapter.CachePath(mb, LoraRank, i), LoraRank, seed: i + 1), name: $"random{i}"));
+            randomAdapters.Add(mb.LoadAdapter(RandomAdapter.Write(mb, RandomAdapter.CachePath(mb, LoraRank, i), LoraRank, seed: i + 1), name: $"random{i}", precision: LoraPrecision));
+        }
+        if (given.Length + randomAdapters.Count > 0)
+        {
+            // Loading left the files' f32 copies behind: collect them now, not in a background GC during the timings.
+            GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+            GC.WaitForPendingFinalizers();
         }
         if (profiler is not null) return RunProfile(model, profiler, given.Concat(randomAdapters).ToArray());
         var results = new List<BenchResult>();

@@ -181,6 +181,10 @@ public abstract class ModelVerbBase
     [Option("lora", Separator = ',', HelpText = "LoRA adapter folder(s) (Hugging Face PEFT), applied unmerged: DIR or DIR:SCALE, comma-separated or repeated.")]
     public IEnumerable<string> Lora { get; set; } = [];
 
+    [Option("lora-precision", Default = Lrl.Models.AdapterPrecision.Auto,
+            HelpText = "How --lora adapters are held: auto (int8 over int8/int4 models, else as stored), asstored, int8.")]
+    public Lrl.Models.AdapterPrecision LoraPrecision { get; set; }
+
     [Option("no-mmap", HelpText = "Copy the weights into memory (huge pages) instead of reading the mapped file in place: slower load, faster decode.")]
     public bool NoMmap { get; set; }
 
@@ -207,7 +211,7 @@ public abstract class ModelVerbBase
 
     /// <summary>Loads the --lora adapters onto <paramref name="model"/> (in order; empty when none).</summary>
     public IReadOnlyList<Lrl.Models.LoraAdapter> LoadAdapters(LrlModel model) =>
-        Lora.Select(ParseLora).Select(x => model.LoadAdapter(x.Dir, x.Scale)).ToArray();
+        Lora.Select(ParseLora).Select(x => model.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
 
     public LrlModel LoadModel(int parallel = 1, int stepRows = 0) =>
         LrlModel.Load(Model, new ModelOptions
