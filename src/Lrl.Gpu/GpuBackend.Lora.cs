@@ -14,12 +14,17 @@ internal sealed class GpuLora(string name, int rank, int inF, int outF,
     public override void Dispose() { a.Dispose(); bt.Dispose(); }
 }
 
-// ILoraOps on ILGPU kernels (kernels/Lrl.Kernels/LoraKernels.cs): two launches per adapted product.
+// ILoraOps on ILGPU kernels (kernels/Lrl.Kernels/LoraKernels.cs): one launch per adapted product for up to
+// FusedMaxRows rows (decode, small batches), two past that.
 public sealed partial class GpuBackend : ILoraOps
 {
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>? _loraDown;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _loraUp;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>? _loraFused;
     private MemoryBuffer1D<float, Stride1D.Dense>? _loraT; // [rows, rank] scratch, grown on demand
+
+    /// <summary>Rows up to which an update is one launch (<see cref="LoraKernels.Fused"/>: each group recomputes its row's x·Aᵀ).</summary>
+    public const int FusedLoraMaxRows = 4;
 
     public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
                                 DType stored = DType.F32)
@@ -43,6 +48,13 @@ public sealed partial class GpuBackend : ILoraOps
         if (row0 < 0 || rows < 0 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
         if (rows == 0) return;
+        if (rows <= FusedLoraMaxRows && w.Rank <= LoraKernels.FusedMaxRank)
+        {
+            _loraFused ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.Fused);
+            int blocks = (w.OutFeatures + LoraKernels.FusedColumns - 1) / LoraKernels.FusedColumns;
+            _loraFused(Launch_, new KernelConfig(rows * blocks, _group), B(x).View, w.A, w.Bt, B(y).View, row0, blocks, w.Rank, w.InFeatures, w.OutFeatures, scale);
+            return;
+        }
         long need = (long)rows * w.Rank;
         if (_loraT is null || _loraT.Length < need)
         {

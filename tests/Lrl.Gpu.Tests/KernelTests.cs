@@ -1,3 +1,4 @@
+using Lrl.Kernels;
 using Lrl.Kernels.Reference;
 
 namespace Lrl.Gpu.Tests;
@@ -232,7 +233,9 @@ public class KernelTests
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new RandomTensors(Seed());
-        foreach (var (total, row0, rows, inF, outF, rank) in new[] { (1, 0, 1, 64, 64, 1), (5, 2, 3, 67, 129, 4), (9, 0, 9, 576, 300, 16), (3, 1, 2, 173, 31, 7) })
+        // Up to GpuBackend.FusedLoraMaxRows rows and rank 128: one launch (LoraKernels.Fused); past that, two.
+        foreach (var (total, row0, rows, inF, outF, rank) in new[] { (1, 0, 1, 64, 64, 1), (5, 2, 3, 67, 129, 4), (9, 0, 9, 576, 300, 16), (3, 1, 2, 173, 31, 7),
+                                                                     (2, 1, 1, 96, 2500, 16), (4, 0, 4, 64, 1030, 5), (2, 0, 2, 40, 70, 130) })
         {
             var x = arena.Floats((long)total * inF);
             var y0 = arena.Floats((long)total * outF);
@@ -242,7 +245,9 @@ public class KernelTests
             using var xr = Check.Buffer(r, x); using var yr = Check.Buffer(r, y0);
             using var lg = ((ILoraOps)g).LoadLora("t", a, b, rank, inF, outF);
             var lr = ((ILoraOps)r).LoadLora("t", a, b, rank, inF, outF);
+            var before = g.Counters;
             ((ILoraOps)g).LoraRows(xg, row0, rows, lg, 1.5f, yg);
+            Assert.Equal(rows <= GpuBackend.FusedLoraMaxRows && rank <= LoraKernels.FusedMaxRank ? 1 : 2, (g.Counters - before).Launches);
             ((ILoraOps)r).LoraRows(xr, row0, rows, lr, 1.5f, yr);
             var got = Check.Read(g, yg, (long)total * outF);
             var want = Check.Read(r, yr, (long)total * outF);

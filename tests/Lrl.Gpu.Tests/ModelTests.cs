@@ -262,4 +262,34 @@ public class ModelTests
             model.Forward(hostState, [ids[i]], 5 + i, logits);
         }
     }
+
+    /// <summary>
+    /// A decode step with an adapter on every linear module: one launch per adapted product (LoraKernels.Fused), the
+    /// gate and up products apart from their SwiGLU (the update lands before the activation), nothing else added.
+    /// </summary>
+    [Fact]
+    public void DecodeLaunchBudgetWithAnAdapter()
+    {
+        var backend = Backends.Get("cpu-accelerator");
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 8, 16, seed: 6);
+        using var model = ModelRegistry.Load(dir, backend);
+        var mb = (ModelBase)model;
+        int layers = ((Llama)model).Config.NumLayers;
+        var logits = new float[model.VocabSize];
+        using var state = model.CreateState();
+        mb.SetAdapters(state, [mb.LoadAdapter(adapter)]);
+        model.Forward(state, [1, 403, 407, 261], 0, logits);
+        model.Forward(state, [300], 4, logits);
+        var before = backend.Counters;
+        const int tokens = 4;
+        for (int i = 0; i < tokens; i++) model.Forward(state, [300 + i], 5 + i, logits);
+        var d = backend.Counters - before;
+        // Per layer: the 9 plain launches, gate/up+SwiGLU as three (+2), one per adapted product (+7).
+        Assert.Equal((long)tokens * (3 + (9 + 2 + 7) * layers), d.Launches);
+        Assert.Equal(tokens, d.HostWaits);
+        Assert.Equal(0, d.Uploads);
+        Assert.Equal(0, d.Allocations);
+    }
 }
