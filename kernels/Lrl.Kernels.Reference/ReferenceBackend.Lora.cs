@@ -40,4 +40,23 @@ public sealed partial class ReferenceBackend : ILoraOps
             }
         }
     }
+
+    public void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        var w = (RefLora)lora;
+        var Y = D(y);
+        int vocab = w.InFeatures, outF = w.OutFeatures, rank = w.Rank;
+        for (int r = 0; r < tokens.Length; r++)
+        {
+            int tok = tokens[r];
+            if ((uint)tok >= (uint)vocab) throw new LrlException($"token id {tok} is outside the vocabulary (0..{vocab - 1})");
+            for (int o = 0; o < outF; o++)
+            {
+                double s = 0;
+                for (int j = 0; j < rank; j++) s += (double)w.A[(long)j * vocab + tok] * w.B[(long)o * rank + j];
+                long at = (long)(row0 + r) * outF + o;
+                Y[at] = (float)(Y[at] + scale * s);
+            }
+        }
+    }
 }

@@ -72,4 +72,19 @@ public static class LoraKernels
         for (int j = 0; j < rank; j++) acc += t[r * rank + j] * bt[(long)j * outF + o];
         y[(long)(row0 + r) * outF + o] += acc;
     }
+
+    /// <summary>
+    /// An adapted embedding: y[(row0 + r)·outF + o] += scale·Σ_j A[j·vocab + tok_r]·Bt[j·outF + o], one thread per
+    /// (r, o); tok_r = ids[r], or <paramref name="single"/> for one row (the id as an argument, nothing uploaded).
+    /// </summary>
+    public static void EmbedUp(Index1D index, ArrayView<int> ids, int single, ArrayView<float> a, ArrayView<float> bt, ArrayView<float> y,
+                               int row0, int rows, int rank, int vocab, int outF, float scale)
+    {
+        if (index >= rows * outF) return;
+        int r = index / outF, o = index - r * outF;
+        int tok = rows == 1 ? single : ids[r];
+        float acc = 0;
+        for (int j = 0; j < rank; j++) acc += a[(long)j * vocab + tok] * bt[(long)j * outF + o];
+        y[(long)(row0 + r) * outF + o] += scale * acc;
+    }
 }

@@ -39,6 +39,13 @@ public interface ILoraOps
     void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y);
 
     /// <summary>
+    /// An adapted embedding's update: y[row0 + r, o] += scale·Σ_j A[j, tokens[r]]·B[o, j] for each token, with the pair
+    /// loaded as A [rank, vocab] (in = vocabulary) and B [hidden, rank]: PEFT's lora_embedding_A/B, a lookup of A's
+    /// columns instead of a product. Runs at once (never staged).
+    /// </summary>
+    void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y);
+
+    /// <summary>
     /// Whether the backend fuses adapter updates into its products: callers then <see cref="StageLora"/> each update
     /// before the product that writes its output (the product adds it to the rows it writes, in the same pass), instead
     /// of calling <see cref="LoraRows"/> after it.

@@ -86,6 +86,18 @@ internal sealed unsafe class CpuLora : LoraWeights
         for (; b < e; b += 64) Sse.Prefetch1(b);
     }
 
+    /// <summary>t[j] = scale·A[j, col] for every rank j (an adapted embedding's lookup; int8: times SA[j]·SB[j]).</summary>
+    public void Gather(int col, float scale, float* t)
+    {
+        int inF = InFeatures;
+        if ((uint)col >= (uint)inF) throw new LrlException($"token id {col} is outside the vocabulary (0..{inF - 1})");
+        for (int j = 0; j < Rank; j++)
+        {
+            long at = (long)j * inF + col;
+            t[j] = scale * (A is { } a ? a[at] : A16 is { } a16 ? DTypes.BF16ToFloat(a16[at]) : A8![at] * _fold![j]);
+        }
+    }
+
     /// <summary>t[j] = scale·Σ x·A[j] for every rank j (int8: times SA[j]·SB[j], B's scale folded in).</summary>
     public void DownAll(ReadOnlySpan<float> x, float scale, float* t)
     {
@@ -155,7 +167,7 @@ internal sealed unsafe class LoraJob : IParallelJob
 }
 
 // ILoraOps on host memory.
-public sealed partial class CpuBackend : ILoraOps
+public sealed unsafe partial class CpuBackend : ILoraOps
 {
     private LoraJob? _loraJob;
 
@@ -170,6 +182,21 @@ public sealed partial class CpuBackend : ILoraOps
     public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
         (_loraJob ??= new LoraJob()).Run(_pool, D(x), row0, rows,
             lora as CpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by the CPU backend"), scale, D(y));
+
+    public void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        var w = lora as CpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by the CPU backend");
+        var Y = D(y);
+        int outF = w.OutFeatures;
+        if (row0 < 0 || (long)(row0 + tokens.Length) * outF > Y.Length)
+            throw new ArgumentOutOfRangeException(nameof(row0), $"LoRA {w.Name}: rows {row0}..{row0 + tokens.Length - 1} exceed the buffer");
+        var t = stackalloc float[w.Rank];
+        for (int r = 0; r < tokens.Length; r++)
+        {
+            w.Gather(tokens[r], scale, t);
+            fixed (float* dst = &Y[(long)(row0 + r) * outF]) LoraStage.Up(w, 0, t, dst, outF);
+        }
+    }
 
     /// <summary>The products apply staged updates in their own pass (see <see cref="LoraStage"/>).</summary>
     public bool FusesLora => true;

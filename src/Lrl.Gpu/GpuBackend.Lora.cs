@@ -21,7 +21,9 @@ public sealed partial class GpuBackend : ILoraOps
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>? _loraDown;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _loraUp;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>? _loraFused;
+    private Action<AcceleratorStream, Index1D, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>? _loraEmbed;
     private MemoryBuffer1D<float, Stride1D.Dense>? _loraT; // [rows, rank] scratch, grown on demand
+    private MemoryBuffer1D<int, Stride1D.Dense>? _loraTokens;
 
     /// <summary>Rows up to which an update is one launch (<see cref="LoraKernels.Fused"/>: each group recomputes its row's x·Aᵀ).</summary>
     public const int FusedLoraMaxRows = 4;
@@ -66,5 +68,25 @@ public sealed partial class GpuBackend : ILoraOps
         int perGroup = _group / _warp;
         _loraDown(Launch_, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), B(x).View, w.A, _loraT.View, row0, rows, w.Rank, w.InFeatures, scale);
         _loraUp(Launch_, N((long)rows * w.OutFeatures), _loraT.View, w.Bt, B(y).View, row0, rows, w.Rank, w.OutFeatures);
+    }
+
+    public void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        var w = lora as GpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by this GPU backend");
+        int rows = tokens.Length;
+        if (row0 < 0 || (long)(row0 + rows) * w.OutFeatures > y.Length)
+            throw new ArgumentOutOfRangeException(nameof(row0), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffer");
+        if (rows == 0) return;
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)w.InFeatures) throw new LrlException($"token id {id} is outside the vocabulary (0..{w.InFeatures - 1})");
+        ArrayView<int> ids = ArrayView<int>.Empty;
+        if (rows > 1)
+        {
+            var buf = Scratch(ref _loraTokens, rows, "LoRA token ids");
+            buf.View.SubView(0, rows).CopyFromCPU(Upload_, ref System.Runtime.InteropServices.MemoryMarshal.GetReference(tokens), rows);
+            ids = buf.View.SubView(0, rows);
+        }
+        _loraEmbed ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.EmbedUp);
+        _loraEmbed(Launch_, N((long)rows * w.OutFeatures), ids, tokens[0], w.A, w.Bt, B(y).View, row0, rows, w.Rank, w.InFeatures, w.OutFeatures, scale);
     }
 }

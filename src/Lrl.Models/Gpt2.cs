@@ -58,6 +58,7 @@ public sealed class Gpt2 : ModelBase
             _wpe = W("wpe.weight", c.MaxPositions, C);
             _lnfW = W("ln_f.weight", C);
             _lnfB = W("ln_f.bias", C);
+            AdaptableEmbedding("transformer.wte", c.VocabSize, C, alias: "wte");
             _head = checkpoint.Contains("lm_head.weight") ? _b.LoadWeight(checkpoint.Get("lm_head.weight", c.VocabSize, C)) : _wte;
             _layers = new Layer[c.NumLayers];
             for (int i = 0; i < c.NumLayers; i++)
@@ -139,6 +140,7 @@ public sealed class Gpt2 : ModelBase
             for (int r = 0; r < p.Rows; r++) _positions[p.Row + r] = p.Pos + r;
         }
         _b.Embed(_wte, tokens, _x);
+        if (adapted) foreach (var p in pieces) AdaptEmbedding(p.State, tokens.Slice(p.Row, p.Rows), p.Row, _x);
         _b.Embed(_wpe, _positions.AsSpan(0, rows), _pe);
         _b.Add(_x, _pe, (long)rows * C);
         for (int i = 0; i < _layers.Length; i++)

@@ -54,6 +54,7 @@ public sealed class Llama : ModelBase
         Weight W(string name, params int[] shape) => WeightLoader.Load(checkpoint, _b, name, shape);
         _embed = W("model.embed_tokens.weight", c.VocabSize, c.HiddenSize);
         _finalNorm = W("model.norm.weight", c.HiddenSize);
+        AdaptableEmbedding("model.embed_tokens", c.VocabSize, c.HiddenSize);
         _lmHead = c.TieWordEmbeddings && !WeightLoader.Exists(checkpoint, "lm_head.weight") ? _embed : W("lm_head.weight", c.VocabSize, c.HiddenSize);
         _layers = new Layer[c.NumLayers];
         for (int i = 0; i < c.NumLayers; i++)
@@ -130,6 +131,7 @@ public sealed class Llama : ModelBase
         foreach (var p in pieces) adapted |= Adapted(p.State);
         bool fusedLora = adapted && FusedLora;
         _b.Embed(_embed, tokens, _x);
+        if (adapted) foreach (var p in pieces) AdaptEmbedding(p.State, tokens.Slice(p.Row, p.Rows), p.Row, _x);
         _b.RmsNorm(_x, _layers[0].AttnNorm, _xb, rows, eps);
         int layerCount = Math.Min(_layers.Length, LayerLimit);
         for (int i = 0; i < layerCount; i++)

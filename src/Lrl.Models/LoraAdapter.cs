@@ -88,16 +88,19 @@ internal static class LoraBinder
         {
             foreach (var p in peft.Pairs)
             {
-                if (p.Embedding)
-                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_embedding_A' adapts an embedding; run it merged: lrlrun merge-lora MODEL --lora {peft.Directory} --out DIR");
-                if (!modules.TryGetValue(p.Module, out var targets))
-                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_A.weight' adapts '{p.Module}', which is not a linear module of {model.Architecture}");
+                string aName = p.Module + (p.Embedding ? ".lora_embedding_A" : ".lora_A.weight");
+                string bName = p.Module + (p.Embedding ? ".lora_embedding_B" : ".lora_B.weight");
+                bool isEmbedding = model.EmbeddingModules.Contains(p.Module);
+                if (!modules.TryGetValue(p.Module, out var targets) || p.Embedding && !isEmbedding)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{aName}' adapts '{p.Module}', which is not {(p.Embedding ? "the token embedding" : "a linear module")} of {model.Architecture}");
+                if (!p.Embedding && isEmbedding)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{aName}' adapts the token embedding '{p.Module}' as a linear module; PEFT saves an embedding's pair as lora_embedding_A / lora_embedding_B");
                 var t0 = targets[0];
                 int fullOut = t0.OutFeatures, inF = t0.InFeatures;
                 if (p.A.Shape[1] != inF)
-                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_A.weight' is {p.A.ShapeString}; {p.Module} takes {inF} inputs, so it must be [{p.Rank}, {inF}]");
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{aName}' is {p.A.ShapeString}; {p.Module} takes {inF} {(p.Embedding ? "token ids" : "inputs")}, so it must be [{p.Rank}, {inF}]");
                 if (p.B.Shape[0] != fullOut)
-                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{p.Module}.lora_B.weight' is {p.B.ShapeString}; {p.Module} has {fullOut} outputs, so it must be [{fullOut}, {p.Rank}]");
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{bName}' is {p.B.ShapeString}; {p.Module} has {fullOut} outputs, so it must be [{fullOut}, {p.Rank}]");
                 var a = p.A.ToFloatArray();
                 var b = p.B.ToFloatArray();
                 if (int8) LoraInt8.RoundA(a, p.Rank, inF);

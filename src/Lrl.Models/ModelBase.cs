@@ -95,13 +95,36 @@ public abstract class ModelBase : ILanguageModel
     /// outputs [row0, row0 + rows) (GPT-2's fused c_attn is three products: three calls). Returns the slot the forward
     /// pass hands to <see cref="Adapt"/>.
     /// </summary>
-    private protected int AdaptableModule(string name, int outF, int inF, int row0 = 0, int rows = -1, string? alias = null)
+    private protected int AdaptableModule(string name, int outF, int inF, int row0 = 0, int rows = -1, string? alias = null) =>
+        Adaptable(name, outF, inF, row0, rows, alias, embedding: false);
+
+    /// <summary>
+    /// Declares the token embedding [vocab, hidden] as adaptable (PEFT's lora_embedding_A [r, vocab] / lora_embedding_B
+    /// [hidden, r]); the forward pass applies it with <see cref="AdaptEmbedding"/> after the lookup. Returns its slot.
+    /// </summary>
+    private protected int AdaptableEmbedding(string name, int vocab, int hidden, string? alias = null)
+    {
+        _embedSlot = Adaptable(name, hidden, vocab, 0, -1, alias, embedding: true);
+        return _embedSlot;
+    }
+
+    /// <summary>Base-model names (and aliases) of the adaptable embedding.</summary>
+    internal IReadOnlySet<string> EmbeddingModules => _embeddingNames;
+    private readonly HashSet<string> _embeddingNames = new(StringComparer.Ordinal);
+    private int _embedSlot = -1;
+
+    private int Adaptable(string name, int outF, int inF, int row0, int rows, string? alias, bool embedding)
     {
         if (!_adaptable.TryGetValue(name, out var list))
         {
             _adaptable[name] = list = new List<LoraBinder.Target>();
             if (alias is not null) _adaptable[alias] = list;
-            _adaptableShapes[name] = (outF, inF);
+            if (embedding)
+            {
+                _embeddingNames.Add(name);
+                if (alias is not null) _embeddingNames.Add(alias);
+            }
+            else _adaptableShapes[name] = (outF, inF);
         }
         var t = new LoraBinder.Target(_adaptSlots++, outF, inF, row0, rows < 0 ? outF : rows);
         list.Add(t);
@@ -184,6 +207,15 @@ public abstract class ModelBase : ILanguageModel
             if (fused) ops.StageLora(x, row, rows, w, a.Scales[slot], y);
             else ops.LoraRows(x, row, rows, w, a.Scales[slot], y);
         }
+    }
+
+    /// <summary>Adds the adapted embedding's update of <paramref name="s"/>'s adapters to y's rows [row, row + tokens).</summary>
+    private protected void AdaptEmbedding(SequenceState s, ReadOnlySpan<int> tokens, int row, DeviceBuffer y)
+    {
+        if (_embedSlot < 0 || s.Adapters.Length == 0) return;
+        foreach (var a in s.Adapters)
+            if (a.Slots[_embedSlot] is { } w)
+                (LoraOps ?? throw new LrlException($"the {Backend.Name} backend cannot run LoRA adapters")).LoraEmbedRows(tokens, row, w, a.Scales[_embedSlot], y);
     }
 
     internal void Release(LoraAdapter a)

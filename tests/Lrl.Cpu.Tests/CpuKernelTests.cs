@@ -449,6 +449,30 @@ public sealed class CpuKernelTests : IDisposable
         }
     }
 
+    /// <summary>An adapted embedding's lookup update, f32/bf16/int8-held, against the reference; rows outside untouched; bad ids refused.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.I8)]
+    public void LoraEmbedRowsMatchReference(DType stored)
+    {
+        int vocab = 120, hidden = 70, rank = 6, total = 7, row0 = 2;
+        int[] ids = [0, 119, 5, 5, 64];
+        var a = _r.Floats((long)rank * vocab); var b = _r.Floats((long)hidden * rank);
+        OnGrid(a, b, rank, vocab, hidden, stored);
+        var y0 = _r.Floats((long)total * hidden);
+        var yi = Input(y0);
+        var lc = ((ILoraOps)_cpu).LoadLora("e", a, b, rank, vocab, hidden, stored);
+        var lr = ((ILoraOps)_ref).LoadLora("e", a, b, rank, vocab, hidden);
+        ((ILoraOps)_cpu).LoraEmbedRows(ids, row0, lc, 0.75f, yi.cpu);
+        ((ILoraOps)_ref).LoraEmbedRows(ids, row0, lr, 0.75f, yi.reference);
+        AssertClose(yi, (long)total * hidden, what: "embedding lora");
+        var got = Get(_cpu, yi.cpu, (long)total * hidden);
+        Assert.Equal(y0.AsSpan(0, row0 * hidden).ToArray(), got.AsSpan(0, row0 * hidden).ToArray());
+        Assert.Throws<LrlException>(() => ((ILoraOps)_cpu).LoraEmbedRows([vocab], 0, lc, 1f, yi.cpu));
+        Assert.ThrowsAny<ArgumentException>(() => ((ILoraOps)_cpu).LoraEmbedRows(ids, total - 2, lc, 1f, yi.cpu));
+    }
+
     /// <summary>The int8 grid: rounding is idempotent, each row of A / column of B has ≤ 255 levels and keeps its largest magnitude.</summary>
     [Fact]
     public void LoraInt8GridRoundsRowsOfAAndColumnsOfB()

@@ -257,6 +257,32 @@ public class KernelTests
         }
     }
 
+    /// <summary>An adapted embedding's lookup update (one row: the id as a kernel argument; several: uploaded ids) against the reference.</summary>
+    [Theory, MemberData(nameof(Kinds))]
+    public void LoraEmbedRowsMatchReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        foreach (var (total, row0, ids, hidden, rank) in new[] { (3, 1, new[] { 7 }, 64, 4), (6, 2, new[] { 0, 99, 7, 7 }, 48, 16) })
+        {
+            int vocab = 100;
+            var y0 = arena.Floats((long)total * hidden);
+            var a = arena.Floats((long)rank * vocab); var b = arena.Floats((long)hidden * rank);
+            using var yg = Check.Buffer(g, y0); using var yr = Check.Buffer(r, y0);
+            using var lg = ((ILoraOps)g).LoadLora("e", a, b, rank, vocab, hidden);
+            var lr = ((ILoraOps)r).LoadLora("e", a, b, rank, vocab, hidden);
+            var before = g.Counters;
+            ((ILoraOps)g).LoraEmbedRows(ids, row0, lg, 0.5f, yg);
+            Assert.Equal(ids.Length > 1 ? 1 : 0, (g.Counters - before).Uploads);
+            ((ILoraOps)r).LoraEmbedRows(ids, row0, lr, 0.5f, yr);
+            var got = Check.Read(g, yg, (long)total * hidden);
+            Check.Close(got, Check.Read(r, yr, (long)total * hidden), F32Tol, $"embedding lora {ids.Length} rows");
+            for (int i = 0; i < row0 * hidden; i++) Assert.Equal(y0[i], got[i]);
+            Assert.Throws<LrlException>(() => ((ILoraOps)g).LoraEmbedRows([vocab], 0, lg, 1f, yg));
+        }
+    }
+
     /// <summary>The fused position step (RoPE of Q and K, K/V cache writes) and fused Q/K/V GEMV equal the unfused reference.</summary>
     [Theory, MemberData(nameof(KindsAndDTypes))]
     public void FusedQkvAndRopeCacheMatchReference(string kind, DType dtype)

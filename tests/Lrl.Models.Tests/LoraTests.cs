@@ -248,6 +248,8 @@ public class LoraTests
         { "not-targeted", "does not name" },
         { "bad-json", "adapter_config.json" },
         { "dora", "DoRA" },
+        { "embedding-as-linear", "lora_embedding_A" },
+        { "embedding-vocab", "model.embed_tokens.lora_embedding_A' is [2, 500]" },
         { "int-tensor", "F32, F16 or BF16" },
         { "bin-only", "safe_serialization" },
     };
@@ -293,6 +295,14 @@ public class LoraTests
                 File.WriteAllText(Path.Combine(ad, "adapter_config.json"), "{\"r\": 2, \"lora_alpha\": ");
                 break;
             case "dora": LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["use_dora"] = true); break;
+            case "embedding-as-linear":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("embed_tokens"),
+                    extraTensors: (w, r) => { w.Add("base_model.model.model.embed_tokens.lora_A.weight", [2, 512], new float[1024]); w.Add("base_model.model.model.embed_tokens.lora_B.weight", [64, 2], new float[128]); });
+                break;
+            case "embedding-vocab":
+                LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("embed_tokens"),
+                    extraTensors: (w, r) => { w.Add("base_model.model.model.embed_tokens.lora_embedding_A", [2, 500], new float[1000]); w.Add("base_model.model.model.embed_tokens.lora_embedding_B", [64, 2], new float[128]); });
+                break;
             case "int-tensor":
                 LoraFiles.Write(ad, dir, [], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj"),
                     extraTensors: (w, r) => { w.Add(L0("self_attn.q_proj.lora_A.weight"), DType.I32, [2, 64], new byte[512]); w.Add(L0("self_attn.q_proj.lora_B.weight"), DType.I32, [64, 2], new byte[512]); });
@@ -308,9 +318,92 @@ public class LoraTests
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain('\n', e.Message);
         // The merge path reports the same problems (except the ones only an unmerged run has).
-        if (kind is not ("modules-to-save" or "unknown-target"))
+        if (kind is not ("modules-to-save" or "unknown-target" or "embedding-as-linear"))
             Assert.ThrowsAny<LrlException>(() => LoraMerger.Merge(dir, [(ad, 1f)], tmp.Sub("out")));
         Assert.False(Directory.Exists(tmp.Sub("out")));
+    }
+
+    /// <summary>
+    /// An adapted token embedding (PEFT's lora_embedding_A [r, vocab] / lora_embedding_B [hidden, r]) applied unmerged:
+    /// each token's row gains s·B·A[:, token] and the head stays the base's (PEFT's forward; the models here tie the
+    /// head to the embedding, so the oracle is a copy of the base with the adapted table and the old table as an untied
+    /// head). With a q/c_attn pair beside it, on the CPU and the float64 reference, in a batched step beside the base.
+    /// </summary>
+    [Theory]
+    [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", 4, false)]
+    [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", 8, true)]
+    [InlineData("capp-gpt2-tiny", "transformer.wte", "wte", "c_attn", 3, false)]
+    public void UnmergedEmbeddingLoraIsALookupOfTheAdaptedTable(string name, string module, string target, string linear, int rank, bool rsLora)
+    {
+        var dir = SharedData.Model(name);
+        using var tmp = new LoraFiles.TempDir();
+        using var baseCk = Checkpoint.Open(dir);
+        string embedName = baseCk.Contains(module + ".weight") ? module + ".weight" : module.Split('.')[^1] + ".weight";
+        var e = baseCk.Get(embedName);
+        int vocab = e.Shape[0], hidden = e.Shape[1];
+        var rng = new Random(rank);
+        var a = LoraFiles.Random(rng, rank * vocab, 0.8f);
+        var b = LoraFiles.Random(rng, hidden * rank, 0.8f);
+        double alpha = 6, s = rsLora ? alpha / Math.Sqrt(rank) : alpha / rank;
+        string ad = LoraFiles.Write(tmp.Sub("a"), dir, [target, linear], rank, alpha, seed: 2, rsLora: rsLora, extraTensors: (w, _) =>
+        {
+            w.Add($"base_model.model.{module}.lora_embedding_A", [rank, vocab], a);
+            w.Add($"base_model.model.{module}.lora_embedding_B", [hidden, rank], b);
+        });
+        // The oracle: E + s·(B·A)ᵀ as the table, E as an untied head.
+        var table = e.ToFloatArray();
+        var adapted = (float[])table.Clone();
+        for (int t = 0; t < vocab; t++)
+            for (int h = 0; h < hidden; h++)
+            {
+                double d = 0;
+                for (int j = 0; j < rank; j++) d += (double)b[h * rank + j] * a[j * vocab + t];
+                adapted[t * hidden + h] += (float)(s * d);
+            }
+        string oracle = tmp.Sub("oracle");
+        Directory.CreateDirectory(oracle);
+        foreach (var f in Directory.GetFiles(dir).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
+            File.Copy(f, Path.Combine(oracle, Path.GetFileName(f)));
+        var writer = new SafeTensorsWriter();
+        foreach (var t in baseCk.Tensors)
+            writer.Add(t.Name, t.Shape, t.Name == embedName ? adapted : t.ToFloatArray());
+        writer.Add("lm_head.weight", [vocab, hidden], table);
+        writer.Write(Path.Combine(oracle, "model.safetensors"));
+
+        using var cpu = new CpuBackend();
+        using var reference = new ReferenceBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var refModel = ModelRegistry.Load(dir, reference);
+        using var oracleModel = ModelRegistry.Load(oracle, cpu);
+        var tokens = Prompt(model, 20, 4);
+        var m = (ModelBase)model;
+        var adapter = m.LoadAdapter(ad);
+        Assert.Contains(module, adapter.Modules);
+        Assert.Contains(adapter.Modules, x => x.EndsWith(linear, StringComparison.Ordinal));
+        var got = Logits(model, tokens, adapter);
+        Assert.True(Rel(got, Logits(model, tokens)) > 1e-2, "the embedding adapter changes nothing");
+        var want = Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(ad));
+        Assert.True(Rel(got, want) < 1e-5, $"against the float64 reference: {Rel(got, want):E2}");
+        // The oracle has no q/c_attn pair: compare an embedding-only adapter with it.
+        string embOnly = LoraFiles.Write(tmp.Sub("e"), dir, [target], rank, alpha, seed: 2, rsLora: rsLora, extraTensors: (w, _) =>
+        {
+            w.Add($"base_model.model.{module}.lora_embedding_A", [rank, vocab], a);
+            w.Add($"base_model.model.{module}.lora_embedding_B", [hidden, rank], b);
+        });
+        var onlyEmbedding = Logits(model, tokens, m.LoadAdapter(embOnly));
+        var oracleLogits = Logits(oracleModel, tokens);
+        Assert.True(Rel(onlyEmbedding, oracleLogits) < 1e-5, $"against the adapted table: {Rel(onlyEmbedding, oracleLogits):E2}");
+        // In one batched step beside a base sequence: each its own.
+        using var s1 = model.CreateState(); using var s2 = model.CreateState();
+        m.SetAdapters(s1, [adapter]);
+        var batch = new StepBatch();
+        batch.Add(s1, tokens, 0, LogitsWanted.All);
+        batch.Add(s2, tokens, 0, LogitsWanted.All);
+        var both = new float[batch.LogitsRows * model.VocabSize];
+        model.Forward(batch, both);
+        int n = tokens.Length * model.VocabSize;
+        Assert.True(Rel(both.AsSpan(0, n).ToArray(), got) < 1e-5);
+        Assert.True(Rel(both.AsSpan(n, n).ToArray(), Logits(model, tokens)) < 1e-5);
     }
 
     [Fact]

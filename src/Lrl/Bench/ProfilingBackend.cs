@@ -51,6 +51,12 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         if (!Enabled) { Lora.LoraRows(x, row0, rows, lora, scale, y); return; }
         Time($"lora r{lora.Rank} {lora.OutFeatures}x{lora.InFeatures}", lora.ByteSize, () => Lora.LoraRows(x, row0, rows, lora, scale, y));
     }
+    public void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        if (!Enabled) { Lora.LoraEmbedRows(tokens, row0, lora, scale, y); return; }
+        var ids = tokens.ToArray();
+        Time($"lora embedding r{lora.Rank}", 0, () => Lora.LoraEmbedRows(ids, row0, lora, scale, y));
+    }
     public bool FusesLora => (inner as ILoraOps)?.FusesLora == true;
     public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) => Lora.StageLora(x, row0, rows, lora, scale, y);
     public void Enter() => inner.Enter();
