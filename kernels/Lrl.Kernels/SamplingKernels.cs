@@ -41,10 +41,11 @@ public static class SamplingKernels
 
     /// <summary>
     /// Top-k / top-p sampling with temperature: the k largest logits (ties: lower id first) sorted descending,
-    /// softmax((logit − max)/temperature), the smallest prefix whose mass reaches topP, then the token where the running
-    /// mass passes uniform01 · (prefix mass). k must be in 1..MaxTopK. result[0] = the token id.
+    /// softmax((logit − max)/temperature), the smallest prefix whose mass reaches topP, of that the prefix whose
+    /// probabilities are at least minP × the top one's, then the token where the running mass passes uniform01 · (kept
+    /// mass). k must be in 1..MaxTopK. result[0] = the token id.
     /// </summary>
-    public static void Sample(ArrayView<float> logits, int n, int k, float temperature, float topP, float uniform01, ArrayView<int> result)
+    public static void Sample(ArrayView<float> logits, int n, int k, float temperature, float topP, float minP, float uniform01, ArrayView<int> result)
     {
         var keys = SharedMemory.Allocate<float>(Capacity);
         var ids = SharedMemory.Allocate<int>(Capacity);
@@ -118,6 +119,18 @@ public static class SamplingKernels
         {
             total += keys[i] / sum;
             if (topP < 1f && total >= topP) { keep = i + 1; break; }
+        }
+        if (minP > 0f)
+        {
+            float floor = minP * (keys[0] / sum);
+            int kept = 1;
+            while (kept < keep && keys[kept] / sum >= floor) kept++;
+            if (kept < keep)
+            {
+                keep = kept;
+                total = 0;
+                for (int i = 0; i < keep; i++) total += keys[i] / sum;
+            }
         }
         float r = uniform01 * total;
         int chosen = ids[keep - 1];

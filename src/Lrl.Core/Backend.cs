@@ -155,6 +155,23 @@ public interface IBackend : IDisposable
     }
 
     /// <summary>
+    /// Largest top-k <see cref="Sample"/> takes where the logits are (a GPU: 1024), so generation may sample there and
+    /// copy back one id per token; 0 (the default): sampling reads the logits to the host.
+    /// </summary>
+    int MaxDeviceTopK => 0;
+
+    /// <summary>
+    /// Top-k / top-p sampling of x[0..n) at a temperature given a uniform draw in [0, 1) (the rule of
+    /// <see cref="Logits.SampleTopK"/>; temperature 0 is the argmax). The default reads the logits to the host.
+    /// </summary>
+    int Sample(DeviceBuffer x, int n, float temperature, int topK, float topP, float uniform01, float minP = 0)
+    {
+        var v = new float[n];
+        Download(x, 0, v);
+        return temperature == 0 ? Logits.ArgMax(v) : Logits.SampleTopK(v, temperature, topK, topP, uniform01, minP);
+    }
+
+    /// <summary>
     /// Makes the backend usable from the calling thread (CUDA: its context is current per thread, so the GPU backend
     /// binds it; no-op elsewhere). Models call it at the start of every forward pass, state creation and release, so
     /// callers on any thread (a server's thread pool, a decode loop) launch into the right context.
@@ -189,6 +206,50 @@ public static class Logits
         float bv = v[0];
         for (int i = 1; i < v.Length; i++) if (v[i] > bv) { bv = v[i]; best = i; }
         return best;
+    }
+
+    /// <summary>
+    /// The device sampling rule (SamplingKernels.Sample) on the host: the <paramref name="topK"/> largest values (0: all;
+    /// ties: lower id first) best first, softmax((v − max)/temperature) in float, the smallest prefix whose mass
+    /// reaches <paramref name="topP"/>, of that the candidates at least <paramref name="minP"/> × as likely as the first,
+    /// then the first candidate where the running mass passes uniform01 × the kept mass.
+    /// </summary>
+    public static int SampleTopK(ReadOnlySpan<float> v, float temperature, int topK, float topP, float uniform01, float minP = 0)
+    {
+        int k = topK <= 0 ? v.Length : Math.Min(topK, v.Length);
+        var ids = new int[v.Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = i;
+        var keys = v.ToArray();
+        Array.Sort(ids, (a, b) => keys[a] != keys[b] ? keys[b].CompareTo(keys[a]) : a.CompareTo(b));
+        float max = keys[ids[0]], inv = 1f / temperature, sum = 0;
+        var p = new float[k];
+        for (int i = 0; i < k; i++) { p[i] = MathF.Exp((keys[ids[i]] - max) * inv); sum += p[i]; }
+        float total = 0;
+        int keep = k;
+        for (int i = 0; i < k; i++)
+        {
+            total += p[i] / sum;
+            if (topP < 1f && total >= topP) { keep = i + 1; break; }
+        }
+        if (minP > 0)
+        {
+            float floor = minP * (p[0] / sum);
+            int kept = 1;
+            while (kept < keep && p[kept] / sum >= floor) kept++;
+            if (kept < keep)
+            {
+                keep = kept;
+                total = 0;
+                for (int i = 0; i < keep; i++) total += p[i] / sum;
+            }
+        }
+        float r = uniform01 * total;
+        for (int i = 0; i < keep; i++)
+        {
+            r -= p[i] / sum;
+            if (r < 0) return ids[i];
+        }
+        return ids[keep - 1];
     }
 }
 

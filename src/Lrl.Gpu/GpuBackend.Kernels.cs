@@ -50,7 +50,7 @@ public sealed partial class GpuBackend
     private Action<AcceleratorStream, Index1D, ArrayView<float>, int>? _gelu;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int>? _add;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, ArrayView<int>>? _argmax;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, int, float, float, float, ArrayView<int>>? _sample;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, int, float, float, float, float, ArrayView<int>>? _sample;
 
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> RmsNormKernel =>
         _rmsNorm ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.RmsNorm);
@@ -77,6 +77,6 @@ public sealed partial class GpuBackend
         _add ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(ActivationKernels.Add);
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, ArrayView<int>> ArgmaxKernel =>
         _argmax ??= _accelerator.LoadKernel<ArrayView<float>, int, ArrayView<int>>(SamplingKernels.Argmax);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, int, float, float, float, ArrayView<int>> SampleKernel =>
-        _sample ??= _accelerator.LoadKernel<ArrayView<float>, int, int, float, float, float, ArrayView<int>>(SamplingKernels.Sample);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, int, float, float, float, float, ArrayView<int>> SampleKernel =>
+        _sample ??= _accelerator.LoadKernel<ArrayView<float>, int, int, float, float, float, float, ArrayView<int>>(SamplingKernels.Sample);
 }

@@ -86,10 +86,24 @@ internal sealed class LogitsHead : IDisposable
     /// </summary>
     public int WriteArgmax(DeviceBuffer hidden, int rows)
     {
+        LastRowLogits(hidden, rows);
+        return _b.Argmax(_logits, _vocab);
+    }
+
+    /// <summary>
+    /// As <see cref="WriteArgmax"/>, sampling instead (<see cref="IBackend.Sample"/>: on a GPU only the id comes back).
+    /// </summary>
+    public int WriteSample(DeviceBuffer hidden, int rows, float temperature, int topK, float topP, float minP, float uniform01)
+    {
+        LastRowLogits(hidden, rows);
+        return _b.Sample(_logits, _vocab, temperature, topK, topP, uniform01, minP);
+    }
+
+    private void LastRowLogits(DeviceBuffer hidden, int rows)
+    {
         _b.Copy(hidden, (long)(rows - 1) * _hidden, _last, 0, _hidden);
         Keep(_last, 0, 1, 0);
         _b.MatMul(_last, _head, _logits, 1);
-        return _b.Argmax(_logits, _vocab);
     }
 
     /// <summary>Batched step: queues <paramref name="rows"/> hidden rows from row <paramref name="row"/> for <see cref="Flush"/>.</summary>

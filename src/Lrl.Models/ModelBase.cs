@@ -338,13 +338,26 @@ public abstract class ModelBase : ILanguageModel
     /// greedy choice (the first largest logit): the argmax runs where the logits are (the device, on a GPU), so only
     /// one id comes back per token. Greedy decoding without penalties or biases uses it.
     /// </summary>
-    public int ForwardArgmax(ISequenceState state, ReadOnlySpan<int> tokens, int startPos)
+    public int ForwardArgmax(ISequenceState state, ReadOnlySpan<int> tokens, int startPos) =>
+        ForwardChoice(state, tokens, startPos, 0, 0, 1, 0, 0);
+
+    /// <summary>
+    /// As <see cref="ForwardArgmax"/>, sampling the last token's next one (<see cref="IBackend.Sample"/>: top-k /
+    /// top-p at a temperature given the uniform draw), where the logits are: on a GPU one id comes back per token.
+    /// </summary>
+    public int ForwardSample(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, float temperature, int topK, float topP, float minP, float uniform01)
+    {
+        if (!(temperature > 0)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "sampling needs a temperature above 0 (0 is ForwardArgmax)");
+        return ForwardChoice(state, tokens, startPos, temperature, topK, topP, minP, uniform01);
+    }
+
+    private int ForwardChoice(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, float temperature, int topK, float topP, float minP, float uniform01)
     {
         if (ChunkRows == 0 || Head is null || FinalHidden is null)
         {
             var l = new float[VocabSize];
             Forward(state, tokens, startPos, l);
-            return Logits.ArgMax(l);
+            return temperature == 0 ? Logits.ArgMax(l) : Logits.SampleTopK(l, temperature, topK, topP, uniform01, minP);
         }
         var s = Own(state);
         int n = tokens.Length;
@@ -364,7 +377,7 @@ public abstract class ModelBase : ILanguageModel
                 rows = Math.Min(ChunkRows, n - done);
                 RunChunk(s, tokens.Slice(done, rows), startPos + done);
             }
-            return Head.WriteArgmax(FinalHidden, rows);
+            return temperature == 0 ? Head.WriteArgmax(FinalHidden, rows) : Head.WriteSample(FinalHidden, rows, temperature, topK, topP, minP, uniform01);
         }
     }
 

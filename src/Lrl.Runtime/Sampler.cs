@@ -28,8 +28,23 @@ public sealed class Sampler
     /// Whether the choice is the plain argmax of the model's logits (greedy, no penalty or bias changes them), so a
     /// backend may take it where the logits are.
     /// </summary>
-    public bool IsPlainArgmax =>
-        (_o.Temperature == 0 || float.IsInfinity(1f / _o.Temperature)) && (_o.RepeatPenalty == 1f || _o.RepeatLastN == 0) &&
+    public bool IsPlainArgmax => (_o.Temperature == 0 || float.IsInfinity(1f / _o.Temperature)) && Unshaped;
+
+    /// <summary>
+    /// Whether the choice is plain top-k / top-p / min-p sampling at a temperature (no penalty or bias) over at most
+    /// <paramref name="maxTopK"/> candidates, so a backend may sample where the logits are: call
+    /// <see cref="NextUniform"/> for its draw (the one <see cref="Sample"/> would make) and pass <see cref="CandidateCount"/>.
+    /// </summary>
+    public bool IsPlainTopK(int maxTopK) =>
+        maxTopK > 0 && !(_o.Temperature == 0 || float.IsInfinity(1f / _o.Temperature)) && Unshaped && CandidateCount <= maxTopK;
+
+    /// <summary>How many of the most likely tokens the sampler considers (top-k, or the vocabulary).</summary>
+    public int CandidateCount => _o.TopK > 0 ? Math.Min(_o.TopK, _vocab) : _vocab;
+
+    /// <summary>The uniform draw in [0, 1) the next <see cref="Sample"/> would make (advances the generator the same way).</summary>
+    public double NextUniform() => _rng.NextDouble();
+
+    private bool Unshaped => (_o.RepeatPenalty == 1f || _o.RepeatLastN == 0) &&
         ((_o.FrequencyPenalty == 0 && _o.PresencePenalty == 0) || _o.RepeatLastN == 0) && (_o.LogitBias is null || _o.LogitBias.Count == 0);
 
     /// <summary>Chooses a token. <paramref name="logits"/> is modified (penalties applied); <paramref name="recent"/> are the tokens seen so far.</summary>

@@ -91,6 +91,28 @@ internal sealed class Generation
         return Take(token, emit);
     }
 
+    /// <summary>
+    /// Whether the sampler's choice is plain top-k / top-p sampling a backend taking up to <paramref name="maxTopK"/>
+    /// candidates can make where the logits are (<see cref="DeviceDraw"/>, <see cref="AcceptSampled"/>).
+    /// </summary>
+    public bool PlainTopK(int maxTopK) => _sampler.IsPlainTopK(maxTopK);
+
+    /// <summary>The next token's sampling settings and uniform draw (the draw the host sampler would have made).</summary>
+    public (float Temperature, int TopK, float TopP, float MinP, float Uniform) DeviceDraw()
+    {
+        var o = _sampler.Options;
+        // float keeps the draw below 1 (a double just under 1 rounds up to 1f).
+        float u = Math.Min((float)_sampler.NextUniform(), 0.99999994f);
+        return (o.Temperature, _sampler.CandidateCount, o.TopP, o.MinP, u);
+    }
+
+    /// <summary>As <see cref="Accept"/> with the token already sampled (on the device) from a <see cref="DeviceDraw"/>.</summary>
+    public bool AcceptSampled(int token, List<GeneratedToken> emit)
+    {
+        if (!Begin(emit)) return false;
+        return Take(token, emit);
+    }
+
     private bool Begin(List<GeneratedToken> emit)
     {
         if (!_prefilled)

@@ -186,21 +186,29 @@ public sealed class InferenceSession : IDisposable
             foreach (var t in SpeculativeRun.Run(_owner, _state, g, options, _logits, source)) yield return t;
             yield break;
         }
-        if (g.PlainArgmax && _owner.Model is Lrl.Models.ModelBase mb)
+        bool argmax = g.PlainArgmax, sampled = !argmax && g.PlainTopK(_owner.Model.Backend.MaxDeviceTopK);
+        if ((argmax || sampled) && _owner.Model is Lrl.Models.ModelBase mb)
         {
-            // Greedy without penalties: the model takes the argmax where its logits are (one id back per token).
+            // Greedy, or plain top-k/top-p sampling on a backend that samples where its logits are: the model makes the
+            // choice there (one id back per token); the sampler's generator gives the same draws as on the host.
             ThrowIfDisposed();
             LastComputeThread = Environment.CurrentManagedThreadId;
-            int token = mb.ForwardArgmax(_state, prompt.AsSpan(g.Held.Count), g.Held.Count);
+            int Choose(ReadOnlySpan<int> tokens, int pos)
+            {
+                if (argmax) return mb.ForwardArgmax(_state, tokens, pos);
+                var (temperature, topK, topP, minP, u) = g.DeviceDraw();
+                return mb.ForwardSample(_state, tokens, pos, temperature, topK, topP, minP, u);
+            }
+            int token = Choose(prompt.AsSpan(g.Held.Count), g.Held.Count);
             g.PromptRan(g.PromptLeft);
             while (true)
             {
-                bool more = g.AcceptArgmax(token, emit);
+                bool more = argmax ? g.AcceptArgmax(token, emit) : g.AcceptSampled(token, emit);
                 foreach (var t in emit) yield return t;
                 emit.Clear();
                 if (!more) break;
                 ThrowIfDisposed();
-                token = mb.ForwardArgmax(_state, [g.Next], g.Held.Count);
+                token = Choose([g.Next], g.Held.Count);
                 g.NextRan();
             }
             yield break;

@@ -52,7 +52,10 @@ public sealed class LrlModel : IDisposable
     public (long Steps, long Rows, int MostSequences) BatchStatistics => Loop is { } l ? (l.Steps, l.Rows, l.MostInStep) : default;
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
-    public static LrlModel Load(string modelDir, ModelOptions? options = null)
+    public static LrlModel Load(string modelDir, ModelOptions? options = null) => Load(modelDir, options, null);
+
+    /// <summary>As <see cref="Load(string, ModelOptions?)"/> onto a backend made by the caller (tests: an emulated GPU); the model owns it.</summary>
+    internal static LrlModel Load(string modelDir, ModelOptions? options, IBackend? backendGiven)
     {
         options ??= new ModelOptions();
         if (options.Parallel < 1) throw new LrlException($"--parallel must be ≥ 1, got {options.Parallel}");
@@ -62,7 +65,7 @@ public sealed class LrlModel : IDisposable
         var tokenizer = LrlTokenizer.Load(dir);
         if (tokenizer.VocabSize == 0)
             throw new ModelFormatException(dir, "the tokenizer's vocabulary is empty; a model needs the tokens it was trained on");
-        var backend = Backends.Create(options.Device, options.Threads, options.Mmap);
+        var backend = backendGiven ?? Backends.Create(options.Device, options.Threads, options.Mmap);
         try
         {
             var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = options.ContextLength, BatchSize = options.BatchSize });

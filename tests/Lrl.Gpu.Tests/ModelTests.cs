@@ -261,6 +261,29 @@ public class ModelTests
             Assert.Equal(ArgMax(logits), ids[i]);
             model.Forward(hostState, [ids[i]], 5 + i, logits);
         }
+
+        // Sampling at a temperature (top-k/top-p/min-p) on the device: the same budget, and the host rule's token
+        // (Logits.SampleTopK on the downloaded logits) for the same draw.
+        using var sampleState = model.CreateState();
+        using var checkState = model.CreateState();
+        var rng = new Random(5);
+        model.Forward(sampleState, [1, 403, 407, 261], 0, logits);
+        model.Forward(checkState, [1, 403, 407, 261], 0, logits);
+        token = 300;
+        long launches = 0, bytes = 0;
+        for (int i = 0; i < tokens; i++)
+        {
+            float u = (float)rng.NextDouble();
+            before = backend.Counters;
+            int got = ((ModelBase)model).ForwardSample(sampleState, [token], 4 + i, 0.9f, 40, 0.95f, 0.05f, u);
+            d = backend.Counters - before;
+            launches += d.Launches; bytes += d.DownloadBytes;
+            model.Forward(checkState, [token], 4 + i, logits);
+            Assert.Equal(Logits.SampleTopK(logits, 0.9f, 40, 0.95f, u, 0.05f), got);
+            token = got;
+        }
+        Assert.Equal((long)tokens * (3 + 9 * layers + 1), launches);
+        Assert.Equal(4L * tokens, bytes);
     }
 
     /// <summary>

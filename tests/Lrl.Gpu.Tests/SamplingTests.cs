@@ -39,14 +39,17 @@ public class SamplingTests
         {
             var logits = arena.Floats(n, 4f);
             using var buf = Check.Buffer(g, logits);
-            float[] temps = [0.7f, 1f], topPs = [1f, 0.9f, 0.5f];
+            float[] temps = [0.7f, 1f], topPs = [1f, 0.9f, 0.5f], minPs = [0f, 0.05f, 0.3f];
             foreach (int topK in new[] { 1, 5, 40, 0 })
                 for (int draw = 0; draw < 3; draw++)
                 {
                     float u = (float)arena.Rng.NextDouble();
-                    float temp = temps[arena.Rng.Next(temps.Length)], topP = topPs[arena.Rng.Next(topPs.Length)];
-                    int expected = HostSample(logits, temp, topK, topP, u);
-                    Assert.True(expected == g.Sample(buf, n, temp, topK, topP, u), $"n={n} T={temp} k={topK} p={topP} u={u}");
+                    float temp = temps[arena.Rng.Next(temps.Length)], topP = topPs[arena.Rng.Next(topPs.Length)], minP = minPs[arena.Rng.Next(minPs.Length)];
+                    int expected = HostSample(logits, temp, topK, topP, u, minP);
+                    Assert.True(expected == g.Sample(buf, n, temp, topK, topP, u, minP), $"n={n} T={temp} k={topK} p={topP} min-p={minP} u={u}");
+                    // The host mirror backends without device sampling use (IBackend.Sample's default) agrees.
+                    int k = topK == 0 ? GpuBackend.MaxDeviceTopK : topK;
+                    Assert.True(expected == Logits.SampleTopK(logits, temp, k, topP, u, minP), $"host mirror: n={n} T={temp} k={topK} p={topP} min-p={minP} u={u}");
                 }
             Assert.Equal(g.Argmax(buf, n), g.Sample(buf, n, 0f, 40, 0.9f, 0.5f));
         }
@@ -60,10 +63,11 @@ public class SamplingTests
         Assert.Throws<LrlException>(() => g.Sample(buf, 8, -1f, 0, 1f, 0.5f));
         Assert.Throws<LrlException>(() => g.Sample(buf, 8, 1f, -3, 1f, 0.5f));
         Assert.Throws<LrlException>(() => g.Sample(buf, 8, 1f, 0, 0f, 0.5f));
+        Assert.Throws<LrlException>(() => g.Sample(buf, 8, 1f, 0, 1f, 0.5f, 1.5f));
     }
 
     /// <summary>The documented rule, in double: top-k (ties: lower id), softmax at temperature, top-p prefix, walk.</summary>
-    private static int HostSample(float[] logits, float temp, int topK, float topP, float u)
+    private static int HostSample(float[] logits, float temp, int topK, float topP, float u, float minP = 0)
     {
         int k = topK == 0 ? GpuBackend.MaxDeviceTopK : Math.Min(topK, GpuBackend.MaxDeviceTopK);
         var order = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).Take(k).ToArray();
@@ -77,6 +81,12 @@ public class SamplingTests
         {
             total += p[i];
             if (topP < 1 && total >= topP) { keep = i + 1; break; }
+        }
+        if (minP > 0)
+        {
+            int kept = 1;
+            while (kept < keep && p[kept] >= minP * p[0]) kept++;
+            if (kept < keep) { keep = kept; total = p.Take(keep).Sum(); }
         }
         double r = u * total;
         for (int i = 0; i < keep; i++)

@@ -58,6 +58,19 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         Time($"lora embedding r{lora.Rank}", 0, () => Lora.LoraEmbedRows(ids, row0, lora, scale, y));
     }
     public bool FusesLora => (inner as ILoraOps)?.FusesLora == true;
+    public int MaxDeviceTopK => inner.MaxDeviceTopK;
+    public int Argmax(DeviceBuffer x, int n)
+    {
+        int id = 0;
+        Time("argmax", 0, () => id = inner.Argmax(x, n));
+        return id;
+    }
+    public int Sample(DeviceBuffer x, int n, float temperature, int topK, float topP, float uniform01, float minP = 0)
+    {
+        int id = 0;
+        Time("sample", 0, () => id = inner.Sample(x, n, temperature, topK, topP, uniform01, minP));
+        return id;
+    }
     public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) => Lora.StageLora(x, row0, rows, lora, scale, y);
     public void Enter() => inner.Enter();
     public DeviceBuffer Allocate(long length) => inner.Allocate(length);
