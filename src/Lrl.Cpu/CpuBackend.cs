@@ -256,6 +256,12 @@ public sealed partial class CpuBackend : IBackend
 
     public void Synchronize() { }
 
+    /// <summary>The argmax read in place (the interface's default copies the logits out: a vocabulary's floats per token).</summary>
+    public int Argmax(DeviceBuffer x, int n) => Logits.ArgMax(D(x).AsSpan(0, n));
+
+    public int Sample(DeviceBuffer x, int n, float temperature, int topK, float topP, float uniform01, float minP = 0) =>
+        temperature == 0 ? Argmax(x, n) : Logits.SampleTopK(D(x).AsSpan(0, n), temperature, topK, topP, uniform01, minP);
+
     public void Dispose()
     {
         _pool.Dispose();
