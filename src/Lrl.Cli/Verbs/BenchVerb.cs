@@ -51,6 +51,9 @@ public sealed class BenchVerb
     [Option("profile", HelpText = "Instead of the benchmark, print where a decoded token's time goes, op by op.")]
     public bool Profile { get; set; }
 
+    [Option("memory", HelpText = "Instead of the benchmark, run one prompt of -p tokens and -n decoded tokens (no probes) and print the process's peak resident memory, file-backed and anonymous.")]
+    public bool Memory { get; set; }
+
     [Option("json", HelpText = "Print JSON.")]
     public bool Json { get; set; }
 
@@ -149,6 +152,45 @@ public sealed class BenchVerb
         }
     }
 
+    /// <summary>
+    /// Peak resident memory of one generation: the folder's size, then after loading, after a prompt of
+    /// <paramref name="p"/> tokens and after <paramref name="n"/> greedy tokens, the process's resident memory (Linux
+    /// /proc/self/status: VmHWM peak, RssFile mapped weights and libraries, RssAnon heaps and caches).
+    /// </summary>
+    private int RunMemory(ILanguageModel model, string dir, int p, int n)
+    {
+        static Dictionary<string, long> Status()
+        {
+            var d = new Dictionary<string, long>();
+            if (!File.Exists("/proc/self/status")) return d;
+            foreach (var line in File.ReadLines("/proc/self/status"))
+            {
+                int colon = line.IndexOf(':');
+                var parts = line[(colon + 1)..].Trim().Split(' ');
+                if (colon > 0 && parts.Length == 2 && parts[1] == "kB" && long.TryParse(parts[0], out long kb)) d[line[..colon]] = kb * 1024;
+            }
+            return d;
+        }
+        if (!File.Exists("/proc/self/status")) throw new LrlException("bench --memory reads /proc/self/status (Linux only)");
+        long folder = new DirectoryInfo(dir).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
+        var rows = new List<(string Stage, Dictionary<string, long> S)> { ("loaded", Status()) };
+        var mb = (ModelBase)model;
+        using var state = model.CreateState();
+        var rng = new Random(1);
+        var prompt = Enumerable.Range(0, Math.Max(1, p)).Select(_ => rng.Next(3, model.VocabSize)).ToArray();
+        int token = mb.ForwardArgmax(state, prompt, 0);
+        rows.Add(($"prompt of {prompt.Length}", Status()));
+        for (int i = 0; i < n; i++) token = mb.ForwardArgmax(state, [token], prompt.Length + i);
+        rows.Add(($"{n} decoded", Status()));
+        var o = Console.Out;
+        o.WriteLine($"model folder: {folder / 1e6:F1} MB");
+        o.WriteLine("| stage | resident MB | peak MB | file-backed MB | anonymous MB |");
+        o.WriteLine("| --- | ---: | ---: | ---: | ---: |");
+        foreach (var (stage, st) in rows)
+            o.WriteLine($"| {stage} | {st.GetValueOrDefault("VmRSS") / 1e6:F1} | {st.GetValueOrDefault("VmHWM") / 1e6:F1} | {st.GetValueOrDefault("RssFile") / 1e6:F1} | {st.GetValueOrDefault("RssAnon") / 1e6:F1} |");
+        return 0;
+    }
+
     private int RunCore()
     {
         if (string.Equals(What, "serve", StringComparison.OrdinalIgnoreCase)) return RunServe();
@@ -172,11 +214,12 @@ public sealed class BenchVerb
         var profiler = Profile ? new ProfilingBackend(inner) : null;
         IBackend backend = profiler ?? inner;
         int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
-        int context = Math.Max(sizes.Max(), GenTokens);
+        int context = Memory ? sizes.Max() + Math.Max(1, GenTokens) : Math.Max(sizes.Max(), GenTokens);
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
         string format = model.WeightFormat;
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
+        if (Memory) return RunMemory(model, dir, sizes.Max(), GenTokens);
         log.WriteLine("probing the machine: read bandwidth, FMA and int8 dot peaks ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
