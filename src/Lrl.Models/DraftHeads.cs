@@ -150,6 +150,22 @@ public sealed unsafe class DraftHeads : IDisposable
     public long Version { get; set; }
 
     /// <summary>
+    /// How the matrices go to the backend: 0 as f32 (as trained), 8 or 4 quantized per output channel through the
+    /// engine's own int8/int4 formats (Q8_GC / Q4_GC, the quantized GEMV kernels) — a quarter or an eighth of the bytes
+    /// a draft step reads. The host copy stays f32; changing it reloads the backend copy.
+    /// </summary>
+    public int Bits
+    {
+        get => _bits;
+        set => _bits = value is 0 or 8 or 4 ? value : throw new LrlException($"draft heads: bits must be 0 (f32), 8 or 4, got {value}");
+    }
+    private int _bits, _loadedBits = -1;
+    private readonly List<object> _pinned = new(); // quantized codes and scales the backend reads in place
+
+    /// <summary>Bytes of the heads' matrices as loaded on the backend (0 before first use).</summary>
+    public long LoadedBytes => _w.Concat(_out).Sum(w => w.ByteSize);
+
+    /// <summary>
     /// Every head's logits for one hidden row into <paramref name="logits"/> (Count rows of Vocab); called by
     /// <see cref="ModelBase.RunDraftHeads"/> under the model's lock.
     /// </summary>
@@ -181,21 +197,22 @@ public sealed unsafe class DraftHeads : IDisposable
 
     private void Ensure(IBackend b)
     {
-        if (_backend == b && _version == Version) return;
+        if (_backend == b && _version == Version && _loadedBits == _bits) return;
         FreeBackend();
         _backend = b;
         _version = Version;
+        _loadedBits = _bits;
         _w = new Weight[W.Length];
         _b = new Weight[B.Length];
         for (int i = 0; i < W.Length; i++)
         {
-            _w[i] = b.LoadWeight(Tensor($"draft.{i}.weight", [Hidden, Hidden], W[i]));
+            _w[i] = Matrix(b, $"draft.{i}.weight", Hidden, Hidden, W[i]);
             _b[i] = b.LoadWeight(Tensor($"draft.{i}.bias", [Hidden], B[i]));
         }
         if (Output is not null)
         {
             _out = new Weight[Count];
-            for (int i = 0; i < Count; i++) _out[i] = b.LoadWeight(Tensor($"draft.{i}.out", [Vocab, Hidden], Output[i]));
+            for (int i = 0; i < Count; i++) _out[i] = Matrix(b, $"draft.{i}.out", Vocab, Hidden, Output[i]);
             _logits = b.Allocate(Vocab);
         }
         _h = b.Allocate(Hidden);
@@ -205,6 +222,25 @@ public sealed unsafe class DraftHeads : IDisposable
         var ones = new float[Hidden];
         Array.Fill(ones, 1f);
         b.Upload(ones, _ones);
+    }
+
+    /// <summary>A [rows, cols] matrix as f32, or quantized per output channel when <see cref="Bits"/> says so.</summary>
+    private Weight Matrix(IBackend b, string name, int rows, int cols, float[] data)
+    {
+        if (_bits == 0 || (_bits == 4 && cols % 2 != 0)) return b.LoadWeight(Tensor(name, [rows, cols], data));
+        var qb = b as IQuantizedBackend ?? throw new LrlException($"the {b.Name} backend cannot run quantized draft heads");
+        var m = Lrl.Quant.GroupQuantizer.Quantize(data, rows, cols, _bits, cols);
+        var codes = GC.AllocateArray<byte>(m.Codes.Length, pinned: true);
+        m.Codes.CopyTo(codes, 0);
+        var scales = GC.AllocateArray<Half>(m.Scales.Length, pinned: true);
+        m.Scales.CopyTo(scales, 0);
+        _pinned.Add(codes); _pinned.Add(scales);
+        fixed (byte* c = codes) fixed (Half* sc = scales) // pinned: the addresses stay valid while the heads hold them
+        {
+            var q = new QuantizedTensor { Name = name, Source = "draft heads", Bits = _bits, GroupSize = cols, Rows = rows, Cols = cols, Codes = c, Scales = sc };
+            q.Validate();
+            return qb.LoadQuantized(q);
+        }
     }
 
     private static HostTensor Tensor(string name, int[] shape, float[] data)
@@ -220,6 +256,7 @@ public sealed unsafe class DraftHeads : IDisposable
         foreach (var w in _out) (w as IDisposable)?.Dispose();
         _h?.Dispose(); _cur?.Dispose(); _z?.Dispose(); _ones?.Dispose(); _logits?.Dispose();
         _w = []; _b = []; _out = [];
+        _pinned.Clear();
         _h = _cur = _z = _ones = _logits = null;
         _backend = null;
     }

@@ -223,6 +223,49 @@ public class DraftHeadsTests
         finally { Directory.Delete(dir, recursive: true); }
     }
 
+    /// <summary>
+    /// int8/int4 heads (per output channel, the engine's Q8_GC/Q4_GC kernels): a quarter / an eighth of the f32 bytes,
+    /// logits close to the f32 heads', decoding still equal to plain greedy; a bad bit count is a clear error.
+    /// </summary>
+    [Fact]
+    public void QuantizedHeadsReadFewerBytesAndStayLossless()
+    {
+        var modelDir = CliRunner.Model("stories260k");
+        using var model = LrlModel.Load(modelDir, new ModelOptions { Threads = 1 });
+        var mb = (ModelBase)model.Model;
+        int hidden = mb.HiddenSize, vocab = model.Model.VocabSize;
+        var rng = new Random(8);
+        using var heads = DraftHeads.Create(3, 1, hidden, vocab);
+        foreach (var w in heads.W) for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 0.4 - 0.2);
+        foreach (var b in heads.B) for (int i = 0; i < b.Length; i++) b[i] = (float)(rng.NextDouble() * 0.2 - 0.1);
+        var h = Enumerable.Range(0, hidden).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        float[] Logits()
+        {
+            var l = new float[3 * vocab];
+            mb.RunDraftHeads(heads, h, l);
+            return l;
+        }
+        static double Rel(float[] a, float[] b) => Math.Sqrt(a.Zip(b, (x, y) => (double)(x - y) * (x - y)).Sum() / b.Sum(y => (double)y * y));
+        var f32 = Logits();
+        long f32Bytes = heads.LoadedBytes;
+        Assert.Equal(3L * hidden * hidden * 4, f32Bytes);
+        var plain = new GenerationOptions { MaxTokens = 40, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+        var want = Run(model, "Once upon a time", plain).Ids;
+        foreach (var (bits, tol) in new[] { (8, 0.02), (4, 0.2) })
+        {
+            heads.Bits = bits;
+            var q = Logits();
+            Assert.True(heads.LoadedBytes <= f32Bytes * bits / 32 + 3L * hidden * 2, $"{bits}-bit heads hold {heads.LoadedBytes} bytes");
+            double err = Rel(q, f32);
+            Assert.True(err > 0 && err < tol, $"{bits}-bit heads: relative error {err:E2}");
+            var got = Run(model, "Once upon a time", plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 3 });
+            Assert.Equal(want, got.Ids);
+        }
+        heads.Bits = 0;
+        Assert.Equal(f32, Logits());
+        Assert.Contains("bits", Assert.Throws<LrlException>(() => heads.Bits = 3).Message);
+    }
+
     /// <summary>The verbs: `heads train` writes a folder `generate --speculative heads --heads` uses; bad settings are one line.</summary>
     [Fact]
     public void HeadsVerbTrainsAndGenerateUsesTheHeads()

@@ -111,6 +111,9 @@ public sealed class BenchVerb
     [Option("heads", HelpText = "With --speculative heads: the draft heads folder (`lrlrun heads train` output or Medusa's).")]
     public string? Heads { get; set; }
 
+    [Option("heads-bits", Default = 0, HelpText = "With --heads: run the heads' matrices as f32 (0) or quantized per channel to 8 or 4 bits.")]
+    public int HeadsBits { get; set; }
+
     [Option("tree", Separator = ',', HelpText = "With --speculative heads: also verify a tree of candidates, this many top tokens of each head per node (e.g. 3,2,2,1).")]
     public IEnumerable<int> Tree { get; set; } = [];
 
@@ -337,6 +340,7 @@ public sealed class BenchVerb
         using var model = LrlModel.Load(dir, opts);
         using var draft = DraftModel is null ? null : LrlModel.Load(DraftModel, opts);
         using var heads = Heads is null ? null : Lrl.Models.DraftHeads.Load(Heads);
+        if (heads is not null) heads.Bits = HeadsBits;
         var plain = new GenerationOptions { MaxTokens = n, IgnoreEos = true, Sampling = Lrl.Runtime.SamplingOptions.Greedy };
         var runs = new List<(string Name, GenerationOptions Options)> { ("plain", plain) };
         foreach (var m in Speculative!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))

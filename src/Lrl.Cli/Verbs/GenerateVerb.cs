@@ -114,6 +114,9 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("heads", HelpText = "Draft heads folder for --speculative heads (Medusa's medusa_lm_head.safetensors, or `lrlrun heads train` output).")]
     public string? HeadsDir { get; set; }
 
+    [Option("heads-bits", Default = 0, HelpText = "With --heads: run the heads' matrices as f32 (0, as trained) or quantized per channel to 8 or 4 bits.")]
+    public int HeadsBits { get; set; }
+
     [Option("tree", Separator = ',', HelpText = "With --speculative heads: verify a tree of candidates, this many top tokens of each head per node (e.g. 3,2,2,1); default a chain.")]
     public IEnumerable<int> Tree { get; set; } = [];
 
@@ -143,6 +146,7 @@ public abstract class SamplingVerbBase : ModelVerbBase
         {
             if (string.IsNullOrWhiteSpace(HeadsDir)) throw new LrlException("--speculative heads needs --heads DIR");
             heads = Lrl.Models.DraftHeads.Load(HeadsDir);
+            heads.Bits = HeadsBits;
         }
         else if (HeadsDir is not null) throw new LrlException("--heads is for --speculative heads");
         var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads, DraftTree = Tree.Any() ? Tree.ToArray() : null };
