@@ -23,6 +23,20 @@ public static class GemvKernels
     }
 
     /// <summary>
+    /// A draft head's residual block in one launch (Medusa: h + SiLU(W h + b)): y[row] = x[row] + silu(W[row]·x + b[row])
+    /// for a square W; one warp per row as <see cref="Gemv{TW}"/>. y must not alias x (other warps still read x).
+    /// </summary>
+    public static void GemvResidualSilu<TW>(TW w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int n)
+        where TW : struct, IWeightReader
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        if (row >= n) return; // uniform per warp
+        float z = RowDot(w, x, row, n) + bias[row];
+        if (Warp.LaneIdx == 0) y[row] = x[row] + z / (1f + XMath.Exp(-z));
+    }
+
+    /// <summary>
     /// The warp's dot product of weight row <paramref name="row"/> with x, summed over the warp (every lane gets it):
     /// lanes stride the row, 4 elements per load when the row length allows.
     /// </summary>

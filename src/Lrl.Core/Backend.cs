@@ -197,6 +197,18 @@ public static class BackendOps
 }
 
 /// <summary>Host helpers over logits.</summary>
+/// <summary>
+/// Optional fused op for draft heads: a backend that has it runs a head's residual block in one pass.
+/// </summary>
+public interface IDraftHeadOps
+{
+    /// <summary>
+    /// y = x + SiLU(x·Wᵀ + b) for one row and a square W [n, n] (Medusa's residual block); false when this weight's format
+    /// has no fused kernel (the caller then runs the product, the activation and the add apart). y must not alias x.
+    /// </summary>
+    bool TryResidualSilu(DeviceBuffer x, Weight w, Weight bias, DeviceBuffer y);
+}
+
 public static class Logits
 {
     /// <summary>Index of the largest value, the first on ties (greedy decoding's choice).</summary>

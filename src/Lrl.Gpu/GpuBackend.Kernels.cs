@@ -13,6 +13,9 @@ public sealed partial class GpuBackend
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? _gemv;
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _gemm;
         private Action<AcceleratorStream, KernelConfig, TW, TW, ArrayView<float>, ArrayView<float>, int, int>? _gemvSwiGlu;
+        private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>? _gemvResidualSilu;
+        public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> GemvResidualSilu =>
+            _gemvResidualSilu ??= a.LoadKernel<TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(GemvKernels.GemvResidualSilu<TW>);
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<int>, int, ArrayView<float>, int>? _embed;
         private Action<AcceleratorStream, KernelConfig, TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3;

@@ -6,7 +6,7 @@ using Lrl.Kernels;
 namespace Lrl.Gpu;
 
 // The IBackend ops: argument checks on the host, then one or two kernel launches on the stream (no synchronization).
-public sealed partial class GpuBackend
+public sealed partial class GpuBackend : IDraftHeadOps
 {
     private MemoryBuffer1D<int, Stride1D.Dense>? _tokens;      // prefill token ids
     private MemoryBuffer1D<int, Stride1D.Dense>? _treeMasks;   // tree attention: each node's ancestor mask
@@ -129,6 +129,26 @@ public sealed partial class GpuBackend
             case DType.F16: RunMatMul(KF16, new F16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
             case DType.BF16: RunMatMul(KBF16, new BF16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
             default: QuantMatMul(m, xv, yv, bv, hasBias, rows, outF, inF); break;
+        }
+    }
+
+    /// <summary>A draft head's residual block y = x + SiLU(x·Wᵀ + b) in one launch (float weights; quantized: false).</summary>
+    public bool TryResidualSilu(DeviceBuffer x, Weight w, Weight bias, DeviceBuffer y)
+    {
+        var m = Wt(w);
+        int n = m.Rows;
+        if (m.Cols != n) throw new ArgumentException($"{w.Name}: a residual block needs a square matrix, got [{m.Rows}, {m.Cols}]");
+        if (ReferenceEquals(x, y)) throw new ArgumentException("the residual block's output must not alias its input");
+        CheckRange(x, 0, n, $"residual block input ({w.Name})");
+        CheckRange(y, 0, n, $"residual block output ({w.Name})");
+        var bv = Vec(bias, n, $"bias of {w.Name}");
+        var cfg = new KernelConfig((n + _group / _warp - 1) / (_group / _warp), _group);
+        switch (m.StoredType)
+        {
+            case DType.F32: KF32.GemvResidualSilu(Launch_, cfg, new F32Reader(m.FloatView), B(x).View, B(y).View, bv, n); return true;
+            case DType.F16: KF16.GemvResidualSilu(Launch_, cfg, new F16Reader(m.U16!.View), B(x).View, B(y).View, bv, n); return true;
+            case DType.BF16: KBF16.GemvResidualSilu(Launch_, cfg, new BF16Reader(m.U16!.View), B(x).View, B(y).View, bv, n); return true;
+            default: return false;
         }
     }
 

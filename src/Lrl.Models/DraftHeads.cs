@@ -176,19 +176,28 @@ public sealed unsafe class DraftHeads : IDisposable
         if (SharedHead && Count > head.Capacity) throw new LrlException($"{Count} draft heads exceed the model's batch of {head.Capacity} rows");
         Ensure(b);
         b.Upload(hidden, _h!);
+        var fused = b as IDraftHeadOps;
         for (int i = 0; i < Count; i++)
         {
-            b.Copy(_h!, 0, _cur!, 0, Hidden);
+            // A backend with the fused block (the GPU: one launch per block) ping-pongs between two rows and starts
+            // from h itself; otherwise the product, the activation and the add run apart on a copy of h.
+            DeviceBuffer cur = _h!;
             for (int l = 0; l < Layers; l++)
             {
-                b.MatMul(_cur!, _w[i * Layers + l], _z!, 1, _b[i * Layers + l]);
-                b.SwiGlu(_z!, _ones!, _z!, Hidden); // SiLU(z) · 1
-                b.Add(_cur!, _z!, Hidden);          // h + SiLU(W h + b)
+                var (w, bias) = (_w[i * Layers + l], _b[i * Layers + l]);
+                var next = ReferenceEquals(cur, _cur) ? _z! : _cur!;
+                if (fused is not null && fused.TryResidualSilu(cur, w, bias, next)) { cur = next; continue; }
+                if (ReferenceEquals(cur, _h)) { b.Copy(_h!, 0, _cur!, 0, Hidden); cur = _cur!; }
+                var z = ReferenceEquals(cur, _z) ? _cur! : _z!;
+                b.MatMul(cur, w, z, 1, bias);
+                b.SwiGlu(z, _ones!, z, Hidden); // SiLU(z) · 1
+                b.Add(cur, z, Hidden);          // h + SiLU(W h + b)
             }
-            if (SharedHead) head.Gather(_cur!, 0, 1);
+            if (ReferenceEquals(cur, _h)) { b.Copy(_h!, 0, _cur!, 0, Hidden); cur = _cur!; }
+            if (SharedHead) head.Gather(cur, 0, 1);
             else
             {
-                b.MatMul(_cur!, _out[i], _logits!, 1);
+                b.MatMul(cur, _out[i], _logits!, 1);
                 b.Download(_logits!, 0, logits.Slice(i * Vocab, Vocab));
             }
         }

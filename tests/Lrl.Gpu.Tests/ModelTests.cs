@@ -122,13 +122,23 @@ public class ModelTests
             m.KeepTreePath(s, prompt.Length, [0, 1, 3, 6]);
             var next = new float[v];
             m.Forward(s, [ArgMax(tree.AsSpan(6 * v, v))], prompt.Length + 4, next);
-            using var heads = Lrl.Models.DraftHeads.Create(2, 1, m.HiddenSize, v);
+            // Two heads of two residual blocks each (the GPU runs each block as one fused launch, ping-ponging rows).
+            using var heads = Lrl.Models.DraftHeads.Create(2, 2, m.HiddenSize, v);
             var rng = new Random(4);
             foreach (var w in heads.W) for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 0.2 - 0.1);
+            foreach (var b in heads.B) for (int i = 0; i < b.Length; i++) b[i] = (float)(rng.NextDouble() * 0.2 - 0.1);
             var headLogits = new float[2 * v];
             var hidden = new float[m.HiddenSize];
             for (int i = 0; i < hidden.Length; i++) hidden[i] = (float)Math.Sin(i);
             m.RunDraftHeads(heads, hidden, headLogits);
+            if (m == gpu)
+            {
+                var gb = (GpuBackend)m.Backend;
+                var before = gb.Counters;
+                m.RunDraftHeads(heads, hidden, headLogits);
+                // One launch per block and the shared head's product over both heads' rows.
+                Assert.Equal(2 * 2 + 1, (gb.Counters - before).Launches);
+            }
             outputs.Add([.. tree, .. next, .. headLogits]);
         }
         double err = SharedData.RelativeL2(outputs[1], outputs[0].Select(x => (double)x).ToList());
