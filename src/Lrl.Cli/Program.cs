@@ -102,11 +102,33 @@ namespace Lrl.Cli
                     UnknownOptionError u when Closest(u.Token, options) is { } close =>
                         $"unknown option '{Dashes(u.Token)}'. Did you mean '--{close}'?",
                     UnknownOptionError u => $"unknown option '{Dashes(u.Token)}'.",
+                    BadFormatConversionError b => BadValue(verbType, b.NameInfo, args) ?? sentences.FormatError(e),
                     _ => sentences.FormatError(e),
                 };
                 Console.Error.WriteLine($"lrlrun{verb}: {message} See lrlrun{verb} --help.");
             }
             return 2;
+        }
+
+        /// <summary>
+        /// "--opt: 'value' is not one of a, b, c." (an enum), "... is not a whole number" / "a number": the value as typed,
+        /// found in the arguments; null for other types (the library's sentence then).
+        /// </summary>
+        private static string? BadValue(Type verbType, NameInfo name, string[] args)
+        {
+            var prop = verbType.GetProperties().FirstOrDefault(p => p.GetCustomAttributes(typeof(OptionAttribute), true).OfType<OptionAttribute>()
+                .Any(o => o.LongName == name.LongName && !string.IsNullOrEmpty(o.LongName)));
+            var type = prop is null ? null : Nullable.GetUnderlyingType(prop.PropertyType) ?? prop.PropertyType;
+            if (type is { IsGenericType: true } && type.GetGenericArguments() is [var element]) type = element; // lists: their items
+            string? want = type is null ? null
+                : type.IsEnum ? "one of " + string.Join(", ", Enum.GetNames(type).Select(n => n.ToLowerInvariant()))
+                : type == typeof(int) || type == typeof(long) ? "a whole number"
+                : type == typeof(float) || type == typeof(double) ? "a number" : null;
+            if (want is null) return null;
+            string flag = "--" + name.LongName, shortFlag = string.IsNullOrEmpty(name.ShortName) ? flag : "-" + name.ShortName;
+            int at = Array.FindIndex(args, a => a == flag || a == shortFlag || a.StartsWith(flag + "=", StringComparison.Ordinal));
+            string value = at < 0 ? "" : args[at].Contains('=') ? args[at][(args[at].IndexOf('=') + 1)..] : at + 1 < args.Length ? args[at + 1] : "";
+            return $"{flag}: '{value}' is not {want}.";
         }
 
         private static string Dashes(string token) => token.Length == 1 ? "-" + token : "--" + token;

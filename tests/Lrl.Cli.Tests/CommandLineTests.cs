@@ -64,6 +64,19 @@ public class CommandLineTests
         Assert.DoesNotContain("Did you mean", far.Stderr);
     }
 
+    /// <summary>A value of the wrong kind names the option, the value as typed, and what it must be.</summary>
+    [Theory]
+    [InlineData("--lora-precision", "bogus", "'bogus' is not one of auto, asstored, int8")]
+    [InlineData("-n", "abc", "--max-tokens: 'abc' is not a whole number")]
+    [InlineData("--temperature", "warm", "--temperature: 'warm' is not a number")]
+    public void BadValueNamesTheOptionTheValueAndWhatItMustBe(string option, string value, string expected)
+    {
+        var r = CliRunner.Run("generate", "--model", "x", "--prompt", "hi", option, value);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+        Assert.Contains(expected, r.Stderr);
+    }
+
     [Fact]
     public void MissingRequiredOptionNamesIt()
     {
