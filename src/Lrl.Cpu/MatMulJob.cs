@@ -15,10 +15,10 @@ namespace Lrl.Cpu;
 internal sealed unsafe class MatMulJob : IParallelJob
 {
     private const int Tile = 4;       // weight rows per micro-kernel tile
-    // Items start at multiples of this many output rows: whole tiles and whole panels of an int8 adapter's B (the
-    // fused LoRA epilogue runs a range's partial panels one output at a time: at 4-row alignment those edges were a
-    // third of a SmolLM2-135M adapter's cost).
-    private const int ItemAlign = CpuLora.Panel;
+    // With adapter updates staged, items start at multiples of this many output rows: whole panels of an int8
+    // adapter's B (the fused epilogue runs a range's partial panels one output at a time); plain products keep
+    // whole tiles.
+    private const int LoraItemAlign = CpuLora.Panel;
     private const int KChunk = 1024;
     private const int PanelRows = 32;  // prefill (transposed path): weight rows converted to f32 together
     private const int PanelK = 128;    // K per chunk: 64 tokens × 128 columns of the transposed input = 32 KB (L1)
@@ -108,30 +108,31 @@ internal sealed unsafe class MatMulJob : IParallelJob
         int first = _count == 0 ? 0 : _t[_count - 1].FirstItem + _t[_count - 1].Blocks;
         if (_rows == 1 || _quantRows)
         {
-            int threads = pool.ThreadCount, items = GuidedItems(w.Rows, threads, null);
+            int threads = pool.ThreadCount, align = Stage.Count > 0 ? LoraItemAlign : Tile, items = GuidedItems(w.Rows, threads, null, align);
             if (_starts[_count].Length < items + 1) _starts[_count] = new int[items + 1]; // once per shape, not per token
-            GuidedItems(w.Rows, threads, _starts[_count]);
+            GuidedItems(w.Rows, threads, _starts[_count], align);
             _t[_count] = new Target { W = w, Y = y, Bias = bias, Blocks = items, FirstItem = first, Starts = _starts[_count] };
             _count++;
             return;
         }
         int target = pool.ThreadCount * 4;
         int block = Math.Max(Tile, (w.Rows + target - 1) / target);
-        block = (block + ItemAlign - 1) / ItemAlign * ItemAlign;
+        int blockAlign = Stage.Count > 0 ? LoraItemAlign : Tile;
+        block = (block + blockAlign - 1) / blockAlign * blockAlign;
         _t[_count++] = new Target { W = w, Y = y, Bias = bias, Block = block, Blocks = (w.Rows + block - 1) / block, FirstItem = first };
     }
 
     /// <summary>
-    /// Decode items over <paramref name="rows"/> rows: each 1/threads of the rows left (rounded up to whole tiles), at
-    /// least <see cref="DecodeMinRows"/>; fills <paramref name="starts"/> (items + 1 boundaries) when given. Returns the count.
+    /// Decode items over <paramref name="rows"/> rows: each 1/threads of the rows left (rounded up to a multiple of
+    /// <paramref name="align"/>: whole tiles, or whole adapter panels), at least <see cref="DecodeMinRows"/>; fills <paramref name="starts"/> (items + 1 boundaries) when given. Returns the count.
     /// </summary>
-    internal static int GuidedItems(int rows, int threads, int[]? starts)
+    internal static int GuidedItems(int rows, int threads, int[]? starts, int align = Tile)
     {
         int n = 0, at = 0;
         while (at < rows)
         {
             int size = Math.Max(DecodeMinRows, (rows - at + threads - 1) / threads);
-            size = (size + ItemAlign - 1) / ItemAlign * ItemAlign;
+            size = (size + align - 1) / align * align;
             if (starts != null) starts[n] = at;
             n++;
             at = Math.Min(rows, at + size);

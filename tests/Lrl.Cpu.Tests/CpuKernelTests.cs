@@ -101,8 +101,8 @@ public sealed class CpuKernelTests : IDisposable
     }
 
     /// <summary>
-    /// Decode items: contiguous, covering every row once, starting at multiples of 16 (whole tiles and whole int8 adapter
-    /// panels), each 1/threads of what is left (≥ 32 rows).
+    /// Decode items: contiguous, covering every row once, whole tiles (4 rows; 16 with adapter updates staged: whole
+    /// int8 adapter panels), each 1/threads of what is left (≥ 32 rows).
     /// </summary>
     [Theory]
     [InlineData(576, 2)]
@@ -113,23 +113,27 @@ public sealed class CpuKernelTests : IDisposable
     [InlineData(1536, 1)]
     public void GuidedDecodeItems(int rows, int threads)
     {
-        int n = MatMulJob.GuidedItems(rows, threads, null);
-        var starts = new int[n + 1];
-        Assert.Equal(n, MatMulJob.GuidedItems(rows, threads, starts));
-        Assert.Equal(0, starts[0]);
-        Assert.Equal(rows, starts[n]);
-        for (int i = 0; i < n; i++)
+        foreach (int align in new[] { 4, 16 })
         {
-            int size = starts[i + 1] - starts[i], left = rows - starts[i];
-            Assert.True(size > 0);
-            if (i < n - 1)
+            int n = MatMulJob.GuidedItems(rows, threads, null, align);
+            var starts = new int[n + 1];
+            Assert.Equal(n, MatMulJob.GuidedItems(rows, threads, starts, align));
+            Assert.Equal(0, starts[0]);
+            Assert.Equal(rows, starts[n]);
+            for (int i = 0; i < n; i++)
             {
-                Assert.Equal(0, size % 16);
-                Assert.True(size >= 32 && size >= left / threads && size < left / threads + 16 + 32, $"item {i}: {size} of {left} left");
+                int size = starts[i + 1] - starts[i], left = rows - starts[i];
+                Assert.True(size > 0);
+                if (i < n - 1)
+                {
+                    Assert.Equal(0, size % align);
+                    Assert.True(size >= 32 && size >= left / threads && size < left / threads + align + 32, $"item {i}: {size} of {left} left");
+                }
             }
+            if (threads == 1) Assert.Equal(1, n);
+            if (rows == 576 && threads == 2)
+                Assert.Equal(align == 4 ? new[] { 0, 288, 432, 504, 540, 572, 576 } : new[] { 0, 288, 432, 512, 544, 576 }, starts);
         }
-        if (threads == 1) Assert.Equal(1, n);
-        if (rows == 576 && threads == 2) Assert.Equal(new[] { 0, 288, 432, 512, 544, 576 }, starts);
     }
 
     /// <summary>Decode products (many guided items) at several thread counts, against the reference.</summary>
