@@ -18,8 +18,9 @@ public sealed record HeadsTrainOptions
     /// <summary>Self-distillation: sequences the model generates.</summary>
     public int Samples { get; init; } = 64;
     /// <summary>
-    /// Self-distillation: tokens sampled (temperature 1) at the start of each sequence before the greedy continuation,
-    /// so the sequences begin as the model's text does and differ from each other; their positions train no head.
+    /// Self-distillation: 1 to this many tokens sampled (temperature 1; the count uniform per sequence) at the start of
+    /// each sequence before the greedy continuation, so the sequences begin as the model's text does and differ from
+    /// each other; their positions train no head.
     /// </summary>
     public int SamplePrefix { get; init; } = 12;
     /// <summary>Tokens per sequence (generated, or per window of the text).</summary>
@@ -151,7 +152,11 @@ public static class HeadsTrainer
                 do first = rng.Next(m.VocabSize); while (eos.Contains(first));
                 seq.Add(first);
             }
-            int greedyFrom = Math.Min(length, seq.Count + o.SamplePrefix);
+            // A prefix of 1..SamplePrefix sampled tokens (uniform per sequence): the greedy part, whose positions train
+            // the heads, starts anywhere from the second token on, so short prompts find trained heads (with a fixed
+            // prefix of 12, drafts after a 5-token prompt came from positions no head had seen); at least one sampled
+            // token keeps the sequences apart.
+            int greedyFrom = Math.Min(length, seq.Count + (o.SamplePrefix == 0 ? 0 : 1 + rng.Next(o.SamplePrefix)));
             m.Forward(state, seq.ToArray(), 0, logits);
             while (seq.Count < length)
             {

@@ -34,7 +34,7 @@ public sealed class HeadsVerb
     [Option("samples", Default = 64, HelpText = "Self-distillation: sequences the model generates.")]
     public int Samples { get; set; }
 
-    [Option("sample-prefix", Default = 12, HelpText = "Self-distillation: tokens sampled at each sequence's start before the greedy continuation (not trained on).")]
+    [Option("sample-prefix", Default = 12, HelpText = "Self-distillation: 1 to this many tokens (a uniform count per sequence) sampled at its start before the greedy continuation (not trained on).")]
     public int SamplePrefix { get; set; }
 
     [Option("length", Default = 128, HelpText = "Tokens per sequence (generated, or per window of --file).")]
