@@ -266,6 +266,15 @@ public class DraftHeadsTests
         Assert.Contains("bits", Assert.Throws<LrlException>(() => heads.Bits = 3).Message);
     }
 
+    [Fact]
+    public void HeadsBitsWithoutHeadsIsAOneLineError()
+    {
+        var r = CliRunner.Run("generate", "--model", CliRunner.Model("stories260k"), "--prompt", "hi", "--heads-bits", "8", "-n", "2");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--heads-bits is for --speculative heads", r.Stderr);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+    }
+
     /// <summary>The verbs: `heads train` writes a folder `generate --speculative heads --heads` uses; bad settings are one line.</summary>
     [Fact]
     public void HeadsVerbTrainsAndGenerateUsesTheHeads()

@@ -149,6 +149,7 @@ public abstract class SamplingVerbBase : ModelVerbBase
             heads.Bits = HeadsBits;
         }
         else if (HeadsDir is not null) throw new LrlException("--heads is for --speculative heads");
+        else if (HeadsBits != 0) throw new LrlException("--heads-bits is for --speculative heads --heads DIR");
         var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads, DraftTree = Tree.Any() ? Tree.ToArray() : null };
         o.Validate();
         return o;

@@ -61,12 +61,14 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
     public int MaxDeviceTopK => inner.MaxDeviceTopK;
     public int Argmax(DeviceBuffer x, int n)
     {
+        if (!Enabled) return inner.Argmax(x, n); // no closure per token when not profiling
         int id = 0;
         Time("argmax", 0, () => id = inner.Argmax(x, n));
         return id;
     }
     public int Sample(DeviceBuffer x, int n, float temperature, int topK, float topP, float uniform01, float minP = 0)
     {
+        if (!Enabled) return inner.Sample(x, n, temperature, topK, topP, uniform01, minP);
         int id = 0;
         Time("sample", 0, () => id = inner.Sample(x, n, temperature, topK, topP, uniform01, minP));
         return id;
