@@ -7,9 +7,17 @@ namespace Lrl.Cpu;
 
 /// <summary>
 /// Causal attention over the KV cache. Each item covers one query row, one kv head (with its whole group of query heads,
-/// so every key and value row is read once per GQA group) and, for a single decode row, one chunk of the visible
-/// positions (split-K, as flash-decoding): models with few kv heads (SmolLM2-135M has 3) would otherwise leave threads
-/// idle. A chunk keeps its scores' max, their exp-sum and its unnormalized output; the caller merges the chunks.
+/// so every key and value row is read once per GQA group) and one chunk of the row's visible positions (split-K, as
+/// flash-decoding): models with few kv heads (SmolLM2-135M has 3) would otherwise leave threads idle. A chunk keeps
+/// its scores' max, their exp-sum and its unnormalized output; the caller merges the chunks.
+/// <para>
+/// A row's chunks depend only on its own position count and the thread count (<see cref="Chunks"/>), never on the
+/// other rows of the call: a row of a speculative verify step, of a batched chunk or of a prompt computes bit for bit
+/// what the same row decoded alone computes, so greedy speculative decoding reproduces plain greedy decoding exactly
+/// (even where int8 activation rounding would turn a last-bit difference into a different token), and a prompt gives
+/// the same cache however it is split into chunks. Calls run in blocks of <see cref="BlockRows"/> rows (the merge
+/// buffers grow with rows × chunks).
+/// </para>
 /// Scratch per thread, sized once to the cache.
 /// </summary>
 internal sealed unsafe class AttentionJob : IParallelJob
@@ -17,11 +25,14 @@ internal sealed unsafe class AttentionJob : IParallelJob
     /// <summary>Fewest positions worth a chunk of their own (below it, the merge costs more than the balance gains).</summary>
     private const int MinChunk = 32;
 
+    /// <summary>Most rows per dispatch (the merge buffers grow with rows × chunks).</summary>
+    internal const int BlockRows = 64;
+
     private readonly float[][] _scores;
     private readonly int _threads;
     private float[] _partial = [], _stats = [];
     private float[] _q = [], _k = [], _v = [], _o = [];
-    private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks, _chunkLen;
+    private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks; // _chunks: item slots per row and kv head (the most any row uses)
     private float _scale;
 
     public AttentionJob(int threads)
@@ -44,19 +55,25 @@ internal sealed unsafe class AttentionJob : IParallelJob
         int group = heads / kvHeads;
         for (int i = 0; i < _scores.Length; i++)
             if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
-        _q = q; _k = k; _v = v; _o = o; _row0 = row0; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
-        int n = pos0 + 1;
-        _chunks = rows == 1 ? Chunks(n, kvHeads, _threads) : 1;
-        _chunkLen = (n + _chunks - 1) / _chunks;
-        if (_chunks > 1)
+        _q = q; _k = k; _v = v; _o = o; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        for (int done = 0; done < rows; done += BlockRows)
         {
-            // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
-            long most = (long)kvHeads * MaxChunks(kvHeads, _threads) * group;
-            if (_partial.Length < most * headDim) _partial = new float[most * headDim];
-            if (_stats.Length < most * 2) _stats = new float[most * 2];
+            int block = Math.Min(BlockRows, rows - done);
+            _row0 = row0 + done; _pos0 = pos0 + done;
+            // Chunks() grows with the position count, so the block's last row has the most.
+            _chunks = Chunks(_pos0 + block, kvHeads, _threads);
+            if (_chunks > 1)
+            {
+                // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
+                long most = (long)Math.Min(rows, BlockRows) * kvHeads * MaxChunks(kvHeads, _threads) * group;
+                if (_partial.Length < most * headDim) _partial = new float[most * headDim];
+                if (_stats.Length < most * 2) _stats = new float[most * 2];
+            }
+            pool.Run(this, block * kvHeads * _chunks);
+            if (_chunks > 1)
+                for (int r = 0; r < block; r++)
+                    if (ChunksOf(r) > 1) Merge(r, group);
         }
-        pool.Run(this, rows * kvHeads * _chunks);
-        if (_chunks > 1) Merge(group);
         _q = _k = _v = _o = [];
     }
 
@@ -76,16 +93,21 @@ internal sealed unsafe class AttentionJob : IParallelJob
         return Math.Min(c, most);
     }
 
+    /// <summary>Chunks of row <paramref name="r"/> of the current call: a lone decode row's at its position count.</summary>
+    private int ChunksOf(int r) => Chunks(_pos0 + r + 1, _kvHeads, _threads);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int item, int worker)
     {
         int perRow = _kvHeads * _chunks;
         int r = item / perRow, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
+        int chunks = ChunksOf(r);
+        if (c >= chunks) return; // an earlier row with fewer chunks than the call's slots
         int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
-        int n = _pos0 + r + 1;
-        int t0 = c * _chunkLen, t1 = _chunks == 1 ? n : Math.Min(n, t0 + _chunkLen);
+        int n = _pos0 + r + 1, chunkLen = (n + chunks - 1) / chunks;
+        int t0 = c * chunkLen, t1 = chunks == 1 ? n : Math.Min(n, t0 + chunkLen);
         int len = Math.Max(0, t1 - t0);
-        bool final = _chunks == 1;
+        bool final = chunks == 1;
         fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o, sp0 = _scores[worker], pp0 = _partial, st0 = _stats)
         {
             float* kp = kp0 + kvh * hd + (long)t0 * kvDim, vp = vp0 + kvh * hd + (long)t0 * kvDim;
@@ -149,7 +171,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 int bl = Math.Min(Block, len - tb);
                 for (int g = 0; g < group; g++)
                 {
-                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + (((long)kvh * _chunks + c) * group + g) * hd;
+                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + Slot(r, kvh, c, group, g) * hd;
                     WeightedSum(vp + (long)tb * kvDim, kvDim, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
                 }
             }
@@ -161,7 +183,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 }
                 else
                 {
-                    long slot = ((long)kvh * _chunks + c) * group + g;
+                    long slot = Slot(r, kvh, c, group, g);
                     st0[slot * 2] = maxes[g];
                     st0[slot * 2 + 1] = sums[g];
                 }
@@ -169,21 +191,24 @@ internal sealed unsafe class AttentionJob : IParallelJob
         }
     }
 
-    /// <summary>Merges the chunks of each head: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
-    private void Merge(int group)
+    /// <summary>Where chunk <paramref name="c"/> of row <paramref name="r"/>, kv head <paramref name="kvh"/>, head <paramref name="g"/> of its group keeps its partial result.</summary>
+    private long Slot(int r, int kvh, int c, int group, int g) => (((long)r * _kvHeads + kvh) * _chunks + c) * group + g;
+
+    /// <summary>Merges the chunks of each head of row <paramref name="r"/>: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
+    private void Merge(int r, int group)
     {
-        int hd = _headDim;
+        int hd = _headDim, chunks = ChunksOf(r);
         for (int kvh = 0; kvh < _kvHeads; kvh++)
             for (int g = 0; g < group; g++)
             {
                 float m = float.NegativeInfinity;
-                for (int c = 0; c < _chunks; c++) m = Math.Max(m, _stats[(((long)kvh * _chunks + c) * group + g) * 2]);
-                var o = _o.AsSpan((_row0 * _heads + kvh * group + g) * hd, hd);
+                for (int c = 0; c < chunks; c++) m = Math.Max(m, _stats[Slot(r, kvh, c, group, g) * 2]);
+                var o = _o.AsSpan(((_row0 + r) * _heads + kvh * group + g) * hd, hd);
                 o.Clear();
                 float den = 0;
-                for (int c = 0; c < _chunks; c++)
+                for (int c = 0; c < chunks; c++)
                 {
-                    long slot = ((long)kvh * _chunks + c) * group + g;
+                    long slot = Slot(r, kvh, c, group, g);
                     float l = _stats[slot * 2 + 1];
                     if (l == 0) continue;
                     float f = MathF.Exp(_stats[slot * 2] - m);

@@ -272,6 +272,41 @@ public sealed class CpuKernelTests : IDisposable
     }
 
     /// <summary>
+    /// Each row of a many-row call (a speculative verify step, a batched chunk) is bit for bit the row attended alone at
+    /// its position (a plain decode step), with the split-K chunks of long rows: the exactness greedy speculative
+    /// decoding rests on (int8 activation rounding turns a last-bit difference into a different token: SmolLM2-135M q4
+    /// lookup decoding diverged from plain greedy at token 77 while many-row calls ran every row as one chunk).
+    /// </summary>
+    [Theory]
+    [InlineData(7, 70, 9, 3, 64)]
+    [InlineData(2, 95, 4, 4, 12)]
+    [InlineData(16, 300, 8, 2, 32)]
+    [InlineData(33, 40, 9, 3, 64)]
+    [InlineData(64, 1000, 6, 3, 16)]
+    [InlineData(130, 0, 9, 3, 64)]
+    [InlineData(100, 50, 4, 2, 16)]
+    public void AttentionRowsEqualLoneDecodeRowsBitForBit(int rows, int pos0, int heads, int kvHeads, int headDim)
+    {
+        int ctx = pos0 + rows, kvDim = kvHeads * headDim, qDim = heads * headDim;
+        var q = _r.Floats((long)rows * qDim);
+        var (qb, k, v) = (Input(q).cpu, Input(_r.Floats((long)ctx * kvDim)).cpu, Input(_r.Floats((long)ctx * kvDim)).cpu);
+        var o = _cpu.Allocate(q.Length);
+        float scale = 1f / MathF.Sqrt(headDim);
+        _cpu.Attention(qb, k, v, o, rows, pos0, heads, kvHeads, headDim, scale);
+        var many = Get(_cpu, o, q.Length);
+        var q1 = _cpu.Allocate(qDim); var o1 = _cpu.Allocate(qDim);
+        for (int r = 0; r < rows; r++)
+        {
+            _cpu.Upload(q.AsSpan(r * qDim, qDim), q1);
+            _cpu.Attention(q1, k, v, o1, 1, pos0 + r, heads, kvHeads, headDim, scale);
+            var alone = Get(_cpu, o1, qDim);
+            for (int i = 0; i < qDim; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(alone[i]) == BitConverter.SingleToInt32Bits(many[r * qDim + i]),
+                    $"row {r} (position {pos0 + r}) element {i}: {many[r * qDim + i]:R} in the {rows}-row call, {alone[i]:R} alone");
+        }
+    }
+
+    /// <summary>
     /// Tree-masked attention: every node's output equals causal attention (the reference backend) for one query at the
     /// end of its own path laid out as a sequence (the prefix, then its ancestors and itself), and a chain equals the
     /// causal attention of its rows; on the CPU backend and through the interface's host default.

@@ -364,7 +364,13 @@ public sealed class BenchVerb
                 using var session = model.CreateSession();
                 var ids = session.Generate(prompt, runs[i].Options).Where(t => t.Id >= 0).Select(t => t.Id).ToArray();
                 reference ??= ids;
-                if (!ids.SequenceEqual(reference)) throw new LrlException($"{runs[i].Name}: the output differs from plain greedy decoding");
+                if (!ids.SequenceEqual(reference))
+                {
+                    int at = 0;
+                    while (at < ids.Length && at < reference.Length && ids[at] == reference[at]) at++;
+                    throw new LrlException($"{runs[i].Name}: the output differs from plain greedy decoding at generated token {at} " +
+                                           $"({(at < ids.Length ? ids[at] : -1)} against {(at < reference.Length ? reference[at] : -1)})");
+                }
                 if (rep < 0) continue;
                 var s = session.LastStats;
                 speeds[i].Add((s.GeneratedTokens - 1) / Math.Max(1e-9, s.DecodeTime.TotalSeconds));
