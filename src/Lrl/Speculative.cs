@@ -115,7 +115,9 @@ internal sealed class HeadsDraft : IDraftSource
 /// <summary>
 /// Prompt lookup (n-gram) drafts: the tokens that followed the latest earlier occurrence of the sequence's last n tokens
 /// (n from 4 down to 1), in the prompt or the text so far. No weights; strong where the output repeats its input
-/// (translation, summarization, editing, code).
+/// (translation, summarization, editing, code). A continuation that reaches the end of the text goes on as an
+/// overlapping copy (LZ77's): the text that repeats with period d keeps repeating, so a loop drafts a full run instead
+/// of the d tokens left before the end (a one-token loop drafted one token per step).
 /// </summary>
 internal sealed class LookupDraft : IDraftSource
 {
@@ -131,10 +133,10 @@ internal sealed class LookupDraft : IDraftSource
             for (int start = n - g - 1; start >= 0; start--)
             {
                 if (!context.Slice(start, g).SequenceEqual(tail)) continue;
-                int from = start + g, count = Math.Min(draft.Length, n - from);
-                if (count <= 0) continue;
-                context.Slice(from, count).CopyTo(draft);
-                return count;
+                int from = start + g, period = n - from;
+                if (period <= 0) continue;
+                for (int i = 0; i < draft.Length; i++) draft[i] = i < period ? context[from + i] : draft[i - period];
+                return draft.Length;
             }
         }
         return 0;

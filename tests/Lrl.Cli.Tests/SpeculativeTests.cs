@@ -87,6 +87,29 @@ public class SpeculativeTests
         Assert.True(l.TokensPerStep > 1.2 && l.AcceptedTokens > 5, $"lookup on repeated text: {l.TokensPerStep:F2} tokens per step");
     }
 
+    /// <summary>
+    /// The lookup rule: the latest earlier occurrence of the longest matching tail (4 tokens down to 1); a continuation
+    /// that reaches the end of the text repeats with its period (a loop drafts a full run, not one token per step).
+    /// </summary>
+    [Fact]
+    public void LookupDraftsTheLatestMatchAndRepeatsALoop()
+    {
+        using var lookup = new LookupDraft();
+        var draft = new int[6];
+        // Text: 5 6 7 8 9 | ... 1 2 3 ... | 1 2 3: the latest "1 2 3" is followed by 10 11 12 13 14 15.
+        int[] ctx = [5, 6, 7, 8, 9, 1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 4, 1, 2, 3];
+        Assert.Equal(6, lookup.Propose(ctx, draft));
+        Assert.Equal([10, 11, 12, 13, 14, 15], draft);
+        // A one-token loop: the whole draft is that token (the latest match leaves one token before the end).
+        Assert.Equal(6, lookup.Propose([9, 4, 7, 7, 7, 7], draft));
+        Assert.Equal([7, 7, 7, 7, 7, 7], draft);
+        // A period-3 loop continues in phase.
+        Assert.Equal(6, lookup.Propose([1, 2, 3, 1, 2, 3, 1], draft));
+        Assert.Equal([2, 3, 1, 2, 3, 1], draft);
+        // No earlier occurrence of even the last token: no draft.
+        Assert.Equal(0, lookup.Propose([1, 2, 3, 4], draft));
+    }
+
     [Fact]
     public void StopStringsEosAndTheContextEndWhereTheyDoWithoutSpeculation()
     {
