@@ -68,7 +68,8 @@ public sealed class CpuKernelTests : IDisposable
 
     /// <summary>
     /// Up to 8 rows of a dense product run the GEMV kernel per row over L1 blocks of the weights: each row is exactly
-    /// its one-row result (a batched decode step gives each sequence what it gets alone), fused products included.
+    /// its one-row result (a batched decode step gives each sequence what it gets alone), fused products included;
+    /// bf16 through the four-row kernel (groups of 4, a last group of 2-3 padded, a last single row alone).
     /// </summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -79,7 +80,7 @@ public sealed class CpuKernelTests : IDisposable
         const int outF = 300, inF = 577;
         var w = _cpu.LoadWeight(_r.Tensor("w", dtype, outF, inF));
         var u = _cpu.LoadWeight(_r.Tensor("u", dtype, outF, inF));
-        foreach (int n in new[] { 2, 5, 8 })
+        foreach (int n in new[] { 2, 3, 4, 5, 7, 8 })
         {
             var xs = _r.Floats((long)n * inF);
             var x = _cpu.Allocate(xs.Length); _cpu.Upload(xs, x);
