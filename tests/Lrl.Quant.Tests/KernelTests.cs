@@ -156,7 +156,7 @@ public class KernelTests
         // Every kernel the machine has, forced: the integer tiles exist for VNNI and AVX2 (4-bit), and each must agree
         // with its own GEMV; the scalar and f32 kernels run rows through their GEMV.
         foreach (var k in Kernels())
-        foreach (int n in new[] { 2, 3, 4, 7, 16, 31, 32, 33, 70 })
+        foreach (int n in new[] { 2, 3, 4, 5, 6, 7, 16, 31, 32, 33, 70 })
         {
             ((QuantMatrix)w).Kernel = k; ((QuantMatrix)w2).Kernel = k;
             var x = TestUtil.RandomVector(rng, n * cols);
