@@ -225,16 +225,21 @@ internal sealed class DraftModelSource : IDraftSource
 
 /// <summary>
 /// Adaptive draft length: an average of the fraction of drafted tokens accepted sets how many to draft next (as deep as
-/// a run of accepted drafts reaches with about 10 % probability), and when drafts keep failing the generation decodes plainly for a while
-/// before trying one draft again, so a poor draft source costs little more than plain decoding.
+/// a run of accepted drafts reaches with about 10 % probability), and when drafts keep failing (the average below 12 %)
+/// the generation decodes plainly for a while before probing with one draft again, the pause doubling with each failed probe (16, 32, ... 512 steps), so a source that never hits costs
+/// a few probes per generation: little more than plain decoding.
 /// </summary>
 internal sealed class DraftControl
 {
     private const double Keep = 0.75;          // weight of the past in the average
     private const double GiveUp = 0.12;        // below this acceptance rate: back off
-    private const int PlainSteps = 16;         // plain steps before trying again
+    private const int PlainSteps = 16;         // plain steps before the first probe
+    private const int MaxPause = 512;
     private double _rate = 0.6;
-    private int _pause;
+    private int _pause, _failures;
+
+    /// <summary>Plain steps the last back-off chose (tests).</summary>
+    internal int LastPause { get; private set; }
 
     /// <summary>Drafts to propose this step (0 while backing off), at most <paramref name="most"/>.</summary>
     public int Length(int most)
@@ -250,10 +255,17 @@ internal sealed class DraftControl
     public void Observe(int drafted, int accepted)
     {
         if (drafted == 0) return;
+        if (accepted > 0) _failures = 0;
         // A step stopped early by the draft's failure says the rate is below accepted / (accepted + 1).
         double rate = (double)accepted / Math.Min(drafted, accepted + 1);
         _rate = Keep * _rate + (1 - Keep) * rate;
-        if (_rate < GiveUp) { _pause = PlainSteps; _rate = GiveUp * 1.5; }
+        if (_rate < GiveUp)
+        {
+            _pause = LastPause = Math.Min(MaxPause, PlainSteps << Math.Min(_failures, 5));
+            _failures++;
+            // The probe after the pause drafts one token: an accepted one lifts the rate to 0.33 (two drafts next).
+            _rate = 0.1;
+        }
     }
 }
 

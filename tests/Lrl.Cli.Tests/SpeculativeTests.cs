@@ -110,6 +110,53 @@ public class SpeculativeTests
         Assert.Equal(0, lookup.Propose([1, 2, 3, 4], draft));
     }
 
+    /// <summary>
+    /// The adaptive length: a source that never hits is probed ever more rarely (pauses 16, 32, 64, ... steps), so over
+    /// 2,000 steps it drafts in a handful of them; a source that always hits drafts in every step at full depth; a hit
+    /// after failures ends the doubling.
+    /// </summary>
+    [Fact]
+    public void DraftControlBacksOffExponentiallyFromASourceThatNeverHits()
+    {
+        var never = new DraftControl();
+        int drafting = 0, drafted = 0;
+        for (int step = 0; step < 2000; step++)
+        {
+            int n = never.Length(6);
+            if (n == 0) continue;
+            drafting++; drafted += n;
+            never.Observe(n, 0);
+        }
+        Assert.InRange(drafting, 3, 14);
+        Assert.True(drafted < 3 * drafting, $"{drafted} drafts in {drafting} steps: probes after a pause draft one token");
+        Assert.Equal(512, never.LastPause);
+        var always = new DraftControl();
+        for (int step = 0; step < 200; step++)
+        {
+            int n = always.Length(6);
+            Assert.True(n > 0, $"step {step}: a source that always hits was paused");
+            always.Observe(n, n);
+        }
+        Assert.Equal(6, always.Length(6));
+        // Two failed rounds, then a hit: the next back-off starts again from 16 steps.
+        var mixed = new DraftControl();
+        FailUntilPause(mixed);
+        FailUntilPause(mixed);
+        Assert.Equal(32, mixed.LastPause);
+        int k;
+        while ((k = mixed.Length(6)) == 0) { }
+        mixed.Observe(k, k);
+        FailUntilPause(mixed);
+        Assert.Equal(16, mixed.LastPause);
+
+        static void FailUntilPause(DraftControl c)
+        {
+            int n;
+            while ((n = c.Length(6)) == 0) { } // through a pause
+            do c.Observe(n, 0); while ((n = c.Length(6)) > 0);
+        }
+    }
+
     [Fact]
     public void StopStringsEosAndTheContextEndWhereTheyDoWithoutSpeculation()
     {
