@@ -60,8 +60,16 @@ public static class LoraMerger
                 foreach (var (n, t) in a.Replacements)
                 {
                     string name = BaseTensor(n[..n.LastIndexOf('.')], n[n.LastIndexOf('.')..]) ?? n;
-                    if (ck.Contains(name) && ck.Get(name).Rank != t.Rank)
-                        throw new ModelFormatException(a.WeightsPath, $"tensor '{n}' is {t.ShapeString} but the base's '{name}' is {ck.Get(name).ShapeString}");
+                    if (ck.Contains(name))
+                    {
+                        // Same shape, except that a vocabulary's rows (embedding, head) may grow.
+                        var b = ck.Get(name);
+                        bool vocabRows = name.EndsWith("embed_tokens.weight", StringComparison.Ordinal) || name.EndsWith("lm_head.weight", StringComparison.Ordinal)
+                                         || name.EndsWith("wte.weight", StringComparison.Ordinal);
+                        bool fits = b.Rank == t.Rank && Enumerable.Range(0, t.Rank).All(i => t.Shape[i] == b.Shape[i] || i == 0 && vocabRows && t.Shape[0] >= b.Shape[0]);
+                        if (!fits)
+                            throw new ModelFormatException(a.WeightsPath, $"tensor '{n}' is {t.ShapeString} but the base's '{name}' is {b.ShapeString}");
+                    }
                     replaced[name] = t;
                 }
             }

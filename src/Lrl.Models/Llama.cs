@@ -113,7 +113,7 @@ public sealed class Llama : ModelBase
         {
             int rows = Math.Min(_batch, n - done);
             RunChunk(state, tokens.Slice(done, rows), startPos + done);
-            _out.Write(_xb, rows, done, n, all, logits);
+            _out.Write(_xb, rows, done, n, all, logits, HeadOf(state));
         }
     }
 

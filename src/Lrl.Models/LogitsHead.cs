@@ -62,20 +62,24 @@ internal sealed class LogitsHead : IDisposable
         return all;
     }
 
-    /// <summary>Chunk [done, done + rows) of <paramref name="n"/> tokens left its final hidden rows in <paramref name="hidden"/>.</summary>
-    public void Write(DeviceBuffer hidden, int rows, int done, int n, bool all, Span<float> logits)
+    /// <summary>
+    /// Chunk [done, done + rows) of <paramref name="n"/> tokens left its final hidden rows in <paramref name="hidden"/>;
+    /// <paramref name="head"/>: the sequence's own output projection (an adapter's replaced lm_head), null for the model's.
+    /// </summary>
+    public void Write(DeviceBuffer hidden, int rows, int done, int n, bool all, Span<float> logits, Weight? head = null)
     {
+        head ??= _head;
         if (all)
         {
             Keep(hidden, 0, rows, done);
-            _b.MatMul(hidden, _head, _logits, rows);
+            _b.MatMul(hidden, head, _logits, rows);
             _b.Download(_logits, 0, logits.Slice(done * _vocab, rows * _vocab));
         }
         else if (done + rows == n)
         {
             _b.Copy(hidden, (long)(rows - 1) * _hidden, _last, 0, _hidden);
             Keep(_last, 0, 1, 0);
-            _b.MatMul(_last, _head, _logits, 1);
+            _b.MatMul(_last, head, _logits, 1);
             _b.Download(_logits, 0, logits);
         }
     }
@@ -84,36 +88,44 @@ internal sealed class LogitsHead : IDisposable
     /// The greedy token of the last of the chunk's <paramref name="rows"/> hidden rows: the head over that row, then the
     /// backend's argmax (on a GPU only the id is copied back).
     /// </summary>
-    public int WriteArgmax(DeviceBuffer hidden, int rows)
+    public int WriteArgmax(DeviceBuffer hidden, int rows, Weight? head = null)
     {
-        LastRowLogits(hidden, rows);
+        LastRowLogits(hidden, rows, head);
         return _b.Argmax(_logits, _vocab);
     }
 
     /// <summary>
     /// As <see cref="WriteArgmax"/>, sampling instead (<see cref="IBackend.Sample"/>: on a GPU only the id comes back).
     /// </summary>
-    public int WriteSample(DeviceBuffer hidden, int rows, float temperature, int topK, float topP, float minP, float uniform01)
+    public int WriteSample(DeviceBuffer hidden, int rows, float temperature, int topK, float topP, float minP, float uniform01, Weight? head = null)
     {
-        LastRowLogits(hidden, rows);
+        LastRowLogits(hidden, rows, head);
         return _b.Sample(_logits, _vocab, temperature, topK, topP, uniform01, minP);
     }
 
-    private void LastRowLogits(DeviceBuffer hidden, int rows)
+    private void LastRowLogits(DeviceBuffer hidden, int rows, Weight? head)
     {
         _b.Copy(hidden, (long)(rows - 1) * _hidden, _last, 0, _hidden);
         Keep(_last, 0, 1, 0);
-        _b.MatMul(_last, _head, _logits, 1);
+        _b.MatMul(_last, head ?? _head, _logits, 1);
     }
 
-    /// <summary>Batched step: queues <paramref name="rows"/> hidden rows from row <paramref name="row"/> for <see cref="Flush"/>.</summary>
-    public void Gather(DeviceBuffer hidden, int row, int rows)
+    /// <summary>
+    /// Batched step: queues <paramref name="rows"/> hidden rows from row <paramref name="row"/> for <see cref="Flush"/>,
+    /// through <paramref name="head"/> (a sequence's replaced lm_head) or the model's (null).
+    /// </summary>
+    public void Gather(DeviceBuffer hidden, int row, int rows, Weight? head = null)
     {
         if (_count + rows > _batch) throw new InvalidOperationException("more logits rows gathered than one chunk holds");
         _gathered ??= _b.Allocate((long)_batch * _hidden);
         _b.Copy(hidden, (long)row * _hidden, _gathered, (long)_count * _hidden, (long)rows * _hidden);
+        if (head is not null && !ReferenceEquals(head, _head)) _own.Add((_count, rows, head));
         _count += rows;
     }
+
+    // Gathered rows [At, At + Rows) whose sequence has its own head (recomputed through it at Flush).
+    private readonly List<(int At, int Rows, Weight Head)> _own = new();
+    private DeviceBuffer? _ownIn, _ownOut;
 
     /// <summary>
     /// Runs the head over the gathered rows and writes their logits to <paramref name="logits"/> (count · vocab), the
@@ -126,6 +138,16 @@ internal sealed class LogitsHead : IDisposable
         _count = 0;
         Keep(_gathered!, 0, n, at);
         _b.MatMul(_gathered!, _head, _logits, n);
+        foreach (var (from, rows, head) in _own)
+        {
+            // Those rows again through their sequence's head, over the model head's logits.
+            _ownIn ??= _b.Allocate((long)_batch * _hidden);
+            _ownOut ??= _b.Allocate((long)_batch * _vocab);
+            _b.Copy(_gathered!, (long)from * _hidden, _ownIn, 0, (long)rows * _hidden);
+            _b.MatMul(_ownIn, head, _ownOut, rows);
+            _b.Copy(_ownOut, 0, _logits, (long)from * _vocab, (long)rows * _vocab);
+        }
+        _own.Clear();
         _b.Download(_logits, 0, logits.Slice(0, n * _vocab));
         return n;
     }
@@ -133,6 +155,8 @@ internal sealed class LogitsHead : IDisposable
     public void Dispose()
     {
         _gathered?.Dispose();
+        _ownIn?.Dispose();
+        _ownOut?.Dispose();
         _last.Dispose();
         _logits.Dispose();
     }

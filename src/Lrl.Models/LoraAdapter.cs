@@ -13,6 +13,11 @@ public sealed class LoraAdapter : IDisposable
     // Per adaptable slot of the owner (see ModelBase.AdaptableModule): the pair and its scale, or null.
     internal readonly LoraWeights?[] Slots;
     internal readonly float[] Scales;
+    /// <summary>modules_to_save: a whole output projection [vocab, hidden] for this adapter's sequences, or null.</summary>
+    internal Weight? Head { get; init; }
+    /// <summary>modules_to_save: a whole token embedding [vocab, hidden] for this adapter's sequences, or null.</summary>
+    internal Weight? Embedding { get; init; }
+    internal OwnedTensors? Owned { get; init; }
 
     /// <summary>The adapter's name (its folder's name unless given).</summary>
     public string Name { get; }
@@ -24,7 +29,7 @@ public sealed class LoraAdapter : IDisposable
     /// <summary>Base-model modules it adapts.</summary>
     public IReadOnlyList<string> Modules { get; }
     /// <summary>Bytes of its matrices on the backend (what one row of a step reads extra, at most).</summary>
-    public long ByteSize => Slots.Sum(s => s?.ByteSize ?? 0);
+    public long ByteSize => Slots.Sum(s => s?.ByteSize ?? 0) + (Head?.ByteSize ?? 0) + (Embedding?.ByteSize ?? 0);
     public bool IsDisposed { get; private set; }
     /// <summary>The model it was loaded onto (the only one it runs with).</summary>
     public ILanguageModel Model => Owner;
@@ -43,6 +48,9 @@ public sealed class LoraAdapter : IDisposable
         if (IsDisposed) return;
         IsDisposed = true;
         foreach (var w in Slots) w?.Dispose();
+        Head?.Dispose();
+        Embedding?.Dispose();
+        Owned?.Dispose();
     }
 
     public override string ToString() => $"{Name} (r={Rank}, {Modules.Count} modules, scale {Scale})";
@@ -74,9 +82,6 @@ internal static class LoraBinder
         using var peft = PeftAdapter.Open(directory);
         if (modules.Count == 0)
             throw new LrlException($"{peft.Directory}: LoRA adapters are supported for the Llama family and GPT-2, not {model.Architecture}");
-        if (peft.Replacements.Count > 0)
-            throw new ModelFormatException(peft.WeightsPath,
-                $"replaces whole modules ({string.Join(", ", peft.Replacements.Keys.Take(4))}, from modules_to_save); run it merged: lrlrun merge-lora MODEL --lora {peft.Directory} --out DIR");
         var unmatched = peft.UnmatchedTargets(modules.Keys.ToList()).ToList();
         if (unmatched.Count > 0)
             throw new ModelFormatException(peft.ConfigPath, $"target module '{unmatched[0]}' matches no linear module of {model.Architecture}");
@@ -84,8 +89,36 @@ internal static class LoraBinder
         var slots = new LoraWeights?[slotCount];
         var scales = new float[slotCount];
         var adapted = new List<string>();
+        Weight? head = null, embedding = null;
+        var owned = new OwnedTensors();
         try
         {
+            // modules_to_save: whole tensors that replace the base's for this adapter's sequences. Unmerged, the token
+            // embedding and the output projection of the same vocabulary (a larger one needs the adapter's tokenizer:
+            // merge-lora writes both).
+            foreach (var (n, t) in peft.Replacements.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            {
+                int dot = n.LastIndexOf('.');
+                string module = dot < 0 ? n : n[..dot];
+                bool isHead = module == "lm_head", isEmbedding = model.EmbeddingModules.Contains(module);
+                string merge = $"run it merged: lrlrun merge-lora MODEL --lora {peft.Directory} --out DIR";
+                if (!n.EndsWith(".weight", StringComparison.Ordinal) || !(isHead || isEmbedding))
+                    throw new ModelFormatException(peft.WeightsPath,
+                        $"tensor '{n}' replaces '{module}' (modules_to_save); unmerged, an adapter may replace only the token embedding and lm_head; {merge}");
+                int vocab = model.VocabSize, hidden = model.HiddenSize;
+                if (t.Rank != 2 || t.Shape[1] != hidden || !t.DType.IsFloat())
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{n}' is {t.DType} {t.ShapeString}; {module} of {model.Architecture} must be float [{vocab}, {hidden}]");
+                if (t.Shape[0] != vocab)
+                    throw new ModelFormatException(peft.WeightsPath,
+                        $"tensor '{n}' is {t.ShapeString}: it {(t.Shape[0] > vocab ? "extends" : "shrinks")} the vocabulary of {vocab} tokens, which needs the adapter's tokenizer; {merge}");
+                if (isEmbedding && peft.Pairs.Any(p => p.Module == module))
+                    throw new ModelFormatException(peft.WeightsPath, $"'{module}' is both replaced (modules_to_save) and adapted");
+                if (isHead ? head is not null : embedding is not null)
+                    throw new ModelFormatException(peft.WeightsPath, $"tensor '{n}' replaces '{module}' a second time");
+                var w = model.Backend.LoadWeight(owned.Copy(t, $"{peft.Directory}:{n}"));
+                if (isHead) head = w; else embedding = w;
+                adapted.Add($"{module} (replaced)");
+            }
             foreach (var p in peft.Pairs)
             {
                 string aName = p.Module + (p.Embedding ? ".lora_embedding_A" : ".lora_A.weight");
@@ -126,8 +159,14 @@ internal static class LoraBinder
         catch
         {
             foreach (var w in slots) w?.Dispose();
+            head?.Dispose();
+            embedding?.Dispose();
+            owned.Dispose();
             throw;
         }
-        return new LoraAdapter(model, name ?? Path.GetFileName(peft.Directory.TrimEnd(Path.DirectorySeparatorChar)), peft.Directory, scale, peft.Rank, slots, scales, adapted);
+        return new LoraAdapter(model, name ?? Path.GetFileName(peft.Directory.TrimEnd(Path.DirectorySeparatorChar)), peft.Directory, scale, peft.Rank, slots, scales, adapted)
+        {
+            Head = head, Embedding = embedding, Owned = owned,
+        };
     }
 }

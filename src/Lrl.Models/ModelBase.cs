@@ -112,6 +112,15 @@ public abstract class ModelBase : ILanguageModel
     internal IReadOnlySet<string> EmbeddingModules => _embeddingNames;
     private readonly HashSet<string> _embeddingNames = new(StringComparer.Ordinal);
     private int _embedSlot = -1;
+    private DeviceBuffer? _embedRows; // rows looked up in an adapter's replaced embedding (made on first use)
+
+    /// <summary>The output projection <paramref name="s"/> runs with: its adapter's replaced lm_head (modules_to_save), else the model's (null).</summary>
+    private protected static Weight? HeadOf(SequenceState s)
+    {
+        foreach (var a in s.Adapters)
+            if (a.Head is { } h) return h;
+        return null;
+    }
 
     private int Adaptable(string name, int outF, int inF, int row0, int rows, string? alias, bool embedding)
     {
@@ -163,6 +172,9 @@ public abstract class ModelBase : ILanguageModel
             if (a.Owner != this) throw new LrlException($"adapter {a.Name} was loaded by another model; load it with this model's LoadAdapter()");
             ObjectDisposedException.ThrowIf(a.IsDisposed, a);
         }
+        foreach (var (what, pick) in new (string, Func<LoraAdapter, Weight?>)[] { ("lm_head", a => a.Head), ("the token embedding", a => a.Embedding) })
+            if (adapters.Count(a => pick(a) is not null) > 1)
+                throw new LrlException($"adapters {string.Join(" and ", adapters.Where(a => pick(a) is not null).Select(a => a.Name))} both replace {what} (modules_to_save); attach one of them");
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(s.IsDisposed, state);
@@ -209,10 +221,22 @@ public abstract class ModelBase : ILanguageModel
         }
     }
 
-    /// <summary>Adds the adapted embedding's update of <paramref name="s"/>'s adapters to y's rows [row, row + tokens).</summary>
+    /// <summary>
+    /// The adapted embedding of <paramref name="s"/>'s adapters on y's rows [row, row + tokens): an adapter's replaced
+    /// table (modules_to_save) looked up instead of the base's, then the embedding pairs' updates added.
+    /// </summary>
     private protected void AdaptEmbedding(SequenceState s, ReadOnlySpan<int> tokens, int row, DeviceBuffer y)
     {
-        if (_embedSlot < 0 || s.Adapters.Length == 0) return;
+        if (s.Adapters.Length == 0) return;
+        foreach (var a in s.Adapters)
+            if (a.Embedding is { } table)
+            {
+                int hidden = table.Cols;
+                _embedRows ??= Backend.Allocate((long)Math.Max(1, ChunkRows) * hidden);
+                Backend.Embed(table, tokens, _embedRows);
+                Backend.Copy(_embedRows, 0, y, (long)row * hidden, (long)tokens.Length * hidden);
+            }
+        if (_embedSlot < 0) return;
         foreach (var a in s.Adapters)
             if (a.Slots[_embedSlot] is { } w)
                 (LoraOps ?? throw new LrlException($"the {Backend.Name} backend cannot run LoRA adapters")).LoraEmbedRows(tokens, row, w, a.Scales[_embedSlot], y);
@@ -377,7 +401,8 @@ public abstract class ModelBase : ILanguageModel
                 rows = Math.Min(ChunkRows, n - done);
                 RunChunk(s, tokens.Slice(done, rows), startPos + done);
             }
-            return temperature == 0 ? Head.WriteArgmax(FinalHidden, rows) : Head.WriteSample(FinalHidden, rows, temperature, topK, topP, minP, uniform01);
+            var w = HeadOf(s);
+            return temperature == 0 ? Head.WriteArgmax(FinalHidden, rows, w) : Head.WriteSample(FinalHidden, rows, temperature, topK, topP, minP, uniform01, w);
         }
     }
 
@@ -473,7 +498,7 @@ public abstract class ModelBase : ILanguageModel
             _one[0] = new Piece(s, 0, n, pos0) { Parents = parents.ToArray() };
             try { RunChunk(_one, tokens); }
             finally { _one[0] = default; }
-            head.Write(FinalHidden!, n, 0, n, all: true, logits);
+            head.Write(FinalHidden!, n, 0, n, all: true, logits, HeadOf(s));
         }
     }
 
@@ -584,8 +609,9 @@ public abstract class ModelBase : ILanguageModel
             {
                 var x = runs[next];
                 int a = Math.Max(c0, x.Row0), b = Math.Min(end, x.Row0 + x.Rows);
-                if (x.Logits == LogitsWanted.All) head.Gather(hidden, a - c0, b - a);
-                else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) head.Gather(hidden, b - 1 - c0, 1);
+                var w = HeadOf((SequenceState)x.State);
+                if (x.Logits == LogitsWanted.All) head.Gather(hidden, a - c0, b - a, w);
+                else if (x.Logits == LogitsWanted.Last && b == x.Row0 + x.Rows) head.Gather(hidden, b - 1 - c0, 1, w);
                 if (b < x.Row0 + x.Rows) break; // the run goes on in the next chunk
             }
             logitsAt += head.Flush(logits.Slice(logitsAt * VocabSize), logitsAt);
@@ -617,6 +643,7 @@ public abstract class ModelBase : ILanguageModel
             _states.Clear();
             foreach (var a in _adapters) a.Free();
             _adapters.Clear();
+            _embedRows?.Dispose();
             DisposeCore();
         }
         GC.SuppressFinalize(this);

@@ -38,6 +38,17 @@ public sealed unsafe class OwnedTensors : IDisposable
         return new HostTensor(name, t.DType, [colCount, rows], dst, bytes, t.Source);
     }
 
+    /// <summary>A copy of a tensor in memory this owner holds (its source, e.g. an adapter file, may then close).</summary>
+    public HostTensor Copy(HostTensor t, string? name = null)
+    {
+        long bytes = t.ElementCount * t.DType.Size();
+        if (t.ByteLength < bytes)
+            throw new ModelFormatException(t.Source, $"tensor '{t.Name}' holds {t.ByteLength} bytes, too few for {t.ShapeString} {t.DType}");
+        byte* p = Alloc(bytes);
+        Buffer.MemoryCopy(t.Pointer, p, bytes, bytes);
+        return new HostTensor(name ?? t.Name, t.DType, t.Shape.ToArray(), p, bytes, t.Source);
+    }
+
     /// <summary>An f32 vector of the given values.</summary>
     public HostTensor Floats(string name, ReadOnlySpan<float> values, string source)
     {

@@ -152,7 +152,10 @@ public class ModelTests
         return best;
     }
 
-    /// <summary>An unmerged adapter on the GPU backend gives the CPU backend's logits (Llama and GPT-2), and decode rows too.</summary>
+    /// <summary>
+    /// An unmerged adapter on the GPU backend gives the CPU backend's logits (Llama and GPT-2), and decode rows too;
+    /// it also replaces the head and the token embedding (modules_to_save).
+    /// </summary>
     [Theory]
     [InlineData("cpu-accelerator", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
     [InlineData("cpu-accelerator-nvidia", "capp-gpt2-tiny", "c_attn,c_proj,c_fc")]
@@ -162,7 +165,18 @@ public class ModelTests
         var dir = SharedData.Model(name);
         var backend = Backends.Get(kind);
         using var tmp = new LoraFiles.TempDir();
-        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, targets.Split(','), 8, 16, seed: 4);
+        bool gpt2 = name.Contains("gpt2");
+        using var ck = Lrl.Loading.Checkpoint.Open(dir);
+        var e = ck.Get(gpt2 ? (ck.Contains("transformer.wte.weight") ? "transformer.wte.weight" : "wte.weight") : "model.embed_tokens.weight");
+        int vocab = e.Shape[0], hidden = e.Shape[1];
+        var rng = new Random(8);
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, targets.Split(','), 8, 16, seed: 4,
+            editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("lm_head", gpt2 ? "wte" : "embed_tokens"),
+            extraTensors: (w, _) =>
+            {
+                w.Add("base_model.model.lm_head.weight", [vocab, hidden], LoraFiles.Random(rng, vocab * hidden, 0.5f));
+                w.Add($"base_model.model.{(gpt2 ? "transformer.wte" : "model.embed_tokens")}.weight", [vocab, hidden], LoraFiles.Random(rng, vocab * hidden, 0.5f));
+            });
         using var cpu = new Lrl.Cpu.CpuBackend();
         using var model = ModelRegistry.Load(dir, backend);
         using var cpuModel = ModelRegistry.Load(dir, cpu);

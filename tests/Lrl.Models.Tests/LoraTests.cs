@@ -244,7 +244,9 @@ public class LoraTests
         { "unknown-module", "self_attn.qkv_proj" },
         { "unknown-target", "qkv_proj" },
         { "missing-b", "no matching" },
-        { "modules-to-save", "merge-lora" },
+        { "modules-to-save", "replaces 'model.norm' (modules_to_save); unmerged, an adapter may replace only the token embedding and lm_head; run it merged: lrlrun merge-lora" },
+        { "modules-to-save-vocab", "'lm_head.weight' is [515, 64]: it extends the vocabulary of 512 tokens" },
+        { "modules-to-save-shape", "'model.embed_tokens.weight' is F32 [512, 32]" },
         { "not-targeted", "does not name" },
         { "bad-json", "adapter_config.json" },
         { "dora", "DoRA" },
@@ -286,8 +288,16 @@ public class LoraTests
                     extraTensors: (w, r) => w.Add(L0("self_attn.q_proj.lora_A.weight"), [2, 64], new float[128]));
                 break;
             case "modules-to-save":
+                LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("norm"),
+                    extraTensors: (w, r) => w.Add("base_model.model.model.norm.weight", [64], new float[64]));
+                break;
+            case "modules-to-save-vocab":
                 LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("lm_head"),
-                    extraTensors: (w, r) => w.Add("base_model.model.lm_head.weight", [512, 64], new float[512 * 64]));
+                    extraTensors: (w, r) => w.Add("base_model.model.lm_head.weight", [515, 64], new float[515 * 64]));
+                break;
+            case "modules-to-save-shape":
+                LoraFiles.Write(ad, dir, ["q_proj"], 2, 2, 1, editConfig: c => c["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("embed_tokens"),
+                    extraTensors: (w, r) => w.Add("base_model.model.model.embed_tokens.weight", [512, 32], new float[512 * 32]));
                 break;
             case "not-targeted": LoraFiles.Write(ad, dir, ["q_proj", "k_proj"], 2, 2, 1, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj")); break;
             case "bad-json":
@@ -318,7 +328,7 @@ public class LoraTests
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain('\n', e.Message);
         // The merge path reports the same problems (except the ones only an unmerged run has).
-        if (kind is not ("modules-to-save" or "unknown-target" or "embedding-as-linear"))
+        if (kind is not ("modules-to-save" or "modules-to-save-vocab" or "unknown-target" or "embedding-as-linear"))
             Assert.ThrowsAny<LrlException>(() => LoraMerger.Merge(dir, [(ad, 1f)], tmp.Sub("out")));
         Assert.False(Directory.Exists(tmp.Sub("out")));
     }
@@ -404,6 +414,102 @@ public class LoraTests
         int n = tokens.Length * model.VocabSize;
         Assert.True(Rel(both.AsSpan(0, n).ToArray(), got) < 1e-5);
         Assert.True(Rel(both.AsSpan(n, n).ToArray(), Logits(model, tokens)) < 1e-5);
+    }
+
+    /// <summary>
+    /// modules_to_save applied unmerged: an adapter's whole lm_head and/or token embedding (same vocabulary) serve its
+    /// sequences only. Oracle: a copy of the base with the replaced tables (the base's table as an untied head where
+    /// only the embedding is replaced: PEFT's forward keeps the tied head); with a q/c_attn pair beside them against
+    /// merge-lora; in a batched step beside a base sequence, on the float64 reference, and through the argmax path.
+    /// </summary>
+    [Theory]
+    [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", true, true)]
+    [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", false, true)]
+    [InlineData("stories260k-bf16-sharded", "model.embed_tokens", "embed_tokens", "q_proj", true, false)]
+    [InlineData("capp-gpt2-tiny", "transformer.wte", "wte", "c_attn", true, true)]
+    public void UnmergedModulesToSaveReplaceTheHeadAndEmbeddingPerSequence(string name, string module, string target, string linear, bool replaceHead, bool replaceEmbedding)
+    {
+        var dir = SharedData.Model(name);
+        using var tmp = new LoraFiles.TempDir();
+        using var baseCk = Checkpoint.Open(dir);
+        string embedName = baseCk.Contains(module + ".weight") ? module + ".weight" : module.Split('.')[^1] + ".weight";
+        var e = baseCk.Get(embedName);
+        int vocab = e.Shape[0], hidden = e.Shape[1];
+        var rng = new Random(vocab + (replaceHead ? 1 : 0));
+        var table = e.ToFloatArray();
+        var newHead = LoraFiles.Random(rng, vocab * hidden, 0.5f);
+        var newEmbed = LoraFiles.Random(rng, vocab * hidden, 0.5f);
+        var saved = new List<string>();
+        if (replaceHead) saved.Add("lm_head");
+        if (replaceEmbedding) saved.Add(target);
+        void Replacements(SafeTensorsWriter w)
+        {
+            if (replaceHead) w.Add("base_model.model.lm_head.weight", [vocab, hidden], newHead);
+            if (replaceEmbedding) w.Add($"base_model.model.{module}.weight", [vocab, hidden], newEmbed);
+        }
+        var toSave = () => new System.Text.Json.Nodes.JsonArray(saved.Select(x => (System.Text.Json.Nodes.JsonNode)System.Text.Json.Nodes.JsonValue.Create(x)!).ToArray());
+        string only = LoraFiles.Write(tmp.Sub("only"), dir, [], 2, 2, 1, editConfig: c => { c["modules_to_save"] = toSave(); c["target_modules"] = new System.Text.Json.Nodes.JsonArray(linear); },
+                                      extraTensors: (w, _) => Replacements(w));
+        string withPair = LoraFiles.Write(tmp.Sub("pair"), dir, [linear], 4, 8, 5, editConfig: c => c["modules_to_save"] = toSave(),
+                                          extraTensors: (w, _) => Replacements(w));
+        // The oracle checkpoint.
+        string oracle = tmp.Sub("oracle");
+        Directory.CreateDirectory(oracle);
+        foreach (var f in Directory.GetFiles(dir).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal) && !f.EndsWith(".index.json", StringComparison.Ordinal)))
+            File.Copy(f, Path.Combine(oracle, Path.GetFileName(f)));
+        var writer = new SafeTensorsWriter();
+        foreach (var t in baseCk.Tensors.Where(t => t.Name != "lm_head.weight"))
+            writer.Add(t.Name, t.Shape, t.Name == embedName && replaceEmbedding ? newEmbed : t.ToFloatArray());
+        var baseHead = baseCk.Contains("lm_head.weight") ? baseCk.Get("lm_head.weight").ToFloatArray() : table;
+        writer.Add("lm_head.weight", [vocab, hidden], replaceHead ? newHead : baseHead);
+        writer.Write(Path.Combine(oracle, "model.safetensors"));
+
+        using var cpu = new CpuBackend();
+        using var reference = new ReferenceBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        using var refModel = ModelRegistry.Load(dir, reference);
+        using var oracleModel = ModelRegistry.Load(oracle, cpu);
+        var m = (ModelBase)model;
+        var tokens = Prompt(model, 20, 6);
+        var adapter = m.LoadAdapter(only);
+        Assert.All(saved, x => Assert.Contains(adapter.Modules, y => y.StartsWith(x == "lm_head" ? "lm_head" : module, StringComparison.Ordinal) && y.EndsWith("(replaced)", StringComparison.Ordinal)));
+        Assert.Equal((long)vocab * hidden * 4 * saved.Count, adapter.ByteSize);
+        var got = Logits(model, tokens, adapter);
+        var want = Logits(oracleModel, tokens);
+        Assert.True(Rel(got, want) < 1e-5, $"against the replaced tables: {Rel(got, want):E2}");
+        Assert.True(Rel(got, Logits(model, tokens)) > 1e-2, "the replacement changes nothing");
+        Assert.True(Rel(got, Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(only))) < 1e-5, "against the float64 reference");
+        // With a LoRA pair beside it: merge-lora's checkpoint where it means the same (a replaced head, or an untied base).
+        var pair = m.LoadAdapter(withPair);
+        var withBoth = Logits(model, tokens, pair);
+        if (replaceHead || baseCk.Contains("lm_head.weight"))
+        {
+            using var merged = ModelRegistry.Load(LoraMerger.Merge(dir, [(withPair, 1f)], tmp.Sub("merged")).OutDir, cpu);
+            var mergedLogits = Logits(merged, tokens);
+            double tol = e.DType == DType.BF16 ? 5e-3 : 1e-4; // the merged q_proj rounded to the base's bf16
+            Assert.True(Rel(withBoth, mergedLogits) < tol, $"against merge-lora: {Rel(withBoth, mergedLogits):E2}");
+        }
+        // In one batched step beside a base sequence and a pair-adapted one: each its own head and table.
+        using var s1 = model.CreateState(); using var s2 = model.CreateState(); using var s3 = model.CreateState();
+        m.SetAdapters(s1, [adapter]);
+        m.SetAdapters(s3, [pair]);
+        var batch = new StepBatch();
+        batch.Add(s2, tokens, 0, LogitsWanted.All);
+        batch.Add(s1, tokens, 0, LogitsWanted.All);
+        batch.Add(s3, tokens, 0, LogitsWanted.Last);
+        var rows = new float[batch.LogitsRows * vocab];
+        model.Forward(batch, rows);
+        int n = tokens.Length * vocab;
+        Assert.True(Rel(rows.AsSpan(0, n).ToArray(), Logits(model, tokens)) < 1e-5, "the base sequence");
+        Assert.True(Rel(rows.AsSpan(n, n).ToArray(), got) < 1e-5, "the replaced sequence");
+        Assert.True(Rel(rows.AsSpan(2 * n, vocab).ToArray(), withBoth.AsSpan(n - vocab, vocab).ToArray()) < 1e-5, "the pair sequence's last row");
+        // The argmax path (greedy decoding's) takes the sequence's head too.
+        using var s4 = model.CreateState();
+        m.SetAdapters(s4, [adapter]);
+        Assert.Equal(Lrl.Logits.ArgMax(got.AsSpan(n - vocab, vocab)), m.ForwardArgmax(s4, tokens, 0));
+        // Two adapters replacing the same module cannot share a sequence.
+        var again = m.LoadAdapter(only, name: "again");
+        Assert.Contains("both replace", Assert.Throws<LrlException>(() => m.SetAdapters(s4, [adapter, again])).Message);
     }
 
     [Fact]
