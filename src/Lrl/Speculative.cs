@@ -235,7 +235,7 @@ internal sealed class DraftControl
     private const double GiveUp = 0.12;        // below this acceptance rate: back off
     private const int PlainSteps = 16;         // plain steps before the first probe
     private const int MaxPause = 512;
-    private double _rate = 0.6;
+    private double _rate = 0.3; // two drafts first: a good source deepens within a few steps, a poor one costs few drafts
     private int _pause, _failures;
 
     /// <summary>Plain steps the last back-off chose (tests).</summary>
