@@ -18,6 +18,12 @@ namespace Lrl.Cpu;
 /// the same cache however it is split into chunks. Calls run in blocks of <see cref="BlockRows"/> rows (the merge
 /// buffers grow with rows × chunks).
 /// </para>
+/// <para>
+/// Tree mode (<see cref="RunTree"/>, speculative verification of a tree of candidates): node r attends over its own
+/// virtual sequence, the cached prefix then its ancestors' and its own slots, through the same chunks and arithmetic
+/// as a lone decode row at the end of that sequence, so each node too is bit for bit the row plain decoding would
+/// compute there.
+/// </para>
 /// Scratch per thread, sized once to the cache.
 /// </summary>
 internal sealed unsafe class AttentionJob : IParallelJob
@@ -34,6 +40,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
     private float[] _q = [], _k = [], _v = [], _o = [];
     private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks; // _chunks: item slots per row and kv head (the most any row uses)
     private float _scale;
+    // Tree mode: node r's path (its ancestors' and its own slot offsets from pos0, root first) at _paths[r * _pathStride ..],
+    // its length at _depths[r].
+    private bool _tree;
+    private int[] _paths = [], _depths = [];
+    private int _pathStride;
 
     public AttentionJob(int threads)
     {
@@ -56,26 +67,74 @@ internal sealed unsafe class AttentionJob : IParallelJob
         for (int i = 0; i < _scores.Length; i++)
             if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
         _q = q; _k = k; _v = v; _o = o; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        _tree = false;
         for (int done = 0; done < rows; done += BlockRows)
         {
             int block = Math.Min(BlockRows, rows - done);
             _row0 = row0 + done; _pos0 = pos0 + done;
             // Chunks() grows with the position count, so the block's last row has the most.
-            _chunks = Chunks(_pos0 + block, kvHeads, _threads);
-            if (_chunks > 1)
-            {
-                // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
-                long most = (long)Math.Min(rows, BlockRows) * kvHeads * MaxChunks(kvHeads, _threads) * group;
-                if (_partial.Length < most * headDim) _partial = new float[most * headDim];
-                if (_stats.Length < most * 2) _stats = new float[most * 2];
-            }
-            pool.Run(this, block * kvHeads * _chunks);
-            if (_chunks > 1)
-                for (int r = 0; r < block; r++)
-                    if (ChunksOf(r) > 1) Merge(r, group);
+            RunBlock(pool, block, Chunks(_pos0 + block, kvHeads, _threads), Math.Min(rows, BlockRows));
         }
         _q = _k = _v = _o = [];
     }
+
+    /// <summary>
+    /// Tree-masked attention (see <see cref="IBackend.AttentionTree"/>): query rows row0 .. row0+rows-1 are tree nodes
+    /// whose K/V sit at cache slots pos0 .. pos0+rows-1; node r attends to slots 0 .. pos0-1 and its ancestors' and its
+    /// own, each node exactly as a lone decode row at the end of that path.
+    /// </summary>
+    public void RunTree(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0, ReadOnlySpan<int> parents,
+                        int heads, int kvHeads, int headDim, float scale)
+    {
+        TreeAttention.Validate(parents, rows);
+        if (rows > BlockRows) throw new ArgumentException($"a tree of {rows} nodes exceeds {BlockRows}");
+        if (heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
+        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))
+            throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
+        if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: slots up to {pos0 + rows - 1} exceed the cache");
+        int capacity = k.Length / (kvHeads * headDim);
+        int group = heads / kvHeads;
+        for (int i = 0; i < _scores.Length; i++)
+            if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
+        // Each node's path, root first.
+        _pathStride = rows;
+        if (_paths.Length < rows * rows) _paths = new int[rows * rows];
+        if (_depths.Length < rows) _depths = new int[rows];
+        int deepest = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            int d = 0;
+            for (int a = r; a >= 0; a = parents[a]) d++;
+            for (int a = r, at = d - 1; a >= 0; a = parents[a], at--) _paths[r * rows + at] = a;
+            _depths[r] = d;
+            deepest = Math.Max(deepest, d);
+        }
+        _q = q; _k = k; _v = v; _o = o; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        _row0 = row0; _pos0 = pos0; _tree = true;
+        try { RunBlock(pool, rows, Chunks(pos0 + deepest, kvHeads, _threads), rows); }
+        finally { _tree = false; _q = _k = _v = _o = []; }
+    }
+
+    private void RunBlock(WorkerPool pool, int block, int chunks, int sizeRows)
+    {
+        int group = _heads / _kvHeads;
+        _chunks = chunks;
+        if (_chunks > 1)
+        {
+            // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
+            long most = (long)sizeRows * _kvHeads * MaxChunks(_kvHeads, _threads) * group;
+            if (_partial.Length < most * _headDim) _partial = new float[most * _headDim];
+            if (_stats.Length < most * 2) _stats = new float[most * 2];
+        }
+        pool.Run(this, block * _kvHeads * _chunks);
+        if (_chunks > 1)
+            for (int r = 0; r < block; r++)
+                if (ChunksOf(r) > 1) Merge(r, group);
+    }
+
+    /// <summary>Positions row r of the current call attends to (a tree node: the prefix and its path).</summary>
+    private int Positions(int r) => _tree ? _pos0 + _depths[r] : _pos0 + r + 1;
 
     /// <summary>The most chunks <see cref="Chunks"/> returns for this layout (what the merge buffers are sized for).</summary>
     internal static int MaxChunks(int kvHeads, int threads) => (4 * threads + kvHeads - 1) / kvHeads + threads;
@@ -94,23 +153,49 @@ internal sealed unsafe class AttentionJob : IParallelJob
     }
 
     /// <summary>Chunks of row <paramref name="r"/> of the current call: a lone decode row's at its position count.</summary>
-    private int ChunksOf(int r) => Chunks(_pos0 + r + 1, _kvHeads, _threads);
+    private int ChunksOf(int r) => Chunks(Positions(r), _kvHeads, _threads);
+
+    /// <summary>The cache row of position t of the row's (virtual) sequence.</summary>
+    private interface IRowMap { long Row(int t); }
+
+    /// <summary>A causal row: position t is cache row t.</summary>
+    private readonly struct Linear : IRowMap
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public long Row(int t) => t;
+    }
+
+    /// <summary>A tree node: the prefix's rows, then its path's slots.</summary>
+    private readonly struct PathMap(int pos0, int* path) : IRowMap
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public long Row(int t) => t < pos0 ? t : pos0 + path[t - pos0];
+    }
+
+    public void Execute(int item, int worker)
+    {
+        if (!_tree) { Execute(item, worker, new Linear()); return; }
+        fixed (int* paths = _paths)
+        {
+            int r = item / (_kvHeads * _chunks);
+            Execute(item, worker, new PathMap(_pos0, paths + (long)r * _pathStride));
+        }
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Execute(int item, int worker)
+    private void Execute<TMap>(int item, int worker, TMap map) where TMap : struct, IRowMap
     {
         int perRow = _kvHeads * _chunks;
         int r = item / perRow, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
         int chunks = ChunksOf(r);
         if (c >= chunks) return; // an earlier row with fewer chunks than the call's slots
         int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
-        int n = _pos0 + r + 1, chunkLen = (n + chunks - 1) / chunks;
+        int n = Positions(r), chunkLen = (n + chunks - 1) / chunks;
         int t0 = c * chunkLen, t1 = chunks == 1 ? n : Math.Min(n, t0 + chunkLen);
         int len = Math.Max(0, t1 - t0);
         bool final = chunks == 1;
         fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o, sp0 = _scores[worker], pp0 = _partial, st0 = _stats)
         {
-            float* kp = kp0 + kvh * hd + (long)t0 * kvDim, vp = vp0 + kvh * hd + (long)t0 * kvDim;
+            // Row t of the chunk: key kb + Row(t0 + t)·kvDim, value likewise.
+            float* kb = kp0 + kvh * hd, vb = vp0 + kvh * hd;
             int h0 = kvh * group;
             // Scores: each key row once for the whole group. The cache rows of past tokens are cold (a token streams the
             // whole model's weights between two visits of a layer) and strided, so the hardware prefetcher does little:
@@ -120,18 +205,18 @@ internal sealed unsafe class AttentionJob : IParallelJob
             bool prefetch = Sse.IsSupported;
             if (prefetch)
                 for (int t = 0; t < Math.Min(Ahead, len); t++)
-                    for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kp + (long)t * kvDim) + 64 * l);
+                    for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kb + map.Row(t0 + t) * kvDim) + 64 * l);
             int t4 = Avx.IsSupported && hd % 8 == 0 ? len / 4 * 4 : 0;
             var scale4 = Vector128.Create(_scale);
             for (int t = 0; t < len; t++)
             {
-                float* kt = kp + (long)t * kvDim;
+                float* kt = kb + map.Row(t0 + t) * kvDim;
                 if (prefetch)
                 {
-                    byte* ka = (byte*)(kt + (long)Ahead * kvDim), va = (byte*)(vp + (long)t * kvDim);
+                    byte* va = (byte*)(vb + map.Row(t0 + t) * kvDim);
                     for (int l = 0; l < lines; l++)
                     {
-                        if (t + Ahead < len) Sse.Prefetch0(ka + 64 * l);
+                        if (t + Ahead < len) Sse.Prefetch0((byte*)(kb + map.Row(t0 + t + Ahead) * kvDim) + 64 * l);
                         Sse.Prefetch0(va + 64 * l);
                     }
                 }
@@ -140,8 +225,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
                     // Four keys at a time (t is a multiple of 4 here): four independent FMA chains and one horizontal
                     // reduction for all four scores, instead of a full reduction per score.
                     if ((t & 3) == 3)
+                    {
+                        float* k0 = kb + map.Row(t0 + t - 3) * kvDim, k1 = kb + map.Row(t0 + t - 2) * kvDim, k2 = kb + map.Row(t0 + t - 1) * kvDim;
                         for (int g = 0; g < group; g++)
-                            (Dot4(qp0 + (qr * _heads + h0 + g) * hd, kt - 3L * kvDim, kvDim, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
+                            (Dot4(qp0 + (qr * _heads + h0 + g) * hd, k0, k1, k2, kt, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
+                    }
                     continue;
                 }
                 for (int g = 0; g < group; g++)
@@ -172,7 +260,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 for (int g = 0; g < group; g++)
                 {
                     float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + Slot(r, kvh, c, group, g) * hd;
-                    WeightedSum(vp + (long)tb * kvDim, kvDim, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
+                    WeightedSum(vb, kvDim, map, t0 + tb, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
                 }
             }
             for (int g = 0; g < group; g++)
@@ -219,12 +307,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
             }
     }
 
-    /// <summary>q·k for four consecutive key rows (stride <paramref name="ld"/>), n a multiple of 8.</summary>
+    /// <summary>q·k for four key rows, n a multiple of 8.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Dot4(float* q, float* k, int ld, int n)
+    private static Vector128<float> Dot4(float* q, float* k, float* k1, float* k2, float* k3, int n)
     {
         Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-        float* k1 = k + ld, k2 = k + 2L * ld, k3 = k + 3L * ld;
         for (int i = 0; i < n; i += 8)
         {
             var qv = Vector256.Load(q + i);
@@ -271,8 +358,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
         return s;
     }
 
-    /// <summary>dst[0..hd) (+)= Σ_t w[t]·v_t, value rows at stride <paramref name="ld"/>; 64 output floats kept in registers at a time.</summary>
-    private static void WeightedSum(float* v, int ld, float* w, int len, int hd, float* dst, bool add)
+    /// <summary>
+    /// dst[0..hd) (+)= Σ_t w[t]·v_t over positions t0 .. t0+len-1, value row of position t at
+    /// v + map.Row(t)·<paramref name="ld"/>; 64 output floats kept in registers at a time.
+    /// </summary>
+    private static void WeightedSum<TMap>(float* v, int ld, TMap map, int t0, float* w, int len, int hd, float* dst, bool add) where TMap : struct, IRowMap
     {
         int i0 = 0;
         if (Vector256.IsHardwareAccelerated)
@@ -286,9 +376,9 @@ internal sealed unsafe class AttentionJob : IParallelJob
                     a0 = Vector256.Load(d); a1 = Vector256.Load(d + 8); a2 = Vector256.Load(d + 16); a3 = Vector256.Load(d + 24);
                     a4 = Vector256.Load(d + 32); a5 = Vector256.Load(d + 40); a6 = Vector256.Load(d + 48); a7 = Vector256.Load(d + 56);
                 }
-                float* vt = v + i0;
-                for (int t = 0; t < len; t++, vt += ld)
+                for (int t = 0; t < len; t++)
                 {
+                    float* vt = v + map.Row(t0 + t) * ld + i0;
                     var x = Vector256.Create(w[t]);
                     a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vt), x, a0);
                     a1 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 8), x, a1);
@@ -305,16 +395,14 @@ internal sealed unsafe class AttentionJob : IParallelJob
             for (; i0 + 8 <= hd; i0 += 8)
             {
                 Vector256<float> a0 = add ? Vector256.Load(dst + i0) : default;
-                float* vt = v + i0;
-                for (int t = 0; t < len; t++, vt += ld) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vt), Vector256.Create(w[t]), a0);
+                for (int t = 0; t < len; t++) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(v + map.Row(t0 + t) * ld + i0), Vector256.Create(w[t]), a0);
                 a0.Store(dst + i0);
             }
         }
         for (; i0 < hd; i0++)
         {
             float a = add ? dst[i0] : 0;
-            float* vt = v + i0;
-            for (int t = 0; t < len; t++, vt += ld) a += *vt * w[t];
+            for (int t = 0; t < len; t++) a += v[map.Row(t0 + t) * ld + i0] * w[t];
             dst[i0] = a;
         }
     }

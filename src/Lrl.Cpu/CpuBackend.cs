@@ -222,7 +222,7 @@ public sealed partial class CpuBackend : IBackend
 
     public void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                               int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale) =>
-        TreeAttention.Compute(D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, parents, heads, kvHeads, headDim, scale);
+        _attention.RunTree(_pool, D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, parents, heads, kvHeads, headDim, scale);
 
     public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
     {

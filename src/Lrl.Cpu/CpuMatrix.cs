@@ -86,8 +86,13 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     public override string Format => _dtype.ToString();
     public override long ByteSize => (long)Rows * Cols * _dtype.Size();
 
-    /// <summary>Most rows through the GEMV kernel per L1 block (see <see cref="CpuMatrix.RowsMax"/>).</summary>
-    internal static int DenseRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_DENSE_ROWS"), out var v) ? v : 8;
+    /// <summary>
+    /// Most rows through the GEMV kernels (see <see cref="CpuMatrix.RowsMax"/>): each row's result is its one-row GEMV's
+    /// bits, so a verify step or a batched step of up to 16 rows gives every row what plain decoding gives it. At 12-16
+    /// rows as fast as the transposed GEMM (SmolLM2-135M bf16 pp12 257-274 vs 222-233 tok/s, pp16 254-295 vs 254-292),
+    /// slower from 24 on.
+    /// </summary>
+    internal static int DenseRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_DENSE_ROWS"), out var v) ? v : 16;
     public override int RowsMax => DenseRowsMax;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -92,8 +92,13 @@ public sealed unsafe class QuantMatrix : CpuMatrix
 
     private QuantScratch[] _rowScratch = [];
 
-    /// <summary>Most rows through the integer kernels per product (see <see cref="CpuMatrix.RowsMax"/>) where no tile serves the format.</summary>
-    internal static int QuantRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_QUANT_ROWS"), out var v) ? v : 32;
+    /// <summary>
+    /// Most rows through the integer kernels per product (see <see cref="CpuMatrix.RowsMax"/>) where no tile serves the
+    /// format (grouped formats, and narrow per-channel matrices past their tiles): each row gets its GEMV's bits, so
+    /// verify steps (trees of up to 64 nodes) and batched steps of up to 64 rows give every row what plain decoding gives
+    /// it (at 32, a 41-row tree on stories260k q4/q8 went through the f32 path and its greedy output drifted).
+    /// </summary>
+    internal static int QuantRowsMax = int.TryParse(Environment.GetEnvironmentVariable("LRL_QUANT_ROWS"), out var v) ? v : 64;
 
     /// <summary>
     /// Most rows through the integer tiles per product (prefill chunks included): 0.7-0.9 of the f32 path's time at 128

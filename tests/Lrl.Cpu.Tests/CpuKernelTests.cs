@@ -67,7 +67,7 @@ public sealed class CpuKernelTests : IDisposable
     }
 
     /// <summary>
-    /// Up to 8 rows of a dense product run the GEMV kernel per row over L1 blocks of the weights: each row is exactly
+    /// Up to 16 rows of a dense product run the GEMV kernel per row over L1 blocks of the weights: each row is exactly
     /// its one-row result (a batched decode step gives each sequence what it gets alone), fused products included;
     /// bf16 through the four-row kernel (groups of 4, a last group of 2-3 padded, a last single row alone).
     /// </summary>
@@ -80,7 +80,7 @@ public sealed class CpuKernelTests : IDisposable
         const int outF = 300, inF = 577;
         var w = _cpu.LoadWeight(_r.Tensor("w", dtype, outF, inF));
         var u = _cpu.LoadWeight(_r.Tensor("u", dtype, outF, inF));
-        foreach (int n in new[] { 2, 3, 4, 5, 7, 8 })
+        foreach (int n in new[] { 2, 3, 4, 5, 7, 8, 12, 15, 16 })
         {
             var xs = _r.Floats((long)n * inF);
             var x = _cpu.Allocate(xs.Length); _cpu.Upload(xs, x);
@@ -309,14 +309,16 @@ public sealed class CpuKernelTests : IDisposable
 
     /// <summary>
     /// Tree-masked attention: every node's output equals causal attention (the reference backend) for one query at the
-    /// end of its own path laid out as a sequence (the prefix, then its ancestors and itself), and a chain equals the
-    /// causal attention of its rows; on the CPU backend and through the interface's host default.
+    /// end of its own path laid out as a sequence (the prefix, then its ancestors and itself), on the CPU bit for bit the
+    /// CPU's lone decode row there, and a chain equals the causal attention of its rows; on the CPU backend and through
+    /// the interface's host default.
     /// </summary>
     [Theory]
     [InlineData(9, 0, 4, 2, 16, 1)]
     [InlineData(17, 40, 9, 3, 64, 2)]
     [InlineData(33, 300, 8, 2, 32, 3)]
     [InlineData(5, 7, 4, 4, 8, 4)]
+    [InlineData(40, 120, 9, 3, 64, 5)]
     public void TreeAttentionEqualsEachPathAsASequence(int rows, int pos0, int heads, int kvHeads, int headDim, int seed)
     {
         var rng = new Random(seed);
@@ -354,6 +356,13 @@ public sealed class CpuKernelTests : IDisposable
             var expected = Get(_ref, or, qDim);
             double err = RandomTensors.RelErr(got.AsSpan(r * qDim, qDim).ToArray(), expected);
             Assert.True(err < Tol, $"node {r} (depth {path.Count - 1}): relative error {err:E2}");
+            // Bit for bit the CPU's own lone decode row at the end of the path (what plain decoding computes there).
+            var qc = _cpu.Allocate(qDim); _cpu.Upload(q.AsSpan(r * qDim, qDim), qc);
+            var kc = _cpu.Allocate(kp.Length); _cpu.Upload(kp, kc);
+            var vc = _cpu.Allocate(vp.Length); _cpu.Upload(vp, vc);
+            var oc = _cpu.Allocate(qDim);
+            _cpu.Attention(qc, kc, vc, oc, 1, len - 1, heads, kvHeads, headDim, scale);
+            Assert.True(Get(_cpu, oc, qDim).AsSpan().SequenceEqual(got.AsSpan(r * qDim, qDim)), $"node {r} (depth {path.Count - 1}) differs from its lone decode row");
             Assert.True(RandomTensors.RelErr(viaHost.AsSpan(r * qDim, qDim).ToArray(), expected) < Tol);
         }
         // A chain is causal attention.
