@@ -339,6 +339,24 @@ public class LoraTests
     /// head to the embedding, so the oracle is a copy of the base with the adapted table and the old table as an untied
     /// head). With a q/c_attn pair beside it, on the CPU and the float64 reference, in a batched step beside the base.
     /// </summary>
+    /// <summary>
+    /// A copy of the checkpoint in <paramref name="dir"/> (f32) with <paramref name="table"/> as its token embedding and
+    /// <paramref name="head"/> as an untied lm_head: the oracle for adapted or replaced embeddings and heads.
+    /// </summary>
+    private static string WriteOracle(string oracle, string dir, Checkpoint baseCk, string embedName, float[] table, float[] head)
+    {
+        Directory.CreateDirectory(oracle);
+        foreach (var f in Directory.GetFiles(dir).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal) && !f.EndsWith(".index.json", StringComparison.Ordinal)))
+            File.Copy(f, Path.Combine(oracle, Path.GetFileName(f)));
+        var e = baseCk.Get(embedName);
+        var writer = new SafeTensorsWriter();
+        foreach (var t in baseCk.Tensors.Where(t => t.Name != "lm_head.weight"))
+            writer.Add(t.Name, t.Shape, t.Name == embedName ? table : t.ToFloatArray());
+        writer.Add("lm_head.weight", [e.Shape[0], e.Shape[1]], head);
+        writer.Write(Path.Combine(oracle, "model.safetensors"));
+        return oracle;
+    }
+
     [Theory]
     [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", 4, false)]
     [InlineData("stories260k", "model.embed_tokens", "embed_tokens", "q_proj", 8, true)]
@@ -370,15 +388,7 @@ public class LoraTests
                 for (int j = 0; j < rank; j++) d += (double)b[h * rank + j] * a[j * vocab + t];
                 adapted[t * hidden + h] += (float)(s * d);
             }
-        string oracle = tmp.Sub("oracle");
-        Directory.CreateDirectory(oracle);
-        foreach (var f in Directory.GetFiles(dir).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
-            File.Copy(f, Path.Combine(oracle, Path.GetFileName(f)));
-        var writer = new SafeTensorsWriter();
-        foreach (var t in baseCk.Tensors)
-            writer.Add(t.Name, t.Shape, t.Name == embedName ? adapted : t.ToFloatArray());
-        writer.Add("lm_head.weight", [vocab, hidden], table);
-        writer.Write(Path.Combine(oracle, "model.safetensors"));
+        string oracle = WriteOracle(tmp.Sub("oracle"), dir, baseCk, embedName, adapted, table);
 
         using var cpu = new CpuBackend();
         using var reference = new ReferenceBackend();
@@ -452,17 +462,8 @@ public class LoraTests
                                       extraTensors: (w, _) => Replacements(w));
         string withPair = LoraFiles.Write(tmp.Sub("pair"), dir, [linear], 4, 8, 5, editConfig: c => c["modules_to_save"] = toSave(),
                                           extraTensors: (w, _) => Replacements(w));
-        // The oracle checkpoint.
-        string oracle = tmp.Sub("oracle");
-        Directory.CreateDirectory(oracle);
-        foreach (var f in Directory.GetFiles(dir).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal) && !f.EndsWith(".index.json", StringComparison.Ordinal)))
-            File.Copy(f, Path.Combine(oracle, Path.GetFileName(f)));
-        var writer = new SafeTensorsWriter();
-        foreach (var t in baseCk.Tensors.Where(t => t.Name != "lm_head.weight"))
-            writer.Add(t.Name, t.Shape, t.Name == embedName && replaceEmbedding ? newEmbed : t.ToFloatArray());
         var baseHead = baseCk.Contains("lm_head.weight") ? baseCk.Get("lm_head.weight").ToFloatArray() : table;
-        writer.Add("lm_head.weight", [vocab, hidden], replaceHead ? newHead : baseHead);
-        writer.Write(Path.Combine(oracle, "model.safetensors"));
+        string oracle = WriteOracle(tmp.Sub("oracle"), dir, baseCk, embedName, replaceEmbedding ? newEmbed : table, replaceHead ? newHead : baseHead);
 
         using var cpu = new CpuBackend();
         using var reference = new ReferenceBackend();
