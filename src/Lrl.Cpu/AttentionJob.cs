@@ -11,12 +11,11 @@ namespace Lrl.Cpu;
 /// flash-decoding): models with few kv heads (SmolLM2-135M has 3) would otherwise leave threads idle. A chunk keeps
 /// its scores' max, their exp-sum and its unnormalized output; the caller merges the chunks.
 /// <para>
-/// A row's chunks depend only on its own position count and the thread count (<see cref="Chunks"/>), never on the
-/// other rows of the call: a row of a speculative verify step, of a batched chunk or of a prompt computes bit for bit
-/// what the same row decoded alone computes, so greedy speculative decoding reproduces plain greedy decoding exactly
-/// (even where int8 activation rounding would turn a last-bit difference into a different token), and a prompt gives
-/// the same cache however it is split into chunks. Calls run in blocks of <see cref="BlockRows"/> rows (the merge
-/// buffers grow with rows × chunks).
+/// A row's chunks depend only on its own position count (<see cref="Chunks"/>), never on the other rows of the call or
+/// the thread count: a row of a speculative verify step, of a batched chunk or of a prompt computes bit for bit what
+/// the same row decoded alone computes, so greedy speculative decoding reproduces plain greedy decoding exactly (even
+/// where int8 activation rounding would turn a last-bit difference into a different token), and a prompt gives the
+/// same cache however it is split into chunks. Calls run in blocks of rows whose merge buffers fit a fixed budget.
 /// </para>
 /// <para>
 /// Tree mode (<see cref="RunTree"/>, speculative verification of a tree of candidates): node r attends over its own
@@ -28,17 +27,21 @@ namespace Lrl.Cpu;
 /// </summary>
 internal sealed unsafe class AttentionJob : IParallelJob
 {
-    /// <summary>Fewest positions worth a chunk of their own (below it, the merge costs more than the balance gains).</summary>
-    private const int MinChunk = 32;
-
-    /// <summary>Most rows per dispatch (the merge buffers grow with rows × chunks).</summary>
-    internal const int BlockRows = 64;
+    /// <summary>
+    /// Positions per chunk (split-K): short rows stay whole (a prompt's rows, most decode steps of a short context), long
+    /// ones split so that a decode row's few kv heads still give every thread work.
+    /// </summary>
+    internal const int ChunkPositions = 128;
+    /// <summary>Most chunks a row splits into (past it the chunks grow): bounds the per-item overhead and merge buffers.</summary>
+    internal const int MaxChunksPerRow = 64;
+    /// <summary>Floats of merge buffers per dispatch; a call's rows run in blocks that fit.</summary>
+    private const long PartialBudget = 4L << 20;
 
     private readonly float[][] _scores;
-    private readonly int _threads;
     private float[] _partial = [], _stats = [];
     private float[] _q = [], _k = [], _v = [], _o = [];
     private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks; // _chunks: item slots per row and kv head (the most any row uses)
+    private int _first; // the current block's first row of the call
     private float _scale;
     // Tree mode: node r's path (its ancestors' and its own slot offsets from pos0, root first) at _paths[r * _pathStride ..],
     // its length at _depths[r].
@@ -48,7 +51,6 @@ internal sealed unsafe class AttentionJob : IParallelJob
 
     public AttentionJob(int threads)
     {
-        _threads = threads;
         _scores = new float[threads][];
         for (int i = 0; i < threads; i++) _scores[i] = [];
     }
@@ -57,25 +59,9 @@ internal sealed unsafe class AttentionJob : IParallelJob
     public void Run(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
                     int heads, int kvHeads, int headDim, float scale)
     {
-        if (heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
-        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))
-            throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
-        if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
-            throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: positions up to {pos0 + rows - 1} exceed the cache");
-        int capacity = k.Length / (kvHeads * headDim); // scratch sized once to the whole cache: no growth mid-sequence
-        int group = heads / kvHeads;
-        for (int i = 0; i < _scores.Length; i++)
-            if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
-        _q = q; _k = k; _v = v; _o = o; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        Check(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
         _tree = false;
-        for (int done = 0; done < rows; done += BlockRows)
-        {
-            int block = Math.Min(BlockRows, rows - done);
-            _row0 = row0 + done; _pos0 = pos0 + done;
-            // Chunks() grows with the position count, so the block's last row has the most.
-            RunBlock(pool, block, Chunks(_pos0 + block, kvHeads, _threads), Math.Min(rows, BlockRows));
-        }
-        _q = _k = _v = _o = [];
+        RunRows(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + rows);
     }
 
     /// <summary>
@@ -87,16 +73,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                         int heads, int kvHeads, int headDim, float scale)
     {
         TreeAttention.Validate(parents, rows);
-        if (rows > BlockRows) throw new ArgumentException($"a tree of {rows} nodes exceeds {BlockRows}");
-        if (heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
-        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))
-            throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
-        if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
-            throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: slots up to {pos0 + rows - 1} exceed the cache");
-        int capacity = k.Length / (kvHeads * headDim);
-        int group = heads / kvHeads;
-        for (int i = 0; i < _scores.Length; i++)
-            if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
+        Check(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
         // Each node's path, root first.
         _pathStride = rows;
         if (_paths.Length < rows * rows) _paths = new int[rows * rows];
@@ -110,50 +87,63 @@ internal sealed unsafe class AttentionJob : IParallelJob
             _depths[r] = d;
             deepest = Math.Max(deepest, d);
         }
-        _q = q; _k = k; _v = v; _o = o; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
-        _row0 = row0; _pos0 = pos0; _tree = true;
-        try { RunBlock(pool, rows, Chunks(pos0 + deepest, kvHeads, _threads), rows); }
-        finally { _tree = false; _q = _k = _v = _o = []; }
+        _tree = true;
+        try { RunRows(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + deepest); }
+        finally { _tree = false; }
     }
 
-    private void RunBlock(WorkerPool pool, int block, int chunks, int sizeRows)
+    private void Check(float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim)
     {
-        int group = _heads / _kvHeads;
-        _chunks = chunks;
+        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
+        if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))
+            throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
+        if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: positions up to {pos0 + rows - 1} exceed the cache");
+        int capacity = k.Length / (kvHeads * headDim); // scratch sized once to the whole cache: no growth mid-sequence
+        int group = heads / kvHeads;
+        for (int i = 0; i < _scores.Length; i++)
+            if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
+    }
+
+    /// <summary>The call's rows in blocks whose merge buffers stay within <see cref="PartialBudget"/> floats.</summary>
+    private void RunRows(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
+                         int heads, int kvHeads, int headDim, float scale, int mostPositions)
+    {
+        _q = q; _k = k; _v = v; _o = o; _row0 = row0; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+        int group = heads / kvHeads;
+        // Chunks() grows with the position count, so mostPositions sets the most any row of the call has.
+        _chunks = Chunks(mostPositions);
+        long perRow = (long)kvHeads * _chunks * group;
+        int blockRows = _chunks == 1 ? rows : (int)Math.Clamp(PartialBudget / (perRow * headDim), 1, Math.Max(1, rows));
         if (_chunks > 1)
         {
-            // Sized for the most chunks Chunks() can return, so the buffers never grow mid-sequence.
-            long most = (long)sizeRows * _kvHeads * MaxChunks(_kvHeads, _threads) * group;
-            if (_partial.Length < most * _headDim) _partial = new float[most * _headDim];
+            long most = Math.Min(rows, blockRows) * perRow;
+            if (_partial.Length < most * headDim) _partial = new float[most * headDim];
             if (_stats.Length < most * 2) _stats = new float[most * 2];
         }
-        pool.Run(this, block * _kvHeads * _chunks);
-        if (_chunks > 1)
-            for (int r = 0; r < block; r++)
-                if (ChunksOf(r) > 1) Merge(r, group);
+        try
+        {
+            for (_first = 0; _first < rows; _first += blockRows)
+            {
+                int block = Math.Min(blockRows, rows - _first);
+                pool.Run(this, block * kvHeads * _chunks);
+                if (_chunks > 1)
+                    for (int r = 0; r < block; r++)
+                        if (Chunks(Positions(_first + r)) > 1) Merge(r, group);
+            }
+        }
+        finally { _q = _k = _v = _o = []; }
     }
 
-    /// <summary>Positions row r of the current call attends to (a tree node: the prefix and its path).</summary>
+    /// <summary>Positions row r of the call attends to (a tree node: the prefix and its path).</summary>
     private int Positions(int r) => _tree ? _pos0 + _depths[r] : _pos0 + r + 1;
 
-    /// <summary>The most chunks <see cref="Chunks"/> returns for this layout (what the merge buffers are sized for).</summary>
-    internal static int MaxChunks(int kvHeads, int threads) => (4 * threads + kvHeads - 1) / kvHeads + threads;
-
     /// <summary>
-    /// Position chunks for one decode row: enough items for about four per thread, the item count a multiple of the
-    /// thread count where possible, each chunk at least <see cref="MinChunk"/> positions.
+    /// Position chunks of a row that attends to <paramref name="n"/> positions: one per <see cref="ChunkPositions"/>
+    /// (at most <see cref="MaxChunksPerRow"/>), of equal length. A function of n alone: neither the other rows of the
+    /// call nor the thread count change a row's arithmetic.
     /// </summary>
-    internal static int Chunks(int n, int kvHeads, int threads)
-    {
-        int most = Math.Max(1, n / MinChunk);
-        if (threads <= 1 || most == 1) return 1;
-        int c = Math.Max(1, (4 * threads + kvHeads - 1) / kvHeads);
-        for (int tries = 0; tries < threads && (kvHeads * c) % threads != 0; tries++) c++;
-        return Math.Min(c, most);
-    }
-
-    /// <summary>Chunks of row <paramref name="r"/> of the current call: a lone decode row's at its position count.</summary>
-    private int ChunksOf(int r) => Chunks(Positions(r), _kvHeads, _threads);
+    internal static int Chunks(int n) => Math.Clamp((n + ChunkPositions - 1) / ChunkPositions, 1, MaxChunksPerRow);
 
     /// <summary>The cache row of position t of the row's (virtual) sequence.</summary>
     private interface IRowMap { long Row(int t); }
@@ -175,7 +165,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
         if (!_tree) { Execute(item, worker, new Linear()); return; }
         fixed (int* paths = _paths)
         {
-            int r = item / (_kvHeads * _chunks);
+            int r = _first + item / (_kvHeads * _chunks);
             Execute(item, worker, new PathMap(_pos0, paths + (long)r * _pathStride));
         }
     }
@@ -184,8 +174,9 @@ internal sealed unsafe class AttentionJob : IParallelJob
     private void Execute<TMap>(int item, int worker, TMap map) where TMap : struct, IRowMap
     {
         int perRow = _kvHeads * _chunks;
-        int r = item / perRow, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
-        int chunks = ChunksOf(r);
+        // b: the row within the block (its merge slots); r: within the call.
+        int b = item / perRow, r = _first + b, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
+        int chunks = Chunks(Positions(r));
         if (c >= chunks) return; // an earlier row with fewer chunks than the call's slots
         int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
         int n = Positions(r), chunkLen = (n + chunks - 1) / chunks;
@@ -259,7 +250,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 int bl = Math.Min(Block, len - tb);
                 for (int g = 0; g < group; g++)
                 {
-                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + Slot(r, kvh, c, group, g) * hd;
+                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + Slot(b, kvh, c, group, g) * hd;
                     WeightedSum(vb, kvDim, map, t0 + tb, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
                 }
             }
@@ -271,7 +262,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 }
                 else
                 {
-                    long slot = Slot(r, kvh, c, group, g);
+                    long slot = Slot(b, kvh, c, group, g);
                     st0[slot * 2] = maxes[g];
                     st0[slot * 2 + 1] = sums[g];
                 }
@@ -279,24 +270,24 @@ internal sealed unsafe class AttentionJob : IParallelJob
         }
     }
 
-    /// <summary>Where chunk <paramref name="c"/> of row <paramref name="r"/>, kv head <paramref name="kvh"/>, head <paramref name="g"/> of its group keeps its partial result.</summary>
-    private long Slot(int r, int kvh, int c, int group, int g) => (((long)r * _kvHeads + kvh) * _chunks + c) * group + g;
+    /// <summary>Where chunk <paramref name="c"/> of the block's row <paramref name="b"/>, kv head <paramref name="kvh"/>, head <paramref name="g"/> of its group keeps its partial result.</summary>
+    private long Slot(int b, int kvh, int c, int group, int g) => (((long)b * _kvHeads + kvh) * _chunks + c) * group + g;
 
-    /// <summary>Merges the chunks of each head of row <paramref name="r"/>: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
-    private void Merge(int r, int group)
+    /// <summary>Merges the chunks of each head of the block's row <paramref name="b"/>: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
+    private void Merge(int b, int group)
     {
-        int hd = _headDim, chunks = ChunksOf(r);
+        int hd = _headDim, r = _first + b, chunks = Chunks(Positions(r));
         for (int kvh = 0; kvh < _kvHeads; kvh++)
             for (int g = 0; g < group; g++)
             {
                 float m = float.NegativeInfinity;
-                for (int c = 0; c < chunks; c++) m = Math.Max(m, _stats[Slot(r, kvh, c, group, g) * 2]);
+                for (int c = 0; c < chunks; c++) m = Math.Max(m, _stats[Slot(b, kvh, c, group, g) * 2]);
                 var o = _o.AsSpan(((_row0 + r) * _heads + kvh * group + g) * hd, hd);
                 o.Clear();
                 float den = 0;
                 for (int c = 0; c < chunks; c++)
                 {
-                    long slot = Slot(r, kvh, c, group, g);
+                    long slot = Slot(b, kvh, c, group, g);
                     float l = _stats[slot * 2 + 1];
                     if (l == 0) continue;
                     float f = MathF.Exp(_stats[slot * 2] - m);

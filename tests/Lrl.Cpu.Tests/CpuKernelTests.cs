@@ -279,8 +279,8 @@ public sealed class CpuKernelTests : IDisposable
     /// lookup decoding diverged from plain greedy at token 77 while many-row calls ran every row as one chunk).
     /// </summary>
     [Theory]
-    [InlineData(7, 70, 9, 3, 64)]
-    [InlineData(2, 95, 4, 4, 12)]
+    [InlineData(7, 250, 9, 3, 64)]
+    [InlineData(2, 127, 4, 4, 12)]
     [InlineData(16, 300, 8, 2, 32)]
     [InlineData(33, 40, 9, 3, 64)]
     [InlineData(64, 1000, 6, 3, 16)]
