@@ -3,9 +3,9 @@ using Lrl.Runtime;
 namespace Lrl.Cli.Tests;
 
 /// <summary>
-/// Speculative decoding is lossless: for every method and real model, greedy output is the plain greedy output token
-/// for token, seeded sampling gives the same tokens, and stop strings, EOS and the context limit end it where plain
-/// decoding ends; the statistics count what was drafted and accepted.
+/// Speculative decoding is lossless: for every method and real model (f32, fp16, bf16, and int8/int4 quantized),
+/// greedy output is the plain greedy output token for token, seeded sampling gives the same tokens, and stop strings,
+/// EOS and the context limit end it where plain decoding ends; the statistics count what was drafted and accepted.
 /// </summary>
 public class SpeculativeTests
 {
@@ -14,7 +14,7 @@ public class SpeculativeTests
         get
         {
             var d = new TheoryData<string, SpeculativeMethod>();
-            foreach (var m in new[] { "stories260k", "stories260k-fp16", "stories260k-bf16-sharded" })
+            foreach (var m in new[] { "stories260k", "stories260k-fp16", "stories260k-bf16-sharded", "stories260k-q8", "stories260k-q4" })
                 foreach (var s in new[] { SpeculativeMethod.Lookup, SpeculativeMethod.EarlyExit, SpeculativeMethod.Draft }) d.Add(m, s);
             d.Add("capp-gpt2-tiny", SpeculativeMethod.Lookup);
             d.Add("capp-gpt2-tiny", SpeculativeMethod.Draft);
@@ -45,10 +45,27 @@ public class SpeculativeTests
             ? new[] { "Once upon a time", "Lily and Ben went to the park. Lily and Ben", "The cat sat on the mat. The cat" }
             : new[] { "Hello", "abc abc abc" }).Select(t => m.Tokenizer.Encode(t, true))];
 
+    private static readonly Lazy<string> QuantRoot = new(() =>
+    {
+        string root = Path.Combine(Path.GetTempPath(), $"lrl-spec-quant-{Environment.ProcessId}");
+        foreach (int bits in new[] { 8, 4 })
+            Lrl.Quant.Quantizer.QuantizeModel(CliRunner.Model("stories260k"), Path.Combine(root, $"q{bits}"), bits, "auto", null);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(root, recursive: true); } catch (IOException) { } };
+        return root;
+    });
+
+    /// <summary>A real model folder, or stories260k quantized to int8/int4 (lrlrun quantize's defaults) for "-q8" / "-q4".</summary>
+    private static string Folder(string name) => name switch
+    {
+        "stories260k-q8" => Path.Combine(QuantRoot.Value, "q8"),
+        "stories260k-q4" => Path.Combine(QuantRoot.Value, "q4"),
+        _ => CliRunner.Model(name),
+    };
+
     [Theory, MemberData(nameof(Cases))]
     public void GreedyAndSeededSamplingEqualPlainDecoding(string name, SpeculativeMethod method)
     {
-        using var model = LrlModel.Load(CliRunner.Model(name), new ModelOptions { Threads = 1 });
+        using var model = LrlModel.Load(Folder(name), new ModelOptions { Threads = name.EndsWith("q4", StringComparison.Ordinal) ? 2 : 1 });
         using var draft = method == SpeculativeMethod.Draft ? LrlModel.Load(CliRunner.Model(name == "capp-gpt2-tiny" ? name : "stories260k-fp16"), new ModelOptions { Threads = 1 }) : null;
         foreach (var prompt in Prompts(model, name))
             foreach (var sampling in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 0.9f, TopK = 40, TopP = 0.95f, MinP = 0.02f, Seed = 7 } })
