@@ -117,19 +117,20 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     }
 
     /// <summary>
-    /// bf16 with AVX-512: each weight row is widened once for up to four activation rows at a time
-    /// (<see cref="Simd.DotBF16x4"/>, every row's result bit-identical to its <see cref="Simd.DotBF16"/>), instead of once
-    /// per activation row; other formats run the GEMV per row over L1 blocks (the base class).
+    /// bf16 and f16 with AVX-512: each weight row is widened once for up to four activation rows at a time
+    /// (<see cref="Simd.DotBF16x4"/>, <see cref="Simd.DotF16x4"/>: every row's result bit-identical to its one-row dot),
+    /// instead of once per activation row; f32 runs the GEMV per row over L1 blocks (the base class).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
         int n = Cols, outF = Rows;
-        if (_dtype != DType.BF16 || !Simd.HasDotBF16x4(n) || rows < 2)
+        if (_dtype == DType.F32 || !Simd.HasDotBF16x4(n) || rows < 2)
         {
             base.GemvRows(x, y, rows, rowStart, rowEnd);
             return;
         }
+        bool f16 = _dtype == DType.F16;
         if ((long)rows * n > x.Length || (long)(rows - 1) * outF + rowEnd > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"{Name}: {rows} rows exceed the product's buffers");
         fixed (float* xp = x)
@@ -144,10 +145,15 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                     // A last group of two or three rows repeats its last row (one widening still serves them all).
                     int last = Math.Min(rows - 1, m + 3);
                     float* x0 = xp + (long)m * n;
-                    var r = Simd.DotBF16x4(w, x0, x0 + n, xp + (long)Math.Min(m + 2, last) * n, xp + (long)last * n, n);
+                    float* x2 = xp + (long)Math.Min(m + 2, last) * n, x3 = xp + (long)last * n;
+                    var r = f16 ? Simd.DotF16x4(w, x0, x0 + n, x2, x3, n) : Simd.DotBF16x4(w, x0, x0 + n, x2, x3, n);
                     for (int j = 0; j <= last - m; j++) yp[(long)(m + j) * outF + o] = r[j];
                 }
-                if (m < rows) yp[(long)m * outF + o] = Simd.DotBF16(w, new ReadOnlySpan<float>(xp + (long)m * n, n));
+                if (m < rows)
+                {
+                    var xr = new ReadOnlySpan<float>(xp + (long)m * n, n);
+                    yp[(long)m * outF + o] = f16 ? Simd.DotF16((Half*)w, xr) : Simd.DotBF16(w, xr);
+                }
             }
         }
     }
@@ -267,7 +273,7 @@ public static unsafe class Simd
 
     /// <summary>Σ bf16(w[i]) · x[i].</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    /// <summary>Whether <see cref="DotBF16x4"/> runs (AVX-512, rows of at least 64).</summary>
+    /// <summary>Whether <see cref="DotBF16x4"/> and <see cref="DotF16x4"/> run (AVX-512, rows of at least 64).</summary>
     public static bool HasDotBF16x4(int n) => Avx512F.IsSupported && n >= 64;
 
     /// <summary>
@@ -401,6 +407,47 @@ public static unsafe class Simd
         // weights instead of six (f16 decode is compute-bound on cores that stream only 12-15 GB/s).
         var v = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(h.AsInt16()), 13) & Vector512.Create(unchecked((int)0x8FFFE000));
         return v.AsSingle() * Vector512.Create(5.192296858534828e33f); // 2^112
+    }
+
+    /// <summary>
+    /// <see cref="DotF16"/> of one f16 row against four activation rows of n floats (n ≥ 64, AVX-512), each widened
+    /// weight vector feeding four FMAs; per row the same accumulators, order and reduction as
+    /// <see cref="DotF16Avx512"/>, so every result is bit-identical to it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static Vector128<float> DotF16x4(ushort* w, float* x, float* x1, float* x2, float* x3, int n)
+    {
+        Vector512<float> a0 = default, a1 = default, b0 = default, b1 = default, c0 = default, c1 = default, d0 = default, d1 = default;
+        int i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            PrefetchStream(w + i);
+            var w0 = WidenF16(Vector256.Load(w + i));
+            var w1 = WidenF16(Vector256.Load(w + i + 16));
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
+            a1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x + i + 16), a1);
+            b1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x1 + i + 16), b1);
+            c1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x2 + i + 16), c1);
+            d1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x3 + i + 16), d1);
+        }
+        for (; i <= n - 16; i += 16)
+        {
+            var w0 = WidenF16(Vector256.Load(w + i));
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
+        }
+        float sa = Vector512.Sum(a0 + a1), sb = Vector512.Sum(b0 + b1), sc = Vector512.Sum(c0 + c1), sd = Vector512.Sum(d0 + d1);
+        for (; i < n; i++)
+        {
+            float wi = DTypes.F16ToFloat(w[i]);
+            sa += wi * x[i]; sb += wi * x1[i]; sc += wi * x2[i]; sd += wi * x3[i];
+        }
+        return Vector128.Create(sa, sb, sc, sd);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
