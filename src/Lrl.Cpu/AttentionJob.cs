@@ -59,7 +59,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
     public void Run(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
                     int heads, int kvHeads, int headDim, float scale)
     {
-        Check(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
+        Prepare(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
         _tree = false;
         RunRows(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + rows);
     }
@@ -73,7 +73,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                         int heads, int kvHeads, int headDim, float scale)
     {
         TreeAttention.Validate(parents, rows);
-        Check(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
+        Prepare(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
         // Each node's path, root first.
         _pathStride = rows;
         if (_paths.Length < rows * rows) _paths = new int[rows * rows];
@@ -92,7 +92,8 @@ internal sealed unsafe class AttentionJob : IParallelJob
         finally { _tree = false; }
     }
 
-    private void Check(float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim)
+    /// <summary>Checks a call's shapes against the buffers and sizes the per-thread score scratch to the cache.</summary>
+    private void Prepare(float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim)
     {
         if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
         if (row0 < 0 || (long)(row0 + rows) * heads * headDim > Math.Min(q.Length, o.Length))

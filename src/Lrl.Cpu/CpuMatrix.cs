@@ -293,10 +293,10 @@ public static unsafe class Simd
         {
             PrefetchStream(w + i);
             PrefetchStream(w + i + 32);
-            var w0 = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle();
-            var w1 = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 16)), 16).AsSingle();
-            var w2 = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 32)), 16).AsSingle();
-            var w3 = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 48)), 16).AsSingle();
+            var w0 = WidenBF16(Vector256.Load(w + i));
+            var w1 = WidenBF16(Vector256.Load(w + i + 16));
+            var w2 = WidenBF16(Vector256.Load(w + i + 32));
+            var w3 = WidenBF16(Vector256.Load(w + i + 48));
             a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
             b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
             c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
@@ -316,7 +316,7 @@ public static unsafe class Simd
         }
         for (; i <= n - 16; i += 16)
         {
-            var w0 = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle();
+            var w0 = WidenBF16(Vector256.Load(w + i));
             a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
             b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
             c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
@@ -347,13 +347,13 @@ public static unsafe class Simd
                     // 128 bytes per iteration: prefetches for each 64-byte line (one for both measured 146 vs 160 tok/s).
                     PrefetchStream(w + i);
                     PrefetchStream(w + i + 32);
-                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle(), Vector512.Load(xp + i), a0);
-                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 16)), 16).AsSingle(), Vector512.Load(xp + i + 16), a1);
-                    a2 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 32)), 16).AsSingle(), Vector512.Load(xp + i + 32), a2);
-                    a3 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i + 48)), 16).AsSingle(), Vector512.Load(xp + i + 48), a3);
+                    a0 = Avx512F.FusedMultiplyAdd(WidenBF16(Vector256.Load(w + i)), Vector512.Load(xp + i), a0);
+                    a1 = Avx512F.FusedMultiplyAdd(WidenBF16(Vector256.Load(w + i + 16)), Vector512.Load(xp + i + 16), a1);
+                    a2 = Avx512F.FusedMultiplyAdd(WidenBF16(Vector256.Load(w + i + 32)), Vector512.Load(xp + i + 32), a2);
+                    a3 = Avx512F.FusedMultiplyAdd(WidenBF16(Vector256.Load(w + i + 48)), Vector512.Load(xp + i + 48), a3);
                 }
                 for (; i <= n - 16; i += 16)
-                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load(w + i)), 16).AsSingle(), Vector512.Load(xp + i), a0);
+                    a0 = Avx512F.FusedMultiplyAdd(WidenBF16(Vector256.Load(w + i)), Vector512.Load(xp + i), a0);
                 float s5 = Vector512.Sum((a0 + a1) + (a2 + a3));
                 for (; i < n; i++) s5 += DTypes.BF16ToFloat(w[i]) * xp[i];
                 return s5;
@@ -380,6 +380,10 @@ public static unsafe class Simd
             return r;
         }
     }
+
+    /// <summary>16 bf16 values to f32: zero-extend to 32 bits (one load), shift into the f32 high half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> WidenBF16(Vector256<ushort> v) => Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(v), 16).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> WidenBF16(Vector128<ushort> v)

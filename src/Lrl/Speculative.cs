@@ -322,13 +322,14 @@ internal static class SpeculativeRun
         var tree = options.DraftTree is { Length: > 0 } shape && source is HeadsDraft hd && model is ModelBase { SupportsTrees: true } tm
             ? (Shape: shape, Heads: hd, Model: tm) : default;
         var treeTokens = new List<int>();
+        float[] treeLogits = [];
         var treeParents = new List<int>();
         while (more)
         {
             int pos = g.Held.Count;
             if (tree.Heads is not null)
             {
-                more = TreeStep(tree.Model, tree.Heads, tree.Shape, state, g, pos, treeTokens, treeParents, hidden, emit);
+                more = TreeStep(tree.Model, tree.Heads, tree.Shape, state, g, pos, treeTokens, treeParents, hidden, ref treeLogits, emit);
                 foreach (var t in emit) yield return t;
                 emit.Clear();
                 continue;
@@ -356,10 +357,12 @@ internal static class SpeculativeRun
     /// attention), then the generation's own sampling from the root down (<see cref="TreeAccept"/>).
     /// </summary>
     private static bool TreeStep(ModelBase model, HeadsDraft heads, int[] shape, ISequenceState state, Generation g, int pos,
-                                 List<int> tokens, List<int> parents, float[] hidden, List<GeneratedToken> emit)
+                                 List<int> tokens, List<int> parents, float[] hidden, ref float[] logitsBuffer, List<GeneratedToken> emit)
     {
         var (rowTokens, rowParents) = TreePropose(heads, shape, g, model.ContextLength, tokens, parents);
-        var logits = new float[rowTokens.Length * model.VocabSize];
+        int need = rowTokens.Length * model.VocabSize;
+        if (logitsBuffer.Length < need) logitsBuffer = new float[need]; // grown once to the largest tree, not per step
+        var logits = logitsBuffer.AsSpan(0, need);
         model.ForwardTree(state, rowTokens, rowParents, pos, logits);
         int cur;
         bool more = TreeAccept(model, g, state, pos, rowTokens, rowParents, logits, emit, out cur);
@@ -394,19 +397,17 @@ internal static class SpeculativeRun
     /// statistics and the adaptive length. <paramref name="last"/>: the node the pending token was sampled from.
     /// </summary>
     internal static bool TreeAccept(ModelBase model, Generation g, ISequenceState state, int pos, int[] rowTokens, int[] rowParents,
-                                    ReadOnlySpan<float> logitsRows, List<GeneratedToken> emit, out int last)
+                                    Span<float> logitsRows, List<GeneratedToken> emit, out int last)
     {
         var stats = g.Stats;
         int vocab = model.VocabSize, rows = rowTokens.Length, n = rows - 1;
         g.NextRan();
         var path = new List<int> { 0 };
         int cur = 0, accepted = 0;
-        var row = new float[vocab];
         bool more;
         while (true)
         {
-            logitsRows.Slice(cur * vocab, vocab).CopyTo(row); // the sampler may change its logits (penalties)
-            more = g.Accept(row, emit);
+            more = g.Accept(logitsRows.Slice(cur * vocab, vocab), emit); // each row is sampled once (in place: penalties)
             if (!more) break;
             int child = -1;
             for (int c = cur + 1; c < rows; c++)

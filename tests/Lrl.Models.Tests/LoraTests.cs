@@ -339,6 +339,10 @@ public class LoraTests
     /// head to the embedding, so the oracle is a copy of the base with the adapted table and the old table as an untied
     /// head). With a q/c_attn pair beside it, on the CPU and the float64 reference, in a batched step beside the base.
     /// </summary>
+    /// <summary>The checkpoint's tensor for an embedding module (GPT-2 checkpoints may drop the "transformer." prefix).</summary>
+    private static string EmbeddingName(Checkpoint ck, string module) =>
+        ck.Contains(module + ".weight") ? module + ".weight" : module.Split('.')[^1] + ".weight";
+
     /// <summary>
     /// A copy of the checkpoint in <paramref name="dir"/> (f32) with <paramref name="table"/> as its token embedding and
     /// <paramref name="head"/> as an untied lm_head: the oracle for adapted or replaced embeddings and heads.
@@ -366,7 +370,7 @@ public class LoraTests
         var dir = SharedData.Model(name);
         using var tmp = new LoraFiles.TempDir();
         using var baseCk = Checkpoint.Open(dir);
-        string embedName = baseCk.Contains(module + ".weight") ? module + ".weight" : module.Split('.')[^1] + ".weight";
+        string embedName = EmbeddingName(baseCk, module);
         var e = baseCk.Get(embedName);
         int vocab = e.Shape[0], hidden = e.Shape[1];
         var rng = new Random(rank);
@@ -442,7 +446,7 @@ public class LoraTests
         var dir = SharedData.Model(name);
         using var tmp = new LoraFiles.TempDir();
         using var baseCk = Checkpoint.Open(dir);
-        string embedName = baseCk.Contains(module + ".weight") ? module + ".weight" : module.Split('.')[^1] + ".weight";
+        string embedName = EmbeddingName(baseCk, module);
         var e = baseCk.Get(embedName);
         int vocab = e.Shape[0], hidden = e.Shape[1];
         var rng = new Random(vocab + (replaceHead ? 1 : 0));
