@@ -6,42 +6,56 @@ using System.Runtime.Intrinsics.X86;
 namespace Lrl.Cpu;
 
 /// <summary>
-/// Causal attention over the KV cache. Each item covers one query row, one kv head (with its whole group of query heads,
-/// so every key and value row is read once per GQA group) and one chunk of the row's visible positions (split-K, as
-/// flash-decoding): models with few kv heads (SmolLM2-135M has 3) would otherwise leave threads idle. A chunk keeps
-/// its scores' max, their exp-sum and its unnormalized output; the caller merges the chunks.
+/// Causal attention over the KV cache, with split-K chunks (as flash-decoding) and query tiles (as flash-attention).
 /// <para>
-/// A row's chunks depend only on its own position count (<see cref="Chunks"/>), never on the other rows of the call or
-/// the thread count: a row of a speculative verify step, of a batched chunk or of a prompt computes bit for bit what
-/// the same row decoded alone computes, so greedy speculative decoding reproduces plain greedy decoding exactly (even
-/// where int8 activation rounding would turn a last-bit difference into a different token), and a prompt gives the
-/// same cache however it is split into chunks. Calls run in blocks of rows whose merge buffers fit a fixed budget.
+/// A row that attends to n positions splits them into chunks at fixed positions: [0, L), [L, 2L), ... with
+/// L = <see cref="ChunkLength"/>(n) (128 up to 32,768 positions). Each chunk keeps its scores' max, their exp-sum and its
+/// unnormalized output; <see cref="MergeChunks"/> combines them. Every score, exponential, sum and weighted sum of a row
+/// depends on the row's query, its own position count and the cache alone, never on the other rows of the call, how
+/// they are grouped or the thread count: a row of a prompt, of a speculative verify step or of a batched chunk computes
+/// bit for bit what the same row decoded alone computes, so greedy speculative decoding reproduces plain greedy decoding
+/// exactly (int8 activation rounding would turn a last-bit difference into a different token), and a prompt gives the
+/// same cache however it is split into chunks.
 /// </para>
-/// <para>
-/// Tree mode (<see cref="RunTree"/>, speculative verification of a tree of candidates): node r attends over its own
-/// virtual sequence, the cached prefix then its ancestors' and its own slots, through the same chunks and arithmetic
-/// as a lone decode row at the end of that sequence, so each node too is bit for bit the row plain decoding would
-/// compute there.
-/// </para>
-/// Scratch per thread, sized once to the cache.
+/// Two schedules run that arithmetic:
+/// <list type="bullet">
+/// <item>Tiles (prompts, long verify steps): an item is <see cref="TileRows"/> query rows and one kv head; it walks the
+/// tile's chunks, so each key and value row is read once for all the tile's rows and all the query heads of the GQA group
+/// (the per-row kernel read the cache once per row: a 512-token prompt ran at ~15-30 GFLOP/s), and merges them in its own
+/// scratch.</item>
+/// <item>Chunks (decode steps, short verify steps, tree nodes): an item is one row, one kv head and one chunk, so a decode
+/// step over a long context still gives every thread work with few kv heads (SmolLM2-135M has 3); the calling thread
+/// merges. A tree node (<see cref="RunTree"/>) attends over its own virtual sequence, the cached prefix then its
+/// ancestors' and its own slots, as a lone decode row at the end of that sequence.</item>
+/// </list>
+/// Scratch per thread, sized once to the cache and 64-byte aligned, so that the vectorized softmax sees every row's scores
+/// at the same alignment whichever schedule ran it.
 /// </summary>
 internal sealed unsafe class AttentionJob : IParallelJob
 {
-    /// <summary>
-    /// Positions per chunk (split-K): short rows stay whole (a prompt's rows, most decode steps of a short context), long
-    /// ones split so that a decode row's few kv heads still give every thread work.
-    /// </summary>
+    /// <summary>Positions per chunk (split-K) up to <see cref="MaxChunksPerRow"/> chunks; past it the chunk length doubles.</summary>
     internal const int ChunkPositions = 128;
-    /// <summary>Most chunks a row splits into (past it the chunks grow): bounds the per-item overhead and merge buffers.</summary>
-    internal const int MaxChunksPerRow = 64;
-    /// <summary>Floats of merge buffers per dispatch; a call's rows run in blocks that fit.</summary>
+    /// <summary>Most chunks a row splits into: bounds the merge buffers.</summary>
+    internal const int MaxChunksPerRow = 256;
+    /// <summary>Query rows per tile item.</summary>
+    internal const int TileRows = 8;
+    /// <summary>Floats of merge buffers per dispatch of the chunk schedule; a call's rows run in blocks that fit.</summary>
     private const long PartialBudget = 4L << 20;
 
-    private readonly float[][] _scores;
+    /// <summary>Per-thread scratch: scores [queries][stride], then a tile's chunk outputs and their (max, sum) pairs.</summary>
+    private sealed class Scratch
+    {
+        public float[] Memory = [];
+        public float* Scores, Partial, Stats;
+        public int Queries, Stride, Chunks, HeadDim;
+    }
+
+    private readonly Scratch[] _scratch;
     private float[] _partial = [], _stats = [];
     private float[] _q = [], _k = [], _v = [], _o = [];
-    private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks; // _chunks: item slots per row and kv head (the most any row uses)
-    private int _first; // the current block's first row of the call
+    private int _row0, _pos0, _heads, _kvHeads, _headDim, _chunks; // _chunks: the chunk schedule's slots per row and kv head
+    private int _first; // the chunk schedule's current block: its first row of the call
+    private int _tiles, _rows; // _tiles > 0: the tile schedule, over the call's _rows rows
     private float _scale;
     // Tree mode: node r's path (its ancestors' and its own slot offsets from pos0, root first) at _paths[r * _pathStride ..],
     // its length at _depths[r].
@@ -51,8 +65,8 @@ internal sealed unsafe class AttentionJob : IParallelJob
 
     public AttentionJob(int threads)
     {
-        _scores = new float[threads][];
-        for (int i = 0; i < threads; i++) _scores[i] = [];
+        _scratch = new Scratch[threads];
+        for (int i = 0; i < threads; i++) _scratch[i] = new Scratch();
     }
 
     /// <summary>Attends query rows row0 .. row0+rows-1 of q (positions pos0 ..) into the same rows of o.</summary>
@@ -61,7 +75,17 @@ internal sealed unsafe class AttentionJob : IParallelJob
     {
         Prepare(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim);
         _tree = false;
-        RunRows(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + rows);
+        int tiles = (rows + TileRows - 1) / TileRows;
+        // Tiles where they give every thread a few items and all their rows share one chunk length.
+        if (rows > 1 && tiles * kvHeads >= 3 * pool.ThreadCount && ChunkLength(pos0 + 1) == ChunkLength(pos0 + rows))
+        {
+            Bind(q, k, v, o, row0, pos0, heads, kvHeads, headDim, scale);
+            _tiles = tiles; _rows = rows;
+            try { pool.Run(this, tiles * kvHeads); }
+            finally { _tiles = 0; _q = _k = _v = _o = []; }
+            return;
+        }
+        RunChunks(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + rows);
     }
 
     /// <summary>
@@ -88,11 +112,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
             deepest = Math.Max(deepest, d);
         }
         _tree = true;
-        try { RunRows(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + deepest); }
+        try { RunChunks(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + deepest); }
         finally { _tree = false; }
     }
 
-    /// <summary>Checks a call's shapes against the buffers and sizes the per-thread score scratch to the cache.</summary>
+    /// <summary>Checks a call's shapes against the buffers and sizes the per-thread scratch to the cache.</summary>
     private void Prepare(float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim)
     {
         if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"heads {heads} is not a multiple of kv heads {kvHeads}");
@@ -100,37 +124,57 @@ internal sealed unsafe class AttentionJob : IParallelJob
             throw new ArgumentOutOfRangeException(nameof(rows), $"attention: rows {row0}..{row0 + rows - 1} exceed the q/output buffers");
         if ((long)(pos0 + rows) * kvHeads * headDim > Math.Min(k.Length, v.Length))
             throw new ArgumentOutOfRangeException(nameof(pos0), $"attention: positions up to {pos0 + rows - 1} exceed the cache");
-        int capacity = k.Length / (kvHeads * headDim); // scratch sized once to the whole cache: no growth mid-sequence
-        int group = heads / kvHeads;
-        for (int i = 0; i < _scores.Length; i++)
-            if (_scores[i].Length < capacity * group) _scores[i] = new float[capacity * group];
+        // Scratch sized once to the whole cache: no growth mid-sequence.
+        int capacity = Math.Max(1, k.Length / (kvHeads * headDim));
+        int queries = TileRows * (heads / kvHeads), stride = (ChunkLength(capacity) + 15) & ~15, chunks = Chunks(capacity);
+        foreach (var s in _scratch)
+        {
+            if (s.Queries >= queries && s.Stride >= stride && s.Chunks >= chunks && s.HeadDim >= headDim) continue;
+            s.Queries = Math.Max(s.Queries, queries); s.Stride = Math.Max(s.Stride, stride);
+            s.Chunks = Math.Max(s.Chunks, chunks); s.HeadDim = Math.Max(s.HeadDim, headDim);
+            long scores = (long)s.Queries * s.Stride, partial = (long)s.Chunks * s.Queries * s.HeadDim, stats = (long)s.Chunks * s.Queries * 2;
+            s.Memory = GC.AllocateUninitializedArray<float>(checked((int)(scores + partial + stats + 16)), pinned: true);
+            float* p = (float*)(((nint)Unsafe.AsPointer(ref s.Memory[0]) + 63) & ~(nint)63);
+            s.Scores = p; s.Partial = p + scores; s.Stats = p + scores + partial;
+        }
     }
 
-    /// <summary>The call's rows in blocks whose merge buffers stay within <see cref="PartialBudget"/> floats.</summary>
-    private void RunRows(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
-                         int heads, int kvHeads, int headDim, float scale, int mostPositions)
+    private void Bind(float[] q, float[] k, float[] v, float[] o, int row0, int pos0, int heads, int kvHeads, int headDim, float scale)
     {
         _q = q; _k = k; _v = v; _o = o; _row0 = row0; _pos0 = pos0; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _scale = scale;
+    }
+
+    /// <summary>The chunk schedule: the call's rows in blocks whose merge buffers stay within <see cref="PartialBudget"/> floats.</summary>
+    private void RunChunks(WorkerPool pool, float[] q, float[] k, float[] v, float[] o, int row0, int rows, int pos0,
+                           int heads, int kvHeads, int headDim, float scale, int mostPositions)
+    {
+        Bind(q, k, v, o, row0, pos0, heads, kvHeads, headDim, scale);
         int group = heads / kvHeads;
         // Chunks() grows with the position count, so mostPositions sets the most any row of the call has.
         _chunks = Chunks(mostPositions);
         long perRow = (long)kvHeads * _chunks * group;
-        int blockRows = _chunks == 1 ? rows : (int)Math.Clamp(PartialBudget / (perRow * headDim), 1, Math.Max(1, rows));
-        if (_chunks > 1)
-        {
-            long most = Math.Min(rows, blockRows) * perRow;
-            if (_partial.Length < most * headDim) _partial = new float[most * headDim];
-            if (_stats.Length < most * 2) _stats = new float[most * 2];
-        }
+        int blockRows = (int)Math.Clamp(PartialBudget / (perRow * headDim), 1, Math.Max(1, rows));
+        long most = Math.Min(rows, blockRows) * perRow;
+        if (_partial.Length < most * headDim) _partial = new float[most * headDim];
+        if (_stats.Length < most * 2) _stats = new float[most * 2];
         try
         {
             for (_first = 0; _first < rows; _first += blockRows)
             {
                 int block = Math.Min(blockRows, rows - _first);
                 pool.Run(this, block * kvHeads * _chunks);
-                if (_chunks > 1)
-                    for (int r = 0; r < block; r++)
-                        if (Chunks(Positions(_first + r)) > 1) Merge(r, group);
+                fixed (float* pp = _partial, st = _stats, op = _o)
+                    for (int b = 0; b < block; b++)
+                    {
+                        int chunks = Chunks(Positions(_first + b));
+                        for (int kvh = 0; kvh < _kvHeads; kvh++)
+                            for (int g = 0; g < group; g++)
+                            {
+                                long slot = Slot(b, kvh, 0, group, g);
+                                MergeChunks(pp + slot * headDim, (long)group * headDim, st + slot * 2, group * 2L, chunks, headDim,
+                                            op + ((long)(_row0 + _first + b) * _heads + kvh * group + g) * headDim);
+                            }
+                    }
             }
         }
         finally { _q = _k = _v = _o = []; }
@@ -140,11 +184,18 @@ internal sealed unsafe class AttentionJob : IParallelJob
     private int Positions(int r) => _tree ? _pos0 + _depths[r] : _pos0 + r + 1;
 
     /// <summary>
-    /// Position chunks of a row that attends to <paramref name="n"/> positions: one per <see cref="ChunkPositions"/>
-    /// (at most <see cref="MaxChunksPerRow"/>), of equal length. A function of n alone: neither the other rows of the
-    /// call nor the thread count change a row's arithmetic.
+    /// Chunk length of a row that attends to <paramref name="n"/> positions: <see cref="ChunkPositions"/>, doubled until
+    /// at most <see cref="MaxChunksPerRow"/> chunks cover n. A function of n alone.
     /// </summary>
-    internal static int Chunks(int n) => Math.Clamp((n + ChunkPositions - 1) / ChunkPositions, 1, MaxChunksPerRow);
+    internal static int ChunkLength(int n)
+    {
+        int l = ChunkPositions;
+        while ((n + (long)l - 1) / l > MaxChunksPerRow) l *= 2;
+        return l;
+    }
+
+    /// <summary>Chunks of a row that attends to <paramref name="n"/> positions (at least one).</summary>
+    internal static int Chunks(int n) => Math.Max(1, (int)((n + (long)ChunkLength(n) - 1) / ChunkLength(n)));
 
     /// <summary>The cache row of position t of the row's (virtual) sequence.</summary>
     private interface IRowMap { long Row(int t); }
@@ -163,143 +214,251 @@ internal sealed unsafe class AttentionJob : IParallelJob
 
     public void Execute(int item, int worker)
     {
-        if (!_tree) { Execute(item, worker, new Linear()); return; }
+        if (_tiles > 0) { ExecuteTile(item, worker); return; }
+        if (!_tree) { ExecuteChunk(item, worker, new Linear()); return; }
         fixed (int* paths = _paths)
         {
             int r = _first + item / (_kvHeads * _chunks);
-            Execute(item, worker, new PathMap(_pos0, paths + (long)r * _pathStride));
+            ExecuteChunk(item, worker, new PathMap(_pos0, paths + (long)r * _pathStride));
         }
     }
 
+    /// <summary>The chunk schedule's item: one row, one kv head (its group of query heads), one chunk.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Execute<TMap>(int item, int worker, TMap map) where TMap : struct, IRowMap
+    private void ExecuteChunk<TMap>(int item, int worker, TMap map) where TMap : struct, IRowMap
     {
         int perRow = _kvHeads * _chunks;
         // b: the row within the block (its merge slots); r: within the call.
         int b = item / perRow, r = _first + b, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
-        int chunks = Chunks(Positions(r));
-        if (c >= chunks) return; // an earlier row with fewer chunks than the call's slots
-        int hd = _headDim, kvDim = _kvHeads * hd, group = _heads / _kvHeads;
-        int n = Positions(r), chunkLen = (n + chunks - 1) / chunks;
-        int t0 = c * chunkLen, t1 = chunks == 1 ? n : Math.Min(n, t0 + chunkLen);
-        int len = Math.Max(0, t1 - t0);
-        bool final = chunks == 1;
-        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o, sp0 = _scores[worker], pp0 = _partial, st0 = _stats)
+        int n = Positions(r), L = ChunkLength(n);
+        if (c >= Chunks(n)) return; // a row with fewer chunks than the call's slots
+        int hd = _headDim, group = _heads / _kvHeads;
+        int t0 = c * L, len = Math.Min(n, t0 + L) - t0;
+        var s = _scratch[worker];
+        float** qs = stackalloc float*[group];
+        float** outs = stackalloc float*[group];
+        float** stats = stackalloc float*[group];
+        int* lens = stackalloc int[group];
+        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, pp0 = _partial, st0 = _stats)
         {
-            // Row t of the chunk: key kb + Row(t0 + t)·kvDim, value likewise.
-            float* kb = kp0 + kvh * hd, vb = vp0 + kvh * hd;
-            int h0 = kvh * group;
-            // Scores: each key row once for the whole group. The cache rows of past tokens are cold (a token streams the
-            // whole model's weights between two visits of a layer) and strided, so the hardware prefetcher does little:
-            // prefetch keys a few rows ahead and each value row as its key is read, for the weighted sum that follows.
-            const int Ahead = 8;
-            int lines = (hd * sizeof(float) + 63) / 64;
-            bool prefetch = Sse.IsSupported;
-            if (prefetch)
-                for (int t = 0; t < Math.Min(Ahead, len); t++)
-                    for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kb + map.Row(t0 + t) * kvDim) + 64 * l);
-            int t4 = Avx.IsSupported && hd % 8 == 0 ? len / 4 * 4 : 0;
-            var scale4 = Vector128.Create(_scale);
-            for (int t = 0; t < len; t++)
+            for (int g = 0; g < group; g++)
+            {
+                long slot = Slot(b, kvh, c, group, g);
+                qs[g] = qp0 + ((long)qr * _heads + kvh * group + g) * hd;
+                outs[g] = pp0 + slot * hd;
+                stats[g] = st0 + slot * 2;
+                lens[g] = len;
+            }
+            AttendChunk(map, kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, group, hd, _scale, s.Scores, s.Stride, outs, stats);
+        }
+    }
+
+    /// <summary>
+    /// The tile schedule's item: <see cref="TileRows"/> rows and one kv head, every chunk of the tile, then each row's merge.
+    /// Items run the last tiles (the most positions) first.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void ExecuteTile(int item, int worker)
+    {
+        int tile = _tiles - 1 - item / _kvHeads, kvh = item % _kvHeads;
+        int group = _heads / _kvHeads, hd = _headDim;
+        int a = tile * TileRows, bEnd = Math.Min(a + TileRows, _rows);
+        int nLast = _pos0 + bEnd, L = ChunkLength(nLast), chunks = Chunks(nLast);
+        var s = _scratch[worker];
+        int qn = (bEnd - a) * group;
+        float** qs = stackalloc float*[qn];
+        float** outs = stackalloc float*[qn];
+        float** stats = stackalloc float*[qn];
+        int* lens = stackalloc int[qn];
+        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, op0 = _o)
+        {
+            for (int c = 0; c < chunks; c++)
+            {
+                int t0 = c * L;
+                // Rows that reach into chunk c: n = pos0 + r + 1 > t0.
+                int rFirst = Math.Max(a, t0 - _pos0);
+                int count = 0;
+                for (int r = rFirst; r < bEnd; r++)
+                {
+                    int n = _pos0 + r + 1, len = Math.Min(n, t0 + L) - t0;
+                    for (int g = 0; g < group; g++, count++)
+                    {
+                        int qi = (r - a) * group + g;
+                        qs[count] = qp0 + ((long)(_row0 + r) * _heads + kvh * group + g) * hd;
+                        lens[count] = len;
+                        outs[count] = s.Partial + ((long)c * s.Queries + qi) * s.HeadDim;
+                        stats[count] = s.Stats + ((long)c * s.Queries + qi) * 2;
+                    }
+                }
+                if (count > 0)
+                    AttendChunk(new Linear(), kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, count, hd, _scale, s.Scores, s.Stride, outs, stats);
+            }
+            for (int r = a; r < bEnd; r++)
+            {
+                int rc = Chunks(_pos0 + r + 1);
+                for (int g = 0; g < group; g++)
+                {
+                    int qi = (r - a) * group + g;
+                    MergeChunks(s.Partial + (long)qi * s.HeadDim, (long)s.Queries * s.HeadDim, s.Stats + (long)qi * 2, (long)s.Queries * 2, rc, hd,
+                                op0 + ((long)(_row0 + r) * _heads + kvh * group + g) * hd);
+                }
+            }
+        }
+    }
+
+    /// <summary>Where chunk <paramref name="c"/> of the block's row <paramref name="b"/>, kv head <paramref name="kvh"/>, head <paramref name="g"/> of its group keeps its partial result (chunk schedule).</summary>
+    private long Slot(int b, int kvh, int c, int group, int g) => (((long)b * _kvHeads + kvh) * _chunks + c) * group + g;
+
+    /// <summary>
+    /// One chunk of positions t0 .. for <paramref name="count"/> queries that share a kv head: query i attends to the
+    /// chunk's first lens[i] positions (lens non-decreasing), and leaves its unnormalized output at outs[i] and its
+    /// scores' (max, exp-sum) at stats[i]. Every query's arithmetic is the same whatever the other queries are.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AttendChunk<TMap>(TMap map, float* kb, float* vb, int kvDim, int t0, float** qs, int* lens, int count, int hd,
+                                          float scale, float* scores, int stride, float** outs, float** stats) where TMap : struct, IRowMap
+    {
+        int maxLen = lens[count - 1];
+        // The cache rows of past tokens are cold in decode (a token streams the whole model's weights between two visits
+        // of a layer) and strided, so the hardware prefetcher does little: prefetch keys a few rows ahead and each value
+        // row as its key is read, for the weighted sum that follows.
+        const int Ahead = 8;
+        int lines = (hd * sizeof(float) + 63) / 64;
+        bool prefetch = Sse.IsSupported;
+        if (prefetch)
+            for (int t = 0; t < Math.Min(Ahead, maxLen); t++)
+                for (int l = 0; l < lines; l++) Sse.Prefetch0((byte*)(kb + map.Row(t0 + t) * kvDim) + 64 * l);
+        int lo = 0; // the first query that reaches position t
+        if (Avx.IsSupported && hd % 8 == 0)
+        {
+            // Scores four keys at a time, two queries at a time: each score is Dot4's arithmetic for its (query, key) pair.
+            var scale4 = Vector128.Create(scale);
+            for (int t = 0; t < maxLen; t += 4)
+            {
+                float* k0 = kb + map.Row(t0 + t) * kvDim;
+                float* k1 = t + 1 < maxLen ? kb + map.Row(t0 + t + 1) * kvDim : k0;
+                float* k2 = t + 2 < maxLen ? kb + map.Row(t0 + t + 2) * kvDim : k0;
+                float* k3 = t + 3 < maxLen ? kb + map.Row(t0 + t + 3) * kvDim : k0;
+                if (prefetch)
+                    for (int j = 0; j < 4 && t + j < maxLen; j++)
+                    {
+                        byte* kn = t + Ahead + j < maxLen ? (byte*)(kb + map.Row(t0 + t + Ahead + j) * kvDim) : null;
+                        byte* va = (byte*)(vb + map.Row(t0 + t + j) * kvDim);
+                        for (int l = 0; l < lines; l++)
+                        {
+                            if (kn != null) Sse.Prefetch0(kn + 64 * l);
+                            Sse.Prefetch0(va + 64 * l);
+                        }
+                    }
+                while (lens[lo] <= t) lo++;
+                int i = lo;
+                for (; i + 1 < count; i += 2)
+                {
+                    Dot2x4(qs[i], qs[i + 1], k0, k1, k2, k3, hd, out var a, out var b);
+                    (a * scale4).Store(scores + (long)i * stride + t);
+                    (b * scale4).Store(scores + (long)(i + 1) * stride + t);
+                }
+                if (i < count) (Dot4(qs[i], k0, k1, k2, k3, hd) * scale4).Store(scores + (long)i * stride + t);
+            }
+        }
+        else
+        {
+            for (int t = 0; t < maxLen; t++)
             {
                 float* kt = kb + map.Row(t0 + t) * kvDim;
                 if (prefetch)
                 {
                     byte* va = (byte*)(vb + map.Row(t0 + t) * kvDim);
-                    for (int l = 0; l < lines; l++)
-                    {
-                        if (t + Ahead < len) Sse.Prefetch0((byte*)(kb + map.Row(t0 + t + Ahead) * kvDim) + 64 * l);
-                        Sse.Prefetch0(va + 64 * l);
-                    }
+                    for (int l = 0; l < lines; l++) Sse.Prefetch0(va + 64 * l);
                 }
-                if (t < t4)
-                {
-                    // Four keys at a time (t is a multiple of 4 here): four independent FMA chains and one horizontal
-                    // reduction for all four scores, instead of a full reduction per score.
-                    if ((t & 3) == 3)
-                    {
-                        float* k0 = kb + map.Row(t0 + t - 3) * kvDim, k1 = kb + map.Row(t0 + t - 2) * kvDim, k2 = kb + map.Row(t0 + t - 1) * kvDim;
-                        for (int g = 0; g < group; g++)
-                            (Dot4(qp0 + (qr * _heads + h0 + g) * hd, k0, k1, k2, kt, hd) * scale4).Store(sp0 + (long)g * len + t - 3);
-                    }
-                    continue;
-                }
-                for (int g = 0; g < group; g++)
-                    sp0[(long)g * len + t] = Dot(qp0 + (qr * _heads + h0 + g) * hd, kt, hd) * _scale;
+                while (lens[lo] <= t) lo++;
+                for (int i = lo; i < count; i++) scores[(long)i * stride + t] = Dot(qs[i], kt, hd) * scale;
             }
-            Span<float> maxes = stackalloc float[group], sums = stackalloc float[group];
-            for (int g = 0; g < group; g++)
+        }
+        for (int i = 0; i < count; i++)
+        {
+            var s = new Span<float>(scores + (long)i * stride, lens[i]);
+            float max = TensorPrimitives.Max(s);
+            TensorPrimitives.Subtract(s, max, s);
+            // e^-60 ≈ 1e-26 is nothing next to the max's e^0, and keeps the weights (and their products) out of the
+            // denormal range, where every multiply would cost a microcode assist.
+            TensorPrimitives.Max(s, -60f, s);
+            TensorPrimitives.Exp(s, s);
+            stats[i][0] = max;
+            stats[i][1] = TensorPrimitives.Sum(s);
+        }
+        // Weighted sums four queries at a time (the last group padded with copies of its last query, which compute and
+        // store the same values), each value row read once for the four; a query whose positions end earlier drops out.
+        int* idx = stackalloc int[4];
+        for (int i = 0; i < count; i += 4)
+        {
+            idx[0] = i; idx[1] = Math.Min(i + 1, count - 1); idx[2] = Math.Min(i + 2, count - 1); idx[3] = Math.Min(i + 3, count - 1);
+            int ts = 0;
+            for (int j = 0; j < 4; j++)
             {
-                var s = new Span<float>(sp0 + (long)g * len, len);
-                float max = float.NegativeInfinity, sum = 0;
-                if (len > 0)
-                {
-                    max = TensorPrimitives.Max(s);
-                    TensorPrimitives.Subtract(s, max, s);
-                    // e^-60 ≈ 1e-26 is nothing next to the max's e^0, and keeps the weights (and their products) out of
-                    // the denormal range, where every multiply would cost a microcode assist.
-                    TensorPrimitives.Max(s, -60f, s);
-                    TensorPrimitives.Exp(s, s);
-                    sum = TensorPrimitives.Sum(s);
-                }
-                maxes[g] = max; sums[g] = sum;
-            }
-            // Values in blocks of positions (a block's rows stay in L1 while every head of the group reads them).
-            const int Block = 64;
-            for (int tb = 0; tb < Math.Max(len, 1); tb += Block)
-            {
-                int bl = Math.Min(Block, len - tb);
-                for (int g = 0; g < group; g++)
-                {
-                    float* dst = final ? op0 + (qr * _heads + h0 + g) * hd : pp0 + Slot(b, kvh, c, group, g) * hd;
-                    WeightedSum(vb, kvDim, map, t0 + tb, sp0 + (long)g * len + tb, Math.Max(bl, 0), hd, dst, tb > 0);
-                }
-            }
-            for (int g = 0; g < group; g++)
-            {
-                if (final)
-                {
-                    if (sums[g] > 0) TensorPrimitives.Multiply(new Span<float>(op0 + (qr * _heads + h0 + g) * hd, hd), 1f / sums[g], new Span<float>(op0 + (qr * _heads + h0 + g) * hd, hd));
-                }
-                else
-                {
-                    long slot = Slot(b, kvh, c, group, g);
-                    st0[slot * 2] = maxes[g];
-                    st0[slot * 2 + 1] = sums[g];
-                }
+                int te = lens[idx[j]];
+                if (te <= ts) continue;
+                // Queries j..3 still run over [ts, te).
+                int a0 = idx[j], a1 = idx[Math.Max(j, 1)], a2 = idx[Math.Max(j, 2)], a3 = idx[3];
+                WeightedSum4(vb, kvDim, map, t0, ts, te, hd,
+                             scores + (long)a0 * stride, scores + (long)a1 * stride, scores + (long)a2 * stride, scores + (long)a3 * stride,
+                             outs[a0], outs[a1], outs[a2], outs[a3]);
+                ts = te;
             }
         }
     }
 
-    /// <summary>Where chunk <paramref name="c"/> of the block's row <paramref name="b"/>, kv head <paramref name="kvh"/>, head <paramref name="g"/> of its group keeps its partial result.</summary>
-    private long Slot(int b, int kvh, int c, int group, int g) => (((long)b * _kvHeads + kvh) * _chunks + c) * group + g;
-
-    /// <summary>Merges the chunks of each head of the block's row <paramref name="b"/>: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c.</summary>
-    private void Merge(int b, int group)
+    /// <summary>
+    /// Merges a head's chunk results (chunk c's output at partial + c·partialStride, its (max, sum) at stats + c·statStride)
+    /// into dst: o = Σ e^(m_c − M) o_c / Σ e^(m_c − M) l_c. One chunk gives o_0 / l_0 exactly.
+    /// </summary>
+    private static void MergeChunks(float* partial, long partialStride, float* stats, long statStride, int chunks, int hd, float* dst)
     {
-        int hd = _headDim, r = _first + b, chunks = Chunks(Positions(r));
-        for (int kvh = 0; kvh < _kvHeads; kvh++)
-            for (int g = 0; g < group; g++)
-            {
-                float m = float.NegativeInfinity;
-                for (int c = 0; c < chunks; c++) m = Math.Max(m, _stats[Slot(b, kvh, c, group, g) * 2]);
-                var o = _o.AsSpan(((_row0 + r) * _heads + kvh * group + g) * hd, hd);
-                o.Clear();
-                float den = 0;
-                for (int c = 0; c < chunks; c++)
-                {
-                    long slot = Slot(b, kvh, c, group, g);
-                    float l = _stats[slot * 2 + 1];
-                    if (l == 0) continue;
-                    float f = MathF.Exp(_stats[slot * 2] - m);
-                    den += f * l;
-                    TensorPrimitives.MultiplyAdd(_partial.AsSpan((int)(slot * hd), hd), f, o, o);
-                }
-                TensorPrimitives.Multiply(o, 1f / den, o);
-            }
+        float m = float.NegativeInfinity;
+        for (int c = 0; c < chunks; c++) m = Math.Max(m, stats[c * statStride]);
+        var o = new Span<float>(dst, hd);
+        o.Clear();
+        float den = 0;
+        for (int c = 0; c < chunks; c++)
+        {
+            float l = stats[c * statStride + 1];
+            if (l == 0) continue;
+            float f = MathF.Exp(stats[c * statStride] - m);
+            den += f * l;
+            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(partial + c * partialStride, hd), f, o, o);
+        }
+        TensorPrimitives.Multiply(o, 1f / den, o);
     }
 
-    /// <summary>q·k for four key rows, n a multiple of 8.</summary>
+    /// <summary>Dot4 for two queries at once (each score the same arithmetic as <see cref="Dot4"/>), n a multiple of 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot2x4(float* qa, float* qb, float* k0, float* k1, float* k2, float* k3, int n, out Vector128<float> ra, out Vector128<float> rb)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        for (int i = 0; i < n; i += 8)
+        {
+            var x = Vector256.Load(qa + i);
+            var y = Vector256.Load(qb + i);
+            var w0 = Vector256.Load(k0 + i);
+            a0 = Vector256.FusedMultiplyAdd(x, w0, a0);
+            b0 = Vector256.FusedMultiplyAdd(y, w0, b0);
+            var w1 = Vector256.Load(k1 + i);
+            a1 = Vector256.FusedMultiplyAdd(x, w1, a1);
+            b1 = Vector256.FusedMultiplyAdd(y, w1, b1);
+            var w2 = Vector256.Load(k2 + i);
+            a2 = Vector256.FusedMultiplyAdd(x, w2, a2);
+            b2 = Vector256.FusedMultiplyAdd(y, w2, b2);
+            var w3 = Vector256.Load(k3 + i);
+            a3 = Vector256.FusedMultiplyAdd(x, w3, a3);
+            b3 = Vector256.FusedMultiplyAdd(y, w3, b3);
+        }
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+        ra = h.GetLower() + h.GetUpper();
+        var g = Avx.HorizontalAdd(Avx.HorizontalAdd(b0, b1), Avx.HorizontalAdd(b2, b3));
+        rb = g.GetLower() + g.GetUpper();
+    }
+
+    /// <summary>q·k for four key rows, n a multiple of 8: 8-lane partial sums, then a fixed pairwise reduction per key.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<float> Dot4(float* q, float* k, float* k1, float* k2, float* k3, int n)
     {
@@ -316,86 +475,142 @@ internal sealed unsafe class AttentionJob : IParallelJob
         return h.GetLower() + h.GetUpper();
     }
 
-    /// <summary>a·b over n floats with independent accumulators (the FMA latency chain, not the loads, bounds short dots).</summary>
+    /// <summary>a·b over n floats (head sizes that are not a multiple of 8, or no AVX).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Dot(float* a, float* b, int n)
     {
         int i = 0;
         float s = 0;
-        if (Vector512.IsHardwareAccelerated && n >= 16)
+        if (Vector256.IsHardwareAccelerated && n >= 8)
         {
-            Vector512<float> a0 = default, a1 = default;
-            for (; i + 32 <= n; i += 32)
-            {
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i + 16), Vector512.Load(b + i + 16), a1);
-            }
-            if (i + 16 <= n) { a0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), a0); i += 16; }
-            s = Vector512.Sum(a0 + a1);
-        }
-        else if (Vector256.IsHardwareAccelerated && n >= 8)
-        {
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            for (; i + 32 <= n; i += 32)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 8), Vector256.Load(b + i + 8), a1);
-                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 16), Vector256.Load(b + i + 16), a2);
-                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 24), Vector256.Load(b + i + 24), a3);
-            }
+            Vector256<float> a0 = default;
             for (; i + 8 <= n; i += 8) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), a0);
-            s = Vector256.Sum((a0 + a1) + (a2 + a3));
+            s = Vector256.Sum(a0);
         }
-        for (; i < n; i++) s += a[i] * b[i];
+        else if (Vector128.IsHardwareAccelerated && n >= 4)
+        {
+            Vector128<float> a0 = default;
+            for (; i + 4 <= n; i += 4) a0 = Vector128.FusedMultiplyAdd(Vector128.Load(a + i), Vector128.Load(b + i), a0);
+            s = Vector128.Sum(a0);
+        }
+        for (; i < n; i++) s = MathF.FusedMultiplyAdd(a[i], b[i], s);
         return s;
     }
 
     /// <summary>
-    /// dst[0..hd) (+)= Σ_t w[t]·v_t over positions t0 .. t0+len-1, value row of position t at
-    /// v + map.Row(t)·<paramref name="ld"/>; 64 output floats kept in registers at a time.
+    /// d_j[0..hd) (+= if ts > 0) Σ_{t in [ts, te)} w_j[t]·v_t for four queries j, value row of position t at
+    /// v + map.Row(t0 + t)·<paramref name="ld"/>; each output lane one FMA chain in position order, whatever the vector width.
     /// </summary>
-    private static void WeightedSum<TMap>(float* v, int ld, TMap map, int t0, float* w, int len, int hd, float* dst, bool add) where TMap : struct, IRowMap
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSum4<TMap>(float* v, int ld, TMap map, int t0, int ts, int te, int hd,
+                                           float* w0, float* w1, float* w2, float* w3, float* d0, float* d1, float* d2, float* d3)
+        where TMap : struct, IRowMap
     {
+        bool add = ts > 0;
         int i0 = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (Vector512.IsHardwareAccelerated)
         {
             for (; i0 + 64 <= hd; i0 += 64)
             {
-                float* d = dst + i0;
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
                 if (add)
                 {
-                    a0 = Vector256.Load(d); a1 = Vector256.Load(d + 8); a2 = Vector256.Load(d + 16); a3 = Vector256.Load(d + 24);
-                    a4 = Vector256.Load(d + 32); a5 = Vector256.Load(d + 40); a6 = Vector256.Load(d + 48); a7 = Vector256.Load(d + 56);
+                    a0 = Vector512.Load(d0 + i0); a1 = Vector512.Load(d0 + i0 + 16); a2 = Vector512.Load(d0 + i0 + 32); a3 = Vector512.Load(d0 + i0 + 48);
+                    b0 = Vector512.Load(d1 + i0); b1 = Vector512.Load(d1 + i0 + 16); b2 = Vector512.Load(d1 + i0 + 32); b3 = Vector512.Load(d1 + i0 + 48);
+                    c0 = Vector512.Load(d2 + i0); c1 = Vector512.Load(d2 + i0 + 16); c2 = Vector512.Load(d2 + i0 + 32); c3 = Vector512.Load(d2 + i0 + 48);
+                    e0 = Vector512.Load(d3 + i0); e1 = Vector512.Load(d3 + i0 + 16); e2 = Vector512.Load(d3 + i0 + 32); e3 = Vector512.Load(d3 + i0 + 48);
                 }
-                for (int t = 0; t < len; t++)
+                for (int t = ts; t < te; t++)
                 {
                     float* vt = v + map.Row(t0 + t) * ld + i0;
-                    var x = Vector256.Create(w[t]);
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vt), x, a0);
-                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 8), x, a1);
-                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 16), x, a2);
-                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 24), x, a3);
-                    a4 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 32), x, a4);
-                    a5 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 40), x, a5);
-                    a6 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 48), x, a6);
-                    a7 = Vector256.FusedMultiplyAdd(Vector256.Load(vt + 56), x, a7);
+                    var v0 = Vector512.Load(vt); var v1 = Vector512.Load(vt + 16); var v2 = Vector512.Load(vt + 32); var v3 = Vector512.Load(vt + 48);
+                    var x = Vector512.Create(w0[t]);
+                    a0 = Vector512.FusedMultiplyAdd(v0, x, a0); a1 = Vector512.FusedMultiplyAdd(v1, x, a1);
+                    a2 = Vector512.FusedMultiplyAdd(v2, x, a2); a3 = Vector512.FusedMultiplyAdd(v3, x, a3);
+                    x = Vector512.Create(w1[t]);
+                    b0 = Vector512.FusedMultiplyAdd(v0, x, b0); b1 = Vector512.FusedMultiplyAdd(v1, x, b1);
+                    b2 = Vector512.FusedMultiplyAdd(v2, x, b2); b3 = Vector512.FusedMultiplyAdd(v3, x, b3);
+                    x = Vector512.Create(w2[t]);
+                    c0 = Vector512.FusedMultiplyAdd(v0, x, c0); c1 = Vector512.FusedMultiplyAdd(v1, x, c1);
+                    c2 = Vector512.FusedMultiplyAdd(v2, x, c2); c3 = Vector512.FusedMultiplyAdd(v3, x, c3);
+                    x = Vector512.Create(w3[t]);
+                    e0 = Vector512.FusedMultiplyAdd(v0, x, e0); e1 = Vector512.FusedMultiplyAdd(v1, x, e1);
+                    e2 = Vector512.FusedMultiplyAdd(v2, x, e2); e3 = Vector512.FusedMultiplyAdd(v3, x, e3);
                 }
-                a0.Store(d); a1.Store(d + 8); a2.Store(d + 16); a3.Store(d + 24);
-                a4.Store(d + 32); a5.Store(d + 40); a6.Store(d + 48); a7.Store(d + 56);
+                a0.Store(d0 + i0); a1.Store(d0 + i0 + 16); a2.Store(d0 + i0 + 32); a3.Store(d0 + i0 + 48);
+                b0.Store(d1 + i0); b1.Store(d1 + i0 + 16); b2.Store(d1 + i0 + 32); b3.Store(d1 + i0 + 48);
+                c0.Store(d2 + i0); c1.Store(d2 + i0 + 16); c2.Store(d2 + i0 + 32); c3.Store(d2 + i0 + 48);
+                e0.Store(d3 + i0); e1.Store(d3 + i0 + 16); e2.Store(d3 + i0 + 32); e3.Store(d3 + i0 + 48);
+            }
+            for (; i0 + 16 <= hd; i0 += 16)
+            {
+                Vector512<float> a = add ? Vector512.Load(d0 + i0) : default, b = add ? Vector512.Load(d1 + i0) : default;
+                Vector512<float> c = add ? Vector512.Load(d2 + i0) : default, e = add ? Vector512.Load(d3 + i0) : default;
+                for (int t = ts; t < te; t++)
+                {
+                    var vv = Vector512.Load(v + map.Row(t0 + t) * ld + i0);
+                    a = Vector512.FusedMultiplyAdd(vv, Vector512.Create(w0[t]), a);
+                    b = Vector512.FusedMultiplyAdd(vv, Vector512.Create(w1[t]), b);
+                    c = Vector512.FusedMultiplyAdd(vv, Vector512.Create(w2[t]), c);
+                    e = Vector512.FusedMultiplyAdd(vv, Vector512.Create(w3[t]), e);
+                }
+                a.Store(d0 + i0); b.Store(d1 + i0); c.Store(d2 + i0); e.Store(d3 + i0);
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i0 + 16 <= hd; i0 += 16)
+            {
+                Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default, c0 = default, c1 = default, e0 = default, e1 = default;
+                if (add)
+                {
+                    a0 = Vector256.Load(d0 + i0); a1 = Vector256.Load(d0 + i0 + 8); b0 = Vector256.Load(d1 + i0); b1 = Vector256.Load(d1 + i0 + 8);
+                    c0 = Vector256.Load(d2 + i0); c1 = Vector256.Load(d2 + i0 + 8); e0 = Vector256.Load(d3 + i0); e1 = Vector256.Load(d3 + i0 + 8);
+                }
+                for (int t = ts; t < te; t++)
+                {
+                    float* vt = v + map.Row(t0 + t) * ld + i0;
+                    var v0 = Vector256.Load(vt); var v1 = Vector256.Load(vt + 8);
+                    var x = Vector256.Create(w0[t]);
+                    a0 = Vector256.FusedMultiplyAdd(v0, x, a0); a1 = Vector256.FusedMultiplyAdd(v1, x, a1);
+                    x = Vector256.Create(w1[t]);
+                    b0 = Vector256.FusedMultiplyAdd(v0, x, b0); b1 = Vector256.FusedMultiplyAdd(v1, x, b1);
+                    x = Vector256.Create(w2[t]);
+                    c0 = Vector256.FusedMultiplyAdd(v0, x, c0); c1 = Vector256.FusedMultiplyAdd(v1, x, c1);
+                    x = Vector256.Create(w3[t]);
+                    e0 = Vector256.FusedMultiplyAdd(v0, x, e0); e1 = Vector256.FusedMultiplyAdd(v1, x, e1);
+                }
+                a0.Store(d0 + i0); a1.Store(d0 + i0 + 8); b0.Store(d1 + i0); b1.Store(d1 + i0 + 8);
+                c0.Store(d2 + i0); c1.Store(d2 + i0 + 8); e0.Store(d3 + i0); e1.Store(d3 + i0 + 8);
             }
             for (; i0 + 8 <= hd; i0 += 8)
             {
-                Vector256<float> a0 = add ? Vector256.Load(dst + i0) : default;
-                for (int t = 0; t < len; t++) a0 = Vector256.FusedMultiplyAdd(Vector256.Load(v + map.Row(t0 + t) * ld + i0), Vector256.Create(w[t]), a0);
-                a0.Store(dst + i0);
+                Vector256<float> a = add ? Vector256.Load(d0 + i0) : default, b = add ? Vector256.Load(d1 + i0) : default;
+                Vector256<float> c = add ? Vector256.Load(d2 + i0) : default, e = add ? Vector256.Load(d3 + i0) : default;
+                for (int t = ts; t < te; t++)
+                {
+                    var vv = Vector256.Load(v + map.Row(t0 + t) * ld + i0);
+                    a = Vector256.FusedMultiplyAdd(vv, Vector256.Create(w0[t]), a);
+                    b = Vector256.FusedMultiplyAdd(vv, Vector256.Create(w1[t]), b);
+                    c = Vector256.FusedMultiplyAdd(vv, Vector256.Create(w2[t]), c);
+                    e = Vector256.FusedMultiplyAdd(vv, Vector256.Create(w3[t]), e);
+                }
+                a.Store(d0 + i0); b.Store(d1 + i0); c.Store(d2 + i0); e.Store(d3 + i0);
             }
         }
         for (; i0 < hd; i0++)
         {
-            float a = add ? dst[i0] : 0;
-            for (int t = 0; t < len; t++) a += v[map.Row(t0 + t) * ld + i0] * w[t];
-            dst[i0] = a;
+            float a = add ? d0[i0] : 0, b = add ? d1[i0] : 0, c = add ? d2[i0] : 0, e = add ? d3[i0] : 0;
+            for (int t = ts; t < te; t++)
+            {
+                float x = v[map.Row(t0 + t) * ld + i0];
+                a = MathF.FusedMultiplyAdd(x, w0[t], a);
+                b = MathF.FusedMultiplyAdd(x, w1[t], b);
+                c = MathF.FusedMultiplyAdd(x, w2[t], c);
+                e = MathF.FusedMultiplyAdd(x, w3[t], e);
+            }
+            d0[i0] = a; d1[i0] = b; d2[i0] = c; d3[i0] = e;
         }
     }
 }

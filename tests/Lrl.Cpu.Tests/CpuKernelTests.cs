@@ -286,6 +286,12 @@ public sealed class CpuKernelTests : IDisposable
     [InlineData(64, 1000, 6, 3, 16)]
     [InlineData(130, 0, 9, 3, 64)]
     [InlineData(100, 50, 4, 2, 16)]
+    [InlineData(300, 0, 9, 3, 64)]
+    [InlineData(70, 200, 8, 2, 128)]
+    [InlineData(50, 100, 14, 2, 64)]
+    [InlineData(40, 0, 4, 2, 80)]
+    [InlineData(41, 10, 4, 4, 12)]
+    [InlineData(45, 110, 9, 3, 64)]
     public void AttentionRowsEqualLoneDecodeRowsBitForBit(int rows, int pos0, int heads, int kvHeads, int headDim)
     {
         int ctx = pos0 + rows, kvDim = kvHeads * headDim, qDim = heads * headDim;
