@@ -333,6 +333,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
         {
             // Scores four keys at a time, two queries at a time: each score is Dot4's arithmetic for its (query, key) pair.
             var scale4 = Vector128.Create(scale);
+            bool wide = Avx512F.VL.IsSupported; // 32 vector registers: four queries' 16 accumulators fit
             for (int t = 0; t < maxLen; t += 4)
             {
                 float* k0 = kb + map.Row(t0 + t) * kvDim;
@@ -352,6 +353,15 @@ internal sealed unsafe class AttentionJob : IParallelJob
                     }
                 while (lens[lo] <= t) lo++;
                 int i = lo;
+                if (wide)
+                    for (; i + 3 < count; i += 4)
+                    {
+                        Dot4x4(qs[i], qs[i + 1], qs[i + 2], qs[i + 3], k0, k1, k2, k3, hd, out var a, out var b, out var c, out var d);
+                        (a * scale4).Store(scores + (long)i * stride + t);
+                        (b * scale4).Store(scores + (long)(i + 1) * stride + t);
+                        (c * scale4).Store(scores + (long)(i + 2) * stride + t);
+                        (d * scale4).Store(scores + (long)(i + 3) * stride + t);
+                    }
                 for (; i + 1 < count; i += 2)
                 {
                     Dot2x4(qs[i], qs[i + 1], k0, k1, k2, k3, hd, out var a, out var b);
@@ -375,18 +385,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 for (int i = lo; i < count; i++) scores[(long)i * stride + t] = Dot(qs[i], kt, hd) * scale;
             }
         }
-        for (int i = 0; i < count; i++)
-        {
-            var s = new Span<float>(scores + (long)i * stride, lens[i]);
-            float max = TensorPrimitives.Max(s);
-            TensorPrimitives.Subtract(s, max, s);
-            // e^-60 ≈ 1e-26 is nothing next to the max's e^0, and keeps the weights (and their products) out of the
-            // denormal range, where every multiply would cost a microcode assist.
-            TensorPrimitives.Max(s, -60f, s);
-            TensorPrimitives.Exp(s, s);
-            stats[i][0] = max;
-            stats[i][1] = TensorPrimitives.Sum(s);
-        }
+        for (int i = 0; i < count; i++) Softmax(scores + (long)i * stride, lens[i], stats[i]);
         // Weighted sums four queries at a time (the last group padded with copies of its last query, which compute and
         // store the same values), each value row read once for the four; a query whose positions end earlier drops out.
         int* idx = stackalloc int[4];
@@ -407,6 +406,75 @@ internal sealed unsafe class AttentionJob : IParallelJob
             }
         }
     }
+
+    /// <summary>
+    /// Turns scores s[0..len) into e^(s − max) in place (exponents clamped at −60: e^-60 ≈ 1e-26 is nothing next to the
+    /// max's e^0, and keeps the weights and their products out of the denormal range, where every multiply would cost a
+    /// microcode assist) and writes (max, Σ) to stats. s is 64-byte aligned with room up to len rounded to 16; lanes past
+    /// len are read and written but masked out of the max and the sum.
+    /// </summary>
+    private static void Softmax(float* s, int len, float* stats)
+    {
+        float max = float.NegativeInfinity, sum = 0;
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var ninf = Vector512.Create(float.NegativeInfinity);
+            var vmax = ninf;
+            for (; i + 16 <= len; i += 16) vmax = Vector512.Max(vmax, Vector512.Load(s + i));
+            if (i < len)
+                vmax = Vector512.Max(vmax, Vector512.ConditionalSelect(Tail512(len - i), Vector512.Load(s + i), ninf));
+            var m8 = Vector256.Max(vmax.GetLower(), vmax.GetUpper());
+            var m4 = Vector128.Max(m8.GetLower(), m8.GetUpper());
+            max = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
+            var vm = Vector512.Create(max);
+            var floor = Vector512.Create(-60f);
+            var acc = Vector512<float>.Zero;
+            for (i = 0; i < len; i += 16)
+            {
+                var e = Vector512.Exp(Vector512.Max(Vector512.Load(s + i) - vm, floor));
+                if (i + 16 > len) e = Vector512.ConditionalSelect(Tail512(len - i), e, Vector512<float>.Zero);
+                e.Store(s + i);
+                acc += e;
+            }
+            sum = Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var ninf = Vector256.Create(float.NegativeInfinity);
+            var vmax = ninf;
+            for (; i + 8 <= len; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(s + i));
+            if (i < len)
+                vmax = Vector256.Max(vmax, Vector256.ConditionalSelect(Tail256(len - i), Vector256.Load(s + i), ninf));
+            var m4 = Vector128.Max(vmax.GetLower(), vmax.GetUpper());
+            max = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
+            var vm = Vector256.Create(max);
+            var floor = Vector256.Create(-60f);
+            var acc = Vector256<float>.Zero;
+            for (i = 0; i < len; i += 8)
+            {
+                var e = Vector256.Exp(Vector256.Max(Vector256.Load(s + i) - vm, floor));
+                if (i + 8 > len) e = Vector256.ConditionalSelect(Tail256(len - i), e, Vector256<float>.Zero);
+                e.Store(s + i);
+                acc += e;
+            }
+            sum = Vector256.Sum(acc);
+        }
+        else
+        {
+            for (; i < len; i++) max = MathF.Max(max, s[i]);
+            for (i = 0; i < len; i++) { s[i] = MathF.Exp(MathF.Max(s[i] - max, -60f)); sum += s[i]; }
+        }
+        stats[0] = max;
+        stats[1] = sum;
+    }
+
+    /// <summary>All-ones lanes below <paramref name="n"/> (1..15).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Tail512(int n) => Vector512.LessThan(Vector512<int>.Indices, Vector512.Create(n)).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Tail256(int n) => Vector256.LessThan(Vector256<int>.Indices, Vector256.Create(n)).AsSingle();
 
     /// <summary>
     /// Merges a head's chunk results (chunk c's output at partial + c·partialStride, its (max, sum) at stats + c·statStride)
@@ -456,6 +524,39 @@ internal sealed unsafe class AttentionJob : IParallelJob
         ra = h.GetLower() + h.GetUpper();
         var g = Avx.HorizontalAdd(Avx.HorizontalAdd(b0, b1), Avx.HorizontalAdd(b2, b3));
         rb = g.GetLower() + g.GetUpper();
+    }
+
+    /// <summary>Dot4 for four queries at once (16 accumulators: needs AVX-512's 32 registers), n a multiple of 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4x4(float* qa, float* qb, float* qc, float* qd, float* k0, float* k1, float* k2, float* k3, int n,
+                               out Vector128<float> ra, out Vector128<float> rb, out Vector128<float> rc, out Vector128<float> rd)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default, d0 = default, d1 = default, d2 = default, d3 = default;
+        for (int i = 0; i < n; i += 8)
+        {
+            var w0 = Vector256.Load(k0 + i); var w1 = Vector256.Load(k1 + i); var w2 = Vector256.Load(k2 + i); var w3 = Vector256.Load(k3 + i);
+            var x = Vector256.Load(qa + i);
+            a0 = Vector256.FusedMultiplyAdd(x, w0, a0); a1 = Vector256.FusedMultiplyAdd(x, w1, a1);
+            a2 = Vector256.FusedMultiplyAdd(x, w2, a2); a3 = Vector256.FusedMultiplyAdd(x, w3, a3);
+            x = Vector256.Load(qb + i);
+            b0 = Vector256.FusedMultiplyAdd(x, w0, b0); b1 = Vector256.FusedMultiplyAdd(x, w1, b1);
+            b2 = Vector256.FusedMultiplyAdd(x, w2, b2); b3 = Vector256.FusedMultiplyAdd(x, w3, b3);
+            x = Vector256.Load(qc + i);
+            c0 = Vector256.FusedMultiplyAdd(x, w0, c0); c1 = Vector256.FusedMultiplyAdd(x, w1, c1);
+            c2 = Vector256.FusedMultiplyAdd(x, w2, c2); c3 = Vector256.FusedMultiplyAdd(x, w3, c3);
+            x = Vector256.Load(qd + i);
+            d0 = Vector256.FusedMultiplyAdd(x, w0, d0); d1 = Vector256.FusedMultiplyAdd(x, w1, d1);
+            d2 = Vector256.FusedMultiplyAdd(x, w2, d2); d3 = Vector256.FusedMultiplyAdd(x, w3, d3);
+        }
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+        ra = h.GetLower() + h.GetUpper();
+        h = Avx.HorizontalAdd(Avx.HorizontalAdd(b0, b1), Avx.HorizontalAdd(b2, b3));
+        rb = h.GetLower() + h.GetUpper();
+        h = Avx.HorizontalAdd(Avx.HorizontalAdd(c0, c1), Avx.HorizontalAdd(c2, c3));
+        rc = h.GetLower() + h.GetUpper();
+        h = Avx.HorizontalAdd(Avx.HorizontalAdd(d0, d1), Avx.HorizontalAdd(d2, d3));
+        rd = h.GetLower() + h.GetUpper();
     }
 
     /// <summary>q·k for four key rows, n a multiple of 8: 8-lane partial sums, then a fixed pairwise reduction per key.</summary>

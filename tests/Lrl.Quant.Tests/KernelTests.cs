@@ -88,11 +88,13 @@ public class KernelTests
         var xb = cpu.Allocate(cols); cpu.Upload(x, xb);
         var ys = qs.Select(q => { var b = cpu.Allocate(q.Rows); var nan = new float[q.Rows]; Array.Fill(nan, float.NaN); cpu.Upload(nan, b); return b; }).ToArray();
         cpu.MatMul3(xb, 1, w[0], ys[0], null, w[1], ys[1], null, w[2], ys[2], null);
+        // The integer kernels (the best the CPU has, as Auto picks) round the activations to int8; the scalar one does not.
+        bool integer = Kernels().Any(k => k is QuantKernel.Avx2Int or QuantKernel.Vnni);
         for (int i = 0; i < 3; i++)
         {
             var y = new float[qs[i].Rows];
             cpu.Download(ys[i], 0, y);
-            var exact = TestUtil.Reference(qs[i], TestUtil.KernelActivations(qs[i], x), 1);
+            var exact = TestUtil.Reference(qs[i], integer ? TestUtil.KernelActivations(qs[i], x) : x, 1);
             Assert.True(TestUtil.RelErr(y, exact) < 2e-5, $"weight {i} ({qs[i].Format}): relative error {TestUtil.RelErr(y, exact):E2}");
         }
     }
