@@ -4,8 +4,10 @@ using Lrl.Cpu;
 namespace Lrl.Bench;
 
 /// <summary>
-/// CPU decode attention (one query row over a filled KV cache) at the head layouts of SmolLM2-135M (9 query heads over
-/// 3 kv heads: split over positions to keep both threads busy) and Llama-3.2-1B (32 over 8), head dim 64.
+/// CPU decode attention (one query row over a filled KV cache) and prompt attention (Context rows from position 0: the
+/// query tiles; 2·Context²·heads·64 FLOP, so GFLOP/s = that over the mean time) at the head layouts of SmolLM2-135M
+/// (9 query heads over 3 kv heads: split over positions to keep both threads busy) and Llama-3.2-1B (32 over 8), head
+/// dim 64. `dotnet run -c Release --project bench/Lrl.Bench -- --filter '*Attention*'`.
 /// </summary>
 public class AttentionBenchmarks
 {
@@ -18,7 +20,7 @@ public class AttentionBenchmarks
     public int Context { get; set; }
 
     private CpuBackend _cpu = null!;
-    private DeviceBuffer _q = null!, _k = null!, _v = null!, _o = null!;
+    private DeviceBuffer _q = null!, _k = null!, _v = null!, _o = null!, _qs = null!, _os = null!;
     private (int Heads, int KvHeads) Dims => Heads == Layout.SmolLM2_135M ? (9, 3) : (32, 8);
     private const int HeadDim = 64;
 
@@ -33,6 +35,8 @@ public class AttentionBenchmarks
         _k = _cpu.Allocate((long)Context * kv * HeadDim); _cpu.Upload(Fill((long)Context * kv * HeadDim), _k);
         _v = _cpu.Allocate((long)Context * kv * HeadDim); _cpu.Upload(Fill((long)Context * kv * HeadDim), _v);
         _o = _cpu.Allocate(h * HeadDim);
+        _qs = _cpu.Allocate((long)Context * h * HeadDim); _cpu.Upload(Fill((long)Context * h * HeadDim), _qs);
+        _os = _cpu.Allocate((long)Context * h * HeadDim);
     }
 
     [Benchmark]
@@ -40,6 +44,13 @@ public class AttentionBenchmarks
     {
         var (h, kv) = Dims;
         _cpu.Attention(_q, _k, _v, _o, 1, Context - 1, h, kv, HeadDim, 0.125f);
+    }
+
+    [Benchmark]
+    public void Prefill()
+    {
+        var (h, kv) = Dims;
+        _cpu.Attention(_qs, _k, _v, _os, Context, 0, h, kv, HeadDim, 0.125f);
     }
 
     [GlobalCleanup]
