@@ -260,6 +260,10 @@ public sealed class CpuKernelTests : IDisposable
     [InlineData(3, 500, 9, 3, 64)]
     [InlineData(7, 0, 6, 2, 32)]
     [InlineData(5, 11, 4, 1, 8)]
+    [InlineData(200, 0, 9, 3, 64)]   // query tiles, prompts past one 128-position chunk
+    [InlineData(40, 120, 8, 2, 128)] // tiles straddling a chunk boundary
+    [InlineData(33, 250, 14, 2, 64)] // GQA group of 7
+    [InlineData(48, 5, 4, 2, 12)]    // tiles, a head size without the 8-lane score kernels
     public void Attention(int rows, int pos0, int heads, int kvHeads, int headDim)
     {
         int ctx = pos0 + rows, kvDim = kvHeads * headDim;
