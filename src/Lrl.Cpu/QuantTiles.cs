@@ -66,8 +66,15 @@ internal static unsafe partial class QuantKernels
                                            int rowStart, int rowEnd) where TDot : struct, IDot
     {
         int n = q.Cols, kInt = IntegerCols(q);
-        byte* buf = UnpackBuffer((rowEnd - rowStart) * kInt);
-        Unpack(q, rowStart, rowEnd, kInt, buf);
+        // int4 with AVX-512's 32 registers: the tile unpacks the nibbles in registers (the 8-register unpack fits beside
+        // the 16 accumulators); else the block is unpacked to bytes once for all activation rows.
+        bool packed = q.Bits == 4 && Avx512F.VL.IsSupported;
+        byte* buf = null;
+        if (!packed)
+        {
+            buf = UnpackBuffer((rowEnd - rowStart) * kInt);
+            Unpack(q, rowStart, rowEnd, kInt, buf);
+        }
         float zero = q.Bits == 4 ? 8 : 128;
         fixed (float* yp = y)
         fixed (float* scales = channelScales)
@@ -79,7 +86,10 @@ internal static unsafe partial class QuantKernels
                 QuantScratch s0 = xs[m], s1 = xs[m + 1], s2 = xs[m + 2], s3 = xs[m + 3];
                 var g = Vector128.Create(s0.GroupBSum[0], s1.GroupBSum[0], s2.GroupBSum[0], s3.GroupBSum[0]);
                 fixed (sbyte* x0 = s0.Xq) fixed (sbyte* x1 = s1.Xq) fixed (sbyte* x2 = s2.Xq) fixed (sbyte* x3 = s3.Xq)
-                    TileRun<TDot>(buf, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                    if (packed)
+                        TileRunPacked<TDot>(q.Codes + (long)rowStart * (n / 2), n / 2, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                    else
+                        TileRun<TDot>(buf, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
                 float* y0 = yp + (long)m * outF, y1 = y0 + outF, y2 = y1 + outF, y3 = y2 + outF;
                 for (int o = rowStart; o < rowEnd; o += 2)
                 {
@@ -146,6 +156,53 @@ internal static unsafe partial class QuantKernels
             Tile42<TDot>(w, kInt, x0, x1, x2, x3, d0, d1, d2, d3, out var r0, out var r1);
             r0.Store(sums);
             r1.Store(sums + 4);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="TileRun{TDot}"/> over packed int4 rows (<paramref name="ld"/> bytes apart; per 64 columns the low
+    /// nibbles hold the first 32, the high ones the next 32), unpacked in registers: the same integer sums per lane and
+    /// block, so the same results.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void TileRunPacked<TDot>(byte* w, int ld, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1,
+                                            float* d2, float* d3, float* sums) where TDot : struct, IDot
+    {
+        var mask = Vector256.Create((byte)0x0F);
+        for (int p = 0; p < pairs; p++, w += 2 * ld, sums += 8)
+        {
+            byte* w0 = w, w1 = w + ld;
+            Vector256<float> f00 = default, f01 = default, f10 = default, f11 = default, f20 = default, f21 = default, f30 = default, f31 = default;
+            int c = 0;
+            while (c < kInt)
+            {
+                int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
+                Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
+                for (; c < end; c += 64)
+                {
+                    var pa = Vector256.Load(w0 + c / 2); var pb = Vector256.Load(w1 + c / 2);
+                    var a = pa & mask; var b = pb & mask;
+                    var x = Vector256.Load(x0 + c); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
+                    x = Vector256.Load(x1 + c); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
+                    x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
+                    x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                    a = Avx2.ShiftRightLogical(pa.AsUInt16(), 4).AsByte() & mask; b = Avx2.ShiftRightLogical(pb.AsUInt16(), 4).AsByte() & mask;
+                    x = Vector256.Load(x0 + c + 32); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
+                    x = Vector256.Load(x1 + c + 32); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
+                    x = Vector256.Load(x2 + c + 32); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
+                    x = Vector256.Load(x3 + c + 32); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                }
+                var dv = Vector256.Create(d0[k]);
+                f00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i00), dv, f00); f01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i01), dv, f01);
+                dv = Vector256.Create(d1[k]);
+                f10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i10), dv, f10); f11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i11), dv, f11);
+                dv = Vector256.Create(d2[k]);
+                f20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i20), dv, f20); f21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i21), dv, f21);
+                dv = Vector256.Create(d3[k]);
+                f30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i30), dv, f30); f31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i31), dv, f31);
+            }
+            HSum4(f00, f10, f20, f30).Store(sums);
+            HSum4(f01, f11, f21, f31).Store(sums + 4);
         }
     }
 

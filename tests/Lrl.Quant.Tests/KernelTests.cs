@@ -144,6 +144,7 @@ public class KernelTests
     [InlineData(8, 34, 600, 600, false)]    // per-channel int8 with a 24-column f32 tail and a 64-column partial step
     [InlineData(4, 51, 2048, 2048, true)]   // rows too long to pair in the GEMV, per-channel zero points
     [InlineData(4, 30, 1600, 1600, false)]  // a 64-column partial step and 1600 % 128 = 64
+    [InlineData(4, 19, 600, 600, false)]    // per-channel int4 with a 24-column f32 tail after the packed tiles
     [InlineData(8, 20, 544, 32, false)]     // int8 groups of 32: 17 units, the last even
     [InlineData(4, 38, 1280, 256, true)]    // groups of 256 (units of 128 columns, two per group), zero points
     [InlineData(8, 26, 1088, 64, false)]    // int8 groups of 64, a partial last unit of one chunk
