@@ -37,6 +37,9 @@ internal static unsafe partial class QuantKernels
     /// <summary>Weight rows per tile block: about 24 KB of unpacked codes, even, 2 to 64.</summary>
     public static int TileBlockRows(QuantizedTensor q) => Math.Clamp(24576 / Math.Max(32, IntegerCols(q)), 2, 64) & ~1;
 
+    /// <summary>Most activation rows for which the int4 tiles unpack in registers (see <see cref="ChannelTiles"/>).</summary>
+    internal const int PackedTileRowsMax = 12;
+
     [ThreadStatic] private static byte[]? _unpackStore;
     [ThreadStatic] private static nint _unpack;
 
@@ -66,9 +69,10 @@ internal static unsafe partial class QuantKernels
                                            int rowStart, int rowEnd) where TDot : struct, IDot
     {
         int n = q.Cols, kInt = IntegerCols(q);
-        // int4 with AVX-512's 32 registers: the tile unpacks the nibbles in registers (the 8-register unpack fits beside
-        // the 16 accumulators); else the block is unpacked to bytes once for all activation rows.
-        bool packed = q.Bits == 4 && Avx512F.VL.IsSupported;
+        // int4 with AVX-512's 32 registers and few activation rows (verify steps, small batches): the tile unpacks the
+        // nibbles in registers (the unpack fits beside the 16 accumulators); else the block is unpacked to bytes once for
+        // all activation rows (prompts: 16+ row groups would repeat the unpack; SmolLM2-135M q4 pp128 measured slower).
+        bool packed = q.Bits == 4 && Avx512F.VL.IsSupported && rows <= PackedTileRowsMax;
         byte* buf = null;
         if (!packed)
         {
