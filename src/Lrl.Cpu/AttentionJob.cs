@@ -195,7 +195,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
     }
 
     /// <summary>Chunks of a row that attends to <paramref name="n"/> positions (at least one).</summary>
-    internal static int Chunks(int n) => Math.Max(1, (int)((n + (long)ChunkLength(n) - 1) / ChunkLength(n)));
+    internal static int Chunks(int n)
+    {
+        int l = ChunkLength(n);
+        return Math.Max(1, (int)((n + (long)l - 1) / l));
+    }
 
     /// <summary>The cache row of position t of the row's (virtual) sequence.</summary>
     private interface IRowMap { long Row(int t); }

@@ -91,9 +91,10 @@ internal static unsafe partial class QuantKernels
                 var g = Vector128.Create(s0.GroupBSum[0], s1.GroupBSum[0], s2.GroupBSum[0], s3.GroupBSum[0]);
                 fixed (sbyte* x0 = s0.Xq) fixed (sbyte* x1 = s1.Xq) fixed (sbyte* x2 = s2.Xq) fixed (sbyte* x3 = s3.Xq)
                     if (packed)
-                        TileRunPacked<TDot>(q.Codes + (long)rowStart * (n / 2), n / 2, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                        TileRun<TDot, PackedInt4Pair>(q.Codes + (long)rowStart * (n / 2), n / 2, kInt, pairs, x0, x1, x2, x3,
+                                                      s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
                     else
-                        TileRun<TDot>(buf, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                        TileRun<TDot, UnpackedPair>(buf, kInt, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
                 float* y0 = yp + (long)m * outF, y1 = y0 + outF, y2 = y1 + outF, y3 = y2 + outF;
                 for (int o = rowStart; o < rowEnd; o += 2)
                 {
@@ -147,32 +148,56 @@ internal static unsafe partial class QuantKernels
         }
     }
 
-    /// <summary>
-    /// Four activation rows × two unpacked weight rows (w0, w0 + ldw) over <paramref name="kInt"/> columns in the
-    /// channel order; r0/r1: the four rows' HSum for weight rows 0 and 1.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void TileRun<TDot>(byte* w, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1, float* d2, float* d3,
-                                      float* sums) where TDot : struct, IDot
+    /// <summary>Where a tile reads its two weight rows' unsigned codes, 32 columns at a time.</summary>
+    private interface IWeightPair
     {
-        for (int p = 0; p < pairs; p++, w += 2 * kInt, sums += 8)
+        /// <summary>Columns per step: 32, or 64 when one load serves two halves.</summary>
+        static abstract int Step { get; }
+        /// <summary>Codes of columns c + 32·half .. + 31 of the rows at w0 and w1.</summary>
+        static abstract void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b);
+    }
+
+    /// <summary>Rows unpacked to one byte per code (<see cref="Unpack"/>).</summary>
+    private readonly struct UnpackedPair : IWeightPair
+    {
+        public static int Step => 32;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
         {
-            Tile42<TDot>(w, kInt, x0, x1, x2, x3, d0, d1, d2, d3, out var r0, out var r1);
-            r0.Store(sums);
-            r1.Store(sums + 4);
+            a = Vector256.Load(w0 + c);
+            b = Vector256.Load(w1 + c);
+        }
+    }
+
+    /// <summary>Stored int4 rows: per 64 columns the low nibbles hold the first 32, the high ones the next 32.</summary>
+    private readonly struct PackedInt4Pair : IWeightPair
+    {
+        public static int Step => 64;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
+        {
+            var mask = Vector256.Create((byte)0x0F);
+            var pa = Vector256.Load(w0 + c / 2); var pb = Vector256.Load(w1 + c / 2);
+            if (half != 0)
+            {
+                pa = Avx2.ShiftRightLogical(pa.AsUInt16(), 4).AsByte();
+                pb = Avx2.ShiftRightLogical(pb.AsUInt16(), 4).AsByte();
+            }
+            a = pa & mask;
+            b = pb & mask;
         }
     }
 
     /// <summary>
-    /// <see cref="TileRun{TDot}"/> over packed int4 rows (<paramref name="ld"/> bytes apart; per 64 columns the low
-    /// nibbles hold the first 32, the high ones the next 32), unpacked in registers: the same integer sums per lane and
-    /// block, so the same results.
+    /// Four activation rows × <paramref name="pairs"/> pairs of weight rows (<paramref name="ld"/> bytes apart, read through
+    /// <typeparamref name="TW"/>) over <paramref name="kInt"/> columns in the channel order: for each pair, the four rows'
+    /// HSum for its first weight row, then for its second, at <paramref name="sums"/>. Per lane and 128-column block the
+    /// integer sums of the row's GEMV, then the same conversion, FMA and <see cref="HSum4"/>: bit-identical results.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void TileRunPacked<TDot>(byte* w, int ld, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1,
-                                            float* d2, float* d3, float* sums) where TDot : struct, IDot
+    private static void TileRun<TDot, TW>(byte* w, int ld, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1,
+                                          float* d2, float* d3, float* sums) where TDot : struct, IDot where TW : struct, IWeightPair
     {
-        var mask = Vector256.Create((byte)0x0F);
         for (int p = 0; p < pairs; p++, w += 2 * ld, sums += 8)
         {
             byte* w0 = w, w1 = w + ld;
@@ -182,19 +207,21 @@ internal static unsafe partial class QuantKernels
             {
                 int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
                 Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
-                for (; c < end; c += 64)
+                for (; c < end; c += TW.Step)
                 {
-                    var pa = Vector256.Load(w0 + c / 2); var pb = Vector256.Load(w1 + c / 2);
-                    var a = pa & mask; var b = pb & mask;
+                    TW.Load(w0, w1, c, 0, out var a, out var b);
                     var x = Vector256.Load(x0 + c); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
                     x = Vector256.Load(x1 + c); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
                     x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
                     x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
-                    a = Avx2.ShiftRightLogical(pa.AsUInt16(), 4).AsByte() & mask; b = Avx2.ShiftRightLogical(pb.AsUInt16(), 4).AsByte() & mask;
-                    x = Vector256.Load(x0 + c + 32); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
-                    x = Vector256.Load(x1 + c + 32); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
-                    x = Vector256.Load(x2 + c + 32); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
-                    x = Vector256.Load(x3 + c + 32); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                    if (TW.Step == 64)
+                    {
+                        TW.Load(w0, w1, c, 1, out a, out b);
+                        x = Vector256.Load(x0 + c + 32); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
+                        x = Vector256.Load(x1 + c + 32); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
+                        x = Vector256.Load(x2 + c + 32); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
+                        x = Vector256.Load(x3 + c + 32); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                    }
                 }
                 var dv = Vector256.Create(d0[k]);
                 f00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i00), dv, f00); f01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i01), dv, f01);
@@ -208,38 +235,6 @@ internal static unsafe partial class QuantKernels
             HSum4(f00, f10, f20, f30).Store(sums);
             HSum4(f01, f11, f21, f31).Store(sums + 4);
         }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile42<TDot>(byte* w0, int kInt, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1, float* d2, float* d3,
-                                     out Vector128<float> r0, out Vector128<float> r1) where TDot : struct, IDot
-    {
-        byte* w1 = w0 + kInt;
-        Vector256<float> f00 = default, f01 = default, f10 = default, f11 = default, f20 = default, f21 = default, f30 = default, f31 = default;
-        int c = 0;
-        while (c < kInt)
-        {
-            int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
-            Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
-            for (; c < end; c += 32)
-            {
-                var a = Vector256.Load(w0 + c); var b = Vector256.Load(w1 + c);
-                var x = Vector256.Load(x0 + c); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
-                x = Vector256.Load(x1 + c); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
-                x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
-                x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
-            }
-            var dv = Vector256.Create(d0[k]);
-            f00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i00), dv, f00); f01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i01), dv, f01);
-            dv = Vector256.Create(d1[k]);
-            f10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i10), dv, f10); f11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i11), dv, f11);
-            dv = Vector256.Create(d2[k]);
-            f20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i20), dv, f20); f21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i21), dv, f21);
-            dv = Vector256.Create(d3[k]);
-            f30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i30), dv, f30); f31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i31), dv, f31);
-        }
-        r0 = HSum4(f00, f10, f20, f30);
-        r1 = HSum4(f01, f11, f21, f31);
     }
 
     /// <summary>

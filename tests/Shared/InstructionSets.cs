@@ -54,7 +54,7 @@ public static class InstructionSets
         if (!p.WaitForExit(TimeSpan.FromMinutes(10)))
         {
             p.Kill(entireProcessTree: true);
-            Assert.Fail($"the {level} run did not finish in 10 minutes:\n{Tail(output)}");
+            lock (output) Assert.Fail($"the {level} run did not finish in 10 minutes:\n{Tail(output.ToString())}");
         }
         p.WaitForExit();
         string text;
@@ -88,9 +88,5 @@ public static class InstructionSets
         }
     }
 
-    private static string Tail(object text)
-    {
-        var s = text.ToString()!;
-        return s.Length <= 6000 ? s : "...\n" + s[^6000..];
-    }
+    private static string Tail(string s) => s.Length <= 6000 ? s : "...\n" + s[^6000..];
 }
