@@ -29,6 +29,9 @@ public abstract class DeviceBuffer : IDisposable
 }
 
 /// <summary>Rotary embedding frequencies (already adjusted for rope_scaling), shared by every layer.</summary>
+/// <summary>One sequence's rows of a batched step for <see cref="IBackend.AttentionSequences"/>: query rows Row0 .. Row0+Rows-1 at positions Pos0 .., over its own caches.</summary>
+public readonly record struct SequenceRows(int Row0, int Rows, int Pos0, DeviceBuffer KCache, DeviceBuffer VCache);
+
 public sealed class RopeTable
 {
     /// <summary>inv_freq[i] for i in [0, rotaryDim/2).</summary>
@@ -36,6 +39,43 @@ public sealed class RopeTable
     /// <summary>Dimensions rotated per head (even, ≤ head_dim); HF rotate_half pairing (i, i + rotaryDim/2).</summary>
     public int RotaryDim => InvFreq.Length * 2;
     public RopeTable(float[] invFreq) => InvFreq = invFreq;
+
+    private sealed record AngleTable(float[] Cos, float[] Sin, int Positions);
+    private AngleTable _angles = new([], [], 0);
+    private readonly object _grow = new();
+
+    /// <summary>
+    /// cos and sin of pos·inv_freq[i] at [pos·RotaryDim/2 + i] for every position below <paramref name="end"/> (at
+    /// least), computed in double once per position and kept: every layer, and every sequence of a batched step, reads
+    /// the same table instead of recomputing its positions' trigonometry. Safe to call from several threads (a grown
+    /// table is published whole; arrays handed out never change).
+    /// </summary>
+    public (float[] Cos, float[] Sin) Angles(int end)
+    {
+        var a = Volatile.Read(ref _angles);
+        if (a.Positions >= end) return (a.Cos, a.Sin);
+        if (end < 0) throw new ArgumentOutOfRangeException(nameof(end), $"position {end} is negative");
+        lock (_grow)
+        {
+            a = _angles;
+            if (a.Positions >= end) return (a.Cos, a.Sin);
+            int half = InvFreq.Length;
+            int positions = (int)Math.Min(Math.Max(end, 2L * a.Positions), Math.Max(end, int.MaxValue / Math.Max(1, half)));
+            var cos = new float[(long)positions * half];
+            var sin = new float[cos.Length];
+            a.Cos.CopyTo(cos, 0);
+            a.Sin.CopyTo(sin, 0);
+            for (int pos = a.Positions; pos < positions; pos++)
+                for (int i = 0; i < half; i++)
+                {
+                    double angle = (double)pos * InvFreq[i];
+                    cos[(long)pos * half + i] = (float)Math.Cos(angle);
+                    sin[(long)pos * half + i] = (float)Math.Sin(angle);
+                }
+            Volatile.Write(ref _angles, new AngleTable(cos, sin, positions));
+            return (cos, sin);
+        }
+    }
 }
 
 /// <summary>
@@ -104,6 +144,16 @@ public interface IBackend : IDisposable
     /// </summary>
     void AttentionRows(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                        int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale);
+
+    /// <summary>
+    /// <see cref="AttentionRows"/> for several sequences' rows of one batched step at once (each with its own caches and
+    /// positions), so a backend can run them in one dispatch or launch; each row's result is what
+    /// <see cref="AttentionRows"/> gives it. The default calls <see cref="AttentionRows"/> per sequence.
+    /// </summary>
+    void AttentionSequences(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale)
+    {
+        foreach (var s in sequences) AttentionRows(q, s.KCache, s.VCache, output, s.Row0, s.Rows, s.Pos0, heads, kvHeads, headDim, scale);
+    }
 
     /// <summary>
     /// The attention block's position step for one sequence's rows row0 .. row0+rows-1 at positions pos0 ..: rotate

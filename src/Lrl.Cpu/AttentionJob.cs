@@ -88,6 +88,127 @@ internal sealed unsafe class AttentionJob : IParallelJob
         RunChunks(pool, q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale, pos0 + rows);
     }
 
+    // The many-sequence schedule (RunSequences): the chunk schedule's items of every sequence of a batched step in one
+    // dispatch. Global row gr (the sequences' rows in order) has its items at [_rowItem[gr], _rowItem[gr + 1]) (kv head
+    // major, then chunk) and keeps its partial results at slots (_rowItem[gr] + kvh·chunks + c)·group + g.
+    private SequenceRows[] _seqs = [];
+    private float[][] _seqK = [], _seqV = [];
+    private int _seqCount, _batchRows;
+    private int[] _rowItem = [], _rowSeq = [], _rowInSeq = [];
+
+    /// <summary>
+    /// Attention of several sequences' rows in one dispatch (<see cref="IBackend.AttentionSequences"/>): every row's items
+    /// (kv head, chunk) as the chunk schedule makes them, so the arithmetic of each row is that of a lone call. Sequences
+    /// whose rows would take the tile schedule (prompt chunks) run alone first.
+    /// </summary>
+    public void RunSequences(WorkerPool pool, float[] q, float[] o, ReadOnlySpan<SequenceRows> seqs, Func<DeviceBuffer, float[]> host,
+                             int heads, int kvHeads, int headDim, float scale)
+    {
+        int group = heads / kvHeads;
+        if (_seqs.Length < seqs.Length) { _seqs = new SequenceRows[seqs.Length]; _seqK = new float[seqs.Length][]; _seqV = new float[seqs.Length][]; }
+        _seqCount = 0; _batchRows = 0;
+        long items = 0;
+        foreach (var sq in seqs)
+        {
+            float[] k = host(sq.KCache), v = host(sq.VCache);
+            Prepare(q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim);
+            int tiles = (sq.Rows + TileRows - 1) / TileRows;
+            if (sq.Rows > 1 && tiles * kvHeads >= 3 * pool.ThreadCount && ChunkLength(sq.Pos0 + 1) == ChunkLength(sq.Pos0 + sq.Rows))
+            {
+                Run(pool, q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim, scale);
+                continue;
+            }
+            _seqs[_seqCount] = sq; _seqK[_seqCount] = k; _seqV[_seqCount] = v; _seqCount++;
+            _batchRows += sq.Rows;
+            for (int r = 0; r < sq.Rows; r++) items += (long)kvHeads * Chunks(sq.Pos0 + r + 1);
+        }
+        if (_seqCount == 0) return;
+        if (items * group * headDim > PartialBudget || _seqCount == 1)
+        {
+            // Too much to merge at once (very long contexts), or nothing to share: each sequence as its own call.
+            for (int i = 0; i < _seqCount; i++)
+                Run(pool, q, _seqK[i], _seqV[i], o, _seqs[i].Row0, _seqs[i].Rows, _seqs[i].Pos0, heads, kvHeads, headDim, scale);
+            Unbind();
+            return;
+        }
+        if (_rowItem.Length < _batchRows + 1) { _rowItem = new int[_batchRows + 1]; _rowSeq = new int[_batchRows]; _rowInSeq = new int[_batchRows]; }
+        int gr = 0, at = 0;
+        for (int i = 0; i < _seqCount; i++)
+            for (int r = 0; r < _seqs[i].Rows; r++, gr++)
+            {
+                _rowItem[gr] = at; _rowSeq[gr] = i; _rowInSeq[gr] = r;
+                at += kvHeads * Chunks(_seqs[i].Pos0 + r + 1);
+            }
+        _rowItem[gr] = at;
+        if (_partial.Length < (long)at * group * headDim) _partial = new float[(long)at * group * headDim];
+        if (_stats.Length < (long)at * group * 2) _stats = new float[(long)at * group * 2];
+        Bind(q, [], [], o, 0, 0, heads, kvHeads, headDim, scale);
+        _batch = true;
+        try
+        {
+            pool.Run(this, at);
+            fixed (float* pp = _partial, st = _stats, op = _o)
+                for (gr = 0; gr < _batchRows; gr++)
+                {
+                    var sq = _seqs[_rowSeq[gr]];
+                    int r = _rowInSeq[gr], chunks = Chunks(sq.Pos0 + r + 1);
+                    for (int kvh = 0; kvh < kvHeads; kvh++)
+                        for (int g = 0; g < group; g++)
+                        {
+                            long slot = ((long)_rowItem[gr] + kvh * chunks) * group + g;
+                            MergeChunks(pp + slot * headDim, (long)group * headDim, st + slot * 2, group * 2L, chunks, headDim,
+                                        op + ((long)(sq.Row0 + r) * heads + kvh * group + g) * headDim);
+                        }
+                }
+        }
+        finally { _batch = false; Unbind(); }
+    }
+
+    private bool _batch;
+
+    private void Unbind()
+    {
+        _q = _k = _v = _o = [];
+        for (int i = 0; i < _seqCount; i++) { _seqK[i] = _seqV[i] = null!; _seqs[i] = default; }
+        _seqCount = 0;
+    }
+
+    /// <summary>The many-sequence schedule's item: one row of one sequence, one kv head, one chunk, over that sequence's cache.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void ExecuteSequenceItem(int item, int worker)
+    {
+        // The item's row: binary search over the rows' first items.
+        int lo = 0, hi = _batchRows - 1;
+        while (lo < hi)
+        {
+            int mid = (lo + hi + 1) >> 1;
+            if (_rowItem[mid] <= item) lo = mid; else hi = mid - 1;
+        }
+        int gr = lo, si = _rowSeq[gr], r = _rowInSeq[gr];
+        var sq = _seqs[si];
+        int n = sq.Pos0 + r + 1, chunks = Chunks(n), L = ChunkLength(n), within = item - _rowItem[gr];
+        int kvh = within / chunks, c = within % chunks;
+        int hd = _headDim, group = _heads / _kvHeads, qr = sq.Row0 + r;
+        int t0 = c * L, len = Math.Min(n, t0 + L) - t0;
+        var s = _scratch[worker];
+        float** qs = stackalloc float*[group];
+        float** outs = stackalloc float*[group];
+        float** stats = stackalloc float*[group];
+        int* lens = stackalloc int[group];
+        fixed (float* qp0 = _q, kp0 = _seqK[si], vp0 = _seqV[si], pp0 = _partial, st0 = _stats)
+        {
+            for (int g = 0; g < group; g++)
+            {
+                long slot = (long)item * group + g;
+                qs[g] = qp0 + ((long)qr * _heads + kvh * group + g) * hd;
+                outs[g] = pp0 + slot * hd;
+                stats[g] = st0 + slot * 2;
+                lens[g] = len;
+            }
+            AttendChunk(new Linear(), kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, group, hd, _scale, s.Scores, s.Stride, outs, stats);
+        }
+    }
+
     /// <summary>
     /// Tree-masked attention (see <see cref="IBackend.AttentionTree"/>): query rows row0 .. row0+rows-1 are tree nodes
     /// whose K/V sit at cache slots pos0 .. pos0+rows-1; node r attends to slots 0 .. pos0-1 and its ancestors' and its
@@ -219,6 +340,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
     public void Execute(int item, int worker)
     {
         if (_tiles > 0) { ExecuteTile(item, worker); return; }
+        if (_batch) { ExecuteSequenceItem(item, worker); return; }
         if (!_tree) { ExecuteChunk(item, worker, new Linear()); return; }
         fixed (int* paths = _paths)
         {

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Lrl.Loading;
 
 namespace Lrl.Models;
@@ -23,6 +24,7 @@ public sealed class Gpt2 : ModelBase
     private readonly int _batch;
     private readonly int[] _positions;
     private readonly DeviceBuffer _x, _xb, _pe, _q, _k, _v, _att, _delta, _h;
+    private readonly List<SequenceRows> _seqRows = []; // a chunk's sequences, for one attention call
     private readonly LogitsHead _out;
 
     public Gpt2Config Config { get; }
@@ -159,8 +161,10 @@ public sealed class Gpt2 : ModelBase
                 DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
                 _b.Copy(_k, (long)p.Row * C, kCache, (long)p.Pos * C, (long)p.Rows * C);
                 _b.Copy(_v, (long)p.Row * C, vCache, (long)p.Pos * C, (long)p.Rows * C);
-                _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumHeads, c.HeadDim, scale);
+                _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
             }
+            _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumHeads, c.HeadDim, scale);
+            _seqRows.Clear();
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_att, l.Wo, _delta, rows, l.Bo);
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Lrl.Loading;
 
 namespace Lrl.Models;
@@ -25,6 +26,7 @@ public sealed class Llama : ModelBase
     private readonly DeviceBuffer _q;      // [batch, heads·headDim]
     private readonly DeviceBuffer _k, _v;  // [batch, kvHeads·headDim]
     private readonly DeviceBuffer _att;    // [batch, heads·headDim]
+    private readonly List<SequenceRows> _seqRows = []; // a chunk's causal sequences, for one attention call
     private readonly DeviceBuffer _delta;  // [batch, hidden] block output before the residual add
     private readonly DeviceBuffer _gate, _up; // [batch, intermediate]
     private readonly LogitsHead _out;
@@ -174,8 +176,11 @@ public sealed class Llama : ModelBase
                     continue;
                 }
                 _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
-                _b.AttentionRows(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+                _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
             }
+            // Every causal sequence's attention in one call (one dispatch on the CPU instead of one per sequence).
+            if (_seqRows.Count > 0) _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+            _seqRows.Clear();
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
             _b.MatMul(_att, l.Wo, _delta, rows);
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);

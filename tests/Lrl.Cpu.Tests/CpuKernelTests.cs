@@ -224,6 +224,8 @@ public sealed class CpuKernelTests : IDisposable
     [Theory]
     [InlineData(1, 3, 64, 64, 0)]
     [InlineData(4, 5, 32, 24, 17)]
+    [InlineData(3, 2, 128, 128, 40000)]
+    [InlineData(2, 3, 20, 20, 9)]
     public void Rope(int rows, int heads, int headDim, int rotaryDim, int pos0)
     {
         var inv = Enumerable.Range(0, rotaryDim / 2).Select(i => (float)Math.Pow(10000, -2.0 * i / rotaryDim)).ToArray();
@@ -234,13 +236,13 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(x, (long)rows * heads * headDim);
     }
 
-    /// <summary>The backend keeps the last call's cos/sin: a new position, more rows or another table must recompute them.</summary>
+    /// <summary>Each table keeps its positions' cos/sin, grown on demand: positions past the table, more rows or another table must rotate by their own angles.</summary>
     [Fact]
     public void RopeSequenceOfCalls()
     {
         float[] Inv(double theta) => Enumerable.Range(0, 16).Select(i => (float)Math.Pow(theta, -2.0 * i / 32)).ToArray();
         RopeTable a = new(Inv(10000)), b = new(Inv(500));
-        foreach (var (rows, pos0, table) in new[] { (1, 5, a), (1, 5, a), (3, 5, a), (1, 6, a), (2, 6, a), (1, 6, b), (1, 0, b), (1, 6, a) })
+        foreach (var (rows, pos0, table) in new[] { (1, 5, a), (1, 5, a), (3, 5, a), (1, 6, a), (2, 6, a), (1, 6, b), (1, 0, b), (1, 6, a), (4, 30, a), (1, 700, b), (2, 3, b) })
         {
             var x = Input(_r.Floats((long)rows * 3 * 32));
             _cpu.Rope(x.cpu, rows, 3, 32, pos0, table);
@@ -314,6 +316,52 @@ public sealed class CpuKernelTests : IDisposable
             for (int i = 0; i < qDim; i++)
                 Assert.True(BitConverter.SingleToInt32Bits(alone[i]) == BitConverter.SingleToInt32Bits(many[r * qDim + i]),
                     $"row {r} (position {pos0 + r}) element {i}: {many[r * qDim + i]:R} in the {rows}-row call, {alone[i]:R} alone");
+        }
+    }
+
+    /// <summary>
+    /// Several sequences' rows in one call (a batched step, <see cref="IBackend.AttentionSequences"/>): every sequence's
+    /// rows equal, bit for bit, the same rows attended alone over its own cache; decode rows at short and long positions
+    /// (one to three chunks), short verify steps and a prompt chunk that takes the tile schedule share the call; the
+    /// reference backend (the interface's per-sequence default) agrees within tolerance.
+    /// </summary>
+    [Theory]
+    [InlineData(9, 3, 64)]
+    [InlineData(4, 4, 16)]
+    [InlineData(8, 2, 80)]
+    [InlineData(7, 1, 12)]
+    public void AttentionSequencesEqualEachSequenceAlone(int heads, int kvHeads, int headDim)
+    {
+        var shapes = new (int Rows, int Pos0)[] { (1, 0), (1, 37), (3, 120), (1, 300), (40, 64), (1, 129), (2, 255), (1, 5) };
+        int kvDim = kvHeads * headDim, qDim = heads * headDim, total = shapes.Sum(x => x.Rows);
+        var q = _r.Floats((long)total * qDim);
+        var qb = Input(q);
+        var o = Output((long)total * qDim);
+        float scale = 1f / MathF.Sqrt(headDim);
+        var cpuSeqs = new List<SequenceRows>(); var refSeqs = new List<SequenceRows>();
+        var caches = new List<(DeviceBuffer k, DeviceBuffer v)>();
+        int row = 0;
+        foreach (var (rows, pos0) in shapes)
+        {
+            int ctx = pos0 + rows;
+            var k = Input(_r.Floats((long)ctx * kvDim)); var v = Input(_r.Floats((long)ctx * kvDim));
+            cpuSeqs.Add(new SequenceRows(row, rows, pos0, k.cpu, v.cpu));
+            refSeqs.Add(new SequenceRows(row, rows, pos0, k.reference, v.reference));
+            caches.Add((k.cpu, v.cpu));
+            row += rows;
+        }
+        _cpu.AttentionSequences(qb.cpu, o.cpu, cpuSeqs.ToArray(), heads, kvHeads, headDim, scale);
+        ((IBackend)_ref).AttentionSequences(qb.reference, o.reference, refSeqs.ToArray(), heads, kvHeads, headDim, scale);
+        AssertClose(o, (long)total * qDim, what: "sequences");
+        var many = Get(_cpu, o.cpu, (long)total * qDim);
+        var alone = _cpu.Allocate((long)total * qDim);
+        foreach (var sq in cpuSeqs)
+        {
+            _cpu.AttentionRows(qb.cpu, sq.KCache, sq.VCache, alone, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim, scale);
+            var one = Get(_cpu, alone, (long)total * qDim);
+            for (long i = (long)sq.Row0 * qDim; i < (long)(sq.Row0 + sq.Rows) * qDim; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(one[i]) == BitConverter.SingleToInt32Bits(many[i]),
+                    $"sequence at rows {sq.Row0}..{sq.Row0 + sq.Rows - 1} (position {sq.Pos0}), element {i}: {many[i]:R} batched, {one[i]:R} alone");
         }
     }
 

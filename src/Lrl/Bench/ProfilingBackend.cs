@@ -145,6 +145,12 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         if (!Enabled) { inner.AttentionRows(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale); return; }
         Time("attention", 0, () => inner.AttentionRows(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale));
     }
+    public void AttentionSequences(DeviceBuffer q, DeviceBuffer o, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale)
+    {
+        if (!Enabled) { inner.AttentionSequences(q, o, sequences, heads, kvHeads, headDim, scale); return; }
+        var copy = sequences.ToArray();
+        Time("attention", 0, () => inner.AttentionSequences(q, o, copy, heads, kvHeads, headDim, scale));
+    }
     public void SwiGlu(DeviceBuffer g, DeviceBuffer u, DeviceBuffer y, long n)
     {
         if (!Enabled) { inner.SwiGlu(g, u, y, n); return; }

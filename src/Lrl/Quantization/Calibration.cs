@@ -95,6 +95,8 @@ public static class Calibration
         public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope) => inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope);
         public void AttentionRows(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer o, int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale) =>
             inner.AttentionRows(q, k, v, o, row0, rows, pos0, heads, kvHeads, headDim, scale);
+        public void AttentionSequences(DeviceBuffer q, DeviceBuffer o, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale) =>
+            inner.AttentionSequences(q, o, sequences, heads, kvHeads, headDim, scale);
         public void SwiGlu(DeviceBuffer g, DeviceBuffer u, DeviceBuffer y, long n) => inner.SwiGlu(g, u, y, n);
         public void Gelu(DeviceBuffer x, long n) => inner.Gelu(x, n);
         public void Add(DeviceBuffer a, DeviceBuffer b, long n) => inner.Add(a, b, n);
