@@ -36,8 +36,11 @@ public abstract class CpuMatrix(string name, int rows, int cols) : Weight(name, 
     /// </summary>
     public virtual int RowsMax => 0;
 
-    /// <summary>Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/> (quantized matrices quantize them).</summary>
-    public virtual void PrepareRows(ReadOnlySpan<float> x, int rows, RowScratch scratch) { }
+    /// <summary>
+    /// Prepares <paramref name="rows"/> activation rows of x [rows, Cols] for <see cref="GemvRows"/> (quantized matrices
+    /// quantize them, the rows shared among <paramref name="pool"/>'s threads).
+    /// </summary>
+    public virtual void PrepareRows(float[] x, int rows, RowScratch scratch, WorkerPool pool) { }
 
     /// <summary>Uses the rows <paramref name="other"/> prepared from the same input, when it prepares them the same way.</summary>
     public virtual bool TryShareRows(CpuMatrix other) => false;

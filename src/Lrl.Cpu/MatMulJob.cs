@@ -150,7 +150,7 @@ internal sealed unsafe class MatMulJob : IParallelJob
             if (i == 0 || !_t[i].W.TryShareGemv(_t[0].W)) _t[i].W.PrepareGemv(_x.AsSpan(0, _t[i].W.Cols));
         if (_quantRows)
             for (int i = 0; i < (_swiGlu ? 2 : _count); i++)
-                if (i == 0 || !_t[i].W.TryShareRows(_t[0].W)) _t[i].W.PrepareRows(_x.AsSpan(0, _rows * _t[i].W.Cols), _rows, _rowScratch[i]);
+                if (i == 0 || !_t[i].W.TryShareRows(_t[0].W)) _t[i].W.PrepareRows(_x, _rows, _rowScratch[i], pool);
         _rowsPadded = 0;
         if (Wide && _rows >= MinTransposedRows && !_quantRows)
         {
