@@ -136,26 +136,33 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         bool f16 = _dtype == DType.F16;
         if ((long)rows * n > x.Length || (long)(rows - 1) * outF + rowEnd > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"{Name}: {rows} rows exceed the product's buffers");
+        // Blocks of weight rows (~128 KB, L2) walked once per group of four activation rows (L1): walking every activation
+        // row for each weight row read all of x from L2 per weight row (147 KB at 64 rows of 576), which bound the FMAs.
+        int block = Math.Max(4, 65536 / n);
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
-            for (int o = rowStart; o < rowEnd; o++)
+            for (int b0 = rowStart; b0 < rowEnd; b0 += block)
             {
-                ushort* w = (ushort*)_data + (long)o * n;
-                int m = 0;
+                int b1 = Math.Min(rowEnd, b0 + block), m = 0;
                 for (; m + 1 < rows; m += 4)
                 {
                     // A last group of two or three rows repeats its last row (one widening still serves them all).
                     int last = Math.Min(rows - 1, m + 3);
                     float* x0 = xp + (long)m * n;
                     float* x2 = xp + (long)Math.Min(m + 2, last) * n, x3 = xp + (long)last * n;
-                    var r = f16 ? Simd.DotF16x4(w, x0, x0 + n, x2, x3, n) : Simd.DotBF16x4(w, x0, x0 + n, x2, x3, n);
-                    for (int j = 0; j <= last - m; j++) yp[(long)(m + j) * outF + o] = r[j];
+                    for (int o = b0; o < b1; o++)
+                    {
+                        ushort* w = (ushort*)_data + (long)o * n;
+                        var r = f16 ? Simd.DotF16x4(w, x0, x0 + n, x2, x3, n) : Simd.DotBF16x4(w, x0, x0 + n, x2, x3, n);
+                        for (int j = 0; j <= last - m; j++) yp[(long)(m + j) * outF + o] = r[j];
+                    }
                 }
                 if (m < rows)
                 {
                     var xr = new ReadOnlySpan<float>(xp + (long)m * n, n);
-                    yp[(long)m * outF + o] = f16 ? Simd.DotF16((Half*)w, xr) : Simd.DotBF16(w, xr);
+                    for (int o = b0; o < b1; o++)
+                        yp[(long)m * outF + o] = f16 ? Simd.DotF16((Half*)_data + (long)o * n, xr) : Simd.DotBF16((ushort*)_data + (long)o * n, xr);
                 }
             }
         }
