@@ -152,6 +152,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 {
                     var sq = _seqs[_rowSeq[gr]];
                     int r = _rowInSeq[gr], chunks = Chunks(sq.Pos0 + r + 1);
+                    if (chunks == 1) continue; // merged by its items
                     for (int kvh = 0; kvh < kvHeads; kvh++)
                         for (int g = 0; g < group; g++)
                         {
@@ -206,6 +207,11 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 lens[g] = len;
             }
             AttendChunk(new Linear(), kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, group, hd, _scale, s.Scores, s.Stride, outs, stats);
+            // A row of one chunk is done: its merge here (the same call the caller would make), not serially after.
+            if (chunks == 1)
+                fixed (float* op = _o)
+                    for (int g = 0; g < group; g++)
+                        MergeChunks(outs[g], (long)group * hd, stats[g], group * 2L, 1, hd, op + ((long)qr * _heads + kvh * group + g) * hd);
         }
     }
 
