@@ -187,31 +187,17 @@ internal sealed unsafe class AttentionJob : IParallelJob
         }
         int gr = lo, si = _rowSeq[gr], r = _rowInSeq[gr];
         var sq = _seqs[si];
-        int n = sq.Pos0 + r + 1, chunks = Chunks(n), L = ChunkLength(n), within = item - _rowItem[gr];
-        int kvh = within / chunks, c = within % chunks;
-        int hd = _headDim, group = _heads / _kvHeads, qr = sq.Row0 + r;
-        int t0 = c * L, len = Math.Min(n, t0 + L) - t0;
-        var s = _scratch[worker];
-        float** qs = stackalloc float*[group];
-        float** outs = stackalloc float*[group];
-        float** stats = stackalloc float*[group];
-        int* lens = stackalloc int[group];
-        fixed (float* qp0 = _q, kp0 = _seqK[si], vp0 = _seqV[si], pp0 = _partial, st0 = _stats)
+        int n = sq.Pos0 + r + 1, chunks = Chunks(n), within = item - _rowItem[gr];
+        int kvh = within / chunks, qr = sq.Row0 + r;
+        long slot0 = (long)item * (_heads / _kvHeads);
+        AttendRowChunk(new Linear(), qr, kvh, n, within % chunks, _seqK[si], _seqV[si], slot0, worker);
+        // A row of one chunk is done: its merge here (the same call the caller would make), not serially after.
+        if (chunks == 1)
         {
-            for (int g = 0; g < group; g++)
-            {
-                long slot = (long)item * group + g;
-                qs[g] = qp0 + ((long)qr * _heads + kvh * group + g) * hd;
-                outs[g] = pp0 + slot * hd;
-                stats[g] = st0 + slot * 2;
-                lens[g] = len;
-            }
-            AttendChunk(new Linear(), kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, group, hd, _scale, s.Scores, s.Stride, outs, stats);
-            // A row of one chunk is done: its merge here (the same call the caller would make), not serially after.
-            if (chunks == 1)
-                fixed (float* op = _o)
-                    for (int g = 0; g < group; g++)
-                        MergeChunks(outs[g], (long)group * hd, stats[g], group * 2L, 1, hd, op + ((long)qr * _heads + kvh * group + g) * hd);
+            int hd = _headDim, group = _heads / _kvHeads;
+            fixed (float* op = _o, pp = _partial, st = _stats)
+                for (int g = 0; g < group; g++)
+                    MergeChunks(pp + (slot0 + g) * hd, (long)group * hd, st + (slot0 + g) * 2, group * 2L, 1, hd, op + ((long)qr * _heads + kvh * group + g) * hd);
         }
     }
 
@@ -361,24 +347,34 @@ internal sealed unsafe class AttentionJob : IParallelJob
     {
         int perRow = _kvHeads * _chunks;
         // b: the row within the block (its merge slots); r: within the call.
-        int b = item / perRow, r = _first + b, qr = _row0 + r, kvh = item % perRow / _chunks, c = item % _chunks;
-        int n = Positions(r), L = ChunkLength(n);
+        int b = item / perRow, r = _first + b, kvh = item % perRow / _chunks, c = item % _chunks;
+        int n = Positions(r);
         if (c >= Chunks(n)) return; // a row with fewer chunks than the call's slots
-        int hd = _headDim, group = _heads / _kvHeads;
+        AttendRowChunk(map, _row0 + r, kvh, n, c, _k, _v, Slot(b, kvh, c, _heads / _kvHeads, 0), worker);
+    }
+
+    /// <summary>
+    /// Chunk <paramref name="c"/> of query row <paramref name="qr"/> (attending to <paramref name="n"/> positions of the
+    /// caches k, v) for the query heads of kv head <paramref name="kvh"/>: head g's unnormalized output and (max, sum) go
+    /// to partial slot <paramref name="slot0"/> + g.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void AttendRowChunk<TMap>(TMap map, int qr, int kvh, int n, int c, float[] k, float[] v, long slot0, int worker) where TMap : struct, IRowMap
+    {
+        int hd = _headDim, group = _heads / _kvHeads, L = ChunkLength(n);
         int t0 = c * L, len = Math.Min(n, t0 + L) - t0;
         var s = _scratch[worker];
         float** qs = stackalloc float*[group];
         float** outs = stackalloc float*[group];
         float** stats = stackalloc float*[group];
         int* lens = stackalloc int[group];
-        fixed (float* qp0 = _q, kp0 = _k, vp0 = _v, pp0 = _partial, st0 = _stats)
+        fixed (float* qp0 = _q, kp0 = k, vp0 = v, pp0 = _partial, st0 = _stats)
         {
             for (int g = 0; g < group; g++)
             {
-                long slot = Slot(b, kvh, c, group, g);
                 qs[g] = qp0 + ((long)qr * _heads + kvh * group + g) * hd;
-                outs[g] = pp0 + slot * hd;
-                stats[g] = st0 + slot * 2;
+                outs[g] = pp0 + (slot0 + g) * hd;
+                stats[g] = st0 + (slot0 + g) * 2;
                 lens[g] = len;
             }
             AttendChunk(map, kp0 + kvh * hd, vp0 + kvh * hd, _kvHeads * hd, t0, qs, lens, group, hd, _scale, s.Scores, s.Stride, outs, stats);
