@@ -28,10 +28,10 @@ public abstract class DeviceBuffer : IDisposable
     public virtual void Dispose() { }
 }
 
-/// <summary>Rotary embedding frequencies (already adjusted for rope_scaling), shared by every layer.</summary>
 /// <summary>One sequence's rows of a batched step for <see cref="IBackend.AttentionSequences"/>: query rows Row0 .. Row0+Rows-1 at positions Pos0 .., over its own caches.</summary>
 public readonly record struct SequenceRows(int Row0, int Rows, int Pos0, DeviceBuffer KCache, DeviceBuffer VCache);
 
+/// <summary>Rotary embedding frequencies (already adjusted for rope_scaling), shared by every layer.</summary>
 public sealed class RopeTable
 {
     /// <summary>inv_freq[i] for i in [0, rotaryDim/2).</summary>
@@ -60,7 +60,8 @@ public sealed class RopeTable
             a = _angles;
             if (a.Positions >= end) return (a.Cos, a.Sin);
             int half = InvFreq.Length;
-            int positions = (int)Math.Min(Math.Max(end, 2L * a.Positions), Math.Max(end, int.MaxValue / Math.Max(1, half)));
+            // Doubling keeps the growth's copies linear in the positions reached.
+            int positions = Math.Max(end, (int)Math.Min(2L * a.Positions, int.MaxValue / Math.Max(1, half)));
             var cos = new float[(long)positions * half];
             var sin = new float[cos.Length];
             a.Cos.CopyTo(cos, 0);

@@ -95,64 +95,64 @@ internal sealed unsafe class AttentionJob : IParallelJob
     private float[][] _seqK = [], _seqV = [];
     private int _seqCount, _batchRows;
     private int[] _rowItem = [], _rowSeq = [], _rowInSeq = [];
+    private bool _batch; // the many-sequence schedule is running
 
     /// <summary>
     /// Attention of several sequences' rows in one dispatch (<see cref="IBackend.AttentionSequences"/>): every row's items
     /// (kv head, chunk) as the chunk schedule makes them, so the arithmetic of each row is that of a lone call. Sequences
     /// whose rows would take the tile schedule (prompt chunks) run alone first.
     /// </summary>
-    public void RunSequences(WorkerPool pool, float[] q, float[] o, ReadOnlySpan<SequenceRows> seqs, Func<DeviceBuffer, float[]> host,
-                             int heads, int kvHeads, int headDim, float scale)
+    public void RunSequences(WorkerPool pool, float[] q, float[] o, ReadOnlySpan<SequenceRows> seqs, int heads, int kvHeads, int headDim, float scale)
     {
         int group = heads / kvHeads;
         if (_seqs.Length < seqs.Length) { _seqs = new SequenceRows[seqs.Length]; _seqK = new float[seqs.Length][]; _seqV = new float[seqs.Length][]; }
         _seqCount = 0; _batchRows = 0;
-        long items = 0;
-        foreach (var sq in seqs)
-        {
-            float[] k = host(sq.KCache), v = host(sq.VCache);
-            Prepare(q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim);
-            int tiles = (sq.Rows + TileRows - 1) / TileRows;
-            if (sq.Rows > 1 && tiles * kvHeads >= 3 * pool.ThreadCount && ChunkLength(sq.Pos0 + 1) == ChunkLength(sq.Pos0 + sq.Rows))
-            {
-                Run(pool, q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim, scale);
-                continue;
-            }
-            _seqs[_seqCount] = sq; _seqK[_seqCount] = k; _seqV[_seqCount] = v; _seqCount++;
-            _batchRows += sq.Rows;
-            for (int r = 0; r < sq.Rows; r++) items += (long)kvHeads * Chunks(sq.Pos0 + r + 1);
-        }
-        if (_seqCount == 0) return;
-        if (items * group * headDim > PartialBudget || _seqCount == 1)
-        {
-            // Too much to merge at once (very long contexts), or nothing to share: each sequence as its own call.
-            for (int i = 0; i < _seqCount; i++)
-                Run(pool, q, _seqK[i], _seqV[i], o, _seqs[i].Row0, _seqs[i].Rows, _seqs[i].Pos0, heads, kvHeads, headDim, scale);
-            Unbind();
-            return;
-        }
-        if (_rowItem.Length < _batchRows + 1) { _rowItem = new int[_batchRows + 1]; _rowSeq = new int[_batchRows]; _rowInSeq = new int[_batchRows]; }
-        int gr = 0, at = 0;
-        for (int i = 0; i < _seqCount; i++)
-            for (int r = 0; r < _seqs[i].Rows; r++, gr++)
-            {
-                _rowItem[gr] = at; _rowSeq[gr] = i; _rowInSeq[gr] = r;
-                at += kvHeads * Chunks(_seqs[i].Pos0 + r + 1);
-            }
-        _rowItem[gr] = at;
-        if (_partial.Length < (long)at * group * headDim) _partial = new float[(long)at * group * headDim];
-        if (_stats.Length < (long)at * group * 2) _stats = new float[(long)at * group * 2];
-        Bind(q, [], [], o, 0, 0, heads, kvHeads, headDim, scale);
-        _batch = true;
         try
         {
+            long items = 0;
+            foreach (var sq in seqs)
+            {
+                float[] k = ((CpuBuffer)sq.KCache).Data, v = ((CpuBuffer)sq.VCache).Data;
+                Prepare(q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim);
+                int tiles = (sq.Rows + TileRows - 1) / TileRows;
+                if (sq.Rows > 1 && tiles * kvHeads >= 3 * pool.ThreadCount && ChunkLength(sq.Pos0 + 1) == ChunkLength(sq.Pos0 + sq.Rows))
+                {
+                    Run(pool, q, k, v, o, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim, scale);
+                    continue;
+                }
+                _seqs[_seqCount] = sq; _seqK[_seqCount] = k; _seqV[_seqCount] = v; _seqCount++;
+                _batchRows += sq.Rows;
+                for (int r = 0; r < sq.Rows; r++) items += (long)kvHeads * Chunks(sq.Pos0 + r + 1);
+            }
+            if (items * group * headDim > PartialBudget || _seqCount == 1)
+            {
+                // Too much to merge at once (very long contexts), or nothing to share: each sequence as its own call.
+                for (int i = 0; i < _seqCount; i++)
+                    Run(pool, q, _seqK[i], _seqV[i], o, _seqs[i].Row0, _seqs[i].Rows, _seqs[i].Pos0, heads, kvHeads, headDim, scale);
+                return;
+            }
+            if (_seqCount == 0) return;
+            if (_rowItem.Length < _batchRows + 1) { _rowItem = new int[_batchRows + 1]; _rowSeq = new int[_batchRows]; _rowInSeq = new int[_batchRows]; }
+            int gr = 0, at = 0;
+            for (int i = 0; i < _seqCount; i++)
+                for (int r = 0; r < _seqs[i].Rows; r++, gr++)
+                {
+                    _rowItem[gr] = at; _rowSeq[gr] = i; _rowInSeq[gr] = r;
+                    at += kvHeads * Chunks(_seqs[i].Pos0 + r + 1);
+                }
+            _rowItem[gr] = at;
+            if (_partial.Length < (long)at * group * headDim) _partial = new float[(long)at * group * headDim];
+            if (_stats.Length < (long)at * group * 2) _stats = new float[(long)at * group * 2];
+            Bind(q, [], [], o, 0, 0, heads, kvHeads, headDim, scale);
+            _batch = true;
             pool.Run(this, at);
+            // Rows of several chunks merge here (a row of one chunk was merged by its item).
             fixed (float* pp = _partial, st = _stats, op = _o)
                 for (gr = 0; gr < _batchRows; gr++)
                 {
                     var sq = _seqs[_rowSeq[gr]];
                     int r = _rowInSeq[gr], chunks = Chunks(sq.Pos0 + r + 1);
-                    if (chunks == 1) continue; // merged by its items
+                    if (chunks == 1) continue;
                     for (int kvh = 0; kvh < kvHeads; kvh++)
                         for (int g = 0; g < group; g++)
                         {
@@ -164,8 +164,6 @@ internal sealed unsafe class AttentionJob : IParallelJob
         }
         finally { _batch = false; Unbind(); }
     }
-
-    private bool _batch;
 
     private void Unbind()
     {

@@ -214,7 +214,7 @@ public sealed partial class CpuBackend : IBackend
         _attention.Run(_pool, D(q), D(kCache), D(vCache), D(output), row0, rows, pos0, heads, kvHeads, headDim, scale);
 
     public void AttentionSequences(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale) =>
-        _attention.RunSequences(_pool, D(q), D(output), sequences, D, heads, kvHeads, headDim, scale);
+        _attention.RunSequences(_pool, D(q), D(output), sequences, heads, kvHeads, headDim, scale);
 
     public void AttentionTree(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
                               int row0, int rows, int pos0, ReadOnlySpan<int> parents, int heads, int kvHeads, int headDim, float scale) =>
