@@ -235,7 +235,9 @@ internal sealed class DraftControl
     private const double GiveUp = 0.12;        // below this acceptance rate: back off
     private const int PlainSteps = 16;         // plain steps before the first probe
     private const int MaxPause = 512;
-    private double _rate = 0.3; // two drafts first: a good source deepens within a few steps, a poor one costs few drafts
+    // One draft first: an accepted one lifts the rate to 0.33 (two drafts next) and a good source deepens within a few
+    // steps; a rejected one backs off at once, so a source that never hits costs one draft per probe.
+    private double _rate = 0.1;
     private int _pause, _failures;
 
     /// <summary>Plain steps the last back-off chose (tests).</summary>
@@ -335,6 +337,19 @@ internal static class SpeculativeRun
                 continue;
             }
             int n = Propose(source, g, context, draft, model.ContextLength);
+            if (n == 0 && heads is null && g.PlainArgmax && model is ModelBase plain)
+            {
+                // Backing off (or nothing to draft) under greedy decoding: a plain step exactly as without speculation
+                // (the model takes the argmax where its logits are), so a source that never hits costs only its probes.
+                tokens[0] = g.Next;
+                int token = plain.ForwardArgmax(state, tokens.AsSpan(0, 1), pos);
+                g.NextRan();
+                g.Stats.PlainSteps++;
+                more = g.AcceptArgmax(token, emit);
+                foreach (var t in emit) yield return t;
+                emit.Clear();
+                continue;
+            }
             tokens[0] = g.Next;
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
             model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));

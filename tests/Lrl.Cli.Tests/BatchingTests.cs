@@ -103,8 +103,10 @@ public class BatchingTests
         Assert.Equal(3, await leaveTask);
         int got = await cancelTask;
         Assert.InRange(got, 5, 7);
-        Assert.Equal(FinishReason.Cancelled, cancelled.LastStats.FinishReason);
+        // The steady reader first: a step that failed would end it with the step's exception (and leave the cancelled
+        // generation without a finish reason), which names the cause.
         Assert.Equal(expected, (await steadyTask).Text);
+        Assert.Equal(FinishReason.Cancelled, cancelled.LastStats.FinishReason);
         // The sessions are free again and give the same output as before.
         var again = Collect(leaving.Generate(Prompts[1], long_)).Text;
         Assert.True(expected == again, $"expected:\n{expected}\nagain:\n{again}\ncached {leaving.LastStats.CachedTokens}");
