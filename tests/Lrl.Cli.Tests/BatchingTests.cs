@@ -112,6 +112,92 @@ public class BatchingTests
         Assert.True(expected == again, $"expected:\n{expected}\nagain:\n{again}\ncached {leaving.LastStats.CachedTokens}");
     }
 
+    /// <summary>
+    /// A crowd of readers in random order (seeded): whole generations read synchronously and asynchronously, greedy,
+    /// sampled and speculative; readers that leave after a few tokens and then reuse their session; cancellations after a
+    /// few tokens and before the first; sessions disposed from another thread mid-generation. Every whole generation
+    /// equals its output alone, every cancelled one says so, and nothing else throws.
+    /// </summary>
+    [Fact]
+    public async Task ACrowdThatLeavesCancelsAndDisposesNeverDisturbsTheRest()
+    {
+        var dir = CliRunner.Model("stories260k");
+        GenerationOptions Opt(int i) => Options(i) with { Speculative = i % 4 == 2 ? SpeculativeMethod.Lookup : SpeculativeMethod.None };
+        string[] alone;
+        using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 1 }))
+            alone = Prompts.Select((p, i) => { using var s = serial.CreateSession(); return Collect(s.Generate(p, Opt(i))).Text; }).ToArray();
+
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 8 });
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        async Task Reader(int seed)
+        {
+            var rng = new Random(seed);
+            for (int round = 0; round < 6; round++)
+            {
+                int i = rng.Next(Prompts.Length), k = 1 + rng.Next(6);
+                string p = Prompts[i];
+                var o = Opt(i);
+                using var s = model.CreateSession();
+                switch (rng.Next(6))
+                {
+                    case 0: // whole, synchronous
+                        Check(i, Collect(s.Generate(p, o)).Text, "sync");
+                        break;
+                    case 1: // whole, asynchronous
+                        Check(i, (await CollectAsync(s.GenerateAsync(p, o))).Text, "async");
+                        break;
+                    case 2: // leaves after k tokens, then the session runs the whole generation
+                        _ = s.Generate(p, o).Take(k).Count();
+                        Check(i, Collect(s.Generate(p, o)).Text, $"after leaving at {k}");
+                        break;
+                    case 3: // cancels after k tokens
+                    {
+                        using var cts = new CancellationTokenSource();
+                        int n = 0;
+                        await foreach (var _ in s.GenerateAsync(p, o with { MaxTokens = 200, IgnoreEos = true }, cts.Token)) if (++n == k) cts.Cancel();
+                        if (s.LastStats.FinishReason != FinishReason.Cancelled)
+                            failures.Enqueue($"prompt {i}: cancelled after {k} tokens, finish reason {s.LastStats.FinishReason}");
+                        break;
+                    }
+                    case 4: // cancelled before the first token
+                    {
+                        using var cts = new CancellationTokenSource();
+                        cts.Cancel();
+                        var got = await CollectAsync(s.GenerateAsync(p, o, cts.Token));
+                        if (got.Ids.Length > 0 || s.LastStats.FinishReason != FinishReason.Cancelled)
+                            failures.Enqueue($"prompt {i}: cancelled before starting, {got.Ids.Length} tokens, {s.LastStats.FinishReason}");
+                        break;
+                    }
+                    default: // disposed from another thread after k tokens
+                    {
+                        var started = new TaskCompletionSource();
+                        var read = Task.Run(async () =>
+                        {
+                            int n = 0;
+                            await foreach (var _ in s.GenerateAsync(p, o with { MaxTokens = 200, IgnoreEos = true })) if (++n == k) started.TrySetResult();
+                        });
+                        await Task.WhenAny(started.Task, read);
+                        s.Dispose();
+                        try { await read; }
+                        catch (ObjectDisposedException) { } // the documented end of a generation whose session is disposed
+                        break;
+                    }
+                }
+            }
+        }
+        void Check(int i, string text, string how)
+        {
+            if (text != alone[i]) failures.Enqueue($"prompt {i} ({how}): expected\n{alone[i]}\ngot\n{text}");
+        }
+        var readers = Enumerable.Range(0, 8).Select(seed => Task.Run(() => Reader(100 + seed))).ToArray();
+        try { await Task.WhenAll(readers).WaitAsync(TimeSpan.FromMinutes(3)); }
+        catch (Exception e) when (e is not TimeoutException) { failures.Enqueue(e.ToString()); }
+        Assert.True(failures.IsEmpty, string.Join("\n---\n", failures));
+        // The loop is still sound afterwards.
+        using var after = model.CreateSession();
+        Assert.Equal(alone[0], Collect(after.Generate(Prompts[0], Opt(0))).Text);
+    }
+
     [Fact]
     public async Task DisposingTheModelEndsRunningGenerationsWithAClearError()
     {
