@@ -111,6 +111,13 @@ public interface IBackend : IDisposable
     void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null);
 
     /// <summary>
+    /// While above 0: products of up to this many rows give every row the bits of its one-row product, whatever the
+    /// backend would choose for speed (a speculative verification pass sets it, so each candidate's logits are exactly
+    /// those of decoding it alone). Backends whose products are per-row exact already, or that cannot be, ignore it.
+    /// </summary>
+    int ExactRows { get => 0; set { } }
+
+    /// <summary>
     /// Three products of one input in one pass (Q, K and V): y_j = x·W_jᵀ (+ b_j). Backends fuse them into one dispatch;
     /// the default runs three <see cref="MatMul"/>s.
     /// </summary>

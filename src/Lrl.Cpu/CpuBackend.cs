@@ -20,6 +20,13 @@ public sealed partial class CpuBackend : IBackend
     public bool CopiesWeights => _arena is not null;
     public int Threads => _pool.ThreadCount;
 
+    /// <inheritdoc/>
+    public int ExactRows
+    {
+        get => _matMul.ExactRows;
+        set => _matMul.ExactRows = value >= 0 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "exact rows must be ≥ 0");
+    }
+
     /// <param name="threads">Worker threads including the caller; 0 = one per physical core.</param>
     /// <param name="copyWeights">Copy weights out of the memory-mapped file into huge-page memory (faster decode,
     /// anonymous memory instead of evictable page cache); false reads them in place (zero-copy).</param>

@@ -98,8 +98,14 @@ internal sealed unsafe class MatMulJob : IParallelJob
     private void Begin(float[] x, int rows, bool swiGlu, CpuMatrix w0, CpuMatrix? w1 = null, CpuMatrix? w2 = null)
     {
         _x = x; _rows = rows; _count = 0; _swiGlu = swiGlu;
-        _quantRows = rows > 1 && rows <= w0.RowsMax && rows <= (w1?.RowsMax ?? rows) && rows <= (w2?.RowsMax ?? rows);
+        _quantRows = rows > 1 && rows <= RowsLimit(w0) && (w1 is null || rows <= RowsLimit(w1)) && (w2 is null || rows <= RowsLimit(w2));
     }
+
+    /// <summary>Products of up to this many rows run each row's GEMV arithmetic where a matrix can (<see cref="IBackend.ExactRows"/>).</summary>
+    public int ExactRows;
+
+    /// <summary>Most rows <paramref name="w"/> runs through <see cref="CpuMatrix.GemvRows"/>: its own choice, raised to <see cref="ExactRows"/>.</summary>
+    private int RowsLimit(CpuMatrix w) => w.RowsMax > 0 ? Math.Max(w.RowsMax, ExactRows) : 0;
 
     private void Add(WorkerPool pool, CpuMatrix w, float[] y, float[]? bias)
     {

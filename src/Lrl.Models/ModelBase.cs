@@ -353,7 +353,45 @@ public abstract class ModelBase : ILanguageModel
                 CheckAdapters(s);
                 Reserve(s, run.StartPos + run.Rows);
             }
-            ForwardBatchCore(batch, logits);
+            bool verify = false;
+            foreach (var run in batch.Runs) verify |= run.Logits == LogitsWanted.All || run.Parents is not null;
+            using (verify ? Exact() : default) ForwardBatchCore(batch, logits);
+        }
+    }
+
+    /// <summary>
+    /// Most rows of a verification pass (the pending token and its drafts, or a tree's nodes) whose products run each
+    /// row's one-row arithmetic (<see cref="IBackend.ExactRows"/>): every candidate's logits are then exactly those of
+    /// decoding it alone, on float models too (whose products past 16 rows otherwise take a faster GEMM with other
+    /// rounding), so greedy speculation picks plain decoding's tokens. A step beside other sequences covers them as well.
+    /// </summary>
+    public const int VerifyRowsExact = 64;
+
+    /// <summary>Raises the backend's exact rows for the pass in progress (under the lock); disposing restores them.</summary>
+    private ExactScope Exact()
+    {
+        int keep = Backend.ExactRows;
+        Backend.ExactRows = Math.Max(keep, VerifyRowsExact);
+        return new ExactScope(Backend, keep);
+    }
+
+    private readonly struct ExactScope(IBackend backend, int keep) : IDisposable
+    {
+        public void Dispose() { if (backend is not null) backend.ExactRows = keep; }
+    }
+
+    /// <summary>
+    /// A verification pass over one sequence: as <see cref="Forward(ISequenceState, ReadOnlySpan{int}, int, Span{float})"/>
+    /// with every row's logits (<paramref name="logits"/> holds tokens × vocabulary), each row's exactly what decoding it
+    /// alone gives (see <see cref="VerifyRowsExact"/>).
+    /// </summary>
+    public void ForwardVerify(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    {
+        if (logits.Length != (long)tokens.Length * VocabSize) throw new ArgumentException($"logits must hold {tokens.Length} × {VocabSize} values", nameof(logits));
+        var s = Own(state);
+        lock (_gate)
+        {
+            using (Exact()) ForwardOwn(s, tokens, startPos, logits, int.MaxValue);
         }
     }
 
@@ -496,6 +534,7 @@ public abstract class ModelBase : ILanguageModel
             head.Begin(n, pos0, ContextLength, logits);
             Reserve(s, pos0 + n);
             _one[0] = new Piece(s, 0, n, pos0) { Parents = parents.ToArray() };
+            using var exact = Exact();
             try { RunChunk(_one, tokens); }
             finally { _one[0] = default; }
             head.Write(FinalHidden!, n, 0, n, all: true, logits, HeadOf(s));

@@ -352,7 +352,8 @@ internal static class SpeculativeRun
             }
             tokens[0] = g.Next;
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
-            model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
+            if (model is ModelBase verifier) verifier.ForwardVerify(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
+            else model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
             g.NextRan();
             long accepted = g.Stats.AcceptedTokens;
             more = AcceptRows(g, rows, vocab, draft.AsSpan(0, n), emit);

@@ -235,4 +235,70 @@ public class StepBatchTests
         Assert.True(err < 1e-5, $"tree run in a batched step vs alone: relative L2 error {err:E2}");
         Assert.Throws<ArgumentException>(() => batch.AddTree(b, [1, 2], [0, 0], 4));
     }
+
+    /// <summary>
+    /// Speculative verification is exact: every node of a tree of up to 64 nodes (and every row of a 40-row chain) gets,
+    /// bit for bit, the logits of decoding its own path alone, on the float models (f32, f16, bf16) as on the quantized
+    /// ones, so greedy speculation can never pick another token than plain decoding.
+    /// </summary>
+    [Theory]
+    [InlineData("stories260k", 40)]
+    [InlineData("stories260k-fp16", 40)]
+    [InlineData("stories260k-bf16-sharded", 40)]
+    [InlineData("stories260k-bf16-sharded", 64)]
+    [InlineData("stories260k", 17)]
+    [InlineData("stories260k", 16)]
+    public void VerifyRowsEqualTheirPathDecodedAloneBitForBit(string name, int nodes)
+    {
+        var dir = SharedData.Model(name);
+        using var backend = new CpuBackend(threads: 2);
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 128, BatchSize = 64 });
+        var mb = (ModelBase)model;
+        int v = model.VocabSize;
+        var rng = new Random(nodes);
+        int[] prompt = [1, 403, 407, 261, 300, 378];
+        var tokens = Enumerable.Range(0, nodes).Select(_ => 1 + rng.Next(v - 1)).ToArray();
+        var parents = Enumerable.Range(0, nodes).Select(j => j == 0 ? -1 : rng.Next(j)).ToArray();
+        var tree = new float[nodes * v];
+        using (var s = model.CreateState())
+        {
+            model.Forward(s, prompt, 0, new float[v]);
+            mb.ForwardTree(s, tokens, parents, prompt.Length, tree);
+        }
+        var chain = new float[nodes * v];
+        using (var s = model.CreateState())
+        {
+            model.Forward(s, prompt, 0, new float[v]);
+            mb.ForwardVerify(s, tokens, prompt.Length, chain); // a chain of drafts
+        }
+        // The same tree in a batched step after another sequence's prompt rows: the same bits.
+        using (var s = model.CreateState())
+        using (var other = model.CreateState())
+        {
+            model.Forward(s, prompt, 0, new float[v]);
+            var batch = new StepBatch();
+            batch.Add(other, [1, 300, 378, 432, 260, 261], 0);
+            int at = batch.AddTree(s, tokens, parents, prompt.Length);
+            var stepLogits = new float[batch.LogitsRows * v];
+            model.Forward(batch, stepLogits);
+            Assert.True(stepLogits.AsSpan(at * v, nodes * v).SequenceEqual(tree), $"{name}: the tree in a batched step differs from the tree alone");
+        }
+        var lone = new float[v];
+        for (int j = 0; j < nodes; j++)
+        {
+            var path = new List<int>();
+            for (int a = j; a >= 0; a = parents[a]) path.Insert(0, tokens[a]);
+            using var s = model.CreateState();
+            model.Forward(s, prompt, 0, new float[v]);
+            for (int k = 0; k < path.Count; k++) model.Forward(s, [path[k]], prompt.Length + k, lone);
+            Assert.True(tree.AsSpan(j * v, v).SequenceEqual(lone), $"{name}: tree node {j} of {nodes} (depth {path.Count}) differs from its path decoded alone");
+        }
+        for (int j = 0; j < nodes; j++)
+        {
+            using var s = model.CreateState();
+            model.Forward(s, prompt, 0, new float[v]);
+            for (int k = 0; k <= j; k++) model.Forward(s, [tokens[k]], prompt.Length + k, lone);
+            Assert.True(chain.AsSpan(j * v, v).SequenceEqual(lone), $"{name}: chain row {j} of {nodes} differs from decoding alone");
+        }
+    }
 }
