@@ -354,7 +354,7 @@ public abstract class ModelBase : ILanguageModel
                 Reserve(s, run.StartPos + run.Rows);
             }
             bool verify = false;
-            foreach (var run in batch.Runs) verify |= run.Logits == LogitsWanted.All || run.Parents is not null;
+            foreach (var run in batch.Runs) verify |= run.Rows > 1 && (run.Logits == LogitsWanted.All || run.Parents is not null); // not a lone pending token
             using (verify ? Exact() : default) ForwardBatchCore(batch, logits);
         }
     }
