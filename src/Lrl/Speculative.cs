@@ -235,7 +235,7 @@ internal sealed class DraftControl
     private const double GiveUp = 0.12;        // below this acceptance rate: back off
     private const int PlainSteps = 16;         // plain steps before the first probe
     private const int MaxPause = 512;
-    // One draft first: an accepted one lifts the rate to 0.33 (two drafts next) and a good source deepens within a few
+    // One draft first: an accepted one lifts the rate to 0.33 (three drafts next) and a good source deepens within a few
     // steps; a rejected one backs off at once, so a source that never hits costs one draft per probe.
     private double _rate = 0.1;
     private int _pause, _failures;

@@ -112,6 +112,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         if (!Enabled) { inner.LayerNorm(x, w, b, y, rows, eps); return; }
         Time("layernorm", 0, () => inner.LayerNorm(x, w, b, y, rows, eps));
     }
+
     public int ExactRows { get => inner.ExactRows; set => inner.ExactRows = value; }
 
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
