@@ -38,8 +38,10 @@ public sealed class LrlModel : IDisposable
     {
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
         _default = new SharedSession(this);
+        int stepRows = options.StepRows > 0 ? options.StepRows : 64;
+        if (options.BatchInvariant) model.Backend.ExactRows = stepRows; // (the backend is this model's own)
         if (options.Parallel > 1)
-            Loop = new DecodeLoop(model, options.Parallel, options.StepRows > 0 ? options.StepRows : 64, options.BatchSize);
+            Loop = new DecodeLoop(model, options.Parallel, stepRows, options.BatchInvariant ? stepRows : options.BatchSize);
     }
 
     /// <summary>The continuous-batching loop every generation runs in (when <see cref="ModelOptions.Parallel"/> &gt; 1).</summary>

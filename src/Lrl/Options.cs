@@ -35,6 +35,13 @@ public sealed record ModelOptions
     /// <summary>Most rows in one batched step while sequences are decoding (bounds the time between their tokens when
     /// prompts are being admitted); 0 = 64.</summary>
     public int StepRows { get; init; }
+    /// <summary>
+    /// Batch invariance on float models too (CPU): every product of up to <see cref="StepRows"/> rows runs each row's
+    /// one-row arithmetic and the decode loop admits prompts in chunks of at most that many rows, so each generation's
+    /// logits are bit for bit the same whatever it is batched with (int8/int4 models are so already). Costs float
+    /// models' prefill and many-row steps the faster GEMM (at 64 rows about a third of the products' speed).
+    /// </summary>
+    public bool BatchInvariant { get; init; }
 }
 
 /// <summary>How text is generated.</summary>

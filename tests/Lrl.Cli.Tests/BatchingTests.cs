@@ -204,6 +204,48 @@ public class BatchingTests
         Assert.Equal(alone[0], Collect(after.Generate(Prompts[0], Opt(0))).Text);
     }
 
+    /// <summary>
+    /// <see cref="ModelOptions.BatchInvariant"/> on the float models: a decode row in a 41-row step beside another
+    /// sequence's prompt gets exactly its lone row's logits (without the option its products take the GEMM and the bits
+    /// differ), prompts are admitted in chunks of at most the step's rows, and concurrent generations equal each alone.
+    /// </summary>
+    [Theory]
+    [InlineData("stories260k")]
+    [InlineData("stories260k-bf16-sharded")]
+    public async Task BatchInvariantFloatModelsGiveEveryRowItsLoneBits(string name)
+    {
+        var dir = CliRunner.Model(name);
+        float[] RowInStep(LrlModel m, bool lone)
+        {
+            var mb = (Lrl.Models.ModelBase)m.Model;
+            int v = mb.VocabSize;
+            using var a = mb.CreateState();
+            using var b = mb.CreateState();
+            mb.Forward(a, [1, 403, 407, 261], 0, new float[v]);
+            var batch = new StepBatch();
+            int at = batch.Add(a, [300], 4);
+            if (!lone) batch.Add(b, Enumerable.Range(0, 40).Select(i => 1 + i * 13 % (v - 1)).ToArray(), 0, LogitsWanted.None);
+            var logits = new float[batch.LogitsRows * v];
+            mb.Forward(batch, logits);
+            return logits.AsSpan(at * v, v).ToArray();
+        }
+        using (var plain = LrlModel.Load(dir, new ModelOptions { Threads = 2 }))
+            Assert.False(RowInStep(plain, lone: true).SequenceEqual(RowInStep(plain, lone: false)), "without the option a 41-row float step should round differently");
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 48, BatchInvariant = true });
+        Assert.True(RowInStep(model, lone: true).SequenceEqual(RowInStep(model, lone: false)), $"{name}: the row's logits depend on its step");
+        Assert.Equal(48, model.Loop!.PrefillRows);
+
+        string[] alone;
+        using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 48, BatchInvariant = true }))
+            alone = Prompts.Select((p, i) => { using var s = serial.CreateSession(); return Collect(s.Generate(p, Options(i))).Text; }).ToArray();
+        var together = await Task.WhenAll(Prompts.Select((p, i) => Task.Run(async () =>
+        {
+            using var s = model.CreateSession();
+            return (await CollectAsync(s.GenerateAsync(p, Options(i)))).Text;
+        })));
+        Assert.Equal(alone, together);
+    }
+
     [Fact]
     public async Task DisposingTheModelEndsRunningGenerationsWithAClearError()
     {

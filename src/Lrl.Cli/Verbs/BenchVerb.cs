@@ -78,6 +78,9 @@ public sealed class BenchVerb
     [Option("modes", Default = "batched,serial", HelpText = "bench serve: batched (continuous batching, --parallel = the most streams) and/or serial (--parallel 1).")]
     public string Modes { get; set; } = "batched,serial";
 
+    [Option("batch-invariant", HelpText = "Products of up to --step-rows rows run each row's one-row arithmetic (as serve --batch-invariant): measures what batch invariance costs a float model in --batch steps and bench serve.")]
+    public bool BatchInvariant { get; set; }
+
     [Option("step-rows", Default = 64, HelpText = "bench serve: most tokens in one batched step while streams decode.")]
     public int StepRows { get; set; }
 
@@ -231,6 +234,7 @@ public sealed class BenchVerb
         var int8 = MachineProbe.Int8PeakGOps(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
         var mb = (ModelBase)model;
+        if (BatchInvariant) mb.Backend.ExactRows = StepRows;
         var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
         var counts = LoraRandom.Any() ? LoraRandom.Distinct().ToArray() : [0];
         if (counts.Any(c => c is < 0 or > 64)) throw new LrlException("--lora-random counts must be in 0..64");
@@ -298,6 +302,7 @@ public sealed class BenchVerb
             {
                 Device = ModelVerbBase.ParseDevice(DeviceName), Threads = Threads, Mmap = !NoMmap,
                 ContextLength = Math.Min(4096, promptLen + GenTokens + 8), Parallel = parallel, StepRows = StepRows,
+                BatchInvariant = BatchInvariant,
             });
             var rng = new Random(1);
             int[] prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(3, model.Model.VocabSize)).ToArray();

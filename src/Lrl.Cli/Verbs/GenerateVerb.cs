@@ -218,10 +218,10 @@ public abstract class ModelVerbBase
     public IReadOnlyList<Lrl.Models.LoraAdapter> LoadAdapters(LrlModel model) =>
         Lora.Select(ParseLora).Select(x => model.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
 
-    public LrlModel LoadModel(int parallel = 1, int stepRows = 0) =>
+    public LrlModel LoadModel(int parallel = 1, int stepRows = 0, bool batchInvariant = false) =>
         LrlModel.Load(Model, new ModelOptions
         {
             Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap,
-            Parallel = parallel, StepRows = stepRows,
+            Parallel = parallel, StepRows = stepRows, BatchInvariant = batchInvariant,
         });
 }

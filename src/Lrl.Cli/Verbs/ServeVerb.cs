@@ -47,6 +47,9 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("step-rows", Default = 64, HelpText = "Most tokens in one batched step while requests decode (prompts are admitted in chunks of what is left): lower keeps the time between tokens short.")]
     public int StepRows { get; set; }
 
+    [Option("batch-invariant", HelpText = "Every request's output bit-identical whatever it is batched with, on float models too (their batched steps and prompts then run per-row products: slower).")]
+    public bool BatchInvariant { get; set; }
+
     [Option("max-request-bytes", Default = 8L << 20, HelpText = "Largest request body in bytes; larger ones get 413 before they are read.")]
     public long MaxRequestBytes { get; set; }
 
@@ -71,7 +74,7 @@ public sealed class ServeVerb : SamplingVerbBase
         foreach (var o in Cors)
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
-        using var model = LoadModel(Parallel, StepRows);
+        using var model = LoadModel(Parallel, StepRows, BatchInvariant);
         defaults = WithSpeculation(defaults, out var draftModel);
         using var draftOwner = draftModel;
         var adapters = new Dictionary<string, Lrl.Models.LoraAdapter>(StringComparer.Ordinal);
