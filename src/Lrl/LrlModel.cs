@@ -39,7 +39,12 @@ public sealed class LrlModel : IDisposable
         Directory = dir; _backend = backend; Model = model; Tokenizer = tokenizer;
         _default = new SharedSession(this);
         int stepRows = options.StepRows > 0 ? options.StepRows : 64;
-        if (options.BatchInvariant) model.Backend.ExactRows = stepRows; // (the backend is this model's own)
+        if (options.BatchInvariant)
+        {
+            model.Backend.ExactRows = stepRows; // (the backend is this model's own)
+            if (model.Backend.ExactRows != stepRows)
+                throw new LrlException($"--batch-invariant needs per-row products, which the {model.Backend.Name} backend does not have (use the CPU)");
+        }
         if (options.Parallel > 1)
             Loop = new DecodeLoop(model, options.Parallel, stepRows, options.BatchInvariant ? stepRows : options.BatchSize);
     }
@@ -71,7 +76,8 @@ public sealed class LrlModel : IDisposable
         try
         {
             var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = options.ContextLength, BatchSize = options.BatchSize });
-            return new LrlModel(dir, backend, model, tokenizer, options);
+            try { return new LrlModel(dir, backend, model, tokenizer, options); }
+            catch { model.Dispose(); throw; }
         }
         catch
         {

@@ -234,6 +234,9 @@ public class BatchingTests
         using var model = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 48, BatchInvariant = true });
         Assert.True(RowInStep(model, lone: true).SequenceEqual(RowInStep(model, lone: false)), $"{name}: the row's logits depend on its step");
         Assert.Equal(48, model.Loop!.PrefillRows);
+        // A backend without per-row products says so instead of quietly batching as before.
+        Assert.Contains("--batch-invariant", Assert.Throws<LrlException>(() =>
+            LrlModel.Load(dir, new ModelOptions { BatchInvariant = true }, new Lrl.Kernels.Reference.ReferenceBackend())).Message);
 
         string[] alone;
         using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 2, Parallel = 4, StepRows = 48, BatchInvariant = true }))
