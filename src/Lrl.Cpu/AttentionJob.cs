@@ -124,6 +124,7 @@ internal sealed unsafe class AttentionJob : IParallelJob
                 _batchRows += sq.Rows;
                 for (int r = 0; r < sq.Rows; r++) items += (long)kvHeads * Chunks(sq.Pos0 + r + 1);
             }
+            if (_seqCount == 0) return;
             if (items * group * headDim > PartialBudget || _seqCount == 1)
             {
                 // Too much to merge at once (very long contexts), or nothing to share: each sequence as its own call.
@@ -131,7 +132,6 @@ internal sealed unsafe class AttentionJob : IParallelJob
                     Run(pool, q, _seqK[i], _seqV[i], o, _seqs[i].Row0, _seqs[i].Rows, _seqs[i].Pos0, heads, kvHeads, headDim, scale);
                 return;
             }
-            if (_seqCount == 0) return;
             if (_rowItem.Length < _batchRows + 1) { _rowItem = new int[_batchRows + 1]; _rowSeq = new int[_batchRows]; _rowInSeq = new int[_batchRows]; }
             int gr = 0, at = 0;
             for (int i = 0; i < _seqCount; i++)

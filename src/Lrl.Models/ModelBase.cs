@@ -310,8 +310,11 @@ public abstract class ModelBase : ILanguageModel
     public void Forward(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits) =>
         ForwardOwn(Own(state), tokens, startPos, logits, int.MaxValue);
 
-    /// <summary>One sequence's pass through the first <paramref name="layers"/> layers (all: int.MaxValue), under the lock.</summary>
-    private void ForwardOwn(SequenceState s, ReadOnlySpan<int> tokens, int startPos, Span<float> logits, int layers)
+    /// <summary>
+    /// One sequence's pass through the first <paramref name="layers"/> layers (all: int.MaxValue), under the lock;
+    /// <paramref name="verify"/>: a verification pass (<see cref="VerifyRowsExact"/>).
+    /// </summary>
+    private void ForwardOwn(SequenceState s, ReadOnlySpan<int> tokens, int startPos, Span<float> logits, int layers, bool verify = false)
     {
         lock (_gate)
         {
@@ -321,6 +324,7 @@ public abstract class ModelBase : ILanguageModel
             CheckAdapters(s);
             if (startPos >= 0) Reserve(s, (int)Math.Min(ContextLength, (long)startPos + tokens.Length));
             LayerLimit = layers;
+            using var exact = verify ? Exact() : default;
             try { ForwardCore(s, tokens, startPos, logits); }
             finally { LayerLimit = int.MaxValue; }
         }
@@ -367,7 +371,7 @@ public abstract class ModelBase : ILanguageModel
     /// </summary>
     public const int VerifyRowsExact = 64;
 
-    /// <summary>Raises the backend's exact rows for the pass in progress (under the lock); disposing restores them.</summary>
+    /// <summary>Raises the backend's exact rows for the pass in progress (under the lock); disposing restores them (default: no-op).</summary>
     private ExactScope Exact()
     {
         int keep = Backend.ExactRows;
@@ -388,10 +392,22 @@ public abstract class ModelBase : ILanguageModel
     public void ForwardVerify(ISequenceState state, ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
     {
         if (logits.Length != (long)tokens.Length * VocabSize) throw new ArgumentException($"logits must hold {tokens.Length} × {VocabSize} values", nameof(logits));
-        var s = Own(state);
+        ForwardOwn(Own(state), tokens, startPos, logits, int.MaxValue, verify: true);
+    }
+
+    /// <summary>
+    /// From now on every product of up to <paramref name="rows"/> rows gives each row its one-row bits, so a sequence's
+    /// logits never depend on what it is batched with (batch invariance); an error on a backend without per-row products.
+    /// </summary>
+    public void KeepRowsExact(int rows)
+    {
+        if (rows < 1) throw new LrlException($"batch invariance needs at least one row per step, got {rows}");
         lock (_gate)
         {
-            using (Exact()) ForwardOwn(s, tokens, startPos, logits, int.MaxValue);
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Backend.ExactRows = rows;
+            if (Backend.ExactRows != rows)
+                throw new LrlException($"--batch-invariant needs per-row products, which the {Backend.Name} backend does not have (use the CPU)");
         }
     }
 

@@ -40,11 +40,7 @@ public sealed class LrlModel : IDisposable
         _default = new SharedSession(this);
         int stepRows = options.StepRows > 0 ? options.StepRows : 64;
         if (options.BatchInvariant)
-        {
-            model.Backend.ExactRows = stepRows; // (the backend is this model's own)
-            if (model.Backend.ExactRows != stepRows)
-                throw new LrlException($"--batch-invariant needs per-row products, which the {model.Backend.Name} backend does not have (use the CPU)");
-        }
+            (model as ModelBase ?? throw new LrlException($"--batch-invariant: {model.Architecture} has no batched step")).KeepRowsExact(stepRows);
         if (options.Parallel > 1)
             Loop = new DecodeLoop(model, options.Parallel, stepRows, options.BatchInvariant ? stepRows : options.BatchSize);
     }

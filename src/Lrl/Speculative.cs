@@ -312,7 +312,8 @@ internal static class SpeculativeRun
         var emit = new List<GeneratedToken>(2);
         g.Stats.AcceptedByDepth = new int[k];
         bool more = g.Accept(first, emit);
-        var heads = source.WantsHidden ? (ModelBase)model : null;
+        var based = model as ModelBase; // every layered model: plain steps take its argmax, verify passes its exact rows
+        var heads = source.WantsHidden ? based! : null;
         var hidden = heads is null ? [] : new float[heads.HiddenSize];
         if (more && heads is not null)
         {
@@ -337,12 +338,12 @@ internal static class SpeculativeRun
                 continue;
             }
             int n = Propose(source, g, context, draft, model.ContextLength);
-            if (n == 0 && heads is null && g.PlainArgmax && model is ModelBase plain)
+            if (n == 0 && heads is null && g.PlainArgmax && based is not null)
             {
                 // Backing off (or nothing to draft) under greedy decoding: a plain step exactly as without speculation
                 // (the model takes the argmax where its logits are), so a source that never hits costs only its probes.
                 tokens[0] = g.Next;
-                int token = plain.ForwardArgmax(state, tokens.AsSpan(0, 1), pos);
+                int token = based.ForwardArgmax(state, tokens.AsSpan(0, 1), pos);
                 g.NextRan();
                 g.Stats.PlainSteps++;
                 more = g.AcceptArgmax(token, emit);
@@ -352,7 +353,7 @@ internal static class SpeculativeRun
             }
             tokens[0] = g.Next;
             draft.AsSpan(0, n).CopyTo(tokens.AsSpan(1));
-            if (model is ModelBase verifier) verifier.ForwardVerify(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
+            if (based is not null) based.ForwardVerify(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
             else model.Forward(state, tokens.AsSpan(0, n + 1), pos, rows.AsSpan(0, (n + 1) * vocab));
             g.NextRan();
             long accepted = g.Stats.AcceptedTokens;

@@ -234,7 +234,7 @@ public sealed class BenchVerb
         var int8 = MachineProbe.Int8PeakGOps(probeThreads);
         double Probe() { double gbs = probe.Measure(); probes.Add(gbs); return gbs; }
         var mb = (ModelBase)model;
-        if (BatchInvariant) mb.Backend.ExactRows = StepRows;
+        if (BatchInvariant) mb.KeepRowsExact(StepRows);
         var given = Lora.Select(ModelVerbBase.ParseLora).Select(x => mb.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
         var counts = LoraRandom.Any() ? LoraRandom.Distinct().ToArray() : [0];
         if (counts.Any(c => c is < 0 or > 64)) throw new LrlException("--lora-random counts must be in 0..64");
