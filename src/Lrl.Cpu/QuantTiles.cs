@@ -54,7 +54,8 @@ internal static unsafe partial class QuantKernels
     }
 
     /// <summary>
-    /// y[m, o] for activation rows m &lt; <paramref name="rows"/> (a multiple of 4, prepared in <paramref name="xs"/>) and an
+    /// y[m, o] for activation rows m &lt; <paramref name="rows"/> (not 4k + 1: groups of four and a last one of two or three,
+    /// prepared in <paramref name="xs"/>) and an
     /// even number of weight rows [rowStart, rowEnd); y is [rows, outF].
     /// </summary>
     public static void ChannelTiles(QuantizedTensor q, QuantScratch[] xs, int rows, float[] channelScales, Span<float> y, int outF,
@@ -85,30 +86,36 @@ internal static unsafe partial class QuantKernels
         {
             int pairs = (rowEnd - rowStart) / 2;
             float* sums = stackalloc float[8 * pairs]; // per weight row: the four activation rows' HSum
-            for (int m = 0; m + 4 <= rows; m += 4)
+            for (int m = 0; m < rows; m += 4)
             {
-                QuantScratch s0 = xs[m], s1 = xs[m + 1], s2 = xs[m + 2], s3 = xs[m + 3];
+                // A last group of two or three rows runs a narrower tile: same integer sums and float steps per row.
+                int live = Math.Min(4, rows - m);
+                QuantScratch s0 = xs[m], s1 = xs[m + 1], s2 = xs[m + Math.Min(2, live - 1)], s3 = xs[m + Math.Min(3, live - 1)];
                 var g = Vector128.Create(s0.GroupBSum[0], s1.GroupBSum[0], s2.GroupBSum[0], s3.GroupBSum[0]);
                 fixed (sbyte* x0 = s0.Xq) fixed (sbyte* x1 = s1.Xq) fixed (sbyte* x2 = s2.Xq) fixed (sbyte* x3 = s3.Xq)
-                    if (packed)
-                        TileRun<TDot, PackedInt4Pair>(q.Codes + (long)rowStart * (n / 2), n / 2, kInt, pairs, x0, x1, x2, x3,
-                                                      s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
-                    else
-                        TileRun<TDot, UnpackedPair>(buf, kInt, kInt, pairs, x0, x1, x2, x3, s0.DPointer, s1.DPointer, s2.DPointer, s3.DPointer, sums);
+                {
+                    var t = new TileArgs { X0 = x0, X1 = x1, X2 = x2, X3 = x3, D0 = s0.DPointer, D1 = s1.DPointer, D2 = s2.DPointer, D3 = s3.DPointer };
+                    byte* w = packed ? q.Codes + (long)rowStart * (n / 2) : buf;
+                    int ld = packed ? n / 2 : kInt;
+                    if (live == 4) Tile<TDot, Rows4>(packed, w, ld, kInt, pairs, t, sums);
+                    else if (live == 3) Tile<TDot, Rows3>(packed, w, ld, kInt, pairs, t, sums);
+                    else Tile<TDot, Rows2>(packed, w, ld, kInt, pairs, t, sums);
+                }
                 float* y0 = yp + (long)m * outF, y1 = y0 + outF, y2 = y1 + outF, y3 = y2 + outF;
                 for (int o = rowStart; o < rowEnd; o += 2)
                 {
-                    // y = s·(HSum − z·g), as the GEMV computes it, for weight rows o and o + 1 and the four rows.
+                    // y = s·(HSum − z·g), as the GEMV computes it, for weight rows o and o + 1 and the group's rows.
                     float* r = sums + 4 * (o - rowStart);
                     float za = q.Zeros == null ? zero : q.Zeros[o], zb = q.Zeros == null ? zero : q.Zeros[o + 1];
                     var va = (Vector128.Load(r) - Vector128.Create(za) * g) * Vector128.Create(scales[o]);
                     var vb = (Vector128.Load(r + 4) - Vector128.Create(zb) * g) * Vector128.Create(scales[o + 1]);
                     var lo = Sse.UnpackLow(va, vb); var hi = Sse.UnpackHigh(va, vb);
                     Sse.StoreLow(y0 + o, lo); Sse.StoreHigh(y1 + o, lo);
-                    Sse.StoreLow(y2 + o, hi); Sse.StoreHigh(y3 + o, hi);
+                    if (live > 2) Sse.StoreLow(y2 + o, hi);
+                    if (live > 3) Sse.StoreHigh(y3 + o, hi);
                 }
                 if (kInt < n)
-                    for (int i = 0; i < 4; i++)
+                    for (int i = 0; i < live; i++)
                     {
                         var xf = xs[m + i].Permuted;
                         for (int o = rowStart; o < rowEnd; o++)
@@ -121,6 +128,28 @@ internal static unsafe partial class QuantKernels
             }
         }
     }
+
+    /// <summary>One tile pass over the block, through the weight reader the matrix and the dot product want.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile<TDot, TR>(bool packed, byte* w, int ld, int kInt, int pairs, in TileArgs t, float* sums)
+        where TDot : struct, IDot where TR : struct, ITileRows
+    {
+        if (packed) TileRun<TDot, PackedInt4Pair, TR>(w, ld, kInt, pairs, t, sums);
+        else TileRun<TDot, UnpackedPair, TR>(w, ld, kInt, pairs, t, sums);
+    }
+
+    /// <summary>A tile's activation rows: quantized codes and per-128-column scales; rows past the tile's count unread.</summary>
+    private struct TileArgs
+    {
+        public sbyte* X0, X1, X2, X3;
+        public float* D0, D1, D2, D3;
+    }
+
+    /// <summary>Activation rows per tile pass (2, 3 or 4): a constant per instantiation, the unused rows' code compiled away.</summary>
+    private interface ITileRows { static abstract int N { get; } }
+    private readonly struct Rows2 : ITileRows { public static int N => 2; }
+    private readonly struct Rows3 : ITileRows { public static int N => 3; }
+    private readonly struct Rows4 : ITileRows { public static int N => 4; }
 
     /// <summary>Weight rows [r0, r1) as unsigned bytes, <paramref name="kInt"/> per row in stored column order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -135,6 +164,7 @@ internal static unsafe partial class QuantKernels
                 byte* src = q.Codes + (long)o * (q.Cols / 2);
                 for (int c = 0; c < kInt; c += 64)
                 {
+                    if ((c & 127) == 0) Simd.PrefetchStream(src + c / 2);
                     var v = Vector256.Load(src + c / 2);
                     (v & mask).Store(dst + c);
                     (Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask).Store(dst + c + 32);
@@ -143,7 +173,11 @@ internal static unsafe partial class QuantKernels
             else
             {
                 byte* src = q.Codes + (long)o * q.Cols;
-                for (int c = 0; c < kInt; c += 32) (Vector256.Load(src + c) ^ flip).Store(dst + c);
+                for (int c = 0; c < kInt; c += 32)
+                {
+                    if ((c & 63) == 0) Simd.PrefetchStream(src + c);
+                    (Vector256.Load(src + c) ^ flip).Store(dst + c);
+                }
             }
         }
     }
@@ -189,15 +223,18 @@ internal static unsafe partial class QuantKernels
     }
 
     /// <summary>
-    /// Four activation rows × <paramref name="pairs"/> pairs of weight rows (<paramref name="ld"/> bytes apart, read through
-    /// <typeparamref name="TW"/>) over <paramref name="kInt"/> columns in the channel order: for each pair, the four rows'
-    /// HSum for its first weight row, then for its second, at <paramref name="sums"/>. Per lane and 128-column block the
-    /// integer sums of the row's GEMV, then the same conversion, FMA and <see cref="HSum4"/>: bit-identical results.
+    /// <typeparamref name="TR"/>.N (2-4) activation rows × <paramref name="pairs"/> pairs of weight rows (<paramref name="ld"/>
+    /// bytes apart, read through <typeparamref name="TW"/>) over <paramref name="kInt"/> columns in the channel order: for
+    /// each pair, the four row slots' HSum for its first weight row, then for its second, at <paramref name="sums"/> (slots
+    /// past N hold zeros). Per lane and 128-column block the integer sums of the row's GEMV, then the same conversion, FMA
+    /// and <see cref="HSum4"/>: bit-identical results.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void TileRun<TDot, TW>(byte* w, int ld, int kInt, int pairs, sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, float* d0, float* d1,
-                                          float* d2, float* d3, float* sums) where TDot : struct, IDot where TW : struct, IWeightPair
+    private static void TileRun<TDot, TW, TR>(byte* w, int ld, int kInt, int pairs, in TileArgs t, float* sums)
+        where TDot : struct, IDot where TW : struct, IWeightPair where TR : struct, ITileRows
     {
+        sbyte* x0 = t.X0, x1 = t.X1, x2 = t.X2, x3 = t.X3;
+        float* d0 = t.D0, d1 = t.D1, d2 = t.D2, d3 = t.D3;
         for (int p = 0; p < pairs; p++, w += 2 * ld, sums += 8)
         {
             byte* w0 = w, w1 = w + ld;
@@ -206,31 +243,44 @@ internal static unsafe partial class QuantKernels
             while (c < kInt)
             {
                 int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
+                if (TW.Step == 64)
+                {
+                    // The stored rows stream from memory: one 64-byte line per row per 128 columns (see Simd.PrefetchStream;
+                    // without it a 4-row tile over SmolLM2-135M's layers read 5.6 GB/s, slower than four GEMVs).
+                    Simd.PrefetchStream(w0 + c / 2);
+                    Simd.PrefetchStream(w1 + c / 2);
+                }
                 Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
                 for (; c < end; c += TW.Step)
                 {
                     TW.Load(w0, w1, c, 0, out var a, out var b);
                     var x = Vector256.Load(x0 + c); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
                     x = Vector256.Load(x1 + c); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
-                    x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
-                    x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                    if (TR.N > 2) { x = Vector256.Load(x2 + c); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x); }
+                    if (TR.N > 3) { x = Vector256.Load(x3 + c); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x); }
                     if (TW.Step == 64)
                     {
                         TW.Load(w0, w1, c, 1, out a, out b);
                         x = Vector256.Load(x0 + c + 32); i00 = TDot.Acc(i00, a, x); i01 = TDot.Acc(i01, b, x);
                         x = Vector256.Load(x1 + c + 32); i10 = TDot.Acc(i10, a, x); i11 = TDot.Acc(i11, b, x);
-                        x = Vector256.Load(x2 + c + 32); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x);
-                        x = Vector256.Load(x3 + c + 32); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x);
+                        if (TR.N > 2) { x = Vector256.Load(x2 + c + 32); i20 = TDot.Acc(i20, a, x); i21 = TDot.Acc(i21, b, x); }
+                        if (TR.N > 3) { x = Vector256.Load(x3 + c + 32); i30 = TDot.Acc(i30, a, x); i31 = TDot.Acc(i31, b, x); }
                     }
                 }
                 var dv = Vector256.Create(d0[k]);
                 f00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i00), dv, f00); f01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i01), dv, f01);
                 dv = Vector256.Create(d1[k]);
                 f10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i10), dv, f10); f11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i11), dv, f11);
-                dv = Vector256.Create(d2[k]);
-                f20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i20), dv, f20); f21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i21), dv, f21);
-                dv = Vector256.Create(d3[k]);
-                f30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i30), dv, f30); f31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i31), dv, f31);
+                if (TR.N > 2)
+                {
+                    dv = Vector256.Create(d2[k]);
+                    f20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i20), dv, f20); f21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i21), dv, f21);
+                }
+                if (TR.N > 3)
+                {
+                    dv = Vector256.Create(d3[k]);
+                    f30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i30), dv, f30); f31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i31), dv, f31);
+                }
             }
             HSum4(f00, f10, f20, f30).Store(sums);
             HSum4(f01, f11, f21, f31).Store(sums + 4);
