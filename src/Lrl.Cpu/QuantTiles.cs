@@ -40,6 +40,9 @@ internal static unsafe partial class QuantKernels
     /// <summary>Most activation rows for which the int4 tiles unpack in registers (see <see cref="ChannelTiles"/>).</summary>
     internal const int PackedTileRowsMax = 12;
 
+    /// <summary>Whether int8 tiles of up to <see cref="PackedTileRowsMax"/> rows read the stored codes (bias in registers).</summary>
+    internal static bool Int8InRegisters = Environment.GetEnvironmentVariable("LRL_INT8_STORED") != "0";
+
     [ThreadStatic] private static byte[]? _unpackStore;
     [ThreadStatic] private static nint _unpack;
 
@@ -73,7 +76,7 @@ internal static unsafe partial class QuantKernels
         // int4 with AVX-512's 32 registers and few activation rows (verify steps, small batches): the tile unpacks the
         // nibbles in registers (the unpack fits beside the 16 accumulators); else the block is unpacked to bytes once for
         // all activation rows (prompts: 16+ row groups would repeat the unpack; SmolLM2-135M q4 pp128 measured slower).
-        bool packed = q.Bits == 4 && Avx512F.VL.IsSupported && rows <= PackedTileRowsMax;
+        bool packed = (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot) && Int8InRegisters) && rows <= PackedTileRowsMax;
         byte* buf = null;
         if (!packed)
         {
@@ -95,11 +98,12 @@ internal static unsafe partial class QuantKernels
                 fixed (sbyte* x0 = s0.Xq) fixed (sbyte* x1 = s1.Xq) fixed (sbyte* x2 = s2.Xq) fixed (sbyte* x3 = s3.Xq)
                 {
                     var t = new TileArgs { X0 = x0, X1 = x1, X2 = x2, X3 = x3, D0 = s0.DPointer, D1 = s1.DPointer, D2 = s2.DPointer, D3 = s3.DPointer };
-                    byte* w = packed ? q.Codes + (long)rowStart * (n / 2) : buf;
-                    int ld = packed ? n / 2 : kInt;
-                    if (live == 4) Tile<TDot, Rows4>(packed, w, ld, kInt, pairs, t, sums);
-                    else if (live == 3) Tile<TDot, Rows3>(packed, w, ld, kInt, pairs, t, sums);
-                    else Tile<TDot, Rows2>(packed, w, ld, kInt, pairs, t, sums);
+                    int ld = packed ? n * q.Bits / 8 : kInt;
+                    byte* w = packed ? q.Codes + (long)rowStart * ld : buf;
+                    int how = packed ? q.Bits : 0;
+                    if (live == 4) Tile<TDot, Rows4>(how, w, ld, kInt, pairs, t, sums);
+                    else if (live == 3) Tile<TDot, Rows3>(how, w, ld, kInt, pairs, t, sums);
+                    else Tile<TDot, Rows2>(how, w, ld, kInt, pairs, t, sums);
                 }
                 float* y0 = yp + (long)m * outF, y1 = y0 + outF, y2 = y1 + outF, y3 = y2 + outF;
                 for (int o = rowStart; o < rowEnd; o += 2)
@@ -131,10 +135,11 @@ internal static unsafe partial class QuantKernels
 
     /// <summary>One tile pass over the block, through the weight reader the matrix and the dot product want.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile<TDot, TR>(bool packed, byte* w, int ld, int kInt, int pairs, in TileArgs t, float* sums)
+    private static void Tile<TDot, TR>(int stored, byte* w, int ld, int kInt, int pairs, in TileArgs t, float* sums)
         where TDot : struct, IDot where TR : struct, ITileRows
     {
-        if (packed) TileRun<TDot, PackedInt4Pair, TR>(w, ld, kInt, pairs, t, sums);
+        if (stored == 4) TileRun<TDot, PackedInt4Pair, TR>(w, ld, kInt, pairs, t, sums);
+        else if (stored == 8) TileRun<TDot, StoredInt8Pair, TR>(w, ld, kInt, pairs, t, sums);
         else TileRun<TDot, UnpackedPair, TR>(w, ld, kInt, pairs, t, sums);
     }
 
@@ -189,12 +194,15 @@ internal static unsafe partial class QuantKernels
         static abstract int Step { get; }
         /// <summary>Codes of columns c + 32·half .. + 31 of the rows at w0 and w1.</summary>
         static abstract void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b);
+        /// <summary>Whether the rows stream from the stored matrix (prefetched), not from an unpacked block in L1.</summary>
+        static abstract bool Streams { get; }
     }
 
     /// <summary>Rows unpacked to one byte per code (<see cref="Unpack"/>).</summary>
     private readonly struct UnpackedPair : IWeightPair
     {
         public static int Step => 32;
+        public static bool Streams => false;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
         {
@@ -203,10 +211,25 @@ internal static unsafe partial class QuantKernels
         }
     }
 
+    /// <summary>Stored int8 rows, biased in registers (code xor 0x80 = code + 128, for VNNI's unsigned operand).</summary>
+    private readonly struct StoredInt8Pair : IWeightPair
+    {
+        public static int Step => 32;
+        public static bool Streams => true;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
+        {
+            var flip = Vector256.Create((byte)0x80);
+            a = Vector256.Load(w0 + c) ^ flip;
+            b = Vector256.Load(w1 + c) ^ flip;
+        }
+    }
+
     /// <summary>Stored int4 rows: per 64 columns the low nibbles hold the first 32, the high ones the next 32.</summary>
     private readonly struct PackedInt4Pair : IWeightPair
     {
         public static int Step => 64;
+        public static bool Streams => true;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
         {
@@ -243,12 +266,19 @@ internal static unsafe partial class QuantKernels
             while (c < kInt)
             {
                 int end = Math.Min(kInt, c + ActivationBlock), k = c >> 5;
-                if (TW.Step == 64)
+                if (TW.Streams)
                 {
-                    // The stored rows stream from memory: one 64-byte line per row per 128 columns (see Simd.PrefetchStream;
-                    // without it a 4-row tile over SmolLM2-135M's layers read 5.6 GB/s, slower than four GEMVs).
-                    Simd.PrefetchStream(w0 + c / 2);
-                    Simd.PrefetchStream(w1 + c / 2);
+                    // The stored rows stream from memory: one 64-byte line per row per 128 columns of int4, two of int8
+                    // (see Simd.PrefetchStream; without it a 4-row tile over SmolLM2-135M's layers read 5.6 GB/s, slower
+                    // than four GEMVs).
+                    int at = TW.Step == 64 ? c / 2 : c;
+                    Simd.PrefetchStream(w0 + at);
+                    Simd.PrefetchStream(w1 + at);
+                    if (TW.Step == 32)
+                    {
+                        Simd.PrefetchStream(w0 + at + 64);
+                        Simd.PrefetchStream(w1 + at + 64);
+                    }
                 }
                 Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
                 for (; c < end; c += TW.Step)

@@ -99,6 +99,9 @@ public sealed class BenchVerb
     [Option("speculative", HelpText = "Speculative decoding against plain decoding in the same run: lookup, early-exit, draft (comma-separated to compare several); greedy, -n tokens from --prompt.")]
     public string? Speculative { get; set; }
 
+    [Option("verify-cost", Separator = ',', HelpText = "Instead of the benchmark, time verification passes of these many rows (e.g. 1,2,4,8,16: a pending token and its drafts, every row's logits) against one plain decode step, interleaved pass by pass after a -p prompt (first size): medians and their ratio, what speculative decoding's speedup rests on.")]
+    public IEnumerable<int> VerifyCost { get; set; } = [];
+
     [Option("prompt", Default = "Once upon a time", HelpText = "With --speculative: the prompt text (lookup shines on text the output repeats).")]
     public string PromptText { get; set; } = "Once upon a time";
 
@@ -226,6 +229,7 @@ public sealed class BenchVerb
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
         if (Memory) return RunMemory(model, dir, sizes.Max(), GenTokens);
+        if (VerifyCost.Any()) return RunVerifyCost((ModelBase)model, name, format, sizes[0]);
         log.WriteLine("probing the machine: read bandwidth, FMA and int8 dot peaks ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
@@ -391,6 +395,54 @@ public sealed class BenchVerb
                                   (s.VerifySteps == 0 ? "1 | | |" : $"{s.TokensPerStep:F2} | {s.AcceptedTokens}/{s.DraftedTokens} | {string.Join(' ', s.AcceptedByDepth)} |"));
         }
         Console.Error.WriteLine($"every method's output equals plain greedy decoding ({n} tokens)");
+        return 0;
+    }
+
+    /// <summary>
+    /// `bench --verify-cost K[,K...]`: after a prompt of <paramref name="promptLen"/> tokens, verification passes of K rows
+    /// (<see cref="ModelBase.ForwardVerify"/>, every row's logits, at the same positions each time) and one-row decode
+    /// steps (<see cref="ModelBase.ForwardArgmax"/>, plain greedy decoding's step) take turns pass by pass, so a busy
+    /// machine slows all of them alike; the table gives each one's median and its ratio to the decode step's.
+    /// </summary>
+    private int RunVerifyCost(ModelBase model, string name, string format, int promptLen)
+    {
+        var ks = VerifyCost.Distinct().ToArray();
+        if (ks.Any(k => k < 1 || k > ModelBase.VerifyRowsExact))
+            throw new LrlException($"--verify-cost rows must be in 1..{ModelBase.VerifyRowsExact}, got {string.Join(',', ks)}");
+        promptLen = Math.Max(1, promptLen);
+        if (promptLen + ks.Max() > model.ContextLength)
+            throw new LrlException($"--verify-cost: a {promptLen}-token prompt and {ks.Max()} rows exceed the context of {model.ContextLength} tokens");
+        var rng = new Random(7);
+        int vocab = model.VocabSize;
+        var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(vocab)).ToArray();
+        var rows = Enumerable.Range(0, ks.Max()).Select(_ => rng.Next(vocab)).ToArray();
+        using var state = model.CreateState();
+        model.Forward(state, prompt, 0, new float[vocab]);
+        var logits = new float[(long)ks.Max() * vocab];
+        var times = new List<double>[ks.Length + 1];
+        for (int i = 0; i < times.Length; i++) times[i] = [];
+        int rounds = Math.Max(30, Reps * 10);
+        var sw = new System.Diagnostics.Stopwatch();
+        for (int r = -3; r < rounds; r++) // three rounds of warm-up
+            for (int i = 0; i <= ks.Length; i++)
+            {
+                sw.Restart();
+                if (i == 0) model.ForwardArgmax(state, rows.AsSpan(0, 1), promptLen);
+                else model.ForwardVerify(state, rows.AsSpan(0, ks[i - 1]), promptLen, logits.AsSpan(0, ks[i - 1] * vocab));
+                double ms = sw.Elapsed.TotalMilliseconds;
+                if (r >= 0) times[i].Add(ms);
+            }
+        double Median(List<double> x) { var a = x.Order().ToArray(); return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2; }
+        double step = Median(times[0]);
+        var o = Console.Out;
+        o.WriteLine($"| {name} {format} | ms (median of {rounds}) | × decode step | ms per row |");
+        o.WriteLine("| --- | ---: | ---: | ---: |");
+        o.WriteLine($"| decode step | {step:F2} | 1.00 | {step:F2} |");
+        for (int i = 0; i < ks.Length; i++)
+        {
+            double t = Median(times[i + 1]);
+            o.WriteLine($"| verify {ks[i]} | {t:F2} | {t / step:F2} | {t / ks[i]:F2} |");
+        }
         return 0;
     }
 
