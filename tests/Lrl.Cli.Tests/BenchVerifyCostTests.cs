@@ -1,0 +1,34 @@
+using System.Globalization;
+
+namespace Lrl.Cli.Tests;
+
+/// <summary>`bench --verify-cost`: k-row verification passes against one decode step, interleaved.</summary>
+public class BenchVerifyCostTests
+{
+    [Fact]
+    public void VerifyCostTimesEachRowCountAgainstADecodeStep()
+    {
+        var r = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--verify-cost", "1,3,8", "-p", "10", "-r", "1", "-t", "1");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var rows = r.Stdout.Split('\n').Where(l => l.StartsWith("| ") && !l.StartsWith("| ---") && !l.Contains("median")).ToArray();
+        Assert.Equal(["decode step", "verify 1", "verify 3", "verify 8"], rows.Select(l => l.Split('|')[1].Trim()));
+        foreach (var row in rows)
+        {
+            var v = row.Split('|', StringSplitOptions.RemoveEmptyEntries).Skip(1).Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+            int k = row.Contains("verify") ? int.Parse(row.Split('|')[1].Trim()["verify ".Length..], CultureInfo.InvariantCulture) : 1;
+            Assert.True(v[0] > 0 && v[1] > 0, row);                 // a median time and its ratio to the decode step
+            Assert.Equal(v[0] / k, v[2], 0.011);                      // ms per row
+        }
+        Assert.DoesNotContain("probing", r.Stderr);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("65")]
+    public void VerifyCostRejectsRowCountsOutOfRange(string k)
+    {
+        var r = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--verify-cost", k, "-p", "4");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("--verify-cost rows must be in 1..64", r.Stderr);
+    }
+}
