@@ -9,6 +9,11 @@ public struct AttentionShape
     public int Rows, Pos0, Heads, KvHeads, HeadDim;
     /// <summary>Split-K: positions per split and number of splits.</summary>
     public int Chunk, Splits;
+    /// <summary>
+    /// Split-K with Target &gt; 0: each row splits its positions as a one-row launch at its own length would (Target: the
+    /// groups that launch aims at; Splits: the most of any row), so every row's output is bit for bit its decode step's.
+    /// </summary>
+    public int Target;
     public float Scale;
 }
 
@@ -36,8 +41,19 @@ public static class AttentionKernels
         int split = gi % s.Splits, rh = gi / s.Splits;
         int h = rh % s.Heads, r = rh / s.Heads;
         int n = s.Pos0 + r + 1;
-        int start = split * s.Chunk;
-        int len = XMath.Min(start + s.Chunk, n) - start;
+        int chunk = s.Chunk;
+        if (s.Target > 0)
+        {
+            int splits = SplitsFor(n, s.Heads, s.Target, out chunk);
+            if (split >= splits)
+            {
+                // A split this row does not have: an empty partial, which Combine skips.
+                if (t == 0) { partML[gi * 2] = float.NegativeInfinity; partML[gi * 2 + 1] = 0; }
+                return; // uniform per group
+            }
+        }
+        int start = split * chunk;
+        int len = XMath.Min(start + chunk, n) - start;
         int kvDim = s.KvHeads * hd;
         long kvOff = (long)(h / (s.Heads / s.KvHeads)) * hd;
         long qb = (long)rh * hd;
@@ -91,6 +107,18 @@ public static class AttentionKernels
             }
         }
         if (t == 0) { partML[gi * 2] = m; partML[gi * 2 + 1] = l; }
+    }
+
+    /// <summary>
+    /// Splits and positions per split of a one-row decode launch over <paramref name="n"/> positions: enough groups to
+    /// reach <paramref name="target"/>, chunks of 32 to <see cref="MaxChunk"/> positions (the host's choice, shared).
+    /// </summary>
+    public static int SplitsFor(int n, int heads, int target, out int chunk)
+    {
+        int splits = XMath.Clamp((target + heads - 1) / heads, 1, (n + 31) / 32);
+        chunk = (n + splits - 1) / splits;
+        chunk = XMath.Min(MaxChunk, (chunk + 31) / 32 * 32);
+        return (n + chunk - 1) / chunk;
     }
 
     /// <summary>Grid = rows·heads. output[r, h, :] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s.</summary>

@@ -7,7 +7,9 @@ namespace Lrl.Kernels;
 /// Batch-1 matrix-vector products: one warp per output row, lanes striding the row (coalesced), warp-shuffle reduction.
 /// Weights are read in their stored dtype and converted in the kernel; when the row length is a multiple of 4 each lane
 /// loads 4 elements at once (8 bytes for f16/bf16, so a warp reads 256 contiguous bytes per step).
-/// Grid = ceil(outF / warpsPerGroup).
+/// Grid = ceil(outF / warpsPerGroup) × rows: the grid's Y index picks the activation row (x at row·inF, y at row·outF), so
+/// several rows run in one launch, each computing exactly what it computes alone (a speculative verification pass and
+/// batch-invariant steps, <c>IBackend.ExactRows</c>); decode launches one row.
 /// </summary>
 public static class GemvKernels
 {
@@ -18,8 +20,9 @@ public static class GemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = Grid.IdxX * warps + Warp.WarpIdx;
         if (row >= outF) return; // uniform per warp
-        float acc = RowDot(w, x, row, inF);
-        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+        long r = Grid.IdxY;
+        float acc = RowDot(w, x.SubView(r * inF, inF), row, inF);
+        if (Warp.LaneIdx == 0) y[r * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
     }
 
     /// <summary>
@@ -69,6 +72,9 @@ public static class GemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = Grid.IdxX * warps + Warp.WarpIdx;
         if (row >= outF) return;
+        long r = Grid.IdxY;
+        x = x.SubView(r * inF, inF);
+        y = y.SubView(r * outF, outF);
         float g = 0, u = 0;
         if ((inF & 3) == 0)
         {
@@ -113,11 +119,12 @@ public static class GemvKernels
         int m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
         int r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
         var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        float acc = RowDot(w, x, r, s.InF);
+        long xr = Grid.IdxY; // the activation row
+        float acc = RowDot(w, x.SubView(xr * s.InF, s.InF), r, s.InF);
         if (Warp.LaneIdx != 0) return;
-        if (m == 0) y0[r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;
-        else if (m == 1) y1[r] = (s.HasBias & 2) != 0 ? acc + b1[r] : acc;
-        else y2[r] = (s.HasBias & 4) != 0 ? acc + b2[r] : acc;
+        if (m == 0) y0[xr * s.Out0 + r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;
+        else if (m == 1) y1[xr * s.Out1 + r] = (s.HasBias & 2) != 0 ? acc + b1[r] : acc;
+        else y2[xr * s.Out2 + r] = (s.HasBias & 4) != 0 ? acc + b2[r] : acc;
     }
 }
 

@@ -100,6 +100,8 @@ public static class QuantGemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = Grid.IdxX * warps + Warp.WarpIdx;
         if (row >= outF) return;
+        long xr = Grid.IdxY; // the activation row (see GemvKernels)
+        x = x.SubView(xr * s.Cols, s.Cols);
         long b = (long)row * s.Cols, sb = (long)row * s.Groups;
         float acc = 0;
         for (int g = 0; g < s.Groups; g++)
@@ -110,7 +112,7 @@ public static class QuantGemvKernels
             acc += part * KernelMath.HalfToFloat(scales[sb + g]);
         }
         acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
     }
 
     /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
@@ -121,6 +123,8 @@ public static class QuantGemvKernels
         int row = Grid.IdxX * warps + Warp.WarpIdx;
         if (row >= outF) return;
         int cols = s.Cols;
+        long xr = Grid.IdxY;
+        x = x.SubView(xr * cols, cols);
         long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
         float acc = 0;
         for (int g = 0; g < s.Groups; g++)
@@ -141,6 +145,6 @@ public static class QuantGemvKernels
             acc += (part - z * xs) * KernelMath.HalfToFloat(scales[sb + g]);
         }
         acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) y[row] = hasBias != 0 ? acc + bias[row] : acc;
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
     }
 }

@@ -113,6 +113,19 @@ public sealed partial class GpuBackend : IDraftHeadOps
         LayerNormKernel(Launch_, Rows(rows), B(x).View, Vec(w, n, "layernorm weight"), Vec(b, n, "layernorm bias"), B(y).View, n, eps);
     }
 
+    /// <summary>
+    /// Products of up to this many rows (and attention over them) run the one-row kernels, one grid row per activation
+    /// row: each row's result is bit for bit what it gives alone (<see cref="IBackend.ExactRows"/>). 0: rows past one
+    /// take the tiled GEMM and attention kernels.
+    /// </summary>
+    public int ExactRows { get => _exactRows; set => _exactRows = Math.Max(0, value); }
+
+    private int _exactRows;
+
+    /// <summary>A launch of <paramref name="blocks"/> groups per activation row for <paramref name="rows"/> rows (grid Y: the row).</summary>
+    private KernelConfig RowsConfig(int blocks, int rows) =>
+        rows == 1 ? new KernelConfig(blocks, _group) : new KernelConfig(new Index3D(blocks, rows, 1), new Index3D(_group, 1, 1));
+
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
     {
         var m = Wt(w);
@@ -155,10 +168,11 @@ public sealed partial class GpuBackend : IDraftHeadOps
     private void RunMatMul<TW>(MatKernels<TW> k, TW reader, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias,
                                int hasBias, int rows, int outF, int inF) where TW : struct, IWeightReader
     {
-        if (rows == 1)
+        if (rows == 1 || rows <= _exactRows)
         {
+            // One row, or rows that must each compute what they compute alone: the GEMV, one grid row per activation row.
             int perGroup = _group / _warp;
-            k.Gemv(Launch_, new KernelConfig((outF + perGroup - 1) / perGroup, _group), reader, x, y, bias, hasBias, outF, inF);
+            k.Gemv(Launch_, RowsConfig((outF + perGroup - 1) / perGroup, rows), reader, x, y, bias, hasBias, outF, inF);
         }
         else
         {
@@ -180,7 +194,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         int inF = g.Cols, outF = g.Rows;
         CheckRange(x, 0, (long)rows * inF, "swiglu matmul input");
         CheckRange(y, 0, (long)rows * outF, "swiglu matmul output");
-        if (rows > 1)
+        if (rows > 1 && rows > _exactRows)
         {
             var scratch = Scratch(ref _mlpScratch, (long)rows * outF, "MLP scratch");
             var tmp = new GpuBuffer(scratch, (long)rows * outF);
@@ -190,7 +204,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
             return;
         }
         int perGroup = _group / _warp;
-        var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
+        var cfg = RowsConfig((outF + perGroup - 1) / perGroup, rows);
         var xv = B(x).View; var yv = B(y).View;
         switch (g.StoredType)
         {
@@ -204,7 +218,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
     /// <summary>IBackend's fused MLP front half: the fused gate+up+SwiGLU GEMV at batch 1 (upOut unused there).</summary>
     public void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut)
     {
-        if (rows > 1)
+        if (rows > 1 && rows > _exactRows)
         {
             MatMul(x, gate, gateOut, rows);
             MatMul(x, up, upOut, rows);
@@ -219,7 +233,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
                         Weight w2, DeviceBuffer y2, Weight? b2)
     {
         var m0 = Wt(w0); var m1 = Wt(w1); var m2 = Wt(w2);
-        if (rows != 1 || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || m0.Quant is not null
+        if ((rows != 1 && rows > _exactRows) || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || m0.Quant is not null
             || m1.Quant is not null || m2.Quant is not null || m0.Cols != m1.Cols || m0.Cols != m2.Cols)
         {
             MatMul(x, w0, y0, rows, b0);
@@ -228,10 +242,10 @@ public sealed partial class GpuBackend : IDraftHeadOps
             return;
         }
         int inF = m0.Cols;
-        CheckRange(x, 0, inF, "matmul3 input");
-        CheckRange(y0, 0, m0.Rows, $"matmul output ({w0.Name})");
-        CheckRange(y1, 0, m1.Rows, $"matmul output ({w1.Name})");
-        CheckRange(y2, 0, m2.Rows, $"matmul output ({w2.Name})");
+        CheckRange(x, 0, (long)rows * inF, "matmul3 input");
+        CheckRange(y0, 0, (long)rows * m0.Rows, $"matmul output ({w0.Name})");
+        CheckRange(y1, 0, (long)rows * m1.Rows, $"matmul output ({w1.Name})");
+        CheckRange(y2, 0, (long)rows * m2.Rows, $"matmul output ({w2.Name})");
         ArrayView<float> Bias(Weight? b, int n, Weight w) => b is null ? ArrayView<float>.Empty : Vec(b, n, $"bias of {w.Name}");
         var shape = new Gemv3Shape
         {
@@ -239,7 +253,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
             HasBias = (b0 is null ? 0 : 1) | (b1 is null ? 0 : 2) | (b2 is null ? 0 : 4),
         };
         int perGroup = _group / _warp;
-        var cfg = new KernelConfig((m0.Rows + m1.Rows + m2.Rows + perGroup - 1) / perGroup, _group);
+        var cfg = RowsConfig((m0.Rows + m1.Rows + m2.Rows + perGroup - 1) / perGroup, rows);
         var (xv, v0, v1, v2) = (B(x).View, B(y0).View, B(y1).View, B(y2).View);
         var (c0, c1, c2) = (Bias(b0, m0.Rows, w0), Bias(b1, m1.Rows, w1), Bias(b2, m2.Rows, w2));
         switch (m0.StoredType)
@@ -363,6 +377,17 @@ public sealed partial class GpuBackend : IDraftHeadOps
         {
             Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale,
         };
+        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors);
+        if (rows > 1 && rows <= _exactRows)
+        {
+            // Each row as its own decode step would run it (split-K at its length): a verification pass's rows, and
+            // batch-invariant steps, give exactly the logits of decoding them one at a time.
+            int most = 1;
+            for (int r = 0; r < rows; r++) most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + r + 1, heads, target, out _));
+            shape.Target = target; shape.Splits = most;
+            SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, headDim, most);
+            return;
+        }
         if (rows > 1 && headDim <= AttentionKernels.PrefillMaxHeadDim)
         {
             int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
@@ -370,12 +395,17 @@ public sealed partial class GpuBackend : IDraftHeadOps
             return;
         }
         // Split-K: enough groups to fill the device, chunks of 32..MaxChunk positions.
-        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors);
         int splits = Math.Clamp((target + rows * heads - 1) / (rows * heads), 1, (n + 31) / 32);
         int chunk = (n + splits - 1) / splits;
         chunk = Math.Min(AttentionKernels.MaxChunk, (chunk + 31) / 32 * 32);
         splits = (n + chunk - 1) / chunk;
         shape.Chunk = chunk; shape.Splits = splits;
+        SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, headDim, splits);
+    }
+
+    private void SplitAndCombine(ArrayView<float> qv, DeviceBuffer kCache, DeviceBuffer vCache, ArrayView<float> ov, AttentionShape shape,
+                                 int rows, int heads, int headDim, int splits)
+    {
         long groups = (long)rows * heads * splits;
         var po = Scratch(ref _partO, groups * headDim, "attention partials");
         var pml = Scratch(ref _partML, groups * 2, "attention partials");

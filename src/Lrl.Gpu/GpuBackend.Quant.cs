@@ -69,11 +69,12 @@ public sealed partial class GpuBackend : IQuantizedBackend
     private void QuantMatMul(GpuWeight m, ArrayView<float> xv, ArrayView<float> yv, ArrayView<float> bv, int hasBias, int rows, int outF, int inF)
     {
         var d = m.Quant ?? throw new NotSupportedException(m.Format);
-        if (rows == 1 && d.StoredColumn is null)
+        if ((rows == 1 || rows <= _exactRows) && d.StoredColumn is null)
         {
-            // Decode: the group-wise kernels (one scale conversion per group, no per-element index division).
+            // Decode (and rows that must each compute what they compute alone, one grid row each): the group-wise
+            // kernels (one scale conversion per group, no per-element index division).
             int perGroup = _group / _warp;
-            var cfg = new KernelConfig((outF + perGroup - 1) / perGroup, _group);
+            var cfg = RowsConfig((outF + perGroup - 1) / perGroup, rows);
             if (d.Bits == 8)
                 (_gemvQ8 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ8))
                     (Launch_, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);

@@ -407,7 +407,7 @@ public abstract class ModelBase : ILanguageModel
             ObjectDisposedException.ThrowIf(_disposed, this);
             Backend.ExactRows = rows;
             if (Backend.ExactRows != rows)
-                throw new LrlException($"--batch-invariant needs per-row products, which the {Backend.Name} backend does not have (use the CPU)");
+                throw new LrlException($"--batch-invariant needs per-row products, which the {Backend.Name} backend does not have (the CPU and CUDA backends do)");
         }
     }
 

@@ -145,6 +145,66 @@ public class ModelTests
         Assert.True(err < 1e-5, $"{kind}: tree pass, kept path and draft heads vs the CPU backend, relative L2 error {err:E2}");
     }
 
+    /// <summary>
+    /// A speculative verification pass on the device backend (a chain of drafts, every row's logits) gives each row bit
+    /// for bit the logits of decoding it alone: the products run the one-row kernels per row and attention splits each
+    /// row as its decode step does (<see cref="GpuBackend.ExactRows"/>), on float and quantized models, so greedy
+    /// speculation picks plain decoding's tokens. Without the exact rows the tiled kernels' other rounding shows.
+    /// </summary>
+    [Theory]
+    [InlineData("cpu-accelerator", "stories260k", 0, "2,3,9")]
+    [InlineData("cpu-accelerator", "stories260k-fp16", 0, "3,9")]
+    [InlineData("cpu-accelerator", "stories260k-bf16-sharded", 0, "9")]
+    [InlineData("cpu-accelerator", "stories260k", 8, "2,9")]
+    [InlineData("cpu-accelerator", "stories260k", 4, "3,9")]
+    [InlineData("cpu-accelerator-nvidia", "stories260k", 0, "2")] // warps of 32: ~7 s a pass on the CPU accelerator
+    [InlineData("cuda", "stories260k", 0, "2,3,9")]
+    [InlineData("cuda", "stories260k", 4, "2,3,9")]
+    public void VerifyRowsEqualDecodingAloneBitForBit(string kind, string name, int bits, string rowCounts)
+    {
+        var backend = Backends.Get(kind);
+        var dir = SharedData.Model(name);
+        string? tmp = null;
+        if (bits != 0)
+        {
+            tmp = Path.Combine(Path.GetTempPath(), $"lrl-gpu-verify-{Guid.NewGuid():N}");
+            dir = Lrl.Quant.Quantizer.QuantizeModel(dir, tmp, bits, "auto", null).OutputDirectory;
+        }
+        try
+        {
+            lock (Backends.Lock)
+            {
+                using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 64 });
+                var mb = (Lrl.Models.ModelBase)model;
+                int v = model.VocabSize;
+                int[] prompt = [1, 403, 407, 261, 300, 378];
+                int[] drafts = [300, 261, 378, 432, 260, 300, 407, 403, 261];
+                foreach (int rows in rowCounts.Split(',').Select(int.Parse))
+                {
+                    var chain = new float[rows * v];
+                    using (var s = model.CreateState())
+                    {
+                        model.Forward(s, prompt, 0, new float[v]);
+                        mb.ForwardVerify(s, drafts.AsSpan(0, rows), prompt.Length, chain);
+                    }
+                    using var lone = model.CreateState();
+                    model.Forward(lone, prompt, 0, new float[v]);
+                    var row = new float[v];
+                    for (int j = 0; j < rows; j++)
+                    {
+                        model.Forward(lone, drafts.AsSpan(j, 1), prompt.Length + j, row);
+                        Assert.True(chain.AsSpan(j * v, v).SequenceEqual(row), $"{kind} {name} q{bits}: verify row {j} of {rows} differs from decoding alone");
+                    }
+                    Assert.Equal(0, backend.ExactRows); // restored after the pass
+                }
+            }
+        }
+        finally
+        {
+            if (tmp is not null) Directory.Delete(tmp, true);
+        }
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;
