@@ -31,7 +31,51 @@ public static class AttentionKernels
 
     /// <summary>Grid = rows·heads·splits (split fastest). partO: [grid, headDim]; partML: [grid, 2] (max, sum).</summary>
     public static void SplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
-                              ArrayView<float> partO, ArrayView<float> partML, AttentionShape s)
+                              ArrayView<float> partO, ArrayView<float> partML, AttentionShape s) =>
+        SplitCore(q, k, v, partO, partML, default, s, tree: false);
+
+    /// <summary>
+    /// <see cref="SplitK"/> over a tree of candidates with per-row splits (Target &gt; 0): row r is tree node r (its K/V at
+    /// cache position Pos0 + r, ancestors in <paramref name="masks"/> as for <see cref="TreePrefill"/>) and attends to the
+    /// positions 0 .. Pos0 − 1 and then its ancestors in depth order, split and summed exactly as the decode step of its
+    /// path alone, where those ancestors sit at positions Pos0, Pos0 + 1, ...: each node's output is that step's, bit for bit.
+    /// </summary>
+    public static void TreeSplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks, AttentionShape s) =>
+        SplitCore(q, k, v, partO, partML, masks, s, tree: true);
+
+    /// <summary>Cache position of the path position <paramref name="p"/> of tree node <paramref name="r"/> (see <see cref="TreeSplitK"/>).</summary>
+    private static int PathPosition(ArrayView<int> masks, int r, int pos0, int p)
+    {
+        if (p < pos0) return p;
+        int nth = p - pos0; // the nth ancestor (0: the root), node indices rising with depth
+        for (int word = 0; word < 2; word++)
+        {
+            int m = masks[2 * r + word];
+            for (int b = 0; b < 32; b++)
+                if (((m >> b) & 1) != 0)
+                {
+                    if (nth == 0) return pos0 + word * 32 + b;
+                    nth--;
+                }
+        }
+        return pos0 + r; // not reached for a well-formed mask
+    }
+
+    /// <summary>Ancestors of tree node <paramref name="r"/>, itself included: its depth + 1.</summary>
+    public static int PathNodes(ArrayView<int> masks, int r)
+    {
+        int c = 0;
+        for (int word = 0; word < 2; word++)
+        {
+            int m = masks[2 * r + word];
+            for (int b = 0; b < 32; b++) c += (m >> b) & 1;
+        }
+        return c;
+    }
+
+    private static void SplitCore(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree)
     {
         var sc = SharedMemory.Allocate<float>(MaxChunk);
         var qs = SharedMemory.Allocate<float>(MaxHeadDim);
@@ -40,7 +84,7 @@ public static class AttentionKernels
         int gi = Grid.IdxX;
         int split = gi % s.Splits, rh = gi / s.Splits;
         int h = rh % s.Heads, r = rh / s.Heads;
-        int n = s.Pos0 + r + 1;
+        int n = tree ? s.Pos0 + PathNodes(masks, r) : s.Pos0 + r + 1;
         int chunk = s.Chunk;
         if (s.Target > 0)
         {
@@ -64,7 +108,7 @@ public static class AttentionKernels
         int warps = g / Warp.WarpSize;
         for (int p = Warp.WarpIdx; p < len; p += warps)
         {
-            long kb = (long)(start + p) * kvDim + kvOff;
+            long kb = (long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff;
             float dot = 0;
             for (int i = Warp.LaneIdx; i < hd; i += Warp.WarpSize) dot += qs[i] * k[kb + i];
             dot = KernelMath.WarpSum(dot);
@@ -87,7 +131,8 @@ public static class AttentionKernels
             int d = t % hd, part = t / hd;
             float acc = 0;
             if (part < parts)
-                for (int p = part; p < len; p += parts) acc += sc[p] * v[(long)(start + p) * kvDim + kvOff + d];
+                for (int p = part; p < len; p += parts)
+                    acc += sc[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
             scratch[t] = acc;
             Group.Barrier();
             if (t < hd)
@@ -102,7 +147,8 @@ public static class AttentionKernels
             for (int d = t; d < hd; d += g)
             {
                 float acc = 0;
-                for (int p = 0; p < len; p++) acc += sc[p] * v[(long)(start + p) * kvDim + kvOff + d];
+                for (int p = 0; p < len; p++)
+                    acc += sc[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
                 partO[ob + d] = acc;
             }
         }

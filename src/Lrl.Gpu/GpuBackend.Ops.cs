@@ -351,6 +351,27 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var mb = Scratch(ref _treeMasks, masks.Length, "tree masks");
         mb.View.SubView(0, masks.Length).CopyFromCPU(Upload_, ref masks[0], masks.Length);
         var shape = new AttentionShape { Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale };
+        if (rows <= _exactRows)
+        {
+            // Each node as the decode step of its path alone (split-K over the prefix and its ancestors at its own
+            // length): a verification pass's tree gives exactly the logits of decoding each path.
+            int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors), most = 1;
+            var depth = new int[rows];
+            for (int r = 0; r < rows; r++)
+            {
+                depth[r] = parents[r] < 0 ? 0 : depth[parents[r]] + 1;
+                most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + depth[r] + 1, heads, target, out _));
+            }
+            shape.Target = target; shape.Splits = most;
+            long groups = (long)rows * heads * most;
+            var po = Scratch(ref _partO, groups * headDim, "attention partials");
+            var pml = Scratch(ref _partML, groups * 2, "attention partials");
+            AttnTreeSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
+                                po.View, pml.View, mb.View.SubView(0, masks.Length), shape);
+            AttnCombineKernel(Launch_, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View,
+                              B(output).View.SubView(at, len), shape);
+            return;
+        }
         int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
         AttnTreeKernel(Launch_, new KernelConfig(heads * blocks, _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
                        B(output).View.SubView(at, len), mb.View.SubView(0, masks.Length), shape);

@@ -146,10 +146,11 @@ public class ModelTests
     }
 
     /// <summary>
-    /// A speculative verification pass on the device backend (a chain of drafts, every row's logits) gives each row bit
-    /// for bit the logits of decoding it alone: the products run the one-row kernels per row and attention splits each
-    /// row as its decode step does (<see cref="GpuBackend.ExactRows"/>), on float and quantized models, so greedy
-    /// speculation picks plain decoding's tokens. Without the exact rows the tiled kernels' other rounding shows.
+    /// A speculative verification pass on the device backend (a chain of drafts, or a tree of candidates; every row's
+    /// logits) gives each row bit for bit the logits of decoding it (its path) alone: the products run the one-row
+    /// kernels per row and attention splits each row as its decode step does (<see cref="GpuBackend.ExactRows"/>), on
+    /// float and quantized models, so greedy speculation picks plain decoding's tokens. Without the exact rows the
+    /// tiled kernels' other rounding shows.
     /// </summary>
     [Theory]
     [InlineData("cpu-accelerator", "stories260k", 0, "2,3,9")]
@@ -196,6 +197,26 @@ public class ModelTests
                         Assert.True(chain.AsSpan(j * v, v).SequenceEqual(row), $"{kind} {name} q{bits}: verify row {j} of {rows} differs from decoding alone");
                     }
                     Assert.Equal(0, backend.ExactRows); // restored after the pass
+                }
+                if (kind == "cpu-accelerator-nvidia") return; // ~7 s a pass there: the tree runs on the default shape
+                // A tree of candidates: every node equals its path decoded alone.
+                int[] nodes = [300, 261, 378, 432, 260, 300, 407];
+                int[] parents = [-1, 0, 0, 1, 1, 2, 4];
+                var tree = new float[nodes.Length * v];
+                using (var s = model.CreateState())
+                {
+                    model.Forward(s, prompt, 0, new float[v]);
+                    mb.ForwardTree(s, nodes, parents, prompt.Length, tree);
+                }
+                var lone1 = new float[v];
+                for (int j = 0; j < nodes.Length; j++)
+                {
+                    var path = new List<int>();
+                    for (int a = j; a >= 0; a = parents[a]) path.Insert(0, nodes[a]);
+                    using var s = model.CreateState();
+                    model.Forward(s, prompt, 0, new float[v]);
+                    for (int d = 0; d < path.Count; d++) model.Forward(s, [path[d]], prompt.Length + d, lone1);
+                    Assert.True(tree.AsSpan(j * v, v).SequenceEqual(lone1), $"{kind} {name} q{bits}: tree node {j} (depth {path.Count - 1}) differs from its path decoded alone");
                 }
             }
         }
