@@ -223,7 +223,8 @@ public sealed class BenchVerb
         var profiler = Profile ? new ProfilingBackend(inner) : null;
         IBackend backend = profiler ?? inner;
         int threads = inner is Lrl.Cpu.CpuBackend cpu ? cpu.Threads : 0;
-        int context = Memory ? sizes.Max() + Math.Max(1, GenTokens) : Math.Max(sizes.Max(), GenTokens);
+        int context = Memory ? sizes.Max() + Math.Max(1, GenTokens)
+            : VerifyCost.Any() ? Math.Max(1, sizes[0]) + Math.Max(0, VerifyCost.Max()) : Math.Max(sizes.Max(), GenTokens);
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = context, BatchSize = Math.Max(256, sizes.Max()) });
         string format = model.WeightFormat;
 
@@ -338,7 +339,8 @@ public sealed class BenchVerb
 
     /// <summary>
     /// `bench --speculative M[,M...]`: greedy generation of -n tokens from --prompt, plainly and with each method, in one
-    /// run (each -r times, alternating): tok/s of both, tokens per verify step and acceptance by draft depth.
+    /// run (each -r times, alternating): tok/s of both, the median of their per-repetition ratio, tokens per verify step and
+    /// acceptance by draft depth.
     /// </summary>
     private int RunSpeculative()
     {
@@ -387,11 +389,14 @@ public sealed class BenchVerb
             }
         Console.Out.WriteLine($"| {Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'))} | decode tok/s | vs plain | tokens per verify step | drafts accepted | accepted by depth |");
         Console.Out.WriteLine("| --- | ---: | ---: | ---: | ---: | --- |");
-        double basis = speeds[0].Average();
         for (int i = 0; i < runs.Count; i++)
         {
             var s = stats[i];
-            Console.Out.WriteLine($"| {runs[i].Name} | {speeds[i].Average():F1} ± {Std(speeds[i]):F1} | {speeds[i].Average() / basis:F2}x | " +
+            // vs plain: the median over repetitions of this run's speed over plain decoding's in the same repetition
+            // (each pair ran back to back, so a machine that slows down between repetitions slows both).
+            var ratios = speeds[i].Zip(speeds[0], (a, b) => a / b).Order().ToArray();
+            double ratio = ratios.Length % 2 == 1 ? ratios[ratios.Length / 2] : (ratios[ratios.Length / 2 - 1] + ratios[ratios.Length / 2]) / 2;
+            Console.Out.WriteLine($"| {runs[i].Name} | {speeds[i].Average():F1} ± {Std(speeds[i]):F1} | {ratio:F2}x | " +
                                   (s.VerifySteps == 0 ? "1 | | |" : $"{s.TokensPerStep:F2} | {s.AcceptedTokens}/{s.DraftedTokens} | {string.Join(' ', s.AcceptedByDepth)} |"));
         }
         Console.Error.WriteLine($"every method's output equals plain greedy decoding ({n} tokens)");
