@@ -31,4 +31,12 @@ public class BenchVerifyCostTests
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("--verify-cost rows must be in 1..64", r.Stderr);
     }
+
+    [Fact]
+    public void VerifyCostOnARecurrentModelSaysItCannotVerify()
+    {
+        var r = CliRunner.Run("bench", "--model", CliRunner.Model("rwkv-tiny-7v0-834K"), "--verify-cost", "2", "-p", "4");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("cannot be rewound", r.Stderr);
+    }
 }

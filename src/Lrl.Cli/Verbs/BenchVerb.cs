@@ -411,6 +411,8 @@ public sealed class BenchVerb
     /// </summary>
     private int RunVerifyCost(ModelBase model, string name, string format, int promptLen)
     {
+        if (!model.CanRewind)
+            throw new LrlException($"--verify-cost: {model.Architecture} holds one recurrent state that cannot be rewound, so it cannot verify drafts (speculative decoding runs plainly on it)");
         var ks = VerifyCost.Distinct().ToArray();
         if (ks.Any(k => k < 1 || k > ModelBase.VerifyRowsExact))
             throw new LrlException($"--verify-cost rows must be in 1..{ModelBase.VerifyRowsExact}, got {string.Join(',', ks)}");
