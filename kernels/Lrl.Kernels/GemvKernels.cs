@@ -7,9 +7,9 @@ namespace Lrl.Kernels;
 /// Batch-1 matrix-vector products: one warp per output row, lanes striding the row (coalesced), warp-shuffle reduction.
 /// Weights are read in their stored dtype and converted in the kernel; when the row length is a multiple of 4 each lane
 /// loads 4 elements at once (8 bytes for f16/bf16, so a warp reads 256 contiguous bytes per step).
-/// Grid = ceil(outF / warpsPerGroup) × rows: the grid's Y index picks the activation row (x at row·inF, y at row·outF), so
-/// several rows run in one launch, each computing exactly what it computes alone (a speculative verification pass and
-/// batch-invariant steps, <c>IBackend.ExactRows</c>); decode launches one row.
+/// Grid = ceil(outF / warpsPerGroup) for one row; for several rows (x at row·inF, y at row·outF) rows × max(2, blocks)
+/// (<see cref="KernelMath.RowsBlock"/>), each row computing exactly what it computes alone (a speculative verification
+/// pass and batch-invariant steps, <c>IBackend.ExactRows</c>).
 /// </summary>
 public static class GemvKernels
 {
@@ -18,9 +18,8 @@ public static class GemvKernels
         where TW : struct, IWeightReader
     {
         int warps = Group.DimX / Warp.WarpSize;
-        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        int row = KernelMath.RowsBlock(out long r) * warps + Warp.WarpIdx;
         if (row >= outF) return; // uniform per warp
-        long r = Grid.IdxY;
         float acc = RowDot(w, x.SubView(r * inF, inF), row, inF);
         if (Warp.LaneIdx == 0) y[r * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
     }
@@ -70,9 +69,8 @@ public static class GemvKernels
         where TW : struct, IWeightReader
     {
         int warps = Group.DimX / Warp.WarpSize;
-        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        int row = KernelMath.RowsBlock(out long r) * warps + Warp.WarpIdx;
         if (row >= outF) return;
-        long r = Grid.IdxY;
         x = x.SubView(r * inF, inF);
         y = y.SubView(r * outF, outF);
         float g = 0, u = 0;
@@ -114,12 +112,11 @@ public static class GemvKernels
         where TW : struct, IWeightReader
     {
         int warps = Group.DimX / Warp.WarpSize;
-        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
         if (row >= s.Out0 + s.Out1 + s.Out2) return; // uniform per warp
         int m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
         int r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
         var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        long xr = Grid.IdxY; // the activation row
         float acc = RowDot(w, x.SubView(xr * s.InF, s.InF), r, s.InF);
         if (Warp.LaneIdx != 0) return;
         if (m == 0) y0[xr * s.Out0 + r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;

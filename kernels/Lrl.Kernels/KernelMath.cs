@@ -9,6 +9,19 @@ namespace Lrl.Kernels;
 /// </summary>
 public static class KernelMath
 {
+    /// <summary>
+    /// The output block of a one-row kernel (GEMV) and, in <paramref name="row"/>, its activation row. One row: grid X is
+    /// the block. Several rows (<c>IBackend.ExactRows</c>): grid X is the activation row and grid Y the block (at least
+    /// two blocks, so Y tells the layouts apart), so the groups that read the same weight rows run side by side and the
+    /// weights stream from memory once, not once per activation row.
+    /// </summary>
+    public static int RowsBlock(out long row)
+    {
+        if (Grid.DimY > 1) { row = Grid.IdxX; return Grid.IdxY; }
+        row = 0;
+        return Grid.IdxX;
+    }
+
     /// <summary>Largest group size any kernel here is launched with (sizes its shared scratch).</summary>
     public const int MaxGroup = 256;
 

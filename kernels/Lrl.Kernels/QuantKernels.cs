@@ -98,9 +98,8 @@ public static class QuantGemvKernels
                               ArrayView<float> bias, int hasBias, int outF, QuantShape s)
     {
         int warps = Group.DimX / Warp.WarpSize;
-        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
         if (row >= outF) return;
-        long xr = Grid.IdxY; // the activation row (see GemvKernels)
         x = x.SubView(xr * s.Cols, s.Cols);
         long b = (long)row * s.Cols, sb = (long)row * s.Groups;
         float acc = 0;
@@ -120,10 +119,9 @@ public static class QuantGemvKernels
                               ArrayView<float> y, ArrayView<float> bias, int hasBias, int outF, QuantShape s)
     {
         int warps = Group.DimX / Warp.WarpSize;
-        int row = Grid.IdxX * warps + Warp.WarpIdx;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
         if (row >= outF) return;
         int cols = s.Cols;
-        long xr = Grid.IdxY;
         x = x.SubView(xr * cols, cols);
         long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
         float acc = 0;

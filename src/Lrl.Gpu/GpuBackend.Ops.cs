@@ -122,9 +122,12 @@ public sealed partial class GpuBackend : IDraftHeadOps
 
     private int _exactRows;
 
-    /// <summary>A launch of <paramref name="blocks"/> groups per activation row for <paramref name="rows"/> rows (grid Y: the row).</summary>
+    /// <summary>
+    /// A one-row kernel's launch of <paramref name="blocks"/> groups per activation row for <paramref name="rows"/> rows:
+    /// one row, grid X the block; more, grid X the row and grid Y the block, at least two (<see cref="KernelMath.RowsBlock"/>).
+    /// </summary>
     private KernelConfig RowsConfig(int blocks, int rows) =>
-        rows == 1 ? new KernelConfig(blocks, _group) : new KernelConfig(new Index3D(blocks, rows, 1), new Index3D(_group, 1, 1));
+        rows == 1 ? new KernelConfig(blocks, _group) : new KernelConfig(new Index3D(rows, Math.Max(2, blocks), 1), new Index3D(_group, 1, 1));
 
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
     {

@@ -43,6 +43,53 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// Under <see cref="GpuBackend.ExactRows"/> a product of several rows (plain, fused gate/up SwiGLU, fused Q/K/V) gives
+    /// each row bit for bit its one-row product, down to one-output-block matrices (the rows × blocks launch pads to two
+    /// blocks); with the default it takes the tiled kernels.
+    /// </summary>
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void ExactRowsProductsEqualOneRowProducts(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new RandomTensors(Seed());
+        int keep = g.ExactRows;
+        try
+        {
+            g.ExactRows = 8;
+            foreach (var (outF, inF) in new[] { (1, 64), (3, 33), (37, 96) })
+                foreach (int rows in new[] { 2, 5 })
+                {
+                    var wt = arena.Matrix("w", dtype, outF, inF); var ut = arena.Matrix("u", dtype, outF, inF); var vt = arena.Matrix("v", dtype, outF, inF);
+                    using var w = g.LoadWeight(wt); using var u = g.LoadWeight(ut); using var v = g.LoadWeight(vt);
+                    var x = arena.Floats(rows * inF);
+                    using var xg = Check.Buffer(g, x);
+                    using var y = Check.Poisoned(g, rows * outF); using var y2 = Check.Poisoned(g, rows * outF); using var y3 = Check.Poisoned(g, rows * outF);
+                    g.MatMul(xg, w, y, rows);
+                    var all = Check.Read(g, y, rows * outF);
+                    g.MatMulSwiGlu(xg, w, u, y2, rows);
+                    var glu = Check.Read(g, y2, rows * outF);
+                    g.MatMul3(xg, rows, w, y, null, u, y2, null, v, y3, null);
+                    var qkv = Check.Read(g, y, rows * outF).Concat(Check.Read(g, y2, rows * outF)).Concat(Check.Read(g, y3, rows * outF)).ToArray();
+                    for (int r = 0; r < rows; r++)
+                    {
+                        using var one = Check.Buffer(g, x.AsSpan(r * inF, inF).ToArray());
+                        using var o1 = g.Allocate(outF); using var o2 = g.Allocate(outF); using var o3 = g.Allocate(outF);
+                        string at = $"{dtype} {outF}x{inF}, row {r} of {rows}";
+                        g.MatMul(one, w, o1, 1);
+                        Assert.True(Check.Read(g, o1, outF).SequenceEqual(all.AsSpan(r * outF, outF).ToArray()), $"matmul {at}");
+                        g.MatMulSwiGlu(one, w, u, o1, 1);
+                        Assert.True(Check.Read(g, o1, outF).SequenceEqual(glu.AsSpan(r * outF, outF).ToArray()), $"swiglu {at}");
+                        g.MatMul3(one, 1, w, o1, null, u, o2, null, v, o3, null);
+                        var lone = Check.Read(g, o1, outF).Concat(Check.Read(g, o2, outF)).Concat(Check.Read(g, o3, outF)).ToArray();
+                        for (int m = 0; m < 3; m++)
+                            Assert.True(lone.AsSpan(m * outF, outF).SequenceEqual(qkv.AsSpan(m * rows * outF + r * outF, outF)), $"matmul3 part {m} {at}");
+                    }
+                }
+        }
+        finally { g.ExactRows = keep; }
+    }
+
     [Theory, MemberData(nameof(Kinds))]
     public void EmbedRejectsTokenOutsideVocabulary(string kind)
     {
