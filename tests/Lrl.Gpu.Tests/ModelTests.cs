@@ -153,7 +153,7 @@ public class ModelTests
     /// tiled kernels' other rounding shows.
     /// </summary>
     [Theory]
-    [InlineData("cpu-accelerator", "stories260k", 0, "2,3,9")]
+    [InlineData("cpu-accelerator", "stories260k", 0, "3,9")]
     [InlineData("cpu-accelerator", "stories260k-fp16", 0, "3,9")]
     [InlineData("cpu-accelerator", "stories260k-bf16-sharded", 0, "9")]
     [InlineData("cpu-accelerator", "stories260k", 8, "2,9")]
@@ -198,7 +198,8 @@ public class ModelTests
                     }
                     Assert.Equal(0, backend.ExactRows); // restored after the pass
                 }
-                if (kind == "cpu-accelerator-nvidia") return; // ~7 s a pass there: the tree runs on the default shape
+                // ~7 s a pass on the NVIDIA-like shape: the tree runs on the default shape, over the f32 and quantized models.
+                if (kind == "cpu-accelerator-nvidia" || name != "stories260k") return;
                 // A tree of candidates: every node equals its path decoded alone.
                 int[] nodes = [300, 261, 378, 432, 260, 300, 407];
                 int[] parents = [-1, 0, 0, 1, 1, 2, 4];
