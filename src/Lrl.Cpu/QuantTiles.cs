@@ -19,11 +19,12 @@ namespace Lrl.Cpu;
 /// four activation rows gives each row exactly its GEMV's bits: a sequence's output never depends on what it is batched
 /// with.</para>
 ///
-/// <para>The tile. A block of weight rows (about 24 KB once unpacked, L1) is unpacked once to unsigned bytes (int4:
-/// nibbles 0..15; int8: code + 128, VNNI only) and then applied to four activation rows at a time, two weight rows per
-/// pass: per 32 columns two weight loads feed eight <c>vpdpbusd</c> (the activations as memory operands), per 128
-/// columns eight converts and eight FMAs; the epilogue reduces four rows at once (<see cref="HSum4"/>). The unpack is
-/// paid once per block instead of once per activation row.</para>
+/// <para>The tile. Two weight rows per pass against four activation rows (a last group of two or three runs a narrower
+/// tile): per 32 columns two weight loads feed eight <c>vpdpbusd</c>, per 128 columns eight converts and eight FMAs; the
+/// epilogue reduces four rows at once (<see cref="HSum4"/>). Up to <see cref="PackedTileRowsMax"/> activation rows read
+/// the stored codes and unsigned them in registers (int4: nibbles 0..15 with AVX-512's 32 registers; int8: code + 128,
+/// VNNI), prefetching the weight stream as the GEMV does; more rows unpack each block of weight rows (about 24 KB, L1)
+/// once to unsigned bytes, paid once per block instead of once per group of activation rows.</para>
 /// </summary>
 internal static unsafe partial class QuantKernels
 {
@@ -37,11 +38,8 @@ internal static unsafe partial class QuantKernels
     /// <summary>Weight rows per tile block: about 24 KB of unpacked codes, even, 2 to 64.</summary>
     public static int TileBlockRows(QuantizedTensor q) => Math.Clamp(24576 / Math.Max(32, IntegerCols(q)), 2, 64) & ~1;
 
-    /// <summary>Most activation rows for which the int4 tiles unpack in registers (see <see cref="ChannelTiles"/>).</summary>
+    /// <summary>Most activation rows for which the tiles read the stored codes (int4 with AVX-512, int8 with VNNI; see <see cref="ChannelTiles"/>).</summary>
     internal const int PackedTileRowsMax = 12;
-
-    /// <summary>Whether int8 tiles of up to <see cref="PackedTileRowsMax"/> rows read the stored codes (bias in registers).</summary>
-    internal static bool Int8InRegisters = Environment.GetEnvironmentVariable("LRL_INT8_STORED") != "0";
 
     [ThreadStatic] private static byte[]? _unpackStore;
     [ThreadStatic] private static nint _unpack;
@@ -76,7 +74,7 @@ internal static unsafe partial class QuantKernels
         // int4 with AVX-512's 32 registers and few activation rows (verify steps, small batches): the tile unpacks the
         // nibbles in registers (the unpack fits beside the 16 accumulators); else the block is unpacked to bytes once for
         // all activation rows (prompts: 16+ row groups would repeat the unpack; SmolLM2-135M q4 pp128 measured slower).
-        bool packed = (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot) && Int8InRegisters) && rows <= PackedTileRowsMax;
+        bool packed = (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot)) && rows <= PackedTileRowsMax;
         byte* buf = null;
         if (!packed)
         {

@@ -394,8 +394,7 @@ public sealed class BenchVerb
             var s = stats[i];
             // vs plain: the median over repetitions of this run's speed over plain decoding's in the same repetition
             // (each pair ran back to back, so a machine that slows down between repetitions slows both).
-            var ratios = speeds[i].Zip(speeds[0], (a, b) => a / b).Order().ToArray();
-            double ratio = ratios.Length % 2 == 1 ? ratios[ratios.Length / 2] : (ratios[ratios.Length / 2 - 1] + ratios[ratios.Length / 2]) / 2;
+            double ratio = Median(speeds[i].Zip(speeds[0], (a, b) => a / b));
             Console.Out.WriteLine($"| {runs[i].Name} | {speeds[i].Average():F1} ± {Std(speeds[i]):F1} | {ratio:F2}x | " +
                                   (s.VerifySteps == 0 ? "1 | | |" : $"{s.TokensPerStep:F2} | {s.AcceptedTokens}/{s.DraftedTokens} | {string.Join(' ', s.AcceptedByDepth)} |"));
         }
@@ -439,7 +438,6 @@ public sealed class BenchVerb
                 double ms = sw.Elapsed.TotalMilliseconds;
                 if (r >= 0) times[i].Add(ms);
             }
-        double Median(List<double> x) { var a = x.Order().ToArray(); return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2; }
         double step = Median(times[0]);
         var o = Console.Out;
         o.WriteLine($"| {name} {format} | ms (median of {rounds}) | × decode step | ms per row |");
@@ -451,6 +449,12 @@ public sealed class BenchVerb
             o.WriteLine($"| verify {ks[i]} | {t:F2} | {t / step:F2} | {t / ks[i]:F2} |");
         }
         return 0;
+    }
+
+    private static double Median(IEnumerable<double> x)
+    {
+        var a = x.Order().ToArray();
+        return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
     private static double Std(List<double> x)
