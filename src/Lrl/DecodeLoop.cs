@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Threading.Channels;
 using Lrl.Models;
 
@@ -126,6 +127,7 @@ internal sealed class DecodeLoop : IDisposable
 
     private void Step()
     {
+        long started = Stopwatch.GetTimestamp();
         _batch.Clear();
         int decoding = 0;
         // Decode rows first: one per running sequence.
@@ -202,6 +204,9 @@ internal sealed class DecodeLoop : IDisposable
                 {
                     g.NextRan();
                     j.Decoding = SpeculativeRun.AcceptRows(g, _logits.AsSpan(j.LogitsRow * v, (j.DraftCount + 1) * v), v, j.Drafts.AsSpan(0, j.DraftCount), _emit);
+                    // A step of this sequence alone times its draft length (beside others, its rows' share is unknown).
+                    if (_active.Count == 1 && _batch.RowCount == j.DraftCount + 1)
+                        g.Drafting.ObserveCost(j.DraftCount, Stopwatch.GetElapsedTime(started).TotalSeconds);
                 }
                 else
                 {

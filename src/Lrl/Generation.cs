@@ -35,6 +35,7 @@ internal sealed class Generation
         Held = held;
         Prompt = prompt;
         Stats = new GenerationStats { PromptTokens = prompt.Length, FinishReason = FinishReason.Length };
+        Drafting.ByCost = options.DraftLength == DraftLength.Cost;
 
         // Reuse the state of the longest common prefix with the previous sequence (chat turns, repeated prompts).
         int reuse = SharedPrefix(held, prompt);

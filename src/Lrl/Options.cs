@@ -71,6 +71,12 @@ public sealed record GenerationOptions
     public SpeculativeMethod Speculative { get; init; }
     /// <summary>Most draft tokens per verification step (1..64).</summary>
     public int DraftTokens { get; init; } = 6;
+    /// <summary>
+    /// How many of <see cref="DraftTokens"/> a step drafts: <see cref="Lrl.DraftLength.Cost"/> (default) times the
+    /// steps and drafts the length with the most expected tokens per second; <see cref="Lrl.DraftLength.Acceptance"/>
+    /// follows the acceptance rate alone (steps reproducible, independent of timings). Output is the same either way.
+    /// </summary>
+    public DraftLength DraftLength { get; init; } = DraftLength.Cost;
     /// <summary>Early exit: layers the draft runs (1 .. layers-1; 0 = half the model's).</summary>
     public int DraftLayers { get; init; }
     /// <summary>Draft model: a smaller model with the same tokenizer (<see cref="SpeculativeMethod.Draft"/>).</summary>
@@ -88,6 +94,7 @@ public sealed record GenerationOptions
         if (MaxTokens < 0) throw new LrlException($"--max-tokens must be ≥ 0, got {MaxTokens}");
         if (Speculative is < SpeculativeMethod.None or > SpeculativeMethod.Heads) throw new LrlException($"unknown speculative method {Speculative}");
         if (Speculative != SpeculativeMethod.None && DraftTokens is < 1 or > 64) throw new LrlException($"--draft-tokens must be in 1..64, got {DraftTokens}");
+        if (DraftLength is not (DraftLength.Cost or DraftLength.Acceptance)) throw new LrlException($"unknown draft length rule {DraftLength}");
         if (DraftLayers < 0) throw new LrlException($"--draft-layers must be ≥ 0, got {DraftLayers}");
         if (Speculative == SpeculativeMethod.Draft && DraftModel is null) throw new LrlException("--speculative draft needs --draft-model DIR");
         if (Speculative == SpeculativeMethod.Heads && DraftHeads is null) throw new LrlException("--speculative heads needs --heads DIR");
@@ -98,6 +105,21 @@ public sealed record GenerationOptions
         }
         Sampling.Validate();
     }
+}
+
+/// <summary>How a speculative step chooses how many tokens to draft (at most <see cref="GenerationOptions.DraftTokens"/>).</summary>
+public enum DraftLength
+{
+    /// <summary>
+    /// The length with the most expected tokens per second: each step is timed by the drafts it carried, and the
+    /// expected tokens of n drafts (1 + r + ... + rⁿ at the acceptance rate r) are weighed against the measured (or
+    /// interpolated) time of such a step, up to the acceptance cap. Verify passes cost nearly one decode step while the
+    /// model is bandwidth-bound and grow with every row once the CPU's arithmetic binds, so the best length depends on
+    /// the machine, the model and the thread count.
+    /// </summary>
+    Cost,
+    /// <summary>As deep as the acceptance rate makes a run through every draft about 10 % likely.</summary>
+    Acceptance,
 }
 
 /// <summary>How <see cref="GenerationOptions.Speculative"/> drafts tokens.</summary>

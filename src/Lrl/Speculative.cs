@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Lrl.Models;
 
@@ -224,10 +225,14 @@ internal sealed class DraftModelSource : IDraftSource
 }
 
 /// <summary>
-/// Adaptive draft length: an average of the fraction of drafted tokens accepted sets how many to draft next (as deep as
+/// Adaptive draft length. An average of the fraction of drafted tokens accepted caps how many to draft next (as deep as
 /// a run of accepted drafts reaches with about 10 % probability), and when drafts keep failing (the average below 12 %)
-/// the generation decodes plainly for a while before probing with one draft again, the pause doubling with each failed probe (16, 32, ... 512 steps), so a source that never hits costs
-/// a few probes per generation: little more than plain decoding.
+/// the generation decodes plainly for a while before probing with one draft again, the pause doubling with each failed
+/// probe (16, 32, ... 512 steps), so a source that never hits costs a few probes per generation: little more than
+/// plain decoding. Under the cap, with <see cref="ByCost"/> and timed steps (<see cref="ObserveCost"/>), the length
+/// drafted is the one with the most expected tokens per second: E(n) = 1 + r + ... + rⁿ at the acceptance rate r over
+/// the time of a step that drafted n (its drafting, verify pass and sampling), measured for the lengths run and
+/// interpolated between them; every fourth step tries a neighbour of the choice so that the times around it stay fresh.
 /// </summary>
 internal sealed class DraftControl
 {
@@ -235,10 +240,16 @@ internal sealed class DraftControl
     private const double GiveUp = 0.12;        // below this acceptance rate: back off
     private const int PlainSteps = 16;         // plain steps before the first probe
     private const int MaxPause = 512;
+    private const int MaxDrafts = 64;
+    private const double CostKeep = 0.7;       // weight of the past in a length's time
     // One draft first: an accepted one lifts the rate to 0.33 (three drafts next) and a good source deepens within a few
     // steps; a rejected one backs off at once, so a source that never hits costs one draft per probe.
     private double _rate = 0.1;
-    private int _pause, _failures;
+    private int _pause, _failures, _choices;
+    private readonly double[] _seconds = new double[MaxDrafts + 1]; // average time of a step by its drafts; 0 = not run
+
+    /// <summary>Choose the length by measured step times (<see cref="DraftLength.Cost"/>); otherwise by acceptance alone.</summary>
+    public bool ByCost { get; set; } = true;
 
     /// <summary>Plain steps the last back-off chose (tests).</summary>
     internal int LastPause { get; private set; }
@@ -250,7 +261,68 @@ internal sealed class DraftControl
         // Deep enough that a run reaches the last draft with about 10 % probability (verify rows cost little on a
         // bandwidth-bound model; rows nearly sure to be rejected are what to save).
         double depth = _rate >= 0.99 ? most : Math.Log(0.1) / Math.Log(Math.Max(_rate, 1e-3));
-        return Math.Clamp((int)Math.Ceiling(depth), 1, most);
+        int cap = Math.Clamp((int)Math.Ceiling(depth), 1, Math.Min(most, MaxDrafts));
+        if (!ByCost || cap == 1 || !Timed(cap)) return cap;
+        int best = cap;
+        double bestScore = 0, expected = 1, term = 1, r = Math.Min(_rate, 0.999);
+        for (int n = 1; n <= cap; n++)
+        {
+            term *= r;
+            expected += term;
+            double score = expected / Estimate(n);
+            if (score > bestScore) { bestScore = score; best = n; }
+        }
+        _choices++;
+        if (_choices % 8 == 0 && best < cap) best++;
+        else if (_choices % 8 == 4 && best > 1) best--;
+        return best;
+    }
+
+    /// <summary>Whether any step with 1..<paramref name="cap"/> drafts has been timed.</summary>
+    private bool Timed(int cap)
+    {
+        for (int n = 1; n <= cap; n++) if (_seconds[n] > 0) return true;
+        return false;
+    }
+
+    /// <summary>A step that drafted <paramref name="drafts"/> tokens (0: a plain step) took <paramref name="seconds"/>.</summary>
+    public void ObserveCost(int drafts, double seconds)
+    {
+        if (!ByCost || (uint)drafts > MaxDrafts || !(seconds > 0) || double.IsInfinity(seconds)) return;
+        ref double s = ref _seconds[drafts];
+        // A step stalled by the machine (another process, a page fault) moves the average by at most a factor of 2.
+        s = s == 0 ? seconds : CostKeep * s + (1 - CostKeep) * Math.Clamp(seconds, s / 2, s * 2);
+    }
+
+    /// <summary>
+    /// The expected time of a step with <paramref name="n"/> drafts: measured, or linear between the nearest measured
+    /// lengths, or beyond them along the slope of the two nearest (flat when only one is measured).
+    /// </summary>
+    internal double Estimate(int n)
+    {
+        if (_seconds[n] > 0) return _seconds[n];
+        int lo = Measured(n - 1, -1), hi = Measured(n + 1, +1);
+        if (lo >= 0 && hi >= 0) return _seconds[lo] + (_seconds[hi] - _seconds[lo]) * (n - lo) / (hi - lo);
+        if (lo >= 0)
+        {
+            int lo2 = Measured(lo - 1, -1);
+            double slope = lo2 < 0 ? 0 : Math.Max(0, (_seconds[lo] - _seconds[lo2]) / (lo - lo2));
+            return _seconds[lo] + slope * (n - lo);
+        }
+        if (hi >= 0)
+        {
+            int hi2 = Measured(hi + 1, +1);
+            double slope = hi2 < 0 ? 0 : Math.Max(0, (_seconds[hi2] - _seconds[hi]) / (hi2 - hi));
+            return Math.Max(_seconds[hi] - slope * (hi - n), _seconds[hi] / 4);
+        }
+        return 1;
+    }
+
+    /// <summary>The first measured length from <paramref name="n"/> in direction <paramref name="step"/>; −1 if none.</summary>
+    private int Measured(int n, int step)
+    {
+        for (; n >= 0 && n <= MaxDrafts; n += step) if (_seconds[n] > 0) return n;
+        return -1;
     }
 
     /// <summary>A verify step kept <paramref name="accepted"/> of <paramref name="drafted"/> drafts.</summary>
@@ -337,6 +409,7 @@ internal static class SpeculativeRun
                 emit.Clear();
                 continue;
             }
+            long started = Stopwatch.GetTimestamp(); // the step's time (drafting, verify, sampling) sets the length
             int n = Propose(source, g, context, draft, model.ContextLength);
             if (n == 0 && heads is null && g.PlainArgmax && based is not null)
             {
@@ -347,6 +420,7 @@ internal static class SpeculativeRun
                 g.NextRan();
                 g.Stats.PlainSteps++;
                 more = g.AcceptArgmax(token, emit);
+                g.Drafting.ObserveCost(0, Stopwatch.GetElapsedTime(started).TotalSeconds);
                 foreach (var t in emit) yield return t;
                 emit.Clear();
                 continue;
@@ -364,6 +438,7 @@ internal static class SpeculativeRun
                 heads.CopyCapturedHidden((int)(g.Stats.AcceptedTokens - accepted), hidden);
                 source.Observe(hidden);
             }
+            g.Drafting.ObserveCost(n, Stopwatch.GetElapsedTime(started).TotalSeconds);
             foreach (var t in emit) yield return t;
             emit.Clear();
         }

@@ -93,8 +93,8 @@ public class DraftHeadsTests
                 {
                     var plain = new GenerationOptions { MaxTokens = 60, IgnoreEos = true, Sampling = sampling };
                     var a = Run(model, prompt, plain);
-                    var b = Run(model, prompt, plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = trained, DraftTokens = 3 });
-                    var c = Run(model, prompt, plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = untrained, DraftTokens = 3 });
+                    var b = Run(model, prompt, plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = trained, DraftTokens = 3, DraftLength = DraftLength.Acceptance });
+                    var c = Run(model, prompt, plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = untrained, DraftTokens = 3, DraftLength = DraftLength.Acceptance });
                     Assert.Equal(a.Ids, b.Ids);
                     Assert.Equal(a.Ids, c.Ids);
                     if (sampling == SamplingOptions.Greedy) { trainedPerStep += b.Stats.TokensPerStep; untrainedPerStep += c.Stats.TokensPerStep; }
@@ -364,7 +364,7 @@ public class DraftHeadsTests
                     foreach (var sampling in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 0.8f, TopK = 40, Seed = 5 } })
                     {
                         var plain = new GenerationOptions { MaxTokens = 50, IgnoreEos = true, Sampling = sampling };
-                        var chainOptions = plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 3 };
+                        var chainOptions = plain with { Speculative = SpeculativeMethod.Heads, DraftHeads = heads, DraftTokens = 3, DraftLength = DraftLength.Acceptance };
                         var a = Run(model, prompt, plain);
                         var chain = Run(model, prompt, chainOptions);
                         var tree = Run(model, prompt, chainOptions with { DraftTree = [3, 2, 2] });

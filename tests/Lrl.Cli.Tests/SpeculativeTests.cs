@@ -95,7 +95,8 @@ public class SpeculativeTests
     {
         using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1 });
         using var draft = LrlModel.Load(CliRunner.Model("stories260k-bf16-sharded"), new ModelOptions { Threads = 1 });
-        var o = new GenerationOptions { MaxTokens = 60, IgnoreEos = true, Sampling = SamplingOptions.Greedy, Speculative = SpeculativeMethod.Draft, DraftModel = draft, DraftTokens = 6 };
+        var o = new GenerationOptions { MaxTokens = 60, IgnoreEos = true, Sampling = SamplingOptions.Greedy, Speculative = SpeculativeMethod.Draft, DraftModel = draft, DraftTokens = 6,
+                                        DraftLength = DraftLength.Acceptance }; // statistics, not timings
         var s = Run(model, "Once upon a time", o).Stats;
         Assert.True(s.TokensPerStep > 3, $"a bf16 copy of the model as draft: {s.TokensPerStep:F2} tokens per step");
         // A summarization-like prompt that repeats its input: the continuation copies, lookup drafts it.
@@ -172,6 +173,57 @@ public class SpeculativeTests
             while ((n = c.Length(6)) == 0) { } // through a pause
             do c.Observe(n, 0); while ((n = c.Length(6)) > 0);
         }
+    }
+
+    /// <summary>
+    /// The cost-aware length: a source whose drafts each hold with probability 0.9 and steps timed by a given cost shape
+    /// (drafts run in cheap 4-row tiles, then each further row costs a whole decode step, as a CPU's few-row products do
+    /// once arithmetic binds) settles on the length with the most expected tokens per second, not the acceptance cap;
+    /// a flat cost (a bandwidth-bound pass) keeps the cap; the acceptance rule ignores timings.
+    /// </summary>
+    [Fact]
+    public void DraftLengthByCostSettlesOnTheMostTokensPerSecond()
+    {
+        static double Tiles(int n) => n <= 3 ? 1 + 0.05 * n : 1.15 + (n - 3);
+        static double Flat(int n) => 1 + 0.02 * n;
+        static int[] Chosen(Func<int, double> cost, bool byCost)
+        {
+            var c = new DraftControl { ByCost = byCost };
+            var rng = new Random(3);
+            var counts = new int[7];
+            for (int step = 0; step < 600; step++)
+            {
+                int n = c.Length(6);
+                int accepted = 0;
+                while (accepted < n && rng.NextDouble() < 0.9) accepted++;
+                c.Observe(n, accepted);
+                c.ObserveCost(n, cost(n) * (0.9 + 0.2 * rng.NextDouble())); // timing noise of ±10 %
+                if (step >= 200) counts[n]++;
+            }
+            return counts;
+        }
+        // Expected tokens per unit time at r = 0.9: 1 draft 1.82, 2: 2.46, 3: 2.99, 4: 1.91 -> 3 drafts.
+        var tiles = Chosen(Tiles, byCost: true);
+        Assert.True(tiles[3] >= 250, $"drafts per step chosen over 400 steps: {string.Join(' ', tiles)}");
+        Assert.True(tiles[5] + tiles[6] <= 10, $"drafts per step chosen over 400 steps: {string.Join(' ', tiles)}");
+        var flat = Chosen(Flat, byCost: true);
+        Assert.True(flat[6] >= 250, $"flat cost: {string.Join(' ', flat)}");
+        var rule = Chosen(Tiles, byCost: false);
+        Assert.True(rule[6] >= 280, $"acceptance rule: {string.Join(' ', rule)}");
+        // A stall (one step 100x slower) moves a length's average by at most 2x.
+        var s = new DraftControl();
+        s.ObserveCost(4, 1.0);
+        s.ObserveCost(4, 100.0);
+        Assert.InRange(s.Estimate(4), 1.0, 1.31);
+        // Between measured lengths the time is interpolated, beyond them extrapolated along the nearest slope.
+        var e = new DraftControl();
+        e.ObserveCost(2, 2.0);
+        e.ObserveCost(4, 4.0);
+        Assert.Equal(3.0, e.Estimate(3), 6);
+        Assert.Equal(6.0, e.Estimate(6), 6);
+        Assert.Equal(1.0, e.Estimate(1), 6);
+        Assert.Contains("--draft-length", CliRunner.Run("generate", "--model", CliRunner.Model("stories260k"), "--prompt", "Hi",
+                                                        "--speculative", "lookup", "--draft-length", "fast").Stderr);
     }
 
     [Fact]

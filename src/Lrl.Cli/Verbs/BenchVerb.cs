@@ -108,6 +108,9 @@ public sealed class BenchVerb
     [Option("draft-tokens", Default = 6, HelpText = "With --speculative: most draft tokens per verify step.")]
     public int DraftTokens { get; set; }
 
+    [Option("draft-length", Separator = ',', HelpText = "With --speculative: the draft length rules to run, comma-separated: cost (default) and/or acceptance (see generate --help).")]
+    public IEnumerable<string> DraftLength { get; set; } = [];
+
     [Option("draft-layers", Separator = ',', HelpText = "With --speculative early-exit: draft depths to try, comma-separated (default half the layers).")]
     public IEnumerable<int> DraftLayers { get; set; } = [];
 
@@ -354,15 +357,22 @@ public sealed class BenchVerb
         if (heads is not null) heads.Bits = HeadsBits;
         var plain = new GenerationOptions { MaxTokens = n, IgnoreEos = true, Sampling = Lrl.Runtime.SamplingOptions.Greedy };
         var runs = new List<(string Name, GenerationOptions Options)> { ("plain", plain) };
+        var lengths = DraftLength.Any() ? DraftLength.Select(SamplingVerbBase.ParseDraftLength).Distinct().ToArray() : [Lrl.DraftLength.Cost];
         foreach (var m in Speculative!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             var method = SamplingVerbBase.ParseSpeculative(m);
             if (method == SpeculativeMethod.None) continue;
-            if (method == SpeculativeMethod.EarlyExit && DraftLayers.Any())
-                foreach (int l in DraftLayers) runs.Add(($"early-exit {l}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = l }));
-            else runs.Add((m, plain with { Speculative = method, DraftTokens = DraftTokens, DraftModel = draft, DraftHeads = heads }));
-            if (method == SpeculativeMethod.Heads && Tree.Any())
-                runs.Add(($"heads tree {string.Join(',', Tree)}", plain with { Speculative = method, DraftTokens = DraftTokens, DraftHeads = heads, DraftTree = Tree.ToArray() }));
+            foreach (var length in lengths)
+            {
+                // Named by the rule only when several are compared.
+                string rule = lengths.Length > 1 ? $" ({length.ToString().ToLowerInvariant()})" : "";
+                var o = plain with { Speculative = method, DraftTokens = DraftTokens, DraftLength = length };
+                if (method == SpeculativeMethod.EarlyExit && DraftLayers.Any())
+                    foreach (int l in DraftLayers) runs.Add(($"early-exit {l}{rule}", o with { DraftLayers = l }));
+                else runs.Add(($"{m}{rule}", o with { DraftModel = draft, DraftHeads = heads }));
+                if (method == SpeculativeMethod.Heads && Tree.Any())
+                    runs.Add(($"heads tree {string.Join(',', Tree)}{rule}", o with { DraftHeads = heads, DraftTree = Tree.ToArray() }));
+            }
         }
         foreach (var (_, o) in runs) o.Validate();
         var prompt = model.Tokenizer.Encode(PromptText, true);

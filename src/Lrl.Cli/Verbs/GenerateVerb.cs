@@ -105,6 +105,9 @@ public abstract class SamplingVerbBase : ModelVerbBase
     [Option("draft-tokens", Default = 6, HelpText = "Most draft tokens verified per step (1..64).")]
     public int DraftTokens { get; set; }
 
+    [Option("draft-length", Default = "cost", HelpText = "How many of --draft-tokens a step drafts: cost (the length with the most expected tokens per second, from timed steps) or acceptance (by the acceptance rate alone: steps independent of timings). Output is the same.")]
+    public string DraftLengthName { get; set; } = "cost";
+
     [Option("draft-layers", Default = 0, HelpText = "Early exit: layers the draft runs; 0 = half the model's.")]
     public int DraftLayers { get; set; }
 
@@ -130,10 +133,18 @@ public abstract class SamplingVerbBase : ModelVerbBase
         _ => throw new LrlException($"--speculative '{name}' is not one of none, lookup, early-exit, draft, heads"),
     };
 
+    public static DraftLength ParseDraftLength(string name) => name.ToLowerInvariant() switch
+    {
+        "cost" => DraftLength.Cost,
+        "acceptance" => DraftLength.Acceptance,
+        _ => throw new LrlException($"--draft-length '{name}' is not one of cost, acceptance"),
+    };
+
     /// <summary>The speculative settings of the options, loading --draft-model (dispose it with the model) when asked.</summary>
     public GenerationOptions WithSpeculation(GenerationOptions options, out LrlModel? draftModel)
     {
         var method = ParseSpeculative(SpeculativeName);
+        var length = ParseDraftLength(DraftLengthName);
         draftModel = null;
         if (method == SpeculativeMethod.Draft)
         {
@@ -150,7 +161,7 @@ public abstract class SamplingVerbBase : ModelVerbBase
         }
         else if (HeadsDir is not null) throw new LrlException("--heads is for --speculative heads");
         else if (HeadsBits != 0) throw new LrlException("--heads-bits is for --speculative heads --heads DIR");
-        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads, DraftTree = Tree.Any() ? Tree.ToArray() : null };
+        var o = options with { Speculative = method, DraftTokens = DraftTokens, DraftLength = length, DraftLayers = DraftLayers, DraftModel = draftModel, DraftHeads = heads, DraftTree = Tree.Any() ? Tree.ToArray() : null };
         o.Validate();
         return o;
     }
