@@ -232,7 +232,10 @@ internal sealed class DraftModelSource : IDraftSource
 /// plain decoding. Under the cap, with <see cref="ByCost"/> and timed steps (<see cref="ObserveCost"/>), the length
 /// drafted is the one with the most expected tokens per second: E(n) = 1 + r + ... + rⁿ at the acceptance rate r over
 /// the time of a step that drafted n (its drafting, verify pass and sampling), measured for the lengths run and
-/// interpolated between them; every fourth step tries a neighbour of the choice so that the times around it stay fresh.
+/// interpolated between them; every fourth step tries a neighbour of the choice so that the times around it stay fresh,
+/// and one in 64 is plain, timing the alternative: where even the best length yields fewer tokens per second than plain
+/// steps (a draft that costs nearly a step per token, a low acceptance rate), the generation backs off as from failing
+/// drafts.
 /// </summary>
 internal sealed class DraftControl
 {
@@ -245,7 +248,8 @@ internal sealed class DraftControl
     // One draft first: an accepted one lifts the rate to 0.33 (three drafts next) and a good source deepens within a few
     // steps; a rejected one backs off at once, so a source that never hits costs one draft per probe.
     private double _rate = 0.1;
-    private int _pause, _failures, _choices;
+    private int _pause, _failures, _choices, _costBackOffs, _observed;
+    private bool _costProbe; // the step after a back-off for cost drafts, to time drafting again
     private readonly double[] _seconds = new double[MaxDrafts + 1]; // average time of a step by its drafts; 0 = not run
 
     /// <summary>Choose the length by measured step times (<see cref="DraftLength.Cost"/>); otherwise by acceptance alone.</summary>
@@ -262,7 +266,10 @@ internal sealed class DraftControl
         // bandwidth-bound model; rows nearly sure to be rejected are what to save).
         double depth = _rate >= 0.99 ? most : Math.Log(0.1) / Math.Log(Math.Max(_rate, 1e-3));
         int cap = Math.Clamp((int)Math.Ceiling(depth), 1, Math.Min(most, MaxDrafts));
-        if (!ByCost || cap == 1 || !Timed(cap)) return cap;
+        if (!ByCost || !Timed(cap)) return cap;
+        _choices++;
+        // A plain step now and then (the third timed step, then one in 64) times the alternative to drafting.
+        if (_choices % PlainEvery == 3) return 0;
         int best = cap;
         double bestScore = 0, expected = 1, term = 1, r = Math.Min(_rate, 0.999);
         for (int n = 1; n <= cap; n++)
@@ -272,10 +279,39 @@ internal sealed class DraftControl
             double score = expected / Estimate(n);
             if (score > bestScore) { bestScore = score; best = n; }
         }
-        _choices++;
+        if (_seconds[0] > 0 && _observed >= Settled && bestScore * _seconds[0] < 0.9)
+        {
+            // Even the best length yields fewer tokens per second than plain steps (drafts that cost nearly a step
+            // each, or a low acceptance): decode plainly for a while (16, 32, ... 512 steps as this repeats), keeping
+            // the acceptance rate, then run one step at the best length to time it again.
+            if (!_costProbe)
+            {
+                _pause = LastPause = Math.Min(MaxPause, PlainSteps << Math.Min(_costBackOffs++, 5));
+                _costProbe = true;
+                _pause--;
+                return 0;
+            }
+        }
+        else _costBackOffs = 0;
+        _costProbe = false;
         if (_choices % 8 == 0 && best < cap) best++;
         else if (_choices % 8 == 4 && best > 1) best--;
         return best;
+    }
+
+    /// <summary>Plain steps between the ones that time plain decoding, in cost-aware mode.</summary>
+    private const int PlainEvery = 64;
+    /// <summary>Verify steps observed (since the last back-off for failing drafts) before the rate is trusted to weigh drafting against plain steps.</summary>
+    private const int Settled = 12;
+
+    /// <summary>Decodes plainly for a while (16, 32, ... 512 steps as back-offs repeat), then probes with one draft.</summary>
+    private void BackOff()
+    {
+        _observed = 0;
+        _pause = LastPause = Math.Min(MaxPause, PlainSteps << Math.Min(_failures, 5));
+        _failures++;
+        // The probe after the pause drafts one token: an accepted one lifts the rate to 0.33 (two drafts next).
+        _rate = 0.1;
     }
 
     /// <summary>Whether any step with 1..<paramref name="cap"/> drafts has been timed.</summary>
@@ -329,17 +365,12 @@ internal sealed class DraftControl
     public void Observe(int drafted, int accepted)
     {
         if (drafted == 0) return;
+        _observed++;
         if (accepted > 0) _failures = 0;
         // A step stopped early by the draft's failure says the rate is below accepted / (accepted + 1).
         double rate = (double)accepted / Math.Min(drafted, accepted + 1);
         _rate = Keep * _rate + (1 - Keep) * rate;
-        if (_rate < GiveUp)
-        {
-            _pause = LastPause = Math.Min(MaxPause, PlainSteps << Math.Min(_failures, 5));
-            _failures++;
-            // The probe after the pause drafts one token: an accepted one lifts the rate to 0.33 (two drafts next).
-            _rate = 0.1;
-        }
+        if (_rate < GiveUp) BackOff();
     }
 }
 

@@ -179,14 +179,15 @@ public class SpeculativeTests
     /// The cost-aware length: a source whose drafts each hold with probability 0.9 and steps timed by a given cost shape
     /// (drafts run in cheap 4-row tiles, then each further row costs a whole decode step, as a CPU's few-row products do
     /// once arithmetic binds) settles on the length with the most expected tokens per second, not the acceptance cap;
-    /// a flat cost (a bandwidth-bound pass) keeps the cap; the acceptance rule ignores timings.
+    /// a flat cost (a bandwidth-bound pass) keeps the cap; drafts that cost a step each back off to plain decoding; the
+    /// acceptance rule ignores timings.
     /// </summary>
     [Fact]
     public void DraftLengthByCostSettlesOnTheMostTokensPerSecond()
     {
         static double Tiles(int n) => n <= 3 ? 1 + 0.05 * n : 1.15 + (n - 3);
         static double Flat(int n) => 1 + 0.02 * n;
-        static int[] Chosen(Func<int, double> cost, bool byCost)
+        static int[] Chosen(Func<int, double> cost, bool byCost, double p = 0.9)
         {
             var c = new DraftControl { ByCost = byCost };
             var rng = new Random(3);
@@ -195,7 +196,7 @@ public class SpeculativeTests
             {
                 int n = c.Length(6);
                 int accepted = 0;
-                while (accepted < n && rng.NextDouble() < 0.9) accepted++;
+                while (accepted < n && rng.NextDouble() < p) accepted++;
                 c.Observe(n, accepted);
                 c.ObserveCost(n, cost(n) * (0.9 + 0.2 * rng.NextDouble())); // timing noise of ±10 %
                 if (step >= 200) counts[n]++;
@@ -208,6 +209,9 @@ public class SpeculativeTests
         Assert.True(tiles[5] + tiles[6] <= 10, $"drafts per step chosen over 400 steps: {string.Join(' ', tiles)}");
         var flat = Chosen(Flat, byCost: true);
         Assert.True(flat[6] >= 250, $"flat cost: {string.Join(' ', flat)}");
+        // Drafts that cost a whole step each (a draft model as large as the model) never pay: plain steps.
+        var costly = Chosen(n => 1 + n, byCost: true, p: 0.6);
+        Assert.True(costly[0] >= 300, $"drafts costing a step each: {string.Join(' ', costly)}");
         var rule = Chosen(Tiles, byCost: false);
         Assert.True(rule[6] >= 280, $"acceptance rule: {string.Join(' ', rule)}");
         // A stall (one step 100x slower) moves a length's average by at most 2x.
