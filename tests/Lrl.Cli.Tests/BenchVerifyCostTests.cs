@@ -22,6 +22,23 @@ public class BenchVerifyCostTests
         Assert.DoesNotContain("probing", r.Stderr);
     }
 
+    /// <summary>With --profile: each pass's ops (a verify pass of k rows makes each layer's calls once, as a decode step does).</summary>
+    [Fact]
+    public void VerifyCostWithProfileBreaksEachPassIntoOps()
+    {
+        var r = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--verify-cost", "4", "-p", "10", "-r", "1", "-t", "1", "--profile");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var lines = r.Stdout.Split('\n');
+        int decode = Array.FindIndex(lines, l => l.StartsWith("decode step, ", StringComparison.Ordinal));
+        int verify = Array.FindIndex(lines, l => l.StartsWith("verify 4, ", StringComparison.Ordinal));
+        Assert.True(decode > 0 && verify > decode, r.Stdout);
+        double Calls(int from, string op) => double.Parse(lines.Skip(from + 2).TakeWhile(l => l.Length > 0).First(l => l.StartsWith(op, StringComparison.Ordinal))
+                                                   .Split(' ', StringSplitOptions.RemoveEmptyEntries)[2], CultureInfo.InvariantCulture); // op, ms, calls, ...
+        Assert.Equal(5, Calls(decode, "attention"));   // stories260k: 5 layers, one attention call each per pass
+        Assert.Equal(5, Calls(verify, "attention"));
+        Assert.Contains(lines.Skip(verify + 2).TakeWhile(l => l.Length > 0), l => l.StartsWith("download", StringComparison.Ordinal)); // every row's logits
+    }
+
     [Theory]
     [InlineData("0")]
     [InlineData("65")]

@@ -233,7 +233,7 @@ public sealed class BenchVerb
 
         log.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M parameters, {model.WeightBytesPerToken / 1e6:F1} MB of weights read per token ({format})");
         if (Memory) return RunMemory(model, dir, sizes.Max(), GenTokens);
-        if (VerifyCost.Any()) return RunVerifyCost((ModelBase)model, name, format, sizes[0]);
+        if (VerifyCost.Any()) return RunVerifyCost((ModelBase)model, name, format, sizes[0], profiler);
         log.WriteLine("probing the machine: read bandwidth, FMA and int8 dot peaks ...");
         int probeThreads = threads > 0 ? threads : Environment.ProcessorCount;
         using var probe = new MachineProbe.BandwidthProbe(probeThreads, 256L << 20);
@@ -418,7 +418,7 @@ public sealed class BenchVerb
     /// steps (<see cref="ModelBase.ForwardArgmax"/>, plain greedy decoding's step) take turns pass by pass, so a busy
     /// machine slows all of them alike; the table gives each one's median and its ratio to the decode step's.
     /// </summary>
-    private int RunVerifyCost(ModelBase model, string name, string format, int promptLen)
+    private int RunVerifyCost(ModelBase model, string name, string format, int promptLen, ProfilingBackend? profiler)
     {
         if (!model.CanRewind)
             throw new LrlException($"--verify-cost: {model.Architecture} holds one recurrent state that cannot be rewound, so it cannot verify drafts (speculative decoding runs plainly on it)");
@@ -458,7 +458,35 @@ public sealed class BenchVerb
             double t = Median(times[i + 1]);
             o.WriteLine($"| verify {ks[i]} | {t:F2} | {t / step:F2} | {t / ks[i]:F2} |");
         }
+        if (profiler is null) return 0;
+        // --profile: where each pass's time goes, op by op (each op synchronized), after the timings above.
+        for (int i = 0; i <= ks.Length; i++)
+        {
+            profiler.Reset();
+            profiler.Enabled = true;
+            const int passes = 10;
+            for (int r = 0; r < passes; r++)
+            {
+                if (i == 0) model.ForwardArgmax(state, rows.AsSpan(0, 1), promptLen);
+                else model.ForwardVerify(state, rows.AsSpan(0, ks[i - 1]), promptLen, logits.AsSpan(0, ks[i - 1] * vocab));
+            }
+            profiler.Enabled = false;
+            o.WriteLine();
+            WriteProfile(i == 0 ? "decode step" : $"verify {ks[i - 1]}", profiler, passes, "pass");
+        }
         return 0;
+    }
+
+    /// <summary>The profiler's ops per <paramref name="unit"/> (of <paramref name="n"/>), by time: ms, calls, share, GB/s.</summary>
+    private static void WriteProfile(string title, ProfilingBackend profiler, int n, string unit)
+    {
+        var rows = profiler.Report().ToList();
+        double total = rows.Sum(r => r.Ms) / n;
+        var o = Console.Out;
+        o.WriteLine($"{title}, {total:F3} ms/{unit} in ops (each op synchronized)");
+        o.WriteLine($"{"op",-44} {"ms/" + unit,9} {"calls/" + unit,10} {"share",7} {"GB/s",8}");
+        foreach (var r in rows)
+            o.WriteLine($"{r.Op,-44} {r.Ms / n,9:F3} {(double)r.Calls / n,10:F1} {r.Ms / n / total,7:P1} {(r.GBs > 0 ? r.GBs.ToString("F1") : ""),8}");
     }
 
     private static double Median(IEnumerable<double> x)
@@ -553,13 +581,8 @@ public sealed class BenchVerb
         profiler.Enabled = true;
         Decode();
         profiler.Enabled = false;
-        var rows = profiler.Report().ToList();
-        double total = rows.Sum(r => r.Ms) / n;
         if (b > 1) Console.Out.WriteLine($"batched decode of {b} sequences: figures per step ({b} tokens)");
-        Console.Out.WriteLine($"decode profile over {n} tokens: {unprofiled:F3} ms/token unprofiled, {total:F3} ms/token in ops (each op synchronized)");
-        Console.Out.WriteLine($"{"op",-44} {"ms/token",9} {"calls/tok",9} {"share",7} {"GB/s",8}");
-        foreach (var r in rows)
-            Console.Out.WriteLine($"{r.Op,-44} {r.Ms / n,9:F3} {(double)r.Calls / n,9:F1} {r.Ms / n / total,7:P1} {(r.GBs > 0 ? r.GBs.ToString("F1") : ""),8}");
+        WriteProfile($"decode profile over {n} tokens: {unprofiled:F3} ms/token unprofiled", profiler, n, "token");
         return 0;
     }
 }
