@@ -20,7 +20,7 @@ public struct AttentionShape
 /// <summary>
 /// Causal grouped-query attention over a KV cache [position, kvHeads·headDim].
 /// Decode: <see cref="SplitK"/> scores a chunk of cached positions per group (partial max, sum and unnormalized output),
-/// then <see cref="Combine"/> merges the splits. Prefill: <see cref="Prefill"/>, tiled flash-attention style.
+/// and the last group of each row and head to finish merges the splits. Prefill: <see cref="Prefill"/>, tiled flash-attention style.
 /// </summary>
 public static class AttentionKernels
 {
@@ -29,10 +29,14 @@ public static class AttentionKernels
     /// <summary>Largest head_dim the kernels accept.</summary>
     public const int MaxHeadDim = 256;
 
-    /// <summary>Grid = rows·heads·splits (split fastest). partO: [grid, headDim]; partML: [grid, 2] (max, sum).</summary>
+    /// <summary>
+    /// Grid = rows·heads·splits (split fastest). partO: [grid, headDim]; partML: [grid, 2] (max, sum); the last split of
+    /// each row and head to finish merges them into output [rows·heads, headDim] (see <see cref="SplitCore"/>);
+    /// tickets: [rows·heads], zero before the launch and after it.
+    /// </summary>
     public static void SplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
-                              ArrayView<float> partO, ArrayView<float> partML, AttentionShape s) =>
-        SplitCore(q, k, v, partO, partML, default, s, tree: false);
+                              ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, ArrayView<int> tickets, AttentionShape s) =>
+        SplitCore(q, k, v, partO, partML, default, output, tickets, s, tree: false);
 
     /// <summary>
     /// <see cref="SplitK"/> over a tree of candidates with per-row splits (Target &gt; 0): row r is tree node r (its K/V at
@@ -41,8 +45,9 @@ public static class AttentionKernels
     /// path alone, where those ancestors sit at positions Pos0, Pos0 + 1, ...: each node's output is that step's, bit for bit.
     /// </summary>
     public static void TreeSplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
-                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks, AttentionShape s) =>
-        SplitCore(q, k, v, partO, partML, masks, s, tree: true);
+                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks, ArrayView<float> output,
+                                  ArrayView<int> tickets, AttentionShape s) =>
+        SplitCore(q, k, v, partO, partML, masks, output, tickets, s, tree: true);
 
     /// <summary>Cache position of the path position <paramref name="p"/> of tree node <paramref name="r"/> (see <see cref="TreeSplitK"/>).</summary>
     private static int PathPosition(ArrayView<int> masks, int r, int pos0, int p)
@@ -74,28 +79,54 @@ public static class AttentionKernels
         return c;
     }
 
+    /// <summary>
+    /// One split's partial (max, sum, unnormalized output), then the merge by whichever of the row and head's splits
+    /// finishes last: each group publishes its partial (a device-level fence) and takes a ticket; the group that takes
+    /// the last one merges all of them with <see cref="CombineRow"/>'s arithmetic (what a separate combine launch did,
+    /// the same operations in the same order: the same bits) and resets the ticket, so one launch per attention call
+    /// does what two did.
+    /// </summary>
     private static void SplitCore(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
-                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree)
+                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks,
+                                  ArrayView<float> output, ArrayView<int> tickets, AttentionShape s, bool tree)
     {
         var sc = SharedMemory.Allocate<float>(MaxChunk);
         var qs = SharedMemory.Allocate<float>(MaxHeadDim);
         var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
-        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
-        int gi = Grid.IdxX;
-        int split = gi % s.Splits, rh = gi / s.Splits;
-        int h = rh % s.Heads, r = rh / s.Heads;
+        var last = SharedMemory.Allocate<int>(1);
+        int t = Group.IdxX, gi = Grid.IdxX;
+        int split = gi % s.Splits, rh = gi / s.Splits, r = rh / s.Heads;
         int n = tree ? s.Pos0 + PathNodes(masks, r) : s.Pos0 + r + 1;
         int chunk = s.Chunk;
+        bool empty = false;
         if (s.Target > 0)
         {
             int splits = SplitsFor(n, s.Heads, s.Target, out chunk);
-            if (split >= splits)
-            {
-                // A split this row does not have: an empty partial, which Combine skips.
-                if (t == 0) { partML[gi * 2] = float.NegativeInfinity; partML[gi * 2 + 1] = 0; }
-                return; // uniform per group
-            }
+            // A split this row does not have: an empty partial, which the merge skips.
+            empty = split >= splits;
         }
+        if (empty)
+        {
+            if (t == 0) { partML[gi * 2] = float.NegativeInfinity; partML[gi * 2 + 1] = 0; }
+        }
+        else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, rh, n, chunk); // uniform per group
+        MemoryFence.DeviceLevel();
+        Group.Barrier();
+        if (t == 0) last[0] = Atomic.Add(ref tickets[rh], 1) == s.Splits - 1 ? 1 : 0;
+        Group.Barrier();
+        if (last[0] == 0) return; // uniform per group
+        MemoryFence.DeviceLevel();
+        CombineRow(partO, partML, output, s, rh);
+        if (t == 0) tickets[rh] = 0;
+    }
+
+    private static void Partial(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> partO,
+                                ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree,
+                                ArrayView<float> sc, ArrayView<float> qs, ArrayView<float> scratch, int split, int rh, int n, int chunk)
+    {
+        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
+        int gi = Grid.IdxX;
+        int h = rh % s.Heads, r = rh / s.Heads;
         int start = split * chunk;
         int len = XMath.Min(start + chunk, n) - start;
         int kvDim = s.KvHeads * hd;
@@ -167,10 +198,10 @@ public static class AttentionKernels
         return (n + chunk - 1) / chunk;
     }
 
-    /// <summary>Grid = rows·heads. output[r, h, :] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s.</summary>
-    public static void Combine(ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, AttentionShape s)
+    /// <summary>output[r, h, :] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s for row-head <paramref name="rh"/>, by the calling group.</summary>
+    private static void CombineRow(ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, AttentionShape s, int rh)
     {
-        int rh = Grid.IdxX, hd = s.HeadDim;
+        int hd = s.HeadDim;
         long pb = (long)rh * s.Splits;
         float big = float.NegativeInfinity;
         for (int sp = 0; sp < s.Splits; sp++)

@@ -12,6 +12,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
     private MemoryBuffer1D<int, Stride1D.Dense>? _treeMasks;   // tree attention: each node's ancestor mask
     private MemoryBuffer1D<float, Stride1D.Dense>? _partO;     // split-K attention partial outputs
     private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
+    private MemoryBuffer1D<int, Stride1D.Dense>? _tickets;     // split-K: splits finished per row and head (zero between launches)
     private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _scalar; // device → host token id
     private readonly Dictionary<RopeTable, RopeCache> _ropeTables = new(ReferenceEqualityComparer.Instance);
@@ -37,9 +38,23 @@ public sealed partial class GpuBackend : IDraftHeadOps
         return buf;
     }
 
+    /// <summary>
+    /// The split-K tickets for <paramref name="count"/> rows·heads: zeroed once when allocated, and left zero by every
+    /// launch (the last split of each row and head resets its own).
+    /// </summary>
+    private MemoryBuffer1D<int, Stride1D.Dense> Tickets(long count)
+    {
+        if (_tickets is null || _tickets.Length < count)
+        {
+            var grown = Scratch(ref _tickets, count, "attention split tickets");
+            grown.View.MemSetToZero(DeviceCopy_);
+        }
+        return _tickets!;
+    }
+
     private void DisposeScratch()
     {
-        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
+        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _tickets?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
         foreach (var b in _ropeTables.Values) b.Dispose();
         _ropeTables.Clear();
     }
@@ -370,9 +385,8 @@ public sealed partial class GpuBackend : IDraftHeadOps
             var po = Scratch(ref _partO, groups * headDim, "attention partials");
             var pml = Scratch(ref _partML, groups * 2, "attention partials");
             AttnTreeSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
-                                po.View, pml.View, mb.View.SubView(0, masks.Length), shape);
-            AttnCombineKernel(Launch_, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View,
-                              B(output).View.SubView(at, len), shape);
+                                po.View, pml.View, mb.View.SubView(0, masks.Length), B(output).View.SubView(at, len),
+                                Tickets((long)rows * heads).View, shape);
             return;
         }
         int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
@@ -433,11 +447,9 @@ public sealed partial class GpuBackend : IDraftHeadOps
         long groups = (long)rows * heads * splits;
         var po = Scratch(ref _partO, groups * headDim, "attention partials");
         var pml = Scratch(ref _partML, groups * 2, "attention partials");
-        AttnSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, shape);
-        AttnCombineKernel(Launch_, new KernelConfig(rows * heads, Math.Min(_group, Math.Max(_warp, NextPow2(headDim)))), po.View, pml.View, ov, shape);
+        AttnSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, ov,
+                        Tickets((long)rows * heads).View, shape);
     }
-
-    private static int NextPow2(int v) { int p = 1; while (p < v) p <<= 1; return p; }
 
     public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)
     {
