@@ -111,14 +111,26 @@ public static class GemvKernels
                                  ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
         where TW : struct, IWeightReader
     {
-        int warps = Group.DimX / Warp.WarpSize;
-        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
-        if (row >= s.Out0 + s.Out1 + s.Out2) return; // uniform per warp
-        int m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
-        int r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
+        if (!Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
         var w = m == 0 ? w0 : m == 1 ? w1 : w2;
         float acc = RowDot(w, x.SubView(xr * s.InF, s.InF), r, s.InF);
-        if (Warp.LaneIdx != 0) return;
+        if (Warp.LaneIdx == 0) Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+    }
+
+    /// <summary>The warp's place in a three-matrix launch: activation row xr, matrix m (0-2), its row r; false past the end.</summary>
+    internal static bool Gemv3Slot(Gemv3Shape s, out long xr, out int m, out int r)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out xr) * warps + Warp.WarpIdx;
+        m = row < s.Out0 ? 0 : row < s.Out0 + s.Out1 ? 1 : 2;
+        r = m == 0 ? row : m == 1 ? row - s.Out0 : row - s.Out0 - s.Out1;
+        return row < s.Out0 + s.Out1 + s.Out2;
+    }
+
+    /// <summary>Writes row <paramref name="r"/> of matrix <paramref name="m"/> of a three-matrix launch (its bias added when it has one).</summary>
+    internal static void Gemv3Store(float acc, int m, int r, long xr, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
+                                    ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+    {
         if (m == 0) y0[xr * s.Out0 + r] = (s.HasBias & 1) != 0 ? acc + b0[r] : acc;
         else if (m == 1) y1[xr * s.Out1 + r] = (s.HasBias & 2) != 0 ? acc + b1[r] : acc;
         else y2[xr * s.Out2 + r] = (s.HasBias & 4) != 0 ? acc + b2[r] : acc;

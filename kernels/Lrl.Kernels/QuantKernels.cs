@@ -100,7 +100,13 @@ public static class QuantGemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
         if (row >= outF) return;
-        x = x.SubView(xr * s.Cols, s.Cols);
+        float acc = RowQ8(codes, scales, x.SubView(xr * s.Cols, s.Cols), row, s);
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+
+    /// <summary>The warp's sum for one 8-bit row (every lane returns it).</summary>
+    private static float RowQ8(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, int row, QuantShape s)
+    {
         long b = (long)row * s.Cols, sb = (long)row * s.Groups;
         float acc = 0;
         for (int g = 0; g < s.Groups; g++)
@@ -110,8 +116,7 @@ public static class QuantGemvKernels
             for (int i = g * s.Group + Warp.LaneIdx; i < end; i += Warp.WarpSize) part += (sbyte)codes[b + i] * x[i];
             acc += part * KernelMath.HalfToFloat(scales[sb + g]);
         }
-        acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
+        return KernelMath.WarpSum(acc);
     }
 
     /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
@@ -121,8 +126,14 @@ public static class QuantGemvKernels
         int warps = Group.DimX / Warp.WarpSize;
         int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
         if (row >= outF) return;
+        float acc = RowQ4(codes, scales, zeros, x.SubView(xr * s.Cols, s.Cols), row, s);
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
+    }
+
+    /// <summary>The warp's sum for one 4-bit row (every lane returns it).</summary>
+    private static float RowQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x, int row, QuantShape s)
+    {
         int cols = s.Cols;
-        x = x.SubView(xr * cols, cols);
         long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
         float acc = 0;
         for (int g = 0; g < s.Groups; g++)
@@ -142,7 +153,29 @@ public static class QuantGemvKernels
             int z = s.HasZeros != 0 ? zeros[sb + g] : 8;
             acc += (part - z * xs) * KernelMath.HalfToFloat(scales[sb + g]);
         }
-        acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
+        return KernelMath.WarpSum(acc);
+    }
+
+    /// <summary>
+    /// Q/K/V of 8-bit weights (in input order) in one launch: one warp per output row of the three matrices together, as
+    /// <see cref="GemvKernels.Gemv3{TW}"/>, each row computed as <see cref="GemvQ8"/> computes it (the same bits).
+    /// </summary>
+    public static void Gemv3Q8(Q8Reader w0, Q8Reader w1, Q8Reader w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1,
+                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+    {
+        if (!GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
+        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+        float acc = RowQ8(w.Codes, w.Scales, x.SubView(xr * s.InF, s.InF), r, w.Shape);
+        if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+    }
+
+    /// <summary>Q/K/V of 4-bit weights (in input order) in one launch, each row as <see cref="GemvQ4"/> computes it.</summary>
+    public static void Gemv3Q4(Q4Reader w0, Q4Reader w1, Q4Reader w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1,
+                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+    {
+        if (!GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
+        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+        float acc = RowQ4(w.Codes, w.Scales, w.Zeros, x.SubView(xr * s.InF, s.InF), r, w.Shape);
+        if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
     }
 }

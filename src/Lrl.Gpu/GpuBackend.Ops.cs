@@ -246,13 +246,20 @@ public sealed partial class GpuBackend : IDraftHeadOps
         MatMulSwiGlu(x, gate, up, gateOut, rows);
     }
 
-    /// <summary>Q/K/V in one launch at one row for dense weights (one warp per output row of the three); else three products.</summary>
+    /// <summary>
+    /// Q/K/V in one launch at one row (and exact rows) for dense weights and for int8/int4 weights in input order (one
+    /// warp per output row of the three, each row as its own product computes it); else three products.
+    /// </summary>
     public void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
                         Weight w2, DeviceBuffer y2, Weight? b2)
     {
         var m0 = Wt(w0); var m1 = Wt(w1); var m2 = Wt(w2);
-        if ((rows != 1 && rows > _exactRows) || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || m0.Quant is not null
-            || m1.Quant is not null || m2.Quant is not null || m0.Cols != m1.Cols || m0.Cols != m2.Cols)
+        var (q0, q1, q2) = (m0.Quant, m1.Quant, m2.Quant);
+        bool quant = q0 is not null && q1 is not null && q2 is not null && q0.Bits == q1.Bits && q0.Bits == q2.Bits
+                     && q0.StoredColumn is null && q1.StoredColumn is null && q2.StoredColumn is null;
+        bool dense = q0 is null && q1 is null && q2 is null;
+        if ((rows != 1 && rows > _exactRows) || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || !(dense || quant)
+            || m0.Cols != m1.Cols || m0.Cols != m2.Cols)
         {
             MatMul(x, w0, y0, rows, b0);
             MatMul(x, w1, y1, rows, b1);
@@ -274,6 +281,12 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var cfg = RowsConfig((m0.Rows + m1.Rows + m2.Rows + perGroup - 1) / perGroup, rows);
         var (xv, v0, v1, v2) = (B(x).View, B(y0).View, B(y1).View, B(y2).View);
         var (c0, c1, c2) = (Bias(b0, m0.Rows, w0), Bias(b1, m1.Rows, w1), Bias(b2, m2.Rows, w2));
+        if (quant)
+        {
+            if (q0!.Bits == 8) Gemv3Q8Kernel(Launch_, cfg, q0.Q8, q1!.Q8, q2!.Q8, xv, v0, v1, v2, c0, c1, c2, shape);
+            else Gemv3Q4Kernel(Launch_, cfg, q0.Q4, q1!.Q4, q2!.Q4, xv, v0, v1, v2, c0, c1, c2, shape);
+            return;
+        }
         switch (m0.StoredType)
         {
             case DType.F32: KF32.Gemv3(Launch_, cfg, new F32Reader(m0.FloatView), new F32Reader(m1.FloatView), new F32Reader(m2.FloatView), xv, v0, v1, v2, c0, c1, c2, shape); break;

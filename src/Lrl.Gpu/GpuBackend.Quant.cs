@@ -87,6 +87,13 @@ public sealed partial class GpuBackend : IQuantizedBackend
         else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
     }
 
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3Q8;
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3Q4;
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3Q8Kernel =>
+        _gemv3Q8 ??= _accelerator.LoadKernel<Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(QuantGemvKernels.Gemv3Q8);
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3Q4Kernel =>
+        _gemv3Q4 ??= _accelerator.LoadKernel<Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(QuantGemvKernels.Gemv3Q4);
+
     private void QuantEmbed(GpuWeight t, KernelConfig cfg, ArrayView<int> ids, int single, ArrayView<float> xv, int dim)
     {
         var d = t.Quant ?? throw new NotSupportedException(t.Format);

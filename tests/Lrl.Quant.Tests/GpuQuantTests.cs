@@ -48,6 +48,54 @@ public class GpuQuantTests
         }
     }
 
+    /// <summary>
+    /// Q/K/V of int8/int4 weights in one launch (a decode row, and the rows of an exact-rows verification): each output
+    /// bit for bit what its own product gives, biases included; three launches before.
+    /// </summary>
+    [Theory]
+    [InlineData(8, false, "default")]
+    [InlineData(4, true, "default")]
+    [InlineData(4, false, "nvidia-like")]
+    public void QkvProductsInOneLaunchEqualTheirOwnProducts(int bits, bool zeros, string device)
+    {
+        var rng = new Random(bits * 7 + (zeros ? 1 : 0));
+        int cols = 128, group = 32;
+        int[] outs = [48, 16, 20];
+        var qs = outs.Select(o => TestUtil.Random(rng, bits, o, cols, group, zeros)).ToArray();
+        using var gpu = Create(device);
+        var ws = qs.Select(gpu.LoadQuantized).ToArray();
+        using var arena = new RandomTensors(bits);
+        var kBias = gpu.LoadWeight(arena.Vector("k.bias", outs[1]));
+        int keep = gpu.ExactRows;
+        try
+        {
+            gpu.ExactRows = 4;
+            foreach (int n in new[] { 1, 3 })
+            {
+                var x = TestUtil.RandomVector(rng, n * cols);
+                using var xb = gpu.Allocate(n * cols);
+                gpu.Upload(x, xb);
+                var ys = outs.Select(o => gpu.Allocate(n * o)).ToArray();
+                var alone = outs.Select(o => gpu.Allocate(n * o)).ToArray();
+                try
+                {
+                    var before = gpu.Counters;
+                    gpu.MatMul3(xb, n, ws[0], ys[0], null, ws[1], ys[1], kBias, ws[2], ys[2], null);
+                    Assert.Equal(1, (gpu.Counters - before).Launches);
+                    for (int m = 0; m < 3; m++) gpu.MatMul(xb, ws[m], alone[m], n, m == 1 ? kBias : null);
+                    for (int m = 0; m < 3; m++)
+                    {
+                        var got = new float[n * outs[m]]; var want = new float[n * outs[m]];
+                        gpu.Download(ys[m], 0, got); gpu.Download(alone[m], 0, want);
+                        Assert.True(got.SequenceEqual(want), $"q{bits} {device}, {n} rows: matrix {m} differs from its own product");
+                    }
+                }
+                finally { foreach (var b in ys.Concat(alone)) b.Dispose(); }
+            }
+        }
+        finally { gpu.ExactRows = keep; }
+    }
+
     [Theory, MemberData(nameof(Devices))]
     public void SwiGluGemvAndEmbed(string device)
     {
@@ -105,6 +153,17 @@ public class GpuQuantTests
             var got = Logits(gpu);
             double err = TestUtil.RelErr(got, expected.Select(v => (double)v).ToArray());
             Assert.True(err < 1e-4, $"relative error {err:E2}");
+            // An int4 decode step launches as a float one does: per layer Q/K/V (one launch), RoPE + cache, attention,
+            // O, add+RMSNorm, gate/up+SwiGLU, down, add+RMSNorm; per token embed, first norm, head.
+            using var model = ModelRegistry.Load(dir, gpu);
+            using var state = model.CreateState();
+            var logits = new float[model.VocabSize];
+            model.Forward(state, prompt, 0, logits);
+            model.Forward(state, [prompt[^1]], prompt.Length, logits);
+            var before = gpu.Counters;
+            model.Forward(state, [prompt[^2]], prompt.Length + 1, logits);
+            int layers = ((Llama)model).Config.NumLayers;
+            Assert.Equal(3 + 8 * layers, (gpu.Counters - before).Launches);
         }
         finally { Directory.Delete(root, true); }
     }
