@@ -51,8 +51,12 @@ public class StateAndAllocationTests
         int pos = 4;
         DecodeAllocations(model, ref pos, 60, logits, one);
         long state = model.StateFloats;
-        long allocated = DecodeAllocations(model, ref pos, 100, logits, one);
-        Assert.True(allocated == 0, $"100 decode steps allocated {allocated} bytes");
+        // A busy machine can delay the JIT's tier-up into a measured window (a one-off allocation on this thread): a
+        // decode step that allocated would allocate in every window, so the first clean window of three counts.
+        long allocated = 0;
+        for (int window = 0; window < 3; window++)
+            if ((allocated = DecodeAllocations(model, ref pos, 100, logits, one)) == 0) break;
+        Assert.True(allocated == 0, $"100 decode steps allocated {allocated} bytes (in each of three windows)");
         Assert.Equal(state, model.StateFloats);
         // Layer 0 uses LRPE (keys twice as wide): 4 heads · 8 · 4 + 4 heads · 4 · 4.
         Assert.Equal(4 * 8 * 4 + 4 * 4 * 4, state);
