@@ -50,7 +50,7 @@ public class GpuQuantTests
 
     /// <summary>
     /// Q/K/V of int8/int4 weights in one launch (a decode row, and the rows of an exact-rows verification): each output
-    /// bit for bit what its own product gives, biases included; three launches before.
+    /// bit for bit what its own product gives, biases included, and within the scalar reference's bound; three launches before.
     /// </summary>
     [Theory]
     [InlineData(8, false, "default")]
@@ -88,6 +88,7 @@ public class GpuQuantTests
                         var got = new float[n * outs[m]]; var want = new float[n * outs[m]];
                         gpu.Download(ys[m], 0, got); gpu.Download(alone[m], 0, want);
                         Assert.True(got.SequenceEqual(want), $"q{bits} {device}, {n} rows: matrix {m} differs from its own product");
+                        if (m != 1) TestUtil.CheckBound(qs[m], x, got, TestUtil.Reference(qs[m], x, n), n, quantizedActivations: false); // the scalar reference
                     }
                 }
                 finally { foreach (var b in ys.Concat(alone)) b.Dispose(); }
