@@ -113,8 +113,10 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                     y[o - rowStart] = Simd.DotBF16((ushort*)_data + (long)o * n, x);
                 break;
             case DType.F16:
-                for (int o = rowStart; o < rowEnd; o++)
-                    y[o - rowStart] = Simd.DotF16((Half*)_data + (long)o * n, x);
+                if (Simd.ScaleForF16(x[..n], out float* xs))
+                    for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF16Scaled((ushort*)_data + (long)o * n, xs, x[..n]);
+                else
+                    for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF16((Half*)_data + (long)o * n, x);
                 break;
         }
     }
@@ -139,6 +141,8 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         // Blocks of weight rows (~128 KB, L2) walked once per group of four activation rows (L1): walking every activation
         // row for each weight row read all of x from L2 per weight row (147 KB at 64 rows of 576), which bound the FMAs.
         int block = Math.Max(4, 65536 / n);
+        float* xs = null; // f16: the activations times 2^112 (Simd.ScaleForF16), when they allow it
+        if (f16 && !Simd.ScaleForF16(x[..(rows * n)], out xs)) xs = null;
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -151,10 +155,13 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                     int last = Math.Min(rows - 1, m + 3);
                     float* x0 = xp + (long)m * n;
                     float* x2 = xp + (long)Math.Min(m + 2, last) * n, x3 = xp + (long)last * n;
+                    long at2 = x2 - xp, at3 = x3 - xp, at0 = (long)m * n;
                     for (int o = b0; o < b1; o++)
                     {
                         ushort* w = (ushort*)_data + (long)o * n;
-                        var r = f16 ? Simd.DotF16x4(w, x0, x0 + n, x2, x3, n) : Simd.DotBF16x4(w, x0, x0 + n, x2, x3, n);
+                        var r = !f16 ? Simd.DotBF16x4(w, x0, x0 + n, x2, x3, n)
+                            : xs != null ? Simd.DotF16x4Scaled(w, xs + at0, xs + at0 + n, xs + at2, xs + at3, x0, x0 + n, x2, x3, n)
+                            : Simd.DotF16x4(w, x0, x0 + n, x2, x3, n);
                         for (int j = 0; j <= last - m; j++) yp[(long)(m + j) * outF + o] = r[j];
                     }
                 }
@@ -162,7 +169,9 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                 {
                     var xr = new ReadOnlySpan<float>(xp + (long)m * n, n);
                     for (int o = b0; o < b1; o++)
-                        yp[(long)m * outF + o] = f16 ? Simd.DotF16((Half*)_data + (long)o * n, xr) : Simd.DotBF16((ushort*)_data + (long)o * n, xr);
+                        yp[(long)m * outF + o] = !f16 ? Simd.DotBF16((ushort*)_data + (long)o * n, xr)
+                            : xs != null ? Simd.DotF16Scaled((ushort*)_data + (long)o * n, xs + (long)m * n, xr)
+                            : Simd.DotF16((Half*)_data + (long)o * n, xr);
                 }
             }
         }
@@ -414,46 +423,92 @@ public static unsafe class Simd
     /// rebias the exponent (exact for normal and subnormal halves and signed zeros; weights are never inf/NaN).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> WidenF16(Vector256<ushort> h)
+    private static Vector512<float> WidenF16(Vector256<ushort> h) => F16Bits(h) * Vector512.Create(F16Rebias);
+
+    /// <summary>
+    /// A half's bits in f32 position, its value times 2^-112: sign-extended to 32 bits and shifted by 13, the sign lands
+    /// in bit 31 (copies of it in bits 28-30, masked off), exponent and mantissa in bits 13-27. Three instructions per
+    /// 16 weights; <see cref="WidenF16"/> multiplies by 2^112, or the activations carry that factor
+    /// (<see cref="ScaleForF16"/>: f16 decode is compute-bound on cores that stream only 12-15 GB/s).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> F16Bits(Vector256<ushort> h) =>
+        (Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(h.AsInt16()), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    private const float F16Rebias = 5.192296858534828e33f; // 2^112
+
+    /// <summary>Activations below this magnitude times 2^112 stay finite (2^15 · 2^112 = 2^127).</summary>
+    private const float F16ScaledMax = 32768f;
+
+    private interface IF16Widen { static abstract Vector512<float> Widen(Vector256<ushort> h); }
+    private struct Rebiased : IF16Widen { public static Vector512<float> Widen(Vector256<ushort> h) => WidenF16(h); }
+    private struct PreScaled : IF16Widen { public static Vector512<float> Widen(Vector256<ushort> h) => F16Bits(h); }
+
+    [ThreadStatic] private static float[]? _f16Scaled;
+
+    /// <summary>
+    /// The activations times 2^112 in this thread's scratch (valid until its next call), so the f16 kernels skip the
+    /// rebiasing multiply: w'·(x·2^112) = (w'·2^112)·x exactly, where w' = <see cref="F16Bits"/> (both scalings are by a
+    /// power of two, so every FMA rounds the same product: bit for bit <see cref="DotF16"/>'s result). False (nothing
+    /// scaled) without AVX-512, for rows under 64, or when some |x| ≥ 2^15 or is NaN (the scaled value could overflow).
+    /// </summary>
+    public static bool ScaleForF16(ReadOnlySpan<float> x, out float* scaled)
     {
-        // Sign-extend to 32 bits and shift by 13: the sign lands in bit 31 (and copies of it in bits 28-30, masked off),
-        // exponent and mantissa in bits 13-27; the multiply rebiases and keeps the sign. Four instructions per 16
-        // weights instead of six (f16 decode is compute-bound on cores that stream only 12-15 GB/s).
-        var v = Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(h.AsInt16()), 13) & Vector512.Create(unchecked((int)0x8FFFE000));
-        return v.AsSingle() * Vector512.Create(5.192296858534828e33f); // 2^112
+        scaled = null;
+        if (!Avx512F.IsSupported || x.Length < 64 || !(TensorPrimitives.MaxMagnitude(x) is var m && MathF.Abs(m) < F16ScaledMax)) return false;
+        var buf = _f16Scaled;
+        if (buf is null || buf.Length < x.Length) _f16Scaled = buf = GC.AllocateArray<float>(Math.Max(x.Length, 4096), pinned: true);
+        TensorPrimitives.Multiply(x, F16Rebias, buf.AsSpan(0, x.Length));
+        scaled = (float*)Unsafe.AsPointer(ref buf[0]);
+        return true;
     }
+
+    /// <summary><see cref="DotF16"/> over activations scaled by <see cref="ScaleForF16"/> (x: the unscaled ones, for the ragged tail).</summary>
+    public static float DotF16Scaled(ushort* w, float* scaled, ReadOnlySpan<float> x)
+    {
+        fixed (float* xp = x) return DotF16Avx512<PreScaled>(w, scaled, xp, x.Length);
+    }
+
+    /// <summary><see cref="DotF16x4"/> over activations scaled by <see cref="ScaleForF16"/> (x: the unscaled rows, for the ragged tail).</summary>
+    public static Vector128<float> DotF16x4Scaled(ushort* w, float* s0, float* s1, float* s2, float* s3, float* x, float* x1, float* x2, float* x3, int n) =>
+        DotF16x4<PreScaled>(w, s0, s1, s2, s3, x, x1, x2, x3, n);
 
     /// <summary>
     /// <see cref="DotF16"/> of one f16 row against four activation rows of n floats (n ≥ 64, AVX-512), each widened
     /// weight vector feeding four FMAs; per row the same accumulators, order and reduction as
     /// <see cref="DotF16Avx512"/>, so every result is bit-identical to it.
     /// </summary>
+    public static Vector128<float> DotF16x4(ushort* w, float* x, float* x1, float* x2, float* x3, int n) =>
+        DotF16x4<Rebiased>(w, x, x1, x2, x3, x, x1, x2, x3, n);
+
+    /// <summary>The vector part reads v0..v3 (x, or x scaled for <see cref="PreScaled"/>), the scalar tail x0..x3.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static Vector128<float> DotF16x4(ushort* w, float* x, float* x1, float* x2, float* x3, int n)
+    private static Vector128<float> DotF16x4<TW>(ushort* w, float* v0, float* v1, float* v2, float* v3, float* x, float* x1, float* x2, float* x3, int n)
+        where TW : struct, IF16Widen
     {
         Vector512<float> a0 = default, a1 = default, b0 = default, b1 = default, c0 = default, c1 = default, d0 = default, d1 = default;
         int i = 0;
         for (; i <= n - 32; i += 32)
         {
             PrefetchStream(w + i);
-            var w0 = WidenF16(Vector256.Load(w + i));
-            var w1 = WidenF16(Vector256.Load(w + i + 16));
-            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
-            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
-            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
-            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
-            a1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x + i + 16), a1);
-            b1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x1 + i + 16), b1);
-            c1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x2 + i + 16), c1);
-            d1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x3 + i + 16), d1);
+            var w0 = TW.Widen(Vector256.Load(w + i));
+            var w1 = TW.Widen(Vector256.Load(w + i + 16));
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v0 + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v3 + i), d0);
+            a1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(v0 + i + 16), a1);
+            b1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(v1 + i + 16), b1);
+            c1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(v2 + i + 16), c1);
+            d1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(v3 + i + 16), d1);
         }
         for (; i <= n - 16; i += 16)
         {
-            var w0 = WidenF16(Vector256.Load(w + i));
-            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x + i), a0);
-            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
-            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
-            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
+            var w0 = TW.Widen(Vector256.Load(w + i));
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v0 + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(v3 + i), d0);
         }
         float sa = Vector512.Sum(a0 + a1), sb = Vector512.Sum(b0 + b1), sc = Vector512.Sum(c0 + c1), sd = Vector512.Sum(d0 + d1);
         for (; i < n; i++)
@@ -467,22 +522,26 @@ public static unsafe class Simd
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotF16Avx512(ushort* w, ReadOnlySpan<float> x)
     {
-        int n = x.Length, i = 0;
-        fixed (float* xp = x)
+        fixed (float* xp = x) return DotF16Avx512<Rebiased>(w, xp, xp, x.Length);
+    }
+
+    /// <summary>The vector part reads v (x, or x scaled for <see cref="PreScaled"/>), the scalar tail x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float DotF16Avx512<TW>(ushort* w, float* v, float* xp, int n) where TW : struct, IF16Widen
+    {
+        int i = 0;
+        Vector512<float> a0 = default, a1 = default;
+        for (; i <= n - 32; i += 32)
         {
-            Vector512<float> a0 = default, a1 = default;
-            for (; i <= n - 32; i += 32)
-            {
-                PrefetchStream(w + i);
-                a0 = Avx512F.FusedMultiplyAdd(WidenF16(Vector256.Load(w + i)), Vector512.Load(xp + i), a0);
-                a1 = Avx512F.FusedMultiplyAdd(WidenF16(Vector256.Load(w + i + 16)), Vector512.Load(xp + i + 16), a1);
-            }
-            for (; i <= n - 16; i += 16)
-                a0 = Avx512F.FusedMultiplyAdd(WidenF16(Vector256.Load(w + i)), Vector512.Load(xp + i), a0);
-            float s = Vector512.Sum(a0 + a1);
-            for (; i < n; i++) s += DTypes.F16ToFloat(w[i]) * xp[i];
-            return s;
+            PrefetchStream(w + i);
+            a0 = Avx512F.FusedMultiplyAdd(TW.Widen(Vector256.Load(w + i)), Vector512.Load(v + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(TW.Widen(Vector256.Load(w + i + 16)), Vector512.Load(v + i + 16), a1);
         }
+        for (; i <= n - 16; i += 16)
+            a0 = Avx512F.FusedMultiplyAdd(TW.Widen(Vector256.Load(w + i)), Vector512.Load(v + i), a0);
+        float s = Vector512.Sum(a0 + a1);
+        for (; i < n; i++) s += DTypes.F16ToFloat(w[i]) * xp[i];
+        return s;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
