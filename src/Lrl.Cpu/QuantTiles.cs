@@ -28,9 +28,12 @@ namespace Lrl.Cpu;
 /// </summary>
 internal static unsafe partial class QuantKernels
 {
-    /// <summary>Whether <see cref="ChannelTiles"/> serves a matrix (int8 codes need VNNI: biased codes would saturate pmaddubsw).</summary>
+    /// <summary>
+    /// Whether <see cref="ChannelTiles"/> serves a matrix: per-channel int4 (64+ columns) and int8 (32+), the int8 codes
+    /// biased for VNNI, or without it multiplied as |w| · sign(x, w) (biased codes would saturate pmaddubsw).
+    /// </summary>
     public static bool TilesServe(QuantizedTensor q, float[]? channelScales, bool vnni) =>
-        channelScales != null && (q.Bits == 4 ? q.Cols >= 64 : vnni && q.Cols >= 32);
+        channelScales != null && (q.Bits == 4 ? q.Cols >= 64 : q.Cols >= 32);
 
     /// <summary>Columns the integer kernels cover: full 64-column blocks (4-bit) or 32-column chunks (8-bit).</summary>
     private static int IntegerCols(QuantizedTensor q) => q.Bits == 4 ? q.Cols / 64 * 64 : q.Cols / 32 * 32;
@@ -63,7 +66,21 @@ internal static unsafe partial class QuantKernels
                                     int rowStart, int rowEnd, bool vnni)
     {
         if (vnni) ChannelTiles<VnniDot>(q, xs, rows, channelScales, y, outF, rowStart, rowEnd);
+        else if (q.Bits == 8) ChannelTiles<Avx2SignedDot>(q, xs, rows, channelScales, y, outF, rowStart, rowEnd);
         else ChannelTiles<Avx2Dot>(q, xs, rows, channelScales, y, outF, rowStart, rowEnd);
+    }
+
+    /// <summary>
+    /// Signed int8 codes times int8 activations without VNNI, the GEMV's <see cref="DotS8{TDot}"/> for
+    /// <see cref="Avx2Dot"/>: pmaddubsw of |w| and sign(x, w), pairs summed to int32 (|w|·|x| ≤ 128·127, no saturation).
+    /// The tiles pass the stored codes as the "unsigned" operand (<see cref="StoredSignedInt8Pair"/>); only they use it.
+    /// </summary>
+    private readonly struct Avx2SignedDot : IDot
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector256<byte> w, Vector256<sbyte> x) => Avx2Dot.Dot(Avx2.Abs(w.AsSByte()), Avx2.Sign(x, w.AsSByte()));
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> w, Vector256<sbyte> x) => acc + Dot(w, x);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -74,14 +91,16 @@ internal static unsafe partial class QuantKernels
         // int4 with AVX-512's 32 registers and few activation rows (verify steps, small batches): the tile unpacks the
         // nibbles in registers (the unpack fits beside the 16 accumulators); else the block is unpacked to bytes once for
         // all activation rows (prompts: 16+ row groups would repeat the unpack; SmolLM2-135M q4 pp128 measured slower).
-        bool packed = (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot)) && rows <= PackedTileRowsMax;
+        // Signed int8 without VNNI reads the stored codes at any row count (there is nothing to unpack).
+        bool signed8 = typeof(TDot) == typeof(Avx2SignedDot);
+        bool packed = signed8 || (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot)) && rows <= PackedTileRowsMax;
         byte* buf = null;
         if (!packed)
         {
             buf = UnpackBuffer((rowEnd - rowStart) * kInt);
             Unpack(q, rowStart, rowEnd, kInt, buf);
         }
-        float zero = q.Bits == 4 ? 8 : 128;
+        float zero = q.Bits == 4 ? 8 : signed8 ? 0 : 128;
         fixed (float* yp = y)
         fixed (float* scales = channelScales)
         {
@@ -98,7 +117,7 @@ internal static unsafe partial class QuantKernels
                     var t = new TileArgs { X0 = x0, X1 = x1, X2 = x2, X3 = x3, D0 = s0.DPointer, D1 = s1.DPointer, D2 = s2.DPointer, D3 = s3.DPointer };
                     int ld = packed ? n * q.Bits / 8 : kInt;
                     byte* w = packed ? q.Codes + (long)rowStart * ld : buf;
-                    int how = packed ? q.Bits : 0;
+                    int how = signed8 ? -8 : packed ? q.Bits : 0;
                     if (live == 4) Tile<TDot, Rows4>(how, w, ld, kInt, pairs, t, sums);
                     else if (live == 3) Tile<TDot, Rows3>(how, w, ld, kInt, pairs, t, sums);
                     else Tile<TDot, Rows2>(how, w, ld, kInt, pairs, t, sums);
@@ -138,6 +157,7 @@ internal static unsafe partial class QuantKernels
     {
         if (stored == 4) TileRun<TDot, PackedInt4Pair, TR>(w, ld, kInt, pairs, t, sums);
         else if (stored == 8) TileRun<TDot, StoredInt8Pair, TR>(w, ld, kInt, pairs, t, sums);
+        else if (stored == -8) TileRun<TDot, StoredSignedInt8Pair, TR>(w, ld, kInt, pairs, t, sums);
         else TileRun<TDot, UnpackedPair, TR>(w, ld, kInt, pairs, t, sums);
     }
 
@@ -220,6 +240,19 @@ internal static unsafe partial class QuantKernels
             var flip = Vector256.Create((byte)0x80);
             a = Vector256.Load(w0 + c) ^ flip;
             b = Vector256.Load(w1 + c) ^ flip;
+        }
+    }
+
+    /// <summary>Stored int8 rows as they are (signed codes, for <see cref="Avx2SignedDot"/>).</summary>
+    private readonly struct StoredSignedInt8Pair : IWeightPair
+    {
+        public static int Step => 32;
+        public static bool Streams => true;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* w0, byte* w1, int c, int half, out Vector256<byte> a, out Vector256<byte> b)
+        {
+            a = Vector256.Load(w0 + c);
+            b = Vector256.Load(w1 + c);
         }
     }
 
