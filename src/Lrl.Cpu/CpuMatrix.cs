@@ -121,7 +121,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
             {
                 float* xs = Prepared(x[..n]);
                 if (xs != null)
-                    for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF16Scaled((ushort*)_data + (long)o * n, xs, x[..n]);
+                    for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF16Prepared((ushort*)_data + (long)o * n, xs, x[..n]);
                 else
                     for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF16((Half*)_data + (long)o * n, x);
                 break;
@@ -139,7 +139,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     {
         if (_prepared != null) return _prepared;
         return _dtype == DType.BF16 ? (Simd.SplitForBF16(x, out float* b) ? b : null)
-             : _dtype == DType.F16 ? (Simd.ScaleForF16(x, out float* h) ? h : null) : null;
+             : _dtype == DType.F16 ? (Simd.PrepareF16(x, out float* h) ? h : null) : null;
     }
 
     public override void PrepareGemv(ReadOnlySpan<float> x)
@@ -148,7 +148,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         if (_dtype == DType.F32 || x.Length != Cols) return;
         _prep ??= GC.AllocateArray<float>(Cols, pinned: true);
         float* d = (float*)Unsafe.AsPointer(ref _prep[0]);
-        if (_dtype == DType.BF16 ? Simd.SplitForBF16(x, d) : Simd.ScaleForF16(x, d)) _prepared = d;
+        if (_dtype == DType.BF16 ? Simd.SplitForBF16(x, d) : Simd.PrepareF16(x, d)) _prepared = d;
     }
 
     public override bool TryShareGemv(CpuMatrix other)
@@ -582,6 +582,72 @@ public static unsafe class Simd
         if (!Avx512F.IsSupported || x.Length < 64 || !(TensorPrimitives.MaxMagnitude(x) is var m && MathF.Abs(m) < F16ScaledMax)) return false;
         TensorPrimitives.Multiply(x, F16Rebias, new Span<float>(d, x.Length));
         return true;
+    }
+
+    [ThreadStatic] private static float[]? _f16Prepared;
+
+    /// <summary>
+    /// The activations as <see cref="DotF16Prepared"/> reads them, in this thread's scratch (valid until its next call):
+    /// with AVX-512 scaled by 2^112 (<see cref="ScaleForF16(ReadOnlySpan{float}, float*)"/>); with AVX2 alone also split
+    /// even/odd per 16 columns (<see cref="SplitForBF16(ReadOnlySpan{float}, float*)"/>). False when neither applies
+    /// (no AVX2, short rows, an activation of 2^15 or more): then <see cref="DotF16"/>.
+    /// </summary>
+    public static bool PrepareF16(ReadOnlySpan<float> x, out float* prepared)
+    {
+        var buf = _f16Prepared;
+        if (buf is null || buf.Length < x.Length) _f16Prepared = buf = GC.AllocateArray<float>(Math.Max(x.Length, 4096), pinned: true);
+        prepared = (float*)Unsafe.AsPointer(ref buf[0]);
+        return PrepareF16(x, prepared);
+    }
+
+    /// <summary><see cref="PrepareF16(ReadOnlySpan{float}, out float*)"/> into <paramref name="d"/> (x.Length floats).</summary>
+    public static bool PrepareF16(ReadOnlySpan<float> x, float* d)
+    {
+        if (Avx512F.IsSupported) return ScaleForF16(x, d);
+        if (!SplitsBF16(x.Length) || !(TensorPrimitives.MaxMagnitude(x) is var m && MathF.Abs(m) < F16ScaledMax)) return false;
+        SplitForBF16(x, d);
+        var v = new Span<float>(d, x.Length);
+        TensorPrimitives.Multiply(v, F16Rebias, v);
+        return true;
+    }
+
+    /// <summary><see cref="DotF16"/> over activations prepared by <see cref="PrepareF16(ReadOnlySpan{float}, float*)"/> (x: the unprepared ones, for the ragged tail).</summary>
+    public static float DotF16Prepared(ushort* w, float* prepared, ReadOnlySpan<float> x) =>
+        Avx512F.IsSupported ? DotF16Scaled(w, prepared, x) : DotF16Split(w, prepared, x);
+
+    /// <summary>
+    /// f16 on AVX2 over activations split and scaled (<see cref="PrepareF16(ReadOnlySpan{float}, float*)"/>): a 32-byte load
+    /// holds 16 halves as 8 pairs; the even ones move to the f32 sign/exponent/mantissa positions by a shift left by 16
+    /// and an arithmetic shift right by 3, the odd ones by the arithmetic shift alone, one mask clearing the sign's copies
+    /// and the neighbour's bits: five instructions per 16 weights (the chunked conversion through the stack took a pass
+    /// of its own). Exact for normal and subnormal halves and signed zeros, as <see cref="WidenF16"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float DotF16Split(ushort* w, float* split, ReadOnlySpan<float> x)
+    {
+        int n = x.Length, i = 0;
+        var keep = Vector256.Create(unchecked((int)0x8FFFE000));
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (; i <= n - 32; i += 32)
+        {
+            PrefetchStream(w + i);
+            var v = Vector256.Load((int*)(w + i));
+            var u = Vector256.Load((int*)(w + i + 16));
+            a0 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(v, 16), 3) & keep).AsSingle(), Vector256.Load(split + i), a0);
+            a1 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(v, 3) & keep).AsSingle(), Vector256.Load(split + i + 8), a1);
+            a2 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(u, 16), 3) & keep).AsSingle(), Vector256.Load(split + i + 16), a2);
+            a3 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(u, 3) & keep).AsSingle(), Vector256.Load(split + i + 24), a3);
+        }
+        for (; i <= n - 16; i += 16)
+        {
+            var v = Vector256.Load((int*)(w + i));
+            a0 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(v, 16), 3) & keep).AsSingle(), Vector256.Load(split + i), a0);
+            a1 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(v, 3) & keep).AsSingle(), Vector256.Load(split + i + 8), a1);
+        }
+        float s = Vector256.Sum((a0 + a1) + (a2 + a3));
+        fixed (float* xp = x)
+            for (; i < n; i++) s += DTypes.F16ToFloat(w[i]) * xp[i];
+        return s;
     }
 
     /// <summary><see cref="DotF16"/> over activations scaled by <see cref="ScaleForF16"/> (x: the unscaled ones, for the ragged tail).</summary>

@@ -700,6 +700,24 @@ public sealed class HalfEdgeTests
             for (int i = 0; i < x.Length; i++) x[i] = (rng.NextSingle() * 2 - 1) * (i % 97 == 0 ? 30000f : 4f);
             fixed (ushort* wp = w) fixed (float* xp = x)
             {
+                // Every path: the prepared kernel (AVX-512 scaled, AVX2 split and scaled) against the exact sum.
+                for (int row = 0; row < 4; row++)
+                {
+                    var xr = x.AsSpan(row * n, n);
+                    if (!Simd.PrepareF16(xr, out float* prep))
+                    {
+                        Assert.False(System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported, "preparation refused with AVX2");
+                        continue;
+                    }
+                    double exact = 0, magnitude = 0;
+                    for (int i = 0; i < n; i++)
+                    {
+                        double p = (double)BitConverter.UInt16BitsToHalf(w[i]) * xr[i];
+                        exact += p; magnitude += Math.Abs(p);
+                    }
+                    float got = Simd.DotF16Prepared(wp, prep, xr);
+                    Assert.True(Math.Abs(got - exact) <= 1e-6 * magnitude, $"n={n} row {row}: {got} vs {exact}");
+                }
                 if (!Simd.ScaleForF16(x, out float* xs))
                 {
                     Assert.False(System.Runtime.Intrinsics.X86.Avx512F.IsSupported, "scaling refused on an AVX-512 machine");
@@ -722,6 +740,7 @@ public sealed class HalfEdgeTests
         var big = r.Floats(256);
         big[7] = 40000f;
         Assert.False(Simd.ScaleForF16(big, out _));
+        Assert.False(Simd.PrepareF16(big, out _));
         var values = r.Floats(3 * 256);
         for (int i = 0; i < values.Length; i++) values[i] = (float)(Half)values[i];
         var t = r.Tensor("w", DType.F16, [3, 256], values);
