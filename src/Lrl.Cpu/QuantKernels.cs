@@ -165,6 +165,13 @@ internal static unsafe partial class QuantKernels
         static abstract Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s);
         /// <summary>acc + Dot(u, s): VNNI accumulates in the same instruction (no separate add).</summary>
         static abstract Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s);
+        /// <summary>
+        /// Whether the tiles may add <see cref="Pairs"/> as int16 within a 128-column block (int4 codes without VNNI:
+        /// pmaddubsw pairs of at most 2·15·128) and widen once per block.
+        /// </summary>
+        static abstract bool Sums16 { get; }
+        /// <summary>The int16 sums of adjacent u8 × s8 products (pmaddubsw), when <see cref="Sums16"/>.</summary>
+        static abstract Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s);
     }
 
     private readonly struct VnniDot : IDot
@@ -173,6 +180,8 @@ internal static unsafe partial class QuantKernels
         public static Vector256<int> Dot(Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.MultiplyWideningAndAdd(acc, u, s);
+        public static bool Sums16 => false;
+        public static Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s) => throw new NotSupportedException();
     }
 
     private readonly struct Avx2Dot : IDot
@@ -182,6 +191,10 @@ internal static unsafe partial class QuantKernels
             Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => acc + Dot(u, s);
+        /// <summary>Only the int4 tiles use Avx2Dot (int8 codes go through <c>Avx2SignedDot</c>), so the pairs stay small.</summary>
+        public static bool Sums16 => true;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s) => Avx2.MultiplyAddAdjacent(u, s);
     }
 
     /// <summary>Group index of column <paramref name="col"/>: a shift when the group is a power of two, else one group per row.</summary>

@@ -81,6 +81,8 @@ internal static unsafe partial class QuantKernels
         public static Vector256<int> Dot(Vector256<byte> w, Vector256<sbyte> x) => Avx2Dot.Dot(Avx2.Abs(w.AsSByte()), Avx2.Sign(x, w.AsSByte()));
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> w, Vector256<sbyte> x) => acc + Dot(w, x);
+        public static bool Sums16 => false; // |w|·|x| pairs reach 32,512: no room to add two
+        public static Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s) => throw new NotSupportedException();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -312,6 +314,35 @@ internal static unsafe partial class QuantKernels
                     }
                 }
                 Vector256<int> i00 = default, i01 = default, i10 = default, i11 = default, i20 = default, i21 = default, i30 = default, i31 = default;
+                if (TDot.Sums16)
+                {
+                    // pmaddubsw's int16 pair sums of a 128-column block added as int16 (at most four per block, each at
+                    // most 2·15·128 in magnitude for int4 codes: no overflow), widened to int32 once per block: two
+                    // instructions per 32 columns and row pair instead of three. The same exact integer sums.
+                    Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+                    for (; c < end; c += TW.Step)
+                    {
+                        TW.Load(w0, w1, c, 0, out var a, out var b);
+                        var x = Vector256.Load(x0 + c); s00 += TDot.Pairs(a, x); s01 += TDot.Pairs(b, x);
+                        x = Vector256.Load(x1 + c); s10 += TDot.Pairs(a, x); s11 += TDot.Pairs(b, x);
+                        if (TR.N > 2) { x = Vector256.Load(x2 + c); s20 += TDot.Pairs(a, x); s21 += TDot.Pairs(b, x); }
+                        if (TR.N > 3) { x = Vector256.Load(x3 + c); s30 += TDot.Pairs(a, x); s31 += TDot.Pairs(b, x); }
+                        if (TW.Step == 64)
+                        {
+                            TW.Load(w0, w1, c, 1, out a, out b);
+                            x = Vector256.Load(x0 + c + 32); s00 += TDot.Pairs(a, x); s01 += TDot.Pairs(b, x);
+                            x = Vector256.Load(x1 + c + 32); s10 += TDot.Pairs(a, x); s11 += TDot.Pairs(b, x);
+                            if (TR.N > 2) { x = Vector256.Load(x2 + c + 32); s20 += TDot.Pairs(a, x); s21 += TDot.Pairs(b, x); }
+                            if (TR.N > 3) { x = Vector256.Load(x3 + c + 32); s30 += TDot.Pairs(a, x); s31 += TDot.Pairs(b, x); }
+                        }
+                    }
+                    var one = Vector256<short>.One;
+                    i00 = Avx2.MultiplyAddAdjacent(s00, one); i01 = Avx2.MultiplyAddAdjacent(s01, one);
+                    i10 = Avx2.MultiplyAddAdjacent(s10, one); i11 = Avx2.MultiplyAddAdjacent(s11, one);
+                    if (TR.N > 2) { i20 = Avx2.MultiplyAddAdjacent(s20, one); i21 = Avx2.MultiplyAddAdjacent(s21, one); }
+                    if (TR.N > 3) { i30 = Avx2.MultiplyAddAdjacent(s30, one); i31 = Avx2.MultiplyAddAdjacent(s31, one); }
+                }
+                else
                 for (; c < end; c += TW.Step)
                 {
                     TW.Load(w0, w1, c, 0, out var a, out var b);
