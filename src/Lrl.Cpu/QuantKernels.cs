@@ -197,17 +197,35 @@ internal static unsafe partial class QuantKernels
         public static Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s) => Avx2.MultiplyAddAdjacent(u, s);
     }
 
+    /// <summary>
+    /// Σ of two u8 × s8 products as int32 lanes: with <see cref="IDot.Sums16"/> (int4 codes, no VNNI) the pair sums are
+    /// added as int16 and widened once; else two dot products. The same exact integer sums either way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Sum2<TDot>(Vector256<byte> a, Vector256<sbyte> x, Vector256<byte> b, Vector256<sbyte> y) where TDot : struct, IDot =>
+        TDot.Sums16 ? Avx2.MultiplyAddAdjacent(TDot.Pairs(a, x) + TDot.Pairs(b, y), Vector256<short>.One) : TDot.Acc(TDot.Dot(a, x), b, y);
+
+    /// <summary><see cref="Sum2{TDot}"/> of four products (int16 sums of at most four pairs of 2·15·128).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Sum4<TDot>(Vector256<byte> a, Vector256<sbyte> x, Vector256<byte> b, Vector256<sbyte> y,
+                                              Vector256<byte> c, Vector256<sbyte> z, Vector256<byte> e, Vector256<sbyte> w) where TDot : struct, IDot =>
+        TDot.Sums16
+            ? Avx2.MultiplyAddAdjacent((TDot.Pairs(a, x) + TDot.Pairs(b, y)) + (TDot.Pairs(c, z) + TDot.Pairs(e, w)), Vector256<short>.One)
+            : TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(a, x), b, y), c, z), e, w);
+
     /// <summary>Group index of column <paramref name="col"/>: a shift when the group is a power of two, else one group per row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int GroupShift(QuantizedTensor q) =>
         q.GroupSize == q.Cols ? 31 : BitOperations.Log2((uint)q.GroupSize);
 
     /// <summary>
-    /// Longest per-channel int4 rows taken two per pass. Short rows gain (per-row work dominates them: SmolLM2-135M q4
-    /// 340-367 vs 317-335 tok/s); long rows lose, the two interleaved streams reading slower from memory
-    /// (Llama-3.2-1B q4, 2048-column rows: 37-49 vs 45-64 tok/s, alternating runs).
+    /// Longest per-channel int4 rows taken two per pass (LRL_PAIRED_COLS overrides). Short rows gain (per-row work
+    /// dominates them: SmolLM2-135M q4 340-367 vs 317-335 tok/s on the Intel VM; 576-column products 13-14 vs 8-9 GB/s on
+    /// an AMD EPYC); long rows lose, the two interleaved streams reading slower from memory (Llama-3.2-1B q4, 2048-column
+    /// rows: 37-49 vs 45-64 tok/s; on the EPYC SmolLM2-135M's 1536-column down projection 8.4-9.1 paired vs 11.5-12.7 GB/s
+    /// one row at a time, `bench --profile`).
     /// </summary>
-    private const int PairedRowsMaxCols = 1536;
+    private static readonly int PairedRowsMaxCols = int.TryParse(Environment.GetEnvironmentVariable("LRL_PAIRED_COLS"), out var pc) ? pc : 1024;
 
     /// <param name="channelScales">Per-channel matrices: the row scales as f32, converted once at load (else null).</param>
     public static void GemvInt(QuantizedTensor q, QuantScratch s, Span<float> y, int rowStart, int rowEnd, bool vnni, float[]? channelScales = null)
@@ -435,11 +453,11 @@ internal static unsafe partial class QuantKernels
                         var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
                         var x2 = Vector256.Load(xp + 64); var x3 = Vector256.Load(xp + 96);
                         var v = Vector256.Load(p0); var u = Vector256.Load(p0 + 32);
-                        var i0 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1),
-                                                   u & mask, x2), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
+                        var i0 = Sum4<TDot>(v & mask, x0, Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1,
+                                            u & mask, x2, Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
                         v = Vector256.Load(p1); u = Vector256.Load(p1 + 32);
-                        var i1 = TDot.Acc(TDot.Acc(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1),
-                                                   u & mask, x2), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
+                        var i1 = Sum4<TDot>(v & mask, x0, Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1,
+                                            u & mask, x2, Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x3);
                         var dv = Vector256.Create(dp[0]);
                         a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), dv, a);
                         b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), dv, b);
@@ -450,8 +468,8 @@ internal static unsafe partial class QuantKernels
                         var x0 = Vector256.Load(xp); var x1 = Vector256.Load(xp + 32);
                         var d0 = Vector256.Create(dp[0]);
                         var v = Vector256.Load(p0); var u = Vector256.Load(p1);
-                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Acc(TDot.Dot(v & mask, x0), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d0, a);
-                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Acc(TDot.Dot(u & mask, x0), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d0, b);
+                        a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Sum2<TDot>(v & mask, x0, Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, x1)), d0, a);
+                        b = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Sum2<TDot>(u & mask, x0, Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, x1)), d0, b);
                     }
                     float s0 = channelScales[o], s1 = channelScales[o + 1];
                     float z0 = q.Zeros == null ? z : q.Zeros[o], z1 = q.Zeros == null ? z : q.Zeros[o + 1];

@@ -393,14 +393,14 @@ internal static unsafe partial class QuantKernels
         {
             Simd.PrefetchStream(wp);
             var v = Vector256.Load(wp); var u = Vector256.Load(wp + 32);
-            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
-            var i1 = TDot.Acc(TDot.Dot(u & mask, Vector256.Load(xp + 64)), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
-            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0 + i1), Vector256.Create(d[0]), a);
+            var i = Sum4<TDot>(v & mask, Vector256.Load(xp), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32),
+                               u & mask, Vector256.Load(xp + 64), Avx2.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 96));
+            a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i), Vector256.Create(d[0]), a);
         }
         if (k < blocks)
         {
             var v = Vector256.Load(wp);
-            var i0 = TDot.Acc(TDot.Dot(v & mask, Vector256.Load(xp)), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
+            var i0 = Sum2<TDot>(v & mask, Vector256.Load(xp), Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask, Vector256.Load(xp + 32));
             a = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[0]), a);
         }
         return HSum(a);
