@@ -129,9 +129,10 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         }
     }
 
-    // The activations as the decode kernels want them (bf16 on AVX2: split even/odd; f16 on AVX-512: times 2^112),
-    // prepared once per product by PrepareGemv (or shared with the product that prepared the same input) for every
-    // thread's rows; a GEMV outside a product prepares its own in thread scratch.
+    // The activations as the decode kernels want them (bf16 on AVX2: split even/odd; f16: times 2^112, on AVX2 also
+    // split), prepared once per product by PrepareGemv (or shared with the product that prepared the same input) for
+    // every thread's rows, valid until EndGemv: the product's GEMVs all take that same input. A GEMV outside a product
+    // prepares its own in thread scratch.
     private float[]? _prep;
     private float* _prepared;
 
