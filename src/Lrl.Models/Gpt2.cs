@@ -75,7 +75,7 @@ public sealed class Gpt2 : ModelBase
                     Conv(p + "mlp.c_fc.weight", C, c.InnerSize, 0, c.InnerSize), W(p + "mlp.c_fc.bias", c.InnerSize),
                     Conv(p + "mlp.c_proj.weight", c.InnerSize, C, 0, C), W(p + "mlp.c_proj.bias", C),
                     PositionSlot(C), PositionSlot(C),
-                    AdaptableModules(i, C, c.InnerSize));
+                    AddAdaptableModules(i, C, c.InnerSize));
             }
         }
         catch { _owned.Dispose(); throw; }
@@ -97,7 +97,7 @@ public sealed class Gpt2 : ModelBase
     }
 
     /// <summary>GPT-2's adaptable Conv1D modules, under the checkpoint's names and the other prefix form.</summary>
-    private int AdaptableModules(int i, int C, int inner)
+    private int AddAdaptableModules(int i, int C, int inner)
     {
         int M(string name, int outF, int inF, int row0 = 0, int rows = -1) =>
             AdaptableModule("transformer.h." + i + "." + name, outF, inF, row0, rows, alias: "h." + i + "." + name);

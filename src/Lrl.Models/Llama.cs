@@ -75,7 +75,7 @@ public sealed class Llama : ModelBase
                 W(p + "mlp.up_proj.weight", c.IntermediateSize, c.HiddenSize),
                 W(p + "mlp.down_proj.weight", c.HiddenSize, c.IntermediateSize),
                 PositionSlot(c.KvDim), PositionSlot(c.KvDim),
-                AdaptableModules(p, c));
+                AddAdaptableModules(p, c));
         }
         _rope = new RopeTable(c.RopeInvFreq());
 
@@ -95,7 +95,7 @@ public sealed class Llama : ModelBase
                               + _lmHead.ByteSize;
     }
 
-    private int AdaptableModules(string p, LlamaConfig c)
+    private int AddAdaptableModules(string p, LlamaConfig c)
     {
         int first = AdaptableModule(p + "self_attn.q_proj", c.QDim, c.HiddenSize);
         AdaptableModule(p + "self_attn.k_proj", c.KvDim, c.HiddenSize);

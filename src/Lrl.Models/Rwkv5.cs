@@ -59,7 +59,7 @@ public sealed class Rwkv5 : RwkvBase
         _xk = Buffer(bc); _xv = Buffer(bc); _xr = Buffer(bc); _xg = Buffer(bc);
         _r = Buffer(bc); _k = Buffer(bc); _v = Buffer(bc); _g = Buffer(bc); _o = Buffer(bc); _delta = Buffer(bc);
         _hid = Buffer((long)Batch * F);
-        _weightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wg, l.Wo, l.FKey, l.FRec, l.FValue }.Sum(w => w.ByteSize)) + Head.ByteSize;
+        _weightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wg, l.Wo, l.FKey, l.FRec, l.FValue }.Sum(w => w.ByteSize)) + HeadW.ByteSize;
     }
 
     /// <summary>The per-channel decay w = exp(−exp(time_decay)): stored so by rwkv.cpp, computed here for the HF layout.</summary>

@@ -78,7 +78,7 @@ public sealed class Rwkv7 : RwkvBase
         _lora = Buffer((long)Batch * maxLora);
         _hid = Buffer((long)Batch * F);
         _weightBytesPerToken = _layers.Sum(l => new[] { l.Wr, l.Wk, l.Wv, l.Wo, l.W1, l.W2, l.A1, l.A2, l.G1, l.G2, l.FKey, l.FValue }
-                                  .Sum(w => w.ByteSize) + (l.V1?.ByteSize ?? 0) + (l.V2?.ByteSize ?? 0)) + Head.ByteSize;
+                                  .Sum(w => w.ByteSize) + (l.V1?.ByteSize ?? 0) + (l.V2?.ByteSize ?? 0)) + HeadW.ByteSize;
     }
 
     protected override DeviceBuffer RunChunk(ReadOnlySpan<int> tokens)

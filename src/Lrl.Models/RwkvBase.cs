@@ -22,7 +22,7 @@ public abstract class RwkvBase : ModelBase
     protected readonly IBackend B;
     protected readonly ILinearAttentionOps L;
     protected readonly int Batch;
-    protected Weight Emb = null!, Ln0W = null!, Ln0B = null!, LnOutW = null!, LnOutB = null!, Head = null!;
+    protected Weight Emb = null!, Ln0W = null!, Ln0B = null!, LnOutW = null!, LnOutB = null!, HeadW = null!;
     private readonly List<DeviceBuffer> _buffers = new();
     private LogitsHead _out = null!;
     /// <summary>The state the running forward pass updates (set under the model's lock).</summary>
@@ -89,8 +89,8 @@ public abstract class RwkvBase : ModelBase
         Ln0B = Vec("blocks.0.ln0.bias", C);
         LnOutW = Vec("ln_out.weight", C);
         LnOutB = Vec("ln_out.bias", C);
-        Head = Mat("head.weight", Config.VocabSize, C);
-        _out = new LogitsHead(B, Head, C, Config.VocabSize, Batch);
+        HeadW = Mat("head.weight", Config.VocabSize, C);
+        _out = new LogitsHead(B, HeadW, C, Config.VocabSize, Batch);
         _parameterCount = Checkpoint.Tensors.Sum(t => t.ElementCount);
     }
 

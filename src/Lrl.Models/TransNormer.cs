@@ -113,13 +113,13 @@ public sealed class TransNormer : ModelBase
         for (int done = 0; done < n; done += _batch)
         {
             int rows = Math.Min(_batch, n - done);
-            RunChunk(state, tokens.Slice(done, rows), (int)state.Position);
+            RunStateChunk(state, tokens.Slice(done, rows), (int)state.Position);
             state.Position += rows;
             _out.Write(_xn, rows, done, n, all, logits);
         }
     }
 
-    private void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
+    private void RunStateChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
     {
         var c = Config;
         int rows = tokens.Length, D = c.EmbedDim, E = c.HiddenDim;

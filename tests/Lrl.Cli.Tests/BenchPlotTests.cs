@@ -23,7 +23,7 @@ public class BenchPlotTests
         var svg = Path.Combine(dir, "bench.svg");
         BenchPlot.Save(Rows, "title", svg);
         Assert.Contains("<svg", File.ReadAllText(svg));
-        Assert.Equal(["bench.png", "bench.svg"], Directory.GetFiles(dir).Select(Path.GetFileName).Order().ToArray());
+        Assert.Equal(["bench.png", "bench.svg"], Directory.GetFiles(dir).Select(f => Path.GetFileName(f)!).Order().ToArray());
         Assert.Throws<LrlException>(() => BenchPlot.Save(Rows, "title", Path.Combine(dir, "bench.txt")));
     }
 

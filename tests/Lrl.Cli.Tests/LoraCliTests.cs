@@ -141,7 +141,7 @@ public sealed class LoraServeTests(LoraServerProcess server) : IClassFixture<Lor
     {
         server.Start();
         var models = JsonDocument.Parse(await server.Http.GetStringAsync("/v1/models", Ct)).RootElement.GetProperty("data");
-        Assert.Equal(["stories260k", "lang-a", "lang-b"], models.EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToArray());
+        Assert.Equal(["stories260k", "lang-a", "lang-b"], models.EnumerateArray().Select(m => m.GetProperty("id").GetString()!).ToArray());
         Assert.Equal("stories260k", models[1].GetProperty("parent").GetString());
         Assert.Equal(0.5, models[2].GetProperty("lora").GetProperty("scale").GetDouble());
 

@@ -65,7 +65,7 @@ public class OutputFolderTests
         var r = CliRunner.Run("synth", "--preset", "SmolLM2-135M", "--out", output);
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("--force", r.Stderr);
-        Assert.Equal(["keep.txt"], Directory.GetFileSystemEntries(output).Select(Path.GetFileName).ToArray());
+        Assert.Equal(["keep.txt"], Directory.GetFileSystemEntries(output).Select(f => Path.GetFileName(f)!).ToArray());
         var file = Path.Combine(parent, "f");
         File.WriteAllText(file, "x");
         var f = CliRunner.Run("synth", "--preset", "SmolLM2-135M", "--out", file);
