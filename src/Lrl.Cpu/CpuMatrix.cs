@@ -181,8 +181,8 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         // Blocks of weight rows (~128 KB, L2) walked once per group of four activation rows (L1): walking every activation
         // row for each weight row read all of x from L2 per weight row (147 KB at 64 rows of 576), which bound the FMAs.
         int block = Math.Max(4, 65536 / n);
-        float* xs = null; // f16: the activations times 2^112 (Simd.ScaleForF16), when they allow it
-        if (f16 && !Simd.ScaleForF16(x[..(rows * n)], out xs)) xs = null;
+        // f16: the activations times 2^112 (Simd.ScaleForF16), when they allow it.
+        float* xs = f16 && Simd.ScaleForF16(x[..(rows * n)], out float* scaled) ? scaled : null;
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -440,7 +440,19 @@ public static unsafe class Simd
         }
     }
 
-    [ThreadStatic] private static float[]? _bf16Split;
+    [ThreadStatic] private static float[]? _activationScratch;
+
+    /// <summary>
+    /// This thread's pinned scratch of at least <paramref name="n"/> floats for prepared activations
+    /// (<see cref="SplitForBF16(ReadOnlySpan{float}, out float*)"/>, <see cref="ScaleForF16(ReadOnlySpan{float}, out float*)"/>,
+    /// <see cref="PrepareF16(ReadOnlySpan{float}, out float*)"/>): one buffer, valid until the thread's next preparation.
+    /// </summary>
+    private static float* ActivationScratch(int n)
+    {
+        var buf = _activationScratch;
+        if (buf is null || buf.Length < n) _activationScratch = buf = GC.AllocateArray<float>(Math.Max(n, 4096), pinned: true);
+        return (float*)Unsafe.AsPointer(ref buf[0]);
+    }
 
     /// <summary>
     /// AVX2 without AVX-512: the activations regrouped for <see cref="DotBF16Split"/> in this thread's scratch (valid until
@@ -451,9 +463,7 @@ public static unsafe class Simd
     {
         split = null;
         if (!SplitsBF16(x.Length)) return false;
-        var buf = _bf16Split;
-        if (buf is null || buf.Length < x.Length) _bf16Split = buf = GC.AllocateArray<float>(Math.Max(x.Length, 4096), pinned: true);
-        split = (float*)Unsafe.AsPointer(ref buf[0]);
+        split = ActivationScratch(x.Length);
         return SplitForBF16(x, split);
     }
 
@@ -559,8 +569,6 @@ public static unsafe class Simd
     private struct Rebiased : IF16Widen { public static Vector512<float> Widen(Vector256<ushort> h) => WidenF16(h); }
     private struct PreScaled : IF16Widen { public static Vector512<float> Widen(Vector256<ushort> h) => F16Bits(h); }
 
-    [ThreadStatic] private static float[]? _f16Scaled;
-
     /// <summary>
     /// The activations times 2^112 in this thread's scratch (valid until its next call), so the f16 kernels skip the
     /// rebiasing multiply: w'·(x·2^112) = (w'·2^112)·x exactly, where w' = <see cref="F16Bits"/> (both scalings are by a
@@ -571,9 +579,7 @@ public static unsafe class Simd
     {
         scaled = null;
         if (!Avx512F.IsSupported || x.Length < 64) return false;
-        var buf = _f16Scaled;
-        if (buf is null || buf.Length < x.Length) _f16Scaled = buf = GC.AllocateArray<float>(Math.Max(x.Length, 4096), pinned: true);
-        scaled = (float*)Unsafe.AsPointer(ref buf[0]);
+        scaled = ActivationScratch(x.Length);
         return ScaleForF16(x, scaled);
     }
 
@@ -585,8 +591,6 @@ public static unsafe class Simd
         return true;
     }
 
-    [ThreadStatic] private static float[]? _f16Prepared;
-
     /// <summary>
     /// The activations as <see cref="DotF16Prepared"/> reads them, in this thread's scratch (valid until its next call):
     /// with AVX-512 scaled by 2^112 (<see cref="ScaleForF16(ReadOnlySpan{float}, float*)"/>); with AVX2 alone also split
@@ -595,9 +599,7 @@ public static unsafe class Simd
     /// </summary>
     public static bool PrepareF16(ReadOnlySpan<float> x, out float* prepared)
     {
-        var buf = _f16Prepared;
-        if (buf is null || buf.Length < x.Length) _f16Prepared = buf = GC.AllocateArray<float>(Math.Max(x.Length, 4096), pinned: true);
-        prepared = (float*)Unsafe.AsPointer(ref buf[0]);
+        prepared = ActivationScratch(x.Length);
         return PrepareF16(x, prepared);
     }
 

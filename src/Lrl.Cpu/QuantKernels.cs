@@ -191,7 +191,10 @@ internal static unsafe partial class QuantKernels
             Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => acc + Dot(u, s);
-        /// <summary>Only the int4 tiles use Avx2Dot (int8 codes go through <c>Avx2SignedDot</c>), so the pairs stay small.</summary>
+        /// <summary>
+        /// <see cref="Pairs"/> is taken only over int4 codes (the int4 tiles and <see cref="Sum2{TDot}"/> / <see cref="Sum4{TDot}"/>
+        /// in the int4 GEMV; int8 goes through <c>DotS8</c> and <c>Avx2SignedDot</c>), so the pairs stay within 2·15·128.
+        /// </summary>
         public static bool Sums16 => true;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<short> Pairs(Vector256<byte> u, Vector256<sbyte> s) => Avx2.MultiplyAddAdjacent(u, s);
