@@ -38,8 +38,8 @@ public sealed partial class GpuBackend : ILoraOps
             for (int j = 0; j < rank; j++) bt[(long)j * outFeatures + o] = b[o * rank + j];
         var ad = AllocateRaw<float>(a.Length, $"LoRA {name} A");
         var bd = AllocateRaw<float>(bt.Length, $"LoRA {name} B");
-        ad.View.CopyFromCPU(Upload_, a);
-        bd.View.CopyFromCPU(Upload_, bt);
+        ToDevice(ad.View, a);
+        ToDevice(bd.View, bt.AsSpan());
         Sync();
         return new GpuLora(name, rank, inFeatures, outFeatures, ad, bd);
     }
@@ -83,7 +83,7 @@ public sealed partial class GpuBackend : ILoraOps
         if (rows > 1)
         {
             var buf = Scratch(ref _loraTokens, rows, "LoRA token ids");
-            buf.View.SubView(0, rows).CopyFromCPU(Upload_, ref System.Runtime.InteropServices.MemoryMarshal.GetReference(tokens), rows);
+            ToDevice(buf.View, tokens[..rows]);
             ids = buf.View.SubView(0, rows);
         }
         _loraEmbed ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.EmbedUp);

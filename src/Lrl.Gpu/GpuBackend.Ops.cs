@@ -86,7 +86,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         if (rows > 1)
         {
             var buf = Scratch(ref _tokens, rows, "token ids");
-            buf.View.SubView(0, rows).CopyFromCPU(Upload_, ref MemoryMarshal.GetReference(tokens), rows);
+            ToDevice(buf.View, tokens[..rows]);
             ids = buf.View.SubView(0, rows);
         }
         var cfg = Rows(rows);
@@ -359,8 +359,8 @@ public sealed partial class GpuBackend : IDraftHeadOps
         cache.Dispose();
         cache.Cos = AllocateRaw<float>(n, "rope cos table");
         cache.Sin = AllocateRaw<float>(n, "rope sin table");
-        cache.Cos.View.CopyFromCPU(Upload_, ref cos[0], n);
-        cache.Sin.View.CopyFromCPU(Upload_, ref sin[0], n);
+        ToDevice(cache.Cos.View, cos.AsSpan());
+        ToDevice(cache.Sin.View, sin.AsSpan());
         cache.Positions = positions;
     }
 
@@ -380,7 +380,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         CheckRange(kCache, 0, (long)(pos0 + rows) * kvDim, "tree attention k cache");
         CheckRange(vCache, 0, (long)(pos0 + rows) * kvDim, "tree attention v cache");
         var mb = Scratch(ref _treeMasks, masks.Length, "tree masks");
-        mb.View.SubView(0, masks.Length).CopyFromCPU(Upload_, ref masks[0], masks.Length);
+        ToDevice(mb.View, masks.AsSpan());
         var shape = new AttentionShape { Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale };
         if (rows <= _exactRows)
         {

@@ -52,7 +52,7 @@ public sealed partial class GpuBackend : IQuantizedBackend
             var inverse = new int[q.Cols];
             for (int j = 0; j < order.Length; j++) inverse[order[j]] = j;
             stored = AllocateRaw<int>(q.Cols, $"column order of {q.Name}");
-            stored.View.CopyFromCPU(Upload_, ref inverse[0], q.Cols);
+            ToDevice(stored.View, inverse.AsSpan());
         }
         var data = new GpuQuantData
         {

@@ -48,7 +48,7 @@ public sealed partial class GpuBackend
     {
         Span<int> one = stackalloc int[1];
         _downloadBytes += sizeof(int);
-        _scalar.View.SubView(0, 1).CopyToCPU(Download_, ref MemoryMarshal.GetReference(one), 1);
+        ToHost(_scalar.View, one);
         return one[0];
     }
 }

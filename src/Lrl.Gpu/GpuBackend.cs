@@ -144,8 +144,7 @@ public sealed partial class GpuBackend : IBackend
     {
         CheckRange(destination, destinationOffset, source.Length, "upload");
         if (source.Length == 0) return;
-        B(destination).View.SubView(destinationOffset, source.Length)
-            .CopyFromCPU(Upload_, ref MemoryMarshal.GetReference(source), source.Length);
+        ToDevice(B(destination).View.SubView(destinationOffset, source.Length), source);
     }
 
     /// <summary>Waits for the queued work, then copies to the host (the one synchronization per token).</summary>
@@ -154,8 +153,25 @@ public sealed partial class GpuBackend : IBackend
         CheckRange(source, sourceOffset, destination.Length, "download");
         if (destination.Length == 0) return;
         _downloadBytes += (long)destination.Length * sizeof(float);
-        B(source).View.SubView(sourceOffset, destination.Length)
-            .CopyToCPU(Download_, ref MemoryMarshal.GetReference(destination), destination.Length);
+        ToHost(B(source).View.SubView(sourceOffset, destination.Length), destination);
+    }
+
+    /// <summary>
+    /// Host → device copy of a span, pinned for the copy: ILGPU's CopyFromCPU takes the address of a pinned buffer, and a
+    /// managed array the collector moved mid-copy would be read from where it used to be. A copy from pageable memory
+    /// has read its source when the call returns (CUDA stages it), so the pin may end there.
+    /// </summary>
+    private unsafe void ToDevice<T>(ArrayView<T> destination, ReadOnlySpan<T> source) where T : unmanaged
+    {
+        if (source.IsEmpty) return;
+        fixed (T* p = source) destination.SubView(0, source.Length).CopyFromCPU(Upload_, ref *p, source.Length);
+    }
+
+    /// <summary>Device → host copy into a span, pinned for the copy (it waits for the stream, so the data is there on return).</summary>
+    private unsafe void ToHost<T>(ArrayView<T> source, Span<T> destination) where T : unmanaged
+    {
+        if (destination.IsEmpty) return;
+        fixed (T* p = destination) source.SubView(0, destination.Length).CopyToCPU(Download_, ref *p, destination.Length);
     }
 
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
@@ -179,7 +195,7 @@ public sealed partial class GpuBackend : IBackend
                 throw new ModelFormatException(t.Source, $"tensor '{t.Name}' is {t.DType}; the GPU backend takes F32, F16 or BF16 matrices");
             var data = t.ToFloatArray();
             var buf = AllocateRaw<float>(n, $"weight {t.Name}");
-            buf.View.CopyFromCPU(Upload_, ref data[0], n);
+            ToDevice(buf.View, data.AsSpan());
             return new GpuWeight(t.Name, rows, cols, DType.F32, format, buf, null);
         }
         if (t.ByteLength < n * t.DType.Size())
