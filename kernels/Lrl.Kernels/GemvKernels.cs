@@ -25,6 +25,26 @@ public static class GemvKernels
     }
 
     /// <summary>
+    /// y = W·x for one decode row (or exact rows), then residual += y and out = RmsNorm(residual)·w by the last group
+    /// of each row (<see cref="NormKernels.AddRmsNormByLastGroup"/>): the product and the residual block's norm in one
+    /// launch, each as its own launch computes it.
+    /// </summary>
+    public static void GemvAddRmsNorm<TW>(TW w, ArrayView<float> x, ArrayView<float> y, int outF, int inF, AddNormArgs a)
+        where TW : struct, IWeightReader
+    {
+        var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
+        var last = SharedMemory.Allocate<int>(1);
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out long r) * warps + Warp.WarpIdx;
+        if (row < outF) // uniform per warp; no return: every warp takes part in the norm's barriers
+        {
+            float acc = RowDot(w, x.SubView(r * inF, inF), row, inF);
+            if (Warp.LaneIdx == 0) y[r * outF + row] = acc;
+        }
+        NormKernels.AddRmsNormByLastGroup(r, y, outF, a, scratch, last);
+    }
+
+    /// <summary>
     /// A draft head's residual block in one launch (Medusa: h + SiLU(W h + b)): y[row] = x[row] + silu(W[row]·x + b[row])
     /// for a square W; one warp per row as <see cref="Gemv{TW}"/>. y must not alias x (other warps still read x).
     /// </summary>

@@ -104,6 +104,38 @@ public static class QuantGemvKernels
         if (Warp.LaneIdx == 0) y[xr * outF + row] = hasBias != 0 ? acc + bias[row] : acc;
     }
 
+    /// <summary><see cref="GemvQ8"/> (no bias), then the residual add and RMSNorm by each row's last group (as <see cref="GemvKernels.GemvAddRmsNorm{TW}"/>).</summary>
+    public static void GemvQ8AddRmsNorm(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, ArrayView<float> y, int outF,
+                                        QuantShape s, AddNormArgs a)
+    {
+        var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
+        var last = SharedMemory.Allocate<int>(1);
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
+        if (row < outF) // uniform per warp
+        {
+            float acc = RowQ8(codes, scales, x.SubView(xr * s.Cols, s.Cols), row, s);
+            if (Warp.LaneIdx == 0) y[xr * outF + row] = acc;
+        }
+        NormKernels.AddRmsNormByLastGroup(xr, y, outF, a, scratch, last);
+    }
+
+    /// <summary><see cref="GemvQ4"/> (no bias), then the residual add and RMSNorm by each row's last group.</summary>
+    public static void GemvQ4AddRmsNorm(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x,
+                                        ArrayView<float> y, int outF, QuantShape s, AddNormArgs a)
+    {
+        var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
+        var last = SharedMemory.Allocate<int>(1);
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
+        if (row < outF) // uniform per warp
+        {
+            float acc = RowQ4(codes, scales, zeros, x.SubView(xr * s.Cols, s.Cols), row, s);
+            if (Warp.LaneIdx == 0) y[xr * outF + row] = acc;
+        }
+        NormKernels.AddRmsNormByLastGroup(xr, y, outF, a, scratch, last);
+    }
+
     /// <summary>The warp's sum for one 8-bit row (every lane returns it).</summary>
     private static float RowQ8(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, int row, QuantShape s)
     {

@@ -111,6 +111,16 @@ public interface IBackend : IDisposable
     void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null);
 
     /// <summary>
+    /// A product that ends a residual block, and the next block's norm: y = x·Wᵀ, residual += y, normed =
+    /// RmsNorm(residual)·norm. A GPU runs a decode step's in one launch; by default the two ops.
+    /// </summary>
+    void MatMulAddRmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, DeviceBuffer residual, Weight norm, DeviceBuffer normed, float eps)
+    {
+        MatMul(x, w, y, rows);
+        AddRmsNorm(residual, y, norm, normed, rows, eps);
+    }
+
+    /// <summary>
     /// While above 0: products of up to this many rows give every row the bits of its one-row product, whatever the
     /// backend would choose for speed (a speculative verification pass sets it, so each candidate's logits are exactly
     /// those of decoding it alone). Backends whose products are per-row exact already, or that cannot be, ignore it.

@@ -25,6 +25,9 @@ public sealed partial class GpuBackend
             _gemv3 ??= a.LoadKernel<TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
                 ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(GemvKernels.Gemv3<TW>);
 
+        private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, int, int, AddNormArgs>? _gemvAddRmsNorm;
+        public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, int, int, AddNormArgs> GemvAddRmsNorm =>
+            _gemvAddRmsNorm ??= a.LoadKernel<TW, ArrayView<float>, ArrayView<float>, int, int, AddNormArgs>(GemvKernels.GemvAddRmsNorm<TW>);
         public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> Gemv =>
             _gemv ??= a.LoadKernel<TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(GemvKernels.Gemv<TW>);
         public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> Gemm =>

@@ -163,6 +163,42 @@ public sealed partial class GpuBackend : IDraftHeadOps
         }
     }
 
+    /// <summary>
+    /// The product that ends a residual block and the next norm in one launch for a decode row (and exact rows): the
+    /// GEMV, whose last group per row then adds the row to the residual and normalizes it with <see cref="AddRmsNorm"/>'s
+    /// arithmetic at the same group size (bit for bit the two launches). Other shapes: the two ops.
+    /// </summary>
+    public void MatMulAddRmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, DeviceBuffer residual, Weight norm, DeviceBuffer normed, float eps)
+    {
+        var m = Wt(w);
+        int inF = m.Cols, outF = m.Rows;
+        if (rows <= 0) return;
+        if ((rows != 1 && rows > _exactRows) || m.Quant is { StoredColumn: not null } || norm.Cols != outF)
+        {
+            MatMul(x, w, y, rows);
+            AddRmsNorm(residual, y, norm, normed, rows, eps);
+            return;
+        }
+        CheckRange(x, 0, (long)rows * inF, $"matmul input ({w.Name})");
+        CheckRange(y, 0, (long)rows * outF, $"matmul output ({w.Name})");
+        CheckRange(residual, 0, (long)rows * outF, "add_rmsnorm residual");
+        CheckRange(normed, 0, (long)rows * outF, "add_rmsnorm output");
+        var a = new AddNormArgs
+        {
+            Residual = B(residual).View, Weight = Vec(norm, outF, "add_rmsnorm"), Output = B(normed).View, Tickets = Tickets(rows).View, Eps = eps,
+        };
+        int perGroup = _group / _warp;
+        var cfg = RowsConfig((outF + perGroup - 1) / perGroup, rows);
+        var (xv, yv) = (B(x).View, B(y).View);
+        switch (m.StoredType)
+        {
+            case DType.F32: KF32.GemvAddRmsNorm(Launch_, cfg, new F32Reader(m.FloatView), xv, yv, outF, inF, a); break;
+            case DType.F16: KF16.GemvAddRmsNorm(Launch_, cfg, new F16Reader(m.U16!.View), xv, yv, outF, inF, a); break;
+            case DType.BF16: KBF16.GemvAddRmsNorm(Launch_, cfg, new BF16Reader(m.U16!.View), xv, yv, outF, inF, a); break;
+            default: QuantGemvAddRmsNorm(m, cfg, xv, yv, outF, a); break;
+        }
+    }
+
     /// <summary>A draft head's residual block y = x + SiLU(x·Wᵀ + b) in one launch (float weights; quantized: false).</summary>
     public bool TryResidualSilu(DeviceBuffer x, Weight w, Weight bias, DeviceBuffer y)
     {

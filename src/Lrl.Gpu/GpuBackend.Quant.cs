@@ -94,6 +94,21 @@ public sealed partial class GpuBackend : IQuantizedBackend
     private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3Q4Kernel =>
         _gemv3Q4 ??= _accelerator.LoadKernel<Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(QuantGemvKernels.Gemv3Q4);
 
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>? _gemvQ8AddNorm;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>? _gemvQ4AddNorm;
+
+    /// <summary>The int8/int4 group-wise GEMV (input order) with the residual add and RMSNorm by each row's last group.</summary>
+    private void QuantGemvAddRmsNorm(GpuWeight m, KernelConfig cfg, ArrayView<float> xv, ArrayView<float> yv, int outF, AddNormArgs a)
+    {
+        var d = m.Quant ?? throw new NotSupportedException(m.Format);
+        if (d.Bits == 8)
+            (_gemvQ8AddNorm ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>(QuantGemvKernels.GemvQ8AddRmsNorm))
+                (Launch_, cfg, d.Codes.View, d.Scales.View, xv, yv, outF, d.Shape, a);
+        else
+            (_gemvQ4AddNorm ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>(QuantGemvKernels.GemvQ4AddRmsNorm))
+                (Launch_, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, outF, d.Shape, a);
+    }
+
     private void QuantEmbed(GpuWeight t, KernelConfig cfg, ArrayView<int> ids, int single, ArrayView<float> xv, int dim)
     {
         var d = t.Quant ?? throw new NotSupportedException(t.Format);

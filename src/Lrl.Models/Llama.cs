@@ -181,11 +181,15 @@ public sealed class Llama : ModelBase
             // Every causal sequence's attention in one call (one dispatch on the CPU instead of one per sequence).
             if (_seqRows.Count > 0) _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
             _seqRows.Clear();
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
-            _b.MatMul(_att, l.Wo, _delta, rows);
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
-            // Residual add fused with the MLP's norm.
-            _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
+            // The output projection, then the residual add fused with the MLP's norm (one launch on a GPU).
+            if (!adapted) _b.MatMulAddRmsNorm(_att, l.Wo, _delta, rows, _x, l.MlpNorm, _xb, eps);
+            else
+            {
+                foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
+                _b.MatMul(_att, l.Wo, _delta, rows);
+                foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
+                _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
+            }
             // SwiGLU MLP. Adapter updates of gate and up come before the activation: fused into the products by a backend
             // that fuses them, else with the two products and the activation run apart.
             if (!adapted || fusedLora)
@@ -209,12 +213,16 @@ public sealed class Llama : ModelBase
                 }
                 _b.SwiGlu(_gate, _up, _gate, (long)rows * c.IntermediateSize);
             }
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: false);
-            _b.MatMul(_gate, l.Down, _delta, rows);
-            if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
-            // Residual add fused with the next block's norm (or the final norm).
+            // The down projection, then the residual add fused with the next block's norm (or the final norm).
             var nextNorm = i + 1 < layerCount ? _layers[i + 1].AttnNorm : _finalNorm;
-            _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
+            if (!adapted) _b.MatMulAddRmsNorm(_gate, l.Down, _delta, rows, _x, nextNorm, _xb, eps);
+            else
+            {
+                foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: false);
+                _b.MatMul(_gate, l.Down, _delta, rows);
+                foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
+                _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
+            }
         }
     }
 

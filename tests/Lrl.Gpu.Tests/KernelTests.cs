@@ -94,6 +94,48 @@ public class KernelTests
         finally { g.ExactRows = keep; }
     }
 
+    /// <summary>
+    /// A product that ends a residual block with the next norm in one launch (a decode row, and exact rows): the
+    /// product, the updated residual and the normed rows bit for bit those of MatMul then AddRmsNorm, in one launch
+    /// instead of two, for row lengths of one to several output blocks.
+    /// </summary>
+    [Theory]
+    [InlineData("cpu-accelerator", DType.F32)]
+    [InlineData("cpu-accelerator-nvidia", DType.BF16)]
+    [InlineData("cuda", DType.BF16)]
+    public void ProductWithResidualNormInOneLaunchEqualsTheTwoOps(string kind, DType dtype)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new RandomTensors(Seed());
+        int keep = g.ExactRows;
+        try
+        {
+            g.ExactRows = 4;
+            foreach (var (outF, inF) in new[] { (5, 64), (37, 40), (300, 96) })
+                foreach (int rows in new[] { 1, 3 })
+                {
+                    using var w = g.LoadWeight(arena.Matrix("w", dtype, outF, inF));
+                    using var norm = g.LoadWeight(arena.Vector("norm", outF, 0.5f, 1f));
+                    var x = arena.Floats(rows * inF);
+                    var res = arena.Floats(rows * outF);
+                    using var xg = Check.Buffer(g, x);
+                    using var r1 = Check.Buffer(g, res); using var r2 = Check.Buffer(g, res);
+                    using var y1 = Check.Poisoned(g, rows * outF); using var y2 = Check.Poisoned(g, rows * outF);
+                    using var n1 = Check.Poisoned(g, rows * outF); using var n2 = Check.Poisoned(g, rows * outF);
+                    var before = g.Counters;
+                    g.MatMulAddRmsNorm(xg, w, y1, rows, r1, norm, n1, 1e-5f);
+                    Assert.Equal(1, (g.Counters - before).Launches);
+                    g.MatMul(xg, w, y2, rows);
+                    g.AddRmsNorm(r2, y2, norm, n2, rows, 1e-5f);
+                    string at = $"{kind} {dtype} {outF}x{inF}, {rows} rows";
+                    Assert.True(Check.Read(g, y1, rows * outF).SequenceEqual(Check.Read(g, y2, rows * outF)), $"product {at}");
+                    Assert.True(Check.Read(g, r1, rows * outF).SequenceEqual(Check.Read(g, r2, rows * outF)), $"residual {at}");
+                    Assert.True(Check.Read(g, n1, rows * outF).SequenceEqual(Check.Read(g, n2, rows * outF)), $"normed {at}");
+                }
+        }
+        finally { g.ExactRows = keep; }
+    }
+
     [Theory, MemberData(nameof(Kinds))]
     public void EmbedRejectsTokenOutsideVocabulary(string kind)
     {

@@ -97,6 +97,50 @@ public class GpuQuantTests
         finally { gpu.ExactRows = keep; }
     }
 
+    /// <summary>An int8/int4 product with the residual add and norm in one launch: bit for bit MatMul then AddRmsNorm.</summary>
+    [Theory]
+    [InlineData(8, "default")]
+    [InlineData(4, "nvidia-like")]
+    public void QuantProductWithResidualNormInOneLaunchEqualsTheTwoOps(int bits, string device)
+    {
+        var rng = new Random(bits + 40);
+        int outF = 72, cols = 128;
+        var q = TestUtil.Random(rng, bits, outF, cols, 32, zeros: bits == 4);
+        using var gpu = Create(device);
+        var w = gpu.LoadQuantized(q);
+        using var arena = new RandomTensors(bits + 1);
+        var norm = gpu.LoadWeight(arena.Vector("norm", outF, 0.5f, 1f));
+        int keep = gpu.ExactRows;
+        try
+        {
+            gpu.ExactRows = 4;
+            foreach (int n in new[] { 1, 3 })
+            {
+                var x = TestUtil.RandomVector(rng, n * cols);
+                var res = TestUtil.RandomVector(rng, n * outF);
+                var bufs = Enumerable.Range(0, 8).Select(_ => gpu.Allocate(n * Math.Max(cols, outF))).ToArray();
+                try
+                {
+                    var (xb, r1, r2, y1, y2, n1, n2) = (bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6]);
+                    gpu.Upload(x, xb); gpu.Upload(res, r1); gpu.Upload(res, r2);
+                    var before = gpu.Counters;
+                    gpu.MatMulAddRmsNorm(xb, w, y1, n, r1, norm, n1, 1e-5f);
+                    Assert.Equal(1, (gpu.Counters - before).Launches);
+                    gpu.MatMul(xb, w, y2, n);
+                    gpu.AddRmsNorm(r2, y2, norm, n2, n, 1e-5f);
+                    foreach (var (a, b, what) in new[] { (y1, y2, "product"), (r1, r2, "residual"), (n1, n2, "normed") })
+                    {
+                        var got = new float[n * outF]; var want = new float[n * outF];
+                        gpu.Download(a, 0, got); gpu.Download(b, 0, want);
+                        Assert.True(got.SequenceEqual(want), $"q{bits} {device}, {n} rows: {what} differs from the two ops");
+                    }
+                }
+                finally { foreach (var b in bufs) b.Dispose(); }
+            }
+        }
+        finally { gpu.ExactRows = keep; }
+    }
+
     [Theory, MemberData(nameof(Devices))]
     public void SwiGluGemvAndEmbed(string device)
     {
@@ -155,7 +199,8 @@ public class GpuQuantTests
             double err = TestUtil.RelErr(got, expected.Select(v => (double)v).ToArray());
             Assert.True(err < 1e-4, $"relative error {err:E2}");
             // An int4 decode step launches as a float one does: per layer Q/K/V (one launch), RoPE + cache, attention,
-            // O, add+RMSNorm, gate/up+SwiGLU, down, add+RMSNorm; per token embed, first norm, head.
+            // O with the residual add and norm, gate/up+SwiGLU, down with the residual add and norm; per token embed,
+            // first norm, head.
             using var model = ModelRegistry.Load(dir, gpu);
             using var state = model.CreateState();
             var logits = new float[model.VocabSize];
@@ -164,7 +209,7 @@ public class GpuQuantTests
             var before = gpu.Counters;
             model.Forward(state, [prompt[^2]], prompt.Length + 1, logits);
             int layers = ((Llama)model).Config.NumLayers;
-            Assert.Equal(3 + 8 * layers, (gpu.Counters - before).Launches);
+            Assert.Equal(3 + 6 * layers, (gpu.Counters - before).Launches);
         }
         finally { Directory.Delete(root, true); }
     }
