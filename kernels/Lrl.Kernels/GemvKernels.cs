@@ -125,16 +125,22 @@ public static class GemvKernels
 
     /// <summary>
     /// Q/K/V at batch 1 in one launch: one warp per output row of the three matrices together (rows of w0, then w1,
-    /// then w2), each reading x as <see cref="Gemv{TW}"/> does. Grid = ceil((out0 + out1 + out2) / warpsPerGroup).
+    /// then w2), each reading x as <see cref="Gemv{TW}"/> does. Grid = ceil((out0 + out1 + out2) / warpsPerGroup). With
+    /// <paramref name="rope"/>'s tickets, the launch's last group then rotates Q and K and writes the K/V cache rows
+    /// (<see cref="RopeKernels.RopeQkvCacheByLastGroup"/>).
     /// </summary>
     public static void Gemv3<TW>(TW w0, TW w1, TW w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
-                                 ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+                                 ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s, RopeArgs rope)
         where TW : struct, IWeightReader
     {
-        if (!Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
-        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        float acc = RowDot(w, x.SubView(xr * s.InF, s.InF), r, s.InF);
-        if (Warp.LaneIdx == 0) Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        var last = SharedMemory.Allocate<int>(1);
+        if (Gemv3Slot(s, out long xr, out int m, out int r)) // uniform per warp; no return: the RoPE tail holds barriers
+        {
+            var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+            float acc = RowDot(w, x.SubView(xr * s.InF, s.InF), r, s.InF);
+            if (Warp.LaneIdx == 0) Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        }
+        RopeKernels.RopeQkvCacheByLastGroup(y0, y1, y2, rope, last);
     }
 
     /// <summary>The warp's place in a three-matrix launch: activation row xr, matrix m (0-2), its row r; false past the end.</summary>

@@ -193,21 +193,29 @@ public static class QuantGemvKernels
     /// <see cref="GemvKernels.Gemv3{TW}"/>, each row computed as <see cref="GemvQ8"/> computes it (the same bits).
     /// </summary>
     public static void Gemv3Q8(Q8Reader w0, Q8Reader w1, Q8Reader w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1,
-                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s, RopeArgs rope)
     {
-        if (!GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
-        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        float acc = RowQ8(w.Codes, w.Scales, x.SubView(xr * s.InF, s.InF), r, w.Shape);
-        if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        var last = SharedMemory.Allocate<int>(1);
+        if (GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) // uniform per warp
+        {
+            var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+            float acc = RowQ8(w.Codes, w.Scales, x.SubView(xr * s.InF, s.InF), r, w.Shape);
+            if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        }
+        RopeKernels.RopeQkvCacheByLastGroup(y0, y1, y2, rope, last);
     }
 
     /// <summary>Q/K/V of 4-bit weights (in input order) in one launch, each row as <see cref="GemvQ4"/> computes it.</summary>
     public static void Gemv3Q4(Q4Reader w0, Q4Reader w1, Q4Reader w2, ArrayView<float> x, ArrayView<float> y0, ArrayView<float> y1,
-                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s)
+                               ArrayView<float> y2, ArrayView<float> b0, ArrayView<float> b1, ArrayView<float> b2, Gemv3Shape s, RopeArgs rope)
     {
-        if (!GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) return; // uniform per warp
-        var w = m == 0 ? w0 : m == 1 ? w1 : w2;
-        float acc = RowQ4(w.Codes, w.Scales, w.Zeros, x.SubView(xr * s.InF, s.InF), r, w.Shape);
-        if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        var last = SharedMemory.Allocate<int>(1);
+        if (GemvKernels.Gemv3Slot(s, out long xr, out int m, out int r)) // uniform per warp
+        {
+            var w = m == 0 ? w0 : m == 1 ? w1 : w2;
+            float acc = RowQ4(w.Codes, w.Scales, w.Zeros, x.SubView(xr * s.InF, s.InF), r, w.Shape);
+            if (Warp.LaneIdx == 0) GemvKernels.Gemv3Store(acc, m, r, xr, y0, y1, y2, b0, b1, b2, s);
+        }
+        RopeKernels.RopeQkvCacheByLastGroup(y0, y1, y2, rope, last);
     }
 }

@@ -35,8 +35,19 @@ public static class RopeKernels
                                     ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> cos, ArrayView<float> sin,
                                     RopeCacheShape s)
     {
+        if (idx >= Elements(s)) return;
+        RopeQkvCacheElement(idx, q, k, v, kCache, vCache, cos, sin, s);
+    }
+
+    /// <summary>Threads (elements) of a <see cref="RopeQkvCache"/> launch.</summary>
+    public static int Elements(RopeCacheShape s) => s.Rows * s.Heads * s.Half + 2 * s.Rows * s.KvHeads * s.HeadDim;
+
+    /// <summary>Element <paramref name="idx"/> of <see cref="RopeQkvCache"/> (a Q pair, a K element or a V element).</summary>
+    internal static void RopeQkvCacheElement(int idx, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                             ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> cos, ArrayView<float> sin,
+                                             RopeCacheShape s)
+    {
         int qPairs = s.Rows * s.Heads * s.Half, kvDim = s.KvHeads * s.HeadDim, kvAll = s.Rows * kvDim;
-        if (idx >= qPairs + 2 * kvAll) return;
         if (idx < qPairs)
         {
             int i = idx % s.Half, rh = idx / s.Half, r = rh / s.Heads;
@@ -65,6 +76,39 @@ public static class RopeKernels
         }
         kCache[dst] = val;
     }
+
+    /// <summary>
+    /// The end of a Q/K/V launch that also rotates and caches (<see cref="RopeArgs"/>): every group publishes its rows
+    /// (a device-level fence) and takes a ticket; the group that takes the launch's last one runs every element of
+    /// <see cref="RopeQkvCache"/> (the same operations: the same bits) and resets the ticket. Every thread of every group
+    /// must call it (it holds group barriers); nothing happens when <paramref name="a"/> has no tickets.
+    /// </summary>
+    internal static void RopeQkvCacheByLastGroup(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, RopeArgs a, ArrayView<int> last)
+    {
+        if (a.Tickets.Length == 0) return; // uniform: a plain Q/K/V launch
+        MemoryFence.DeviceLevel();
+        Group.Barrier();
+        int groups = Grid.DimX * Grid.DimY;
+        if (Group.IdxX == 0) last[0] = Atomic.Add(ref a.Tickets[0], 1) == groups - 1 ? 1 : 0;
+        Group.Barrier();
+        if (last[0] == 0) return; // uniform per group
+        MemoryFence.DeviceLevel();
+        int n = Elements(a.Shape);
+        for (int idx = Group.IdxX; idx < n; idx += Group.DimX)
+            RopeQkvCacheElement(idx, q, k, v, a.KCache, a.VCache, a.Cos, a.Sin, a.Shape);
+        if (Group.IdxX == 0) a.Tickets[0] = 0;
+    }
+}
+
+/// <summary>
+/// RoPE and the K/V cache writes fused at the end of a Q/K/V launch (<see cref="RopeKernels.RopeQkvCacheByLastGroup"/>);
+/// Tickets: one int, zero between launches (empty: no rotation, a plain Q/K/V launch).
+/// </summary>
+public struct RopeArgs
+{
+    public ArrayView<float> KCache, VCache, Cos, Sin;
+    public ArrayView<int> Tickets;
+    public RopeCacheShape Shape;
 }
 
 /// <summary>Shape of a <see cref="RopeKernels.RopeQkvCache"/> launch.</summary>

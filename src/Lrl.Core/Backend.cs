@@ -189,6 +189,19 @@ public interface IBackend : IDisposable
     }
 
     /// <summary>
+    /// One sequence's attention entry at rows 0 .. rows-1: Q/K/V products (<see cref="MatMul3"/>), then RoPE and the K/V
+    /// cache writes (<see cref="RopeAndCache"/>) at positions pos0 ... A GPU runs a decode step's in one launch; by default
+    /// the two ops.
+    /// </summary>
+    void MatMul3RopeAndCache(DeviceBuffer x, int rows, Weight wq, DeviceBuffer q, Weight? bq, Weight wk, DeviceBuffer k, Weight? bk,
+                             Weight wv, DeviceBuffer v, Weight? bv, int heads, int kvHeads, int headDim, int pos0, RopeTable rope,
+                             DeviceBuffer kCache, DeviceBuffer vCache)
+    {
+        MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
+        RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
+    }
+
+    /// <summary>
     /// Tree-masked attention for speculative verification of a tree of candidates: query rows row0 .. row0+rows-1 are
     /// tree nodes whose K/V sit in the caches at slots pos0 .. pos0+rows-1 (node order); node r attends to slots
     /// 0 .. pos0-1 (the sequence so far) and to the slots of its ancestors and itself (parents[r]: the parent's node

@@ -18,12 +18,12 @@ public sealed partial class GpuBackend
             _gemvResidualSilu ??= a.LoadKernel<TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(GemvKernels.GemvResidualSilu<TW>);
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<int>, int, ArrayView<float>, int>? _embed;
         private Action<AcceleratorStream, KernelConfig, TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3;
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3;
 
         public Action<AcceleratorStream, KernelConfig, TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3 =>
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs> Gemv3 =>
             _gemv3 ??= a.LoadKernel<TW, TW, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(GemvKernels.Gemv3<TW>);
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>(GemvKernels.Gemv3<TW>);
 
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, int, int, AddNormArgs>? _gemvAddRmsNorm;
         public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, int, int, AddNormArgs> GemvAddRmsNorm =>

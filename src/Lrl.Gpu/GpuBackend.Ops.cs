@@ -289,6 +289,38 @@ public sealed partial class GpuBackend : IDraftHeadOps
     public void MatMul3(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
                         Weight w2, DeviceBuffer y2, Weight? b2)
     {
+        if (!TryQkv(x, rows, w0, y0, b0, w1, y1, b1, w2, y2, b2, default))
+        {
+            MatMul(x, w0, y0, rows, b0);
+            MatMul(x, w1, y1, rows, b1);
+            MatMul(x, w2, y2, rows, b2);
+        }
+    }
+
+    /// <summary>
+    /// Q/K/V, RoPE and the K/V cache writes in one launch for a decode row (and exact rows) where the products fuse
+    /// (<see cref="RopeKernels.RopeQkvCacheByLastGroup"/>: the launch's last group runs RopeAndCache's element code, the
+    /// same bits as its launch); else MatMul3 then RopeAndCache.
+    /// </summary>
+    public void MatMul3RopeAndCache(DeviceBuffer x, int rows, Weight wq, DeviceBuffer q, Weight? bq, Weight wk, DeviceBuffer k, Weight? bk,
+                                    Weight wv, DeviceBuffer v, Weight? bv, int heads, int kvHeads, int headDim, int pos0, RopeTable rope,
+                                    DeviceBuffer kCache, DeviceBuffer vCache)
+    {
+        if (rows <= 0) return;
+        var shape = RopeCacheCheck(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache, out var cache);
+        var args = new RopeArgs
+        {
+            KCache = B(kCache).View, VCache = B(vCache).View, Cos = cache.Cos!.View, Sin = cache.Sin!.View, Tickets = Tickets(1).View, Shape = shape,
+        };
+        if (TryQkv(x, rows, wq, q, bq, wk, k, bk, wv, v, bv, args)) return;
+        MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
+        RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
+    }
+
+    /// <summary>The fused Q/K/V launch (with <paramref name="rope"/>'s rotation when it has tickets); false where the weights do not fuse.</summary>
+    private bool TryQkv(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
+                        Weight w2, DeviceBuffer y2, Weight? b2, RopeArgs rope)
+    {
         var m0 = Wt(w0); var m1 = Wt(w1); var m2 = Wt(w2);
         var (q0, q1, q2) = (m0.Quant, m1.Quant, m2.Quant);
         bool quant = q0 is not null && q1 is not null && q2 is not null && q0.Bits == q1.Bits && q0.Bits == q2.Bits
@@ -296,12 +328,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         bool dense = q0 is null && q1 is null && q2 is null;
         if ((rows != 1 && rows > _exactRows) || m0.StoredType != m1.StoredType || m0.StoredType != m2.StoredType || !(dense || quant)
             || m0.Cols != m1.Cols || m0.Cols != m2.Cols)
-        {
-            MatMul(x, w0, y0, rows, b0);
-            MatMul(x, w1, y1, rows, b1);
-            MatMul(x, w2, y2, rows, b2);
-            return;
-        }
+            return false;
         int inF = m0.Cols;
         CheckRange(x, 0, (long)rows * inF, "matmul3 input");
         CheckRange(y0, 0, (long)rows * m0.Rows, $"matmul output ({w0.Name})");
@@ -319,16 +346,17 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var (c0, c1, c2) = (Bias(b0, m0.Rows, w0), Bias(b1, m1.Rows, w1), Bias(b2, m2.Rows, w2));
         if (quant)
         {
-            if (q0!.Bits == 8) Gemv3Q8Kernel(Launch_, cfg, q0.Q8, q1!.Q8, q2!.Q8, xv, v0, v1, v2, c0, c1, c2, shape);
-            else Gemv3Q4Kernel(Launch_, cfg, q0.Q4, q1!.Q4, q2!.Q4, xv, v0, v1, v2, c0, c1, c2, shape);
-            return;
+            if (q0!.Bits == 8) Gemv3Q8Kernel(Launch_, cfg, q0.Q8, q1!.Q8, q2!.Q8, xv, v0, v1, v2, c0, c1, c2, shape, rope);
+            else Gemv3Q4Kernel(Launch_, cfg, q0.Q4, q1!.Q4, q2!.Q4, xv, v0, v1, v2, c0, c1, c2, shape, rope);
+            return true;
         }
         switch (m0.StoredType)
         {
-            case DType.F32: KF32.Gemv3(Launch_, cfg, new F32Reader(m0.FloatView), new F32Reader(m1.FloatView), new F32Reader(m2.FloatView), xv, v0, v1, v2, c0, c1, c2, shape); break;
-            case DType.F16: KF16.Gemv3(Launch_, cfg, new F16Reader(m0.U16!.View), new F16Reader(m1.U16!.View), new F16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape); break;
-            default: KBF16.Gemv3(Launch_, cfg, new BF16Reader(m0.U16!.View), new BF16Reader(m1.U16!.View), new BF16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape); break;
+            case DType.F32: KF32.Gemv3(Launch_, cfg, new F32Reader(m0.FloatView), new F32Reader(m1.FloatView), new F32Reader(m2.FloatView), xv, v0, v1, v2, c0, c1, c2, shape, rope); break;
+            case DType.F16: KF16.Gemv3(Launch_, cfg, new F16Reader(m0.U16!.View), new F16Reader(m1.U16!.View), new F16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape, rope); break;
+            default: KBF16.Gemv3(Launch_, cfg, new BF16Reader(m0.U16!.View), new BF16Reader(m1.U16!.View), new BF16Reader(m2.U16!.View), xv, v0, v1, v2, c0, c1, c2, shape, rope); break;
         }
+        return true;
     }
 
     /// <summary>RoPE of Q and K, and the K/V cache writes, in one launch (<see cref="RopeKernels.RopeQkvCache"/>).</summary>
@@ -336,6 +364,17 @@ public sealed partial class GpuBackend : IDraftHeadOps
                              int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache)
     {
         if (rows <= 0) return;
+        var shape = RopeCacheCheck(q, k, v, row0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache, out var cache);
+        int total = RopeKernels.Elements(shape);
+        _ropeCache ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, RopeCacheShape>(RopeKernels.RopeQkvCache);
+        _ropeCache(Launch_, total, B(q).View, B(k).View, B(v).View, B(kCache).View, B(vCache).View, cache.Cos!.View, cache.Sin!.View, shape);
+    }
+
+    /// <summary>The checks of a RoPE-and-cache step, its cos/sin tables grown to its positions, and its launch shape.</summary>
+    private RopeCacheShape RopeCacheCheck(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, int row0, int rows, int heads, int kvHeads, int headDim,
+                                          int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache, out RopeCache cache)
+    {
         if (rope.RotaryDim > headDim || rope.RotaryDim == 0)
             throw new ArgumentException($"rope: rotary dim {rope.RotaryDim} does not fit head_dim {headDim}");
         if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "rope: first row must be ≥ 0");
@@ -347,14 +386,11 @@ public sealed partial class GpuBackend : IDraftHeadOps
         CheckRange(kCache, pos0 * kvDim, rows * kvDim, "k cache");
         CheckRange(vCache, pos0 * kvDim, rows * kvDim, "v cache");
         int half = rope.RotaryDim / 2;
-        if (!_ropeTables.TryGetValue(rope, out var cache)) _ropeTables[rope] = cache = new RopeCache();
+        if (!_ropeTables.TryGetValue(rope, out cache!)) _ropeTables[rope] = cache = new RopeCache();
         int needed = pos0 + rows;
         if (cache.Positions < needed) GrowRope(cache, rope, Math.Max(needed, Math.Max(256, cache.Positions * 2)));
-        var shape = new RopeCacheShape { Row0 = row0, Rows = rows, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Half = half, Pos0 = pos0 };
-        int total = checked(rows * heads * half + 2 * rows * (int)kvDim);
-        _ropeCache ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, RopeCacheShape>(RopeKernels.RopeQkvCache);
-        _ropeCache(Launch_, total, B(q).View, B(k).View, B(v).View, B(kCache).View, B(vCache).View, cache.Cos!.View, cache.Sin!.View, shape);
+        _ = checked(rows * heads * half + 2 * rows * (int)kvDim); // the element count fits an int
+        return new RopeCacheShape { Row0 = row0, Rows = rows, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Half = half, Pos0 = pos0 };
     }
 
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,

@@ -87,12 +87,12 @@ public sealed partial class GpuBackend : IQuantizedBackend
         else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
     }
 
-    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3Q8;
-    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>? _gemv3Q4;
-    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3Q8Kernel =>
-        _gemv3Q8 ??= _accelerator.LoadKernel<Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(QuantGemvKernels.Gemv3Q8);
-    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape> Gemv3Q4Kernel =>
-        _gemv3Q4 ??= _accelerator.LoadKernel<Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape>(QuantGemvKernels.Gemv3Q4);
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q8;
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q4;
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs> Gemv3Q8Kernel =>
+        _gemv3Q8 ??= _accelerator.LoadKernel<Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>(QuantGemvKernels.Gemv3Q8);
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs> Gemv3Q4Kernel =>
+        _gemv3Q4 ??= _accelerator.LoadKernel<Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>(QuantGemvKernels.Gemv3Q4);
 
     private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>? _gemvQ8AddNorm;
     private Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ArrayView<ushort>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, int, QuantShape, AddNormArgs>? _gemvQ4AddNorm;

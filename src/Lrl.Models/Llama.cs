@@ -141,42 +141,53 @@ public sealed class Llama : ModelBase
             var l = _layers[i];
             // Attention: project, rotate, append to the cache, attend causally, project back. Each sequence's rows
             // rotate by their own positions and attend over their own cache.
-            if (adapted)
+            if (!adapted && pieces.Length == 1 && pieces[0] is { Parents: null, Row: 0 } one && one.Rows == rows)
+            {
+                // One sequence's consecutive rows: the products, RoPE and the cache writes as one op (one launch on a GPU).
+                DeviceBuffer kc = one.State[l.KCache], vc = one.State[l.VCache];
+                _b.MatMul3RopeAndCache(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv, c.NumHeads, c.NumKvHeads, c.HeadDim,
+                                       one.Pos, _rope, kc, vc);
+                _seqRows.Add(new SequenceRows(0, rows, one.Pos, kc, vc));
+            }
+            else
+            {
+                if (adapted)
+                    foreach (var p in pieces)
+                    {
+                        Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: false);
+                        Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: false);
+                        Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: false);
+                    }
+                _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
                 foreach (var p in pieces)
                 {
-                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: false);
-                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: false);
-                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: false);
-                }
-            _b.MatMul3(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv);
-            foreach (var p in pieces)
-            {
-                DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
-                if (adapted)
-                {
-                    Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: true);
-                    Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: true);
-                    Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: true);
-                }
-                if (p.Parents is { } parents)
-                {
-                    // A tree of candidates: each node rotates by its depth, its K/V go to the next cache slot in node
-                    // order, and it attends to the sequence and its own ancestors.
-                    long kvDim = c.KvDim;
-                    for (int r = 0, depth; r < p.Rows; r++)
+                    DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
+                    if (adapted)
                     {
-                        depth = 0;
-                        for (int a = parents[r]; a >= 0; a = parents[a]) depth++;
-                        _b.RopeRows(_q, p.Row + r, 1, c.NumHeads, c.HeadDim, p.Pos + depth, _rope);
-                        _b.RopeRows(_k, p.Row + r, 1, c.NumKvHeads, c.HeadDim, p.Pos + depth, _rope);
+                        Adapt(p.State, l.Lora, _xb, p.Row, p.Rows, _q, after: true);
+                        Adapt(p.State, l.Lora + 1, _xb, p.Row, p.Rows, _k, after: true);
+                        Adapt(p.State, l.Lora + 2, _xb, p.Row, p.Rows, _v, after: true);
                     }
-                    _b.Copy(_k, p.Row * kvDim, kCache, p.Pos * kvDim, p.Rows * kvDim);
-                    _b.Copy(_v, p.Row * kvDim, vCache, p.Pos * kvDim, p.Rows * kvDim);
-                    _b.AttentionTree(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, parents, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
-                    continue;
+                    if (p.Parents is { } parents)
+                    {
+                        // A tree of candidates: each node rotates by its depth, its K/V go to the next cache slot in node
+                        // order, and it attends to the sequence and its own ancestors.
+                        long kvDim = c.KvDim;
+                        for (int r = 0, depth; r < p.Rows; r++)
+                        {
+                            depth = 0;
+                            for (int a = parents[r]; a >= 0; a = parents[a]) depth++;
+                            _b.RopeRows(_q, p.Row + r, 1, c.NumHeads, c.HeadDim, p.Pos + depth, _rope);
+                            _b.RopeRows(_k, p.Row + r, 1, c.NumKvHeads, c.HeadDim, p.Pos + depth, _rope);
+                        }
+                        _b.Copy(_k, p.Row * kvDim, kCache, p.Pos * kvDim, p.Rows * kvDim);
+                        _b.Copy(_v, p.Row * kvDim, vCache, p.Pos * kvDim, p.Rows * kvDim);
+                        _b.AttentionTree(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, parents, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
+                        continue;
+                    }
+                    _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
+                    _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
                 }
-                _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
-                _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
             }
             // Every causal sequence's attention in one call (one dispatch on the CPU instead of one per sequence).
             if (_seqRows.Count > 0) _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumKvHeads, c.HeadDim, scale);

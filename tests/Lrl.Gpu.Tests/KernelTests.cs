@@ -410,5 +410,31 @@ public class KernelTests
         Check.Close(Check.Read(g, q2g, rows * q), Check.Read(r, q2r, rows * q), F32Tol, "rope q");
         Check.Close(Check.Read(g, kcg, ctx * kv), Check.Read(r, kcr, ctx * kv), F32Tol, "k cache");
         Check.Close(Check.Read(g, vcg, ctx * kv), Check.Read(r, vcr, ctx * kv), F32Tol, "v cache");
+
+        // Q/K/V, RoPE and the cache writes in one launch (a decode row, and exact rows): bit for bit the two ops.
+        int keep = g.ExactRows;
+        try
+        {
+            g.ExactRows = 4;
+            var (lq, lk, lv, lb) = (g.LoadWeight(wq), g.LoadWeight(wk), g.LoadWeight(wv), g.LoadWeight(bk));
+            foreach (int m in new[] { 1, 3 })
+            {
+                var xs = arena.Floats(m * hidden);
+                using var xm = Check.Buffer(g, xs);
+                using var q1 = Check.Poisoned(g, m * q); using var k1 = Check.Poisoned(g, m * kv); using var v1 = Check.Poisoned(g, m * kv);
+                using var q3 = Check.Poisoned(g, m * q); using var k3 = Check.Poisoned(g, m * kv); using var v3 = Check.Poisoned(g, m * kv);
+                using var kc1 = Check.Buffer(g, cache0); using var vc1 = Check.Buffer(g, cache0);
+                using var kc3 = Check.Buffer(g, cache0); using var vc3 = Check.Buffer(g, cache0);
+                var before = g.Counters;
+                g.MatMul3RopeAndCache(xm, m, lq, q1, null, lk, k1, lb, lv, v1, null, heads, kvHeads, headDim, pos0, rope, kc1, vc1);
+                Assert.Equal(1, (g.Counters - before).Launches);
+                g.MatMul3(xm, m, lq, q3, null, lk, k3, lb, lv, v3, null);
+                g.RopeAndCache(q3, k3, v3, 0, m, heads, kvHeads, headDim, pos0, rope, kc3, vc3);
+                Assert.True(Check.Read(g, q1, m * q).SequenceEqual(Check.Read(g, q3, m * q)), $"{kind} {dtype} {m} rows: rotated q");
+                Assert.True(Check.Read(g, kc1, ctx * kv).SequenceEqual(Check.Read(g, kc3, ctx * kv)), $"{kind} {dtype} {m} rows: k cache");
+                Assert.True(Check.Read(g, vc1, ctx * kv).SequenceEqual(Check.Read(g, vc3, ctx * kv)), $"{kind} {dtype} {m} rows: v cache");
+            }
+        }
+        finally { g.ExactRows = keep; }
     }
 }
