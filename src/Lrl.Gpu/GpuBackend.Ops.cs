@@ -307,6 +307,13 @@ public sealed partial class GpuBackend : IDraftHeadOps
                                     DeviceBuffer kCache, DeviceBuffer vCache)
     {
         if (rows <= 0) return;
+        if (rows > FusedRopeRowsMax)
+        {
+            // One group rotating many rows would be a serial tail longer than the launch it saves.
+            MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
+            RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
+            return;
+        }
         var shape = RopeCacheCheck(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache, out var cache);
         var args = new RopeArgs
         {
@@ -316,6 +323,9 @@ public sealed partial class GpuBackend : IDraftHeadOps
         MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
         RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
     }
+
+    /// <summary>Most rows whose RoPE and cache writes ride on the Q/K/V launch (its last group does them all: a decode row's few thousand elements).</summary>
+    internal const int FusedRopeRowsMax = 4;
 
     /// <summary>The fused Q/K/V launch (with <paramref name="rope"/>'s rotation when it has tickets); false where the weights do not fuse.</summary>
     private bool TryQkv(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,
