@@ -170,6 +170,11 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     public override void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
         int n = Cols, outF = Rows;
+        if (_dtype == DType.BF16 && rows >= 2 && Simd.SplitsBF16(n))
+        {
+            GemvRowsSplitBF16(x, y, rows, rowStart, rowEnd);
+            return;
+        }
         if (_dtype == DType.F32 || !Simd.HasDotBF16x4(n) || rows < 2)
         {
             base.GemvRows(x, y, rows, rowStart, rowEnd);
@@ -212,6 +217,44 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                         yp[(long)m * outF + o] = !f16 ? Simd.DotBF16((ushort*)_data + (long)o * n, xr)
                             : xs != null ? Simd.DotF16Scaled((ushort*)_data + (long)o * n, xs + (long)m * n, xr)
                             : Simd.DotF16((Half*)_data + (long)o * n, xr);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// bf16 on AVX2 without AVX-512: every activation row split once (<see cref="Simd.SplitForBF16(ReadOnlySpan{float}, float*)"/>),
+    /// then blocks of weight rows (~64 KB, L2) walked once per pair of activation rows (<see cref="Simd.DotBF16Split2"/>:
+    /// one widening of each weight load serves both), a last odd row alone; each result is its one-row GEMV's bits.
+    /// Per row before: the GEMV, re-widening every weight row and re-splitting the activations per 16 KB block.
+    /// </summary>
+    private void GemvRowsSplitBF16(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
+    {
+        int n = Cols, outF = Rows;
+        if ((long)rows * n > x.Length || (long)(rows - 1) * outF + rowEnd > y.Length)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"{Name}: {rows} rows exceed the product's buffers");
+        float* split = Simd.ActivationScratch(rows * n);
+        for (int r = 0; r < rows; r++) Simd.SplitForBF16(x.Slice(r * n, n), split + (long)r * n);
+        int block = Math.Max(4, 32768 / n);
+        fixed (float* xp = x)
+        fixed (float* yp = y)
+        {
+            ushort* wd = (ushort*)_data;
+            for (int b0 = rowStart; b0 < rowEnd; b0 += block)
+            {
+                int b1 = Math.Min(rowEnd, b0 + block), m = 0;
+                for (; m + 1 < rows; m += 2)
+                {
+                    float* s0 = split + (long)m * n, x0 = xp + (long)m * n;
+                    float* y0 = yp + (long)m * outF, y1 = y0 + outF;
+                    for (int o = b0; o < b1; o++)
+                        Simd.DotBF16Split2(wd + (long)o * n, s0, s0 + n, x0, x0 + n, n, out y0[o], out y1[o]);
+                }
+                if (m < rows)
+                {
+                    var xr = new ReadOnlySpan<float>(xp + (long)m * n, n);
+                    float* sm = split + (long)m * n;
+                    for (int o = b0; o < b1; o++) yp[(long)m * outF + o] = Simd.DotBF16Split(wd + (long)o * n, sm, xr);
                 }
             }
         }
@@ -447,7 +490,7 @@ public static unsafe class Simd
     /// (<see cref="SplitForBF16(ReadOnlySpan{float}, out float*)"/>, <see cref="ScaleForF16(ReadOnlySpan{float}, out float*)"/>,
     /// <see cref="PrepareF16(ReadOnlySpan{float}, out float*)"/>): one buffer, valid until the thread's next preparation.
     /// </summary>
-    private static float* ActivationScratch(int n)
+    internal static float* ActivationScratch(int n)
     {
         var buf = _activationScratch;
         if (buf is null || buf.Length < n) _activationScratch = buf = GC.AllocateArray<float>(Math.Max(n, 4096), pinned: true);
@@ -467,7 +510,7 @@ public static unsafe class Simd
         return SplitForBF16(x, split);
     }
 
-    private static bool SplitsBF16(int n) => !Avx512F.IsSupported && Avx2.IsSupported && Fma.IsSupported && n >= 32;
+    internal static bool SplitsBF16(int n) => !Avx512F.IsSupported && Avx2.IsSupported && Fma.IsSupported && n >= 32;
 
     /// <summary><see cref="SplitForBF16(ReadOnlySpan{float}, out float*)"/> into <paramref name="d"/> (x.Length floats).</summary>
     public static bool SplitForBF16(ReadOnlySpan<float> x, float* d)
@@ -523,6 +566,54 @@ public static unsafe class Simd
         fixed (float* xp = x)
             for (; i < n; i++) s += DTypes.BF16ToFloat(w[i]) * xp[i];
         return s;
+    }
+
+    /// <summary>
+    /// <see cref="DotBF16Split"/> for two activation rows at once (each split by <see cref="SplitForBF16(ReadOnlySpan{float}, float*)"/>):
+    /// every 32-byte load of weights is widened once for both rows, and each row keeps the one-row kernel's four
+    /// accumulators, its step order and its tail, so each result is bit for bit that row's <see cref="DotBF16Split"/>.
+    /// Eight accumulators, four widened weight vectors and the mask fit AVX2's sixteen registers (four rows would not).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DotBF16Split2(ushort* w, float* s0, float* s1, float* x0, float* x1, int n, out float r0, out float r1)
+    {
+        int i = 0;
+        var high = Vector256.Create(0xFFFF0000u);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        for (; i <= n - 32; i += 32)
+        {
+            PrefetchStream(w + i);
+            var v = Vector256.Load((uint*)(w + i));
+            var u = Vector256.Load((uint*)(w + i + 16));
+            var ve = Avx2.ShiftLeftLogical(v, 16).AsSingle();
+            var vo = (v & high).AsSingle();
+            var ue = Avx2.ShiftLeftLogical(u, 16).AsSingle();
+            var uo = (u & high).AsSingle();
+            a0 = Fma.MultiplyAdd(ve, Vector256.Load(s0 + i), a0);
+            b0 = Fma.MultiplyAdd(ve, Vector256.Load(s1 + i), b0);
+            a1 = Fma.MultiplyAdd(vo, Vector256.Load(s0 + i + 8), a1);
+            b1 = Fma.MultiplyAdd(vo, Vector256.Load(s1 + i + 8), b1);
+            a2 = Fma.MultiplyAdd(ue, Vector256.Load(s0 + i + 16), a2);
+            b2 = Fma.MultiplyAdd(ue, Vector256.Load(s1 + i + 16), b2);
+            a3 = Fma.MultiplyAdd(uo, Vector256.Load(s0 + i + 24), a3);
+            b3 = Fma.MultiplyAdd(uo, Vector256.Load(s1 + i + 24), b3);
+        }
+        for (; i <= n - 16; i += 16)
+        {
+            var v = Vector256.Load((uint*)(w + i));
+            var ve = Avx2.ShiftLeftLogical(v, 16).AsSingle();
+            var vo = (v & high).AsSingle();
+            a0 = Fma.MultiplyAdd(ve, Vector256.Load(s0 + i), a0);
+            b0 = Fma.MultiplyAdd(ve, Vector256.Load(s1 + i), b0);
+            a1 = Fma.MultiplyAdd(vo, Vector256.Load(s0 + i + 8), a1);
+            b1 = Fma.MultiplyAdd(vo, Vector256.Load(s1 + i + 8), b1);
+        }
+        float p = Vector256.Sum((a0 + a1) + (a2 + a3));
+        float q = Vector256.Sum((b0 + b1) + (b2 + b3));
+        for (int j = i; j < n; j++) p += DTypes.BF16ToFloat(w[j]) * x0[j];
+        for (int j = i; j < n; j++) q += DTypes.BF16ToFloat(w[j]) * x1[j];
+        r0 = p; r1 = q;
     }
 
     /// <summary>16 bf16 values to f32: zero-extend to 32 bits (one load), shift into the f32 high half.</summary>
