@@ -170,9 +170,9 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     public override void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
         int n = Cols, outF = Rows;
-        if (_dtype == DType.BF16 && rows >= 2 && Simd.SplitsBF16(n))
+        if (_dtype != DType.F32 && rows >= 2 && Simd.SplitsBF16(n))
         {
-            GemvRowsSplitBF16(x, y, rows, rowStart, rowEnd);
+            GemvRowsSplit(x, y, rows, rowStart, rowEnd);
             return;
         }
         if (_dtype == DType.F32 || !Simd.HasDotBF16x4(n) || rows < 2)
@@ -223,18 +223,23 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     }
 
     /// <summary>
-    /// bf16 on AVX2 without AVX-512: every activation row split once (<see cref="Simd.SplitForBF16(ReadOnlySpan{float}, float*)"/>),
-    /// then blocks of weight rows (~64 KB, L2) walked once per pair of activation rows (<see cref="Simd.DotBF16Split2"/>:
-    /// one widening of each weight load serves both), a last odd row alone; each result is its one-row GEMV's bits.
-    /// Per row before: the GEMV, re-widening every weight row and re-splitting the activations per 16 KB block.
+    /// bf16 and f16 on AVX2 without AVX-512: every activation row prepared once as its one-row GEMV prepares it
+    /// (<see cref="Simd.SplitForBF16(ReadOnlySpan{float}, float*)"/>, <see cref="Simd.PrepareF16(ReadOnlySpan{float}, float*)"/>),
+    /// then blocks of weight rows (~64 KB, L2) walked once per pair of activation rows (<see cref="Simd.DotBF16Split2"/>,
+    /// <see cref="Simd.DotF16Split2"/>: one widening of each weight load serves both rows); a row left over, or an f16
+    /// row too large to prepare, runs its one-row kernel. Each result is its one-row GEMV's bits. Per row before: the
+    /// GEMV, re-widening every weight row and re-preparing the activations per 16 KB block.
     /// </summary>
-    private void GemvRowsSplitBF16(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
+    private void GemvRowsSplit(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
         int n = Cols, outF = Rows;
         if ((long)rows * n > x.Length || (long)(rows - 1) * outF + rowEnd > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"{Name}: {rows} rows exceed the product's buffers");
+        bool f16 = _dtype == DType.F16;
         float* split = Simd.ActivationScratch(rows * n);
-        for (int r = 0; r < rows; r++) Simd.SplitForBF16(x.Slice(r * n, n), split + (long)r * n);
+        Span<bool> ready = rows <= 256 ? stackalloc bool[rows] : new bool[rows];
+        for (int r = 0; r < rows; r++)
+            ready[r] = f16 ? Simd.PrepareF16(x.Slice(r * n, n), split + (long)r * n) : Simd.SplitForBF16(x.Slice(r * n, n), split + (long)r * n);
         int block = Math.Max(4, 32768 / n);
         fixed (float* xp = x)
         fixed (float* yp = y)
@@ -242,19 +247,28 @@ public sealed unsafe class DenseMatrix : CpuMatrix
             ushort* wd = (ushort*)_data;
             for (int b0 = rowStart; b0 < rowEnd; b0 += block)
             {
-                int b1 = Math.Min(rowEnd, b0 + block), m = 0;
-                for (; m + 1 < rows; m += 2)
+                int b1 = Math.Min(rowEnd, b0 + block);
+                for (int m = 0; m < rows;)
                 {
-                    float* s0 = split + (long)m * n, x0 = xp + (long)m * n;
-                    float* y0 = yp + (long)m * outF, y1 = y0 + outF;
+                    float* s0 = split + (long)m * n, x0 = xp + (long)m * n, y0 = yp + (long)m * outF;
+                    if (m + 1 < rows && ready[m] && ready[m + 1])
+                    {
+                        float* y1 = y0 + outF;
+                        if (f16)
+                            for (int o = b0; o < b1; o++) Simd.DotF16Split2(wd + (long)o * n, s0, s0 + n, x0, x0 + n, n, out y0[o], out y1[o]);
+                        else
+                            for (int o = b0; o < b1; o++) Simd.DotBF16Split2(wd + (long)o * n, s0, s0 + n, x0, x0 + n, n, out y0[o], out y1[o]);
+                        m += 2;
+                        continue;
+                    }
+                    var xr = new ReadOnlySpan<float>(x0, n);
                     for (int o = b0; o < b1; o++)
-                        Simd.DotBF16Split2(wd + (long)o * n, s0, s0 + n, x0, x0 + n, n, out y0[o], out y1[o]);
-                }
-                if (m < rows)
-                {
-                    var xr = new ReadOnlySpan<float>(xp + (long)m * n, n);
-                    float* sm = split + (long)m * n;
-                    for (int o = b0; o < b1; o++) yp[(long)m * outF + o] = Simd.DotBF16Split(wd + (long)o * n, sm, xr);
+                    {
+                        ushort* w = wd + (long)o * n;
+                        y0[o] = !ready[m] ? (f16 ? Simd.DotF16((Half*)w, xr) : Simd.DotBF16(w, xr))
+                              : f16 ? Simd.DotF16Split(w, s0, xr) : Simd.DotBF16Split(w, s0, xr);
+                    }
+                    m++;
                 }
             }
         }
@@ -540,56 +554,101 @@ public static unsafe class Simd
     /// two instructions per 16 weights instead of the five of widening each half (x: the unsplit activations, for the
     /// ragged tail).
     /// </summary>
+    public static float DotBF16Split(ushort* w, float* split, ReadOnlySpan<float> x) => DotSplit<BF16Pairs>(w, split, x);
+
+    /// <summary>
+    /// <see cref="DotBF16Split"/> (<see cref="DotF16Split"/>) for two activation rows at once, each split by
+    /// <see cref="SplitForBF16(ReadOnlySpan{float}, float*)"/> (<see cref="PrepareF16(ReadOnlySpan{float}, float*)"/>):
+    /// every 32-byte load of weights is widened once for both rows, and each row keeps the one-row kernel's four
+    /// accumulators, its step order and its tail, so each result is bit for bit that row's one-row dot. Eight
+    /// accumulators, four widened weight vectors and the mask fit AVX2's sixteen registers (four rows would not).
+    /// </summary>
+    public static void DotBF16Split2(ushort* w, float* s0, float* s1, float* x0, float* x1, int n, out float r0, out float r1) =>
+        DotSplit2<BF16Pairs>(w, s0, s1, x0, x1, n, out r0, out r1);
+
+    /// <inheritdoc cref="DotBF16Split2"/>
+    public static void DotF16Split2(ushort* w, float* s0, float* s1, float* x0, float* x1, int n, out float r0, out float r1) =>
+        DotSplit2<F16Pairs>(w, s0, s1, x0, x1, n, out r0, out r1);
+
+    /// <summary>A 32-bit lane holding two 16-bit floats, the even column low: each half moved into an f32.</summary>
+    public interface IPairWiden
+    {
+        static abstract Vector256<int> Mask { get; }
+        static abstract Vector256<float> Even(Vector256<int> v, Vector256<int> mask);
+        static abstract Vector256<float> Odd(Vector256<int> v, Vector256<int> mask);
+        static abstract float Scalar(ushort h);
+    }
+
+    /// <summary>bf16: the even one by one shift (w &lt;&lt; 16), the odd one by one mask (w &amp; 0xFFFF0000).</summary>
+    public readonly struct BF16Pairs : IPairWiden
+    {
+        public static Vector256<int> Mask => Vector256.Create(unchecked((int)0xFFFF0000));
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Even(Vector256<int> v, Vector256<int> mask) => Avx2.ShiftLeftLogical(v, 16).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Odd(Vector256<int> v, Vector256<int> mask) => (v & mask).AsSingle();
+        public static float Scalar(ushort h) => DTypes.BF16ToFloat(h);
+    }
+
+    /// <summary>
+    /// f16 times 2^-112 (the activations carry 2^112): the even one by a shift left by 16 and an arithmetic shift right
+    /// by 3, the odd one by the arithmetic shift alone, one mask clearing the sign's copies and the neighbour's bits.
+    /// </summary>
+    public readonly struct F16Pairs : IPairWiden
+    {
+        public static Vector256<int> Mask => Vector256.Create(unchecked((int)0x8FFFE000));
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Even(Vector256<int> v, Vector256<int> mask) => (Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(v, 16), 3) & mask).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Odd(Vector256<int> v, Vector256<int> mask) => (Avx2.ShiftRightArithmetic(v, 3) & mask).AsSingle();
+        public static float Scalar(ushort h) => DTypes.F16ToFloat(h);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float DotBF16Split(ushort* w, float* split, ReadOnlySpan<float> x)
+    private static float DotSplit<TW>(ushort* w, float* split, ReadOnlySpan<float> x) where TW : struct, IPairWiden
     {
         int n = x.Length, i = 0;
-        var high = Vector256.Create(0xFFFF0000u);
+        var mask = TW.Mask;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (; i <= n - 32; i += 32)
         {
             PrefetchStream(w + i);
-            var v = Vector256.Load((uint*)(w + i));
-            var u = Vector256.Load((uint*)(w + i + 16));
-            a0 = Fma.MultiplyAdd(Avx2.ShiftLeftLogical(v, 16).AsSingle(), Vector256.Load(split + i), a0);
-            a1 = Fma.MultiplyAdd((v & high).AsSingle(), Vector256.Load(split + i + 8), a1);
-            a2 = Fma.MultiplyAdd(Avx2.ShiftLeftLogical(u, 16).AsSingle(), Vector256.Load(split + i + 16), a2);
-            a3 = Fma.MultiplyAdd((u & high).AsSingle(), Vector256.Load(split + i + 24), a3);
+            var v = Vector256.Load((int*)(w + i));
+            var u = Vector256.Load((int*)(w + i + 16));
+            a0 = Fma.MultiplyAdd(TW.Even(v, mask), Vector256.Load(split + i), a0);
+            a1 = Fma.MultiplyAdd(TW.Odd(v, mask), Vector256.Load(split + i + 8), a1);
+            a2 = Fma.MultiplyAdd(TW.Even(u, mask), Vector256.Load(split + i + 16), a2);
+            a3 = Fma.MultiplyAdd(TW.Odd(u, mask), Vector256.Load(split + i + 24), a3);
         }
         for (; i <= n - 16; i += 16)
         {
-            var v = Vector256.Load((uint*)(w + i));
-            a0 = Fma.MultiplyAdd(Avx2.ShiftLeftLogical(v, 16).AsSingle(), Vector256.Load(split + i), a0);
-            a1 = Fma.MultiplyAdd((v & high).AsSingle(), Vector256.Load(split + i + 8), a1);
+            var v = Vector256.Load((int*)(w + i));
+            a0 = Fma.MultiplyAdd(TW.Even(v, mask), Vector256.Load(split + i), a0);
+            a1 = Fma.MultiplyAdd(TW.Odd(v, mask), Vector256.Load(split + i + 8), a1);
         }
         float s = Vector256.Sum((a0 + a1) + (a2 + a3));
         fixed (float* xp = x)
-            for (; i < n; i++) s += DTypes.BF16ToFloat(w[i]) * xp[i];
+            for (; i < n; i++) s += TW.Scalar(w[i]) * xp[i];
         return s;
     }
 
-    /// <summary>
-    /// <see cref="DotBF16Split"/> for two activation rows at once (each split by <see cref="SplitForBF16(ReadOnlySpan{float}, float*)"/>):
-    /// every 32-byte load of weights is widened once for both rows, and each row keeps the one-row kernel's four
-    /// accumulators, its step order and its tail, so each result is bit for bit that row's <see cref="DotBF16Split"/>.
-    /// Eight accumulators, four widened weight vectors and the mask fit AVX2's sixteen registers (four rows would not).
-    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void DotBF16Split2(ushort* w, float* s0, float* s1, float* x0, float* x1, int n, out float r0, out float r1)
+    private static void DotSplit2<TW>(ushort* w, float* s0, float* s1, float* x0, float* x1, int n, out float r0, out float r1)
+        where TW : struct, IPairWiden
     {
         int i = 0;
-        var high = Vector256.Create(0xFFFF0000u);
+        var mask = TW.Mask;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
         for (; i <= n - 32; i += 32)
         {
             PrefetchStream(w + i);
-            var v = Vector256.Load((uint*)(w + i));
-            var u = Vector256.Load((uint*)(w + i + 16));
-            var ve = Avx2.ShiftLeftLogical(v, 16).AsSingle();
-            var vo = (v & high).AsSingle();
-            var ue = Avx2.ShiftLeftLogical(u, 16).AsSingle();
-            var uo = (u & high).AsSingle();
+            var v = Vector256.Load((int*)(w + i));
+            var u = Vector256.Load((int*)(w + i + 16));
+            var ve = TW.Even(v, mask);
+            var vo = TW.Odd(v, mask);
+            var ue = TW.Even(u, mask);
+            var uo = TW.Odd(u, mask);
             a0 = Fma.MultiplyAdd(ve, Vector256.Load(s0 + i), a0);
             b0 = Fma.MultiplyAdd(ve, Vector256.Load(s1 + i), b0);
             a1 = Fma.MultiplyAdd(vo, Vector256.Load(s0 + i + 8), a1);
@@ -601,9 +660,9 @@ public static unsafe class Simd
         }
         for (; i <= n - 16; i += 16)
         {
-            var v = Vector256.Load((uint*)(w + i));
-            var ve = Avx2.ShiftLeftLogical(v, 16).AsSingle();
-            var vo = (v & high).AsSingle();
+            var v = Vector256.Load((int*)(w + i));
+            var ve = TW.Even(v, mask);
+            var vo = TW.Odd(v, mask);
             a0 = Fma.MultiplyAdd(ve, Vector256.Load(s0 + i), a0);
             b0 = Fma.MultiplyAdd(ve, Vector256.Load(s1 + i), b0);
             a1 = Fma.MultiplyAdd(vo, Vector256.Load(s0 + i + 8), a1);
@@ -611,8 +670,8 @@ public static unsafe class Simd
         }
         float p = Vector256.Sum((a0 + a1) + (a2 + a3));
         float q = Vector256.Sum((b0 + b1) + (b2 + b3));
-        for (int j = i; j < n; j++) p += DTypes.BF16ToFloat(w[j]) * x0[j];
-        for (int j = i; j < n; j++) q += DTypes.BF16ToFloat(w[j]) * x1[j];
+        for (int j = i; j < n; j++) p += TW.Scalar(w[j]) * x0[j];
+        for (int j = i; j < n; j++) q += TW.Scalar(w[j]) * x1[j];
         r0 = p; r1 = q;
     }
 
@@ -716,33 +775,7 @@ public static unsafe class Simd
     /// and the neighbour's bits: five instructions per 16 weights (the chunked conversion through the stack took a pass
     /// of its own). Exact for normal and subnormal halves and signed zeros, as <see cref="WidenF16"/>.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float DotF16Split(ushort* w, float* split, ReadOnlySpan<float> x)
-    {
-        int n = x.Length, i = 0;
-        var keep = Vector256.Create(unchecked((int)0x8FFFE000));
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (; i <= n - 32; i += 32)
-        {
-            PrefetchStream(w + i);
-            var v = Vector256.Load((int*)(w + i));
-            var u = Vector256.Load((int*)(w + i + 16));
-            a0 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(v, 16), 3) & keep).AsSingle(), Vector256.Load(split + i), a0);
-            a1 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(v, 3) & keep).AsSingle(), Vector256.Load(split + i + 8), a1);
-            a2 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(u, 16), 3) & keep).AsSingle(), Vector256.Load(split + i + 16), a2);
-            a3 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(u, 3) & keep).AsSingle(), Vector256.Load(split + i + 24), a3);
-        }
-        for (; i <= n - 16; i += 16)
-        {
-            var v = Vector256.Load((int*)(w + i));
-            a0 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(Avx2.ShiftLeftLogical(v, 16), 3) & keep).AsSingle(), Vector256.Load(split + i), a0);
-            a1 = Fma.MultiplyAdd((Avx2.ShiftRightArithmetic(v, 3) & keep).AsSingle(), Vector256.Load(split + i + 8), a1);
-        }
-        float s = Vector256.Sum((a0 + a1) + (a2 + a3));
-        fixed (float* xp = x)
-            for (; i < n; i++) s += DTypes.F16ToFloat(w[i]) * xp[i];
-        return s;
-    }
+    public static float DotF16Split(ushort* w, float* split, ReadOnlySpan<float> x) => DotSplit<F16Pairs>(w, split, x);
 
     /// <summary><see cref="DotF16"/> over activations scaled by <see cref="ScaleForF16"/> (x: the unscaled ones, for the ragged tail).</summary>
     public static float DotF16Scaled(ushort* w, float* scaled, ReadOnlySpan<float> x)
