@@ -43,6 +43,12 @@ internal static unsafe partial class QuantKernels
 
     /// <summary>Most activation rows for which the tiles read the stored codes (int4 with AVX-512, int8 with VNNI; see <see cref="ChannelTiles"/>).</summary>
     internal const int PackedTileRowsMax = 12;
+    /// <summary>
+    /// int4 on AVX2 without AVX-512: up to this many activation rows read the packed nibbles in the tile as well
+    /// (env LRL_AVX2_PACKED): unpacking the block to bytes first cost more than it saved at 2-8 rows (SmolLM2-135M q4,
+    /// one thread, five alternations: pp2 125-183 -> 194-296 tok/s, pp4 144-312 -> 282-423, pp8 283-434 -> 309-441).
+    /// </summary>
+    internal static readonly int Avx2PackedRows = int.TryParse(Environment.GetEnvironmentVariable("LRL_AVX2_PACKED"), out var v) ? v : 8;
 
     [ThreadStatic] private static byte[]? _unpackStore;
     [ThreadStatic] private static nint _unpack;
@@ -90,12 +96,12 @@ internal static unsafe partial class QuantKernels
                                            int rowStart, int rowEnd) where TDot : struct, IDot
     {
         int n = q.Cols, kInt = IntegerCols(q);
-        // int4 with AVX-512's 32 registers and few activation rows (verify steps, small batches): the tile unpacks the
-        // nibbles in registers (the unpack fits beside the 16 accumulators); else the block is unpacked to bytes once for
+        // int4 with few activation rows (verify steps, small batches; AVX-512's 32 registers, or AVX2 up to Avx2PackedRows):
+        // the tile unpacks the nibbles in registers; else the block is unpacked to bytes once for
         // all activation rows (prompts: 16+ row groups would repeat the unpack; SmolLM2-135M q4 pp128 measured slower).
         // Signed int8 without VNNI reads the stored codes at any row count (there is nothing to unpack).
         bool signed8 = typeof(TDot) == typeof(Avx2SignedDot);
-        bool packed = signed8 || (q.Bits == 4 ? Avx512F.VL.IsSupported : typeof(TDot) == typeof(VnniDot)) && rows <= PackedTileRowsMax;
+        bool packed = signed8 || (q.Bits == 4 ? (Avx512F.VL.IsSupported || rows <= Avx2PackedRows) : typeof(TDot) == typeof(VnniDot)) && rows <= PackedTileRowsMax;
         byte* buf = null;
         if (!packed)
         {
