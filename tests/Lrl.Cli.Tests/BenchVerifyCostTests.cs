@@ -5,6 +5,32 @@ namespace Lrl.Cli.Tests;
 /// <summary>`bench --verify-cost`: k-row verification passes against one decode step, interleaved.</summary>
 public class BenchVerifyCostTests
 {
+    /// <summary>
+    /// `bench --lora-random 0,1`: the counts' repetitions interleave (one of each per round), one row per test and count,
+    /// and the adapter's cost as the median of the per-round ratios.
+    /// </summary>
+    [Fact]
+    public void LoraCountsInterleaveAndReportTheMedianRatio()
+    {
+        var r = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--lora-random", "0,1", "--lora-rank", "2",
+                              "-p", "8", "-n", "8", "-r", "3", "-t", "1");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var rows = r.Stdout.Split('\n').Where(l => l.StartsWith("| ") && !l.StartsWith("| ---") && !l.StartsWith("| model")).ToArray();
+        Assert.Equal(["pp8", "tg8", "pp8+lora1", "tg8+lora1"], rows.Select(l => l.Split('|')[5].Trim()));
+        Assert.Equal(1, r.Stderr.Split('\n').Count(l => l.StartsWith("with 1 adapter(s)")));
+        // The progress lines of the generation tests, in the order they ran: base and adapter alternating.
+        var order = r.Stderr.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("tg8") && l.Contains("tok/s")).Select(l => l.Split(':')[0]);
+        Assert.Equal(["tg8", "tg8+lora1", "tg8", "tg8+lora1", "tg8", "tg8+lora1"], order);
+        foreach (var test in new[] { "pp8", "tg8" })
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(r.Stderr, $@"{test}\+lora1: ([\d.]+)x of {test} \(median of 3 interleaved rounds; ([\d.]+)-([\d.]+)\)");
+            Assert.True(m.Success, r.Stderr);
+            double med = double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            double lo = double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), hi = double.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture);
+            Assert.True(lo <= med && med <= hi && lo > 0, m.Value);
+        }
+    }
+
     [Fact]
     public void VerifyCostTimesEachRowCountAgainstADecodeStep()
     {

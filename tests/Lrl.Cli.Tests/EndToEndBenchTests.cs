@@ -8,6 +8,33 @@ namespace Lrl.Cli.Tests;
 
 public class EndToEndBenchTests
 {
+    /// <summary>Rounds of single repetitions merge into one row per test: mean and spread over rounds, rates scaled with the mean.</summary>
+    [Fact]
+    public void MergeRoundsAveragesEachTestOverTheRounds()
+    {
+        static BenchResult Row(string test, double tps, double? roof) =>
+            new("m", "Q4_GC", "cpu", 1, test, 8, 1, tps, 0, roof is null ? null : tps * 0.5, roof, roof is null ? tps * 2 : null, roof is null ? tps * 0.01 : null);
+        var rounds = new List<List<BenchResult>>
+        {
+            new() { Row("pp8", 100, null), Row("tg8", 10, 0.5) },
+            new() { Row("pp8", 200, null), Row("tg8", 30, 0.7) },
+            new() { Row("pp8", 300, null), Row("tg8", 20, 0.9) },
+        };
+        var merged = EndToEndBench.MergeRounds(rounds);
+        Assert.Equal(["pp8", "tg8"], merged.Select(r => r.Test));
+        Assert.All(merged, r => Assert.Equal(3, r.Repetitions));
+        Assert.Equal(200, merged[0].MeanTokensPerSecond, 9);
+        Assert.Equal(100, merged[0].StdDevTokensPerSecond, 9);
+        Assert.Equal(400, merged[0].GFlopsPerSecond!.Value, 9);
+        Assert.Equal(2, merged[0].FmaPeakFraction!.Value, 9);
+        Assert.Null(merged[0].RooflineFraction);
+        Assert.Equal(20, merged[1].MeanTokensPerSecond, 9);
+        Assert.Equal(10, merged[1].StdDevTokensPerSecond, 9);
+        Assert.Equal(10, merged[1].GBPerSecond!.Value, 9);
+        Assert.Equal(0.7, merged[1].RooflineFraction!.Value, 9);
+        Assert.Same(rounds[0], EndToEndBench.MergeRounds([rounds[0]]));
+    }
+
     /// <summary>
     /// Each generation repetition is compared with the mean of the bandwidth probes on either side of it: with probes
     /// reading 10, 20, 30, 40 GB/s, three repetitions are judged against 15, 25 and 35 GB/s.

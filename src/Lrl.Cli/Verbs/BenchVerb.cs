@@ -1,3 +1,4 @@
+using System.Globalization;
 using CommandLine;
 using Lrl.Bench;
 using Lrl.Models;
@@ -259,15 +260,30 @@ public sealed class BenchVerb
         }
         if (profiler is not null) return RunProfile(model, profiler, given.Concat(randomAdapters).ToArray());
         var results = new List<BenchResult>();
-        foreach (int count in counts)
-        {
-            var adapters = given.Concat(randomAdapters.Take(count)).ToArray();
-            if (adapters.Length > 0)
-                log.WriteLine($"with {adapters.Length} adapter(s): {string.Join(", ", adapters.Select(a => a.ToString()))}, {adapters.Sum(a => a.ByteSize) / 1e6:F1} MB read per token");
-            results.AddRange(EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, Reps,
-                                               new MachineLimits(probes[0], fma, int8), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
-                                               batches: Batch.ToArray(), adapters: adapters));
-        }
+        // Several adapter counts: the repetitions interleave them (one repetition of each count per round), so a host
+        // whose speed drifts during the run (a noisy neighbour) moves every count alike; the unmerged cost is then the
+        // median of the per-round ratios. One count: its repetitions in one call, as before.
+        int rounds = counts.Length > 1 ? Reps : 1, repsEach = counts.Length > 1 ? 1 : Reps;
+        var byCount = counts.ToDictionary(c => c, _ => new List<List<BenchResult>>());
+        for (int round = 0; round < rounds; round++)
+            foreach (int count in counts)
+            {
+                var adapters = given.Concat(randomAdapters.Take(count)).ToArray();
+                if (adapters.Length > 0 && round == 0)
+                    log.WriteLine($"with {adapters.Length} adapter(s): {string.Join(", ", adapters.Select(a => a.ToString()))}, {adapters.Sum(a => a.ByteSize) / 1e6:F1} MB read per token");
+                byCount[count].Add(EndToEndBench.Run(model, name, format, threads, sizes, GenTokens, repsEach,
+                                                     new MachineLimits(probes[0], fma, int8), log, bandwidthProbe: inner is Lrl.Cpu.CpuBackend ? Probe : null,
+                                                     batches: Batch.ToArray(), adapters: adapters));
+            }
+        foreach (int count in counts) results.AddRange(EndToEndBench.MergeRounds(byCount[count]));
+        if (rounds > 1 && byCount.TryGetValue(0, out var bases))
+            foreach (int count in counts.Where(c => c > 0))
+                for (int i = 0; i < bases[0].Count; i++)
+                {
+                    var ratios = Enumerable.Range(0, rounds).Select(r => byCount[count][r][i].MeanTokensPerSecond / bases[r][i].MeanTokensPerSecond).Order().ToArray();
+                    log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{byCount[count][0][i].Test}: {ratios[rounds / 2]:F3}x of {bases[0][i].Test} (median of {rounds} interleaved rounds; {ratios[0]:F3}-{ratios[^1]:F3})"));
+                }
         var limits = new MachineLimits(probes.Max(), fma, int8);
         if (probes.Max() > 1.15 * probes.Min())
             log.WriteLine($"note: the read bandwidth moved between {probes.Min():F1} and {probes.Max():F1} GB/s during this run; each tg roofline is taken against the probes on either side of its repetition");

@@ -130,6 +130,32 @@ public static class EndToEndBench
         return results;
     }
 
+    /// <summary>
+    /// One row per test from rounds of single repetitions (each round's rows in the same order): the mean and standard
+    /// deviation over the rounds; GB/s and GFLOP/s scale with the mean, the roofline fraction is the rounds' average.
+    /// </summary>
+    public static List<BenchResult> MergeRounds(IReadOnlyList<List<BenchResult>> rounds)
+    {
+        if (rounds.Count == 1) return rounds[0];
+        var merged = new List<BenchResult>();
+        for (int i = 0; i < rounds[0].Count; i++)
+        {
+            var rows = rounds.Select(r => r[i]).ToArray();
+            var first = rows[0];
+            double mean = rows.Average(r => r.MeanTokensPerSecond);
+            double std = Math.Sqrt(rows.Sum(r => (r.MeanTokensPerSecond - mean) * (r.MeanTokensPerSecond - mean)) / Math.Max(1, rows.Length - 1));
+            double scale = mean / first.MeanTokensPerSecond;
+            merged.Add(first with
+            {
+                Repetitions = rows.Length, MeanTokensPerSecond = mean, StdDevTokensPerSecond = std,
+                GBPerSecond = first.GBPerSecond * scale, GFlopsPerSecond = first.GFlopsPerSecond * scale,
+                FmaPeakFraction = first.FmaPeakFraction * scale,
+                RooflineFraction = rows.All(r => r.RooflineFraction is not null) ? rows.Average(r => r.RooflineFraction!.Value) : null,
+            });
+        }
+        return merged;
+    }
+
     /// <summary>Runs <paramref name="once"/> at least once and until a second has passed (at most 20 times).</summary>
     public static void WarmUp(Action once)
     {
