@@ -105,8 +105,12 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         switch (_dtype)
         {
             case DType.F32:
-                for (int o = rowStart; o < rowEnd; o++)
-                    y[o - rowStart] = TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)_data + (long)o * n, n), x);
+                if (Simd.Avx2RowKernels(n))
+                    fixed (float* xp = x)
+                        for (int o = rowStart; o < rowEnd; o++) y[o - rowStart] = Simd.DotF32((float*)_data + (long)o * n, xp, n);
+                else
+                    for (int o = rowStart; o < rowEnd; o++)
+                        y[o - rowStart] = TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)_data + (long)o * n, n), x);
                 break;
             case DType.BF16:
             {
@@ -170,7 +174,7 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     public override void GemvRows(ReadOnlySpan<float> x, Span<float> y, int rows, int rowStart, int rowEnd)
     {
         int n = Cols, outF = Rows;
-        if (_dtype != DType.F32 && rows >= 2 && Simd.SplitsBF16(n))
+        if (rows >= 2 && Simd.Avx2RowKernels(n))
         {
             GemvRowsSplit(x, y, rows, rowStart, rowEnd);
             return;
@@ -223,7 +227,8 @@ public sealed unsafe class DenseMatrix : CpuMatrix
     }
 
     /// <summary>
-    /// bf16 and f16 on AVX2 without AVX-512: every activation row prepared once as its one-row GEMV prepares it
+    /// f32, bf16 and f16 on AVX2 without AVX-512 (f32: <see cref="Simd.DotF32x2"/>, nothing to prepare); bf16 and f16:
+    /// every activation row prepared once as its one-row GEMV prepares it
     /// (<see cref="Simd.SplitForBF16(ReadOnlySpan{float}, float*)"/>, <see cref="Simd.PrepareF16(ReadOnlySpan{float}, float*)"/>),
     /// then blocks of weight rows (~64 KB, L2) walked once per pair of activation rows (<see cref="Simd.DotBF16Split2"/>,
     /// <see cref="Simd.DotF16Split2"/>: one widening of each weight load serves both rows); a row left over, or an f16
@@ -236,11 +241,28 @@ public sealed unsafe class DenseMatrix : CpuMatrix
         if ((long)rows * n > x.Length || (long)(rows - 1) * outF + rowEnd > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"{Name}: {rows} rows exceed the product's buffers");
         bool f16 = _dtype == DType.F16;
+        int block = (int)Math.Max(4, 65536 / RowBytes);
+        if (_dtype == DType.F32)
+        {
+            fixed (float* xp = x)
+            fixed (float* yp = y)
+                for (int b0 = rowStart; b0 < rowEnd; b0 += block)
+                {
+                    int b1 = Math.Min(rowEnd, b0 + block), m = 0;
+                    for (; m + 1 < rows; m += 2)
+                    {
+                        float* x0 = xp + (long)m * n, y0 = yp + (long)m * outF, y1 = y0 + outF;
+                        for (int o = b0; o < b1; o++) Simd.DotF32x2((float*)_data + (long)o * n, x0, x0 + n, n, out y0[o], out y1[o]);
+                    }
+                    if (m < rows)
+                        for (int o = b0; o < b1; o++) yp[(long)m * outF + o] = Simd.DotF32((float*)_data + (long)o * n, xp + (long)m * n, n);
+                }
+            return;
+        }
         float* split = Simd.ActivationScratch(rows * n);
         Span<bool> ready = rows <= 256 ? stackalloc bool[rows] : new bool[rows];
         for (int r = 0; r < rows; r++)
             ready[r] = f16 ? Simd.PrepareF16(x.Slice(r * n, n), split + (long)r * n) : Simd.SplitForBF16(x.Slice(r * n, n), split + (long)r * n);
-        int block = Math.Max(4, 32768 / n);
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -519,18 +541,19 @@ public static unsafe class Simd
     public static bool SplitForBF16(ReadOnlySpan<float> x, out float* split)
     {
         split = null;
-        if (!SplitsBF16(x.Length)) return false;
+        if (!Avx2RowKernels(x.Length)) return false;
         split = ActivationScratch(x.Length);
         return SplitForBF16(x, split);
     }
 
-    internal static bool SplitsBF16(int n) => !Avx512F.IsSupported && Avx2.IsSupported && Fma.IsSupported && n >= 32;
+    /// <summary>Whether rows of n columns take the AVX2 row kernels (no AVX-512; <see cref="DotF32"/>, the split bf16/f16 dots and their two-row forms).</summary>
+    internal static bool Avx2RowKernels(int n) => !Avx512F.IsSupported && Avx2.IsSupported && Fma.IsSupported && n >= 32;
 
     /// <summary><see cref="SplitForBF16(ReadOnlySpan{float}, out float*)"/> into <paramref name="d"/> (x.Length floats).</summary>
     public static bool SplitForBF16(ReadOnlySpan<float> x, float* d)
     {
         int n = x.Length;
-        if (!SplitsBF16(n)) return false;
+        if (!Avx2RowKernels(n)) return false;
         fixed (float* xp = x)
         {
             int i = 0;
@@ -555,6 +578,66 @@ public static unsafe class Simd
     /// ragged tail).
     /// </summary>
     public static float DotBF16Split(ushort* w, float* split, ReadOnlySpan<float> x) => DotSplit<BF16Pairs>(w, split, x);
+
+    /// <summary>
+    /// Σ w[i]·x[i] over f32 rows on AVX2 (the GEMV's dot where AVX-512 is absent): four FMA chains over 32-column steps,
+    /// an 8-column step into the first, the reduction ((a0 + a1) + (a2 + a3)), then a scalar tail: an order of its own,
+    /// so <see cref="DotF32x2"/> can give each of two rows these same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float DotF32(float* w, float* x, int n)
+    {
+        int i = 0;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (; i <= n - 32; i += 32)
+        {
+            PrefetchStream(w + i);
+            PrefetchStream(w + i + 16);
+            a0 = Fma.MultiplyAdd(Vector256.Load(w + i), Vector256.Load(x + i), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Load(w + i + 8), Vector256.Load(x + i + 8), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Load(w + i + 16), Vector256.Load(x + i + 16), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Load(w + i + 24), Vector256.Load(x + i + 24), a3);
+        }
+        for (; i <= n - 8; i += 8) a0 = Fma.MultiplyAdd(Vector256.Load(w + i), Vector256.Load(x + i), a0);
+        float s = Vector256.Sum((a0 + a1) + (a2 + a3));
+        for (; i < n; i++) s += w[i] * x[i];
+        return s;
+    }
+
+    /// <summary><see cref="DotF32"/> of one weight row against two activation rows: each weight load serves both, each result that row's bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DotF32x2(float* w, float* x0, float* x1, int n, out float r0, out float r1)
+    {
+        int i = 0;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        for (; i <= n - 32; i += 32)
+        {
+            PrefetchStream(w + i);
+            PrefetchStream(w + i + 16);
+            var w0 = Vector256.Load(w + i); var w1 = Vector256.Load(w + i + 8);
+            var w2 = Vector256.Load(w + i + 16); var w3 = Vector256.Load(w + i + 24);
+            a0 = Fma.MultiplyAdd(w0, Vector256.Load(x0 + i), a0);
+            b0 = Fma.MultiplyAdd(w0, Vector256.Load(x1 + i), b0);
+            a1 = Fma.MultiplyAdd(w1, Vector256.Load(x0 + i + 8), a1);
+            b1 = Fma.MultiplyAdd(w1, Vector256.Load(x1 + i + 8), b1);
+            a2 = Fma.MultiplyAdd(w2, Vector256.Load(x0 + i + 16), a2);
+            b2 = Fma.MultiplyAdd(w2, Vector256.Load(x1 + i + 16), b2);
+            a3 = Fma.MultiplyAdd(w3, Vector256.Load(x0 + i + 24), a3);
+            b3 = Fma.MultiplyAdd(w3, Vector256.Load(x1 + i + 24), b3);
+        }
+        for (; i <= n - 8; i += 8)
+        {
+            var w0 = Vector256.Load(w + i);
+            a0 = Fma.MultiplyAdd(w0, Vector256.Load(x0 + i), a0);
+            b0 = Fma.MultiplyAdd(w0, Vector256.Load(x1 + i), b0);
+        }
+        float p = Vector256.Sum((a0 + a1) + (a2 + a3));
+        float q = Vector256.Sum((b0 + b1) + (b2 + b3));
+        for (int j = i; j < n; j++) p += w[j] * x0[j];
+        for (int j = i; j < n; j++) q += w[j] * x1[j];
+        r0 = p; r1 = q;
+    }
 
     /// <summary>
     /// <see cref="DotBF16Split"/> (<see cref="DotF16Split"/>) for two activation rows at once, each split by
@@ -757,7 +840,7 @@ public static unsafe class Simd
     public static bool PrepareF16(ReadOnlySpan<float> x, float* d)
     {
         if (Avx512F.IsSupported) return ScaleForF16(x, d);
-        if (!SplitsBF16(x.Length) || !(TensorPrimitives.MaxMagnitude(x) is var m && MathF.Abs(m) < F16ScaledMax)) return false;
+        if (!Avx2RowKernels(x.Length) || !(TensorPrimitives.MaxMagnitude(x) is var m && MathF.Abs(m) < F16ScaledMax)) return false;
         SplitForBF16(x, d);
         var v = new Span<float>(d, x.Length);
         TensorPrimitives.Multiply(v, F16Rebias, v);
