@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -259,10 +260,21 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                 }
             return;
         }
-        float* split = Simd.ActivationScratch(rows * n);
-        Span<bool> ready = rows <= 256 ? stackalloc bool[rows] : new bool[rows];
-        for (int r = 0; r < rows; r++)
-            ready[r] = f16 ? Simd.PrepareF16(x.Slice(r * n, n), split + (long)r * n) : Simd.SplitForBF16(x.Slice(r * n, n), split + (long)r * n);
+        // The rows the product prepared once for all its items (PrepareRows), else this call's own.
+        float* split;
+        Span<bool> ready;
+        if (_rows != null && _rowsCount == rows && _rowsInput is { } input &&
+            Unsafe.AreSame(ref MemoryMarshal.GetReference(x), ref MemoryMarshal.GetArrayDataReference(input)))
+        {
+            split = _rows;
+            ready = _rowsReady;
+        }
+        else
+        {
+            split = Simd.ActivationScratch(rows * n);
+            ready = rows <= 256 ? stackalloc bool[rows] : new bool[rows];
+            PrepareEach(x, rows, split, ready);
+        }
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -294,6 +306,39 @@ public sealed unsafe class DenseMatrix : CpuMatrix
                 }
             }
         }
+    }
+
+    // The activation rows of the product being run, prepared once (PrepareRows) or shared with the product's first
+    // matrix (TryShareRows: Q/K/V, gate/up); GemvRows uses them when it is given that same input.
+    private float* _rows;
+    private bool[] _rowsReady = [];
+    private float[]? _rowsInput;
+    private int _rowsCount;
+
+    public override void PrepareRows(float[] x, int rows, RowScratch scratch, WorkerPool pool)
+    {
+        _rows = null;
+        _rowsInput = null;
+        if (_dtype == DType.F32 || rows < 2 || !Simd.Avx2RowKernels(Cols) || (long)rows * Cols > x.Length) return;
+        float* d = scratch.Floats((long)rows * Cols);
+        var ready = scratch.Flags(rows);
+        PrepareEach(x, rows, d, ready);
+        _rows = d; _rowsReady = ready; _rowsInput = x; _rowsCount = rows;
+    }
+
+    public override bool TryShareRows(CpuMatrix other)
+    {
+        if (other is not DenseMatrix m || m._rows == null || m._dtype != _dtype || m.Cols != Cols) return false;
+        _rows = m._rows; _rowsReady = m._rowsReady; _rowsInput = m._rowsInput; _rowsCount = m._rowsCount;
+        return true;
+    }
+
+    /// <summary>Each activation row as its one-row GEMV prepares it (bf16: split; f16: split and scaled, when it fits).</summary>
+    private void PrepareEach(ReadOnlySpan<float> x, int rows, float* d, Span<bool> ready)
+    {
+        int n = Cols;
+        for (int r = 0; r < rows; r++)
+            ready[r] = _dtype == DType.F16 ? Simd.PrepareF16(x.Slice(r * n, n), d + (long)r * n) : Simd.SplitForBF16(x.Slice(r * n, n), d + (long)r * n);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

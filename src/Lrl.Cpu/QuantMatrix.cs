@@ -279,9 +279,25 @@ public enum QuantKernel
 }
 
 /// <summary>The prepared activation rows of one product (owned by the job that runs it, shared by its matrices).</summary>
-public sealed class RowScratch
+public sealed unsafe class RowScratch
 {
     private QuantScratch[] _rows = [];
+    private float[] _floats = [];
+    private bool[] _flags = [];
+
+    /// <summary>Pinned room for <paramref name="n"/> floats (dense matrices' prepared rows), valid until the next call.</summary>
+    internal float* Floats(long n)
+    {
+        if (_floats.Length < n) _floats = GC.AllocateArray<float>(checked((int)Math.Max(n, 2L * _floats.Length)), pinned: true);
+        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_floats));
+    }
+
+    /// <summary>One flag per row (which rows could be prepared).</summary>
+    internal bool[] Flags(int rows)
+    {
+        if (_flags.Length < rows) _flags = new bool[Math.Max(rows, 2 * _flags.Length)];
+        return _flags;
+    }
 
     internal QuantScratch[] Ensure(int rows)
     {

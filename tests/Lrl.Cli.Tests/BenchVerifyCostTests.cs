@@ -12,6 +12,11 @@ public class BenchVerifyCostTests
     [Fact]
     public void LoraCountsInterleaveAndReportTheMedianRatio()
     {
+        var bad = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--lora-random", "0,1", "-r", "0", "-n", "4", "-t", "1");
+        Assert.NotEqual(0, bad.ExitCode);
+        Assert.Contains("-r must be ≥ 1, got 0", bad.Stderr);
+        Assert.DoesNotContain("Exception", bad.Stderr);
+
         var r = CliRunner.Run("bench", "--model", CliRunner.Model("stories260k"), "--lora-random", "0,1", "--lora-rank", "2",
                               "-p", "8", "-n", "8", "-r", "3", "-t", "1");
         Assert.True(r.ExitCode == 0, r.Stderr);

@@ -263,6 +263,7 @@ public sealed class BenchVerb
         // Several adapter counts: the repetitions interleave them (one repetition of each count per round), so a host
         // whose speed drifts during the run (a noisy neighbour) moves every count alike; the unmerged cost is then the
         // median of the per-round ratios. One count: its repetitions in one call, as before.
+        if (Reps < 1) throw new LrlException($"-r must be ≥ 1, got {Reps}");
         int rounds = counts.Length > 1 ? Reps : 1, repsEach = counts.Length > 1 ? 1 : Reps;
         var byCount = counts.ToDictionary(c => c, _ => new List<List<BenchResult>>());
         for (int round = 0; round < rounds; round++)
