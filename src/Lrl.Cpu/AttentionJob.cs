@@ -547,18 +547,18 @@ internal sealed unsafe class AttentionJob : IParallelJob
         {
             var ninf = Vector512.Create(float.NegativeInfinity);
             var vmax = ninf;
-            for (; i + 16 <= len; i += 16) vmax = Vector512.Max(vmax, Vector512.Load(s + i));
+            for (; i + 16 <= len; i += 16) vmax = Vector512.MaxNative(vmax, Vector512.Load(s + i));
             if (i < len)
-                vmax = Vector512.Max(vmax, Vector512.ConditionalSelect(Tail512(len - i), Vector512.Load(s + i), ninf));
-            var m8 = Vector256.Max(vmax.GetLower(), vmax.GetUpper());
-            var m4 = Vector128.Max(m8.GetLower(), m8.GetUpper());
+                vmax = Vector512.MaxNative(vmax, Vector512.ConditionalSelect(Tail512(len - i), Vector512.Load(s + i), ninf));
+            var m8 = Vector256.MaxNative(vmax.GetLower(), vmax.GetUpper());
+            var m4 = Vector128.MaxNative(m8.GetLower(), m8.GetUpper());
             max = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
             var vm = Vector512.Create(max);
             var floor = Vector512.Create(-60f);
             var acc = Vector512<float>.Zero;
             for (i = 0; i < len; i += 16)
             {
-                var e = Vector512.Exp(Vector512.Max(Vector512.Load(s + i) - vm, floor));
+                var e = Vector512.Exp(Vector512.MaxNative(Vector512.Load(s + i) - vm, floor));
                 if (i + 16 > len) e = Vector512.ConditionalSelect(Tail512(len - i), e, Vector512<float>.Zero);
                 e.Store(s + i);
                 acc += e;
@@ -569,17 +569,17 @@ internal sealed unsafe class AttentionJob : IParallelJob
         {
             var ninf = Vector256.Create(float.NegativeInfinity);
             var vmax = ninf;
-            for (; i + 8 <= len; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(s + i));
+            for (; i + 8 <= len; i += 8) vmax = Vector256.MaxNative(vmax, Vector256.Load(s + i));
             if (i < len)
-                vmax = Vector256.Max(vmax, Vector256.ConditionalSelect(Tail256(len - i), Vector256.Load(s + i), ninf));
-            var m4 = Vector128.Max(vmax.GetLower(), vmax.GetUpper());
+                vmax = Vector256.MaxNative(vmax, Vector256.ConditionalSelect(Tail256(len - i), Vector256.Load(s + i), ninf));
+            var m4 = Vector128.MaxNative(vmax.GetLower(), vmax.GetUpper());
             max = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
             var vm = Vector256.Create(max);
             var floor = Vector256.Create(-60f);
             var acc = Vector256<float>.Zero;
             for (i = 0; i < len; i += 8)
             {
-                var e = Vector256.Exp(Vector256.Max(Vector256.Load(s + i) - vm, floor));
+                var e = Vector256.Exp(Vector256.MaxNative(Vector256.Load(s + i) - vm, floor));
                 if (i + 8 > len) e = Vector256.ConditionalSelect(Tail256(len - i), e, Vector256<float>.Zero);
                 e.Store(s + i);
                 acc += e;

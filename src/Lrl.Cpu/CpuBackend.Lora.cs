@@ -8,13 +8,20 @@ namespace Lrl.Cpu;
 /// <summary>
 /// A LoRA pair in host memory, as f32, as bf16 bits (adapter files in bf16: half the bytes a product reads) or as int8
 /// codes (<see cref="LoraInt8"/>: a quarter). A is [rank, in] as stored; B is held transposed, [rank, out] (f32/bf16: a
-/// product's outputs are contiguous per rank), or for int8 in panels of <see cref="Panel"/> outputs, [out/8][rank][8]
-/// (the rank codes of eight outputs in one 8-byte run: an output range reads one contiguous stretch). The int8 scales
-/// fold into the down-projection: t[j] = SA[j]·SB[j]·Σ x·qA[j], so the up-projection is codes times t alone.
+/// product's outputs are contiguous per rank), or for int8 in groups of <see cref="Group"/> outputs by quads of ranks,
+/// [out/8][rank/4][8][4] (each output's four rank codes in one 4-byte run: the u8 × s8 instructions' dot product of four;
+/// ranks padded with zero codes to a multiple of four). The int8 scales fold into the down-projection:
+/// t[j] = SA[j]·SB[j]·Σ x·qA[j], so the up-projection is codes times t alone. With AVX2, int8 pairs run integer dot
+/// products as the int8 base kernels do: x quantized to int8 per 128 columns (<see cref="QuantKernels.ActivationBlock"/>)
+/// for the down-projection, t to int8 with one scale per row for the up-projection (2x fewer instructions than widening
+/// the codes to floats, which made an adapter cost twice its share of the bytes on SmolLM2-135M q4).
 /// </summary>
 internal sealed unsafe class CpuLora : LoraWeights
 {
-    public const int Panel = 16;
+    /// <summary>Outputs per group of an int8 B (one 256-bit vector of four-rank dot products).</summary>
+    public const int Group = 8;
+    /// <summary>With updates staged, product items start at multiples of this many outputs (whole groups).</summary>
+    public const int ItemAlign = 16;
     /// <summary>The adapter pairs of the dispatch that followed the last one this pair opened (a prefetch hint).</summary>
     internal CpuLora[]? NextDispatch;
     public float[]? A { get; }
@@ -31,7 +38,7 @@ internal sealed unsafe class CpuLora : LoraWeights
         {
             A8 = new sbyte[a.Length];
             _fold = new float[rank];
-            B8 = new sbyte[(long)(outF + Panel - 1) / Panel * Panel * rank];
+            B8 = new sbyte[(long)(outF + Group - 1) / Group * Quads * 32];
             for (int j = 0; j < rank; j++)
             {
                 var row = a.Slice(j * inF, inF);
@@ -40,7 +47,7 @@ internal sealed unsafe class CpuLora : LoraWeights
                 float max = 0;
                 for (int o = 0; o < outF; o++) max = MathF.Max(max, MathF.Abs(b[o * rank + j]));
                 float sb = LoraInt8.Scale(max);
-                for (int o = 0; o < outF; o++) B8[((long)(o / Panel) * rank + j) * Panel + o % Panel] = LoraInt8.Code(b[o * rank + j], sb);
+                for (int o = 0; o < outF; o++) B8[((long)(o / Group) * Quads + j / 4) * 32 + o % Group * 4 + j % 4] = LoraInt8.Code(b[o * rank + j], sb);
                 _fold[j] = sa * sb;
             }
             return;
@@ -55,6 +62,15 @@ internal sealed unsafe class CpuLora : LoraWeights
         for (int i = 0; i < bt.Length; i++) Bt16[i] = DTypes.FloatToBF16(bt[i]);
     }
 
+    /// <summary>Rank quads of an int8 B (rank rounded up to a multiple of four, over four).</summary>
+    public int Quads => (Rank + 3) / 4;
+
+    /// <summary>
+    /// Floats per row of a down-projection's result t: the rank values; for int8 pairs also their int8 codes, four to a
+    /// float's bits (<see cref="Quads"/>), and the codes' scale (<see cref="QuantizeT"/>).
+    /// </summary>
+    public int TStride => B8 is null ? Rank : Rank + Quads + 1;
+
     public override long ByteSize => A is not null ? (A.Length + (long)Bt!.Length) * 4
         : A16 is not null ? (A16.Length + (long)Bt16!.Length) * 2
         : A8!.Length + (long)B8!.Length + 4L * Rank;
@@ -63,7 +79,7 @@ internal sealed unsafe class CpuLora : LoraWeights
     internal void PrefetchUp(int start, int end)
     {
         if (B8 is null || !Sse.IsSupported) return;
-        long from = (long)(start / Panel) * Rank * Panel, to = (long)((end + Panel - 1) / Panel) * Rank * Panel;
+        long from = (long)(start / Group) * Quads * 32, to = (long)((end + Group - 1) / Group) * Quads * 32;
         fixed (sbyte* p = B8)
             for (long b = from & ~63L; b < to; b += 64) Sse.Prefetch1(p + b);
     }
@@ -97,22 +113,213 @@ internal sealed unsafe class CpuLora : LoraWeights
             long at = (long)j * inF + col;
             t[j] = scale * (A is { } a ? a[at] : A16 is { } a16 ? DTypes.BF16ToFloat(a16[at]) : A8![at] * _fold![j]);
         }
+        if (B8 is not null) QuantizeT(t, Rank, Quads);
     }
 
-    /// <summary>t[j] = scale·Σ x·A[j] for every rank j (int8: times SA[j]·SB[j], B's scale folded in).</summary>
-    public void DownAll(ReadOnlySpan<float> x, float scale, float* t)
+    /// <summary>
+    /// t[j] = scale·Σ x·A[j] for every rank j (int8: times SA[j]·SB[j], B's scale folded in; with AVX2 over x quantized
+    /// to int8, <see cref="DownInt8"/>, and t's own codes after it, <see cref="QuantizeT"/>). <see cref="TStride"/> floats.
+    /// x is row <paramref name="row"/> of <paramref name="xs"/>; <paramref name="epoch"/> (<see cref="NewEpoch"/>, one per
+    /// dispatch) lets a thread reuse its quantized x for the next pair over the same row (Q/K/V, gate/up).
+    /// </summary>
+    public void DownAll(float[] xs, int row, float scale, float* t, long epoch)
     {
         int inF = InFeatures, rank = Rank;
+        var x = xs.AsSpan(row * inF, inF);
         if (A is { } a) for (int j = 0; j < rank; j++) t[j] = scale * TensorPrimitives.Dot(x, a.AsSpan(j * inF, inF));
         else if (A16 is { } a16) fixed (ushort* p = a16) for (int j = 0; j < rank; j++) t[j] = scale * Simd.DotBF16(p + (long)j * inF, x);
         else
+        {
             fixed (sbyte* p = A8) fixed (float* xp = x)
             {
-                int j = 0;
-                for (; j + 4 <= rank; j += 4) Simd.DotI8x4(p + (long)j * inF, inF, xp, t + j);
-                for (; j < rank; j++) t[j] = Simd.DotI8(p + (long)j * inF, x);
-                for (j = 0; j < rank; j++) t[j] *= scale * _fold![j];
+                if (Avx2.IsSupported) DownInt8(p, inF, rank, xs, row, xp, t, epoch);
+                else
+                {
+                    int j = 0;
+                    for (; j + 4 <= rank; j += 4) Simd.DotI8x4(p + (long)j * inF, inF, xp, t + j);
+                    for (; j < rank; j++) t[j] = Simd.DotI8(p + (long)j * inF, x);
+                }
             }
+            for (int j = 0; j < rank; j++) t[j] *= scale * _fold![j];
+            QuantizeT(t, rank, Quads);
+        }
+    }
+
+    [ThreadStatic] private static sbyte[]? _xq;
+    [ThreadStatic] private static float[]? _xd;
+    [ThreadStatic] private static float[]? _xKey; // what _xq holds: row _xRow (of _xLength) of _xKey in dispatch _xEpoch
+    [ThreadStatic] private static int _xRow, _xLength;
+    [ThreadStatic] private static long _xEpoch;
+    private static long _epoch;
+
+    /// <summary>A new dispatch: the activations may have changed since any thread quantized them.</summary>
+    public static long NewEpoch() => Interlocked.Increment(ref _epoch);
+
+    /// <summary>
+    /// t[j] = Σ_blocks d_b·Σ_{i in block} qA[j, i]·q_i for x quantized per 128 columns, d_b = max|x_block|/127,
+    /// q = round(x/d_b) (<see cref="LoraKernels.QuantizeRow"/>): four rows at a time share each activation load.
+    /// </summary>
+    private static void DownInt8(sbyte* a, int inF, int rank, float[] xs, int row, float* x, float* t, long epoch)
+    {
+        int padded = (inF + 31) / 32 * 32, blocks = (inF + LoraKernels.Block - 1) / LoraKernels.Block;
+        if (_xq is null || _xq.Length < padded) { _xq = GC.AllocateUninitializedArray<sbyte>(Math.Max(padded, 2048), pinned: true); _xKey = null; }
+        if (_xd is null || _xd.Length < blocks) { _xd = GC.AllocateUninitializedArray<float>(Math.Max(blocks, 64), pinned: true); _xKey = null; }
+        fixed (sbyte* q = _xq) fixed (float* d = _xd)
+        {
+            if (!ReferenceEquals(_xKey, xs) || _xRow != row || _xLength != inF || _xEpoch != epoch)
+            {
+                LoraKernels.QuantizeRow(x, inF, q, d);
+                (_xKey, _xRow, _xLength, _xEpoch) = (xs, row, inF, epoch);
+            }
+            int j = 0;
+            for (; j + 4 <= rank; j += 4) LoraKernels.Dot4(a + (long)j * inF, inF, q, d, t + j);
+            for (; j < rank; j++) t[j] = LoraKernels.Dot1(a + (long)j * inF, inF, q, d);
+        }
+    }
+
+    /// <summary>
+    /// t's int8 codes for the integer up-projection, after its <paramref name="rank"/> floats: one scale for the row,
+    /// st = max|t|/127, codes round(t/st) packed four to an int (zero past the rank), then st.
+    /// </summary>
+    internal static void QuantizeT(float* t, int rank, int quads)
+    {
+        float amax = 0;
+        for (int j = 0; j < rank; j++) amax = MathF.Max(amax, MathF.Abs(t[j]));
+        float inv = amax > 0 ? 127f / amax : 0f;
+        int* codes = (int*)(t + rank);
+        for (int k = 0; k < quads; k++)
+        {
+            int v = 0;
+            for (int m = 0; m < 4; m++)
+            {
+                int j = 4 * k + m;
+                int c = j < rank ? Math.Clamp((int)MathF.Round(t[j] * inv), -127, 127) : 0;
+                v |= (c & 0xFF) << (8 * m);
+            }
+            codes[k] = v;
+        }
+        t[rank + quads] = amax / 127f;
+    }
+}
+
+/// <summary>The integer kernels of int8 adapters (AVX2): activation quantization and the down-projection's dot products.</summary>
+internal static unsafe class LoraKernels
+{
+    /// <summary>Columns sharing one activation scale, as the int8 base kernels' activations.</summary>
+    public const int Block = QuantKernels.ActivationBlock;
+
+    /// <summary>
+    /// q = round(x·127/m) per block of <see cref="Block"/> columns (m its largest magnitude; d = m/127 its scale, all-zero
+    /// blocks 0), padded with zeros to a multiple of 32.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void QuantizeRow(float* x, int n, sbyte* q, float* d)
+    {
+        int full = n / 32 * 32;
+        for (int c = 0, b = 0; c < n; b++, c += Block)
+        {
+            int end = Math.Min(n, c + Block), vecEnd = Math.Min(full, end);
+            var m = Vector256<float>.Zero;
+            int i = c;
+            for (; i < vecEnd; i += 8) m = Vector256.MaxNative(m, Vector256.Abs(Vector256.Load(x + i)));
+            float amax = HMax(m);
+            for (; i < end; i++) amax = MathF.Max(amax, MathF.Abs(x[i]));
+            float inv = amax > 0 ? 127f / amax : 0f;
+            d[b] = amax / 127f;
+            var iv = Vector256.Create(inv);
+            for (i = c; i < vecEnd; i += 32)
+            {
+                var i0 = Avx.ConvertToVector256Int32(Vector256.Load(x + i) * iv); var i1 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 8) * iv);
+                var i2 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 16) * iv); var i3 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 24) * iv);
+                var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
+                Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q + i);
+            }
+            for (; i < end; i++) q[i] = (sbyte)(int)MathF.Round(x[i] * inv);
+        }
+        for (int i = n; i < (n + 31) / 32 * 32; i++) q[i] = 0;
+    }
+
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float HMax(Vector256<float> m)
+    {
+        var h = Vector128.MaxNative(m.GetLower(), m.GetUpper());
+        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
+        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(1, 0, 3, 2)));
+        return h.ToScalar();
+    }
+
+    /// <summary>Σ u·s over groups of four bytes into int32 lanes (u unsigned, s signed): VNNI's vpdpbusd, else pmaddubsw + pmaddwd.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Acc(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) =>
+        AvxVnni.IsSupported ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
+                            : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
+
+    /// <summary>
+    /// Four rows' Σ_b d_b·Σ a·q (rows <paramref name="inF"/> bytes apart): per block the integer sums of its 32-column
+    /// chunks (|q| · sign(a, q): |q| ≤ 127 keeps pmaddubsw's pairs from saturating), one convert and FMA per block; the
+    /// columns past the last whole chunk one at a time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Dot4(sbyte* a, int inF, sbyte* q, float* d, float* out4)
+    {
+        sbyte* a0 = a, a1 = a + inF, a2 = a + 2L * inF, a3 = a + 3L * inF;
+        int full = inF / 32 * 32;
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default;
+        for (int c = 0, b = 0; c < full; b++)
+        {
+            int end = Math.Min(full, c + Block);
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            for (; c < end; c += 32)
+            {
+                var xv = Vector256.Load(q + c);
+                var ux = Avx2.Abs(xv);
+                i0 = Acc(i0, ux, Avx2.Sign(Vector256.Load(a0 + c), xv));
+                i1 = Acc(i1, ux, Avx2.Sign(Vector256.Load(a1 + c), xv));
+                i2 = Acc(i2, ux, Avx2.Sign(Vector256.Load(a2 + c), xv));
+                i3 = Acc(i3, ux, Avx2.Sign(Vector256.Load(a3 + c), xv));
+            }
+            var db = Vector256.Create(d[b]);
+            f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), db, f0);
+            f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), db, f1);
+            f2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), db, f2);
+            f3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i3), db, f3);
+        }
+        var s = QuantKernels.HSum4(f0, f1, f2, f3);
+        if (full < inF)
+        {
+            int s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (int c = full; c < inF; c++) { int v = q[c]; s0 += a0[c] * v; s1 += a1[c] * v; s2 += a2[c] * v; s3 += a3[c] * v; }
+            s += Vector128.Create((float)s0, s1, s2, s3) * d[(inF - 1) / Block];
+        }
+        s.Store(out4);
+    }
+
+    /// <summary>One row of <see cref="Dot4"/> (the rank's last rows when it is not a multiple of four).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float Dot1(sbyte* a, int inF, sbyte* q, float* d)
+    {
+        int full = inF / 32 * 32;
+        Vector256<float> f = default;
+        for (int c = 0, b = 0; c < full; b++)
+        {
+            int end = Math.Min(full, c + Block);
+            Vector256<int> i0 = default;
+            for (; c < end; c += 32)
+            {
+                var xv = Vector256.Load(q + c);
+                i0 = Acc(i0, Avx2.Abs(xv), Avx2.Sign(Vector256.Load(a + c), xv));
+            }
+            f = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[b]), f);
+        }
+        float s = QuantKernels.HSum(f);
+        if (full < inF)
+        {
+            int si = 0;
+            for (int c = full; c < inF; c++) si += a[c] * q[c];
+            s += si * d[(inF - 1) / Block];
+        }
+        return s;
     }
 }
 
@@ -130,17 +337,19 @@ internal sealed unsafe class LoraJob : IParallelJob
     private CpuLora? _w;
     private int _row0, _rows, _phase;
     private float _scale;
+    private long _epoch;
 
     public void Run(WorkerPool pool, float[] x, int row0, int rows, CpuLora w, float scale, float[] y)
     {
         if (row0 < 0 || rows < 0 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
         if (rows == 0) return;
-        if (_t.Length < rows * w.Rank) _t = new float[Math.Max(rows * w.Rank, _t.Length * 2)];
+        if (_t.Length < rows * w.TStride) _t = new float[Math.Max(rows * w.TStride, _t.Length * 2)];
         _x = x; _y = y; _w = w; _row0 = row0; _rows = rows;
         bool serial = (long)rows * w.Rank * (w.InFeatures + w.OutFeatures) < SerialWork || pool.ThreadCount == 1;
         _phase = 0;
         _scale = scale;
+        _epoch = CpuLora.NewEpoch();
         if (serial) for (int i = 0; i < rows; i++) Execute(i, 0);
         else pool.Run(this, rows);
         _phase = 1;
@@ -153,17 +362,17 @@ internal sealed unsafe class LoraJob : IParallelJob
     public void Execute(int item, int worker)
     {
         var w = _w!;
-        int rank = w.Rank, inF = w.InFeatures, outF = w.OutFeatures;
+        int stride = w.TStride, inF = w.InFeatures, outF = w.OutFeatures;
         if (_phase == 0)
         {
-            fixed (float* t = &_t[item * rank]) w.DownAll(_x.AsSpan((_row0 + item) * inF, inF), _scale, t); // one item per row
+            fixed (float* t = &_t[item * stride]) w.DownAll(_x, _row0 + item, _scale, t, _epoch); // one item per row
             return;
         }
         int o0 = item * Chunk, n = Math.Min(Chunk, outF - o0);
         fixed (float* tp = _t)
             for (int r = 0; r < _rows; r++)
                 fixed (float* y = &_y[(_row0 + r) * outF + o0])
-                    LoraStage.Up(w, o0, tp + r * rank, y, n);
+                    LoraStage.Up(w, o0, tp + r * stride, y, n);
     }
 }
 
@@ -191,7 +400,7 @@ public sealed unsafe partial class CpuBackend : ILoraOps
         int outF = w.OutFeatures;
         if (row0 < 0 || (long)(row0 + tokens.Length) * outF > Y.Length)
             throw new ArgumentOutOfRangeException(nameof(row0), $"LoRA {w.Name}: rows {row0}..{row0 + tokens.Length - 1} exceed the buffer");
-        var t = stackalloc float[w.Rank];
+        var t = stackalloc float[w.TStride];
         for (int r = 0; r < tokens.Length; r++)
         {
             w.Gather(tokens[r], scale, t);
@@ -226,6 +435,7 @@ internal sealed unsafe class LoraStage
 
     private Term[] _terms = new Term[8];
     private int _count, _active, _downItems, _downDone;
+    private long _epoch;
     private float[] _t = new float[256];
 
     public int Count => _count;
@@ -245,6 +455,7 @@ internal sealed unsafe class LoraStage
     public int Begin(ReadOnlySpan<float[]?> outputs)
     {
         _active = _downItems = _downDone = 0;
+        _epoch = CpuLora.NewEpoch();
         int tUsed = 0;
         for (int i = 0; i < _count; i++)
         {
@@ -255,7 +466,7 @@ internal sealed unsafe class LoraStage
             if (!mine) continue;
             t.T = tUsed;
             t.Item = _downItems;
-            tUsed += t.Rows * t.W.Rank;
+            tUsed += t.Rows * t.W.TStride;
             _downItems += t.Rows;
             _active++;
         }
@@ -313,10 +524,9 @@ internal sealed unsafe class LoraStage
         for (int i = 0; i < _count; i++)
             if (_terms[i].Active && _terms[i].Item <= item) n = i;
         ref var t = ref _terms[n];
-        int r = item - t.Item, rank = t.W.Rank, inF = t.W.InFeatures;
-        var x = t.X.AsSpan((t.Row0 + r) * inF, inF);
-        int at = t.T + r * rank;
-        fixed (float* tp = &_t[at]) t.W.DownAll(x, t.Scale, tp);
+        int r = item - t.Item;
+        int at = t.T + r * t.W.TStride;
+        fixed (float* tp = &_t[at]) t.W.DownAll(t.X, t.Row0 + r, t.Scale, tp, _epoch);
         Interlocked.Increment(ref _downDone);
     }
 
@@ -334,117 +544,92 @@ internal sealed unsafe class LoraStage
         {
             ref var t = ref _terms[i];
             if (!t.Active || !ReferenceEquals(t.Y, y)) continue;
-            int rank = t.W.Rank;
+            int stride = t.W.TStride;
             fixed (float* tp = &_t[t.T])
                 for (int r = 0; r < t.Rows; r++)
                     fixed (float* dst = &y[(t.Row0 + r) * outF + start])
-                        Up(t.W, start, tp + r * rank, dst, n);
+                        Up(t.W, start, tp + r * stride, dst, n);
         }
     }
 
-    /// <summary>y[o] += Σ_j t[j]·B[start + o, j] for o &lt; n (f32, bf16 or int8 B).</summary>
+    /// <summary>y[o] += Σ_j t[j]·B[start + o, j] for o &lt; n (f32, bf16 or int8 B; t as <see cref="CpuLora.DownAll"/> wrote it).</summary>
     internal static void Up(CpuLora w, int start, float* t, float* y, int n)
     {
         if (w.Bt is { } bt) fixed (float* b = &bt[start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
         else if (w.Bt16 is { } b16) fixed (ushort* b = &b16[start]) Up(b, w.OutFeatures, t, w.Rank, y, n);
-        else fixed (sbyte* b = w.B8) UpPanels(b, t, w.Rank, y - start, start, start + n);
+        else fixed (sbyte* b = w.B8)
+        {
+            if (Avx2.IsSupported) UpInt8(b, (int*)(t + w.Rank), t[w.Rank + w.Quads], w.Quads, y - start, start, start + n);
+            else for (int o = start; o < start + n; o++) y[o - start] += UpOne(b, t, w.Rank, w.Quads, o);
+        }
     }
 
     /// <summary>
-    /// y[o] += Σ_j t[j]·q[o, j] for start ≤ o &lt; end, q in panels [out/16][rank][16] (<see cref="CpuLora"/>): AVX-512
-    /// takes four panels (64 outputs) at a time in four registers over every rank (four FMA chains: one chain waited out
-    /// each FMA's latency), one 16-byte load widened per panel and rank (the widening shuffle, one a cycle, is the
-    /// bound: 16 outputs per shuffle); AVX2 a panel in two registers; partial panels at the range's ends one output at a
-    /// time. y is indexed by output.
+    /// y[o] += st·Σ_j tq[j]·q[o, j] for start ≤ o &lt; end: per group of eight outputs one integer accumulator over the
+    /// rank quads (|tq| · sign(q, tq), the quad's codes broadcast), converted and added with one FMA; a range's partial
+    /// groups at its ends compute the whole group and add only their lanes (the same FMA per output, so how products
+    /// split their outputs into items does not change a bit). y is indexed by output.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UpPanels(sbyte* q, float* t, int rank, float* y, int start, int end)
+    private static void UpInt8(sbyte* q, int* tq, float st, int quads, float* y, int start, int end)
     {
-        const int P = CpuLora.Panel;
+        const int G = CpuLora.Group;
+        var sv = Vector256.Create(st);
         int o = start;
-        long step = (long)rank * P; // bytes from one panel to the next
-        if (Avx2.IsSupported && o % P != 0) o = PartialPanel(q, t, rank, y, o, end); // a range's ragged ends: one vector panel
-        if (Avx512F.IsSupported)
+        if (o % G != 0) o = PartialGroup(q, tq, sv, quads, y, o, end);
+        if (quads == 4)
         {
-            for (; o <= end - 4 * P; o += 4 * P)
+            // Rank 16 (and 13-15): the four broadcast quads stay in registers.
+            Vector256<sbyte> t0 = Vector256.Create(tq[0]).AsSByte(), t1 = Vector256.Create(tq[1]).AsSByte(),
+                             t2 = Vector256.Create(tq[2]).AsSByte(), t3 = Vector256.Create(tq[3]).AsSByte();
+            Vector256<byte> u0 = Avx2.Abs(t0), u1 = Avx2.Abs(t1), u2 = Avx2.Abs(t2), u3 = Avx2.Abs(t3);
+            for (; o <= end - G; o += G)
             {
-                sbyte* p = q + (long)(o / P) * step;
-                Vector512<float> a0 = Vector512.Load(y + o), a1 = Vector512.Load(y + o + 16), a2 = Vector512.Load(y + o + 32), a3 = Vector512.Load(y + o + 48);
-                for (int j = 0; j < rank; j++, p += P)
-                {
-                    var tj = Vector512.Create(t[j]);
-                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), tj, a0);
-                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + step))), tj, a1);
-                    a2 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 2 * step))), tj, a2);
-                    a3 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 3 * step))), tj, a3);
-                }
-                a0.Store(y + o); a1.Store(y + o + 16); a2.Store(y + o + 32); a3.Store(y + o + 48);
-            }
-            for (; o <= end - P; o += P)
-            {
-                sbyte* p = q + (long)(o / P) * step;
-                Vector512<float> a0 = Vector512.Load(y + o), a1 = default;
-                int j = 0;
-                for (; j + 1 < rank; j += 2, p += 2 * P)
-                {
-                    a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Create(t[j]), a0);
-                    a1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + P))), Vector512.Create(t[j + 1]), a1);
-                }
-                if (j < rank) a0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Create(t[j]), a0);
-                (a0 + a1).Store(y + o);
+                sbyte* p = q + (long)(o / G) * 128;
+                var a = LoraKernels.Acc(LoraKernels.Acc(Vector256<int>.Zero, u0, Avx2.Sign(Vector256.Load(p), t0)), u1, Avx2.Sign(Vector256.Load(p + 32), t1));
+                var b = LoraKernels.Acc(LoraKernels.Acc(Vector256<int>.Zero, u2, Avx2.Sign(Vector256.Load(p + 64), t2)), u3, Avx2.Sign(Vector256.Load(p + 96), t3));
+                Fma.MultiplyAdd(Avx.ConvertToVector256Single(a + b), sv, Vector256.Load(y + o)).Store(y + o);
             }
         }
-        else if (Avx2.IsSupported)
+        else
         {
-            for (; o <= end - 2 * P; o += 2 * P)
-            {
-                sbyte* p = q + (long)(o / P) * step;
-                Vector256<float> a0 = Vector256.Load(y + o), a1 = Vector256.Load(y + o + 8), a2 = Vector256.Load(y + o + 16), a3 = Vector256.Load(y + o + 24);
-                for (int j = 0; j < rank; j++, p += P)
-                {
-                    var tj = Vector256.Create(t[j]);
-                    a0 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p)), tj, a0);
-                    a1 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + 8)), tj, a1);
-                    a2 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + step)), tj, a2);
-                    a3 = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + step + 8)), tj, a3);
-                }
-                a0.Store(y + o); a1.Store(y + o + 8); a2.Store(y + o + 16); a3.Store(y + o + 24);
-            }
+            for (; o <= end - G; o += G)
+                Fma.MultiplyAdd(Avx.ConvertToVector256Single(GroupSums(q + (long)(o / G) * quads * 32, tq, quads)), sv, Vector256.Load(y + o)).Store(y + o);
         }
-        if (Avx2.IsSupported && o < end) o = PartialPanel(q, t, rank, y, o, end);
-        for (; o < end; o++) y[o] += UpOne(q, t, rank, o);
+        if (o < end) PartialGroup(q, tq, sv, quads, y, o, end);
     }
 
-    /// <summary>
-    /// Outputs [o, min(end, o's panel end)) of one panel: the whole panel's 16 sums in two vector chains (16 widened
-    /// FMAs per rank), then only the range's lanes added to y. The product items' row ranges are not panel-aligned, and
-    /// their ends taken one output at a time (16 scalar multiply-adds per output) were a tenth of an adapter's time.
-    /// Returns the next output.
-    /// </summary>
-    private static int PartialPanel(sbyte* q, float* t, int rank, float* y, int o, int end)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> GroupSums(sbyte* p, int* tq, int quads)
     {
-        const int P = CpuLora.Panel;
-        int p0 = o - o % P, stop = Math.Min(end, p0 + P);
-        sbyte* p = q + (long)(p0 / P) * rank * P;
-        Vector256<float> lo = default, hi = default;
-        for (int j = 0; j < rank; j++, p += P)
+        var acc = Vector256<int>.Zero;
+        for (int k = 0; k < quads; k++, p += 32)
         {
-            var tj = Vector256.Create(t[j]);
-            lo = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p)), tj, lo);
-            hi = Vector256.FusedMultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p + 8)), tj, hi);
+            var tk = Vector256.Create(tq[k]).AsSByte();
+            acc = LoraKernels.Acc(acc, Avx2.Abs(tk), Avx2.Sign(Vector256.Load(p), tk));
         }
-        float* sums = stackalloc float[P];
-        lo.Store(sums); hi.Store(sums + 8);
-        for (; o < stop; o++) y[o] += sums[o - p0];
+        return acc;
+    }
+
+    /// <summary>Outputs [o, min(end, o's group end)) of one group: the whole group's sums, then only the range's lanes added. Returns the next output.</summary>
+    private static int PartialGroup(sbyte* q, int* tq, Vector256<float> sv, int quads, float* y, int o, int end)
+    {
+        const int G = CpuLora.Group;
+        int g0 = o - o % G, stop = Math.Min(end, g0 + G);
+        float* sums = stackalloc float[G];
+        Avx.ConvertToVector256Single(GroupSums(q + (long)(g0 / G) * quads * 32, tq, quads)).Store(sums);
+        float s = sv.ToScalar();
+        for (; o < stop; o++) y[o] = MathF.FusedMultiplyAdd(sums[o - g0], s, y[o]);
         return o;
     }
 
-    private static float UpOne(sbyte* q, float* t, int rank, int o)
+    /// <summary>Σ_j t[j]·q[o, j] in floats (the path without AVX2).</summary>
+    private static float UpOne(sbyte* q, float* t, int rank, int quads, int o)
     {
-        const int P = CpuLora.Panel;
-        sbyte* p = q + (long)(o / P) * rank * P + o % P;
+        const int G = CpuLora.Group;
+        sbyte* p = q + (long)(o / G) * quads * 32 + o % G * 4;
         float s = 0;
-        for (int j = 0; j < rank; j++) s += t[j] * p[j * P];
+        for (int j = 0; j < rank; j++) s += t[j] * p[j / 4 * 32 + j % 4];
         return s;
     }
 

@@ -15,10 +15,10 @@ namespace Lrl.Cpu;
 internal sealed unsafe class MatMulJob : IParallelJob
 {
     private const int Tile = 4;       // weight rows per micro-kernel tile
-    // With adapter updates staged, items start at multiples of this many output rows: whole panels of an int8
-    // adapter's B (the fused epilogue runs a range's partial panels one output at a time); plain products keep
+    // With adapter updates staged, items start at multiples of this many output rows: whole groups of an int8
+    // adapter's B (the fused epilogue computes a range's partial groups whole); plain products keep
     // whole tiles.
-    private const int LoraItemAlign = CpuLora.Panel;
+    private const int LoraItemAlign = CpuLora.ItemAlign;
     private const int KChunk = 1024;
     private const int PanelRows = 32;  // prefill (transposed path): weight rows converted to f32 together
     private const int PanelK = 128;    // K per chunk: 64 tokens × 128 columns of the transposed input = 32 KB (L1)

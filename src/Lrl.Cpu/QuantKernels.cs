@@ -105,7 +105,7 @@ internal static unsafe partial class QuantKernels
             {
                 int end = Math.Min(full, c + ActivationBlock);
                 var m = Vector256<float>.Zero;
-                for (int j = c; j < end; j += 8) m = Vector256.Max(m, Vector256.Abs(Vector256.Load(xp + j)));
+                for (int j = c; j < end; j += 8) m = Vector256.MaxNative(m, Vector256.Abs(Vector256.Load(xp + j)));
                 float amax = HMax(m);
                 float d = amax / 127f, id = amax > 0 ? 127f / amax : 0f;
                 var ivec = Vector256.Create(id);
@@ -116,7 +116,7 @@ internal static unsafe partial class QuantKernels
                     // |values| ≤ 127, so saturating packs equal truncation: two word packs and a byte pack interleave
                     // the 128-bit lanes, one dword permute restores column order (Narrow took ~15 shuffle-port uops).
                     var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
-                    Avx2.PermuteVar8x32(packed.AsInt32(), PackOrder).AsSByte().Store(q + c);
+                    Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q + c);
                     s.D[c / 32] = d;
                     s.BSum[c / 32] = d * Vector256.Sum((i0 + i1) + (i2 + i3));
                 }
@@ -145,15 +145,13 @@ internal static unsafe partial class QuantKernels
         }
     }
 
-    /// <summary>Dword order that undoes the lane interleaving of two packssdw and one packsswb (see <see cref="QuantizeActivations"/>).</summary>
-    private static readonly Vector256<int> PackOrder = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float HMax(Vector256<float> m)
     {
-        var h = Vector128.Max(m.GetLower(), m.GetUpper());
-        h = Vector128.Max(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
-        h = Vector128.Max(h, Vector128.Shuffle(h, Vector128.Create(1, 0, 3, 2)));
+        var h = Vector128.MaxNative(m.GetLower(), m.GetUpper());
+        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
+        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(1, 0, 3, 2)));
         return h.ToScalar();
     }
 

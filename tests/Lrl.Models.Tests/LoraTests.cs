@@ -131,7 +131,11 @@ public class LoraTests
         Assert.True(Rel(Logits(model, tokens, m.LoadAdapter(half)), want) > 1e-3);
     }
 
-    /// <summary>An int8-held adapter on a float base runs the int8 grid's values: equal to the reference given them.</summary>
+    /// <summary>
+    /// An int8-held adapter on a float base runs the int8 grid's values: equal to the reference given them (with AVX2 the
+    /// adapter's products take int8 activations and an int8 t, ~0.2 % of these logits, as the int8 base kernels do; still
+    /// twenty times closer to the reference than the logits without the adapter are).
+    /// </summary>
     [Fact]
     public void Int8AdapterOnAFloatBaseEqualsTheReferenceOnItsGrid()
     {
@@ -145,7 +149,9 @@ public class LoraTests
         var tokens = Prompt(model, 24, 3);
         var got = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter, precision: AdapterPrecision.Int8));
         var want = Logits(refModel, tokens, ((ModelBase)refModel).LoadAdapter(adapter, precision: AdapterPrecision.Int8));
-        Assert.True(Rel(got, want) < 1e-5, $"{Rel(got, want):E2}");
+        double tol = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? 1e-2 : 1e-5;
+        Assert.True(Rel(got, want) < tol, $"{Rel(got, want):E2}");
+        Assert.True(Rel(Logits(model, tokens), want) > 20 * Rel(got, want));
         // Auto keeps a float base's adapter as stored (f32 here): not the int8 values.
         var auto = Logits(model, tokens, ((ModelBase)model).LoadAdapter(adapter));
         Assert.True(Rel(auto, got) > 1e-6);
