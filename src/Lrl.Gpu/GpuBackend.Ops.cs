@@ -219,6 +219,22 @@ public sealed partial class GpuBackend : IDraftHeadOps
         }
     }
 
+    /// <summary>
+    /// Whether a bf16 product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels"/>): on CUDA
+    /// devices of compute capability 8.0 or later, and on the CPU accelerator with 32-lane warps (the instruction emulated
+    /// from the same fragments, for the tests), from <see cref="MmaMinRows"/> rows (below, the 8-row tiles waste less).
+    /// <c>LRL_GPU_MMA=0</c> turns it off (to compare the two kernels on a device).
+    /// </summary>
+    public bool UsesTensorCores(int rows) => rows >= MmaMinRows && _tensorCores;
+
+    /// <summary>Fewest rows the tensor-core product takes.</summary>
+    public const int MmaMinRows = 16;
+
+    private bool? _tensorCoresCached;
+    private bool _tensorCores => _tensorCoresCached ??= Environment.GetEnvironmentVariable("LRL_GPU_MMA") != "0" && _warp == MmaGemmKernels.WarpLanes
+        && MmaGemmKernels.Threads <= _accelerator.MaxNumThreadsPerGroup
+        && (_accelerator is not ILGPU.Runtime.Cuda.CudaAccelerator cuda || cuda.Architecture is { } arch && arch.Major >= 8);
+
     private void RunMatMul<TW>(MatKernels<TW> k, TW reader, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias,
                                int hasBias, int rows, int outF, int inF) where TW : struct, IWeightReader
     {
@@ -227,6 +243,11 @@ public sealed partial class GpuBackend : IDraftHeadOps
             // One row, or rows that must each compute what they compute alone: the GEMV, one grid row per activation row.
             int perGroup = _group / _warp;
             k.Gemv(Launch_, RowsConfig((outF + perGroup - 1) / perGroup, rows), reader, x, y, bias, hasBias, outF, inF);
+        }
+        else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
+        {
+            int blocks = (outF + MmaGemmKernels.TileN - 1) / MmaGemmKernels.TileN * ((rows + MmaGemmKernels.TileM - 1) / MmaGemmKernels.TileM);
+            GemmBf16Mma(Launch_, new KernelConfig(blocks, MmaGemmKernels.Threads), bf16, x, y, bias, hasBias, rows, outF, inF);
         }
         else
         {

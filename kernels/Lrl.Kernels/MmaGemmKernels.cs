@@ -1,0 +1,197 @@
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Runtime.Cuda;
+
+namespace Lrl.Kernels;
+
+/// <summary>
+/// Prefill products y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o] for bf16 weights on tensor cores: PTX
+/// <c>mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32</c> (sm_80 and later) through ILGPU's inline PTX.
+/// The weights are exact in bf16; each activation is split into two bf16 terms, hi = bf16(x) and lo = bf16(x − hi)
+/// (x = hi + lo to ~2^-17 relative, against bf16's 2^-9 alone), so a tile costs two products and the result is an f32
+/// product's to within its rounding, not a bf16 one's. A group of <see cref="Threads"/> threads (four warps) computes
+/// <see cref="TileM"/> tokens × <see cref="TileN"/> outputs, each warp 32 × 32 (2 × 4 tiles of 16 × 8 in registers);
+/// per K step of <see cref="TileK"/> the activation tile (hi and lo) and the weight tile are staged in shared memory
+/// with a row pitch of <see cref="Pitch"/> halves (20 words: the fragment reads of a warp fall in 32 distinct banks).
+/// Grid = ceil(outF / TileN) · ceil(rows / TileM), output blocks fastest.
+/// Off CUDA (ILGPU's CPU accelerator with 32-lane warps, the tests) <see cref="Mma"/> computes the same tile from the
+/// same fragments with warp shuffles, following the PTX ISA's fragment layout, so the staging, fragment addressing and
+/// write-back are exercised everywhere; only the one instruction is CUDA's. ILGPU's inline PTX takes one output
+/// operand, so each product is two inline blocks returning half of its four results each (two issues of the
+/// instruction, the outputs passed through local memory: ptxas reports 256 stack bytes and no spills); still the
+/// tensor cores' rate against the f32 FMA tile kernel's (<see cref="GemmKernels"/>), untimed until a GPU is lent.
+/// </summary>
+public static class MmaGemmKernels
+{
+    public const int TileM = 64, TileN = 64, TileK = 32, Threads = 128;
+    public const int Pitch = TileK + 8;
+
+    /// <summary>The warp size the fragments assume (the kernel needs it; the backend launches it only there).</summary>
+    public const int WarpLanes = 32;
+
+    public static void GemmBF16(BF16Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                                int rows, int outF, int inF)
+    {
+        var xh = SharedMemory.Allocate<ushort>(TileM * Pitch);
+        var xl = SharedMemory.Allocate<ushort>(TileM * Pitch);
+        var ws = SharedMemory.Allocate<ushort>(TileN * Pitch);
+        var xh2 = xh.Cast<uint>(); var xl2 = xl.Cast<uint>(); var ws2 = ws.Cast<uint>();
+        int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+        int nBlocks = (outF + TileN - 1) / TileN;
+        int n0 = (Grid.IdxX % nBlocks) * TileN, m0 = (Grid.IdxX / nBlocks) * TileM;
+        int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+        Acc c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
+        bool quads = (inF & 3) == 0;
+        for (int k0 = 0; k0 < inF; k0 += TileK)
+        {
+            // Activations: 64 × 32 floats, split into hi and lo halves.
+            for (int e = tid; e < TileM * TileK; e += Threads)
+            {
+                int rr = e / TileK, cc = e % TileK, r = m0 + rr, k = k0 + cc;
+                float v = r < rows && k < inF ? x[(long)r * inF + k] : 0f;
+                ushort hi = ToBF16(v);
+                xh[rr * Pitch + cc] = hi;
+                xl[rr * Pitch + cc] = ToBF16(v - KernelMath.BF16ToFloat(hi));
+            }
+            // Weights: 64 × 32 bf16, four at a time where the row length allows 8-byte loads.
+            for (int e = tid; e < TileN * TileK / 4; e += Threads)
+            {
+                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
+                int at = rr * Pitch + cc;
+                if (o < outF && quads && k + 3 < inF)
+                {
+                    ulong v = w.Quads[((long)o * inF + k) / 4];
+                    ws[at] = (ushort)v; ws[at + 1] = (ushort)(v >> 16); ws[at + 2] = (ushort)(v >> 32); ws[at + 3] = (ushort)(v >> 48);
+                }
+                else
+                    for (int j = 0; j < 4; j++) ws[at + j] = o < outF && k + j < inF ? w.Data[(long)o * inF + k + j] : (ushort)0;
+            }
+            Group.Barrier();
+            for (int ks = 0; ks < TileK; ks += 16)
+            {
+                // Fragment halves are adjacent in K, so each register is one aligned 32-bit shared load.
+                int ka = ks + 2 * t;
+                int ra0 = (wm + g) * Pitch + ka, ra1 = (wm + 16 + g) * Pitch + ka;
+                var h0 = new A4(xh2[ra0 / 2], xh2[(ra0 + 8 * Pitch) / 2], xh2[(ra0 + 8) / 2], xh2[(ra0 + 8 * Pitch + 8) / 2]);
+                var h1 = new A4(xh2[ra1 / 2], xh2[(ra1 + 8 * Pitch) / 2], xh2[(ra1 + 8) / 2], xh2[(ra1 + 8 * Pitch + 8) / 2]);
+                var l0 = new A4(xl2[ra0 / 2], xl2[(ra0 + 8 * Pitch) / 2], xl2[(ra0 + 8) / 2], xl2[(ra0 + 8 * Pitch + 8) / 2]);
+                var l1 = new A4(xl2[ra1 / 2], xl2[(ra1 + 8 * Pitch) / 2], xl2[(ra1 + 8) / 2], xl2[(ra1 + 8 * Pitch + 8) / 2]);
+                int rb = (wn + g) * Pitch + ka;
+                for (int ni = 0; ni < 4; ni++)
+                {
+                    int at = rb + ni * 8 * Pitch;
+                    ulong b = ws2[at / 2] | ((ulong)ws2[(at + 8) / 2] << 32);
+                    // The unrolled loop keeps the accumulators in registers.
+                    if (ni == 0) { Mma2(h0, l0, b, ref c00); Mma2(h1, l1, b, ref c10); }
+                    else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
+                    else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
+                    else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
+                }
+            }
+            Group.Barrier();
+        }
+        int row = m0 + wm + g, col = n0 + wn + 2 * t;
+        Store(y, bias, hasBias, c00, row, col, rows, outF); Store(y, bias, hasBias, c01, row, col + 8, rows, outF);
+        Store(y, bias, hasBias, c02, row, col + 16, rows, outF); Store(y, bias, hasBias, c03, row, col + 24, rows, outF);
+        Store(y, bias, hasBias, c10, row + 16, col, rows, outF); Store(y, bias, hasBias, c11, row + 16, col + 8, rows, outF);
+        Store(y, bias, hasBias, c12, row + 16, col + 16, rows, outF); Store(y, bias, hasBias, c13, row + 16, col + 24, rows, outF);
+    }
+
+    /// <summary>One lane's share of a 16 × 8 f32 tile: (row, col), (row, col + 1), (row + 8, col), (row + 8, col + 1).</summary>
+    public struct Acc
+    {
+        public float C0, C1, C2, C3;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(ArrayView<float> y, ArrayView<float> bias, int hasBias, Acc c, int row, int col, int rows, int outF)
+    {
+        float b0 = hasBias != 0 && col < outF ? bias[col] : 0f, b1 = hasBias != 0 && col + 1 < outF ? bias[col + 1] : 0f;
+        if (row < rows)
+        {
+            if (col < outF) y[(long)row * outF + col] = c.C0 + b0;
+            if (col + 1 < outF) y[(long)row * outF + col + 1] = c.C1 + b1;
+        }
+        if (row + 8 < rows)
+        {
+            if (col < outF) y[(long)(row + 8) * outF + col] = c.C2 + b0;
+            if (col + 1 < outF) y[(long)(row + 8) * outF + col + 1] = c.C3 + b1;
+        }
+    }
+
+    /// <summary>f32 → bf16 bits, rounded to nearest even (finite values; NaN stays a NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ushort ToBF16(float v)
+    {
+        uint b = (uint)Interop.FloatAsInt(v);
+        if ((b & 0x7FFFFFFFu) > 0x7F800000u) return (ushort)((b >> 16) | 0x40);
+        return (ushort)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+    }
+
+    /// <summary>One lane's A fragment of a 16 × 16 bf16 tile: four registers of two bf16 each (see <see cref="Mma2"/>).</summary>
+    public struct A4
+    {
+        public uint R0, R1, R2, R3;
+        public A4(uint r0, uint r1, uint r2, uint r3) { R0 = r0; R1 = r1; R2 = r2; R3 = r3; }
+    }
+
+    /// <summary>
+    /// c += (Hi + Lo)·B: two 16 × 16 (A, row-major) by 16 × 8 (B, column-major) bf16 tile products into one f32
+    /// accumulator, every lane of the warp together. Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
+    /// point type"), g = lane / 4, t = lane % 4, each register two bf16 with the lower index in the low half:
+    /// R0 = A[g][2t, 2t+1], R1 = A[g+8][2t, 2t+1], R2 = A[g][2t+8, 2t+9], R3 = A[g+8][2t+8, 2t+9]; b's low word
+    /// B[2t, 2t+1][g], its high word B[2t+8, 2t+9][g]; c as <see cref="Acc"/> with row g and column 2t. On CUDA two
+    /// instructions (each as two inline blocks returning a pair of its four results: ILGPU's inline PTX has one output
+    /// operand); elsewhere warp shuffles gather the same elements (three exchanges per source lane).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Mma2(A4 hi, A4 lo, ulong b, ref Acc c)
+    {
+        if (CudaAsm.IsSupported)
+        {
+            Mma(hi, b, ref c);
+            Mma(lo, b, ref c);
+            return;
+        }
+        int lane = Warp.LaneIdx, g = lane >> 2, t = lane & 3;
+        float s0 = c.C0, s1 = c.C1, s2 = c.C2, s3 = c.C3;
+        for (int src = 0; src < 4; src++)
+        {
+            // Lane 4g + src holds rows g and g+8 at K 2src, 2src+1, 2src+8, 2src+9; lane 4n + src holds column n there.
+            int la = 4 * g + src;
+            var H = Warp.Shuffle(hi, la);
+            var L = Warp.Shuffle(lo, la);
+            ulong B0 = Warp.Shuffle(b, 4 * (2 * t) + src), B1 = Warp.Shuffle(b, 4 * (2 * t + 1) + src);
+            uint b00 = (uint)B0, b01 = (uint)(B0 >> 32), b10 = (uint)B1, b11 = (uint)(B1 >> 32);
+            s0 += (Dot2(H.R0, b00) + Dot2(H.R2, b01)) + (Dot2(L.R0, b00) + Dot2(L.R2, b01));
+            s1 += (Dot2(H.R0, b10) + Dot2(H.R2, b11)) + (Dot2(L.R0, b10) + Dot2(L.R2, b11));
+            s2 += (Dot2(H.R1, b00) + Dot2(H.R3, b01)) + (Dot2(L.R1, b00) + Dot2(L.R3, b01));
+            s3 += (Dot2(H.R1, b10) + Dot2(H.R3, b11)) + (Dot2(L.R1, b10) + Dot2(L.R3, b11));
+        }
+        c.C0 = s0; c.C1 = s1; c.C2 = s2; c.C3 = s3;
+    }
+
+    /// <summary>c += A·B, the one instruction (CUDA only).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Mma(A4 a, ulong b, ref Acc c)
+    {
+        ulong aLo = a.R0 | ((ulong)a.R1 << 32), aHi = a.R2 | ((ulong)a.R3 << 32);
+        ulong cLo = (uint)Interop.FloatAsInt(c.C0) | ((ulong)(uint)Interop.FloatAsInt(c.C1) << 32);
+        ulong cHi = (uint)Interop.FloatAsInt(c.C2) | ((ulong)(uint)Interop.FloatAsInt(c.C3) << 32);
+        CudaAsm.Emit(MmaLow, out ulong dLo, aLo, aHi, b, cLo, cHi);
+        CudaAsm.Emit(MmaHigh, out ulong dHi, aLo, aHi, b, cLo, cHi);
+        c.C0 = Interop.IntAsFloat((uint)dLo); c.C1 = Interop.IntAsFloat((uint)(dLo >> 32));
+        c.C2 = Interop.IntAsFloat((uint)dHi); c.C3 = Interop.IntAsFloat((uint)(dHi >> 32));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot2(uint a, uint b) =>
+        KernelMath.BF16ToFloat((ushort)a) * KernelMath.BF16ToFloat((ushort)b) + KernelMath.BF16ToFloat((ushort)(a >> 16)) * KernelMath.BF16ToFloat((ushort)(b >> 16));
+
+    private const string MmaBody =
+        "{ .reg .b32 fa<4>, fb<2>; .reg .f32 fc<4>, fd<4>; " +
+        "mov.b64 {fa0, fa1}, %1; mov.b64 {fa2, fa3}, %2; mov.b64 {fb0, fb1}, %3; mov.b64 {fc0, fc1}, %4; mov.b64 {fc2, fc3}, %5; " +
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {fd0, fd1, fd2, fd3}, {fa0, fa1, fa2, fa3}, {fb0, fb1}, {fc0, fc1, fc2, fc3}; ";
+    private const string MmaLow = MmaBody + "mov.b64 %0, {fd0, fd1}; }";
+    private const string MmaHigh = MmaBody + "mov.b64 %0, {fd2, fd3}; }";
+}
