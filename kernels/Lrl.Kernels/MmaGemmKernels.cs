@@ -13,10 +13,11 @@ namespace Lrl.Kernels;
 /// <see cref="TileM"/> tokens × <see cref="TileN"/> outputs, each warp 32 × 32 (2 × 4 tiles of 16 × 8 in registers);
 /// per K step of <see cref="TileK"/> the activation tile (hi and lo) and the weight tile are staged in shared memory
 /// with a row pitch of <see cref="Pitch"/> halves (20 words: the fragment reads of a warp fall in 32 distinct banks).
-/// Grid = ceil(outF / TileN) · ceil(rows / TileM), output blocks fastest.
-/// Off CUDA (ILGPU's CPU accelerator with 32-lane warps, the tests) <see cref="Mma"/> computes the same tile from the
-/// same fragments with warp shuffles, following the PTX ISA's fragment layout, so the staging, fragment addressing and
-/// write-back are exercised everywhere; only the one instruction is CUDA's. ILGPU's inline PTX takes one output
+/// Grid = ceil(outF / TileN) · ceil(rows / TileM), output blocks fastest. <c>ex</c>: off CUDA, <see cref="ScratchLength"/>
+/// uints for the emulation's register exchange; on CUDA unused (one element).
+/// Off CUDA (ILGPU's CPU accelerator with 32-lane warps, the tests) <see cref="Emulate"/> computes the same tiles from
+/// the same fragment registers, exchanged through shared memory and read where the PTX ISA's fragment layout puts each
+/// element, so the staging, fragment loads and write-back are exercised everywhere; only the instruction is CUDA's. ILGPU's inline PTX takes one output
 /// operand, so each product is two inline blocks returning half of its four results each (two issues of the
 /// instruction, the outputs passed through local memory: ptxas reports 256 stack bytes and no spills); still the
 /// tensor cores' rate against the f32 FMA tile kernel's (<see cref="GemmKernels"/>), untimed until a GPU is lent.
@@ -30,7 +31,7 @@ public static class MmaGemmKernels
     public const int WarpLanes = 32;
 
     public static void GemmBF16(BF16Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
-                                int rows, int outF, int inF)
+                                int rows, int outF, int inF, ArrayView<uint> ex)
     {
         var xh = SharedMemory.Allocate<ushort>(TileM * Pitch);
         var xl = SharedMemory.Allocate<ushort>(TileM * Pitch);
@@ -77,15 +78,38 @@ public static class MmaGemmKernels
                 var l0 = new A4(xl2[ra0 / 2], xl2[(ra0 + 8 * Pitch) / 2], xl2[(ra0 + 8) / 2], xl2[(ra0 + 8 * Pitch + 8) / 2]);
                 var l1 = new A4(xl2[ra1 / 2], xl2[(ra1 + 8 * Pitch) / 2], xl2[(ra1 + 8) / 2], xl2[(ra1 + 8 * Pitch + 8) / 2]);
                 int rb = (wn + g) * Pitch + ka;
-                for (int ni = 0; ni < 4; ni++)
+                if (CudaAsm.IsSupported)
                 {
-                    int at = rb + ni * 8 * Pitch;
-                    ulong b = ws2[at / 2] | ((ulong)ws2[(at + 8) / 2] << 32);
-                    // The unrolled loop keeps the accumulators in registers.
-                    if (ni == 0) { Mma2(h0, l0, b, ref c00); Mma2(h1, l1, b, ref c10); }
-                    else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
-                    else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
-                    else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
+                    for (int ni = 0; ni < 4; ni++)
+                    {
+                        ulong b = LoadB(ws2, rb, ni);
+                        // Unrolled (constant ni): the accumulators stay in registers.
+                        if (ni == 0) { Mma2(h0, l0, b, ref c00); Mma2(h1, l1, b, ref c10); }
+                        else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
+                        else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
+                        else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
+                    }
+                }
+                else
+                {
+                    // The emulation: every lane publishes the registers it loaded (the group's own slots of the
+                    // scratch), then computes its accumulators' share of the eight tile products from the registers of
+                    // the lanes the PTX layout puts the elements in.
+                    int mine = (Grid.IdxX * Threads + tid) * Exchange;
+                    Put(ex, mine, h0); Put(ex, mine + 4, h1); Put(ex, mine + 8, l0); Put(ex, mine + 12, l1);
+                    for (int ni = 0; ni < 4; ni++)
+                    {
+                        ulong b = LoadB(ws2, rb, ni);
+                        ex[mine + 16 + 2 * ni] = (uint)b;
+                        ex[mine + 17 + 2 * ni] = (uint)(b >> 32);
+                    }
+                    Group.Barrier();
+                    int lanes = (Grid.IdxX * Threads + (tid & ~31)) * Exchange;
+                    Emulate(ex, lanes, 0, 0, g, t, ref c00); Emulate(ex, lanes, 0, 1, g, t, ref c01);
+                    Emulate(ex, lanes, 0, 2, g, t, ref c02); Emulate(ex, lanes, 0, 3, g, t, ref c03);
+                    Emulate(ex, lanes, 1, 0, g, t, ref c10); Emulate(ex, lanes, 1, 1, g, t, ref c11);
+                    Emulate(ex, lanes, 1, 2, g, t, ref c12); Emulate(ex, lanes, 1, 3, g, t, ref c13);
+                    Group.Barrier();
                 }
             }
             Group.Barrier();
@@ -95,6 +119,14 @@ public static class MmaGemmKernels
         Store(y, bias, hasBias, c02, row, col + 16, rows, outF); Store(y, bias, hasBias, c03, row, col + 24, rows, outF);
         Store(y, bias, hasBias, c10, row + 16, col, rows, outF); Store(y, bias, hasBias, c11, row + 16, col + 8, rows, outF);
         Store(y, bias, hasBias, c12, row + 16, col + 16, rows, outF); Store(y, bias, hasBias, c13, row + 16, col + 24, rows, outF);
+    }
+
+    /// <summary>This lane's B fragment of column tile <paramref name="ni"/> (both branches load it here: the emulation checks the addressing CUDA runs).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong LoadB(ArrayView<uint> ws2, int rb, int ni)
+    {
+        int at = rb + ni * 8 * Pitch;
+        return ws2[at / 2] | ((ulong)ws2[(at + 8) / 2] << 32);
     }
 
     /// <summary>One lane's share of a 16 × 8 f32 tile: (row, col), (row, col + 1), (row + 8, col), (row + 8, col + 1).</summary>
@@ -140,33 +172,48 @@ public static class MmaGemmKernels
     /// accumulator, every lane of the warp together. Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
     /// point type"), g = lane / 4, t = lane % 4, each register two bf16 with the lower index in the low half:
     /// R0 = A[g][2t, 2t+1], R1 = A[g+8][2t, 2t+1], R2 = A[g][2t+8, 2t+9], R3 = A[g+8][2t+8, 2t+9]; b's low word
-    /// B[2t, 2t+1][g], its high word B[2t+8, 2t+9][g]; c as <see cref="Acc"/> with row g and column 2t. On CUDA two
-    /// instructions (each as two inline blocks returning a pair of its four results: ILGPU's inline PTX has one output
-    /// operand); elsewhere warp shuffles gather the same elements (three exchanges per source lane).
+    /// B[2t, 2t+1][g], its high word B[2t+8, 2t+9][g]; c as <see cref="Acc"/> with row g and column 2t. Two instructions,
+    /// each as two inline blocks returning a pair of its four results (ILGPU's inline PTX has one output operand). CUDA
+    /// only: elsewhere the kernel runs <see cref="Emulate"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Mma2(A4 hi, A4 lo, ulong b, ref Acc c)
     {
-        if (CudaAsm.IsSupported)
-        {
-            Mma(hi, b, ref c);
-            Mma(lo, b, ref c);
-            return;
-        }
-        int lane = Warp.LaneIdx, g = lane >> 2, t = lane & 3;
+        Mma(hi, b, ref c);
+        Mma(lo, b, ref c);
+    }
+
+    /// <summary>Registers one lane publishes for the emulation: A hi and lo of both row tiles (16), B of four column tiles (8).</summary>
+    private const int Exchange = 24;
+
+    /// <summary>The emulation's scratch for a grid of <paramref name="groups"/> groups.</summary>
+    public static long ScratchLength(int groups) => (long)groups * Threads * Exchange;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Put(ArrayView<uint> ex, int at, A4 a)
+    {
+        ex[at] = a.R0; ex[at + 1] = a.R1; ex[at + 2] = a.R2; ex[at + 3] = a.R3;
+    }
+
+    /// <summary>
+    /// What <see cref="Mma2"/> adds to this lane's accumulator of row tile <paramref name="mi"/> and column tile
+    /// <paramref name="ni"/>, computed from the published registers (<paramref name="lanes"/>: the warp's first lane's
+    /// slot) by the PTX layout: lane 4g + s holds rows g and g+8 at K 2s, 2s+1 (R0, R1) and 2s+8, 2s+9 (R2, R3); lane
+    /// 4n + s holds column n at K 2s, 2s+1 (b's low word) and 2s+8, 2s+9 (its high word).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Emulate(ArrayView<uint> ex, int lanes, int mi, int ni, int g, int t, ref Acc c)
+    {
         float s0 = c.C0, s1 = c.C1, s2 = c.C2, s3 = c.C3;
         for (int src = 0; src < 4; src++)
         {
-            // Lane 4g + src holds rows g and g+8 at K 2src, 2src+1, 2src+8, 2src+9; lane 4n + src holds column n there.
-            int la = 4 * g + src;
-            var H = Warp.Shuffle(hi, la);
-            var L = Warp.Shuffle(lo, la);
-            ulong B0 = Warp.Shuffle(b, 4 * (2 * t) + src), B1 = Warp.Shuffle(b, 4 * (2 * t + 1) + src);
-            uint b00 = (uint)B0, b01 = (uint)(B0 >> 32), b10 = (uint)B1, b11 = (uint)(B1 >> 32);
-            s0 += (Dot2(H.R0, b00) + Dot2(H.R2, b01)) + (Dot2(L.R0, b00) + Dot2(L.R2, b01));
-            s1 += (Dot2(H.R0, b10) + Dot2(H.R2, b11)) + (Dot2(L.R0, b10) + Dot2(L.R2, b11));
-            s2 += (Dot2(H.R1, b00) + Dot2(H.R3, b01)) + (Dot2(L.R1, b00) + Dot2(L.R3, b01));
-            s3 += (Dot2(H.R1, b10) + Dot2(H.R3, b11)) + (Dot2(L.R1, b10) + Dot2(L.R3, b11));
+            int ha = lanes + (4 * g + src) * Exchange + 4 * mi, la = ha + 8;
+            int bb0 = lanes + (4 * (2 * t) + src) * Exchange + 16 + 2 * ni, bb1 = lanes + (4 * (2 * t + 1) + src) * Exchange + 16 + 2 * ni;
+            uint b00 = ex[bb0], b01 = ex[bb0 + 1], b10 = ex[bb1], b11 = ex[bb1 + 1];
+            s0 += (Dot2(ex[ha], b00) + Dot2(ex[ha + 2], b01)) + (Dot2(ex[la], b00) + Dot2(ex[la + 2], b01));
+            s1 += (Dot2(ex[ha], b10) + Dot2(ex[ha + 2], b11)) + (Dot2(ex[la], b10) + Dot2(ex[la + 2], b11));
+            s2 += (Dot2(ex[ha + 1], b00) + Dot2(ex[ha + 3], b01)) + (Dot2(ex[la + 1], b00) + Dot2(ex[la + 3], b01));
+            s3 += (Dot2(ex[ha + 1], b10) + Dot2(ex[ha + 3], b11)) + (Dot2(ex[la + 1], b10) + Dot2(ex[la + 3], b11));
         }
         c.C0 = s0; c.C1 = s1; c.C2 = s2; c.C3 = s3;
     }

@@ -38,10 +38,10 @@ public sealed partial class GpuBackend
             _embed ??= a.LoadKernel<TW, ArrayView<int>, int, ArrayView<float>, int>(EmbedKernels.Embed<TW>);
     }
 
-    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _gemmBf16Mma;
+    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmBf16Mma;
     /// <summary>The tensor-core prefill product for bf16 weights (<see cref="MmaGemmKernels"/>).</summary>
-    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> GemmBf16Mma =>
-        _gemmBf16Mma ??= _accelerator.LoadKernel<BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MmaGemmKernels.GemmBF16);
+    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmBf16Mma =>
+        _gemmBf16Mma ??= _accelerator.LoadKernel<BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmBF16);
 
     private MatKernels<F32Reader>? _kF32;
     private MatKernels<F16Reader>? _kF16;

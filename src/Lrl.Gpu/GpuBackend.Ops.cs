@@ -11,6 +11,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
     private MemoryBuffer1D<int, Stride1D.Dense>? _tokens;      // prefill token ids
     private MemoryBuffer1D<int, Stride1D.Dense>? _treeMasks;   // tree attention: each node's ancestor mask
     private MemoryBuffer1D<float, Stride1D.Dense>? _partO;     // split-K attention partial outputs
+    private MemoryBuffer1D<uint, Stride1D.Dense>? _mmaScratch; // tensor-core product: the emulation's exchange (CPU accelerator)
     private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
     private MemoryBuffer1D<int, Stride1D.Dense>? _tickets;     // split-K: splits finished per row and head (zero between launches)
     private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
@@ -54,7 +55,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
 
     private void DisposeScratch()
     {
-        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _tickets?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _scalar.Dispose();
+        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _tickets?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _mmaScratch?.Dispose(); _scalar.Dispose();
         foreach (var b in _ropeTables.Values) b.Dispose();
         _ropeTables.Clear();
     }
@@ -247,7 +248,14 @@ public sealed partial class GpuBackend : IDraftHeadOps
         else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
         {
             int blocks = (outF + MmaGemmKernels.TileN - 1) / MmaGemmKernels.TileN * ((rows + MmaGemmKernels.TileM - 1) / MmaGemmKernels.TileM);
-            GemmBf16Mma(Launch_, new KernelConfig(blocks, MmaGemmKernels.Threads), bf16, x, y, bias, hasBias, rows, outF, inF);
+            // The emulation's register exchange off CUDA (grown on demand; one element on CUDA, where it is unused).
+            long need = IsCuda ? 1 : MmaGemmKernels.ScratchLength(blocks);
+            if (_mmaScratch is null || _mmaScratch.Length < need)
+            {
+                _mmaScratch?.Dispose();
+                _mmaScratch = AllocateRaw<uint>(need, "tensor-core emulation scratch");
+            }
+            GemmBf16Mma(Launch_, new KernelConfig(blocks, MmaGemmKernels.Threads), bf16, x, y, bias, hasBias, rows, outF, inF, _mmaScratch.View);
         }
         else
         {

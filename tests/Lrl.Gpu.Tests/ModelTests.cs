@@ -48,6 +48,32 @@ public class ModelTests
         }
     }
 
+    /// <summary>
+    /// A bf16 model's prompt long enough for the tensor-core products (NVIDIA-like CPU accelerator: emulated; CUDA sm_80+)
+    /// gives the CPU backend's last logits within f32 tolerance and the same next token.
+    /// </summary>
+    [Theory]
+    [InlineData("cpu-accelerator-nvidia")]
+    [InlineData("cuda")]
+    public void TensorCorePrefillMatchesTheCpuBackend(string kind)
+    {
+        var backend = Backends.Get(kind);
+        const int promptRows = GpuBackend.MmaMinRows; // one row tile: each emulated launch pays per simulated warp exchange
+        Assert.SkipUnless(backend.UsesTensorCores(promptRows), $"{kind}: no tensor-core path");
+        var dir = SharedData.Model("stories260k-bf16-sharded");
+        using var model = ModelRegistry.Load(dir, backend);
+        using var cpuBackend = new Lrl.Cpu.CpuBackend(1);
+        using var cpuModel = ModelRegistry.Load(dir, cpuBackend);
+        var rng = new Random(11);
+        var ids = Enumerable.Range(0, promptRows).Select(_ => rng.Next(3, model.VocabSize)).ToArray();
+        var got = new float[model.VocabSize]; var want = new float[model.VocabSize];
+        model.Forward(ids, 0, got);
+        cpuModel.Forward(ids, 0, want);
+        double err = SharedData.RelativeL2(got, want.Select(v => (double)v).ToList());
+        Assert.True(err < 1e-4, $"last logits relative L2 error {err:E2}");
+        Assert.Equal(ArgMax(want), ArgMax(got));
+    }
+
     [Theory, MemberData(nameof(Backends.Kinds), MemberType = typeof(Backends))]
     public void DeviceArgmaxPicksTheSameTokenAsTheHost(string kind)
     {
