@@ -222,17 +222,15 @@ internal static unsafe class LoraKernels
             var m = Vector256<float>.Zero;
             int i = c;
             for (; i < vecEnd; i += 8) m = Vector256.MaxNative(m, Vector256.Abs(Vector256.Load(x + i)));
-            float amax = HMax(m);
+            float amax = QuantKernels.HMax(m);
             for (; i < end; i++) amax = MathF.Max(amax, MathF.Abs(x[i]));
             float inv = amax > 0 ? 127f / amax : 0f;
             d[b] = amax / 127f;
             var iv = Vector256.Create(inv);
             for (i = c; i < vecEnd; i += 32)
             {
-                var i0 = Avx.ConvertToVector256Int32(Vector256.Load(x + i) * iv); var i1 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 8) * iv);
-                var i2 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 16) * iv); var i3 = Avx.ConvertToVector256Int32(Vector256.Load(x + i + 24) * iv);
-                var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
-                Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q + i);
+                QuantKernels.StoreInt8(Avx.ConvertToVector256Int32(Vector256.Load(x + i) * iv), Avx.ConvertToVector256Int32(Vector256.Load(x + i + 8) * iv),
+                                       Avx.ConvertToVector256Int32(Vector256.Load(x + i + 16) * iv), Avx.ConvertToVector256Int32(Vector256.Load(x + i + 24) * iv), q + i);
             }
             for (; i < end; i++) q[i] = (sbyte)(int)MathF.Round(x[i] * inv);
         }
@@ -240,14 +238,6 @@ internal static unsafe class LoraKernels
     }
 
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float HMax(Vector256<float> m)
-    {
-        var h = Vector128.MaxNative(m.GetLower(), m.GetUpper());
-        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
-        h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(1, 0, 3, 2)));
-        return h.ToScalar();
-    }
 
     /// <summary>Σ u·s over groups of four bytes into int32 lanes (u unsigned, s signed): VNNI's vpdpbusd, else pmaddubsw + pmaddwd.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

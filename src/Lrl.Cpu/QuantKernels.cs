@@ -113,10 +113,7 @@ internal static unsafe partial class QuantKernels
                 {
                     var i0 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c) * ivec); var i1 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 8) * ivec);
                     var i2 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 16) * ivec); var i3 = Avx.ConvertToVector256Int32(Vector256.Load(xp + c + 24) * ivec);
-                    // |values| ≤ 127, so saturating packs equal truncation: two word packs and a byte pack interleave
-                    // the 128-bit lanes, one dword permute restores column order (Narrow took ~15 shuffle-port uops).
-                    var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
-                    Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q + c);
+                    StoreInt8(i0, i1, i2, i3, q + c);
                     s.D[c / 32] = d;
                     s.BSum[c / 32] = d * Vector256.Sum((i0 + i1) + (i2 + i3));
                 }
@@ -145,9 +142,20 @@ internal static unsafe partial class QuantKernels
         }
     }
 
+    /// <summary>
+    /// 32 int32 values of magnitude ≤ 127 stored as int8 in order. Saturating packs equal truncation there: two word
+    /// packs and a byte pack interleave the 128-bit lanes, one dword permute restores column order (Narrow took ~15
+    /// shuffle-port uops).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void StoreInt8(Vector256<int> i0, Vector256<int> i1, Vector256<int> i2, Vector256<int> i3, sbyte* q)
+    {
+        var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
+        Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float HMax(Vector256<float> m)
+    internal static float HMax(Vector256<float> m)
     {
         var h = Vector128.MaxNative(m.GetLower(), m.GetUpper());
         h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
