@@ -147,7 +147,9 @@ internal sealed unsafe class CpuLora : LoraWeights
 
     [ThreadStatic] private static sbyte[]? _xq;
     [ThreadStatic] private static float[]? _xd;
-    [ThreadStatic] private static float[]? _xKey; // what _xq holds: row _xRow (of _xLength) of _xKey in dispatch _xEpoch
+    // What _xq holds: row _xRow (of _xLength) of _xKey's array in dispatch _xEpoch (weak: a cached key must not keep a
+    // disposed model's activations alive on a pool thread).
+    [ThreadStatic] private static WeakReference<float[]>? _xKey;
     [ThreadStatic] private static int _xRow, _xLength;
     [ThreadStatic] private static long _xEpoch;
     private static long _epoch;
@@ -162,14 +164,16 @@ internal sealed unsafe class CpuLora : LoraWeights
     private static void DownInt8(sbyte* a, int inF, int rank, float[] xs, int row, float* x, float* t, long epoch)
     {
         int padded = (inF + 31) / 32 * 32, blocks = (inF + LoraKernels.Block - 1) / LoraKernels.Block;
-        if (_xq is null || _xq.Length < padded) { _xq = GC.AllocateUninitializedArray<sbyte>(Math.Max(padded, 2048), pinned: true); _xKey = null; }
-        if (_xd is null || _xd.Length < blocks) { _xd = GC.AllocateUninitializedArray<float>(Math.Max(blocks, 64), pinned: true); _xKey = null; }
+        if (_xq is null || _xq.Length < padded) { _xq = GC.AllocateUninitializedArray<sbyte>(Math.Max(padded, 2048), pinned: true); _xEpoch = 0; }
+        if (_xd is null || _xd.Length < blocks) { _xd = GC.AllocateUninitializedArray<float>(Math.Max(blocks, 64), pinned: true); _xEpoch = 0; }
+        _xKey ??= new WeakReference<float[]>([]);
         fixed (sbyte* q = _xq) fixed (float* d = _xd)
         {
-            if (!ReferenceEquals(_xKey, xs) || _xRow != row || _xLength != inF || _xEpoch != epoch)
+            if (_xEpoch != epoch || _xRow != row || _xLength != inF || !_xKey.TryGetTarget(out var held) || !ReferenceEquals(held, xs))
             {
                 LoraKernels.QuantizeRow(x, inF, q, d);
-                (_xKey, _xRow, _xLength, _xEpoch) = (xs, row, inF, epoch);
+                _xKey.SetTarget(xs);
+                (_xRow, _xLength, _xEpoch) = (row, inF, epoch);
             }
             int j = 0;
             for (; j + 4 <= rank; j += 4) LoraKernels.Dot4(a + (long)j * inF, inF, q, d, t + j);
