@@ -132,7 +132,7 @@ internal sealed unsafe class CpuLora : LoraWeights
         {
             fixed (sbyte* p = A8) fixed (float* xp = x)
             {
-                if (Avx2.IsSupported) DownInt8(p, inF, rank, xs, row, xp, t, epoch);
+                if (Avx2.IsSupported) DownInt8(p, inF, rank, xs, row, t, epoch);
                 else
                 {
                     int j = 0;
@@ -145,10 +145,9 @@ internal sealed unsafe class CpuLora : LoraWeights
         }
     }
 
-    [ThreadStatic] private static sbyte[]? _xq;
-    [ThreadStatic] private static float[]? _xd;
-    // What _xq holds: row _xRow (of _xLength) of _xKey's array in dispatch _xEpoch (weak: a cached key must not keep a
-    // disposed model's activations alive on a pool thread).
+    // What _xs holds: row _xRow (of _xLength) of _xKey's array in dispatch _xEpoch (weak: a cached key must not keep a
+    // disposed model's activations alive on a pool thread). Its own scratch, not the thread's product scratch.
+    [ThreadStatic] private static QuantScratch? _xs;
     [ThreadStatic] private static WeakReference<float[]>? _xKey;
     [ThreadStatic] private static int _xRow, _xLength;
     [ThreadStatic] private static long _xEpoch;
@@ -158,23 +157,23 @@ internal sealed unsafe class CpuLora : LoraWeights
     public static long NewEpoch() => Interlocked.Increment(ref _epoch);
 
     /// <summary>
-    /// t[j] = Σ_blocks d_b·Σ_{i in block} qA[j, i]·q_i for x quantized per 128 columns, d_b = max|x_block|/127,
-    /// q = round(x/d_b) (<see cref="LoraKernels.QuantizeRow"/>): four rows at a time share each activation load.
+    /// t[j] = Σ_chunks d_c·Σ_{i in chunk} qA[j, i]·q_i over x quantized as the int8 base kernels quantize their
+    /// activations (<see cref="QuantKernels.QuantizeActivations"/>: one scale per 128 columns, the last n % 32 columns
+    /// their own): four rows at a time share each activation load.
     /// </summary>
-    private static void DownInt8(sbyte* a, int inF, int rank, float[] xs, int row, float* x, float* t, long epoch)
+    private static void DownInt8(sbyte* a, int inF, int rank, float[] xs, int row, float* t, long epoch)
     {
-        int padded = (inF + 31) / 32 * 32, blocks = (inF + LoraKernels.Block - 1) / LoraKernels.Block;
-        if (_xq is null || _xq.Length < padded) { _xq = GC.AllocateUninitializedArray<sbyte>(Math.Max(padded, 2048), pinned: true); _xEpoch = 0; }
-        if (_xd is null || _xd.Length < blocks) { _xd = GC.AllocateUninitializedArray<float>(Math.Max(blocks, 64), pinned: true); _xEpoch = 0; }
+        var s = _xs ??= new QuantScratch();
         _xKey ??= new WeakReference<float[]>([]);
-        fixed (sbyte* q = _xq) fixed (float* d = _xd)
+        if (_xEpoch != epoch || _xRow != row || _xLength != inF || !_xKey.TryGetTarget(out var held) || !ReferenceEquals(held, xs))
         {
-            if (_xEpoch != epoch || _xRow != row || _xLength != inF || !_xKey.TryGetTarget(out var held) || !ReferenceEquals(held, xs))
-            {
-                LoraKernels.QuantizeRow(x, inF, q, d);
-                _xKey.SetTarget(xs);
-                (_xRow, _xLength, _xEpoch) = (row, inF, epoch);
-            }
+            s.Ensure(inF);
+            QuantKernels.QuantizeActivations(xs.AsSpan(row * inF, inF), s);
+            _xKey.SetTarget(xs);
+            (_xRow, _xLength, _xEpoch) = (row, inF, epoch);
+        }
+        fixed (sbyte* q = s.Xq) fixed (float* d = s.D)
+        {
             int j = 0;
             for (; j + 4 <= rank; j += 4) LoraKernels.Dot4(a + (long)j * inF, inF, q, d, t + j);
             for (; j < rank; j++) t[j] = LoraKernels.Dot1(a + (long)j * inF, inF, q, d);
@@ -206,42 +205,11 @@ internal sealed unsafe class CpuLora : LoraWeights
     }
 }
 
-/// <summary>The integer kernels of int8 adapters (AVX2): activation quantization and the down-projection's dot products.</summary>
+/// <summary>The integer kernels of int8 adapters (AVX2): the down-projection's dot products.</summary>
 internal static unsafe class LoraKernels
 {
-    /// <summary>Columns sharing one activation scale, as the int8 base kernels' activations.</summary>
+    /// <summary>Columns sharing one activation scale (<see cref="QuantKernels.QuantizeActivations"/>).</summary>
     public const int Block = QuantKernels.ActivationBlock;
-
-    /// <summary>
-    /// q = round(x·127/m) per block of <see cref="Block"/> columns (m its largest magnitude; d = m/127 its scale, all-zero
-    /// blocks 0), padded with zeros to a multiple of 32.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void QuantizeRow(float* x, int n, sbyte* q, float* d)
-    {
-        int full = n / 32 * 32;
-        for (int c = 0, b = 0; c < n; b++, c += Block)
-        {
-            int end = Math.Min(n, c + Block), vecEnd = Math.Min(full, end);
-            var m = Vector256<float>.Zero;
-            int i = c;
-            for (; i < vecEnd; i += 8) m = Vector256.MaxNative(m, Vector256.Abs(Vector256.Load(x + i)));
-            float amax = QuantKernels.HMax(m);
-            for (; i < end; i++) amax = MathF.Max(amax, MathF.Abs(x[i]));
-            float inv = amax > 0 ? 127f / amax : 0f;
-            d[b] = amax / 127f;
-            var iv = Vector256.Create(inv);
-            for (i = c; i < vecEnd; i += 32)
-            {
-                QuantKernels.StoreInt8(Avx.ConvertToVector256Int32(Vector256.Load(x + i) * iv), Avx.ConvertToVector256Int32(Vector256.Load(x + i + 8) * iv),
-                                       Avx.ConvertToVector256Int32(Vector256.Load(x + i + 16) * iv), Avx.ConvertToVector256Int32(Vector256.Load(x + i + 24) * iv), q + i);
-            }
-            for (; i < end; i++) q[i] = (sbyte)(int)MathF.Round(x[i] * inv);
-        }
-        for (int i = n; i < (n + 31) / 32 * 32; i++) q[i] = 0;
-    }
-
-
 
     /// <summary>Σ u·s over groups of four bytes into int32 lanes (u unsigned, s signed): VNNI's vpdpbusd, else pmaddubsw + pmaddwd.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -250,9 +218,10 @@ internal static unsafe class LoraKernels
                             : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256<short>.One);
 
     /// <summary>
-    /// Four rows' Σ_b d_b·Σ a·q (rows <paramref name="inF"/> bytes apart): per block the integer sums of its 32-column
-    /// chunks (|q| · sign(a, q): |q| ≤ 127 keeps pmaddubsw's pairs from saturating), one convert and FMA per block; the
-    /// columns past the last whole chunk one at a time.
+    /// Four rows' Σ d·Σ a·q (rows <paramref name="inF"/> bytes apart; d per 32 columns, equal within a block of
+    /// <see cref="Block"/>): per block the integer sums of its 32-column chunks (|q| · sign(a, q): |q| ≤ 127 keeps
+    /// pmaddubsw's pairs from saturating), one convert and FMA per block; the columns past the last whole chunk (their own
+    /// scale) one at a time.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dot4(sbyte* a, int inF, sbyte* q, float* d, float* out4)
@@ -273,7 +242,7 @@ internal static unsafe class LoraKernels
                 i2 = Acc(i2, ux, Avx2.Sign(Vector256.Load(a2 + c), xv));
                 i3 = Acc(i3, ux, Avx2.Sign(Vector256.Load(a3 + c), xv));
             }
-            var db = Vector256.Create(d[b]);
+            var db = Vector256.Create(d[b * (Block / 32)]);
             f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), db, f0);
             f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i1), db, f1);
             f2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i2), db, f2);
@@ -284,7 +253,7 @@ internal static unsafe class LoraKernels
         {
             int s0 = 0, s1 = 0, s2 = 0, s3 = 0;
             for (int c = full; c < inF; c++) { int v = q[c]; s0 += a0[c] * v; s1 += a1[c] * v; s2 += a2[c] * v; s3 += a3[c] * v; }
-            s += Vector128.Create((float)s0, s1, s2, s3) * d[(inF - 1) / Block];
+            s += Vector128.Create((float)s0, s1, s2, s3) * d[full / 32];
         }
         s.Store(out4);
     }
@@ -304,14 +273,14 @@ internal static unsafe class LoraKernels
                 var xv = Vector256.Load(q + c);
                 i0 = Acc(i0, Avx2.Abs(xv), Avx2.Sign(Vector256.Load(a + c), xv));
             }
-            f = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[b]), f);
+            f = Fma.MultiplyAdd(Avx.ConvertToVector256Single(i0), Vector256.Create(d[b * (Block / 32)]), f);
         }
         float s = QuantKernels.HSum(f);
         if (full < inF)
         {
             int si = 0;
             for (int c = full; c < inF; c++) si += a[c] * q[c];
-            s += si * d[(inF - 1) / Block];
+            s += si * d[full / 32];
         }
         return s;
     }

@@ -683,7 +683,7 @@ public sealed class CpuKernelTests : IDisposable
 
     /// <summary>
     /// The int8 adapter's integer kernels (AVX2) against a plain scalar model of what they compute: x quantized per 128
-    /// columns, integer dot products with A's codes per block, t = Σ d_b·dot_b · scale · SA·SB (to float rounding); t's
+    /// columns (the last inF % 32 their own scale, as the base kernels' activations), integer dot products with A's codes, t = Σ d_b·dot_b · scale · SA·SB (to float rounding); t's
     /// codes exactly as the model rounds the kernel's t; the up-projection y += st·Σ codes·B codes bit for bit, over
     /// output ranges that start and end inside a group. Shapes with ragged edges: in-features not a multiple of 32 or
     /// 128, ranks not a multiple of 4, outputs not a multiple of 8.
@@ -721,27 +721,24 @@ public sealed class CpuKernelTests : IDisposable
         {
             if (pass == 1) for (int i = 0; i < inF; i++) x[i] = -0.5f * x[i] + 0.1f * MathF.Sin(i);
             fixed (float* tp = t) w.DownAll(x, 0, scale, tp, CpuLora.NewEpoch());
-            // x per block of 128 columns.
-            var qx = new int[inF]; var d = new float[(inF + 127) / 128];
-            for (int blk = 0; blk < d.Length; blk++)
+            // x as the int8 base kernels quantize activations: one scale per 128 columns over the whole 32-column
+            // chunks, the last inF % 32 columns their own.
+            int full = inF / 32 * 32;
+            var qx = new int[inF]; var colScale = new float[inF];
+            for (int c0 = 0; c0 < inF; )
             {
-                int c0 = blk * 128, c1 = Math.Min(inF, c0 + 128);
+                int c1 = c0 < full ? Math.Min(full, c0 + 128) : inF;
                 float m = 0;
                 for (int i = c0; i < c1; i++) m = MathF.Max(m, MathF.Abs(x[i]));
                 float inv = m > 0 ? 127f / m : 0f;
-                d[blk] = m / 127f;
-                for (int i = c0; i < c1; i++) qx[i] = (int)MathF.Round(x[i] * inv);
+                for (int i = c0; i < c1; i++) { qx[i] = (int)MathF.Round(x[i] * inv); colScale[i] = m / 127f; }
+                c0 = c1;
             }
             Assert.Equal(127, Math.Abs(qx[inF / 3]));
             for (int j = 0; j < rank; j++)
             {
                 double want = 0;
-                for (int blk = 0; blk < d.Length; blk++)
-                {
-                    long dot = 0;
-                    for (int i = blk * 128; i < Math.Min(inF, blk * 128 + 128); i++) dot += qa[j * inF + i] * qx[i];
-                    want += (double)d[blk] * dot;
-                }
+                for (int i = 0; i < inF; i++) want += (double)colScale[i] * qa[j * inF + i] * qx[i];
                 want *= scale * fold[j];
                 Assert.True(Math.Abs(t[j] - want) <= 1e-5 * Math.Max(1e-3, Math.Abs(want)), $"pass {pass}: t[{j}] = {t[j]} against {want}");
             }
