@@ -31,7 +31,141 @@ public static class MmaGemmKernels
     public const int WarpLanes = 32;
 
     public static void GemmBF16(BF16Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
-                                int rows, int outF, int inF, ArrayView<uint> ex)
+                                int rows, int outF, int inF, ArrayView<uint> ex) =>
+        Gemm(new BF16Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
+
+    /// <summary>
+    /// The product for int8 weights in input order (<see cref="QuantShape.Vector"/>, one group per row or groups of 32+
+    /// columns): the codes are exact in bf16, so each K step's tile products sum Σ q·x exactly as the f32 product would,
+    /// and a group's partial sums are scaled by its f16 scale when the group ends (<see cref="Q8Tiles"/>).
+    /// </summary>
+    public static void GemmQ8(Q8Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                              int rows, int outF, int inF, ArrayView<uint> ex) =>
+        Gemm(new Q8Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
+
+    /// <summary>The product for int4 weights (<see cref="GemmQ8"/>'s conditions, whole 64-column blocks): q − z exact in bf16 (<see cref="Q4Tiles"/>).</summary>
+    public static void GemmQ4(Q4Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                              int rows, int outF, int inF, ArrayView<uint> ex) =>
+        Gemm(new Q4Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
+
+    /// <summary>Whether a quantized matrix of this shape takes <see cref="GemmQ8"/> / <see cref="GemmQ4"/>.</summary>
+    public static bool Serves(QuantShape s) => s.Vector != 0 && (s.Groups == 1 || s.Group >= TileK);
+
+    /// <summary>
+    /// How a product stages its weight tile: <see cref="TileN"/> rows × <see cref="TileK"/> columns as bf16 bits at the
+    /// shared pitch (zeros past the matrix), and, for quantized weights, the scale by which the partial sums of a group
+    /// are multiplied when it ends.
+    /// </summary>
+    private interface IMmaTiles
+    {
+        /// <summary>Whether partial sums are scaled per group (quantized) or accumulate directly (bf16).</summary>
+        bool Scaled { get; }
+        void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF);
+        /// <summary>The scale of output <paramref name="o"/>'s group holding column <paramref name="k"/>.</summary>
+        float Scale(int o, int k);
+        /// <summary>Whether the group holding column <paramref name="k"/> ends before column k + <see cref="TileK"/> (or the row does).</summary>
+        bool GroupEnds(int k, int inF);
+    }
+
+    private struct BF16Tiles : IMmaTiles
+    {
+        public BF16Reader W;
+        public readonly bool Scaled => false;
+        public readonly float Scale(int o, int k) => 1f;
+        public readonly bool GroupEnds(int k, int inF) => false;
+
+        /// <summary>64 × 32 bf16, four at a time where the row length allows 8-byte loads.</summary>
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        {
+            bool quads = (inF & 3) == 0;
+            for (int e = tid; e < TileN * TileK / 4; e += Threads)
+            {
+                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
+                int at = rr * Pitch + cc;
+                if (o < outF && quads && k + 3 < inF)
+                {
+                    ulong v = W.Quads[((long)o * inF + k) / 4];
+                    ws[at] = (ushort)v; ws[at + 1] = (ushort)(v >> 16); ws[at + 2] = (ushort)(v >> 32); ws[at + 3] = (ushort)(v >> 48);
+                }
+                else
+                    for (int j = 0; j < 4; j++) ws[at + j] = o < outF && k + j < inF ? W.Data[(long)o * inF + k + j] : (ushort)0;
+            }
+        }
+    }
+
+    /// <summary>int8 codes: per row 32 bytes of the K step as four 8-byte loads, each code's bf16 (exact: |q| ≤ 127).</summary>
+    private struct Q8Tiles : IMmaTiles
+    {
+        public Q8Reader W;
+        public readonly bool Scaled => true;
+        public readonly float Scale(int o, int k) => QScale(W.Scales, W.Shape, o, k);
+        public readonly bool GroupEnds(int k, int inF) => QGroupEnds(W.Shape, k, inF);
+
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        {
+            var codes = W.Codes.Cast<ulong>();
+            for (int e = tid; e < TileN * TileK / 8; e += Threads)
+            {
+                int rr = e >> 2, qd = e & 3, o = n0 + rr, k = k0 + 8 * qd;
+                // Rows hold whole 8-column chunks (QuantShape.Vector): a chunk is all in or all out.
+                ulong v = o < outF && k < inF ? codes[((long)o * inF + k) >> 3] : 0UL;
+                int at = (rr * Pitch + 8 * qd) >> 1;
+                for (int j = 0; j < 4; j++)
+                    ws2[at + j] = Pack(BF16Int((sbyte)(byte)(v >> (16 * j))), BF16Int((sbyte)(byte)(v >> (16 * j + 8))));
+            }
+        }
+    }
+
+    /// <summary>
+    /// int4 codes in 64-column blocks: a K step is one half of a block (low nibbles: its first 32 columns, high: the
+    /// next 32), so per row the block's 32 bytes as four 8-byte loads, each code's q − z in bf16 (exact: |q − z| ≤ 16).
+    /// </summary>
+    private struct Q4Tiles : IMmaTiles
+    {
+        public Q4Reader W;
+        public readonly bool Scaled => true;
+        public readonly float Scale(int o, int k) => QScale(W.Scales, W.Shape, o, k);
+        public readonly bool GroupEnds(int k, int inF) => QGroupEnds(W.Shape, k, inF);
+
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        {
+            var codes = W.Codes.Cast<ulong>();
+            int shift = (k0 & 32) >> 3; // 4 for the high half
+            for (int e = tid; e < TileN * TileK / 8; e += Threads)
+            {
+                int rr = e >> 2, qd = e & 3, o = n0 + rr;
+                int at = (rr * Pitch + 8 * qd) >> 1;
+                if (o >= outF)
+                {
+                    for (int j = 0; j < 4; j++) ws2[at + j] = 0;
+                    continue;
+                }
+                // Whole 64-column blocks (QuantShape.Vector): bytes 8qd .. 8qd+7 of block k0 / 64 of row o.
+                ulong v = codes[(((long)o * inF + (k0 & ~63)) >> 4) + qd];
+                long g = (long)o * W.Shape.Groups + (W.Shape.Groups == 1 ? 0 : k0 >> W.Shape.GroupShift);
+                int z = W.Shape.HasZeros != 0 ? W.Zeros[g] : 8;
+                for (int j = 0; j < 4; j++)
+                    ws2[at + j] = Pack(BF16Int((int)((v >> (16 * j + shift)) & 15) - z), BF16Int((int)((v >> (16 * j + 8 + shift)) & 15) - z));
+            }
+        }
+    }
+
+    private static float QScale(ArrayView<ushort> scales, QuantShape s, int o, int k) =>
+        KernelMath.HalfToFloat(scales[(long)o * s.Groups + (s.Groups == 1 ? 0 : k >> s.GroupShift)]);
+
+    /// <summary>Groups of 32+ columns (a power of two) or one per row: a K step never straddles two.</summary>
+    private static bool QGroupEnds(QuantShape s, int k, int inF) =>
+        k + TileK >= inF || s.Groups != 1 && ((k + TileK) & (s.Group - 1)) == 0;
+
+    /// <summary>bf16 bits of a small integer (exact for |v| ≤ 256).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint BF16Int(int v) => (uint)Interop.FloatAsInt(v) >> 16;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint Pack(uint lo, uint hi) => lo | (hi << 16);
+
+    private static void Gemm<TT>(TT tiles, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                                 int rows, int outF, int inF, ArrayView<uint> ex) where TT : struct, IMmaTiles
     {
         var xh = SharedMemory.Allocate<ushort>(TileM * Pitch);
         var xl = SharedMemory.Allocate<ushort>(TileM * Pitch);
@@ -41,8 +175,10 @@ public static class MmaGemmKernels
         int nBlocks = (outF + TileN - 1) / TileN;
         int n0 = (Grid.IdxX % nBlocks) * TileN, m0 = (Grid.IdxX / nBlocks) * TileM;
         int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+        int col = n0 + wn + 2 * t;
         Acc c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
-        bool quads = (inF & 3) == 0;
+        // Quantized weights: the current group's partial sums, scaled into c when it ends.
+        Acc p00 = default, p01 = default, p02 = default, p03 = default, p10 = default, p11 = default, p12 = default, p13 = default;
         for (int k0 = 0; k0 < inF; k0 += TileK)
         {
             // Activations: 64 × 32 floats, split into hi and lo halves.
@@ -54,71 +190,95 @@ public static class MmaGemmKernels
                 xh[rr * Pitch + cc] = hi;
                 xl[rr * Pitch + cc] = ToBF16(v - KernelMath.BF16ToFloat(hi));
             }
-            // Weights: 64 × 32 bf16, four at a time where the row length allows 8-byte loads.
-            for (int e = tid; e < TileN * TileK / 4; e += Threads)
-            {
-                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
-                int at = rr * Pitch + cc;
-                if (o < outF && quads && k + 3 < inF)
-                {
-                    ulong v = w.Quads[((long)o * inF + k) / 4];
-                    ws[at] = (ushort)v; ws[at + 1] = (ushort)(v >> 16); ws[at + 2] = (ushort)(v >> 32); ws[at + 3] = (ushort)(v >> 48);
-                }
-                else
-                    for (int j = 0; j < 4; j++) ws[at + j] = o < outF && k + j < inF ? w.Data[(long)o * inF + k + j] : (ushort)0;
-            }
+            tiles.Stage(ws, ws2, tid, n0, k0, outF, inF);
             Group.Barrier();
             for (int ks = 0; ks < TileK; ks += 16)
             {
-                // Fragment halves are adjacent in K, so each register is one aligned 32-bit shared load.
-                int ka = ks + 2 * t;
-                int ra0 = (wm + g) * Pitch + ka, ra1 = (wm + 16 + g) * Pitch + ka;
-                var h0 = new A4(xh2[ra0 / 2], xh2[(ra0 + 8 * Pitch) / 2], xh2[(ra0 + 8) / 2], xh2[(ra0 + 8 * Pitch + 8) / 2]);
-                var h1 = new A4(xh2[ra1 / 2], xh2[(ra1 + 8 * Pitch) / 2], xh2[(ra1 + 8) / 2], xh2[(ra1 + 8 * Pitch + 8) / 2]);
-                var l0 = new A4(xl2[ra0 / 2], xl2[(ra0 + 8 * Pitch) / 2], xl2[(ra0 + 8) / 2], xl2[(ra0 + 8 * Pitch + 8) / 2]);
-                var l1 = new A4(xl2[ra1 / 2], xl2[(ra1 + 8 * Pitch) / 2], xl2[(ra1 + 8) / 2], xl2[(ra1 + 8 * Pitch + 8) / 2]);
-                int rb = (wn + g) * Pitch + ka;
-                if (CudaAsm.IsSupported)
-                {
-                    for (int ni = 0; ni < 4; ni++)
-                    {
-                        ulong b = LoadB(ws2, rb, ni);
-                        // Unrolled (constant ni): the accumulators stay in registers.
-                        if (ni == 0) { Mma2(h0, l0, b, ref c00); Mma2(h1, l1, b, ref c10); }
-                        else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
-                        else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
-                        else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
-                    }
-                }
-                else
-                {
-                    // The emulation: every lane publishes the registers it loaded (the group's own slots of the
-                    // scratch), then computes its accumulators' share of the eight tile products from the registers of
-                    // the lanes the PTX layout puts the elements in.
-                    int mine = (Grid.IdxX * Threads + tid) * Exchange;
-                    Put(ex, mine, h0); Put(ex, mine + 4, h1); Put(ex, mine + 8, l0); Put(ex, mine + 12, l1);
-                    for (int ni = 0; ni < 4; ni++)
-                    {
-                        ulong b = LoadB(ws2, rb, ni);
-                        ex[mine + 16 + 2 * ni] = (uint)b;
-                        ex[mine + 17 + 2 * ni] = (uint)(b >> 32);
-                    }
-                    Group.Barrier();
-                    int lanes = (Grid.IdxX * Threads + (tid & ~31)) * Exchange;
-                    Emulate(ex, lanes, 0, 0, g, t, ref c00); Emulate(ex, lanes, 0, 1, g, t, ref c01);
-                    Emulate(ex, lanes, 0, 2, g, t, ref c02); Emulate(ex, lanes, 0, 3, g, t, ref c03);
-                    Emulate(ex, lanes, 1, 0, g, t, ref c10); Emulate(ex, lanes, 1, 1, g, t, ref c11);
-                    Emulate(ex, lanes, 1, 2, g, t, ref c12); Emulate(ex, lanes, 1, 3, g, t, ref c13);
-                    Group.Barrier();
-                }
+                if (tiles.Scaled) Step(ex, xh2, xl2, ws2, tid, wm, wn, g, t, ks, ref p00, ref p01, ref p02, ref p03, ref p10, ref p11, ref p12, ref p13);
+                else Step(ex, xh2, xl2, ws2, tid, wm, wn, g, t, ks, ref c00, ref c01, ref c02, ref c03, ref c10, ref c11, ref c12, ref c13);
             }
             Group.Barrier();
+            if (tiles.Scaled && tiles.GroupEnds(k0, inF))
+            {
+                // This lane's eight output columns: col + 8·ni and the one after it.
+                float s0 = ColScale(tiles, col, k0, outF), s1 = ColScale(tiles, col + 1, k0, outF);
+                Flush(ref c00, ref p00, s0, s1); Flush(ref c10, ref p10, s0, s1);
+                s0 = ColScale(tiles, col + 8, k0, outF); s1 = ColScale(tiles, col + 9, k0, outF);
+                Flush(ref c01, ref p01, s0, s1); Flush(ref c11, ref p11, s0, s1);
+                s0 = ColScale(tiles, col + 16, k0, outF); s1 = ColScale(tiles, col + 17, k0, outF);
+                Flush(ref c02, ref p02, s0, s1); Flush(ref c12, ref p12, s0, s1);
+                s0 = ColScale(tiles, col + 24, k0, outF); s1 = ColScale(tiles, col + 25, k0, outF);
+                Flush(ref c03, ref p03, s0, s1); Flush(ref c13, ref p13, s0, s1);
+            }
         }
-        int row = m0 + wm + g, col = n0 + wn + 2 * t;
+        int row = m0 + wm + g;
         Store(y, bias, hasBias, c00, row, col, rows, outF); Store(y, bias, hasBias, c01, row, col + 8, rows, outF);
         Store(y, bias, hasBias, c02, row, col + 16, rows, outF); Store(y, bias, hasBias, c03, row, col + 24, rows, outF);
         Store(y, bias, hasBias, c10, row + 16, col, rows, outF); Store(y, bias, hasBias, c11, row + 16, col + 8, rows, outF);
         Store(y, bias, hasBias, c12, row + 16, col + 16, rows, outF); Store(y, bias, hasBias, c13, row + 16, col + 24, rows, outF);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float ColScale<TT>(TT tiles, int o, int k, int outF) where TT : struct, IMmaTiles => o < outF ? tiles.Scale(o, k) : 0f;
+
+    /// <summary>c += s·p for a lane's share of a 16 × 8 tile (columns col and col + 1 scaled by s0 and s1), then p = 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Flush(ref Acc c, ref Acc p, float s0, float s1)
+    {
+        c.C0 += p.C0 * s0; c.C1 += p.C1 * s1; c.C2 += p.C2 * s0; c.C3 += p.C3 * s1;
+        p = default;
+    }
+
+    /// <summary>
+    /// One 16-wide K slice of the staged tiles into this warp's eight accumulators (2 row tiles × 4 column tiles): on
+    /// CUDA the mma instruction; elsewhere <see cref="Emulate"/> over the registers every lane published.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(ArrayView<uint> ex, ArrayView<uint> xh2, ArrayView<uint> xl2, ArrayView<uint> ws2, int tid, int wm, int wn,
+                             int g, int t, int ks, ref Acc c00, ref Acc c01, ref Acc c02, ref Acc c03, ref Acc c10, ref Acc c11,
+                             ref Acc c12, ref Acc c13)
+    {
+        // Fragment halves are adjacent in K, so each register is one aligned 32-bit shared load.
+        int ka = ks + 2 * t;
+        int ra0 = (wm + g) * Pitch + ka, ra1 = (wm + 16 + g) * Pitch + ka;
+        var h0 = new A4(xh2[ra0 / 2], xh2[(ra0 + 8 * Pitch) / 2], xh2[(ra0 + 8) / 2], xh2[(ra0 + 8 * Pitch + 8) / 2]);
+        var h1 = new A4(xh2[ra1 / 2], xh2[(ra1 + 8 * Pitch) / 2], xh2[(ra1 + 8) / 2], xh2[(ra1 + 8 * Pitch + 8) / 2]);
+        var l0 = new A4(xl2[ra0 / 2], xl2[(ra0 + 8 * Pitch) / 2], xl2[(ra0 + 8) / 2], xl2[(ra0 + 8 * Pitch + 8) / 2]);
+        var l1 = new A4(xl2[ra1 / 2], xl2[(ra1 + 8 * Pitch) / 2], xl2[(ra1 + 8) / 2], xl2[(ra1 + 8 * Pitch + 8) / 2]);
+        int rb = (wn + g) * Pitch + ka;
+        if (CudaAsm.IsSupported)
+        {
+            for (int ni = 0; ni < 4; ni++)
+            {
+                ulong b = LoadB(ws2, rb, ni);
+                // Unrolled (constant ni): the accumulators stay in registers.
+                if (ni == 0) { Mma2(h0, l0, b, ref c00); Mma2(h1, l1, b, ref c10); }
+                else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
+                else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
+                else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
+            }
+        }
+        else
+        {
+            // The emulation: every lane publishes the registers it loaded (the group's own slots of the
+            // scratch), then computes its accumulators' share of the eight tile products from the registers of
+            // the lanes the PTX layout puts the elements in.
+            int mine = (Grid.IdxX * Threads + tid) * Exchange;
+            Put(ex, mine, h0); Put(ex, mine + 4, h1); Put(ex, mine + 8, l0); Put(ex, mine + 12, l1);
+            for (int ni = 0; ni < 4; ni++)
+            {
+                ulong b = LoadB(ws2, rb, ni);
+                ex[mine + 16 + 2 * ni] = (uint)b;
+                ex[mine + 17 + 2 * ni] = (uint)(b >> 32);
+            }
+            Group.Barrier();
+            int lanes = (Grid.IdxX * Threads + (tid & ~31)) * Exchange;
+            Emulate(ex, lanes, 0, 0, g, t, ref c00); Emulate(ex, lanes, 0, 1, g, t, ref c01);
+            Emulate(ex, lanes, 0, 2, g, t, ref c02); Emulate(ex, lanes, 0, 3, g, t, ref c03);
+            Emulate(ex, lanes, 1, 0, g, t, ref c10); Emulate(ex, lanes, 1, 1, g, t, ref c11);
+            Emulate(ex, lanes, 1, 2, g, t, ref c12); Emulate(ex, lanes, 1, 3, g, t, ref c13);
+            Group.Barrier();
+        }
     }
 
     /// <summary>This lane's B fragment of column tile <paramref name="ni"/> (both branches load it here: the emulation checks the addressing CUDA runs).</summary>

@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 
 namespace Lrl.Kernels;
 
@@ -15,6 +16,26 @@ public struct QuantShape
     public int HasZeros;
     /// <summary>1 when columns are stored permuted (GPTQ act-order): stored index of input column c is StoredColumn[c].</summary>
     public int HasOrder;
+    /// <summary>
+    /// 1 when the group-wise GEMVs read each row 8 bytes per lane (<see cref="QuantShape.Vectorizes"/>): input order,
+    /// one group per row or power-of-two groups of 8+ columns, rows of whole 8-column chunks (8-bit) or whole 64-column
+    /// blocks (4-bit).
+    /// </summary>
+    public int Vector;
+    /// <summary>log2(Group) when the group size is a power of two, else -1.</summary>
+    public int GroupShift;
+
+    /// <summary>The shape of a quantized matrix as the kernels take it (<see cref="Vector"/> and <see cref="GroupShift"/> derived).</summary>
+    public static QuantShape Create(int bits, int cols, int group, int groups, bool zeros, bool order) => new()
+    {
+        Cols = cols, Group = group, Groups = groups, HasZeros = zeros ? 1 : 0, HasOrder = order ? 1 : 0,
+        Vector = Vectorizes(bits, cols, group, order) ? 1 : 0,
+        GroupShift = (group & (group - 1)) == 0 ? System.Numerics.BitOperations.Log2((uint)group) : -1,
+    };
+
+    /// <summary>Whether rows of this shape take the 8-bytes-per-lane GEMV (see <see cref="Vector"/>).</summary>
+    public static bool Vectorizes(int bits, int cols, int group, bool order) =>
+        !order && (group == cols || group >= 8 && (group & (group - 1)) == 0) && (bits == 8 ? cols % 8 == 0 : cols % 64 == 0);
 }
 
 /// <summary>8-bit signed codes [rows, cols] with f16 group scales.</summary>
@@ -139,6 +160,7 @@ public static class QuantGemvKernels
     /// <summary>The warp's sum for one 8-bit row (every lane returns it).</summary>
     private static float RowQ8(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, int row, QuantShape s)
     {
+        if (s.Vector != 0) return RowQ8Wide(codes, scales, x, row, s);
         long b = (long)row * s.Cols, sb = (long)row * s.Groups;
         float acc = 0;
         for (int g = 0; g < s.Groups; g++)
@@ -150,6 +172,53 @@ public static class QuantGemvKernels
         }
         return KernelMath.WarpSum(acc);
     }
+
+    /// <summary>
+    /// <see cref="RowQ8"/> for <see cref="QuantShape.Vector"/> shapes: each lane takes 8 codes per step (one 8-byte load,
+    /// a warp 256 contiguous bytes) and their 8 activations (four 8-byte loads); the 8 share a group, so a step adds
+    /// its partial sum times the group's scale (a row of one group: the scale once, at the end). Codes become floats by
+    /// <see cref="Code8"/>'s exponent trick (a shift, one logic op and one add per code, no int-to-float conversion).
+    /// </summary>
+    private static float RowQ8Wide(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, int row, QuantShape s)
+    {
+        var w8 = codes.Cast<ulong>();
+        var x2 = x.Cast<ulong>();
+        int chunks = s.Cols >> 3;
+        long wb = (long)row * chunks, sb = (long)row * s.Groups;
+        float acc = 0;
+        for (int c = Warp.LaneIdx; c < chunks; c += Warp.WarpSize)
+        {
+            ulong v = w8[wb + c];
+            uint w0 = (uint)v, w1 = (uint)(v >> 32);
+            var xc = x2.SubView((long)c << 2, 4);
+            ulong x01 = xc[0], x23 = xc[1], x45 = xc[2], x67 = xc[3];
+            float part = Code8(w0, 0) * Lo(x01) + Code8(w0, 8) * Hi(x01) + Code8(w0, 16) * Lo(x23) + Code8(w0, 24) * Hi(x23)
+                       + Code8(w1, 0) * Lo(x45) + Code8(w1, 8) * Hi(x45) + Code8(w1, 16) * Lo(x67) + Code8(w1, 24) * Hi(x67);
+            acc += s.Groups == 1 ? part : part * KernelMath.HalfToFloat(scales[sb + ((c << 3) >> s.GroupShift)]);
+        }
+        if (s.Groups == 1) acc *= KernelMath.HalfToFloat(scales[sb]);
+        return KernelMath.WarpSum(acc);
+    }
+
+
+    /// <summary>2^23 as float bits: OR-ing an integer below 2^23 into the mantissa gives the float 2^23 + that integer, exactly.</summary>
+    private const uint Exponent23 = 0x4B000000;
+    private const float Two23 = 8388608f;
+
+    /// <summary>
+    /// The signed 8-bit code at bit <paramref name="at"/> of <paramref name="w"/> as a float: its byte xor 0x80 (the
+    /// code + 128, 0..255) in the mantissa of 2^23, minus 2^23 + 128, exactly.
+    /// </summary>
+    private static float Code8(uint w, int at) => Interop.IntAsFloat((((w >> at) & 255u) ^ 0x80u) | Exponent23) - (Two23 + 128f);
+
+    /// <summary>The 4-bit code at bit <paramref name="at"/> of <paramref name="w"/> minus its zero point z, exactly, given <paramref name="z23"/> = 2^23 + z.</summary>
+    private static float Code4(uint w, int at, float z23) => Interop.IntAsFloat(((w >> at) & 15u) | Exponent23) - z23;
+
+    /// <summary>The first float of an 8-byte activation load.</summary>
+    private static float Lo(ulong v) => Interop.IntAsFloat((uint)v);
+
+    /// <summary>The second float of an 8-byte activation load.</summary>
+    private static float Hi(ulong v) => Interop.IntAsFloat((uint)(v >> 32));
 
     /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
     public static void GemvQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x,
@@ -165,6 +234,7 @@ public static class QuantGemvKernels
     /// <summary>The warp's sum for one 4-bit row (every lane returns it).</summary>
     private static float RowQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x, int row, QuantShape s)
     {
+        if (s.Vector != 0) return RowQ4Wide(codes, scales, zeros, x, row, s);
         int cols = s.Cols;
         long b = (long)row * (cols >> 1), sb = (long)row * s.Groups;
         float acc = 0;
@@ -186,6 +256,73 @@ public static class QuantGemvKernels
             acc += (part - z * xs) * KernelMath.HalfToFloat(scales[sb + g]);
         }
         return KernelMath.WarpSum(acc);
+    }
+
+    /// <summary>
+    /// <see cref="RowQ4"/> for <see cref="QuantShape.Vector"/> shapes (whole 64-column blocks): each lane takes 8 bytes
+    /// per step, bytes 8k .. 8k+7 of a block, whose low nibbles are columns 8k .. 8k+7 and high nibbles columns
+    /// 32+8k .. 32+8k+7 (16 codes, a warp 256 contiguous bytes), and their 16 activations (eight 8-byte loads). Each half
+    /// lies in one group (power-of-two groups of 8+ columns) and adds s·Σ (q − z)·x, q − z formed exactly by
+    /// <see cref="Code4"/> (a shift, one logic op and one add per code); a row of one group applies its scale once.
+    /// </summary>
+    private static float RowQ4Wide(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x, int row, QuantShape s)
+    {
+        var w8 = codes.Cast<ulong>();
+        var x2 = x.Cast<ulong>();
+        int chunks = s.Cols >> 4;
+        long wb = (long)row * chunks, sb = (long)row * s.Groups;
+        float zRow = Two23 + (s.HasZeros != 0 ? zeros[sb] : 8);
+        float acc = 0;
+        for (int c = Warp.LaneIdx; c < chunks; c += Warp.WarpSize)
+        {
+            ulong v = w8[wb + c];
+            uint w0 = (uint)v, w1 = (uint)(v >> 32);
+            int col = ((c >> 2) << 6) + ((c & 3) << 3);
+            var xl = x2.SubView(col >> 1, 20);
+            ulong l0 = xl[0], l1 = xl[1], l2 = xl[2], l3 = xl[3], h0 = xl[16], h1 = xl[17], h2 = xl[18], h3 = xl[19];
+            long gl = 0, gh = 0;
+            float zl = zRow, zh = zRow;
+            if (s.Groups != 1)
+            {
+                gl = sb + (col >> s.GroupShift); gh = sb + ((col + 32) >> s.GroupShift);
+                zl = Two23 + (s.HasZeros != 0 ? zeros[gl] : 8); zh = Two23 + (s.HasZeros != 0 ? zeros[gh] : 8);
+            }
+            float pl = Code4(w0, 0, zl) * Lo(l0) + Code4(w0, 8, zl) * Hi(l0) + Code4(w0, 16, zl) * Lo(l1) + Code4(w0, 24, zl) * Hi(l1)
+                     + Code4(w1, 0, zl) * Lo(l2) + Code4(w1, 8, zl) * Hi(l2) + Code4(w1, 16, zl) * Lo(l3) + Code4(w1, 24, zl) * Hi(l3);
+            float ph = Code4(w0, 4, zh) * Lo(h0) + Code4(w0, 12, zh) * Hi(h0) + Code4(w0, 20, zh) * Lo(h1) + Code4(w0, 28, zh) * Hi(h1)
+                     + Code4(w1, 4, zh) * Lo(h2) + Code4(w1, 12, zh) * Hi(h2) + Code4(w1, 20, zh) * Lo(h3) + Code4(w1, 28, zh) * Hi(h3);
+            acc += s.Groups == 1 ? pl + ph : pl * KernelMath.HalfToFloat(scales[gl]) + ph * KernelMath.HalfToFloat(scales[gh]);
+        }
+        if (s.Groups == 1) acc *= KernelMath.HalfToFloat(scales[sb]);
+        return KernelMath.WarpSum(acc);
+    }
+
+    /// <summary>
+    /// Fused MLP front half for int8 weights in input order: y[o] = silu(Gate[o]·x)·(Up[o]·x), each row by
+    /// <see cref="RowQ8"/> (the group-wise row code, 8 bytes per lane where the shape allows). One warp per output row,
+    /// grid as <see cref="GemvQ8"/>.
+    /// </summary>
+    public static void GemvSwiGluQ8(Q8Reader gate, Q8Reader up, ArrayView<float> x, ArrayView<float> y, int outF)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        var xv = x.SubView(xr * gate.Shape.Cols, gate.Shape.Cols);
+        float g = RowQ8(gate.Codes, gate.Scales, xv, row, gate.Shape);
+        float u = RowQ8(up.Codes, up.Scales, xv, row, up.Shape);
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = g * u / (1f + XMath.Exp(-g));
+    }
+
+    /// <summary>The int4 <see cref="GemvSwiGluQ8"/>, each row by <see cref="RowQ4"/>.</summary>
+    public static void GemvSwiGluQ4(Q4Reader gate, Q4Reader up, ArrayView<float> x, ArrayView<float> y, int outF)
+    {
+        int warps = Group.DimX / Warp.WarpSize;
+        int row = KernelMath.RowsBlock(out long xr) * warps + Warp.WarpIdx;
+        if (row >= outF) return;
+        var xv = x.SubView(xr * gate.Shape.Cols, gate.Shape.Cols);
+        float g = RowQ4(gate.Codes, gate.Scales, gate.Zeros, xv, row, gate.Shape);
+        float u = RowQ4(up.Codes, up.Scales, up.Zeros, xv, row, up.Shape);
+        if (Warp.LaneIdx == 0) y[xr * outF + row] = g * u / (1f + XMath.Exp(-g));
     }
 
     /// <summary>

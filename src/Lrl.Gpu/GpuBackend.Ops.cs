@@ -236,6 +236,23 @@ public sealed partial class GpuBackend : IDraftHeadOps
         && MmaGemmKernels.Threads <= _accelerator.MaxNumThreadsPerGroup
         && (_accelerator is not ILGPU.Runtime.Cuda.CudaAccelerator cuda || cuda.Architecture is { } arch && arch.Major >= 8);
 
+    /// <summary>
+    /// The grid of a tensor-core product (<see cref="MmaGemmKernels"/>) and the emulation's register exchange off CUDA
+    /// (grown on demand; one element on CUDA, where it is unused).
+    /// </summary>
+    private KernelConfig MmaConfig(int rows, int outF, out ArrayView<uint> exchange)
+    {
+        int blocks = (outF + MmaGemmKernels.TileN - 1) / MmaGemmKernels.TileN * ((rows + MmaGemmKernels.TileM - 1) / MmaGemmKernels.TileM);
+        long need = IsCuda ? 1 : MmaGemmKernels.ScratchLength(blocks);
+        if (_mmaScratch is null || _mmaScratch.Length < need)
+        {
+            _mmaScratch?.Dispose();
+            _mmaScratch = AllocateRaw<uint>(need, "tensor-core emulation scratch");
+        }
+        exchange = _mmaScratch.View;
+        return new KernelConfig(blocks, MmaGemmKernels.Threads);
+    }
+
     private void RunMatMul<TW>(MatKernels<TW> k, TW reader, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias,
                                int hasBias, int rows, int outF, int inF) where TW : struct, IWeightReader
     {
@@ -246,17 +263,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
             k.Gemv(Launch_, RowsConfig((outF + perGroup - 1) / perGroup, rows), reader, x, y, bias, hasBias, outF, inF);
         }
         else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
-        {
-            int blocks = (outF + MmaGemmKernels.TileN - 1) / MmaGemmKernels.TileN * ((rows + MmaGemmKernels.TileM - 1) / MmaGemmKernels.TileM);
-            // The emulation's register exchange off CUDA (grown on demand; one element on CUDA, where it is unused).
-            long need = IsCuda ? 1 : MmaGemmKernels.ScratchLength(blocks);
-            if (_mmaScratch is null || _mmaScratch.Length < need)
-            {
-                _mmaScratch?.Dispose();
-                _mmaScratch = AllocateRaw<uint>(need, "tensor-core emulation scratch");
-            }
-            GemmBf16Mma(Launch_, new KernelConfig(blocks, MmaGemmKernels.Threads), bf16, x, y, bias, hasBias, rows, outF, inF, _mmaScratch.View);
-        }
+            GemmBf16Mma(Launch_, MmaConfig(rows, outF, out var ex), bf16, x, y, bias, hasBias, rows, outF, inF, ex);
         else
         {
             int outBlocks = (outF + _group - 1) / _group, rowBlocks = (rows + GemmKernels.TileRows - 1) / GemmKernels.TileRows;

@@ -57,7 +57,7 @@ public sealed partial class GpuBackend : IQuantizedBackend
         var data = new GpuQuantData
         {
             Bits = q.Bits, Codes = codes, Scales = scales, Zeros = zeros, StoredColumn = stored, ByteSize = q.ByteSize,
-            Shape = new QuantShape { Cols = q.Cols, Group = q.GroupSize, Groups = q.Groups, HasZeros = q.Zeros != null ? 1 : 0, HasOrder = stored != null ? 1 : 0 },
+            Shape = QuantShape.Create(q.Bits, q.Cols, q.GroupSize, q.Groups, q.Zeros != null, stored != null),
         };
         Sync(); // the host memory may be a converted copy that is not kept
         return new GpuWeight(q.Name, q.Rows, q.Cols, q.Bits == 8 ? DType.I8 : DType.U8, q.Format, null, null) { Quant = data };
@@ -83,9 +83,27 @@ public sealed partial class GpuBackend : IQuantizedBackend
                     (Launch_, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
             return;
         }
+        if (UsesTensorCores(rows) && MmaGemmKernels.Serves(d.Shape))
+        {
+            // Prompts and batched steps: the codes (q − z, exact in bf16) on tensor cores, each group's partial sums scaled.
+            var cfg = MmaConfig(rows, outF, out var ex);
+            if (d.Bits == 8)
+                (_gemmQ8Mma ??= _accelerator.LoadKernel<Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmQ8))
+                    (Launch_, cfg, d.Q8, xv, yv, bv, hasBias, rows, outF, inF, ex);
+            else
+                (_gemmQ4Mma ??= _accelerator.LoadKernel<Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmQ4))
+                    (Launch_, cfg, d.Q4, xv, yv, bv, hasBias, rows, outF, inF, ex);
+            return;
+        }
         if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF);
         else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
     }
+
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ8Mma;
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ4Mma;
+
+    /// <summary>Whether a quantized product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels.GemmQ8"/>/<see cref="MmaGemmKernels.GemmQ4"/>).</summary>
+    public bool UsesTensorCores(Weight w, int rows) => w is GpuWeight { Quant: { } d } && rows > _exactRows && UsesTensorCores(rows) && MmaGemmKernels.Serves(d.Shape);
 
     private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q8;
     private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q4;
@@ -116,11 +134,28 @@ public sealed partial class GpuBackend : IQuantizedBackend
         else KQ4.Embed(Launch_, cfg, d.Q4, ids, single, xv, dim);
     }
 
+    private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, int>? _gemvSwiGluQ8;
+    private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, int>? _gemvSwiGluQ4;
+
+    /// <summary>Whether a quantized weight's GEMV rows read 8 bytes per lane (<see cref="QuantShape.Vector"/>: input order, whole 8-column chunks or 64-column blocks).</summary>
+    public static bool ReadsWide(Weight w) => w is GpuWeight { Quant.Shape.Vector: 1 };
+
     private void QuantGemvSwiGlu(GpuWeight g, GpuWeight u, KernelConfig cfg, ArrayView<float> xv, ArrayView<float> yv, int outF, int inF)
     {
         var dg = g.Quant ?? throw new NotSupportedException(g.Format);
         var du = u.Quant ?? throw new NotSupportedException(u.Format);
         if (dg.Bits != du.Bits) throw new ArgumentException($"{g} and {u} differ in bits");
+        if (dg.StoredColumn is null && du.StoredColumn is null)
+        {
+            // Input order: the group-wise row code (8 bytes per lane where the shape allows; one scale per group).
+            if (dg.Bits == 8)
+                (_gemvSwiGluQ8 ??= _accelerator.LoadKernel<Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, int>(QuantGemvKernels.GemvSwiGluQ8))
+                    (Launch_, cfg, dg.Q8, du.Q8, xv, yv, outF);
+            else
+                (_gemvSwiGluQ4 ??= _accelerator.LoadKernel<Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, int>(QuantGemvKernels.GemvSwiGluQ4))
+                    (Launch_, cfg, dg.Q4, du.Q4, xv, yv, outF);
+            return;
+        }
         if (dg.Bits == 8) KQ8.GemvSwiGlu(Launch_, cfg, dg.Q8, du.Q8, xv, yv, outF, inF);
         else KQ4.GemvSwiGlu(Launch_, cfg, dg.Q4, du.Q4, xv, yv, outF, inF);
     }

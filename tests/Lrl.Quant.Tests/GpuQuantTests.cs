@@ -19,7 +19,14 @@ public class GpuQuantTests
     {
         var data = new TheoryData<int, int, int, int, bool, bool, string>();
         foreach (var device in new[] { "default", "nvidia-like" })
-            foreach (var (bits, rows, cols, group, zeros, permute) in new[] { (8, 7, 96, 32, false, false), (8, 33, 172, 172, false, true), (4, 9, 128, 64, false, false), (4, 17, 100, 100, true, false), (4, 5, 256, 32, true, true) })
+            foreach (var (bits, rows, cols, group, zeros, permute) in new[]
+                     {
+                         (8, 7, 96, 32, false, false), (8, 33, 172, 172, false, true), (4, 9, 128, 64, false, false), (4, 17, 100, 100, true, false), (4, 5, 256, 32, true, true),
+                         // Rows read 8 bytes per lane: one group of a non-power-of-two size, power-of-two groups, int4 halves
+                         // of a block in two groups (32) and one (per channel), zero points; groups of 96 take the per-byte code.
+                         (8, 11, 200, 200, false, false), (8, 6, 192, 64, false, false), (8, 5, 192, 96, false, false),
+                         (4, 13, 192, 32, true, false), (4, 7, 128, 128, true, false), (4, 6, 192, 96, false, false), (4, 5, 192, 192, false, false),
+                     })
                 data.Add(bits, rows, cols, group, zeros, permute, device);
         return data;
     }
@@ -33,6 +40,10 @@ public class GpuQuantTests
         var w = gpu.LoadQuantized(q);
         Assert.Equal(q.Format, w.Format);
         Assert.Equal(q.ByteSize, w.ByteSize);
+        // Which GEMV row code the shape takes: 8 bytes per lane for input order, one group or power-of-two groups, and
+        // whole chunks (8-bit: 8 columns, 4-bit: 64-column blocks), the per-byte code otherwise; both must match the reference.
+        bool wide = !permute && (group == cols || (group & (group - 1)) == 0) && (bits == 8 ? cols % 8 == 0 : cols % 64 == 0);
+        Assert.Equal(wide, GpuBackend.ReadsWide(w));
         foreach (int n in new[] { 1, 3 })
         {
             var x = TestUtil.RandomVector(rng, n * cols);
@@ -141,15 +152,29 @@ public class GpuQuantTests
         finally { gpu.ExactRows = keep; }
     }
 
-    [Theory, MemberData(nameof(Devices))]
-    public void SwiGluGemvAndEmbed(string device)
+    public static TheoryData<int, int, int, bool, string> SwiGluCases()
     {
-        var rng = new Random(11);
-        int rows = 24, cols = 64;
-        var gq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
-        var uq = TestUtil.Random(rng, 4, rows, cols, 32, zeros: true);
+        var data = new TheoryData<int, int, int, bool, string>();
+        foreach (var device in new[] { "default", "nvidia-like" })
+            foreach (var (bits, cols, group, zeros) in new[] { (4, 64, 32, true), (8, 96, 32, false), (4, 192, 192, false), (4, 100, 100, true), (8, 172, 172, false) })
+                data.Add(bits, cols, group, zeros, device);
+        return data;
+    }
+
+    /// <summary>
+    /// The fused gate/up GEMV with SwiGLU (decode's largest product) against the scalar reference, for shapes that read
+    /// 8 bytes per lane and shapes that do not; and the quantized embedding lookup.
+    /// </summary>
+    [Theory, MemberData(nameof(SwiGluCases))]
+    public void SwiGluGemvAndEmbed(int bits, int cols, int group, bool zeros, string device)
+    {
+        var rng = new Random(11 + bits + cols);
+        int rows = 24;
+        var gq = TestUtil.Random(rng, bits, rows, cols, group, zeros);
+        var uq = TestUtil.Random(rng, bits, rows, cols, group, zeros);
         using var gpu = Create(device);
         var gw = gpu.LoadQuantized(gq); var uw = gpu.LoadQuantized(uq);
+        Assert.Equal(bits == 8 ? cols % 8 == 0 : cols % 64 == 0, GpuBackend.ReadsWide(gw));
         var x = TestUtil.RandomVector(rng, cols, 4);
         using var xb = gpu.Allocate(cols); using var yb = gpu.Allocate(rows);
         gpu.Upload(x, xb);
@@ -160,7 +185,7 @@ public class GpuQuantTests
         for (int o = 0; o < rows; o++)
         {
             double e = g[o] / (1 + Math.Exp(-g[o])) * u[o];
-            Assert.True(Math.Abs(y[o] - e) <= 1e-4 * (1 + Math.Abs(e)), $"row {o}: {y[o]} vs {e}");
+            Assert.True(Math.Abs(y[o] - e) <= 1e-4 * (1 + Math.Abs(e)), $"q{bits} {cols}/{group}, row {o}: {y[o]} vs {e}");
         }
 
         using var eb = gpu.Allocate(2 * cols);
@@ -175,29 +200,82 @@ public class GpuQuantTests
         }
     }
 
-    [Fact]
-    public void QuantizedModelMatchesReference()
+    /// <summary>
+    /// Quantized prompt products on tensor cores (NVIDIA-like device: the CUDA path's tile staging and mma fragments, the
+    /// instruction emulated): against the scalar reference within the f32 bound, per channel and per group (a group per
+    /// K step, 32, and longer ones), zero points, a K tail (200 columns), ragged rows and outputs, bias, and one activation
+    /// far larger than the rest (the hi/lo bf16 split).
+    /// </summary>
+    [Theory]
+    [InlineData(8, 72, 200, 200, false)]
+    [InlineData(8, 40, 256, 64, false)]
+    [InlineData(4, 33, 192, 32, true)]
+    [InlineData(4, 70, 256, 128, false)]
+    [InlineData(4, 17, 128, 128, true)]
+    public void TensorCoreProductMatchesReference(int bits, int outF, int cols, int group, bool zeros)
+    {
+        var rng = new Random(bits * 1000 + outF + cols + group);
+        var q = TestUtil.Random(rng, bits, outF, cols, group, zeros);
+        using var gpu = Create("nvidia-like");
+        var w = gpu.LoadQuantized(q);
+        Assert.True(gpu.UsesTensorCores(w, GpuBackend.MmaMinRows));
+        Assert.False(gpu.UsesTensorCores(w, GpuBackend.MmaMinRows - 1));
+        using var arena = new RandomTensors(bits + outF);
+        var bv = TestUtil.RandomVector(rng, outF);
+        var bias = gpu.LoadWeight(arena.Tensor("bias", DType.F32, [outF], bv));
+        foreach (int n in new[] { 16, 65 })
+        {
+            var x = TestUtil.RandomVector(rng, n * cols);
+            x[3] = 250f; x[cols + 5] = -1e-3f;
+            var expected = TestUtil.Reference(q, x, n);
+            using var xb = gpu.Allocate(n * cols);
+            using var yb = gpu.Allocate(n * outF);
+            gpu.Upload(x, xb);
+            foreach (bool withBias in new[] { false, true })
+            {
+                var poison = new float[n * outF]; Array.Fill(poison, float.NaN); gpu.Upload(poison, yb);
+                gpu.MatMul(xb, w, yb, n, withBias ? bias : null);
+                var y = new float[n * outF];
+                gpu.Download(yb, 0, y);
+                if (withBias) for (int i = 0; i < y.Length; i++) y[i] -= bv[i % outF];
+                TestUtil.CheckBound(q, x, y, expected, n, quantizedActivations: false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// An int4 model end to end against the float64 reference: a prompt and a decode step, then the decode step's launch
+    /// count. On the NVIDIA-like device a 16-row prompt alone (its products on tensor cores where the shape allows
+    /// them; each emulated launch pays for every simulated warp exchange, so one row tile and no decode step).
+    /// </summary>
+    [Theory]
+    [InlineData("default")]
+    [InlineData("nvidia-like")]
+    public void QuantizedModelMatchesReference(string device)
     {
         string src = SharedData.Model("stories260k");
         string root = CheckpointWriters.TempDir("gpu"), dir = Path.Combine(root, "m");
+        bool mma = device == "nvidia-like";
         try
         {
             Quantizer.QuantizeModel(src, dir, new QuantizeOptions { Bits = 4, Group = "32", Asymmetric = true });
-            int[] prompt = [1, 403, 407, 261, 378, 500, 285];
+            int[] prompt = mma ? [1, 403, 407, 261, 378, 500, 285, 17, 93, 402, 311, 260, 77, 499, 388, 12] : [1, 403, 407, 261, 378, 500, 285];
             float[] Logits(IBackend b)
             {
                 using var m = ModelRegistry.Load(dir, b);
                 var l = new float[prompt.Length * m.VocabSize];
                 m.Forward(prompt, 0, l);
+                if (mma) return l;
                 var last = new float[m.VocabSize];
                 m.Forward([prompt[^1]], prompt.Length, last); // one decode step (GEMV path)
                 return [.. l, .. last];
             }
             var expected = Logits(new ReferenceBackend());
-            using var gpu = GpuBackend.CreateCpuAccelerator();
+            using var gpu = Create(device);
             var got = Logits(gpu);
             double err = TestUtil.RelErr(got, expected.Select(v => (double)v).ToArray());
             Assert.True(err < 1e-4, $"relative error {err:E2}");
+            if (mma) return; // the 64-column products (Q/K/V/O, gate/up, head) ran on tensor cores, the 172-column down product did not
             // An int4 decode step launches as a float one does: per layer Q/K/V with RoPE and the cache writes,
             // attention, O with the residual add and norm, gate/up+SwiGLU, down with the residual add and norm; per
             // token embed, first norm, head.
