@@ -10,7 +10,7 @@
 #                                2. greedy equality CUDA vs CPU on every real model (token ids of 32 tokens);
 #                                3. `lrlrun bench kernels --device cuda`;
 #                                4. decode and prefill tok/s of the SmolLM2-135M and Llama-3.2-1B presets (bf16, q8, q4),
-#                                   and bf16 prefill with and without tensor cores (LRL_GPU_MMA=0);
+#                                   and bf16 / q4 prefill with and without tensor cores (LRL_GPU_MMA=0);
 #                                5. speculative decoding on CUDA: the verify-pass cost (exact rows: one-row kernels per
 #                                   row) and lookup end to end on the SmolLM2-135M q4 preset.
 #                              It writes $OUT/gpu-check.md (the summary, also printed last) and each step's log.
@@ -64,11 +64,13 @@ case "$mode" in
         step "bench-$p-$d" 120 "${lrl[@]}" bench --preset "$p" --dtype "$d" --device cuda -p 128 -n 64 -r 3 && grep -E "^\| $p" "$out/bench-$p-$d.log" >> "$summary"
       done
     done
-    echo "## bf16 prefill: tensor cores against the f32 tile kernel (LRL_GPU_MMA=0), Llama-3.2-1B pp512" >> "$summary"
-    step mma-on 120 "${lrl[@]}" bench --preset Llama-3.2-1B --dtype bf16 --device cuda -p 512 -n 0 -r 3 \
-      && grep -E "^\| Llama" "$out/mma-on.log" >> "$summary"
-    step mma-off 120 env LRL_GPU_MMA=0 "${lrl[@]}" bench --preset Llama-3.2-1B --dtype bf16 --device cuda -p 512 -n 0 -r 3 \
-      && grep -E "^\| Llama" "$out/mma-off.log" >> "$summary"
+    echo "## prefill: tensor cores against the f32 tile kernel (LRL_GPU_MMA=0), Llama-3.2-1B pp512, bf16 and q4" >> "$summary"
+    for d in bf16 q4; do
+      step "mma-on-$d" 120 "${lrl[@]}" bench --preset Llama-3.2-1B --dtype "$d" --device cuda -p 512 -n 0 -r 3 \
+        && grep -E "^\| Llama" "$out/mma-on-$d.log" >> "$summary"
+      step "mma-off-$d" 120 env LRL_GPU_MMA=0 "${lrl[@]}" bench --preset Llama-3.2-1B --dtype "$d" --device cuda -p 512 -n 0 -r 3 \
+        && grep -E "^\| Llama" "$out/mma-off-$d.log" >> "$summary"
+    done
     echo "## speculative on CUDA (SmolLM2-135M q4)" >> "$summary"
     step verify-cost 90 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda -p 64 --verify-cost 1,2,4,8,16 -r 3 \
       && grep -E "^\| (decode|verify)" "$out/verify-cost.log" >> "$summary"
