@@ -111,7 +111,7 @@ public static class MmaGemmKernels
                 ulong v = o < outF && k < inF ? codes[((long)o * inF + k) >> 3] : 0UL;
                 int at = (rr * Pitch + 8 * qd) >> 1;
                 for (int j = 0; j < 4; j++)
-                    ws2[at + j] = Pack(BF16Int((sbyte)(byte)(v >> (16 * j))), BF16Int((sbyte)(byte)(v >> (16 * j + 8))));
+                    ws2[at + j] = Pack(BF16Int(SignedByte(v, 16 * j)), BF16Int(SignedByte(v, 16 * j + 8)));
             }
         }
     }
@@ -156,6 +156,15 @@ public static class MmaGemmKernels
     /// <summary>Groups of 32+ columns (a power of two) or one per row: a K step never straddles two.</summary>
     private static bool QGroupEnds(QuantShape s, int k, int inF) =>
         k + TileK >= inF || s.Groups != 1 && ((k + TileK) & (s.Group - 1)) == 0;
+
+    /// <summary>
+    /// The signed byte at bit <paramref name="at"/> of <paramref name="v"/>, sign-extended by shifts: ILGPU 1.5.3 compiles
+    /// <c>(sbyte)(byte)v</c> to PTX as an unsigned byte (cvt.u8, cvt.s32.u8, cvt.rn.f32.u32), so on CUDA every negative
+    /// code would read as 128 + |q| (the CPU accelerator runs the IL and is right; <c>PtxTests</c> checks the int8 kernels
+    /// convert signed).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int SignedByte(ulong v, int at) => (int)((uint)(v >> at) << 24) >> 24;
 
     /// <summary>bf16 bits of a small integer (exact for |v| ≤ 256).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
