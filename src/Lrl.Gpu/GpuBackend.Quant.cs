@@ -83,7 +83,7 @@ public sealed partial class GpuBackend : IQuantizedBackend
                     (Launch_, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
             return;
         }
-        if (UsesTensorCores(rows) && MmaGemmKernels.Serves(d.Shape))
+        if (UsesTensorCores(m, rows))
         {
             // Prompts and batched steps: the codes (q − z, exact in bf16) on tensor cores, each group's partial sums scaled.
             var cfg = MmaConfig(rows, outF, out var ex);
@@ -102,8 +102,22 @@ public sealed partial class GpuBackend : IQuantizedBackend
     private Action<AcceleratorStream, KernelConfig, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ8Mma;
     private Action<AcceleratorStream, KernelConfig, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ4Mma;
 
-    /// <summary>Whether a quantized product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels.GemmQ8"/>/<see cref="MmaGemmKernels.GemmQ4"/>).</summary>
-    public bool UsesTensorCores(Weight w, int rows) => w is GpuWeight { Quant: { } d } && rows > _exactRows && UsesTensorCores(rows) && MmaGemmKernels.Serves(d.Shape);
+    /// <summary>
+    /// Whether a quantized product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels.GemmQ8"/>/
+    /// <see cref="MmaGemmKernels.GemmQ4"/>): from <see cref="MmaMinRowsQuantized"/> rows past the exact rows, for shapes
+    /// <see cref="MmaGemmKernels.Serves"/> takes.
+    /// </summary>
+    public bool UsesTensorCores(Weight w, int rows) =>
+        w is GpuWeight { Quant: { } d } && rows >= MmaMinRowsQuantized && rows > _exactRows && _tensorCores && MmaGemmKernels.Serves(d.Shape);
+
+    /// <summary>
+    /// Fewest rows a quantized product takes to tensor cores: 2. The f32 tile kernel dequantizes each weight element
+    /// through the generic reader (139 SASS instructions per element for int4, sm_90, against ~15 per element in the tensor-core
+    /// kernel's staging, 8 codes per 8-byte load) and stages the weights again for every 8 rows, so even a
+    /// 2-row tile, 62 of its 64 rows zeros, costs less on the tensor cores (bf16 weights, cheap to stage, keep
+    /// <see cref="MmaMinRows"/>).
+    /// </summary>
+    public const int MmaMinRowsQuantized = 2;
 
     private Action<AcceleratorStream, KernelConfig, Q8Reader, Q8Reader, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q8;
     private Action<AcceleratorStream, KernelConfig, Q4Reader, Q4Reader, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Gemv3Shape, RopeArgs>? _gemv3Q4;

@@ -218,12 +218,12 @@ public class GpuQuantTests
         var q = TestUtil.Random(rng, bits, outF, cols, group, zeros);
         using var gpu = Create("nvidia-like");
         var w = gpu.LoadQuantized(q);
-        Assert.True(gpu.UsesTensorCores(w, GpuBackend.MmaMinRows));
-        Assert.False(gpu.UsesTensorCores(w, GpuBackend.MmaMinRows - 1));
+        Assert.True(gpu.UsesTensorCores(w, GpuBackend.MmaMinRowsQuantized));
+        Assert.False(gpu.UsesTensorCores(w, 1));
         using var arena = new RandomTensors(bits + outF);
         var bv = TestUtil.RandomVector(rng, outF);
         var bias = gpu.LoadWeight(arena.Tensor("bias", DType.F32, [outF], bv));
-        foreach (int n in new[] { 16, 65 })
+        foreach (int n in new[] { 2, 65 })
         {
             var x = TestUtil.RandomVector(rng, n * cols);
             x[3] = 250f; x[cols + 5] = -1e-3f;
