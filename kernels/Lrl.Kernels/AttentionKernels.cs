@@ -259,13 +259,15 @@ public static class AttentionKernels
         const int QB = PrefillRows, TK = PrefillKeys, HD = PrefillMaxHeadDim;
         var qs = SharedMemory.Allocate<float>(QB * HD);
         var os = SharedMemory.Allocate<float>(QB * HD);
-        var ks = SharedMemory.Allocate<float>(TK * HD);
+        // K rows at an odd pitch: the score loop's lanes take consecutive keys j and read ks[j·pitch + d] together,
+        // which at a pitch of head_dim (a multiple of 32) fell in one bank (32-way conflicts); hd + 1 spreads them.
+        var ks = SharedMemory.Allocate<float>(TK * (HD + 1));
         var vs = SharedMemory.Allocate<float>(TK * HD);
         var sc = SharedMemory.Allocate<float>(QB * TK);
         var rowM = SharedMemory.Allocate<float>(QB);
         var rowL = SharedMemory.Allocate<float>(QB);
         var rowC = SharedMemory.Allocate<float>(QB);
-        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
+        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim, kp = hd | 1;
         int h = Grid.IdxX % s.Heads;
         int r0 = (Grid.IdxX / s.Heads) * QB;
         int qDim = s.Heads * hd, kvDim = s.KvHeads * hd;
@@ -287,7 +289,7 @@ public static class AttentionKernels
                 int j = e / hd, d = e % hd;
                 int p = p0 + j;
                 bool ok = p <= lastPos;
-                ks[e] = ok ? k[(long)p * kvDim + kvOff + d] : 0f;
+                ks[j * kp + d] = ok ? k[(long)p * kvDim + kvOff + d] : 0f;
                 vs[e] = ok ? v[(long)p * kvDim + kvOff + d] : 0f;
             }
             Group.Barrier();
@@ -305,7 +307,7 @@ public static class AttentionKernels
                 if (r < s.Rows && visible)
                 {
                     dot = 0f;
-                    for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * hd + d];
+                    for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * kp + d];
                 }
                 sc[e] = dot;
             }

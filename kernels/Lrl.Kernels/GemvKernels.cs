@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Algorithms;
+using static Lrl.Kernels.KernelMath;
 
 namespace Lrl.Kernels;
 
@@ -69,11 +70,12 @@ public static class GemvKernels
         {
             int quads = inF >> 2;
             long qb = (long)row * quads;
+            var x2 = x.Cast<ulong>(); // the activations as float pairs: two 8-byte loads per quad (rows of 4k floats start 16-byte aligned)
             for (int q = Warp.LaneIdx; q < quads; q += Warp.WarpSize)
             {
                 w.Get4(qb + q, out float w0, out float w1, out float w2, out float w3);
-                int i = q << 2;
-                acc += w0 * x[i] + w1 * x[i + 1] + w2 * x[i + 2] + w3 * x[i + 3];
+                ulong a = x2[2 * q], b = x2[2 * q + 1];
+                acc += w0 * Lo(a) + w1 * Hi(a) + w2 * Lo(b) + w3 * Hi(b);
             }
         }
         else
@@ -98,10 +100,11 @@ public static class GemvKernels
         {
             int quads = inF >> 2;
             long qb = (long)row * quads;
+            var xq = x.Cast<ulong>();
             for (int q = Warp.LaneIdx; q < quads; q += Warp.WarpSize)
             {
-                int i = q << 2;
-                float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+                ulong a = xq[2 * q], b = xq[2 * q + 1];
+                float x0 = Lo(a), x1 = Hi(a), x2 = Lo(b), x3 = Hi(b);
                 gate.Get4(qb + q, out float g0, out float g1, out float g2, out float g3);
                 up.Get4(qb + q, out float u0, out float u1, out float u2, out float u3);
                 g += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3;

@@ -25,6 +25,12 @@ public static class KernelMath
     /// <summary>Largest group size any kernel here is launched with (sizes its shared scratch).</summary>
     public const int MaxGroup = 256;
 
+    /// <summary>The first float of an 8-byte load of two (activations read as ulong pairs).</summary>
+    public static float Lo(ulong v) => Interop.IntAsFloat((uint)v);
+
+    /// <summary>The second float of an 8-byte load of two.</summary>
+    public static float Hi(ulong v) => Interop.IntAsFloat((uint)(v >> 32));
+
     /// <summary>IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).</summary>
     public static float HalfToFloat(ushort h)
     {

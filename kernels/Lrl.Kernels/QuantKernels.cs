@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Algorithms;
+using static Lrl.Kernels.KernelMath;
 
 namespace Lrl.Kernels;
 
@@ -213,12 +214,6 @@ public static class QuantGemvKernels
 
     /// <summary>The 4-bit code at bit <paramref name="at"/> of <paramref name="w"/> minus its zero point z, exactly, given <paramref name="z23"/> = 2^23 + z.</summary>
     private static float Code4(uint w, int at, float z23) => Interop.IntAsFloat(((w >> at) & 15u) | Exponent23) - z23;
-
-    /// <summary>The first float of an 8-byte activation load.</summary>
-    private static float Lo(ulong v) => Interop.IntAsFloat((uint)v);
-
-    /// <summary>The second float of an 8-byte activation load.</summary>
-    private static float Hi(ulong v) => Interop.IntAsFloat((uint)(v >> 32));
 
     /// <summary>y[o] = Σ_g s[o, g]·Σ_{i∈g} (q[o, i] − z[o, g])·x[i] (+ bias), 4-bit codes in the 64-column block layout.</summary>
     public static void GemvQ4(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x,
