@@ -142,8 +142,35 @@ public sealed partial class GpuBackend : IDraftHeadOps
     /// A one-row kernel's launch of <paramref name="blocks"/> groups per activation row for <paramref name="rows"/> rows:
     /// one row, grid X the block; more, grid X the row and grid Y the block, at least two (<see cref="KernelMath.RowsBlock"/>).
     /// </summary>
-    private KernelConfig RowsConfig(int blocks, int rows) =>
-        rows == 1 ? new KernelConfig(blocks, _group) : new KernelConfig(new Index3D(rows, Math.Max(2, blocks), 1), new Index3D(_group, 1, 1));
+    private KernelConfig RowsConfig(int blocks, int rows, int group = 0)
+    {
+        if (group == 0) group = _group;
+        return rows == 1 ? new KernelConfig(blocks, group) : new KernelConfig(new Index3D(rows, Math.Max(2, blocks), 1), new Index3D(group, 1, 1));
+    }
+
+    /// <summary>
+    /// The fewest groups a one-row GEMV launch aims at (<see cref="GemvConfig"/>): two per multiprocessor by default; the
+    /// tests raise it to force one-warp groups on the CPU accelerator.
+    /// </summary>
+    public int GemvGroupsTarget
+    {
+        get => _gemvGroupsTarget ??= 2 * _accelerator.NumMultiprocessors;
+        set => _gemvGroupsTarget = value > 0 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "must be positive");
+    }
+    private int? _gemvGroupsTarget;
+
+    /// <summary>
+    /// The launch of a one-warp-per-output-row GEMV over <paramref name="outRows"/> outputs for <paramref name="rows"/>
+    /// activation rows: groups of <c>_group</c> threads, halved while that leaves fewer than two groups per multiprocessor
+    /// (down to one warp), so a small product (SmolLM2-135M's K/V: 192 rows, 24 groups of 8 warps on an H100's 132
+    /// multiprocessors) spreads over the device. A row's arithmetic is its warp's alone: the group size changes no bits.
+    /// </summary>
+    private KernelConfig GemvConfig(int outRows, int rows)
+    {
+        int warps = _group / _warp, target = GemvGroupsTarget;
+        while (warps > 1 && (outRows + warps - 1) / warps < target) warps >>= 1;
+        return RowsConfig((outRows + warps - 1) / warps, rows, warps * _warp);
+    }
 
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
     {
@@ -259,8 +286,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         if (rows == 1 || rows <= _exactRows)
         {
             // One row, or rows that must each compute what they compute alone: the GEMV, one grid row per activation row.
-            int perGroup = _group / _warp;
-            k.Gemv(Launch_, RowsConfig((outF + perGroup - 1) / perGroup, rows), reader, x, y, bias, hasBias, outF, inF);
+            k.Gemv(Launch_, GemvConfig(outF, rows), reader, x, y, bias, hasBias, outF, inF);
         }
         else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
             GemmBf16Mma(Launch_, MmaConfig(rows, outF, out var ex), bf16, x, y, bias, hasBias, rows, outF, inF, ex);
@@ -293,8 +319,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
             SwiGlu(y, tmp, y, (long)rows * outF);
             return;
         }
-        int perGroup = _group / _warp;
-        var cfg = RowsConfig((outF + perGroup - 1) / perGroup, rows);
+        var cfg = GemvConfig(outF, rows);
         var xv = B(x).View; var yv = B(y).View;
         switch (g.StoredType)
         {
@@ -386,8 +411,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
             Out0 = m0.Rows, Out1 = m1.Rows, Out2 = m2.Rows, InF = inF,
             HasBias = (b0 is null ? 0 : 1) | (b1 is null ? 0 : 2) | (b2 is null ? 0 : 4),
         };
-        int perGroup = _group / _warp;
-        var cfg = RowsConfig((m0.Rows + m1.Rows + m2.Rows + perGroup - 1) / perGroup, rows);
+        var cfg = GemvConfig(m0.Rows + m1.Rows + m2.Rows, rows);
         var (xv, v0, v1, v2) = (B(x).View, B(y0).View, B(y1).View, B(y2).View);
         var (c0, c1, c2) = (Bias(b0, m0.Rows, w0), Bias(b1, m1.Rows, w1), Bias(b2, m2.Rows, w2));
         if (quant)

@@ -73,8 +73,7 @@ public sealed partial class GpuBackend : IQuantizedBackend
         {
             // Decode (and rows that must each compute what they compute alone, one grid row each): the group-wise
             // kernels (one scale conversion per group, no per-element index division).
-            int perGroup = _group / _warp;
-            var cfg = RowsConfig((outF + perGroup - 1) / perGroup, rows);
+            var cfg = GemvConfig(outF, rows);
             if (d.Bits == 8)
                 (_gemvQ8 ??= _accelerator.LoadKernel<ArrayView<byte>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, QuantShape>(QuantGemvKernels.GemvQ8))
                     (Launch_, cfg, d.Codes.View, d.Scales.View, xv, yv, bv, hasBias, outF, d.Shape);

@@ -108,6 +108,69 @@ public class GpuQuantTests
         finally { gpu.ExactRows = keep; }
     }
 
+    /// <summary>
+    /// GEMV launches shrink their groups when a product has too few rows to fill the device (down to one warp per group):
+    /// a row's arithmetic is its warp's alone, so one-warp groups give every product (int8, int4, bf16; one row, the
+    /// fused gate/up+SwiGLU, Q/K/V in one launch) bit for bit what the full groups give.
+    /// </summary>
+    [Fact]
+    public void GemvGroupSizeChangesNoBits()
+    {
+        var rng = new Random(77);
+        using var full = Create("nvidia-like");
+        using var narrow = Create("nvidia-like");
+        narrow.GemvGroupsTarget = 1 << 20;
+        using var arena = new RandomTensors(78);
+        int cols = 128;
+        var weights = new List<(string What, Func<GpuBackend, Weight> Load, int Rows)>();
+        foreach (int bits in new[] { 8, 4 })
+            foreach (int rows in new[] { 40, 24, 24 })
+            {
+                var q = TestUtil.Random(rng, bits, rows, cols, 32, zeros: bits == 4);
+                weights.Add(($"q{bits} {rows}", b => b.LoadQuantized(q), rows));
+            }
+        foreach (int rows in new[] { 40, 24, 24 })
+        {
+            var t = arena.Matrix($"bf16.{rows}", DType.BF16, rows, cols, 0.2f);
+            weights.Add(($"bf16 {rows}", b => b.LoadWeight(t), rows));
+        }
+        var x = TestUtil.RandomVector(rng, cols);
+        float[] Run(GpuBackend b)
+        {
+            var outs = new List<float>();
+            var ws = weights.Select(w => w.Load(b)).ToArray();
+            using var xb = b.Allocate(cols);
+            b.Upload(x, xb);
+            for (int i = 0; i < ws.Length; i += 3)
+            {
+                var ys = Enumerable.Range(0, 3).Select(j => b.Allocate(weights[i + j].Rows)).ToArray();
+                using var sw = b.Allocate(weights[i + 1].Rows);
+                try
+                {
+                    b.MatMul(xb, ws[i], ys[0], 1);
+                    b.MatMulSwiGlu(xb, ws[i + 1], ws[i + 2], sw, 1);
+                    foreach (var (buf, n) in new[] { (ys[0], weights[i].Rows), (sw, weights[i + 1].Rows) })
+                    {
+                        var y = new float[n]; b.Download(buf, 0, y); outs.AddRange(y);
+                    }
+                    var before = b.Counters;
+                    b.MatMul3(xb, 1, ws[i], ys[0], null, ws[i + 1], ys[1], null, ws[i + 2], ys[2], null);
+                    Assert.Equal(1, (b.Counters - before).Launches);
+                    for (int j = 0; j < 3; j++)
+                    {
+                        var y = new float[weights[i + j].Rows]; b.Download(ys[j], 0, y); outs.AddRange(y);
+                    }
+                }
+                finally { foreach (var y in ys) y.Dispose(); }
+            }
+            return [.. outs];
+        }
+        var want = Run(full);
+        var got = Run(narrow);
+        Assert.True(want.All(float.IsFinite));
+        Assert.Equal(want, got);
+    }
+
     /// <summary>An int8/int4 product with the residual add and norm in one launch: bit for bit MatMul then AddRmsNorm.</summary>
     [Theory]
     [InlineData(8, "default")]
