@@ -177,8 +177,7 @@ public static class QuantGemvKernels
     /// <summary>
     /// <see cref="RowQ8"/> for <see cref="QuantShape.Vector"/> shapes: each lane takes 8 codes per step (one 8-byte load,
     /// a warp 256 contiguous bytes) and their 8 activations (four 8-byte loads); the 8 share a group, so a step adds
-    /// its partial sum times the group's scale (a row of one group: the scale once, at the end). Codes become floats by
-    /// <see cref="Code8"/>'s exponent trick (a shift, one logic op and one add per code, no int-to-float conversion).
+    /// its partial sum times the group's scale (a row of one group: the scale once, at the end).
     /// </summary>
     private static float RowQ8Wide(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<float> x, int row, QuantShape s)
     {
@@ -201,16 +200,17 @@ public static class QuantGemvKernels
         return KernelMath.WarpSum(acc);
     }
 
-
-    /// <summary>2^23 as float bits: OR-ing an integer below 2^23 into the mantissa gives the float 2^23 + that integer, exactly.</summary>
+    /// <summary>2^23 as float bits: OR-ing an integer below 2^23 into the mantissa gives the float 2^23 + that integer, exactly
+    /// (<see cref="Code4"/>: q − z with no int-to-float conversion, the zero point folded into the one subtraction).</summary>
     private const uint Exponent23 = 0x4B000000;
     private const float Two23 = 8388608f;
 
     /// <summary>
-    /// The signed 8-bit code at bit <paramref name="at"/> of <paramref name="w"/> as a float: its byte xor 0x80 (the
-    /// code + 128, 0..255) in the mantissa of 2^23, minus 2^23 + 128, exactly.
+    /// The signed 8-bit code at bit <paramref name="at"/> of <paramref name="w"/> as a float, sign-extended by shifts (two
+    /// shifts and a full-rate I2FP per code on sm_90). Not <c>(sbyte)(w >> at)</c>: ILGPU 1.5.3 compiles some of those
+    /// narrowing casts to unsigned conversions (see <see cref="MmaGemmKernels"/>; <c>PtxTests</c> guards it).
     /// </summary>
-    private static float Code8(uint w, int at) => Interop.IntAsFloat((((w >> at) & 255u) ^ 0x80u) | Exponent23) - (Two23 + 128f);
+    private static float Code8(uint w, int at) => (int)(w << (24 - at)) >> 24;
 
     /// <summary>The 4-bit code at bit <paramref name="at"/> of <paramref name="w"/> minus its zero point z, exactly, given <paramref name="z23"/> = 2^23 + z.</summary>
     private static float Code4(uint w, int at, float z23) => Interop.IntAsFloat(((w >> at) & 15u) | Exponent23) - z23;
@@ -258,7 +258,7 @@ public static class QuantGemvKernels
     /// per step, bytes 8k .. 8k+7 of a block, whose low nibbles are columns 8k .. 8k+7 and high nibbles columns
     /// 32+8k .. 32+8k+7 (16 codes, a warp 256 contiguous bytes), and their 16 activations (eight 8-byte loads). Each half
     /// lies in one group (power-of-two groups of 8+ columns) and adds s·Σ (q − z)·x, q − z formed exactly by
-    /// <see cref="Code4"/> (a shift, one logic op and one add per code); a row of one group applies its scale once.
+    /// <see cref="Code4"/> (a shift, two logic ops and one add per code); a row of one group applies its scale once.
     /// </summary>
     private static float RowQ4Wide(ArrayView<byte> codes, ArrayView<ushort> scales, ArrayView<byte> zeros, ArrayView<float> x, int row, QuantShape s)
     {
