@@ -123,6 +123,12 @@ public static class KernelBenchmark
             yield return Rope(m.Heads, m.HeadDim, ctx - 1);
             foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 }) yield return MatMul(dt, 1, inter, h);
             foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 }) yield return MatMul(dt, gemmRows, inter, h);
+            if (b is IQuantizedBackend)
+                foreach (int bits in new[] { 8, 4 })
+                {
+                    yield return QuantMatMul(bits, 1, inter, h);
+                    yield return QuantMatMul(bits, gemmRows, inter, h);
+                }
             yield return Attention(1, ctx - 1, "attention_decode");
             yield return Attention(prefill, 0, "attention_prefill");
             yield return Elementwise("swiglu", inter);
@@ -238,6 +244,34 @@ public static class KernelBenchmark
             double err = RelErr(b, yb, r, yr, (long)rows * outF);
             double bytes = (double)outF * inF * dt.Size() + 4.0 * rows * (inF + outF);
             return Make(rows == 1 ? "gemv" : "gemm", $"{rows}x{inF}->{outF}", dt.ToString(), err, 1e-5,
+                        () => b.MatMul(xb, wb, yb, rows), bytes, 2.0 * rows * outF * inF);
+        }
+
+        /// <summary>
+        /// A per-channel int8/int4 product (lrlrun's Q8_GC/Q4_GC, the presets' layout) of random codes and f16 scales.
+        /// The CPU backend quantizes its activations to int8 (~1 % off the f32 product); the GPU's are f32.
+        /// </summary>
+        private Result QuantMatMul(int bits, int rows, int outF, int inF)
+        {
+            var codes = GC.AllocateArray<byte>(bits == 8 ? outF * inF : outF * inF / 2, pinned: true);
+            _rng.NextBytes(codes);
+            if (bits == 8) for (int i = 0; i < codes.Length; i++) if (codes[i] == 0x80) codes[i] = 0x81; // no −128
+            var scales = GC.AllocateArray<Half>(outF, pinned: true);
+            for (int i = 0; i < outF; i++) scales[i] = (Half)((bits == 8 ? 0.1 / 127 : 0.1 / 8) * (0.5 + _rng.NextDouble()));
+            var q = new QuantizedTensor
+            {
+                Name = $"w.q{bits}", Source = "benchmark", Bits = bits, GroupSize = inF, Rows = outF, Cols = inF,
+                Codes = (byte*)Marshal.UnsafeAddrOfPinnedArrayElement(codes, 0), Scales = (Half*)Marshal.UnsafeAddrOfPinnedArrayElement(scales, 0),
+                Owner = new object[] { codes, scales },
+            };
+            using var wb = ((IQuantizedBackend)b).LoadQuantized(q); using var wr = ((IQuantizedBackend)r).LoadQuantized(q);
+            var (xb, xr) = Pair(Rand((long)rows * inF));
+            using var _1 = xb; using var _2 = xr;
+            using var yb = b.Allocate((long)rows * outF); using var yr = r.Allocate((long)rows * outF);
+            b.MatMul(xb, wb, yb, rows); r.MatMul(xr, wr, yr, rows);
+            double err = RelErr(b, yb, r, yr, (long)rows * outF);
+            double bytes = (double)q.ByteSize + 4.0 * rows * (inF + outF);
+            return Make(rows == 1 ? "gemv" : "gemm", $"{rows}x{inF}->{outF}", $"Q{bits}", err, b is GpuBackend ? 1e-5 : 2e-2,
                         () => b.MatMul(xb, wb, yb, rows), bytes, 2.0 * rows * outF * inF);
         }
 
