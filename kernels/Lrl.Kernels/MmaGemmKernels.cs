@@ -5,9 +5,10 @@ using ILGPU.Runtime.Cuda;
 namespace Lrl.Kernels;
 
 /// <summary>
-/// Prefill products y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o] for bf16 weights on tensor cores: PTX
+/// Prefill products y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o] for bf16, int8 and int4 weights on tensor cores: PTX
 /// <c>mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32</c> (sm_80 and later) through ILGPU's inline PTX.
-/// The weights are exact in bf16; each activation is split into two bf16 terms, hi = bf16(x) and lo = bf16(x − hi)
+/// The weights are exact in bf16 (bf16 as stored; int8/int4 as their codes q − z, each group's partial sums scaled by
+/// its scale when the group ends: <see cref="IMmaTiles"/>); each activation is split into two bf16 terms, hi = bf16(x) and lo = bf16(x − hi)
 /// (x = hi + lo to ~2^-17 relative, against bf16's 2^-9 alone), so a tile costs two products and the result is an f32
 /// product's to within its rounding, not a bf16 one's. A group of <see cref="Threads"/> threads (four warps) computes
 /// <see cref="TileM"/> tokens × <see cref="TileN"/> outputs, each warp 32 × 32 (2 × 4 tiles of 16 × 8 in registers);
