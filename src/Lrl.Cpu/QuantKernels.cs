@@ -148,14 +148,14 @@ internal static unsafe partial class QuantKernels
     /// shuffle-port uops).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void StoreInt8(Vector256<int> i0, Vector256<int> i1, Vector256<int> i2, Vector256<int> i3, sbyte* q)
+    private static void StoreInt8(Vector256<int> i0, Vector256<int> i1, Vector256<int> i2, Vector256<int> i3, sbyte* q)
     {
         var packed = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
         Avx2.PermuteVar8x32(packed.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(q);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static float HMax(Vector256<float> m)
+    private static float HMax(Vector256<float> m)
     {
         var h = Vector128.MaxNative(m.GetLower(), m.GetUpper());
         h = Vector128.MaxNative(h, Vector128.Shuffle(h, Vector128.Create(2, 3, 0, 1)));
