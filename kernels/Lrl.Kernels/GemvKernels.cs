@@ -71,7 +71,18 @@ public static class GemvKernels
             int quads = inF >> 2;
             long qb = (long)row * quads;
             var x2 = x.Cast<ulong>(); // the activations as float pairs: two 8-byte loads per quad (rows of 4k floats start 16-byte aligned)
-            for (int q = Warp.LaneIdx; q < quads; q += Warp.WarpSize)
+            int q = Warp.LaneIdx, ws = Warp.WarpSize;
+            // Two quads per step, both loaded before either is used (ptxas left the one-quad loop of the O2 compile
+            // un-unrolled: one weight load in flight per lane); the sum's order is the one-quad loop's.
+            for (; q + ws < quads; q += 2 * ws)
+            {
+                w.Get4(qb + q, out float w0, out float w1, out float w2, out float w3);
+                w.Get4(qb + q + ws, out float v0, out float v1, out float v2, out float v3);
+                ulong a = x2[2 * q], b = x2[2 * q + 1], c = x2[2 * (q + ws)], d = x2[2 * (q + ws) + 1];
+                acc += w0 * Lo(a) + w1 * Hi(a) + w2 * Lo(b) + w3 * Hi(b);
+                acc += v0 * Lo(c) + v1 * Hi(c) + v2 * Lo(d) + v3 * Hi(d);
+            }
+            if (q < quads)
             {
                 w.Get4(qb + q, out float w0, out float w1, out float w2, out float w3);
                 ulong a = x2[2 * q], b = x2[2 * q + 1];

@@ -5,10 +5,11 @@ using ILGPU.Runtime.Cuda;
 namespace Lrl.Kernels;
 
 /// <summary>
-/// Prefill products y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o] for bf16, int8 and int4 weights on tensor cores: PTX
-/// <c>mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32</c> (sm_80 and later) through ILGPU's inline PTX.
+/// Prefill products y[r, o] = Σ_i x[r, i]·W[o, i] + bias[o] for bf16, f16, f32, int8 and int4 weights on tensor cores:
+/// PTX <c>mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32</c> (sm_80 and later) through ILGPU's inline PTX.
 /// The weights are exact in bf16 (bf16 as stored; int8/int4 as their codes q − z, each group's partial sums scaled by
-/// its scale when the group ends: <see cref="IMmaTiles"/>); each activation is split into two bf16 terms, hi = bf16(x) and lo = bf16(x − hi)
+/// its scale when the group ends: <see cref="IMmaTiles"/>) or split in two bf16 terms (f16 exactly, f32 to 16
+/// significant bits: a third product per tile, <see cref="GemmF16"/>); each activation is split into two bf16 terms, hi = bf16(x) and lo = bf16(x − hi)
 /// (x = hi + lo to ~2^-17 relative, against bf16's 2^-9 alone), so a tile costs two products and the result is an f32
 /// product's to within its rounding, not a bf16 one's. A group of <see cref="Threads"/> threads (four warps) computes
 /// <see cref="TileM"/> tokens × <see cref="TileN"/> outputs, each warp 32 × 32 (2 × 4 tiles of 16 × 8 in registers);
@@ -49,19 +50,38 @@ public static class MmaGemmKernels
                               int rows, int outF, int inF, ArrayView<uint> ex) =>
         Gemm(new Q4Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
 
+    /// <summary>
+    /// The product for f16 weights: each weight is hi + lo, two bf16 terms, exactly (f16's 11 significant bits are bf16's 8
+    /// and a remainder of at most 4, within bf16's exponent range), so a tile costs three products, Xhi·Whi + Xlo·Whi +
+    /// Xhi·Wlo (Xlo·Wlo, ~2^-17 of the sum, is left out), and the result is the f32 product's to within its rounding.
+    /// </summary>
+    public static void GemmF16(F16Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                               int rows, int outF, int inF, ArrayView<uint> ex) =>
+        Gemm(new F16Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
+
+    /// <summary>
+    /// The product for f32 weights, as <see cref="GemmF16"/>: each weight split into hi + lo bf16 terms (16 of its 24
+    /// significant bits, as for the activations: ~2^-17 relative), three products per tile.
+    /// </summary>
+    public static void GemmF32(F32Reader w, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias, int hasBias,
+                               int rows, int outF, int inF, ArrayView<uint> ex) =>
+        Gemm(new F32Tiles { W = w }, x, y, bias, hasBias, rows, outF, inF, ex);
+
     /// <summary>Whether a quantized matrix of this shape takes <see cref="GemmQ8"/> / <see cref="GemmQ4"/>.</summary>
     public static bool Serves(QuantShape s) => s.Vector != 0 && (s.Groups == 1 || s.Group >= TileK);
 
     /// <summary>
     /// How a product stages its weight tile: <see cref="TileN"/> rows × <see cref="TileK"/> columns as bf16 bits at the
-    /// shared pitch (zeros past the matrix), and, for quantized weights, the scale by which the partial sums of a group
-    /// are multiplied when it ends.
+    /// shared pitch (zeros past the matrix), for f16/f32 weights also the remainders (<see cref="Split"/>), and, for
+    /// quantized weights, the scale by which the partial sums of a group are multiplied when it ends.
     /// </summary>
     private interface IMmaTiles
     {
         /// <summary>Whether partial sums are scaled per group (quantized) or accumulate directly (bf16).</summary>
         bool Scaled { get; }
-        void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF);
+        /// <summary>Whether each weight is staged as two bf16 terms, hi in <c>ws</c> and lo in <c>wl</c> (f16, f32).</summary>
+        bool Split { get; }
+        void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF);
         /// <summary>The scale of output <paramref name="o"/>'s group holding column <paramref name="k"/>.</summary>
         float Scale(int o, int k);
         /// <summary>Whether the group holding column <paramref name="k"/> ends before column k + <see cref="TileK"/> (or the row does).</summary>
@@ -72,11 +92,12 @@ public static class MmaGemmKernels
     {
         public BF16Reader W;
         public readonly bool Scaled => false;
+        public readonly bool Split => false;
         public readonly float Scale(int o, int k) => 1f;
         public readonly bool GroupEnds(int k, int inF) => false;
 
         /// <summary>64 × 32 bf16, four at a time where the row length allows 8-byte loads.</summary>
-        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
         {
             bool quads = (inF & 3) == 0;
             for (int e = tid; e < TileN * TileK / 4; e += Threads)
@@ -94,15 +115,71 @@ public static class MmaGemmKernels
         }
     }
 
+    /// <summary>f16 weights as hi + lo bf16 terms (exact), four at a time where the row length allows 8-byte loads.</summary>
+    private struct F16Tiles : IMmaTiles
+    {
+        public F16Reader W;
+        public readonly bool Scaled => false;
+        public readonly bool Split => true;
+        public readonly float Scale(int o, int k) => 1f;
+        public readonly bool GroupEnds(int k, int inF) => false;
+
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
+        {
+            bool quads = (inF & 3) == 0;
+            for (int e = tid; e < TileN * TileK / 4; e += Threads)
+            {
+                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
+                int at = rr * Pitch + cc;
+                if (o < outF && quads && k + 3 < inF)
+                {
+                    ulong v = W.Quads[((long)o * inF + k) / 4];
+                    for (int j = 0; j < 4; j++) SplitInto(ws, wl, at + j, KernelMath.HalfToFloat((ushort)(v >> (16 * j))));
+                }
+                else
+                    for (int j = 0; j < 4; j++) SplitInto(ws, wl, at + j, o < outF && k + j < inF ? W.Get((long)o * inF + k + j) : 0f);
+            }
+        }
+    }
+
+    /// <summary>f32 weights as hi + lo bf16 terms (16 significant bits).</summary>
+    private struct F32Tiles : IMmaTiles
+    {
+        public F32Reader W;
+        public readonly bool Scaled => false;
+        public readonly bool Split => true;
+        public readonly float Scale(int o, int k) => 1f;
+        public readonly bool GroupEnds(int k, int inF) => false;
+
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
+        {
+            for (int e = tid; e < TileN * TileK; e += Threads)
+            {
+                int rr = e / TileK, cc = e % TileK, o = n0 + rr, k = k0 + cc;
+                SplitInto(ws, wl, rr * Pitch + cc, o < outF && k < inF ? W.Data[(long)o * inF + k] : 0f);
+            }
+        }
+    }
+
+    /// <summary>hi = bf16(v) into <paramref name="hi"/>, lo = bf16(v − hi) into <paramref name="lo"/>, at <paramref name="at"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SplitInto(ArrayView<ushort> hi, ArrayView<ushort> lo, int at, float v)
+    {
+        ushort h = ToBF16(v);
+        hi[at] = h;
+        lo[at] = ToBF16(v - KernelMath.BF16ToFloat(h));
+    }
+
     /// <summary>int8 codes: per row 32 bytes of the K step as four 8-byte loads, each code's bf16 (exact: |q| ≤ 127).</summary>
     private struct Q8Tiles : IMmaTiles
     {
         public Q8Reader W;
         public readonly bool Scaled => true;
+        public readonly bool Split => false;
         public readonly float Scale(int o, int k) => QScale(W.Scales, W.Shape, o, k);
         public readonly bool GroupEnds(int k, int inF) => QGroupEnds(W.Shape, k, inF);
 
-        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
         {
             var codes = W.Codes.Cast<ulong>();
             for (int e = tid; e < TileN * TileK / 8; e += Threads)
@@ -125,10 +202,11 @@ public static class MmaGemmKernels
     {
         public Q4Reader W;
         public readonly bool Scaled => true;
+        public readonly bool Split => false;
         public readonly float Scale(int o, int k) => QScale(W.Scales, W.Shape, o, k);
         public readonly bool GroupEnds(int k, int inF) => QGroupEnds(W.Shape, k, inF);
 
-        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, int tid, int n0, int k0, int outF, int inF)
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
         {
             var codes = W.Codes.Cast<ulong>();
             int shift = (k0 & 32) >> 3; // 4 for the high half
@@ -180,7 +258,8 @@ public static class MmaGemmKernels
         var xh = SharedMemory.Allocate<ushort>(TileM * Pitch);
         var xl = SharedMemory.Allocate<ushort>(TileM * Pitch);
         var ws = SharedMemory.Allocate<ushort>(TileN * Pitch);
-        var xh2 = xh.Cast<uint>(); var xl2 = xl.Cast<uint>(); var ws2 = ws.Cast<uint>();
+        var wl = SharedMemory.Allocate<ushort>(tiles.Split ? TileN * Pitch : 2); // split weights' lo terms (f16, f32)
+        var xh2 = xh.Cast<uint>(); var xl2 = xl.Cast<uint>(); var ws2 = ws.Cast<uint>(); var wl2 = wl.Cast<uint>();
         int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
         int nBlocks = (outF + TileN - 1) / TileN;
         int n0 = (Grid.IdxX % nBlocks) * TileN, m0 = (Grid.IdxX / nBlocks) * TileM;
@@ -200,12 +279,12 @@ public static class MmaGemmKernels
                 xh[rr * Pitch + cc] = hi;
                 xl[rr * Pitch + cc] = ToBF16(v - KernelMath.BF16ToFloat(hi));
             }
-            tiles.Stage(ws, ws2, tid, n0, k0, outF, inF);
+            tiles.Stage(ws, ws2, wl, tid, n0, k0, outF, inF);
             Group.Barrier();
             for (int ks = 0; ks < TileK; ks += 16)
             {
-                if (tiles.Scaled) Step(ex, xh2, xl2, ws2, tid, wm, wn, g, t, ks, ref p00, ref p01, ref p02, ref p03, ref p10, ref p11, ref p12, ref p13);
-                else Step(ex, xh2, xl2, ws2, tid, wm, wn, g, t, ks, ref c00, ref c01, ref c02, ref c03, ref c10, ref c11, ref c12, ref c13);
+                if (tiles.Scaled) Step(ex, xh2, xl2, ws2, wl2, false, tid, wm, wn, g, t, ks, ref p00, ref p01, ref p02, ref p03, ref p10, ref p11, ref p12, ref p13);
+                else Step(ex, xh2, xl2, ws2, wl2, tiles.Split, tid, wm, wn, g, t, ks, ref c00, ref c01, ref c02, ref c03, ref c10, ref c11, ref c12, ref c13);
             }
             Group.Barrier();
             if (tiles.Scaled && tiles.GroupEnds(k0, inF))
@@ -244,7 +323,7 @@ public static class MmaGemmKernels
     /// CUDA the mma instruction; elsewhere <see cref="Emulate"/> over the registers every lane published.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Step(ArrayView<uint> ex, ArrayView<uint> xh2, ArrayView<uint> xl2, ArrayView<uint> ws2, int tid, int wm, int wn,
+    private static void Step(ArrayView<uint> ex, ArrayView<uint> xh2, ArrayView<uint> xl2, ArrayView<uint> ws2, ArrayView<uint> wl2, bool split, int tid, int wm, int wn,
                              int g, int t, int ks, ref Acc c00, ref Acc c01, ref Acc c02, ref Acc c03, ref Acc c10, ref Acc c11,
                              ref Acc c12, ref Acc c13)
     {
@@ -266,6 +345,13 @@ public static class MmaGemmKernels
                 else if (ni == 1) { Mma2(h0, l0, b, ref c01); Mma2(h1, l1, b, ref c11); }
                 else if (ni == 2) { Mma2(h0, l0, b, ref c02); Mma2(h1, l1, b, ref c12); }
                 else { Mma2(h0, l0, b, ref c03); Mma2(h1, l1, b, ref c13); }
+                if (!split) continue;
+                // Split weights: the third product, Xhi·Wlo.
+                ulong bl = LoadB(wl2, rb, ni);
+                if (ni == 0) { Mma(h0, bl, ref c00); Mma(h1, bl, ref c10); }
+                else if (ni == 1) { Mma(h0, bl, ref c01); Mma(h1, bl, ref c11); }
+                else if (ni == 2) { Mma(h0, bl, ref c02); Mma(h1, bl, ref c12); }
+                else { Mma(h0, bl, ref c03); Mma(h1, bl, ref c13); }
             }
         }
         else
@@ -280,13 +366,16 @@ public static class MmaGemmKernels
                 ulong b = LoadB(ws2, rb, ni);
                 ex[mine + 16 + 2 * ni] = (uint)b;
                 ex[mine + 17 + 2 * ni] = (uint)(b >> 32);
+                ulong bl = split ? LoadB(wl2, rb, ni) : 0UL;
+                ex[mine + 24 + 2 * ni] = (uint)bl;
+                ex[mine + 25 + 2 * ni] = (uint)(bl >> 32);
             }
             Group.Barrier();
             int lanes = (Grid.IdxX * Threads + (tid & ~31)) * Exchange;
-            Emulate(ex, lanes, 0, 0, g, t, ref c00); Emulate(ex, lanes, 0, 1, g, t, ref c01);
-            Emulate(ex, lanes, 0, 2, g, t, ref c02); Emulate(ex, lanes, 0, 3, g, t, ref c03);
-            Emulate(ex, lanes, 1, 0, g, t, ref c10); Emulate(ex, lanes, 1, 1, g, t, ref c11);
-            Emulate(ex, lanes, 1, 2, g, t, ref c12); Emulate(ex, lanes, 1, 3, g, t, ref c13);
+            Emulate(ex, lanes, 0, 0, g, t, split, ref c00); Emulate(ex, lanes, 0, 1, g, t, split, ref c01);
+            Emulate(ex, lanes, 0, 2, g, t, split, ref c02); Emulate(ex, lanes, 0, 3, g, t, split, ref c03);
+            Emulate(ex, lanes, 1, 0, g, t, split, ref c10); Emulate(ex, lanes, 1, 1, g, t, split, ref c11);
+            Emulate(ex, lanes, 1, 2, g, t, split, ref c12); Emulate(ex, lanes, 1, 3, g, t, split, ref c13);
             Group.Barrier();
         }
     }
@@ -353,8 +442,11 @@ public static class MmaGemmKernels
         Mma(lo, b, ref c);
     }
 
-    /// <summary>Registers one lane publishes for the emulation: A hi and lo of both row tiles (16), B of four column tiles (8).</summary>
-    private const int Exchange = 24;
+    /// <summary>
+    /// Registers one lane publishes for the emulation: A hi and lo of both row tiles (16), B of four column tiles (8), and
+    /// split weights' B lo of the four (8).
+    /// </summary>
+    private const int Exchange = 32;
 
     /// <summary>The emulation's scratch for a grid of <paramref name="groups"/> groups.</summary>
     public static long ScratchLength(int groups) => (long)groups * Threads * Exchange;
@@ -372,7 +464,7 @@ public static class MmaGemmKernels
     /// 4n + s holds column n at K 2s, 2s+1 (b's low word) and 2s+8, 2s+9 (its high word).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Emulate(ArrayView<uint> ex, int lanes, int mi, int ni, int g, int t, ref Acc c)
+    private static void Emulate(ArrayView<uint> ex, int lanes, int mi, int ni, int g, int t, bool split, ref Acc c)
     {
         float s0 = c.C0, s1 = c.C1, s2 = c.C2, s3 = c.C3;
         for (int src = 0; src < 4; src++)
@@ -384,6 +476,13 @@ public static class MmaGemmKernels
             s1 += (Dot2(ex[ha], b10) + Dot2(ex[ha + 2], b11)) + (Dot2(ex[la], b10) + Dot2(ex[la + 2], b11));
             s2 += (Dot2(ex[ha + 1], b00) + Dot2(ex[ha + 3], b01)) + (Dot2(ex[la + 1], b00) + Dot2(ex[la + 3], b01));
             s3 += (Dot2(ex[ha + 1], b10) + Dot2(ex[ha + 3], b11)) + (Dot2(ex[la + 1], b10) + Dot2(ex[la + 3], b11));
+            if (!split) continue;
+            // Split weights' lo terms (8 slots past the hi ones) times the activations' hi.
+            uint l00 = ex[bb0 + 8], l01 = ex[bb0 + 9], l10 = ex[bb1 + 8], l11 = ex[bb1 + 9];
+            s0 += Dot2(ex[ha], l00) + Dot2(ex[ha + 2], l01);
+            s1 += Dot2(ex[ha], l10) + Dot2(ex[ha + 2], l11);
+            s2 += Dot2(ex[ha + 1], l00) + Dot2(ex[ha + 3], l01);
+            s3 += Dot2(ex[ha + 1], l10) + Dot2(ex[ha + 3], l11);
         }
         c.C0 = s0; c.C1 = s1; c.C2 = s2; c.C3 = s3;
     }

@@ -43,6 +43,16 @@ public sealed partial class GpuBackend
     private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmBf16Mma =>
         _gemmBf16Mma ??= _accelerator.LoadKernel<BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmBF16);
 
+    private Action<AcceleratorStream, KernelConfig, F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmF16Mma;
+    /// <summary>The tensor-core prefill product for f16 weights (hi + lo bf16 terms, <see cref="MmaGemmKernels.GemmF16"/>).</summary>
+    private Action<AcceleratorStream, KernelConfig, F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmF16Mma =>
+        _gemmF16Mma ??= _accelerator.LoadKernel<F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmF16);
+
+    private Action<AcceleratorStream, KernelConfig, F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmF32Mma;
+    /// <summary>The tensor-core prefill product for f32 weights (<see cref="MmaGemmKernels.GemmF32"/>).</summary>
+    private Action<AcceleratorStream, KernelConfig, F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmF32Mma =>
+        _gemmF32Mma ??= _accelerator.LoadKernel<F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmF32);
+
     private MatKernels<F32Reader>? _kF32;
     private MatKernels<F16Reader>? _kF16;
     private MatKernels<BF16Reader>? _kBF16;

@@ -248,7 +248,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
     }
 
     /// <summary>
-    /// Whether a bf16 product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels"/>): on CUDA
+    /// Whether a bf16, f16 or f32 product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels"/>): on CUDA
     /// devices of compute capability 8.0 or later, and on the CPU accelerator with 32-lane warps (the instruction emulated
     /// from the same fragments, for the tests), from <see cref="MmaMinRows"/> rows (below, the 8-row tiles waste less).
     /// <c>LRL_GPU_MMA=0</c> turns it off (to compare the two kernels on a device).
@@ -290,6 +290,10 @@ public sealed partial class GpuBackend : IDraftHeadOps
         }
         else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
             GemmBf16Mma(Launch_, MmaConfig(rows, outF, out var ex), bf16, x, y, bias, hasBias, rows, outF, inF, ex);
+        else if (reader is F16Reader f16 && UsesTensorCores(rows))
+            GemmF16Mma(Launch_, MmaConfig(rows, outF, out var ex), f16, x, y, bias, hasBias, rows, outF, inF, ex);
+        else if (reader is F32Reader f32 && UsesTensorCores(rows))
+            GemmF32Mma(Launch_, MmaConfig(rows, outF, out var ex), f32, x, y, bias, hasBias, rows, outF, inF, ex);
         else
         {
             int outBlocks = (outF + _group - 1) / _group, rowBlocks = (rows + GemmKernels.TileRows - 1) / GemmKernels.TileRows;

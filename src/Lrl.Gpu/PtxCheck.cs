@@ -54,10 +54,14 @@ public static partial class PtxCheck
         return list;
     }
 
-    /// <summary>Compiles every entry point to PTX for <paramref name="arch"/> (e.g. SM_80, SM_90) at PTX ISA 7.8 (CUDA 11.8's).</summary>
-    public static IEnumerable<(Kernel Kernel, string Ptx)> Compile(CudaArchitecture arch, CudaInstructionSet? isa = null)
+    /// <summary>
+    /// Compiles every entry point to PTX for <paramref name="arch"/> (e.g. SM_80, SM_90) at PTX ISA 7.8 (CUDA 11.8's), at
+    /// <paramref name="level"/> (default: the CUDA backend's, <see cref="GpuBackend.CudaOptimization"/>).
+    /// </summary>
+    public static IEnumerable<(Kernel Kernel, string Ptx)> Compile(CudaArchitecture arch, CudaInstructionSet? isa = null, OptimizationLevel? level = null)
     {
-        using var context = Context.Create(b => b.Default().EnableAlgorithms());
+        var opt = level ?? GpuBackend.CudaOptimization;
+        using var context = Context.Create(b => b.Default().EnableAlgorithms().Optimize(opt));
         using var backend = new PTXBackend(context, new CudaCapabilityContext(arch), arch, isa ?? CudaInstructionSet.ISA_78, nvvmAPI: null);
         foreach (var k in EntryPoints())
         {

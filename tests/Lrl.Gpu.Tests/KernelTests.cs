@@ -239,13 +239,14 @@ public class KernelTests
     }
 
     /// <summary>
-    /// The tensor-core prefill product (bf16 weights, activations split into two bf16 terms) against the reference at f32
-    /// tolerance, on ragged shapes: rows, outputs and K not multiples of the 64 × 64 × 32 tiles, K not a multiple of four
-    /// (the weights' scalar loads), with and without a bias, every output written (the output starts poisoned). Taken on
-    /// 32-lane warps (the NVIDIA-like CPU accelerator: the instruction emulated from the same fragments; CUDA on sm_80+).
+    /// The tensor-core prefill product (bf16 weights, or f16/f32 weights split into two bf16 terms; activations split
+    /// into two bf16 terms) against the reference at f32 tolerance, on ragged shapes: rows, outputs and K not multiples
+    /// of the 64 × 64 × 32 tiles, K not a multiple of four (the weights' scalar loads), with and without a bias, every
+    /// output written (the output starts poisoned). Taken on 32-lane warps (the NVIDIA-like CPU accelerator: the
+    /// instruction emulated from the same fragments; CUDA on sm_80+).
     /// </summary>
-    [Theory, MemberData(nameof(Kinds))]
-    public void TensorCoreProductMatchesReference(string kind)
+    [Theory, MemberData(nameof(KindsAndDTypes))]
+    public void TensorCoreProductMatchesReference(string kind, DType dtype)
     {
         var g = Backends.Get(kind);
         Assert.SkipUnless(g.UsesTensorCores(GpuBackend.MmaMinRows), $"{kind}: no tensor-core path (warps of 32 on CUDA sm_80+ or the NVIDIA-like CPU accelerator)");
@@ -254,7 +255,7 @@ public class KernelTests
         using var arena = new RandomTensors(Seed());
         foreach (var (outF, inF, rows) in new[] { (72, 40, 65), (33, 37, 16) })
         {
-            var wt = arena.Matrix("w", DType.BF16, outF, inF, 0.2f);
+            var wt = arena.Matrix("w", dtype, outF, inF, 0.2f);
             var bt = arena.Vector("b", outF);
             using var wg = g.LoadWeight(wt); using var wr = r.LoadWeight(wt);
             using var bg = g.LoadWeight(bt); using var br = r.LoadWeight(bt);
@@ -266,7 +267,7 @@ public class KernelTests
                 using var yg = Check.Poisoned(g, rows * outF); using var yr = r.Allocate(rows * outF);
                 g.MatMul(xg, wg, yg, rows, bias ? bg : null); r.MatMul(xr, wr, yr, rows, bias ? br : null);
                 Check.Close(Check.Read(g, yg, rows * outF), Check.Read(r, yr, rows * outF), F32Tol,
-                    $"tensor-core matmul {outF}x{inF} rows={rows} bias={bias}");
+                    $"tensor-core matmul {dtype} {outF}x{inF} rows={rows} bias={bias}");
             }
         }
     }

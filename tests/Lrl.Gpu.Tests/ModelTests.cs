@@ -49,18 +49,20 @@ public class ModelTests
     }
 
     /// <summary>
-    /// A bf16 model's prompt long enough for the tensor-core products (NVIDIA-like CPU accelerator: emulated; CUDA sm_80+)
-    /// gives the CPU backend's last logits within f32 tolerance and the same next token.
+    /// A bf16 or f16 model's prompt long enough for the tensor-core products (NVIDIA-like CPU accelerator: emulated;
+    /// CUDA sm_80+) gives the CPU backend's last logits within f32 tolerance and the same next token.
     /// </summary>
     [Theory]
-    [InlineData("cpu-accelerator-nvidia")]
-    [InlineData("cuda")]
-    public void TensorCorePrefillMatchesTheCpuBackend(string kind)
+    [InlineData("cpu-accelerator-nvidia", "stories260k-bf16-sharded")]
+    [InlineData("cpu-accelerator-nvidia", "stories260k-fp16")]
+    [InlineData("cuda", "stories260k-bf16-sharded")]
+    [InlineData("cuda", "stories260k-fp16")]
+    public void TensorCorePrefillMatchesTheCpuBackend(string kind, string name)
     {
         var backend = Backends.Get(kind);
         const int promptRows = GpuBackend.MmaMinRows; // one row tile: each emulated launch pays per simulated warp exchange
         Assert.SkipUnless(backend.UsesTensorCores(promptRows), $"{kind}: no tensor-core path");
-        var dir = SharedData.Model("stories260k-bf16-sharded");
+        var dir = SharedData.Model(name);
         using var model = ModelRegistry.Load(dir, backend);
         using var cpuBackend = new Lrl.Cpu.CpuBackend(1);
         using var cpuModel = ModelRegistry.Load(dir, cpuBackend);

@@ -36,9 +36,31 @@ public class PtxTests
             // compiles (sbyte)(byte)v as an unsigned byte; the CPU accelerator runs the IL and never shows it).
             if (k.Name.Contains("Q8", StringComparison.Ordinal))
                 Assert.False(System.Text.RegularExpressions.Regex.IsMatch(ptx, @"cvt\.rn\.f32\.u\d+"), $"{k.Name}: an unsigned int-to-float conversion of int8 codes");
+            // Buffers are global memory: a generic load or store (LD.E/ST.E, the address space resolved per access) means
+            // the compile lost the kernel address-space inference (ILGPU O2, GpuBackend.CudaOptimization).
+            var generic = System.Text.RegularExpressions.Regex.Match(ptx, @"(?m)^\s*(ld|st|atom|red)\.(v\d\.)?[bfsu]\d+\s.*$");
+            Assert.False(generic.Success, $"{k.Name}: a generic memory access: {generic.Value.Trim()}");
             n++;
         }
         Assert.Equal(PtxCheck.EntryPoints().Count, n);
+    }
+
+    [Fact]
+    public void OptimizationLevelIsO2UnlessAskedForO1()
+    {
+        Assert.Equal(ILGPU.OptimizationLevel.O2, GpuBackend.ParseOptimization(null));
+        Assert.Equal(ILGPU.OptimizationLevel.O2, GpuBackend.ParseOptimization("o2"));
+        Assert.Equal(ILGPU.OptimizationLevel.O1, GpuBackend.ParseOptimization(" O1 "));
+        var e = Assert.Throws<Lrl.LrlException>(() => GpuBackend.ParseOptimization("O3"));
+        Assert.Contains("LRL_GPU_OPT=O3", e.Message);
+    }
+
+    [Fact]
+    public void GenericLoadsComeBackAtO1()
+    {
+        // The generic-access check in EveryKernelCompilesToPtx is not vacuous: O1 leaves the buffers generic.
+        var (k, ptx) = PtxCheck.Compile(CudaArchitecture.SM_90, level: ILGPU.OptimizationLevel.O1).First(p => p.Kernel.Name == "ActivationKernels.Add");
+        Assert.Matches(@"(?m)^\s*ld\.f32\s", ptx);
     }
 
     [Fact]
