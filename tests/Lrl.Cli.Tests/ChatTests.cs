@@ -148,10 +148,18 @@ public class ChatSessionTests
         Thread.Sleep(300);
         using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString()])) kill.WaitForExit();
         Assert.True(firstTurn.Wait(TimeSpan.FromSeconds(20)), "the reply did not stop on Ctrl-C:\n" + stderr);
-        // The second reply is as endless: it stops on a second Ctrl-C too, then end of input ends the chat.
-        Thread.Sleep(300); // let the first reply's last output arrive
-        int mark;
-        lock (output) mark = output.Length;
+        // The second reply is as endless: it stops on a second Ctrl-C too, then end of input ends the chat. The chat now
+        // waits for input and writes nothing, so once the first reply's output stops arriving (on a busy machine the
+        // pipe can lag its stats line by more than any fixed sleep) all that comes next is the second reply: a second
+        // Ctrl-C sent on the first reply's late output would land at the prompt, where it ends the chat.
+        int mark = -1;
+        for (var quietSince = DateTime.UtcNow; ; Thread.Sleep(50))
+        {
+            int now;
+            lock (output) now = output.Length;
+            if (now != mark) { mark = now; quietSince = DateTime.UtcNow; }
+            else if (DateTime.UtcNow - quietSince > TimeSpan.FromMilliseconds(500)) break;
+        }
         p.StandardInput.WriteLine("Hi");
         p.StandardInput.Flush();
         var deadline = DateTime.UtcNow.AddSeconds(30);
