@@ -28,11 +28,30 @@ public static class AttentionKernels
     public const int MaxChunk = 256;
     /// <summary>Largest head_dim the kernels accept.</summary>
     public const int MaxHeadDim = 256;
+    /// <summary>Most query heads one split-K group serves (the query heads of a KV head, in blocks of at most this many).</summary>
+    public const int MaxHeadsPerGroup = 8;
+
+    /// <summary>Query heads per split-K group: the heads sharing a KV head, at most <see cref="MaxHeadsPerGroup"/>.</summary>
+    public static int HeadsPerGroup(int heads, int kvHeads) => XMath.Min(heads / kvHeads, MaxHeadsPerGroup);
 
     /// <summary>
-    /// Grid = rows·heads·splits (split fastest). partO: [grid, headDim]; partML: [grid, 2] (max, sum); the last split of
-    /// each row and head to finish merges them into output [rows·heads, headDim] (see <see cref="SplitCore"/>);
-    /// tickets: [rows·heads], zero before the launch and after it.
+    /// Split-K groups per row and split: each KV head's query heads in blocks of <see cref="HeadsPerGroup"/> (one per KV
+    /// head for every grouped-query model up to 8 query heads a KV head; as many as heads without grouping).
+    /// </summary>
+    public static int Units(int heads, int kvHeads)
+    {
+        int perKv = heads / kvHeads, per = XMath.Min(perKv, MaxHeadsPerGroup);
+        return kvHeads * ((perKv + per - 1) / per);
+    }
+
+    /// <summary>
+    /// Grid = rows·<see cref="Units"/>·splits (split fastest): each group scores one chunk of positions for the query
+    /// heads of one KV head (a block of up to <see cref="MaxHeadsPerGroup"/>), reading the chunk's K and V rows from
+    /// memory once for all of them (one group per query head read them once per head: 3-4x the L2 traffic of a
+    /// grouped-query model's decode attention). partO: [rows·heads·splits, headDim]; partML: [rows·heads·splits, 2] (max,
+    /// sum), per row, head and split; the last split of each row and unit to finish merges its heads into output
+    /// [rows·heads, headDim] (see <see cref="SplitCore"/>); tickets: [rows·units], zero before the launch and after it.
+    /// Each head's arithmetic is what a group of its own computed (the same sums in the same order).
     /// </summary>
     public static void SplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
                               ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, ArrayView<int> tickets, AttentionShape s) =>
@@ -90,109 +109,131 @@ public static class AttentionKernels
                                   ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks,
                                   ArrayView<float> output, ArrayView<int> tickets, AttentionShape s, bool tree)
     {
-        var sc = SharedMemory.Allocate<float>(MaxChunk);
-        var qs = SharedMemory.Allocate<float>(MaxHeadDim);
+        var sc = SharedMemory.Allocate<float>(MaxChunk * MaxHeadsPerGroup);
+        var qs = SharedMemory.Allocate<float>(MaxHeadDim * MaxHeadsPerGroup);
         var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
         var last = SharedMemory.Allocate<int>(1);
         int t = Group.IdxX, gi = Grid.IdxX;
-        int split = gi % s.Splits, rh = gi / s.Splits, r = rh / s.Heads;
+        int units = Units(s.Heads, s.KvHeads), per = HeadsPerGroup(s.Heads, s.KvHeads), perKv = s.Heads / s.KvHeads;
+        int split = gi % s.Splits, ru = gi / s.Splits, r = ru / units, u = ru % units;
+        int blocks = units / s.KvHeads, kh = u / blocks, h0 = kh * perKv + (u % blocks) * per;
+        int nq = XMath.Min(per, (kh + 1) * perKv - h0); // this group's heads: h0 .. h0 + nq - 1
         int n = tree ? s.Pos0 + PathNodes(masks, r) : s.Pos0 + r + 1;
         int chunk = s.Chunk;
         bool empty = false;
         if (s.Target > 0)
         {
-            int splits = SplitsFor(n, s.Heads, s.Target, out chunk);
+            int splits = SplitsFor(n, units, s.Target, out chunk);
             // A split this row does not have: an empty partial, which the merge skips.
             empty = split >= splits;
         }
         if (empty)
         {
-            if (t == 0) { partML[gi * 2] = float.NegativeInfinity; partML[gi * 2 + 1] = 0; }
+            if (t < nq)
+            {
+                long pi = ((long)(r * s.Heads + h0 + t) * s.Splits + split) * 2;
+                partML[pi] = float.NegativeInfinity; partML[pi + 1] = 0;
+            }
         }
-        else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, rh, n, chunk); // uniform per group
+        else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, r, h0, nq, kh, n, chunk); // uniform per group
         MemoryFence.DeviceLevel();
         Group.Barrier();
-        if (t == 0) last[0] = Atomic.Add(ref tickets[rh], 1) == s.Splits - 1 ? 1 : 0;
+        if (t == 0) last[0] = Atomic.Add(ref tickets[ru], 1) == s.Splits - 1 ? 1 : 0;
         Group.Barrier();
         if (last[0] == 0) return; // uniform per group
         MemoryFence.DeviceLevel();
-        CombineRow(partO, partML, output, s, rh);
-        if (t == 0) tickets[rh] = 0;
+        for (int j = 0; j < nq; j++) CombineRow(partO, partML, output, s, r * s.Heads + h0 + j);
+        if (t == 0) tickets[ru] = 0;
     }
 
+    /// <summary>
+    /// One split's partial for query heads <paramref name="h0"/> .. h0 + <paramref name="nq"/> − 1 of row
+    /// <paramref name="r"/> (all reading KV head <paramref name="kh"/>): per position one warp reads the K row once and
+    /// takes every head's dot product (the row stays in L1 for the heads after the first); per head the softmax and the
+    /// weighted V sum as a group of its own did them.
+    /// </summary>
     private static void Partial(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> partO,
                                 ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree,
-                                ArrayView<float> sc, ArrayView<float> qs, ArrayView<float> scratch, int split, int rh, int n, int chunk)
+                                ArrayView<float> sc, ArrayView<float> qs, ArrayView<float> scratch, int split, int r, int h0, int nq,
+                                int kh, int n, int chunk)
     {
         int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
-        int gi = Grid.IdxX;
-        int h = rh % s.Heads, r = rh / s.Heads;
         int start = split * chunk;
         int len = XMath.Min(start + chunk, n) - start;
         int kvDim = s.KvHeads * hd;
-        long kvOff = (long)(h / (s.Heads / s.KvHeads)) * hd;
-        long qb = (long)rh * hd;
-        for (int i = t; i < hd; i += g) qs[i] = q[qb + i] * s.Scale;
+        long kvOff = (long)kh * hd;
+        long qb = (long)(r * s.Heads + h0) * hd; // the group's heads are adjacent: nq·hd floats
+        for (int i = t; i < nq * hd; i += g) qs[i] = q[qb + i] * s.Scale;
         Group.Barrier();
 
-        // Scores: one warp per position.
+        // Scores: one warp per position, every head of the group.
         int warps = g / Warp.WarpSize;
         for (int p = Warp.WarpIdx; p < len; p += warps)
         {
             long kb = (long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff;
-            float dot = 0;
-            for (int i = Warp.LaneIdx; i < hd; i += Warp.WarpSize) dot += qs[i] * k[kb + i];
-            dot = KernelMath.WarpSum(dot);
-            if (Warp.LaneIdx == 0) sc[p] = dot;
+            for (int j = 0; j < nq; j++)
+            {
+                float dot = 0;
+                for (int i = Warp.LaneIdx; i < hd; i += Warp.WarpSize) dot += qs[j * hd + i] * k[kb + i];
+                dot = KernelMath.WarpSum(dot);
+                if (Warp.LaneIdx == 0) sc[j * MaxChunk + p] = dot;
+            }
         }
         Group.Barrier();
 
-        float m = float.NegativeInfinity;
-        for (int p = t; p < len; p += g) m = XMath.Max(m, sc[p]);
-        m = KernelMath.GroupMax(m, scratch);
-        float l = 0;
-        for (int p = t; p < len; p += g) { float e = XMath.Exp(sc[p] - m); sc[p] = e; l += e; }
-        l = KernelMath.GroupSum(l, scratch); // its barriers also publish sc
+        for (int j = 0; j < nq; j++)
+        {
+            var scj = sc.SubView(j * MaxChunk, MaxChunk);
+            long gj = (long)(r * s.Heads + h0 + j) * s.Splits + split; // this head's partial
+            float m = float.NegativeInfinity;
+            for (int p = t; p < len; p += g) m = XMath.Max(m, scj[p]);
+            m = KernelMath.GroupMax(m, scratch);
+            float l = 0;
+            for (int p = t; p < len; p += g) { float e = XMath.Exp(scj[p] - m); scj[p] = e; l += e; }
+            l = KernelMath.GroupSum(l, scratch); // its barriers also publish scj
 
-        // Unnormalized Σ_p e_p·V[p]: threads split into parts × head_dim; parts take interleaved positions.
-        long ob = (long)gi * hd;
-        if (hd <= g)
-        {
-            int parts = g / hd;
-            int d = t % hd, part = t / hd;
-            float acc = 0;
-            if (part < parts)
-                for (int p = part; p < len; p += parts)
-                    acc += sc[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
-            scratch[t] = acc;
-            Group.Barrier();
-            if (t < hd)
+            // Unnormalized Σ_p e_p·V[p]: threads split into parts × head_dim; parts take interleaved positions.
+            long ob = gj * hd;
+            if (hd <= g)
             {
-                float sum = 0;
-                for (int pp = 0; pp < parts; pp++) sum += scratch[pp * hd + t];
-                partO[ob + t] = sum;
-            }
-        }
-        else
-        {
-            for (int d = t; d < hd; d += g)
-            {
+                int parts = g / hd;
+                int d = t % hd, part = t / hd;
                 float acc = 0;
-                for (int p = 0; p < len; p++)
-                    acc += sc[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
-                partO[ob + d] = acc;
+                if (part < parts)
+                    for (int p = part; p < len; p += parts)
+                        acc += scj[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+                scratch[t] = acc;
+                Group.Barrier();
+                if (t < hd)
+                {
+                    float sum = 0;
+                    for (int pp = 0; pp < parts; pp++) sum += scratch[pp * hd + t];
+                    partO[ob + t] = sum;
+                }
             }
+            else
+            {
+                for (int d = t; d < hd; d += g)
+                {
+                    float acc = 0;
+                    for (int p = 0; p < len; p++)
+                        acc += scj[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+                    partO[ob + d] = acc;
+                }
+            }
+            if (t == 0) { partML[gj * 2] = m; partML[gj * 2 + 1] = l; }
+            Group.Barrier(); // the next head reuses scratch
         }
-        if (t == 0) { partML[gi * 2] = m; partML[gi * 2 + 1] = l; }
     }
 
     /// <summary>
-    /// Splits and positions per split of a one-row decode launch over <paramref name="n"/> positions: enough groups to
-    /// reach <paramref name="target"/>, chunks of 32 to <see cref="MaxChunk"/> positions (the host's choice, shared).
+    /// Splits and positions per split of a one-row decode launch over <paramref name="n"/> positions: enough groups of
+    /// <paramref name="units"/> (<see cref="Units"/>) to reach <paramref name="target"/>, chunks of 32 to
+    /// <see cref="MaxChunk"/> positions (the host's choice, shared).
     /// </summary>
-    public static int SplitsFor(int n, int heads, int target, out int chunk)
+    public static int SplitsFor(int n, int units, int target, out int chunk)
     {
-        int splits = XMath.Clamp((target + heads - 1) / heads, 1, (n + 31) / 32);
+        int splits = XMath.Clamp((target + units - 1) / units, 1, (n + 31) / 32);
         chunk = (n + splits - 1) / splits;
         chunk = XMath.Min(MaxChunk, (chunk + 31) / 32 * 32);
         return (n + chunk - 1) / chunk;

@@ -13,7 +13,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
     private MemoryBuffer1D<float, Stride1D.Dense>? _partO;     // split-K attention partial outputs
     private MemoryBuffer1D<uint, Stride1D.Dense>? _mmaScratch; // tensor-core product: the emulation's exchange (CPU accelerator)
     private MemoryBuffer1D<float, Stride1D.Dense>? _partML;    // split-K partial (max, sum)
-    private MemoryBuffer1D<int, Stride1D.Dense>? _tickets;     // split-K: splits finished per row and head (zero between launches)
+    private MemoryBuffer1D<int, Stride1D.Dense>? _tickets;     // split-K: splits finished per row and unit of query heads (zero between launches)
     private MemoryBuffer1D<float, Stride1D.Dense>? _mlpScratch; // fused gate/up at rows > 1
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _scalar; // device → host token id
     private readonly Dictionary<RopeTable, RopeCache> _ropeTables = new(ReferenceEqualityComparer.Instance);
@@ -532,20 +532,20 @@ public sealed partial class GpuBackend : IDraftHeadOps
         {
             // Each node as the decode step of its path alone (split-K over the prefix and its ancestors at its own
             // length): a verification pass's tree gives exactly the logits of decoding each path.
-            int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors), most = 1;
+            int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors), most = 1, units = AttentionKernels.Units(heads, kvHeads);
             var depth = new int[rows];
             for (int r = 0; r < rows; r++)
             {
                 depth[r] = parents[r] < 0 ? 0 : depth[parents[r]] + 1;
-                most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + depth[r] + 1, heads, target, out _));
+                most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + depth[r] + 1, units, target, out _));
             }
             shape.Target = target; shape.Splits = most;
-            long groups = (long)rows * heads * most;
-            var po = Scratch(ref _partO, groups * headDim, "attention partials");
-            var pml = Scratch(ref _partML, groups * 2, "attention partials");
-            AttnTreeSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
+            long partials = (long)rows * heads * most;
+            var po = Scratch(ref _partO, partials * headDim, "attention partials");
+            var pml = Scratch(ref _partML, partials * 2, "attention partials");
+            AttnTreeSplitKernel(Launch_, new KernelConfig(checked((int)((long)rows * units * most)), _group), B(q).View.SubView(at, len), B(kCache).View, B(vCache).View,
                                 po.View, pml.View, mb.View.SubView(0, masks.Length), B(output).View.SubView(at, len),
-                                Tickets((long)rows * heads).View, shape);
+                                Tickets((long)rows * units).View, shape);
             return;
         }
         int blocks = (rows + AttentionKernels.PrefillRows - 1) / AttentionKernels.PrefillRows;
@@ -574,15 +574,15 @@ public sealed partial class GpuBackend : IDraftHeadOps
         {
             Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale,
         };
-        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors);
+        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors), units = AttentionKernels.Units(heads, kvHeads);
         if (rows > 1 && rows <= _exactRows)
         {
             // Each row as its own decode step would run it (split-K at its length): a verification pass's rows, and
             // batch-invariant steps, give exactly the logits of decoding them one at a time.
             int most = 1;
-            for (int r = 0; r < rows; r++) most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + r + 1, heads, target, out _));
+            for (int r = 0; r < rows; r++) most = Math.Max(most, AttentionKernels.SplitsFor(pos0 + r + 1, units, target, out _));
             shape.Target = target; shape.Splits = most;
-            SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, headDim, most);
+            SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, units, headDim, most);
             return;
         }
         if (rows > 1 && headDim <= AttentionKernels.PrefillMaxHeadDim)
@@ -592,22 +592,23 @@ public sealed partial class GpuBackend : IDraftHeadOps
             return;
         }
         // Split-K: enough groups to fill the device, chunks of 32..MaxChunk positions.
-        int splits = Math.Clamp((target + rows * heads - 1) / (rows * heads), 1, (n + 31) / 32);
+        int splits = Math.Clamp((target + rows * units - 1) / (rows * units), 1, (n + 31) / 32);
         int chunk = (n + splits - 1) / splits;
         chunk = Math.Min(AttentionKernels.MaxChunk, (chunk + 31) / 32 * 32);
         splits = (n + chunk - 1) / chunk;
         shape.Chunk = chunk; shape.Splits = splits;
-        SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, headDim, splits);
+        SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, units, headDim, splits);
     }
 
+    /// <summary>Split-K attention: rows·units·splits groups (<see cref="AttentionKernels.SplitK"/>), partials per row, head and split.</summary>
     private void SplitAndCombine(ArrayView<float> qv, DeviceBuffer kCache, DeviceBuffer vCache, ArrayView<float> ov, AttentionShape shape,
-                                 int rows, int heads, int headDim, int splits)
+                                 int rows, int heads, int units, int headDim, int splits)
     {
-        long groups = (long)rows * heads * splits;
-        var po = Scratch(ref _partO, groups * headDim, "attention partials");
-        var pml = Scratch(ref _partML, groups * 2, "attention partials");
-        AttnSplitKernel(Launch_, new KernelConfig(checked((int)groups), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, ov,
-                        Tickets((long)rows * heads).View, shape);
+        long partials = (long)rows * heads * splits;
+        var po = Scratch(ref _partO, partials * headDim, "attention partials");
+        var pml = Scratch(ref _partML, partials * 2, "attention partials");
+        AttnSplitKernel(Launch_, new KernelConfig(checked((int)((long)rows * units * splits)), _group), qv, B(kCache).View, B(vCache).View, po.View, pml.View, ov,
+                        Tickets((long)rows * units).View, shape);
     }
 
     public void SwiGlu(DeviceBuffer gate, DeviceBuffer up, DeviceBuffer y, long n)

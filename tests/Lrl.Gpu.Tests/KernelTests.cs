@@ -300,9 +300,12 @@ public class KernelTests
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new RandomTensors(Seed());
-        foreach (var (heads, kvHeads, headDim) in new[] { (4, 2, 16), (3, 3, 64), (2, 1, 33), (2, 2, 160) })
+        // (20, 2, 16): 10 query heads a KV head, which split-K serves in blocks of 8 and 2: the one-row steps at 1 and 41
+        // positions only (split-K is the one-row path; its other cases cost the emulated NVIDIA-like device ~25 s).
+        foreach (var (heads, kvHeads, headDim) in new[] { (4, 2, 16), (3, 3, 64), (2, 1, 33), (2, 2, 160), (20, 2, 16) })
             foreach (var (rows, pos0) in new[] { (1, 0), (1, 40), (1, 600), (5, 0), (11, 7), (3, 37) })
             {
+                if (heads == 20 && (rows > 1 || pos0 > 40)) continue;
                 int n = pos0 + rows, kvDim = kvHeads * headDim, qDim = heads * headDim;
                 var q = arena.Floats(rows * qDim); var k = arena.Floats(n * kvDim); var v = arena.Floats(n * kvDim);
                 using var qg = Check.Buffer(g, q); using var kg = Check.Buffer(g, k); using var vg = Check.Buffer(g, v);
