@@ -294,21 +294,31 @@ public static class AttentionKernels
                                    ArrayView<int> masks, AttentionShape s) =>
         PrefillCore(q, k, v, output, s, masks, tree: true);
 
+    /// <summary>Four floats: a 16-byte shared load (<c>ld.shared.v4.f32</c>) where the offset is a multiple of four.</summary>
+    public struct F4
+    {
+        public float X, Y, Z, W;
+    }
+
     private static void PrefillCore(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> output, AttentionShape s,
                                     ArrayView<int> masks, bool tree)
     {
         const int QB = PrefillRows, TK = PrefillKeys, HD = PrefillMaxHeadDim;
         var qs = SharedMemory.Allocate<float>(QB * HD);
         var os = SharedMemory.Allocate<float>(QB * HD);
-        // K rows at an odd pitch: the score loop's lanes take consecutive keys j and read ks[j·pitch + d] together,
-        // which at a pitch of head_dim (a multiple of 32) fell in one bank (32-way conflicts); hd + 1 spreads them.
-        var ks = SharedMemory.Allocate<float>(TK * (HD + 1));
+        // K rows at a pitch of head_dim + 4 (head_dim a multiple of 4; otherwise head_dim | 1): the score loop's lanes
+        // take consecutive keys j and read ks[j·pitch + d .. d + 3] together, which at a pitch of head_dim (a multiple of
+        // 32) fell in one bank (32-way conflicts); + 4 puts the eight lanes of each 16-byte phase on distinct banks.
+        var ks = SharedMemory.Allocate<float>(TK * (HD + 4));
         var vs = SharedMemory.Allocate<float>(TK * HD);
         var sc = SharedMemory.Allocate<float>(QB * TK);
         var rowM = SharedMemory.Allocate<float>(QB);
         var rowL = SharedMemory.Allocate<float>(QB);
         var rowC = SharedMemory.Allocate<float>(QB);
-        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim, kp = hd | 1;
+        int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
+        bool quads = (hd & 3) == 0;
+        int kp = quads ? hd + 4 : hd | 1;
+        var qs4 = qs.Cast<F4>(); var ks4 = ks.Cast<F4>(); var sc4 = sc.Cast<F4>();
         int h = Grid.IdxX % s.Heads;
         int r0 = (Grid.IdxX / s.Heads) * QB;
         int qDim = s.Heads * hd, kvDim = s.KvHeads * hd;
@@ -323,6 +333,7 @@ public static class AttentionKernels
         for (int qi = t; qi < QB; qi += g) { rowM[qi] = float.NegativeInfinity; rowL[qi] = 0f; }
         int lastRow = XMath.Min(r0 + QB, s.Rows) - 1;
         int lastPos = s.Pos0 + lastRow;
+        int warps = g / Warp.WarpSize;
         for (int p0 = 0; p0 <= lastPos; p0 += TK)
         {
             for (int e = t; e < TK * hd; e += g)
@@ -347,43 +358,80 @@ public static class AttentionKernels
                 }
                 if (r < s.Rows && visible)
                 {
+                    // q·k over d in order, four per 16-byte load of each (the scalar loop's sum, bit for bit).
                     dot = 0f;
-                    for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * kp + d];
+                    if (quads)
+                    {
+                        int qa = qi * (hd >> 2), ka = j * (kp >> 2);
+                        for (int d4 = 0; d4 < hd >> 2; d4++)
+                        {
+                            var a = qs4[qa + d4]; var b = ks4[ka + d4];
+                            dot += a.X * b.X; dot += a.Y * b.Y; dot += a.Z * b.Z; dot += a.W * b.W;
+                        }
+                    }
+                    else
+                        for (int d = 0; d < hd; d++) dot += qs[qi * hd + d] * ks[j * kp + d];
                 }
                 sc[e] = dot;
             }
             Group.Barrier();
-            for (int qi = t; qi < QB; qi += g)
+            // The online softmax: one warp per query row, its lanes over the tile's keys (each key's exp computed once,
+            // in parallel; one thread per row looped over the 32 keys while the rest of the group waited).
+            for (int qi = Warp.WarpIdx; qi < QB; qi += warps)
             {
-                float mOld = rowM[qi], mNew = mOld;
-                for (int j = 0; j < TK; j++) mNew = XMath.Max(mNew, sc[qi * TK + j]);
-                float corr = 1f, sum = 0f;
-                if (mNew == float.NegativeInfinity)
+                float mOld = rowM[qi], tileMax = float.NegativeInfinity;
+                for (int j = Warp.LaneIdx; j < TK; j += Warp.WarpSize) tileMax = XMath.Max(tileMax, sc[qi * TK + j]);
+                float mNew = XMath.Max(mOld, KernelMath.WarpMax(tileMax));
+                float sum = 0f;
+                for (int j = Warp.LaneIdx; j < TK; j += Warp.WarpSize)
                 {
-                    for (int j = 0; j < TK; j++) sc[qi * TK + j] = 0f;
+                    float e = mNew == float.NegativeInfinity ? 0f : XMath.Exp(sc[qi * TK + j] - mNew);
+                    sc[qi * TK + j] = e;
+                    sum += e;
                 }
-                else
+                sum = KernelMath.WarpSum(sum);
+                if (Warp.LaneIdx == 0)
                 {
-                    corr = mOld == float.NegativeInfinity ? 0f : XMath.Exp(mOld - mNew);
-                    for (int j = 0; j < TK; j++)
-                    {
-                        float e = XMath.Exp(sc[qi * TK + j] - mNew);
-                        sc[qi * TK + j] = e;
-                        sum += e;
-                    }
+                    float corr = mNew == float.NegativeInfinity ? 1f : mOld == float.NegativeInfinity ? 0f : XMath.Exp(mOld - mNew);
+                    rowM[qi] = mNew;
+                    rowL[qi] = rowL[qi] * corr + sum;
+                    rowC[qi] = corr;
                 }
-                rowM[qi] = mNew;
-                rowL[qi] = rowL[qi] * corr + sum;
-                rowC[qi] = corr;
             }
             Group.Barrier();
-            for (int e = t; e < QB * hd; e += g)
+            if (quads)
             {
-                int qi = e / hd, d = e % hd;
-                float acc = os[e] * rowC[qi];
-                for (int j = 0; j < TK; j++) acc += sc[qi * TK + j] * vs[j * hd + d];
-                os[e] = acc;
+                // Four outputs d .. d + 3 per thread: per four keys one 16-byte load of the row's weights and one of each
+                // key's V, sixteen FMAs; each output's sum in key order (the scalar loop's, bit for bit).
+                int hd4 = hd >> 2;
+                var os4 = os.Cast<F4>(); var vs4 = vs.Cast<F4>();
+                for (int e = t; e < QB * hd4; e += g)
+                {
+                    int qi = e / hd4, d4 = e % hd4;
+                    float c = rowC[qi];
+                    var o = os4[e];
+                    float a0 = o.X * c, a1 = o.Y * c, a2 = o.Z * c, a3 = o.W * c;
+                    for (int j4 = 0; j4 < TK / 4; j4++)
+                    {
+                        var w = sc4[qi * (TK / 4) + j4];
+                        int vb = 4 * j4 * hd4 + d4;
+                        var v0 = vs4[vb]; var v1 = vs4[vb + hd4]; var v2 = vs4[vb + 2 * hd4]; var v3 = vs4[vb + 3 * hd4];
+                        a0 += w.X * v0.X; a1 += w.X * v0.Y; a2 += w.X * v0.Z; a3 += w.X * v0.W;
+                        a0 += w.Y * v1.X; a1 += w.Y * v1.Y; a2 += w.Y * v1.Z; a3 += w.Y * v1.W;
+                        a0 += w.Z * v2.X; a1 += w.Z * v2.Y; a2 += w.Z * v2.Z; a3 += w.Z * v2.W;
+                        a0 += w.W * v3.X; a1 += w.W * v3.Y; a2 += w.W * v3.Z; a3 += w.W * v3.W;
+                    }
+                    os4[e] = new F4 { X = a0, Y = a1, Z = a2, W = a3 };
+                }
             }
+            else
+                for (int e = t; e < QB * hd; e += g)
+                {
+                    int qi = e / hd, d = e % hd;
+                    float acc = os[e] * rowC[qi];
+                    for (int j = 0; j < TK; j++) acc += sc[qi * TK + j] * vs[j * hd + d];
+                    os[e] = acc;
+                }
             Group.Barrier();
         }
         for (int e = t; e < QB * hd; e += g)

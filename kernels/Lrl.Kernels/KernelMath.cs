@@ -81,6 +81,13 @@ public static class KernelMath
         return r;
     }
 
+    /// <summary>Maximum over the warp (butterfly); every lane gets the result.</summary>
+    public static float WarpMax(float v)
+    {
+        for (int o = Warp.WarpSize / 2; o > 0; o >>= 1) v = XMath.Max(v, Warp.ShuffleXor(v, o));
+        return v;
+    }
+
     /// <summary>Sum over the warp (butterfly); every lane gets the result.</summary>
     public static float WarpSum(float v)
     {

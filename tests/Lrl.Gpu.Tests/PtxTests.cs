@@ -40,6 +40,10 @@ public class PtxTests
             // the compile lost the kernel address-space inference (ILGPU O2, GpuBackend.CudaOptimization).
             var generic = System.Text.RegularExpressions.Regex.Match(ptx, @"(?m)^\s*(ld|st|atom|red)\.(v\d\.)?[bfsu]\d+\s.*$");
             Assert.False(generic.Success, $"{k.Name}: a generic memory access: {generic.Value.Trim()}");
+            // The prefill attention's inner products read shared memory 16 bytes at a time (scalar, the score loop took 10
+            // SASS instructions per FMA, two of them shared loads).
+            if (k.Name is "AttentionKernels.Prefill" or "AttentionKernels.TreePrefill")
+                Assert.True(System.Text.RegularExpressions.Regex.Matches(ptx, @"ld\.shared\.v4\.f32").Count >= 3, $"{k.Name}: no 16-byte shared loads");
             n++;
         }
         Assert.Equal(PtxCheck.EntryPoints().Count, n);
