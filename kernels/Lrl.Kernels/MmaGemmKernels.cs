@@ -96,26 +96,11 @@ public static class MmaGemmKernels
         public readonly float Scale(int o, int k) => 1f;
         public readonly bool GroupEnds(int k, int inF) => false;
 
-        /// <summary>64 × 32 bf16, four at a time where the row length allows 8-byte loads.</summary>
-        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
-        {
-            bool quads = (inF & 3) == 0;
-            for (int e = tid; e < TileN * TileK / 4; e += Threads)
-            {
-                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
-                int at = rr * Pitch + cc;
-                if (o < outF && quads && k + 3 < inF)
-                {
-                    ulong v = W.Quads[((long)o * inF + k) / 4];
-                    ws[at] = (ushort)v; ws[at + 1] = (ushort)(v >> 16); ws[at + 2] = (ushort)(v >> 32); ws[at + 3] = (ushort)(v >> 48);
-                }
-                else
-                    for (int j = 0; j < 4; j++) ws[at + j] = o < outF && k + j < inF ? W.Data[(long)o * inF + k + j] : (ushort)0;
-            }
-        }
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF) =>
+            Stage16<AsBF16>(W.Data, W.Quads, ws, wl, tid, n0, k0, outF, inF);
     }
 
-    /// <summary>f16 weights as hi + lo bf16 terms (exact), four at a time where the row length allows 8-byte loads.</summary>
+    /// <summary>f16 weights as hi + lo bf16 terms (exact).</summary>
     private struct F16Tiles : IMmaTiles
     {
         public F16Reader W;
@@ -124,21 +109,44 @@ public static class MmaGemmKernels
         public readonly float Scale(int o, int k) => 1f;
         public readonly bool GroupEnds(int k, int inF) => false;
 
-        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF)
+        public readonly void Stage(ArrayView<ushort> ws, ArrayView<uint> ws2, ArrayView<ushort> wl, int tid, int n0, int k0, int outF, int inF) =>
+            Stage16<F16Split>(W.Data, W.Quads, ws, wl, tid, n0, k0, outF, inF);
+    }
+
+    /// <summary>Where a 16-bit weight goes in the staged tile (bf16: as it is; f16: split in two bf16 terms).</summary>
+    private interface IStage16
+    {
+        void Put(ArrayView<ushort> ws, ArrayView<ushort> wl, int at, ushort bits);
+    }
+
+    private struct AsBF16 : IStage16
+    {
+        public readonly void Put(ArrayView<ushort> ws, ArrayView<ushort> wl, int at, ushort bits) => ws[at] = bits;
+    }
+
+    private struct F16Split : IStage16
+    {
+        public readonly void Put(ArrayView<ushort> ws, ArrayView<ushort> wl, int at, ushort bits) => SplitInto(ws, wl, at, KernelMath.HalfToFloat(bits));
+    }
+
+    /// <summary>A 64 × 32 tile of 16-bit weights, four at a time where the row length allows 8-byte loads (zeros past the matrix).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Stage16<TS>(ArrayView<ushort> data, ArrayView<ulong> quads, ArrayView<ushort> ws, ArrayView<ushort> wl,
+                                    int tid, int n0, int k0, int outF, int inF) where TS : struct, IStage16
+    {
+        var sink = default(TS);
+        bool byQuads = (inF & 3) == 0;
+        for (int e = tid; e < TileN * TileK / 4; e += Threads)
         {
-            bool quads = (inF & 3) == 0;
-            for (int e = tid; e < TileN * TileK / 4; e += Threads)
+            int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
+            int at = rr * Pitch + cc;
+            if (o < outF && byQuads && k + 3 < inF)
             {
-                int rr = e / (TileK / 4), cc = (e % (TileK / 4)) * 4, o = n0 + rr, k = k0 + cc;
-                int at = rr * Pitch + cc;
-                if (o < outF && quads && k + 3 < inF)
-                {
-                    ulong v = W.Quads[((long)o * inF + k) / 4];
-                    for (int j = 0; j < 4; j++) SplitInto(ws, wl, at + j, KernelMath.HalfToFloat((ushort)(v >> (16 * j))));
-                }
-                else
-                    for (int j = 0; j < 4; j++) SplitInto(ws, wl, at + j, o < outF && k + j < inF ? W.Get((long)o * inF + k + j) : 0f);
+                ulong v = quads[((long)o * inF + k) / 4];
+                for (int j = 0; j < 4; j++) sink.Put(ws, wl, at + j, (ushort)(v >> (16 * j)));
             }
+            else
+                for (int j = 0; j < 4; j++) sink.Put(ws, wl, at + j, o < outF && k + j < inF ? data[(long)o * inF + k + j] : (ushort)0);
         }
     }
 
