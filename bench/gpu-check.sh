@@ -10,8 +10,8 @@
 #                                2. greedy equality CUDA vs CPU on every real model (token ids of 32 tokens);
 #                                3. `lrlrun bench kernels --device cuda`;
 #                                4. decode and prefill tok/s of the SmolLM2-135M and Llama-3.2-1B presets (bf16, q8, q4),
-#                                   and bf16 / q4 prefill with and without tensor cores (LRL_GPU_MMA=0), and bf16 / q4
-#                                   decode compiled at ILGPU's O1 (LRL_GPU_OPT=O1) beside the default O2;
+#                                   and bf16 / q4 prefill with and without tensor cores (LRL_GPU_MMA=0), and SmolLM2 q4 /
+#                                   Llama bf16 decode compiled at ILGPU's O1 (LRL_GPU_OPT=O1) beside the default O2;
 #                                5. speculative decoding on CUDA: the verify-pass cost (exact rows: one-row kernels per
 #                                   row) and lookup end to end on the SmolLM2-135M q4 preset.
 #                              It writes $OUT/gpu-check.md (the summary, also printed last) and each step's log.
@@ -72,12 +72,11 @@ case "$mode" in
       step "mma-off-$d" 120 env LRL_GPU_MMA=0 "${lrl[@]}" bench --preset Llama-3.2-1B --dtype "$d" --device cuda -p 512 -n 0 -r 3 \
         && grep -E "^\| Llama" "$out/mma-off-$d.log" >> "$summary"
     done
-    echo "## decode: ILGPU O2 (global loads, the default) against O1 (generic loads, LRL_GPU_OPT=O1), tg64" >> "$summary"
-    for p in SmolLM2-135M Llama-3.2-1B; do
-      for d in bf16 q4; do
-        step "o1-$p-$d" 90 env LRL_GPU_OPT=O1 "${lrl[@]}" bench --preset "$p" --dtype "$d" --device cuda -p 0 -n 64 -r 3 \
-          && grep -E "^\| $p" "$out/o1-$p-$d.log" | sed 's/$/ (O1)/' >> "$summary"
-      done
+    echo "## decode: ILGPU O1 (generic loads, LRL_GPU_OPT=O1) beside the presets' O2 rows above, tg64" >> "$summary"
+    for pd in SmolLM2-135M:q4 Llama-3.2-1B:bf16; do
+      p=${pd%%:*} d=${pd##*:}
+      step "o1-$p-$d" 90 env LRL_GPU_OPT=O1 "${lrl[@]}" bench --preset "$p" --dtype "$d" --device cuda -p 0 -n 64 -r 3 \
+        && grep -E "^\| $p" "$out/o1-$p-$d.log" | sed 's/$/ (O1)/' >> "$summary"
     done
     echo "## speculative on CUDA (SmolLM2-135M q4)" >> "$summary"
     step verify-cost 90 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda -p 64 --verify-cost 1,2,4,8,16 -r 3 \
