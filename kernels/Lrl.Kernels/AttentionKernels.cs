@@ -51,7 +51,6 @@ public static class AttentionKernels
     /// grouped-query model's decode attention). partO: [rows·heads·splits, headDim]; partML: [rows·heads·splits, 2] (max,
     /// sum), per row, head and split; the last split of each row and unit to finish merges its heads into output
     /// [rows·heads, headDim] (see <see cref="SplitCore"/>); tickets: [rows·units], zero before the launch and after it.
-    /// Each head's arithmetic is what a group of its own computed (the same sums in the same order).
     /// </summary>
     public static void SplitK(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
                               ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, ArrayView<int> tickets, AttentionShape s) =>
@@ -149,8 +148,10 @@ public static class AttentionKernels
     /// <summary>
     /// One split's partial for query heads <paramref name="h0"/> .. h0 + <paramref name="nq"/> − 1 of row
     /// <paramref name="r"/> (all reading KV head <paramref name="kh"/>): per position one warp reads the K row once and
-    /// takes every head's dot product (the row stays in L1 for the heads after the first); per head the softmax and the
-    /// weighted V sum as a group of its own did them.
+    /// takes every head's dot product (the row stays in L1 for the heads after the first); then one warp per head takes
+    /// its softmax (max and sum by warp reductions), and the threads split over heads × head_dim and interleaved positions
+    /// take every head's weighted V sum at once: three group barriers a split, where a group-wide max and sum per head
+    /// took sixteen each.
     /// </summary>
     private static void Partial(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> partO,
                                 ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree,
@@ -181,48 +182,55 @@ public static class AttentionKernels
         }
         Group.Barrier();
 
-        for (int j = 0; j < nq; j++)
+        // Softmax per head, one warp per head (warp reductions: no group barriers; a group-wide max and sum took 16
+        // barriers a head), the group's heads side by side.
+        for (int j = Warp.WarpIdx; j < nq; j += warps)
         {
             var scj = sc.SubView(j * MaxChunk, MaxChunk);
-            long gj = (long)(r * s.Heads + h0 + j) * s.Splits + split; // this head's partial
             float m = float.NegativeInfinity;
-            for (int p = t; p < len; p += g) m = XMath.Max(m, scj[p]);
-            m = KernelMath.GroupMax(m, scratch);
+            for (int p = Warp.LaneIdx; p < len; p += Warp.WarpSize) m = XMath.Max(m, scj[p]);
+            m = KernelMath.WarpMax(m);
             float l = 0;
-            for (int p = t; p < len; p += g) { float e = XMath.Exp(scj[p] - m); scj[p] = e; l += e; }
-            l = KernelMath.GroupSum(l, scratch); // its barriers also publish scj
+            for (int p = Warp.LaneIdx; p < len; p += Warp.WarpSize) { float e = XMath.Exp(scj[p] - m); scj[p] = e; l += e; }
+            l = KernelMath.WarpSum(l);
+            if (Warp.LaneIdx == 0)
+            {
+                long gj = (long)(r * s.Heads + h0 + j) * s.Splits + split; // this head's partial
+                partML[gj * 2] = m; partML[gj * 2 + 1] = l;
+            }
+        }
+        Group.Barrier(); // publishes the exponentials
 
-            // Unnormalized Σ_p e_p·V[p]: threads split into parts × head_dim; parts take interleaved positions.
-            long ob = gj * hd;
-            if (hd <= g)
+        // Unnormalized Σ_p e_p·V[p] for every head at once: threads split into parts × (heads × head_dim); parts take
+        // interleaved positions, then one barrier and each output sums its parts.
+        int pairs = nq * hd;
+        if (pairs <= g)
+        {
+            int parts = g / pairs;
+            int pair = t % pairs, part = t / pairs, j = pair / hd, d = pair % hd;
+            float acc = 0;
+            if (part < parts)
+                for (int p = part; p < len; p += parts)
+                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+            scratch[t] = acc;
+            Group.Barrier();
+            if (t < pairs) // then pair = t
             {
-                int parts = g / hd;
-                int d = t % hd, part = t / hd;
+                float sum = 0;
+                for (int pp = 0; pp < parts; pp++) sum += scratch[pp * pairs + t];
+                partO[((long)(r * s.Heads + h0 + j) * s.Splits + split) * hd + d] = sum;
+            }
+        }
+        else
+        {
+            for (int e = t; e < pairs; e += g)
+            {
+                int j = e / hd, d = e % hd;
                 float acc = 0;
-                if (part < parts)
-                    for (int p = part; p < len; p += parts)
-                        acc += scj[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
-                scratch[t] = acc;
-                Group.Barrier();
-                if (t < hd)
-                {
-                    float sum = 0;
-                    for (int pp = 0; pp < parts; pp++) sum += scratch[pp * hd + t];
-                    partO[ob + t] = sum;
-                }
+                for (int p = 0; p < len; p++)
+                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+                partO[((long)(r * s.Heads + h0 + j) * s.Splits + split) * hd + d] = acc;
             }
-            else
-            {
-                for (int d = t; d < hd; d += g)
-                {
-                    float acc = 0;
-                    for (int p = 0; p < len; p++)
-                        acc += scj[p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
-                    partO[ob + d] = acc;
-                }
-            }
-            if (t == 0) { partML[gj * 2] = m; partML[gj * 2 + 1] = l; }
-            Group.Barrier(); // the next head reuses scratch
         }
     }
 
