@@ -19,8 +19,9 @@ public struct AttentionShape
 
 /// <summary>
 /// Causal grouped-query attention over a KV cache [position, kvHeads·headDim].
-/// Decode: <see cref="SplitK"/> scores a chunk of cached positions per group (partial max, sum and unnormalized output),
-/// and the last group of each row and head to finish merges the splits. Prefill: <see cref="Prefill"/>, tiled flash-attention style.
+/// Decode: <see cref="SplitK"/> scores a chunk of cached positions per group for the query heads of one KV head (partial
+/// max, sum and unnormalized output per head), and the last group of each row and block of heads to finish merges the
+/// splits. Prefill: <see cref="Prefill"/>, tiled flash-attention style.
 /// </summary>
 public static class AttentionKernels
 {
