@@ -41,7 +41,7 @@ public static class AttentionKernels
     /// </summary>
     public static int Units(int heads, int kvHeads)
     {
-        int perKv = heads / kvHeads, per = XMath.Min(perKv, MaxHeadsPerGroup);
+        int perKv = heads / kvHeads, per = HeadsPerGroup(heads, kvHeads);
         return kvHeads * ((perKv + per - 1) / per);
     }
 
@@ -129,9 +129,9 @@ public static class AttentionKernels
         }
         if (empty)
         {
-            if (t < nq)
+            for (int j = t; j < nq; j += Group.DimX) // groups may have fewer threads than heads (the CPU accelerator's four)
             {
-                long pi = ((long)(r * s.Heads + h0 + t) * s.Splits + split) * 2;
+                long pi = ((long)(r * s.Heads + h0 + j) * s.Splits + split) * 2;
                 partML[pi] = float.NegativeInfinity; partML[pi + 1] = 0;
             }
         }

@@ -7,9 +7,16 @@ namespace Lrl.Gpu;
 // Kernel loading: each kernel is compiled on first use (per dtype for the weight-reading ones) and kept.
 public sealed partial class GpuBackend
 {
-    /// <summary>The weight-reading kernels specialized for one stored dtype.</summary>
-    private sealed class MatKernels<TW>(Accelerator a) where TW : struct, IWeightReader
+    /// <summary>
+    /// The weight-reading kernels specialized for one stored dtype, and its tensor-core prompt product
+    /// (<paramref name="mma"/>, a <see cref="MmaGemmKernels"/> entry point; every dtype has one).
+    /// </summary>
+    private sealed class MatKernels<TW>(Accelerator a, Action<TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> mma)
+        where TW : struct, IWeightReader
     {
+        private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _mma;
+        public Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> Mma =>
+            _mma ??= a.LoadKernel(mma);
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? _gemv;
         private Action<AcceleratorStream, KernelConfig, TW, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _gemm;
         private Action<AcceleratorStream, KernelConfig, TW, TW, ArrayView<float>, ArrayView<float>, int, int>? _gemvSwiGlu;
@@ -38,27 +45,12 @@ public sealed partial class GpuBackend
             _embed ??= a.LoadKernel<TW, ArrayView<int>, int, ArrayView<float>, int>(EmbedKernels.Embed<TW>);
     }
 
-    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmBf16Mma;
-    /// <summary>The tensor-core prefill product for bf16 weights (<see cref="MmaGemmKernels"/>).</summary>
-    private Action<AcceleratorStream, KernelConfig, BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmBf16Mma =>
-        _gemmBf16Mma ??= _accelerator.LoadKernel<BF16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmBF16);
-
-    private Action<AcceleratorStream, KernelConfig, F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmF16Mma;
-    /// <summary>The tensor-core prefill product for f16 weights (hi + lo bf16 terms, <see cref="MmaGemmKernels.GemmF16"/>).</summary>
-    private Action<AcceleratorStream, KernelConfig, F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmF16Mma =>
-        _gemmF16Mma ??= _accelerator.LoadKernel<F16Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmF16);
-
-    private Action<AcceleratorStream, KernelConfig, F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmF32Mma;
-    /// <summary>The tensor-core prefill product for f32 weights (<see cref="MmaGemmKernels.GemmF32"/>).</summary>
-    private Action<AcceleratorStream, KernelConfig, F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>> GemmF32Mma =>
-        _gemmF32Mma ??= _accelerator.LoadKernel<F32Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmF32);
-
     private MatKernels<F32Reader>? _kF32;
     private MatKernels<F16Reader>? _kF16;
     private MatKernels<BF16Reader>? _kBF16;
-    private MatKernels<F32Reader> KF32 => _kF32 ??= new(_accelerator);
-    private MatKernels<F16Reader> KF16 => _kF16 ??= new(_accelerator);
-    private MatKernels<BF16Reader> KBF16 => _kBF16 ??= new(_accelerator);
+    private MatKernels<F32Reader> KF32 => _kF32 ??= new(_accelerator, MmaGemmKernels.GemmF32);
+    private MatKernels<F16Reader> KF16 => _kF16 ??= new(_accelerator, MmaGemmKernels.GemmF16);
+    private MatKernels<BF16Reader> KBF16 => _kBF16 ??= new(_accelerator, MmaGemmKernels.GemmBF16);
 
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>? _addRmsNorm;

@@ -184,9 +184,9 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var xv = B(x).View; var yv = B(y).View;
         switch (m.StoredType)
         {
-            case DType.F32: RunMatMul(KF32, new F32Reader(m.FloatView), xv, yv, bv, hasBias, rows, outF, inF); break;
-            case DType.F16: RunMatMul(KF16, new F16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
-            case DType.BF16: RunMatMul(KBF16, new BF16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF); break;
+            case DType.F32: RunMatMul(KF32, new F32Reader(m.FloatView), xv, yv, bv, hasBias, rows, outF, inF, UsesTensorCores(rows)); break;
+            case DType.F16: RunMatMul(KF16, new F16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF, UsesTensorCores(rows)); break;
+            case DType.BF16: RunMatMul(KBF16, new BF16Reader(m.U16!.View), xv, yv, bv, hasBias, rows, outF, inF, UsesTensorCores(rows)); break;
             default: QuantMatMul(m, xv, yv, bv, hasBias, rows, outF, inF); break;
         }
     }
@@ -280,20 +280,21 @@ public sealed partial class GpuBackend : IDraftHeadOps
         return new KernelConfig(blocks, MmaGemmKernels.Threads);
     }
 
+    /// <summary>
+    /// y = x·Wᵀ (+ bias) over <paramref name="rows"/> rows: the GEMV for one row and exact rows, else the tensor-core
+    /// product where <paramref name="tensorCores"/> (the caller's <see cref="UsesTensorCores(int)"/> or, for quantized
+    /// weights, its shape check), else the f32 tile kernel.
+    /// </summary>
     private void RunMatMul<TW>(MatKernels<TW> k, TW reader, ArrayView<float> x, ArrayView<float> y, ArrayView<float> bias,
-                               int hasBias, int rows, int outF, int inF) where TW : struct, IWeightReader
+                               int hasBias, int rows, int outF, int inF, bool tensorCores) where TW : struct, IWeightReader
     {
         if (rows == 1 || rows <= _exactRows)
         {
             // One row, or rows that must each compute what they compute alone: the GEMV, one grid row per activation row.
             k.Gemv(Launch_, GemvConfig(outF, rows), reader, x, y, bias, hasBias, outF, inF);
         }
-        else if (reader is BF16Reader bf16 && UsesTensorCores(rows))
-            GemmBf16Mma(Launch_, MmaConfig(rows, outF, out var ex), bf16, x, y, bias, hasBias, rows, outF, inF, ex);
-        else if (reader is F16Reader f16 && UsesTensorCores(rows))
-            GemmF16Mma(Launch_, MmaConfig(rows, outF, out var ex), f16, x, y, bias, hasBias, rows, outF, inF, ex);
-        else if (reader is F32Reader f32 && UsesTensorCores(rows))
-            GemmF32Mma(Launch_, MmaConfig(rows, outF, out var ex), f32, x, y, bias, hasBias, rows, outF, inF, ex);
+        else if (tensorCores)
+            k.Mma(Launch_, MmaConfig(rows, outF, out var ex), reader, x, y, bias, hasBias, rows, outF, inF, ex);
         else
         {
             int outBlocks = (outF + _group - 1) / _group, rowBlocks = (rows + GemmKernels.TileRows - 1) / GemmKernels.TileRows;

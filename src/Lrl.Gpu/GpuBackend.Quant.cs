@@ -30,8 +30,8 @@ public sealed partial class GpuBackend : IQuantizedBackend
 {
     private MatKernels<Q8Reader>? _kQ8;
     private MatKernels<Q4Reader>? _kQ4;
-    private MatKernels<Q8Reader> KQ8 => _kQ8 ??= new(_accelerator);
-    private MatKernels<Q4Reader> KQ4 => _kQ4 ??= new(_accelerator);
+    private MatKernels<Q8Reader> KQ8 => _kQ8 ??= new(_accelerator, MmaGemmKernels.GemmQ8);
+    private MatKernels<Q4Reader> KQ4 => _kQ4 ??= new(_accelerator, MmaGemmKernels.GemmQ4);
 
     public unsafe Weight LoadQuantized(QuantizedTensor q)
     {
@@ -82,24 +82,12 @@ public sealed partial class GpuBackend : IQuantizedBackend
                     (Launch_, cfg, d.Codes.View, d.Scales.View, d.Zeros?.View ?? ArrayView<byte>.Empty, xv, yv, bv, hasBias, outF, d.Shape);
             return;
         }
-        if (UsesTensorCores(m, rows))
-        {
-            // Prompts and batched steps: the codes (q − z, exact in bf16) on tensor cores, each group's partial sums scaled.
-            var cfg = MmaConfig(rows, outF, out var ex);
-            if (d.Bits == 8)
-                (_gemmQ8Mma ??= _accelerator.LoadKernel<Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmQ8))
-                    (Launch_, cfg, d.Q8, xv, yv, bv, hasBias, rows, outF, inF, ex);
-            else
-                (_gemmQ4Mma ??= _accelerator.LoadKernel<Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>(MmaGemmKernels.GemmQ4))
-                    (Launch_, cfg, d.Q4, xv, yv, bv, hasBias, rows, outF, inF, ex);
-            return;
-        }
-        if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF);
-        else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF);
+        // Prompts and batched steps: the codes (q − z, exact in bf16) on tensor cores where the shape allows, each
+        // group's partial sums scaled; else the f32 tile kernel through the generic reader.
+        bool tensorCores = UsesTensorCores(m, rows);
+        if (d.Bits == 8) RunMatMul(KQ8, d.Q8, xv, yv, bv, hasBias, rows, outF, inF, tensorCores);
+        else RunMatMul(KQ4, d.Q4, xv, yv, bv, hasBias, rows, outF, inF, tensorCores);
     }
-
-    private Action<AcceleratorStream, KernelConfig, Q8Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ8Mma;
-    private Action<AcceleratorStream, KernelConfig, Q4Reader, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, ArrayView<uint>>? _gemmQ4Mma;
 
     /// <summary>
     /// Whether a quantized product of <paramref name="rows"/> rows runs on tensor cores (<see cref="MmaGemmKernels.GemmQ8"/>/

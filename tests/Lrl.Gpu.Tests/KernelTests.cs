@@ -319,6 +319,38 @@ public class KernelTests
             }
     }
 
+    /// <summary>
+    /// Rows under <see cref="GpuBackend.ExactRows"/> split each at its own length, so the shorter rows have splits they do
+    /// not use (empty partials the merge skips): with 8 query heads on one KV head, one group serves all 8, more heads
+    /// than the small emulated groups have threads; every head's empty partials must still be marked.
+    /// </summary>
+    [Theory, MemberData(nameof(Kinds))]
+    public void ExactRowsAttentionMarksEveryHeadsEmptySplits(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        const int heads = 8, kvHeads = 1, headDim = 16, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        int keep = g.ExactRows;
+        try
+        {
+            g.ExactRows = 8;
+            // 31, 32 and 33 positions: one split, one split, two on the emulated devices (target 4 groups, one unit).
+            foreach (var (rows, pos0) in new[] { (3, 30), (3, 60), (3, 30) })
+            {
+                int n = pos0 + rows;
+                var q = arena.Floats(rows * qDim); var k = arena.Floats(n * kvDim); var v = arena.Floats(n * kvDim);
+                using var qg = Check.Buffer(g, q); using var kg = Check.Buffer(g, k); using var vg = Check.Buffer(g, v);
+                using var qr = Check.Buffer(r, q); using var kr = Check.Buffer(r, k); using var vr = Check.Buffer(r, v);
+                using var og = Check.Poisoned(g, rows * qDim); using var or = r.Allocate(rows * qDim);
+                g.Attention(qg, kg, vg, og, rows, pos0, heads, kvHeads, headDim, 0.5f);
+                r.Attention(qr, kr, vr, or, rows, pos0, heads, kvHeads, headDim, 0.5f);
+                Check.Close(Check.Read(g, og, rows * qDim), Check.Read(r, or, rows * qDim), F32Tol, $"exact-rows attention rows={rows} pos0={pos0}");
+            }
+        }
+        finally { g.ExactRows = keep; }
+    }
+
     [Theory, MemberData(nameof(Kinds))]
     public void ElementwiseOpsMatchReference(string kind)
     {

@@ -25,7 +25,9 @@ public class PtxTests
     public void EveryKernelCompilesToPtx(int major, string target)
     {
         int n = 0;
-        foreach (var (k, ptx) in PtxCheck.Compile(new CudaArchitecture(major, 0)))
+        // At the backend's default level (what a CUDA run compiles unless LRL_GPU_OPT says otherwise), whatever this
+        // process's environment holds.
+        foreach (var (k, ptx) in PtxCheck.Compile(new CudaArchitecture(major, 0), level: GpuBackend.ParseOptimization(null)))
         {
             // ILGPU targets the lowest architecture its capabilities need (as it does on a real device: sm_80 PTX on an
             // H100, compiled for sm_90 by the driver or ptxas), never one above the requested.
