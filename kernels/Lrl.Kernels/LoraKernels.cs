@@ -4,27 +4,74 @@ using ILGPU.Algorithms;
 namespace Lrl.Kernels;
 
 /// <summary>
-/// The unmerged LoRA update y += scale·(x·Aᵀ)·Bᵀ of rows row0 .. row0+rows-1. Decode and small batches take one launch,
-/// <see cref="Fused"/>; many rows take two, <see cref="Down"/> (one warp per (row, rank) dot product over the input,
-/// lanes striding it, warp-shuffle sum) and <see cref="Up"/> (one thread per output element; B held transposed
-/// [rank, out] so a warp reads consecutive columns).
+/// How a LoRA matrix (A [rank, in], or B held transposed [rank, out]) is held on the device: element i of the matrix
+/// is <see cref="Value"/>(i)·<see cref="RowScale"/>(j) for its rank row j. Kernels are generic over it (a struct), so
+/// ILGPU compiles one specialized kernel per storage.
+/// </summary>
+public interface ILoraMatrix
+{
+    /// <summary>Element <paramref name="i"/> before its row's scale.</summary>
+    float Value(long i);
+
+    /// <summary>The scale of rank row <paramref name="j"/> (1 for float storage).</summary>
+    float RowScale(int j);
+}
+
+/// <summary>f32 values.</summary>
+public struct LoraF32 : ILoraMatrix
+{
+    public ArrayView<float> Data;
+    public LoraF32(ArrayView<float> data) => Data = data;
+    public readonly float Value(long i) => Data[i];
+    public readonly float RowScale(int j) => 1f;
+}
+
+/// <summary>bf16 values as raw ushort bits (adapters stored in bf16: half the bytes of f32, no rounding).</summary>
+public struct LoraBF16 : ILoraMatrix
+{
+    public ArrayView<ushort> Data;
+    public LoraBF16(ArrayView<ushort> data) => Data = data;
+    public readonly float Value(long i) => KernelMath.BF16ToFloat(Data[i]);
+    public readonly float RowScale(int j) => 1f;
+}
+
+/// <summary>
+/// Signed int8 codes with one f32 scale per rank row (Lrl.LoraInt8's grid: a quarter of the bytes of f32). The codes
+/// are read as bytes and sign-extended by shifts (ILGPU 1.5.3 compiles some narrowing casts to unsigned conversions;
+/// PtxTests guards every Q8 kernel).
+/// </summary>
+public struct LoraQ8 : ILoraMatrix
+{
+    public ArrayView<byte> Codes;
+    public ArrayView<float> Scales;
+    public LoraQ8(ArrayView<byte> codes, ArrayView<float> scales) { Codes = codes; Scales = scales; }
+    public readonly float Value(long i) => ((int)((uint)Codes[i] << 24)) >> 24;
+    public readonly float RowScale(int j) => Scales[j];
+}
+
+/// <summary>
+/// The unmerged LoRA update y += scale·(x·Aᵀ)·Bᵀ of rows row0 .. row0+rows-1, over A and Bᵀ held as
+/// <typeparamref name="TL"/>. Decode and small batches take one launch, <see cref="Fused{TL}"/>; many rows take two,
+/// <see cref="Down{TL}"/> (one warp per (row, rank) dot product over the input, lanes striding it, warp-shuffle sum) and
+/// <see cref="Up{TL}"/> (one thread per output element; B held transposed [rank, out] so a warp reads consecutive
+/// columns). Row scales fold into t: t[j] = scale·sA[j]·sB[j]·Σ_i x_i·A'[j, i], then y_o += Σ_j t[j]·Bᵀ'[j, o].
 /// </summary>
 public static class LoraKernels
 {
-    /// <summary>Largest rank <see cref="Fused"/> takes (its t lives in shared memory).</summary>
+    /// <summary>Largest rank <see cref="Fused{TL}"/> takes (its t lives in shared memory).</summary>
     public const int FusedMaxRank = 128;
-    /// <summary>Output columns each group of <see cref="Fused"/> adds.</summary>
+    /// <summary>Output columns each group of <see cref="Fused{TL}"/> adds.</summary>
     public const int FusedColumns = 1024;
 
     /// <summary>
     /// One launch for the whole update: group g takes row r = g / blocks and output columns [c·1024, (c+1)·1024) with
-    /// c = g mod blocks. Its warps compute t = scale·x_r·Aᵀ into shared memory (warp w takes ranks w, w + warps, ...;
+    /// c = g mod blocks. Its warps compute t (scales folded) into shared memory (warp w takes ranks w, w + warps, ...;
     /// lanes stride the input, a warp-shuffle sum), then, after a barrier, each thread adds Σ_j t[j]·Bᵀ[j, o] to its
     /// columns. A group recomputes the row's t (rank·in multiply-adds, A read from L2): for one decode row that is less
     /// than a launch costs; past a few rows the two-launch form reads less.
     /// </summary>
-    public static void Fused(ArrayView<float> x, ArrayView<float> a, ArrayView<float> bt, ArrayView<float> y,
-                             int row0, int blocks, int rank, int inF, int outF, float scale)
+    public static void Fused<TL>(ArrayView<float> x, TL a, TL bt, ArrayView<float> y, int row0, int blocks, int rank, int inF, int outF, float scale)
+        where TL : struct, ILoraMatrix
     {
         var t = SharedMemory.Allocate<float>(FusedMaxRank);
         int r = Grid.IdxX / blocks, c = Grid.IdxX - r * blocks;
@@ -34,9 +81,9 @@ public static class LoraKernels
         {
             long ab = (long)j * inF;
             float acc = 0;
-            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * a[ab + i];
+            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * a.Value(ab + i);
             acc = KernelMath.WarpSum(acc);
-            if (Warp.LaneIdx == 0) t[j] = scale * acc;
+            if (Warp.LaneIdx == 0) t[j] = scale * a.RowScale(j) * bt.RowScale(j) * acc;
         }
         Group.Barrier();
         long yb = (long)(row0 + r) * outF;
@@ -44,13 +91,14 @@ public static class LoraKernels
         for (int o = c * FusedColumns + Group.IdxX; o < end; o += Group.DimX)
         {
             float acc = 0;
-            for (int j = 0; j < rank; j++) acc += t[j] * bt[(long)j * outF + o];
+            for (int j = 0; j < rank; j++) acc += t[j] * bt.Value((long)j * outF + o);
             y[yb + o] += acc;
         }
     }
 
-    /// <summary>t[r·rank + j] = scale·Σ_i x[(row0 + r)·inF + i]·A[j·inF + i]. Grid = ceil(rows·rank / warpsPerGroup).</summary>
-    public static void Down(ArrayView<float> x, ArrayView<float> a, ArrayView<float> t, int row0, int rows, int rank, int inF, float scale)
+    /// <summary>t[r·rank + j] = scale·sA[j]·sB[j]·Σ_i x[(row0 + r)·inF + i]·A'[j·inF + i]. Grid = ceil(rows·rank / warpsPerGroup).</summary>
+    public static void Down<TL>(ArrayView<float> x, TL a, TL bt, ArrayView<float> t, int row0, int rows, int rank, int inF, float scale)
+        where TL : struct, ILoraMatrix
     {
         int warps = Group.DimX / Warp.WarpSize;
         int item = Grid.IdxX * warps + Warp.WarpIdx;
@@ -58,33 +106,35 @@ public static class LoraKernels
         int r = item / rank, j = item - r * rank;
         long xb = (long)(row0 + r) * inF, ab = (long)j * inF;
         float acc = 0;
-        for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * a[ab + i];
+        for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * a.Value(ab + i);
         acc = KernelMath.WarpSum(acc);
-        if (Warp.LaneIdx == 0) t[item] = scale * acc;
+        if (Warp.LaneIdx == 0) t[item] = scale * a.RowScale(j) * bt.RowScale(j) * acc;
     }
 
-    /// <summary>y[(row0 + r)·outF + o] += Σ_j t[r·rank + j]·Bt[j·outF + o], one thread per (r, o).</summary>
-    public static void Up(Index1D index, ArrayView<float> t, ArrayView<float> bt, ArrayView<float> y, int row0, int rows, int rank, int outF)
+    /// <summary>y[(row0 + r)·outF + o] += Σ_j t[r·rank + j]·Bᵀ'[j·outF + o], one thread per (r, o).</summary>
+    public static void Up<TL>(Index1D index, ArrayView<float> t, TL bt, ArrayView<float> y, int row0, int rows, int rank, int outF)
+        where TL : struct, ILoraMatrix
     {
         if (index >= rows * outF) return;
         int r = index / outF, o = index - r * outF;
         float acc = 0;
-        for (int j = 0; j < rank; j++) acc += t[r * rank + j] * bt[(long)j * outF + o];
+        for (int j = 0; j < rank; j++) acc += t[r * rank + j] * bt.Value((long)j * outF + o);
         y[(long)(row0 + r) * outF + o] += acc;
     }
 
     /// <summary>
-    /// An adapted embedding: y[(row0 + r)·outF + o] += scale·Σ_j A[j·vocab + tok_r]·Bt[j·outF + o], one thread per
+    /// An adapted embedding: y[(row0 + r)·outF + o] += scale·Σ_j A[j·vocab + tok_r]·Bᵀ[j·outF + o], one thread per
     /// (r, o); tok_r = ids[r], or <paramref name="single"/> for one row (the id as an argument, nothing uploaded).
     /// </summary>
-    public static void EmbedUp(Index1D index, ArrayView<int> ids, int single, ArrayView<float> a, ArrayView<float> bt, ArrayView<float> y,
-                               int row0, int rows, int rank, int vocab, int outF, float scale)
+    public static void EmbedUp<TL>(Index1D index, ArrayView<int> ids, int single, TL a, TL bt, ArrayView<float> y,
+                                   int row0, int rows, int rank, int vocab, int outF, float scale)
+        where TL : struct, ILoraMatrix
     {
         if (index >= rows * outF) return;
         int r = index / outF, o = index - r * outF;
         int tok = rows == 1 ? single : ids[r];
         float acc = 0;
-        for (int j = 0; j < rank; j++) acc += a[(long)j * vocab + tok] * bt[(long)j * outF + o];
+        for (int j = 0; j < rank; j++) acc += a.Value((long)j * vocab + tok) * a.RowScale(j) * bt.RowScale(j) * bt.Value((long)j * outF + o);
         y[(long)(row0 + r) * outF + o] += scale * acc;
     }
 }

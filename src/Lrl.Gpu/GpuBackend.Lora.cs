@@ -4,30 +4,71 @@ using Lrl.Kernels;
 
 namespace Lrl.Gpu;
 
-/// <summary>A LoRA pair in device memory as f32: A [rank, in] as stored, B transposed to [rank, out].</summary>
-internal sealed class GpuLora(string name, int rank, int inF, int outF,
-                              MemoryBuffer1D<float, Stride1D.Dense> a, MemoryBuffer1D<float, Stride1D.Dense> bt) : LoraWeights(name, rank, inF, outF)
+/// <summary>
+/// A LoRA pair in device memory: A [rank, in] as stored and B transposed to [rank, out], held as f32, as bf16 bits (an
+/// adapter whose values are exactly bf16: half the bytes) or as int8 codes with one scale per rank row of A and of Bᵀ
+/// (values on <see cref="LoraInt8"/>'s grid: a quarter of the bytes, and the same codes and scales the CPU backend holds).
+/// </summary>
+internal abstract class GpuLora(string name, int rank, int inF, int outF) : LoraWeights(name, rank, inF, outF)
 {
-    public ArrayView<float> A => a.View;
-    public ArrayView<float> Bt => bt.View;
-    public override long ByteSize => (a.Length + bt.Length) * 4;
-    public override void Dispose() { a.Dispose(); bt.Dispose(); }
+    /// <summary>The update of rows [row0, row0 + rows) (<see cref="ILoraOps.LoraRows"/>), through this pair's kernels.</summary>
+    public abstract void Rows(GpuBackend g, ArrayView<float> x, int row0, int rows, float scale, ArrayView<float> y);
+
+    /// <summary>The adapted embedding's update (<see cref="ILoraOps.LoraEmbedRows"/>), ids already on the device when several.</summary>
+    public abstract void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y);
+}
+
+/// <summary>A pair held as <typeparamref name="TL"/>; <paramref name="buffers"/> are the device buffers behind A and Bᵀ.</summary>
+internal sealed class GpuLora<TL>(string name, int rank, int inF, int outF, TL a, TL bt, long bytes, params MemoryBuffer[] buffers)
+    : GpuLora(name, rank, inF, outF) where TL : struct, ILoraMatrix
+{
+    public TL A => a;
+    public TL Bt => bt;
+    public override long ByteSize => bytes;
+    public override void Rows(GpuBackend g, ArrayView<float> x, int row0, int rows, float scale, ArrayView<float> y) => g.LoraRowsOf(this, x, row0, rows, scale, y);
+    public override void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) =>
+        g.LoraEmbedOf(this, ids, single, row0, rows, scale, y);
+    public override void Dispose() { foreach (var b in buffers) b.Dispose(); }
 }
 
 // ILoraOps on ILGPU kernels (kernels/Lrl.Kernels/LoraKernels.cs): one launch per adapted product for up to
-// FusedMaxRows rows (decode, small batches), two past that.
+// FusedLoraMaxRows rows (decode, small batches), two past that; one specialization per storage (f32, bf16, int8).
 public sealed partial class GpuBackend : ILoraOps
 {
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>? _loraDown;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _loraUp;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>? _loraFused;
-    private Action<AcceleratorStream, Index1D, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>? _loraEmbed;
+    /// <summary>The LoRA kernels of one storage, loaded on first use.</summary>
+    private sealed class LoraKernelSet<TL>(Accelerator acc) where TL : struct, ILoraMatrix
+    {
+        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float>? _fused;
+        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float>? _down;
+        private Action<AcceleratorStream, Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int>? _up;
+        private Action<AcceleratorStream, Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float>? _embed;
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float> Fused =>
+            _fused ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.Fused<TL>);
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float> Down =>
+            _down ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float>(LoraKernels.Down<TL>);
+        public Action<AcceleratorStream, Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int> Up =>
+            _up ??= acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int>(LoraKernels.Up<TL>);
+        public Action<AcceleratorStream, Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float> Embed =>
+            _embed ??= acc.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.EmbedUp<TL>);
+    }
+
+    private readonly Dictionary<Type, object> _loraKernels = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? _loraT; // [rows, rank] scratch, grown on demand
     private MemoryBuffer1D<int, Stride1D.Dense>? _loraTokens;
 
-    /// <summary>Rows up to which an update is one launch (<see cref="LoraKernels.Fused"/>: each group recomputes its row's x·Aᵀ).</summary>
+    private LoraKernelSet<TL> LoraSet<TL>() where TL : struct, ILoraMatrix
+    {
+        if (!_loraKernels.TryGetValue(typeof(TL), out var set)) _loraKernels[typeof(TL)] = set = new LoraKernelSet<TL>(_accelerator);
+        return (LoraKernelSet<TL>)set;
+    }
+
+    /// <summary>Rows up to which an update is one launch (<see cref="LoraKernels.Fused{TL}"/>: each group recomputes its row's x·Aᵀ).</summary>
     public const int FusedLoraMaxRows = 4;
 
+    /// <summary>
+    /// Holds the pair as <paramref name="stored"/> says (see <see cref="ILoraOps.LoadLora"/>): bf16 bits for BF16, int8
+    /// codes and per-rank-row scales for I8 (computed as the CPU backend computes them: the same codes), else f32.
+    /// </summary>
     public LoraWeights LoadLora(string name, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, int inFeatures, int outFeatures,
                                 DType stored = DType.F32)
     {
@@ -36,12 +77,52 @@ public sealed partial class GpuBackend : ILoraOps
         var bt = new float[(long)rank * outFeatures];
         for (int o = 0; o < outFeatures; o++)
             for (int j = 0; j < rank; j++) bt[(long)j * outFeatures + o] = b[o * rank + j];
-        var ad = AllocateRaw<float>(a.Length, $"LoRA {name} A");
-        var bd = AllocateRaw<float>(bt.Length, $"LoRA {name} B");
-        ToDevice(ad.View, a);
-        ToDevice(bd.View, bt.AsSpan());
+        GpuLora w;
+        if (stored == DType.I8)
+        {
+            var (qa, sa) = LoraCodes(name, a, rank, inFeatures);
+            var (qb, sb) = LoraCodes(name, bt, rank, outFeatures);
+            var (ca, cs, cb, cbs) = (AllocateRaw<byte>(qa.Length, $"LoRA {name} A"), AllocateRaw<float>(rank, $"LoRA {name} A scales"),
+                                     AllocateRaw<byte>(qb.Length, $"LoRA {name} B"), AllocateRaw<float>(rank, $"LoRA {name} B scales"));
+            ToDevice(ca.View, qa.AsSpan()); ToDevice(cs.View, sa.AsSpan()); ToDevice(cb.View, qb.AsSpan()); ToDevice(cbs.View, sb.AsSpan());
+            w = new GpuLora<LoraQ8>(name, rank, inFeatures, outFeatures, new LoraQ8(ca.View, cs.View), new LoraQ8(cb.View, cbs.View),
+                                    qa.Length + qb.Length + 8L * rank, ca, cs, cb, cbs);
+        }
+        else if (stored == DType.BF16)
+        {
+            var a16 = new ushort[a.Length];
+            for (int i = 0; i < a.Length; i++) a16[i] = DTypes.FloatToBF16(a[i]);
+            var b16 = new ushort[bt.Length];
+            for (int i = 0; i < bt.Length; i++) b16[i] = DTypes.FloatToBF16(bt[i]);
+            var (ad, bd) = (AllocateRaw<ushort>(a16.Length, $"LoRA {name} A"), AllocateRaw<ushort>(b16.Length, $"LoRA {name} B"));
+            ToDevice(ad.View, a16.AsSpan()); ToDevice(bd.View, b16.AsSpan());
+            w = new GpuLora<LoraBF16>(name, rank, inFeatures, outFeatures, new LoraBF16(ad.View), new LoraBF16(bd.View), 2L * (a16.Length + b16.Length), ad, bd);
+        }
+        else
+        {
+            var (ad, bd) = (AllocateRaw<float>(a.Length, $"LoRA {name} A"), AllocateRaw<float>(bt.Length, $"LoRA {name} B"));
+            ToDevice(ad.View, a);
+            ToDevice(bd.View, bt.AsSpan());
+            w = new GpuLora<LoraF32>(name, rank, inFeatures, outFeatures, new LoraF32(ad.View), new LoraF32(bd.View), 4L * (a.Length + bt.Length), ad, bd);
+        }
         Sync();
-        return new GpuLora(name, rank, inFeatures, outFeatures, ad, bd);
+        return w;
+    }
+
+    /// <summary>Each row of <paramref name="m"/> [rows, cols] as <see cref="LoraInt8"/> codes (as bytes) and its scale.</summary>
+    private static (byte[] Codes, float[] Scales) LoraCodes(string name, ReadOnlySpan<float> m, int rows, int cols)
+    {
+        var codes = new byte[(long)rows * cols];
+        var scales = new float[rows];
+        for (int j = 0; j < rows; j++)
+        {
+            var row = m.Slice(j * cols, cols);
+            float max = 0;
+            foreach (float v in row) max = float.IsFinite(v) ? MathF.Max(max, MathF.Abs(v)) : throw new ArgumentException($"LoRA {name}: a non-finite value");
+            float s = scales[j] = LoraInt8.Scale(max);
+            for (int i = 0; i < cols; i++) codes[(long)j * cols + i] = (byte)LoraInt8.Code(row[i], s);
+        }
+        return (codes, scales);
     }
 
     public void LoraRows(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y)
@@ -50,24 +131,23 @@ public sealed partial class GpuBackend : ILoraOps
         if (row0 < 0 || rows < 0 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
             throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
         if (rows == 0) return;
+        w.Rows(this, B(x).View, row0, rows, scale, B(y).View);
+    }
+
+    internal void LoraRowsOf<TL>(GpuLora<TL> w, ArrayView<float> x, int row0, int rows, float scale, ArrayView<float> y) where TL : struct, ILoraMatrix
+    {
+        var k = LoraSet<TL>();
         if (rows <= FusedLoraMaxRows && w.Rank <= LoraKernels.FusedMaxRank)
         {
-            _loraFused ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.Fused);
             int blocks = (w.OutFeatures + LoraKernels.FusedColumns - 1) / LoraKernels.FusedColumns;
-            _loraFused(Launch_, new KernelConfig(rows * blocks, _group), B(x).View, w.A, w.Bt, B(y).View, row0, blocks, w.Rank, w.InFeatures, w.OutFeatures, scale);
+            k.Fused(Launch_, new KernelConfig(rows * blocks, _group), x, w.A, w.Bt, y, row0, blocks, w.Rank, w.InFeatures, w.OutFeatures, scale);
             return;
         }
         long need = (long)rows * w.Rank;
-        if (_loraT is null || _loraT.Length < need)
-        {
-            _loraT?.Dispose();
-            _loraT = AllocateRaw<float>(Math.Max(need, 256), "LoRA scratch");
-        }
-        _loraDown ??= _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>(LoraKernels.Down);
-        _loraUp ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(LoraKernels.Up);
+        var t = Scratch(ref _loraT, need, "LoRA scratch");
         int perGroup = _group / _warp;
-        _loraDown(Launch_, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), B(x).View, w.A, _loraT.View, row0, rows, w.Rank, w.InFeatures, scale);
-        _loraUp(Launch_, N((long)rows * w.OutFeatures), _loraT.View, w.Bt, B(y).View, row0, rows, w.Rank, w.OutFeatures);
+        k.Down(Launch_, new KernelConfig((int)((need + perGroup - 1) / perGroup), _group), x, w.A, w.Bt, t.View, row0, rows, w.Rank, w.InFeatures, scale);
+        k.Up(Launch_, N((long)rows * w.OutFeatures), t.View, w.Bt, y, row0, rows, w.Rank, w.OutFeatures);
     }
 
     public void LoraEmbedRows(ReadOnlySpan<int> tokens, int row0, LoraWeights lora, float scale, DeviceBuffer y)
@@ -86,7 +166,9 @@ public sealed partial class GpuBackend : ILoraOps
             ToDevice(buf.View, tokens[..rows]);
             ids = buf.View.SubView(0, rows);
         }
-        _loraEmbed ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.EmbedUp);
-        _loraEmbed(Launch_, N((long)rows * w.OutFeatures), ids, tokens[0], w.A, w.Bt, B(y).View, row0, rows, w.Rank, w.InFeatures, w.OutFeatures, scale);
+        w.EmbedRows(this, ids, tokens[0], row0, rows, scale, B(y).View);
     }
+
+    internal void LoraEmbedOf<TL>(GpuLora<TL> w, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) where TL : struct, ILoraMatrix =>
+        LoraSet<TL>().Embed(Launch_, N((long)rows * w.OutFeatures), ids, single, w.A, w.Bt, y, row0, rows, w.Rank, w.InFeatures, w.OutFeatures, scale);
 }

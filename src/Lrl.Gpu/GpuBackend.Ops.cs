@@ -55,7 +55,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
 
     private void DisposeScratch()
     {
-        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _tickets?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _mmaScratch?.Dispose(); _scalar.Dispose();
+        _tokens?.Dispose(); _treeMasks?.Dispose(); _partO?.Dispose(); _partML?.Dispose(); _tickets?.Dispose(); _mlpScratch?.Dispose(); _loraT?.Dispose(); _loraTokens?.Dispose(); _mmaScratch?.Dispose(); _scalar.Dispose();
         foreach (var b in _ropeTables.Values) b.Dispose();
         _ropeTables.Clear();
     }

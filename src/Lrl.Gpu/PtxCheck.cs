@@ -14,7 +14,7 @@ namespace Lrl.Gpu;
 
 /// <summary>
 /// The CUDA path proven without a GPU: every kernel entry point in kernels/Lrl.Kernels (each generic kernel for every
-/// weight reader) compiled by ILGPU's PTX backend for a given architecture, and optionally assembled by NVIDIA's
+/// weight reader or LoRA storage its constraints admit) compiled by ILGPU's PTX backend for a given architecture, and optionally assembled by NVIDIA's
 /// ptxas, whose resource report (registers, shared memory, spills) is parsed. No CUDA driver or device is needed.
 /// </summary>
 public static partial class PtxCheck
@@ -29,7 +29,8 @@ public static partial class PtxCheck
     public static IReadOnlyList<Kernel> EntryPoints()
     {
         var asm = typeof(GemvKernels).Assembly;
-        var readers = asm.GetTypes().Where(t => t.IsValueType && typeof(IWeightReader).IsAssignableFrom(t)).OrderBy(t => t.Name, StringComparer.Ordinal).ToArray();
+        var readers = asm.GetTypes().Where(t => t.IsValueType && (typeof(IWeightReader).IsAssignableFrom(t) || typeof(ILoraMatrix).IsAssignableFrom(t)))
+                         .OrderBy(t => t.Name, StringComparer.Ordinal).ToArray();
         var list = new List<Kernel>();
         foreach (var type in asm.GetTypes().Where(t => t.IsClass && t.IsAbstract && t.IsSealed && t.IsPublic && t.Name.EndsWith("Kernels", StringComparison.Ordinal))
                                   .OrderBy(t => t.Name, StringComparer.Ordinal))

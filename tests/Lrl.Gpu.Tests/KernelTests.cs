@@ -389,60 +389,87 @@ public class KernelTests
         Assert.ThrowsAny<ArgumentException>(() => g.Copy(src, 90, dst, 0, 10));
     }
 
+    /// <summary>LoRA storages the GPU holds as they are (<see cref="ILoraOps.LoadLora"/>'s stored dtype) and the bytes each costs per value.</summary>
+    private static readonly (DType Stored, int Bytes)[] LoraStorages = [(DType.F32, 4), (DType.BF16, 2), (DType.I8, 1)];
+
+    /// <summary>Rounds A [rank, inF] and B [outF, rank] to what <paramref name="stored"/> holds exactly (bf16 values; the int8 grid).</summary>
+    private static void OnLoraGrid(float[] a, float[] b, int rank, int inF, int outF, DType stored)
+    {
+        if (stored == DType.BF16)
+        {
+            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
+            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
+        }
+        else if (stored == DType.I8)
+        {
+            LoraInt8.RoundA(a, rank, inF);
+            LoraInt8.RoundB(b, outF, rank);
+        }
+    }
+
+    /// <summary>
+    /// The unmerged update against the reference for f32, bf16 and int8 storage (one launch up to
+    /// <see cref="GpuBackend.FusedLoraMaxRows"/> rows and rank 128, two past that), rows outside untouched, and the bytes
+    /// each storage holds (bf16 half of f32, int8 a quarter plus a scale per rank row of A and Bᵀ).
+    /// </summary>
     [Theory, MemberData(nameof(Kinds))]
     public void LoraRowsMatchReference(string kind)
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new RandomTensors(Seed());
-        // Up to GpuBackend.FusedLoraMaxRows rows and rank 128: one launch (LoraKernels.Fused); past that, two.
-        foreach (var (total, row0, rows, inF, outF, rank) in new[] { (1, 0, 1, 64, 64, 1), (5, 2, 3, 67, 129, 4), (9, 0, 9, 576, 300, 16), (3, 1, 2, 173, 31, 7),
-                                                                     (2, 1, 1, 96, 2500, 16), (4, 0, 4, 64, 1030, 5), (2, 0, 2, 40, 70, 130) })
-        {
-            var x = arena.Floats((long)total * inF);
-            var y0 = arena.Floats((long)total * outF);
-            var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
-            var b = arena.Floats((long)outF * rank);
-            using var xg = Check.Buffer(g, x); using var yg = Check.Buffer(g, y0);
-            using var xr = Check.Buffer(r, x); using var yr = Check.Buffer(r, y0);
-            using var lg = ((ILoraOps)g).LoadLora("t", a, b, rank, inF, outF);
-            var lr = ((ILoraOps)r).LoadLora("t", a, b, rank, inF, outF);
-            var before = g.Counters;
-            ((ILoraOps)g).LoraRows(xg, row0, rows, lg, 1.5f, yg);
-            Assert.Equal(rows <= GpuBackend.FusedLoraMaxRows && rank <= LoraKernels.FusedMaxRank ? 1 : 2, (g.Counters - before).Launches);
-            ((ILoraOps)r).LoraRows(xr, row0, rows, lr, 1.5f, yr);
-            var got = Check.Read(g, yg, (long)total * outF);
-            var want = Check.Read(r, yr, (long)total * outF);
-            Check.Close(got, want, F32Tol, $"lora rows {row0}+{rows} of {total}, [{outF}, {inF}] r={rank}");
-            for (int i = 0; i < row0 * outF; i++) Assert.Equal(y0[i], got[i]);
-            for (int i = (row0 + rows) * outF; i < total * outF; i++) Assert.Equal(y0[i], got[i]);
-        }
+        foreach (var (stored, bytes) in LoraStorages)
+            foreach (var (total, row0, rows, inF, outF, rank) in new[] { (1, 0, 1, 64, 64, 1), (5, 2, 3, 67, 129, 4), (9, 0, 9, 576, 300, 16), (3, 1, 2, 173, 31, 7),
+                                                                         (2, 1, 1, 96, 2500, 16), (4, 0, 4, 64, 1030, 5), (2, 0, 2, 40, 70, 130) })
+            {
+                var x = arena.Floats((long)total * inF);
+                var y0 = arena.Floats((long)total * outF);
+                var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
+                var b = arena.Floats((long)outF * rank);
+                OnLoraGrid(a, b, rank, inF, outF, stored);
+                using var xg = Check.Buffer(g, x); using var yg = Check.Buffer(g, y0);
+                using var xr = Check.Buffer(r, x); using var yr = Check.Buffer(r, y0);
+                using var lg = ((ILoraOps)g).LoadLora("t", a, b, rank, inF, outF, stored);
+                var lr = ((ILoraOps)r).LoadLora("t", a, b, rank, inF, outF);
+                Assert.Equal((long)bytes * rank * (inF + outF) + (stored == DType.I8 ? 8L * rank : 0), lg.ByteSize);
+                var before = g.Counters;
+                ((ILoraOps)g).LoraRows(xg, row0, rows, lg, 1.5f, yg);
+                Assert.Equal(rows <= GpuBackend.FusedLoraMaxRows && rank <= LoraKernels.FusedMaxRank ? 1 : 2, (g.Counters - before).Launches);
+                ((ILoraOps)r).LoraRows(xr, row0, rows, lr, 1.5f, yr);
+                var got = Check.Read(g, yg, (long)total * outF);
+                var want = Check.Read(r, yr, (long)total * outF);
+                Check.Close(got, want, F32Tol, $"{stored} lora rows {row0}+{rows} of {total}, [{outF}, {inF}] r={rank}");
+                for (int i = 0; i < row0 * outF; i++) Assert.Equal(y0[i], got[i]);
+                for (int i = (row0 + rows) * outF; i < total * outF; i++) Assert.Equal(y0[i], got[i]);
+            }
     }
 
-    /// <summary>An adapted embedding's lookup update (one row: the id as a kernel argument; several: uploaded ids) against the reference.</summary>
+    /// <summary>An adapted embedding's lookup update, f32/bf16/int8-held (one row: the id as a kernel argument; several: uploaded ids) against the reference.</summary>
     [Theory, MemberData(nameof(Kinds))]
     public void LoraEmbedRowsMatchReference(string kind)
     {
         var g = Backends.Get(kind);
         using var r = new ReferenceBackend();
         using var arena = new RandomTensors(Seed());
-        foreach (var (total, row0, ids, hidden, rank) in new[] { (3, 1, new[] { 7 }, 64, 4), (6, 2, new[] { 0, 99, 7, 7 }, 48, 16) })
-        {
-            int vocab = 100;
-            var y0 = arena.Floats((long)total * hidden);
-            var a = arena.Floats((long)rank * vocab); var b = arena.Floats((long)hidden * rank);
-            using var yg = Check.Buffer(g, y0); using var yr = Check.Buffer(r, y0);
-            using var lg = ((ILoraOps)g).LoadLora("e", a, b, rank, vocab, hidden);
-            var lr = ((ILoraOps)r).LoadLora("e", a, b, rank, vocab, hidden);
-            var before = g.Counters;
-            ((ILoraOps)g).LoraEmbedRows(ids, row0, lg, 0.5f, yg);
-            Assert.Equal(ids.Length > 1 ? 1 : 0, (g.Counters - before).Uploads);
-            ((ILoraOps)r).LoraEmbedRows(ids, row0, lr, 0.5f, yr);
-            var got = Check.Read(g, yg, (long)total * hidden);
-            Check.Close(got, Check.Read(r, yr, (long)total * hidden), F32Tol, $"embedding lora {ids.Length} rows");
-            for (int i = 0; i < row0 * hidden; i++) Assert.Equal(y0[i], got[i]);
-            Assert.Throws<LrlException>(() => ((ILoraOps)g).LoraEmbedRows([vocab], 0, lg, 1f, yg));
-        }
+        foreach (var (stored, _) in LoraStorages)
+            foreach (var (total, row0, ids, hidden, rank) in new[] { (3, 1, new[] { 7 }, 64, 4), (6, 2, new[] { 0, 99, 7, 7 }, 48, 16) })
+            {
+                int vocab = 100;
+                var y0 = arena.Floats((long)total * hidden);
+                var a = arena.Floats((long)rank * vocab); var b = arena.Floats((long)hidden * rank);
+                OnLoraGrid(a, b, rank, vocab, hidden, stored);
+                using var yg = Check.Buffer(g, y0); using var yr = Check.Buffer(r, y0);
+                using var lg = ((ILoraOps)g).LoadLora("e", a, b, rank, vocab, hidden, stored);
+                var lr = ((ILoraOps)r).LoadLora("e", a, b, rank, vocab, hidden);
+                var before = g.Counters;
+                ((ILoraOps)g).LoraEmbedRows(ids, row0, lg, 0.5f, yg);
+                Assert.Equal(ids.Length > 1 ? 1 : 0, (g.Counters - before).Uploads);
+                ((ILoraOps)r).LoraEmbedRows(ids, row0, lr, 0.5f, yr);
+                var got = Check.Read(g, yg, (long)total * hidden);
+                Check.Close(got, Check.Read(r, yr, (long)total * hidden), F32Tol, $"{stored} embedding lora {ids.Length} rows");
+                for (int i = 0; i < row0 * hidden; i++) Assert.Equal(y0[i], got[i]);
+                Assert.Throws<LrlException>(() => ((ILoraOps)g).LoraEmbedRows([vocab], 0, lg, 1f, yg));
+            }
     }
 
     /// <summary>The fused position step (RoPE of Q and K, K/V cache writes) and fused Q/K/V GEMV equal the unfused reference.</summary>

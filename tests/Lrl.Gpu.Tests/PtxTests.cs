@@ -13,7 +13,7 @@ public class PtxTests
     {
         var names = PtxCheck.EntryPoints().Select(k => k.Name).ToHashSet();
         foreach (var expected in new[] { "GemvKernels.Gemv<BF16Reader>", "GemvKernels.Gemv<Q4Reader>", "GemmKernels.Gemm<F16Reader>",
-                                         "NormKernels.RmsNorm", "AttentionKernels.SplitK", "LoraKernels.Down", "LoraKernels.Up",
+                                         "NormKernels.RmsNorm", "AttentionKernels.SplitK", "LoraKernels.Down<LoraF32>", "LoraKernels.Up<LoraQ8>", "LoraKernels.Fused<LoraBF16>",
                                          "SamplingKernels.Sample", "QuantGemvKernels.GemvQ4", "LinearAttentionKernels.Wkv7" })
             Assert.Contains(expected, names);
         Assert.True(names.Count >= 50, $"only {names.Count} entry points");
