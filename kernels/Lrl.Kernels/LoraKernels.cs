@@ -96,6 +96,47 @@ public static class LoraKernels
         }
     }
 
+    /// <summary>
+    /// Up to three updates over the same input in one launch (Q/K/V, gate/up: a decode step's adapters of one dispatch):
+    /// group g belongs to the term whose groups hold it, and runs <see cref="Fused{TL}"/>'s arithmetic for it (so each
+    /// output gets the bits a launch of its own gives it). <paramref name="count"/> terms are live (2 or 3).
+    /// </summary>
+    public static void FusedTerms<TL>(ArrayView<float> x, int inF, LoraTerm<TL> t0, LoraTerm<TL> t1, LoraTerm<TL> t2, int count)
+        where TL : struct, ILoraMatrix
+    {
+        var t = SharedMemory.Allocate<float>(FusedMaxRank);
+        int g = Grid.IdxX;
+        if (count > 2 && g >= t2.FirstGroup) FusedGroup(x, inF, t2, g - t2.FirstGroup, t);
+        else if (g >= t1.FirstGroup) FusedGroup(x, inF, t1, g - t1.FirstGroup, t);
+        else FusedGroup(x, inF, t0, g, t);
+    }
+
+    /// <summary>Group <paramref name="g"/> of one term: <see cref="Fused{TL}"/>'s body.</summary>
+    private static void FusedGroup<TL>(ArrayView<float> x, int inF, LoraTerm<TL> term, int g, ArrayView<float> t) where TL : struct, ILoraMatrix
+    {
+        int r = g / term.Blocks, c = g - r * term.Blocks;
+        int warps = Group.DimX / Warp.WarpSize;
+        long xb = (long)(term.Row0 + r) * inF;
+        for (int j = Warp.WarpIdx; j < term.Rank; j += warps) // uniform per warp
+        {
+            long ab = (long)j * inF;
+            float acc = 0;
+            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * term.A.Value(ab + i);
+            acc = KernelMath.WarpSum(acc);
+            if (Warp.LaneIdx == 0) t[j] = term.Scale * term.A.RowScale(j) * term.Bt.RowScale(j) * acc;
+        }
+        Group.Barrier();
+        int outF = term.OutF;
+        long yb = (long)(term.Row0 + r) * outF;
+        int end = XMath.Min(outF, (c + 1) * FusedColumns);
+        for (int o = c * FusedColumns + Group.IdxX; o < end; o += Group.DimX)
+        {
+            float acc = 0;
+            for (int j = 0; j < term.Rank; j++) acc += t[j] * term.Bt.Value((long)j * outF + o);
+            term.Y[yb + o] += acc;
+        }
+    }
+
     /// <summary>t[r·rank + j] = scale·sA[j]·sB[j]·Σ_i x[(row0 + r)·inF + i]·A'[j·inF + i]. Grid = ceil(rows·rank / warpsPerGroup).</summary>
     public static void Down<TL>(ArrayView<float> x, TL a, TL bt, ArrayView<float> t, int row0, int rows, int rank, int inF, float scale)
         where TL : struct, ILoraMatrix
@@ -137,4 +178,16 @@ public static class LoraKernels
         for (int j = 0; j < rank; j++) acc += a.Value((long)j * vocab + tok) * a.RowScale(j) * bt.RowScale(j) * bt.Value((long)j * outF + o);
         y[(long)(row0 + r) * outF + o] += scale * acc;
     }
+}
+
+/// <summary>
+/// One adapter update of <see cref="LoraKernels.FusedTerms{TL}"/>: A and Bᵀ, the output it adds to, its rows, and the
+/// launch's groups it takes ([FirstGroup, FirstGroup + Rows·Blocks): row-major over its rows and column blocks).
+/// </summary>
+public struct LoraTerm<TL> where TL : struct, ILoraMatrix
+{
+    public TL A, Bt;
+    public ArrayView<float> Y;
+    public int Row0, Rows, Rank, OutF, Blocks, FirstGroup;
+    public float Scale;
 }

@@ -16,6 +16,9 @@ internal abstract class GpuLora(string name, int rank, int inF, int outF) : Lora
 
     /// <summary>The adapted embedding's update (<see cref="ILoraOps.LoraEmbedRows"/>), ids already on the device when several.</summary>
     public abstract void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y);
+
+    /// <summary>Two or three staged updates over one input in one launch; every pair of <paramref name="terms"/> is of this pair's storage.</summary>
+    public abstract void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms);
 }
 
 /// <summary>A pair held as <typeparamref name="TL"/>; <paramref name="buffers"/> are the device buffers behind A and Bᵀ.</summary>
@@ -28,6 +31,7 @@ internal sealed class GpuLora<TL>(string name, int rank, int inF, int outF, TL a
     public override void Rows(GpuBackend g, ArrayView<float> x, int row0, int rows, float scale, ArrayView<float> y) => g.LoraRowsOf(this, x, row0, rows, scale, y);
     public override void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) =>
         g.LoraEmbedOf(this, ids, single, row0, rows, scale, y);
+    public override void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms) => g.LoraTermsOf<TL>(terms);
     public override void Dispose() { foreach (var b in buffers) b.Dispose(); }
 }
 
@@ -42,6 +46,11 @@ public sealed partial class GpuBackend : ILoraOps
         private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float>? _down;
         private Action<AcceleratorStream, Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int>? _up;
         private Action<AcceleratorStream, Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float>? _embed;
+        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int>? _terms;
+        /// <summary>The terms of one <see cref="Terms"/> launch (reused: nothing allocated per token).</summary>
+        public readonly LoraTerm<TL>[] TermArgs = new LoraTerm<TL>[3];
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int> Terms =>
+            _terms ??= acc.LoadKernel<ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int>(LoraKernels.FusedTerms<TL>);
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float> Fused =>
             _fused ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.Fused<TL>);
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float> Down =>
@@ -171,4 +180,97 @@ public sealed partial class GpuBackend : ILoraOps
 
     internal void LoraEmbedOf<TL>(GpuLora<TL> w, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) where TL : struct, ILoraMatrix =>
         LoraSet<TL>().Embed(Launch_, N((long)rows * w.OutFeatures), ids, single, w.A, w.Bt, y, row0, rows, w.Rank, w.InFeatures, w.OutFeatures, scale);
+
+    /// <summary>An update staged for the next product that writes <see cref="Y"/> (<see cref="StageLora"/>).</summary>
+    internal readonly record struct StagedLora(DeviceBuffer X, int Row0, int Rows, GpuLora W, float Scale, DeviceBuffer Y)
+    {
+        /// <summary>Whether it runs as one group-per-row-and-block launch (<see cref="LoraKernels.Fused{TL}"/>), so it can share one.</summary>
+        public bool Fusable => Rows <= FusedLoraMaxRows && W.Rank <= LoraKernels.FusedMaxRank;
+    }
+
+    private readonly List<StagedLora> _staged = [];
+    private readonly List<StagedLora> _applying = [];
+    private readonly StagedLora[] _chunk = new StagedLora[3];
+
+    /// <summary>
+    /// Updates are staged and applied by the product that writes their output, right after it: the updates of one
+    /// product's outputs that share an input (Q/K/V, gate/up) as one launch (<see cref="LoraKernels.FusedTerms{TL}"/>)
+    /// where they are decode-sized, instead of one launch each.
+    /// </summary>
+    public bool FusesLora => true;
+
+    public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y)
+    {
+        var w = lora as GpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by this GPU backend");
+        if (row0 < 0 || rows < 1 || (long)(row0 + rows) * w.InFeatures > x.Length || (long)(row0 + rows) * w.OutFeatures > y.Length)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA {w.Name}: rows {row0}..{row0 + rows - 1} exceed the buffers");
+        _staged.Add(new StagedLora(x, row0, rows, w, scale, y));
+    }
+
+    /// <summary>Whether an update is staged for <paramref name="y"/>.</summary>
+    private bool StagedFor(DeviceBuffer y)
+    {
+        foreach (var t in _staged) if (ReferenceEquals(t.Y, y)) return true;
+        return false;
+    }
+
+    /// <summary>
+    /// Applies (and forgets) the staged updates writing <paramref name="y0"/>, <paramref name="y1"/> or
+    /// <paramref name="y2"/>: decode-sized ones over the same input, storage and width up to three a launch, the rest
+    /// one by one (<see cref="LoraRowsOf{TL}"/>). Called by each product after its own launches.
+    /// </summary>
+    private void ApplyStaged(DeviceBuffer y0, DeviceBuffer? y1 = null, DeviceBuffer? y2 = null)
+    {
+        if (_staged.Count == 0) return;
+        _applying.Clear();
+        for (int i = 0; i < _staged.Count;)
+        {
+            var t = _staged[i];
+            if (ReferenceEquals(t.Y, y0) || ReferenceEquals(t.Y, y1) || ReferenceEquals(t.Y, y2)) { _applying.Add(t); _staged.RemoveAt(i); }
+            else i++;
+        }
+        var chunk = _chunk.AsSpan();
+        while (_applying.Count > 0)
+        {
+            var first = _applying[0];
+            _applying.RemoveAt(0);
+            int n = 1;
+            chunk[0] = first;
+            if (first.Fusable)
+                for (int i = 0; i < _applying.Count && n < 3;)
+                {
+                    var t = _applying[i];
+                    if (t.Fusable && ReferenceEquals(t.X, first.X) && t.W.GetType() == first.W.GetType() && t.W.InFeatures == first.W.InFeatures)
+                    {
+                        chunk[n++] = t;
+                        _applying.RemoveAt(i);
+                    }
+                    else i++;
+                }
+            if (n == 1) first.W.Rows(this, B(first.X).View, first.Row0, first.Rows, first.Scale, B(first.Y).View);
+            else first.W.RunTerms(this, chunk[..n]);
+        }
+        Array.Clear(_chunk);
+    }
+
+    internal void LoraTermsOf<TL>(ReadOnlySpan<StagedLora> terms) where TL : struct, ILoraMatrix
+    {
+        var set = LoraSet<TL>();
+        var ts = set.TermArgs;
+        int groups = 0;
+        for (int i = 0; i < terms.Length; i++)
+        {
+            var t = terms[i];
+            var w = (GpuLora<TL>)t.W;
+            int blocks = (w.OutFeatures + LoraKernels.FusedColumns - 1) / LoraKernels.FusedColumns;
+            ts[i] = new LoraTerm<TL>
+            {
+                A = w.A, Bt = w.Bt, Y = B(t.Y).View, Row0 = t.Row0, Rows = t.Rows, Rank = w.Rank, OutF = w.OutFeatures,
+                Blocks = blocks, FirstGroup = groups, Scale = t.Scale,
+            };
+            groups += t.Rows * blocks;
+        }
+        if (terms.Length < 3) ts[2] = default;
+        set.Terms(Launch_, new KernelConfig(groups, _group), B(terms[0].X).View, terms[0].W.InFeatures, ts[0], ts[1], ts[2], terms.Length);
+    }
 }

@@ -174,6 +174,13 @@ public sealed partial class GpuBackend : IDraftHeadOps
 
     public void MatMul(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
     {
+        MatMulCore(x, w, y, rows, bias);
+        ApplyStaged(y);
+    }
+
+    /// <summary>The product alone (the caller applies staged adapter updates once its products are done).</summary>
+    private void MatMulCore(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, Weight? bias = null)
+    {
         var m = Wt(w);
         int inF = m.Cols, outF = m.Rows;
         if (rows <= 0) return;
@@ -201,7 +208,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var m = Wt(w);
         int inF = m.Cols, outF = m.Rows;
         if (rows <= 0) return;
-        if ((rows != 1 && rows > _exactRows) || m.Quant is { StoredColumn: not null } || norm.Cols != outF)
+        if ((rows != 1 && rows > _exactRows) || m.Quant is { StoredColumn: not null } || norm.Cols != outF || StagedFor(y))
         {
             MatMul(x, w, y, rows);
             AddRmsNorm(residual, y, norm, normed, rows, eps);
@@ -338,10 +345,13 @@ public sealed partial class GpuBackend : IDraftHeadOps
     /// <summary>IBackend's fused MLP front half: the fused gate+up+SwiGLU GEMV at batch 1 (upOut unused there).</summary>
     public void GateUpSwiGlu(DeviceBuffer x, int rows, Weight gate, Weight up, DeviceBuffer gateOut, DeviceBuffer upOut)
     {
-        if (rows > 1 && rows > _exactRows)
+        if (rows > 1 && rows > _exactRows || StagedFor(gateOut) || StagedFor(upOut))
         {
-            MatMul(x, gate, gateOut, rows);
-            MatMul(x, up, upOut, rows);
+            // Staged adapter updates land before the activation: both products, their updates (one launch where they
+            // share it), then SwiGLU.
+            MatMulCore(x, gate, gateOut, rows);
+            MatMulCore(x, up, upOut, rows);
+            ApplyStaged(gateOut, upOut);
             SwiGlu(gateOut, upOut, gateOut, (long)rows * gate.Rows);
             return;
         }
@@ -357,10 +367,11 @@ public sealed partial class GpuBackend : IDraftHeadOps
     {
         if (!TryQkv(x, rows, w0, y0, b0, w1, y1, b1, w2, y2, b2, default))
         {
-            MatMul(x, w0, y0, rows, b0);
-            MatMul(x, w1, y1, rows, b1);
-            MatMul(x, w2, y2, rows, b2);
+            MatMulCore(x, w0, y0, rows, b0);
+            MatMulCore(x, w1, y1, rows, b1);
+            MatMulCore(x, w2, y2, rows, b2);
         }
+        ApplyStaged(y0, y1, y2);
     }
 
     /// <summary>
@@ -373,7 +384,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
                                     DeviceBuffer kCache, DeviceBuffer vCache)
     {
         if (rows <= 0) return;
-        if (rows > FusedRopeRowsMax)
+        if (rows > FusedRopeRowsMax || StagedFor(q) || StagedFor(k) || StagedFor(v))
         {
             // One group rotating many rows would be a serial tail longer than the launch it saves.
             MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);

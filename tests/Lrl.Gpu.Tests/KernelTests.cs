@@ -472,6 +472,83 @@ public class KernelTests
             }
     }
 
+    /// <summary>
+    /// Staged updates (the GPU fuses them: <see cref="ILoraOps.StageLora"/>) applied by the products that write their
+    /// outputs, against the reference's products followed by their unfused updates: Q/K/V's decode-row updates of one
+    /// storage share one launch (a bf16 one beside them takes its own), gate/up's land before SwiGLU in one launch, two
+    /// sequences' rows of one output with different adapters share one, and prompt-sized rows run two launches each.
+    /// </summary>
+    [Theory, MemberData(nameof(Kinds))]
+    public void StagedLoraUpdatesShareLaunchesAndMatchReference(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        var lg = (ILoraOps)g; var lr = (ILoraOps)r;
+        Assert.True(lg.FusesLora);
+        int hidden = 96, q = 96, kv = 32, inter = 200;
+        (LoraWeights G, LoraWeights R) Pair(int outF, int inF, int rank, DType stored)
+        {
+            var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF)); var b = arena.Floats((long)outF * rank);
+            OnLoraGrid(a, b, rank, inF, outF, stored);
+            return (lg.LoadLora("g", a, b, rank, inF, outF, stored), lr.LoadLora("r", a, b, rank, inF, outF));
+        }
+        var (wq, wk, wv) = (arena.Tensor("q", DType.F32, q, hidden), arena.Tensor("k", DType.F32, kv, hidden), arena.Tensor("v", DType.F32, kv, hidden));
+        var (wg, wu) = (arena.Matrix("gate", DType.F32, inter, hidden, 0.3f), arena.Matrix("up", DType.F32, inter, hidden, 0.3f));
+        using var gq = g.LoadWeight(wq); using var gk = g.LoadWeight(wk); using var gv = g.LoadWeight(wv);
+        using var rq = r.LoadWeight(wq); using var rk = r.LoadWeight(wk); using var rv = r.LoadWeight(wv);
+        using var gg = g.LoadWeight(wg); using var gu = g.LoadWeight(wu); using var rg = r.LoadWeight(wg); using var ru = r.LoadWeight(wu);
+        var (aq, ak, av) = (Pair(q, hidden, 16, DType.I8), Pair(kv, hidden, 4, DType.I8), Pair(kv, hidden, 8, DType.BF16));
+        var (ag, au) = (Pair(inter, hidden, 16, DType.F32), Pair(inter, hidden, 5, DType.F32));
+        var a2 = Pair(q, hidden, 3, DType.I8);
+        try
+        {
+            foreach (int rows in new[] { 1, 2, 6 })
+            {
+                bool fused = rows <= GpuBackend.FusedLoraMaxRows;
+                var x = arena.Floats((long)rows * hidden);
+                using var xg = Check.Buffer(g, x); using var xr = Check.Buffer(r, x);
+                using var qg = Check.Poisoned(g, rows * q); using var kg = Check.Poisoned(g, rows * kv); using var vg = Check.Poisoned(g, rows * kv);
+                using var qr = r.Allocate(rows * q); using var kr = r.Allocate(rows * kv); using var vr = r.Allocate(rows * kv);
+                var before = g.Counters;
+                lg.StageLora(xg, 0, rows, aq.G, 0.5f, qg); lg.StageLora(xg, 0, rows, ak.G, 2f, kg); lg.StageLora(xg, 0, rows, av.G, 1f, vg);
+                g.MatMul3(xg, rows, gq, qg, null, gk, kg, null, gv, vg, null);
+                // Q/K/V as one launch at one row, three past it; q's and k's int8 updates in one launch, v's bf16 one apart
+                // (decode-sized), or two launches each.
+                Assert.Equal((rows == 1 ? 1 : 3) + (fused ? 2 : 6), (g.Counters - before).Launches);
+                ((IBackend)r).MatMul3(xr, rows, rq, qr, null, rk, kr, null, rv, vr, null);
+                lr.LoraRows(xr, 0, rows, aq.R, 0.5f, qr); lr.LoraRows(xr, 0, rows, ak.R, 2f, kr); lr.LoraRows(xr, 0, rows, av.R, 1f, vr);
+                Check.Close(Check.Read(g, qg, rows * q), Check.Read(r, qr, rows * q), F32Tol, $"staged q, {rows} rows");
+                Check.Close(Check.Read(g, kg, rows * kv), Check.Read(r, kr, rows * kv), F32Tol, $"staged k, {rows} rows");
+                Check.Close(Check.Read(g, vg, rows * kv), Check.Read(r, vr, rows * kv), F32Tol, $"staged v, {rows} rows");
+
+                using var gog = Check.Poisoned(g, rows * inter); using var uog = Check.Poisoned(g, rows * inter);
+                using var gor = r.Allocate(rows * inter); using var uor = r.Allocate(rows * inter);
+                before = g.Counters;
+                lg.StageLora(xg, 0, rows, ag.G, 1f, gog); lg.StageLora(xg, 0, rows, au.G, 1.5f, uog);
+                g.GateUpSwiGlu(xg, rows, gg, gu, gog, uog);
+                // The two products, the updates (one launch decode-sized, two each past that), SwiGLU.
+                Assert.Equal(fused ? 4 : 7, (g.Counters - before).Launches);
+                r.MatMul(xr, rg, gor, rows); r.MatMul(xr, ru, uor, rows);
+                lr.LoraRows(xr, 0, rows, ag.R, 1f, gor); lr.LoraRows(xr, 0, rows, au.R, 1.5f, uor);
+                r.SwiGlu(gor, uor, gor, rows * inter);
+                Check.Close(Check.Read(g, gog, rows * inter), Check.Read(r, gor, rows * inter), F32Tol, $"staged gate/up + SwiGLU, {rows} rows");
+
+                if (rows < 2) continue;
+                // Two sequences' rows of one output, each with its own adapter: one launch between them when both are decode-sized.
+                using var yg = Check.Poisoned(g, rows * q); using var yr = r.Allocate(rows * q);
+                before = g.Counters;
+                lg.StageLora(xg, 0, 1, aq.G, 1f, yg); lg.StageLora(xg, 1, rows - 1, a2.G, 1f, yg);
+                g.MatMul(xg, gq, yg, rows);
+                Assert.Equal(1 + (fused ? 1 : 3), (g.Counters - before).Launches); // past that: the one-row update alone, the other two
+                r.MatMul(xr, rq, yr, rows);
+                lr.LoraRows(xr, 0, 1, aq.R, 1f, yr); lr.LoraRows(xr, 1, rows - 1, a2.R, 1f, yr);
+                Check.Close(Check.Read(g, yg, rows * q), Check.Read(r, yr, rows * q), F32Tol, $"two sequences' updates, {rows} rows");
+            }
+        }
+        finally { foreach (var p in new[] { aq, ak, av, ag, au, a2 }) p.G.Dispose(); }
+    }
+
     /// <summary>The fused position step (RoPE of Q and K, K/V cache writes) and fused Q/K/V GEMV equal the unfused reference.</summary>
     [Theory, MemberData(nameof(KindsAndDTypes))]
     public void FusedQkvAndRopeCacheMatchReference(string kind, DType dtype)
