@@ -12,7 +12,8 @@
 #                                4. decode and prefill tok/s of the SmolLM2-135M and Llama-3.2-1B presets (bf16, q8, q4),
 #                                   and bf16 / q4 prefill with and without tensor cores (LRL_GPU_MMA=0), and SmolLM2 q4 /
 #                                   Llama bf16 decode compiled at ILGPU's O1 (LRL_GPU_OPT=O1) beside the default O2;
-#                                5. speculative decoding on CUDA: the verify-pass cost (exact rows: one-row kernels per
+#                                5. decode with 0, 1 and 4 random rank-16 LoRA adapters (SmolLM2-135M q4: int8-held);
+#                                6. speculative decoding on CUDA: the verify-pass cost (exact rows: one-row kernels per
 #                                   row) and lookup end to end on the SmolLM2-135M q4 preset.
 #                              It writes $OUT/gpu-check.md (the summary, also printed last) and each step's log.
 set -uo pipefail
@@ -78,6 +79,9 @@ case "$mode" in
       step "o1-$p-$d" 90 env LRL_GPU_OPT=O1 "${lrl[@]}" bench --preset "$p" --dtype "$d" --device cuda -p 0 -n 64 -r 3 \
         && grep -E "^\| $p" "$out/o1-$p-$d.log" | sed 's/$/ (O1)/' >> "$summary"
     done
+    echo "## LoRA on CUDA: decode with 0, 1 and 4 random rank-16 adapters on every linear module (int8-held), SmolLM2-135M q4" >> "$summary"
+    step lora 90 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda -p 0 -n 64 -r 3 --lora-random 0,1,4 \
+      && grep -E "^\| SmolLM2|x of tg" "$out/lora.log" >> "$summary"
     echo "## speculative on CUDA (SmolLM2-135M q4)" >> "$summary"
     step verify-cost 90 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda -p 64 --verify-cost 1,2,4,8,16 -r 3 \
       && grep -E "^\| (decode|verify)" "$out/verify-cost.log" >> "$summary"
