@@ -59,6 +59,15 @@ public interface ILoraOps
     /// </summary>
     void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
         throw new NotSupportedException("this backend does not fuse LoRA updates; call LoraRows after the product");
+
+    /// <summary>Updates staged and not yet applied by a product.</summary>
+    int PendingLora => 0;
+
+    /// <summary>
+    /// Forgets every staged update. A model calls it before each pass: updates a pass staged and never applied (it
+    /// stopped at an exception between staging and the product) must not land on a later pass's products.
+    /// </summary>
+    void ClearStagedLora() { }
 }
 
 /// <summary>

@@ -374,6 +374,10 @@ public sealed unsafe partial class CpuBackend : ILoraOps
     /// <summary>The products apply staged updates in their own pass (see <see cref="LoraStage"/>).</summary>
     public bool FusesLora => true;
 
+    public int PendingLora => _matMul.Stage.Count;
+
+    public void ClearStagedLora() => _matMul.Stage.Clear();
+
     public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) =>
         _matMul.Stage.Add(D(x), row0, rows, lora as CpuLora ?? throw new ArgumentException($"{lora.Name} was not loaded by the CPU backend"), scale, D(y));
 }
@@ -673,6 +677,13 @@ internal sealed unsafe class LoraStage
             for (int j = 0; j < rank; j++) s += t[j] * DTypes.BF16ToFloat(bt[(long)j * ld + o]);
             y[o] = s;
         }
+    }
+
+    /// <summary>Drops every staged term (<see cref="ILoraOps.ClearStagedLora"/>).</summary>
+    public void Clear()
+    {
+        Array.Clear(_terms, 0, _count);
+        _count = _active = _downItems = 0;
     }
 
     /// <summary>Drops the terms the finished dispatch applied.</summary>

@@ -207,6 +207,10 @@ public sealed partial class GpuBackend : ILoraOps
         _staged.Add(new StagedLora(x, row0, rows, w, scale, y));
     }
 
+    public int PendingLora => _staged.Count;
+
+    public void ClearStagedLora() => _staged.Clear();
+
     /// <summary>Whether an update is staged for <paramref name="y"/>.</summary>
     private bool StagedFor(DeviceBuffer y)
     {

@@ -551,7 +551,7 @@ public abstract class ModelBase : ILanguageModel
             Reserve(s, pos0 + n);
             _one[0] = new Piece(s, 0, n, pos0) { Parents = parents.ToArray() };
             using var exact = Exact();
-            try { RunChunk(_one, tokens); }
+            try { RunPieces(_one, tokens); }
             finally { _one[0] = default; }
             head.Write(FinalHidden!, n, 0, n, all: true, logits, HeadOf(s));
         }
@@ -616,8 +616,19 @@ public abstract class ModelBase : ILanguageModel
     private protected void RunChunk(SequenceState state, ReadOnlySpan<int> tokens, int pos)
     {
         _one[0] = new Piece(state, 0, tokens.Length, pos);
-        RunChunk(_one, tokens);
+        RunPieces(_one, tokens);
         _one[0] = default;
+    }
+
+    /// <summary>
+    /// <see cref="RunChunk(ReadOnlySpan{Piece}, ReadOnlySpan{int})"/> after dropping any adapter update still staged on
+    /// the backend (a pass that stopped at an exception between staging an update and its product left it there: it
+    /// must not land on this pass's products).
+    /// </summary>
+    private void RunPieces(ReadOnlySpan<Piece> pieces, ReadOnlySpan<int> tokens)
+    {
+        LoraOps?.ClearStagedLora();
+        RunChunk(pieces, tokens);
     }
 
     /// <summary>
@@ -657,7 +668,7 @@ public abstract class ModelBase : ILanguageModel
                 if (n == _pieces.Length) Array.Resize(ref _pieces, n * 2);
                 _pieces[n++] = new Piece((SequenceState)x.State, a - c0, b - a, x.StartPos + (a - x.Row0)) { Parents = x.Parents };
             }
-            RunChunk(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
+            RunPieces(_pieces.AsSpan(0, n), tokens.Slice(c0, rows));
             Array.Clear(_pieces, 0, n);
             // Logits of the rows that want them, in run order (runs and their rows are in row order).
             for (; next < runs.Length && runs[next].Row0 < end; next++)

@@ -313,6 +313,42 @@ public class ModelTests
     }
 
     /// <summary>
+    /// An update a pass staged and never applied (it stopped between staging and the product) is dropped before the
+    /// next pass: that pass gives the same logits as without it, and nothing stays staged.
+    /// </summary>
+    [Fact]
+    public void UpdatesLeftStagedByAStoppedPassNeverLandOnTheNext()
+    {
+        var backend = Backends.Get("cpu-accelerator");
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 4, 8, seed: 7);
+        using var model = ModelRegistry.Load(dir, backend);
+        var mb = (ModelBase)model;
+        var a = mb.LoadAdapter(adapter);
+        var ids = new[] { 1, 403, 407, 261, 300 };
+        float[] Run()
+        {
+            using var state = model.CreateState();
+            mb.SetAdapters(state, [a]);
+            var logits = new float[ids.Length * model.VocabSize];
+            model.Forward(state, ids, 0, logits);
+            return logits;
+        }
+        var want = Run();
+        var ops = (ILoraOps)backend;
+        var rng = new Random(4);
+        using var stale = ops.LoadLora("stale", Enumerable.Range(0, 64).Select(_ => (float)rng.NextDouble()).ToArray(),
+                                       Enumerable.Range(0, 64).Select(_ => (float)rng.NextDouble()).ToArray(), 4, 16, 16);
+        using var x = backend.Allocate(16);
+        using var y = backend.Allocate(16);
+        ops.StageLora(x, 0, 1, stale, 1f, y);
+        Assert.Equal(1, ops.PendingLora);
+        Assert.Equal(want, Run());
+        Assert.Equal(0, ops.PendingLora);
+    }
+
+    /// <summary>
     /// A CUDA context is current per thread: a model used from a thread that did not create the backend (a server's
     /// thread pool, a decode loop) must bind it first. Every forward pass, state creation and release does.
     /// </summary>

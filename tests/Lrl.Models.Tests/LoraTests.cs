@@ -111,6 +111,35 @@ public class LoraTests
         Assert.True(Rel(Logits(model, tokens, zero), Logits(model, tokens)) < 1e-6); // the unfused gate/up path rounds differently
     }
 
+    /// <summary>
+    /// An update a pass staged and never applied (it stopped at an exception between staging and the product) is dropped
+    /// before the next pass: that pass's logits are the same bits as without it, and nothing is left staged.
+    /// </summary>
+    [Fact]
+    public void UpdatesLeftStagedByAStoppedPassNeverLandOnTheNext()
+    {
+        var dir = SharedData.Model("stories260k");
+        using var tmp = new LoraFiles.TempDir();
+        string a1 = LoraFiles.Write(tmp.Sub("a1"), dir, AllLlama, 4, 8, seed: 3);
+        using var cpu = new CpuBackend();
+        using var model = ModelRegistry.Load(dir, cpu);
+        var m = (ModelBase)model;
+        var adapter = m.LoadAdapter(a1, 1f);
+        var tokens = Prompt(model, 9, 6);
+        var want = Logits(model, tokens, adapter);
+        var ops = (ILoraOps)cpu;
+        Assert.True(ops.FusesLora);
+        var rng = new Random(4);
+        var (a, b) = (Enumerable.Range(0, 8 * 16).Select(_ => (float)rng.NextDouble()).ToArray(), Enumerable.Range(0, 16 * 8).Select(_ => (float)rng.NextDouble()).ToArray());
+        using var stale = ops.LoadLora("stale", a, b, 8, 16, 16);
+        using var x = cpu.Allocate(16);
+        using var y = cpu.Allocate(16);
+        ops.StageLora(x, 0, 1, stale, 1f, y);
+        Assert.Equal(1, ops.PendingLora);
+        Assert.Equal(want, Logits(model, tokens, adapter));
+        Assert.Equal(0, ops.PendingLora);
+    }
+
     /// <summary>PEFT's scaling, checked independently of the merge: rsLoRA divides alpha by √r instead of r, and the user scale multiplies it.</summary>
     [Fact]
     public void ScalingFollowsAlphaRankRsLoraAndUserScale()

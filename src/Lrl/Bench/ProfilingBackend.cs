@@ -74,6 +74,8 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         return id;
     }
     public void StageLora(DeviceBuffer x, int row0, int rows, LoraWeights lora, float scale, DeviceBuffer y) => Lora.StageLora(x, row0, rows, lora, scale, y);
+    public int PendingLora => (inner as ILoraOps)?.PendingLora ?? 0;
+    public void ClearStagedLora() => (inner as ILoraOps)?.ClearStagedLora();
     public void Enter() => inner.Enter();
     public DeviceBuffer Allocate(long length) => inner.Allocate(length);
     public void Upload(ReadOnlySpan<float> source, DeviceBuffer destination, long destinationOffset = 0) => inner.Upload(source, destination, destinationOffset);
