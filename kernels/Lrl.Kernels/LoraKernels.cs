@@ -97,6 +97,24 @@ public static class LoraKernels
     }
 
     /// <summary>
+    /// <see cref="Fused{TL}"/> for an update that ends a residual block, rows 0 .. rows-1 (rows = Grid / blocks), then
+    /// residual += y and out = RmsNorm(residual)·w by the last group of each row (<see cref="NormKernels"/>' tickets): the
+    /// update and the block's norm in one launch, the norm the bits of its own launch.
+    /// </summary>
+    public static void FusedAddRmsNorm<TL>(ArrayView<float> x, TL a, TL bt, ArrayView<float> y, int blocks, int rank, int inF, int outF, float scale,
+                                           AddNormArgs args)
+        where TL : struct, ILoraMatrix
+    {
+        var t = SharedMemory.Allocate<float>(FusedMaxRank);
+        var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
+        var last = SharedMemory.Allocate<int>(1);
+        int r = Grid.IdxX / blocks;
+        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = 0, Rows = Grid.DimX / blocks, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
+        FusedGroup(x, inF, term, Grid.IdxX, t);
+        NormKernels.AddRmsNormByLastGroup(r, y, outF, args, scratch, last, blocks);
+    }
+
+    /// <summary>
     /// Up to three updates over the same input in one launch (Q/K/V, gate/up: a decode step's adapters of one dispatch):
     /// group g belongs to the term whose groups hold it, and runs <see cref="Fused{TL}"/>'s arithmetic for it (so each
     /// output gets the bits a launch of its own gives it). <paramref name="count"/> terms are live (2 or 3).

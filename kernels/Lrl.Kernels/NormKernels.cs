@@ -48,11 +48,14 @@ public static class NormKernels
     /// <see cref="AddRmsNorm"/>'s arithmetic on it (the same bits as that launch, at the same group size) and resets the
     /// ticket. Every thread of every group must call it (it holds group barriers).
     /// </summary>
-    internal static void AddRmsNormByLastGroup(long r, ArrayView<float> delta, int n, AddNormArgs a, ArrayView<float> scratch, ArrayView<int> last)
+    internal static void AddRmsNormByLastGroup(long r, ArrayView<float> delta, int n, AddNormArgs a, ArrayView<float> scratch, ArrayView<int> last) =>
+        AddRmsNormByLastGroup(r, delta, n, a, scratch, last, Grid.DimY > 1 ? Grid.DimY : Grid.DimX); // see KernelMath.RowsBlock
+
+    /// <summary><see cref="AddRmsNormByLastGroup(long, ArrayView{float}, int, AddNormArgs, ArrayView{float}, ArrayView{int})"/> for a launch whose rows each take <paramref name="groupsPerRow"/> groups.</summary>
+    internal static void AddRmsNormByLastGroup(long r, ArrayView<float> delta, int n, AddNormArgs a, ArrayView<float> scratch, ArrayView<int> last, int groupsPerRow)
     {
         MemoryFence.DeviceLevel();
         Group.Barrier();
-        int groupsPerRow = Grid.DimY > 1 ? Grid.DimY : Grid.DimX; // see KernelMath.RowsBlock
         if (Group.IdxX == 0) last[0] = Atomic.Add(ref a.Tickets[r], 1) == groupsPerRow - 1 ? 1 : 0;
         Group.Barrier();
         if (last[0] == 0) return; // uniform per group

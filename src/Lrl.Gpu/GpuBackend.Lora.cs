@@ -19,6 +19,9 @@ internal abstract class GpuLora(string name, int rank, int inF, int outF) : Lora
 
     /// <summary>Two or three staged updates over one input in one launch; every pair of <paramref name="terms"/> is of this pair's storage.</summary>
     public abstract void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms);
+
+    /// <summary>The update of rows 0 .. rows-1 followed by the residual block's add and norm, in one launch.</summary>
+    public abstract void RowsAddRmsNorm(GpuBackend g, ArrayView<float> x, int rows, float scale, ArrayView<float> y, AddNormArgs args);
 }
 
 /// <summary>A pair held as <typeparamref name="TL"/>; <paramref name="buffers"/> are the device buffers behind A and Bᵀ.</summary>
@@ -32,6 +35,8 @@ internal sealed class GpuLora<TL>(string name, int rank, int inF, int outF, TL a
     public override void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) =>
         g.LoraEmbedOf(this, ids, single, row0, rows, scale, y);
     public override void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms) => g.LoraTermsOf<TL>(terms);
+    public override void RowsAddRmsNorm(GpuBackend g, ArrayView<float> x, int rows, float scale, ArrayView<float> y, AddNormArgs args) =>
+        g.LoraAddRmsNormOf(this, x, rows, scale, y, args);
     public override void Dispose() { foreach (var b in buffers) b.Dispose(); }
 }
 
@@ -47,6 +52,9 @@ public sealed partial class GpuBackend : ILoraOps
         private Action<AcceleratorStream, Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int>? _up;
         private Action<AcceleratorStream, Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float>? _embed;
         private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int>? _terms;
+        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs>? _addNorm;
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs> AddNorm =>
+            _addNorm ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs>(LoraKernels.FusedAddRmsNorm<TL>);
         /// <summary>The terms of one <see cref="Terms"/> launch (reused: nothing allocated per token).</summary>
         public readonly LoraTerm<TL>[] TermArgs = new LoraTerm<TL>[3];
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int> Terms =>
@@ -276,5 +284,40 @@ public sealed partial class GpuBackend : ILoraOps
         }
         if (terms.Length < 3) ts[2] = default;
         set.Terms(Launch_, new KernelConfig(groups, _group), B(terms[0].X).View, terms[0].W.InFeatures, ts[0], ts[1], ts[2], terms.Length);
+    }
+
+    /// <summary>
+    /// A residual block's end with one staged update on its product (a decode step with one adapter): the product, then
+    /// the update and the add+norm in one launch (<see cref="LoraKernels.FusedAddRmsNorm{TL}"/>). False (nothing run)
+    /// unless exactly one decode-sized update covering all <paramref name="rows"/> rows is staged for <paramref name="y"/>.
+    /// </summary>
+    private bool TryLoraAddRmsNorm(DeviceBuffer x, Weight w, DeviceBuffer y, int rows, DeviceBuffer residual, Weight norm, DeviceBuffer normed, float eps)
+    {
+        int at = -1;
+        for (int i = 0; i < _staged.Count; i++)
+            if (ReferenceEquals(_staged[i].Y, y))
+            {
+                if (at >= 0) return false;
+                at = i;
+            }
+        var t = _staged[at];
+        int outF = Wt(w).Rows;
+        if (!t.Fusable || t.Row0 != 0 || t.Rows != rows || norm.Cols != outF || t.W.OutFeatures != outF) return false;
+        CheckRange(residual, 0, (long)rows * outF, "add_rmsnorm residual");
+        CheckRange(normed, 0, (long)rows * outF, "add_rmsnorm output");
+        MatMulCore(x, w, y, rows);
+        _staged.RemoveAt(at);
+        var args = new AddNormArgs
+        {
+            Residual = B(residual).View, Weight = Vec(norm, outF, "add_rmsnorm"), Output = B(normed).View, Tickets = Tickets(rows).View, Eps = eps,
+        };
+        t.W.RowsAddRmsNorm(this, B(t.X).View, rows, t.Scale, B(y).View, args);
+        return true;
+    }
+
+    internal void LoraAddRmsNormOf<TL>(GpuLora<TL> w, ArrayView<float> x, int rows, float scale, ArrayView<float> y, AddNormArgs args) where TL : struct, ILoraMatrix
+    {
+        int blocks = (w.OutFeatures + LoraKernels.FusedColumns - 1) / LoraKernels.FusedColumns;
+        LoraSet<TL>().AddNorm(Launch_, new KernelConfig(rows * blocks, _group), x, w.A, w.Bt, y, blocks, w.Rank, w.InFeatures, w.OutFeatures, scale, args);
     }
 }

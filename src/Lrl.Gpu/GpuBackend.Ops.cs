@@ -208,6 +208,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
         var m = Wt(w);
         int inF = m.Cols, outF = m.Rows;
         if (rows <= 0) return;
+        if (StagedFor(y) && TryLoraAddRmsNorm(x, w, y, rows, residual, norm, normed, eps)) return;
         if ((rows != 1 && rows > _exactRows) || m.Quant is { StoredColumn: not null } || norm.Cols != outF || StagedFor(y))
         {
             MatMul(x, w, y, rows);

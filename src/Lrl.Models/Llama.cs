@@ -197,9 +197,14 @@ public sealed class Llama : ModelBase
             else
             {
                 foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);
-                _b.MatMul(_att, l.Wo, _delta, rows);
-                foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
-                _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
+                // Staged updates land between the product and the add+norm (a GPU runs the update with the norm).
+                if (fusedLora) _b.MatMulAddRmsNorm(_att, l.Wo, _delta, rows, _x, l.MlpNorm, _xb, eps);
+                else
+                {
+                    _b.MatMul(_att, l.Wo, _delta, rows);
+                    foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: true);
+                    _b.AddRmsNorm(_x, _delta, l.MlpNorm, _xb, rows, eps);
+                }
             }
             // SwiGLU MLP. Adapter updates of gate and up come before the activation: fused into the products by a backend
             // that fuses them, else with the two products and the activation run apart.
@@ -230,9 +235,13 @@ public sealed class Llama : ModelBase
             else
             {
                 foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: false);
-                _b.MatMul(_gate, l.Down, _delta, rows);
-                foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
-                _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
+                if (fusedLora) _b.MatMulAddRmsNorm(_gate, l.Down, _delta, rows, _x, nextNorm, _xb, eps);
+                else
+                {
+                    _b.MatMul(_gate, l.Down, _delta, rows);
+                    foreach (var p in pieces) Adapt(p.State, l.Lora + 6, _gate, p.Row, p.Rows, _delta, after: true);
+                    _b.AddRmsNorm(_x, _delta, nextNorm, _xb, rows, eps);
+                }
             }
         }
     }

@@ -475,8 +475,9 @@ public class KernelTests
     /// <summary>
     /// Staged updates (the GPU fuses them: <see cref="ILoraOps.StageLora"/>) applied by the products that write their
     /// outputs, against the reference's products followed by their unfused updates: Q/K/V's decode-row updates of one
-    /// storage share one launch (a bf16 one beside them takes its own), gate/up's land before SwiGLU in one launch, two
-    /// sequences' rows of one output with different adapters share one, and prompt-sized rows run two launches each.
+    /// storage share one launch (a bf16 one beside them takes its own), gate/up's land before SwiGLU in one launch, a
+    /// residual block's one update runs with its add+norm in one launch (the bits of the separate ops), two sequences'
+    /// rows of one output with different adapters share one, and prompt-sized rows run two launches each.
     /// </summary>
     [Theory, MemberData(nameof(Kinds))]
     public void StagedLoraUpdatesShareLaunchesAndMatchReference(string kind)
@@ -533,6 +534,26 @@ public class KernelTests
                 lr.LoraRows(xr, 0, rows, ag.R, 1f, gor); lr.LoraRows(xr, 0, rows, au.R, 1.5f, uor);
                 r.SwiGlu(gor, uor, gor, rows * inter);
                 Check.Close(Check.Read(g, gog, rows * inter), Check.Read(r, gor, rows * inter), F32Tol, $"staged gate/up + SwiGLU, {rows} rows");
+
+                // A residual block's end: the product, then one update and the add+norm in one launch when the update is
+                // decode-sized and covers every row (the bits of the three ops on this device), else the three ops.
+                using var og = Check.Poisoned(g, rows * q); using var og2 = Check.Poisoned(g, rows * q);
+                var res = arena.Floats(rows * q);
+                using var resg = Check.Buffer(g, res); using var resg2 = Check.Buffer(g, res); using var resr = Check.Buffer(r, res);
+                using var ng = Check.Poisoned(g, rows * q); using var ng2 = Check.Poisoned(g, rows * q);
+                using var or = r.Allocate(rows * q); using var nr = r.Allocate(rows * q);
+                var normW = arena.Tensor("norm", DType.F32, q);
+                using var normG = g.LoadWeight(normW); using var normR = r.LoadWeight(normW);
+                before = g.Counters;
+                lg.StageLora(xg, 0, rows, a2.G, 0.75f, og);
+                g.MatMulAddRmsNorm(xg, gq, og, rows, resg, normG, ng, 1e-5f);
+                Assert.Equal(fused ? 2 : 4, (g.Counters - before).Launches); // past that: product, two for the update, add+norm
+                Assert.Equal(0, lg.PendingLora);
+                g.MatMul(xg, gq, og2, rows); lg.LoraRows(xg, 0, rows, a2.G, 0.75f, og2); g.AddRmsNorm(resg2, og2, normG, ng2, rows, 1e-5f);
+                Assert.Equal(Check.Read(g, ng2, rows * q), Check.Read(g, ng, rows * q));
+                Assert.Equal(Check.Read(g, resg2, rows * q), Check.Read(g, resg, rows * q));
+                r.MatMul(xr, rq, or, rows); lr.LoraRows(xr, 0, rows, a2.R, 0.75f, or); ((IBackend)r).AddRmsNorm(resr, or, normR, nr, rows, 1e-5f);
+                Check.Close(Check.Read(g, ng, rows * q), Check.Read(r, nr, rows * q), F32Tol, $"staged update + add+norm, {rows} rows");
 
                 if (rows < 2) continue;
                 // Two sequences' rows of one output, each with its own adapter: one launch between them when both are decode-sized.
