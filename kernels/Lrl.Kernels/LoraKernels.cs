@@ -74,26 +74,8 @@ public static class LoraKernels
         where TL : struct, ILoraMatrix
     {
         var t = SharedMemory.Allocate<float>(FusedMaxRank);
-        int r = Grid.IdxX / blocks, c = Grid.IdxX - r * blocks;
-        int warps = Group.DimX / Warp.WarpSize;
-        long xb = (long)(row0 + r) * inF;
-        for (int j = Warp.WarpIdx; j < rank; j += warps) // uniform per warp
-        {
-            long ab = (long)j * inF;
-            float acc = 0;
-            for (int i = Warp.LaneIdx; i < inF; i += Warp.WarpSize) acc += x[xb + i] * a.Value(ab + i);
-            acc = KernelMath.WarpSum(acc);
-            if (Warp.LaneIdx == 0) t[j] = scale * a.RowScale(j) * bt.RowScale(j) * acc;
-        }
-        Group.Barrier();
-        long yb = (long)(row0 + r) * outF;
-        int end = XMath.Min(outF, (c + 1) * FusedColumns);
-        for (int o = c * FusedColumns + Group.IdxX; o < end; o += Group.DimX)
-        {
-            float acc = 0;
-            for (int j = 0; j < rank; j++) acc += t[j] * bt.Value((long)j * outF + o);
-            y[yb + o] += acc;
-        }
+        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = row0, Rows = Grid.DimX / blocks, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
+        FusedGroup(x, inF, term, Grid.IdxX, t);
     }
 
     /// <summary>

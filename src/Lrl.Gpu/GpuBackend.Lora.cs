@@ -300,6 +300,7 @@ public sealed partial class GpuBackend : ILoraOps
                 if (at >= 0) return false;
                 at = i;
             }
+        if (at < 0) return false;
         var t = _staged[at];
         int outF = Wt(w).Rows;
         if (!t.Fusable || t.Row0 != 0 || t.Rows != rows || norm.Cols != outF || t.W.OutFeatures != outF) return false;
