@@ -523,7 +523,7 @@ public sealed class CpuKernelTests : IDisposable
         (LoraWeights C, LoraWeights R) Pair(int outF, int inF, int rank, DType stored)
         {
             var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF)); var b = _r.Floats((long)outF * rank);
-            OnGrid(a, b, rank, inF, outF, stored);
+            LoraGrid.Round(a, b, rank, inF, outF, stored);
             return (lc.LoadLora("c", a, b, rank, inF, outF, stored), lr.LoadLora("r", a, b, rank, inF, outF));
         }
         void Stage((DeviceBuffer cpu, DeviceBuffer reference) input, (DeviceBuffer cpu, DeviceBuffer reference) y, int outF, int inF, List<Action> after)
@@ -576,21 +576,6 @@ public sealed class CpuKernelTests : IDisposable
         AssertClose(y2, (long)rows * hidden, what: "after");
     }
 
-    /// <summary>Rounds A and B to what <paramref name="stored"/> holds exactly (bf16 values; the int8 grid).</summary>
-    private static void OnGrid(float[] a, float[] b, int rank, int inF, int outF, DType stored)
-    {
-        if (stored == DType.BF16)
-        {
-            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
-            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
-        }
-        else if (stored == DType.I8)
-        {
-            LoraInt8.RoundA(a, rank, inF);
-            LoraInt8.RoundB(b, outF, rank);
-        }
-    }
-
     /// <summary>An adapted embedding's lookup update, f32/bf16/int8-held, against the reference; rows outside untouched; bad ids refused.</summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -601,7 +586,7 @@ public sealed class CpuKernelTests : IDisposable
         int vocab = 120, hidden = 70, rank = 6, total = 7, row0 = 2;
         int[] ids = [0, 119, 5, 5, 64];
         var a = _r.Floats((long)rank * vocab); var b = _r.Floats((long)hidden * rank);
-        OnGrid(a, b, rank, vocab, hidden, stored);
+        LoraGrid.Round(a, b, rank, vocab, hidden, stored);
         var y0 = _r.Floats((long)total * hidden);
         var yi = Input(y0);
         var lc = ((ILoraOps)_cpu).LoadLora("e", a, b, rank, vocab, hidden, stored);
@@ -657,7 +642,7 @@ public sealed class CpuKernelTests : IDisposable
         var y0 = _r.Floats((long)total * outF);
         var a = _r.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
         var b = _r.Floats((long)outF * rank);
-        OnGrid(a, b, rank, inF, outF, stored);
+        LoraGrid.Round(a, b, rank, inF, outF, stored);
         var xi = Input(x); var yi = Input(y0);
         var lc = ((ILoraOps)_cpu).LoadLora("t", a, b, rank, inF, outF, stored);
         long groups = (outF + 7) / 8 * 8L, quads = (rank + 3) / 4 * 4L; // int8 B: whole groups of 8 outputs by quads of ranks

@@ -392,21 +392,6 @@ public class KernelTests
     /// <summary>LoRA storages the GPU holds as they are (<see cref="ILoraOps.LoadLora"/>'s stored dtype) and the bytes each costs per value.</summary>
     private static readonly (DType Stored, int Bytes)[] LoraStorages = [(DType.F32, 4), (DType.BF16, 2), (DType.I8, 1)];
 
-    /// <summary>Rounds A [rank, inF] and B [outF, rank] to what <paramref name="stored"/> holds exactly (bf16 values; the int8 grid).</summary>
-    private static void OnLoraGrid(float[] a, float[] b, int rank, int inF, int outF, DType stored)
-    {
-        if (stored == DType.BF16)
-        {
-            for (int i = 0; i < a.Length; i++) a[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(a[i]));
-            for (int i = 0; i < b.Length; i++) b[i] = DTypes.BF16ToFloat(DTypes.FloatToBF16(b[i]));
-        }
-        else if (stored == DType.I8)
-        {
-            LoraInt8.RoundA(a, rank, inF);
-            LoraInt8.RoundB(b, outF, rank);
-        }
-    }
-
     /// <summary>
     /// The unmerged update against the reference for f32, bf16 and int8 storage (one launch up to
     /// <see cref="GpuBackend.FusedLoraMaxRows"/> rows and rank 128, two past that), rows outside untouched, and the bytes
@@ -426,7 +411,7 @@ public class KernelTests
                 var y0 = arena.Floats((long)total * outF);
                 var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF));
                 var b = arena.Floats((long)outF * rank);
-                OnLoraGrid(a, b, rank, inF, outF, stored);
+                LoraGrid.Round(a, b, rank, inF, outF, stored);
                 using var xg = Check.Buffer(g, x); using var yg = Check.Buffer(g, y0);
                 using var xr = Check.Buffer(r, x); using var yr = Check.Buffer(r, y0);
                 using var lg = ((ILoraOps)g).LoadLora("t", a, b, rank, inF, outF, stored);
@@ -457,7 +442,7 @@ public class KernelTests
                 int vocab = 100;
                 var y0 = arena.Floats((long)total * hidden);
                 var a = arena.Floats((long)rank * vocab); var b = arena.Floats((long)hidden * rank);
-                OnLoraGrid(a, b, rank, vocab, hidden, stored);
+                LoraGrid.Round(a, b, rank, vocab, hidden, stored);
                 using var yg = Check.Buffer(g, y0); using var yr = Check.Buffer(r, y0);
                 using var lg = ((ILoraOps)g).LoadLora("e", a, b, rank, vocab, hidden, stored);
                 var lr = ((ILoraOps)r).LoadLora("e", a, b, rank, vocab, hidden);
@@ -491,7 +476,7 @@ public class KernelTests
         (LoraWeights G, LoraWeights R) Pair(int outF, int inF, int rank, DType stored)
         {
             var a = arena.Floats((long)rank * inF, 1f / MathF.Sqrt(inF)); var b = arena.Floats((long)outF * rank);
-            OnLoraGrid(a, b, rank, inF, outF, stored);
+            LoraGrid.Round(a, b, rank, inF, outF, stored);
             return (lg.LoadLora("g", a, b, rank, inF, outF, stored), lr.LoadLora("r", a, b, rank, inF, outF));
         }
         var (wq, wk, wv) = (arena.Tensor("q", DType.F32, q, hidden), arena.Tensor("k", DType.F32, kv, hidden), arena.Tensor("v", DType.F32, kv, hidden));
