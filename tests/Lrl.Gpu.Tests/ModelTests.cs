@@ -269,7 +269,7 @@ public class ModelTests
     /// </summary>
     [Theory]
     [InlineData("cpu-accelerator", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", AdapterPrecision.Auto)]
-    [InlineData("cpu-accelerator-nvidia", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", AdapterPrecision.Int8)]
+    [InlineData("cpu-accelerator", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", AdapterPrecision.Int8)]
     [InlineData("cpu-accelerator-nvidia", "capp-gpt2-tiny", "c_attn,c_proj,c_fc", AdapterPrecision.Auto)]
     [InlineData("cuda", "stories260k", "q_proj,v_proj,down_proj", AdapterPrecision.Auto)]
     [InlineData("cuda", "stories260k", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", AdapterPrecision.Int8)]
