@@ -74,7 +74,7 @@ public static class LoraKernels
         where TL : struct, ILoraMatrix
     {
         var t = SharedMemory.Allocate<float>(FusedMaxRank);
-        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = row0, Rows = Grid.DimX / blocks, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
+        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = row0, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
         FusedGroup(x, inF, term, Grid.IdxX, t);
     }
 
@@ -91,7 +91,7 @@ public static class LoraKernels
         var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
         var last = SharedMemory.Allocate<int>(1);
         int r = Grid.IdxX / blocks;
-        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = 0, Rows = Grid.DimX / blocks, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
+        var term = new LoraTerm<TL> { A = a, Bt = bt, Y = y, Row0 = 0, Rank = rank, OutF = outF, Blocks = blocks, Scale = scale };
         FusedGroup(x, inF, term, Grid.IdxX, t);
         NormKernels.AddRmsNormByLastGroup(r, y, outF, args, scratch, last, blocks);
     }
@@ -181,13 +181,13 @@ public static class LoraKernels
 }
 
 /// <summary>
-/// One adapter update of <see cref="LoraKernels.FusedTerms{TL}"/>: A and Bᵀ, the output it adds to, its rows, and the
-/// launch's groups it takes ([FirstGroup, FirstGroup + Rows·Blocks): row-major over its rows and column blocks).
+/// One adapter update of <see cref="LoraKernels.FusedTerms{TL}"/>: A and Bᵀ, the output it adds to, its first row, and
+/// the launch's groups it takes (from FirstGroup, rows·Blocks of them: row-major over its rows and column blocks).
 /// </summary>
 public struct LoraTerm<TL> where TL : struct, ILoraMatrix
 {
     public TL A, Bt;
     public ArrayView<float> Y;
-    public int Row0, Rows, Rank, OutF, Blocks, FirstGroup;
+    public int Row0, Rank, OutF, Blocks, FirstGroup;
     public float Scale;
 }

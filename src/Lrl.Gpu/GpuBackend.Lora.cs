@@ -277,7 +277,7 @@ public sealed partial class GpuBackend : ILoraOps
             int blocks = (w.OutFeatures + LoraKernels.FusedColumns - 1) / LoraKernels.FusedColumns;
             ts[i] = new LoraTerm<TL>
             {
-                A = w.A, Bt = w.Bt, Y = B(t.Y).View, Row0 = t.Row0, Rows = t.Rows, Rank = w.Rank, OutF = w.OutFeatures,
+                A = w.A, Bt = w.Bt, Y = B(t.Y).View, Row0 = t.Row0, Rank = w.Rank, OutF = w.OutFeatures,
                 Blocks = blocks, FirstGroup = groups, Scale = t.Scale,
             };
             groups += t.Rows * blocks;

@@ -6,6 +6,8 @@ namespace Lrl.Gpu.Tests;
 [Collection("gpu")]
 public class ModelTests
 {
+    private static readonly string[] AllLlamaModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
     public static TheoryData<string, string> Cases
     {
         get
@@ -322,7 +324,7 @@ public class ModelTests
         var backend = Backends.Get("cpu-accelerator");
         var dir = SharedData.Model("stories260k");
         using var tmp = new LoraFiles.TempDir();
-        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 4, 8, seed: 7);
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, AllLlamaModules, 4, 8, seed: 7);
         using var model = ModelRegistry.Load(dir, backend);
         var mb = (ModelBase)model;
         var a = mb.LoadAdapter(adapter);
@@ -474,7 +476,7 @@ public class ModelTests
         var backend = Backends.Get("cpu-accelerator");
         var dir = SharedData.Model("stories260k");
         using var tmp = new LoraFiles.TempDir();
-        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 8, 16, seed: 6);
+        string adapter = LoraFiles.Write(tmp.Sub("a"), dir, AllLlamaModules, 8, 16, seed: 6);
         using var model = ModelRegistry.Load(dir, backend);
         var mb = (ModelBase)model;
         int layers = ((Llama)model).Config.NumLayers;
