@@ -18,6 +18,109 @@ public struct AttentionShape
 }
 
 /// <summary>
+/// The sequences of a many-sequence launch (<see cref="AttentionKernels.SplitKSequences"/>,
+/// <see cref="RopeKernels.RopeQkvCacheSequences"/>), up to <see cref="Max"/>, in one kernel argument (a kernel cannot take
+/// an array of views): sequence i's K and V caches, its first query row R, its row count N and its first position P.
+/// Launch rows are the sequences' rows in order.
+/// </summary>
+public struct SequenceCaches
+{
+    /// <summary>Most sequences one launch takes.</summary>
+    public const int Max = 8;
+    public ArrayView<float> K0, K1, K2, K3, K4, K5, K6, K7;
+    public ArrayView<float> V0, V1, V2, V3, V4, V5, V6, V7;
+    public int R0, R1, R2, R3, R4, R5, R6, R7;
+    public int N0, N1, N2, N3, N4, N5, N6, N7;
+    public int P0, P1, P2, P3, P4, P5, P6, P7;
+    public int Count;
+
+    /// <summary>Sets sequence <paramref name="i"/> (host side).</summary>
+    public void Set(int i, ArrayView<float> k, ArrayView<float> v, int row0, int rows, int pos0)
+    {
+        switch (i)
+        {
+            case 0: K0 = k; V0 = v; R0 = row0; N0 = rows; P0 = pos0; break;
+            case 1: K1 = k; V1 = v; R1 = row0; N1 = rows; P1 = pos0; break;
+            case 2: K2 = k; V2 = v; R2 = row0; N2 = rows; P2 = pos0; break;
+            case 3: K3 = k; V3 = v; R3 = row0; N3 = rows; P3 = pos0; break;
+            case 4: K4 = k; V4 = v; R4 = row0; N4 = rows; P4 = pos0; break;
+            case 5: K5 = k; V5 = v; R5 = row0; N5 = rows; P5 = pos0; break;
+            case 6: K6 = k; V6 = v; R6 = row0; N6 = rows; P6 = pos0; break;
+            case 7: K7 = k; V7 = v; R7 = row0; N7 = rows; P7 = pos0; break;
+            default: throw new System.ArgumentOutOfRangeException(nameof(i), i, $"a launch takes at most {Max} sequences");
+        }
+    }
+
+    public readonly ArrayView<float> K(int i) => i switch
+    {
+        0 => K0,
+        1 => K1,
+        2 => K2,
+        3 => K3,
+        4 => K4,
+        5 => K5,
+        6 => K6,
+        _ => K7,
+    };
+
+    public readonly ArrayView<float> V(int i) => i switch
+    {
+        0 => V0,
+        1 => V1,
+        2 => V2,
+        3 => V3,
+        4 => V4,
+        5 => V5,
+        6 => V6,
+        _ => V7,
+    };
+
+    public readonly int Row(int i) => i switch
+    {
+        0 => R0,
+        1 => R1,
+        2 => R2,
+        3 => R3,
+        4 => R4,
+        5 => R5,
+        6 => R6,
+        _ => R7,
+    };
+
+    public readonly int Rows(int i) => i switch
+    {
+        0 => N0,
+        1 => N1,
+        2 => N2,
+        3 => N3,
+        4 => N4,
+        5 => N5,
+        6 => N6,
+        _ => N7,
+    };
+
+    public readonly int Pos(int i) => i switch
+    {
+        0 => P0,
+        1 => P1,
+        2 => P2,
+        3 => P3,
+        4 => P4,
+        5 => P5,
+        6 => P6,
+        _ => P7,
+    };
+
+    /// <summary>The sequence <paramref name="i"/> and its row <paramref name="rr"/> of launch row <paramref name="r"/>.</summary>
+    public readonly void Locate(int r, out int i, out int rr)
+    {
+        i = 0;
+        rr = r;
+        while (i < Count - 1 && rr >= Rows(i)) { rr -= Rows(i); i++; }
+    }
+}
+
+/// <summary>
 /// Causal grouped-query attention over a KV cache [position, kvHeads·headDim].
 /// Decode: <see cref="SplitK"/> scores a chunk of cached positions per group for the query heads of one KV head (partial
 /// max, sum and unnormalized output per head), and the last group of each row and block of heads to finish merges the
@@ -99,6 +202,24 @@ public static class AttentionKernels
     }
 
     /// <summary>
+    /// <see cref="SplitK"/> with per-row splits (Target &gt; 0) over the rows of up to <see cref="SequenceCaches.Max"/>
+    /// sequences at once, each over its own cache: launch row r is row rr of the sequence that holds it (query and output
+    /// row Row0 + rr of that sequence, attending to its Pos0 + rr + 1 positions); partials and tickets per launch row. Every
+    /// row runs the arithmetic of its own one-row decode launch (the same splits, sums and merge): the same bits as
+    /// <see cref="SplitK"/> per sequence, in one launch for all of them (a batched decode step launched two kernels per
+    /// sequence and layer).
+    /// </summary>
+    public static void SplitKSequences(ArrayView<float> q, ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output,
+                                       ArrayView<int> tickets, AttentionShape s, SequenceCaches c)
+    {
+        int units = Units(s.Heads, s.KvHeads);
+        int r = Grid.IdxX / s.Splits / units;
+        c.Locate(r, out int i, out int rr);
+        int pos0 = c.Pos(i) + rr;
+        SplitBody(q, c.K(i), c.V(i), partO, partML, default, output, tickets, s, false, r, c.Row(i) + rr, pos0 + 1, pos0);
+    }
+
+    /// <summary>
     /// One split's partial (max, sum, unnormalized output), then the merge by whichever of the row and head's splits
     /// finishes last: each group publishes its partial (a device-level fence) and takes a ticket; the group that takes
     /// the last one merges all of them with <see cref="CombineRow"/>'s arithmetic (what a separate combine launch did,
@@ -109,16 +230,28 @@ public static class AttentionKernels
                                   ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks,
                                   ArrayView<float> output, ArrayView<int> tickets, AttentionShape s, bool tree)
     {
+        int r = Grid.IdxX / s.Splits / Units(s.Heads, s.KvHeads);
+        int n = tree ? s.Pos0 + PathNodes(masks, r) : s.Pos0 + r + 1;
+        SplitBody(q, k, v, partO, partML, masks, output, tickets, s, tree, r, r, n, s.Pos0);
+    }
+
+    /// <summary>
+    /// The group's work in <see cref="SplitCore"/>: launch row <paramref name="r"/> (its partials and ticket), query and
+    /// output row <paramref name="qr"/>, <paramref name="n"/> positions of caches k, v (a tree's path from <paramref name="pos0"/>).
+    /// </summary>
+    private static void SplitBody(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                  ArrayView<float> partO, ArrayView<float> partML, ArrayView<int> masks,
+                                  ArrayView<float> output, ArrayView<int> tickets, AttentionShape s, bool tree, int r, int qr, int n, int pos0)
+    {
         var sc = SharedMemory.Allocate<float>(MaxChunk * MaxHeadsPerGroup);
         var qs = SharedMemory.Allocate<float>(MaxHeadDim * MaxHeadsPerGroup);
         var scratch = SharedMemory.Allocate<float>(KernelMath.MaxGroup);
         var last = SharedMemory.Allocate<int>(1);
         int t = Group.IdxX, gi = Grid.IdxX;
         int units = Units(s.Heads, s.KvHeads), per = HeadsPerGroup(s.Heads, s.KvHeads), perKv = s.Heads / s.KvHeads;
-        int split = gi % s.Splits, ru = gi / s.Splits, r = ru / units, u = ru % units;
+        int split = gi % s.Splits, ru = gi / s.Splits, u = ru % units;
         int blocks = units / s.KvHeads, kh = u / blocks, h0 = kh * perKv + (u % blocks) * per;
         int nq = XMath.Min(per, (kh + 1) * perKv - h0); // this group's heads: h0 .. h0 + nq - 1
-        int n = tree ? s.Pos0 + PathNodes(masks, r) : s.Pos0 + r + 1;
         int chunk = s.Chunk;
         bool empty = false;
         if (s.Target > 0)
@@ -135,14 +268,14 @@ public static class AttentionKernels
                 partML[pi] = float.NegativeInfinity; partML[pi + 1] = 0;
             }
         }
-        else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, r, h0, nq, kh, n, chunk); // uniform per group
+        else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, r, qr, pos0, h0, nq, kh, n, chunk); // uniform per group
         MemoryFence.DeviceLevel();
         Group.Barrier();
         if (t == 0) last[0] = Atomic.Add(ref tickets[ru], 1) == s.Splits - 1 ? 1 : 0;
         Group.Barrier();
         if (last[0] == 0) return; // uniform per group
         MemoryFence.DeviceLevel();
-        for (int j = 0; j < nq; j++) CombineRow(partO, partML, output, s, r * s.Heads + h0 + j);
+        for (int j = 0; j < nq; j++) CombineRow(partO, partML, output, s, r * s.Heads + h0 + j, qr * s.Heads + h0 + j);
         if (t == 0) tickets[ru] = 0;
     }
 
@@ -156,15 +289,15 @@ public static class AttentionKernels
     /// </summary>
     private static void Partial(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> partO,
                                 ArrayView<float> partML, ArrayView<int> masks, AttentionShape s, bool tree,
-                                ArrayView<float> sc, ArrayView<float> qs, ArrayView<float> scratch, int split, int r, int h0, int nq,
-                                int kh, int n, int chunk)
+                                ArrayView<float> sc, ArrayView<float> qs, ArrayView<float> scratch, int split, int r, int qr, int pos0,
+                                int h0, int nq, int kh, int n, int chunk)
     {
         int t = Group.IdxX, g = Group.DimX, hd = s.HeadDim;
         int start = split * chunk;
         int len = XMath.Min(start + chunk, n) - start;
         int kvDim = s.KvHeads * hd;
         long kvOff = (long)kh * hd;
-        long qb = (long)(r * s.Heads + h0) * hd; // the group's heads are adjacent: nq·hd floats
+        long qb = (long)(qr * s.Heads + h0) * hd; // the group's heads are adjacent: nq·hd floats
         for (int i = t; i < nq * hd; i += g) qs[i] = q[qb + i] * s.Scale;
         Group.Barrier();
 
@@ -172,7 +305,7 @@ public static class AttentionKernels
         int warps = g / Warp.WarpSize;
         for (int p = Warp.WarpIdx; p < len; p += warps)
         {
-            long kb = (long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff;
+            long kb = (long)(tree ? PathPosition(masks, r, pos0, start + p) : start + p) * kvDim + kvOff;
             for (int j = 0; j < nq; j++)
             {
                 float dot = 0;
@@ -212,7 +345,7 @@ public static class AttentionKernels
             float acc = 0;
             if (part < parts)
                 for (int p = part; p < len; p += parts)
-                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, pos0, start + p) : start + p) * kvDim + kvOff + d];
             scratch[t] = acc;
             Group.Barrier();
             if (t < pairs) // then pair = t
@@ -229,7 +362,7 @@ public static class AttentionKernels
                 int j = e / hd, d = e % hd;
                 float acc = 0;
                 for (int p = 0; p < len; p++)
-                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, s.Pos0, start + p) : start + p) * kvDim + kvOff + d];
+                    acc += sc[j * MaxChunk + p] * v[(long)(tree ? PathPosition(masks, r, pos0, start + p) : start + p) * kvDim + kvOff + d];
                 partO[((long)(r * s.Heads + h0 + j) * s.Splits + split) * hd + d] = acc;
             }
         }
@@ -248,8 +381,11 @@ public static class AttentionKernels
         return (n + chunk - 1) / chunk;
     }
 
-    /// <summary>output[r, h, :] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s for row-head <paramref name="rh"/>, by the calling group.</summary>
-    private static void CombineRow(ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, AttentionShape s, int rh)
+    /// <summary>
+    /// output[orh] = Σ_s e^{m_s−M}·O_s / Σ_s e^{m_s−M}·l_s over the partials of row-head <paramref name="rh"/>, by the
+    /// calling group (<paramref name="orh"/>: the output's row-head, rh but for a many-sequence launch).
+    /// </summary>
+    private static void CombineRow(ArrayView<float> partO, ArrayView<float> partML, ArrayView<float> output, AttentionShape s, int rh, int orh)
     {
         int hd = s.HeadDim;
         long pb = (long)rh * s.Splits;
@@ -271,7 +407,7 @@ public static class AttentionKernels
                 float ls = partML[(pb + sp) * 2 + 1];
                 if (ls > 0) acc += partO[(pb + sp) * hd + d] * XMath.Exp(partML[(pb + sp) * 2] - big);
             }
-            output[(long)rh * hd + d] = acc * inv;
+            output[(long)orh * hd + d] = acc * inv;
         }
     }
 

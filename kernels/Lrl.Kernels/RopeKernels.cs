@@ -51,28 +51,66 @@ public static class RopeKernels
         if (idx < qPairs)
         {
             int i = idx % s.Half, rh = idx / s.Half, r = rh / s.Heads;
-            long b = (long)s.Row0 * s.Heads * s.HeadDim + (long)rh * s.HeadDim;
-            long t = (long)(s.Pos0 + r) * s.Half + i;
-            float c = cos[t], sn = sin[t];
-            float a0 = q[b + i], a1 = q[b + i + s.Half];
-            q[b + i] = a0 * c - a1 * sn;
-            q[b + i + s.Half] = a1 * c + a0 * sn;
+            RotateQ(q, (long)s.Row0 * s.Heads * s.HeadDim + (long)rh * s.HeadDim, i, (long)(s.Pos0 + r) * s.Half + i, cos, sin, s.Half);
             return;
         }
         int e = idx - qPairs;
         bool isV = e >= kvAll;
         if (isV) e -= kvAll;
         int row = e / kvDim, col = e - row * kvDim;
-        long src = (long)(s.Row0 + row) * kvDim + col, dst = (long)(s.Pos0 + row) * kvDim + col;
-        if (isV) { vCache[dst] = v[src]; return; }
-        int d = col % s.HeadDim;
-        float val = k[src];
-        if (d < 2 * s.Half)
+        CacheKv(isV, k, v, kCache, vCache, cos, sin, (long)(s.Row0 + row) * kvDim + col, (long)(s.Pos0 + row) * kvDim + col, col,
+                s.HeadDim, s.Half, s.Pos0 + row);
+    }
+
+    /// <summary>
+    /// <see cref="RopeQkvCache"/> for the rows of up to <see cref="SequenceCaches.Max"/> sequences at once, each at its own
+    /// positions and into its own caches (<paramref name="s"/>.Rows: all their rows; Row0 and Pos0 unused): per launch row
+    /// its Q pairs, then its K and V elements, each the same operations as <see cref="RopeQkvCache"/>'s (the same bits).
+    /// </summary>
+    public static void RopeQkvCacheSequences(Index1D idx, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+                                             ArrayView<float> cos, ArrayView<float> sin, RopeCacheShape s, SequenceCaches c)
+    {
+        if (idx >= Elements(s)) return;
+        int qPairs = s.Heads * s.Half, kvDim = s.KvHeads * s.HeadDim, per = qPairs + 2 * kvDim;
+        int r = idx / per, e = idx - r * per;
+        c.Locate(r, out int seq, out int rr);
+        int row = c.Row(seq) + rr, pos = c.Pos(seq) + rr;
+        if (e < qPairs)
         {
-            int i = d < s.Half ? d : d - s.Half;
-            long t = (long)(s.Pos0 + row) * s.Half + i;
+            int h = e / s.Half, i = e - h * s.Half;
+            RotateQ(q, ((long)row * s.Heads + h) * s.HeadDim, i, (long)pos * s.Half + i, cos, sin, s.Half);
+            return;
+        }
+        e -= qPairs;
+        bool isV = e >= kvDim;
+        if (isV) e -= kvDim;
+        CacheKv(isV, k, v, c.K(seq), c.V(seq), cos, sin, (long)row * kvDim + e, (long)pos * kvDim + e, e, s.HeadDim, s.Half, pos);
+    }
+
+    /// <summary>Rotates pair (i, i + half) of the head at q[b ..] by table entry t.</summary>
+    private static void RotateQ(ArrayView<float> q, long b, int i, long t, ArrayView<float> cos, ArrayView<float> sin, int half)
+    {
+        float c = cos[t], sn = sin[t];
+        float a0 = q[b + i], a1 = q[b + i + half];
+        q[b + i] = a0 * c - a1 * sn;
+        q[b + i + half] = a1 * c + a0 * sn;
+    }
+
+    /// <summary>
+    /// Element col of a K row (rotated, at position pos) or V row (copied) from src into its cache at dst.
+    /// </summary>
+    private static void CacheKv(bool isV, ArrayView<float> k, ArrayView<float> v, ArrayView<float> kCache, ArrayView<float> vCache,
+                                ArrayView<float> cos, ArrayView<float> sin, long src, long dst, int col, int headDim, int half, int pos)
+    {
+        if (isV) { vCache[dst] = v[src]; return; }
+        int d = col % headDim;
+        float val = k[src];
+        if (d < 2 * half)
+        {
+            int i = d < half ? d : d - half;
+            long t = (long)pos * half + i;
             float c = cos[t], sn = sin[t];
-            val = d < s.Half ? val * c - k[src + s.Half] * sn : val * c + k[src - s.Half] * sn;
+            val = d < half ? val * c - k[src + half] * sn : val * c + k[src - half] * sn;
         }
         kCache[dst] = val;
     }

@@ -189,6 +189,17 @@ public interface IBackend : IDisposable
     }
 
     /// <summary>
+    /// <see cref="RopeAndCache"/> for several sequences' rows of one batched step (each at its own positions, into its own
+    /// caches), so a backend can run them in one launch; each row's result is what <see cref="RopeAndCache"/> gives it.
+    /// The default calls <see cref="RopeAndCache"/> per sequence.
+    /// </summary>
+    void RopeAndCacheSequences(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences,
+                               int heads, int kvHeads, int headDim, RopeTable rope)
+    {
+        foreach (var s in sequences) RopeAndCache(q, k, v, s.Row0, s.Rows, heads, kvHeads, headDim, s.Pos0, rope, s.KCache, s.VCache);
+    }
+
+    /// <summary>
     /// One sequence's attention entry at rows 0 .. rows-1: Q/K/V products (<see cref="MatMul3"/>), then RoPE and the K/V
     /// cache writes (<see cref="RopeAndCache"/>) at positions pos0 ... A GPU runs a decode step's in one launch; by default
     /// the two ops.

@@ -458,6 +458,55 @@ public sealed partial class GpuBackend : IDraftHeadOps
         _ropeCache(Launch_, total, B(q).View, B(k).View, B(v).View, B(kCache).View, B(vCache).View, cache.Cos!.View, cache.Sin!.View, shape);
     }
 
+    /// <summary>
+    /// RoPE and the cache writes of up to <see cref="SequenceCaches.Max"/> sequences in one launch
+    /// (<see cref="RopeKernels.RopeQkvCacheSequences"/>: each element the same operations as <see cref="RopeAndCache"/>'s).
+    /// </summary>
+    public void RopeAndCacheSequences(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences,
+                                      int heads, int kvHeads, int headDim, RopeTable rope)
+    {
+        Span<int> group = stackalloc int[SequenceCaches.Max];
+        int count = 0;
+        for (int i = 0; i < sequences.Length; i++)
+        {
+            if (sequences[i].Rows <= 0) continue;
+            group[count++] = i;
+            if (count == SequenceCaches.Max) { RopeGroup(q, k, v, sequences, group, heads, kvHeads, headDim, rope); count = 0; }
+        }
+        if (count > 0) RopeGroup(q, k, v, sequences, group[..count], heads, kvHeads, headDim, rope);
+    }
+
+    private void RopeGroup(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group,
+                           int heads, int kvHeads, int headDim, RopeTable rope)
+    {
+        if (group.Length == 1)
+        {
+            var one = sequences[group[0]];
+            RopeAndCache(q, k, v, one.Row0, one.Rows, heads, kvHeads, headDim, one.Pos0, rope, one.KCache, one.VCache);
+            return;
+        }
+        var set = new SequenceCaches { Count = group.Length };
+        int rows = 0;
+        RopeCacheShape shape = default;
+        RopeCache? cache = null;
+        for (int i = 0; i < group.Length; i++)
+        {
+            var s = sequences[group[i]];
+            shape = RopeCacheCheck(q, k, v, s.Row0, s.Rows, heads, kvHeads, headDim, s.Pos0, rope, s.KCache, s.VCache, out cache);
+            set.Set(i, B(s.KCache).View, B(s.VCache).View, s.Row0, s.Rows, s.Pos0);
+            rows += s.Rows;
+        }
+        shape.Row0 = shape.Pos0 = 0;
+        shape.Rows = rows;
+        int total = checked(rows * heads * shape.Half + 2 * rows * kvHeads * headDim);
+        _ropeCacheSeqs ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, RopeCacheShape, SequenceCaches>(RopeKernels.RopeQkvCacheSequences);
+        _ropeCacheSeqs(Launch_, total, B(q).View, B(k).View, B(v).View, cache!.Cos!.View, cache.Sin!.View, shape, set);
+    }
+
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, RopeCacheShape, SequenceCaches>? _ropeCacheSeqs;
+
     /// <summary>The checks of a RoPE-and-cache step, its cos/sin tables grown to its positions, and its launch shape.</summary>
     private RopeCacheShape RopeCacheCheck(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, int row0, int rows, int heads, int kvHeads, int headDim,
                                           int pos0, RopeTable rope, DeviceBuffer kCache, DeviceBuffer vCache, out RopeCache cache)
@@ -570,19 +619,11 @@ public sealed partial class GpuBackend : IDraftHeadOps
                               int row0, int rows, int pos0, int heads, int kvHeads, int headDim, float scale)
     {
         if (rows <= 0) return;
-        if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "attention: first row must be ≥ 0");
-        if (kvHeads <= 0 || heads % kvHeads != 0)
-            throw new ArgumentException($"attention: {heads} heads are not a multiple of {kvHeads} kv heads");
-        if (headDim <= 0 || headDim > AttentionKernels.MaxHeadDim)
-            throw new ArgumentException($"attention: head_dim {headDim} is outside 1..{AttentionKernels.MaxHeadDim}");
-        int n = pos0 + rows, kvDim = kvHeads * headDim;
+        AttentionCheck(q, kCache, vCache, output, row0, rows, pos0, heads, kvHeads, headDim);
+        int n = pos0 + rows;
         long at = (long)row0 * heads * headDim, len = (long)rows * heads * headDim;
-        CheckRange(q, at, len, "attention q");
-        CheckRange(output, at, len, "attention output");
         var qv = B(q).View.SubView(at, len);
         var ov = B(output).View.SubView(at, len);
-        CheckRange(kCache, 0, (long)n * kvDim, "attention k cache");
-        CheckRange(vCache, 0, (long)n * kvDim, "attention v cache");
         var shape = new AttentionShape
         {
             Rows = rows, Pos0 = pos0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale,
@@ -611,6 +652,75 @@ public sealed partial class GpuBackend : IDraftHeadOps
         splits = (n + chunk - 1) / chunk;
         shape.Chunk = chunk; shape.Splits = splits;
         SplitAndCombine(qv, kCache, vCache, ov, shape, rows, heads, units, headDim, splits);
+    }
+
+    /// <summary>The checks of one sequence's attention rows: shapes, and the q/output rows and cache positions in range.</summary>
+    private static void AttentionCheck(DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer output,
+                                       int row0, int rows, int pos0, int heads, int kvHeads, int headDim)
+    {
+        if (row0 < 0) throw new ArgumentOutOfRangeException(nameof(row0), row0, "attention: first row must be ≥ 0");
+        if (pos0 < 0) throw new ArgumentOutOfRangeException(nameof(pos0), pos0, "attention: first position must be ≥ 0");
+        if (kvHeads <= 0 || heads % kvHeads != 0)
+            throw new ArgumentException($"attention: {heads} heads are not a multiple of {kvHeads} kv heads");
+        if (headDim <= 0 || headDim > AttentionKernels.MaxHeadDim)
+            throw new ArgumentException($"attention: head_dim {headDim} is outside 1..{AttentionKernels.MaxHeadDim}");
+        long kvDim = (long)kvHeads * headDim, at = (long)row0 * heads * headDim, len = (long)rows * heads * headDim;
+        CheckRange(q, at, len, "attention q");
+        CheckRange(output, at, len, "attention output");
+        CheckRange(kCache, 0, (pos0 + rows) * kvDim, "attention k cache");
+        CheckRange(vCache, 0, (pos0 + rows) * kvDim, "attention v cache");
+    }
+
+    /// <summary>
+    /// Decode rows (and verify steps up to <see cref="ExactRows"/>) of up to <see cref="SequenceCaches.Max"/> sequences
+    /// in one launch (<see cref="AttentionKernels.SplitKSequences"/>: each row split as its one-row launch splits it, the
+    /// same bits as <see cref="AttentionRows"/>); a prompt chunk, or a sequence left alone, runs <see cref="AttentionRows"/>.
+    /// </summary>
+    public void AttentionSequences(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale)
+    {
+        Span<int> group = stackalloc int[SequenceCaches.Max];
+        int count = 0;
+        for (int i = 0; i < sequences.Length; i++)
+        {
+            var s = sequences[i];
+            if (s.Rows <= 0) continue;
+            if (s.Rows > 1 && s.Rows > _exactRows)
+            {
+                AttentionRows(q, s.KCache, s.VCache, output, s.Row0, s.Rows, s.Pos0, heads, kvHeads, headDim, scale);
+                continue;
+            }
+            group[count++] = i;
+            if (count == SequenceCaches.Max) { AttentionGroup(q, output, sequences, group, heads, kvHeads, headDim, scale); count = 0; }
+        }
+        if (count > 0) AttentionGroup(q, output, sequences, group[..count], heads, kvHeads, headDim, scale);
+    }
+
+    private void AttentionGroup(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group,
+                                int heads, int kvHeads, int headDim, float scale)
+    {
+        if (group.Length == 1)
+        {
+            var one = sequences[group[0]];
+            AttentionRows(q, one.KCache, one.VCache, output, one.Row0, one.Rows, one.Pos0, heads, kvHeads, headDim, scale);
+            return;
+        }
+        int target = Math.Max(1, 4 * _accelerator.NumMultiprocessors), units = AttentionKernels.Units(heads, kvHeads);
+        var set = new SequenceCaches { Count = group.Length };
+        int rows = 0, most = 1;
+        for (int i = 0; i < group.Length; i++)
+        {
+            var s = sequences[group[i]];
+            AttentionCheck(q, s.KCache, s.VCache, output, s.Row0, s.Rows, s.Pos0, heads, kvHeads, headDim);
+            set.Set(i, B(s.KCache).View, B(s.VCache).View, s.Row0, s.Rows, s.Pos0);
+            for (int r = 0; r < s.Rows; r++) most = Math.Max(most, AttentionKernels.SplitsFor(s.Pos0 + r + 1, units, target, out _));
+            rows += s.Rows;
+        }
+        var shape = new AttentionShape { Rows = rows, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Scale = scale, Target = target, Splits = most };
+        long partials = (long)rows * heads * most;
+        var po = Scratch(ref _partO, partials * headDim, "attention partials");
+        var pml = Scratch(ref _partML, partials * 2, "attention partials");
+        AttnSequencesKernel(Launch_, new KernelConfig(checked((int)((long)rows * units * most)), _group), B(q).View, po.View, pml.View,
+                            B(output).View, Tickets((long)rows * units).View, shape, set);
     }
 
     /// <summary>Split-K attention: rows·units·splits groups (<see cref="AttentionKernels.SplitK"/>), partials per row, head and split.</summary>

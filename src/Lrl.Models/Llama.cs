@@ -185,9 +185,11 @@ public sealed class Llama : ModelBase
                         _b.AttentionTree(_q, kCache, vCache, _att, p.Row, p.Rows, p.Pos, parents, c.NumHeads, c.NumKvHeads, c.HeadDim, scale);
                         continue;
                     }
-                    _b.RopeAndCache(_q, _k, _v, p.Row, p.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, p.Pos, _rope, kCache, vCache);
                     _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
                 }
+                // Every causal sequence's RoPE and cache writes in one call (one launch on a GPU for up to eight).
+                if (_seqRows.Count > 0)
+                    _b.RopeAndCacheSequences(_q, _k, _v, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumKvHeads, c.HeadDim, _rope);
             }
             // Every causal sequence's attention in one call (one dispatch on the CPU instead of one per sequence).
             if (_seqRows.Count > 0) _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumKvHeads, c.HeadDim, scale);

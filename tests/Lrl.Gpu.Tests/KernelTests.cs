@@ -351,6 +351,91 @@ public class KernelTests
         finally { g.ExactRows = keep; }
     }
 
+    /// <summary>
+    /// A batched step's RoPE + cache writes and attention for many sequences (RopeAndCacheSequences,
+    /// AttentionSequences): up to eight sequences a launch, each sequence's q rows, output and caches bit for bit what
+    /// its own RopeAndCache and AttentionRows give, and equal to the reference. Ten sequences at their own positions and
+    /// rows (a gap row between two, rows of 1-3 under ExactRows, one 6-row prompt chunk that attends alone): two RoPE
+    /// launches (8 + 2), attention 8 + 1 + the chunk's = 3, where one sequence at a time took 20.
+    /// </summary>
+    [Theory, MemberData(nameof(Kinds))]
+    public void ManySequencesRopeAndAttendInFewLaunchesWithTheirOwnBits(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var r = new ReferenceBackend();
+        using var arena = new RandomTensors(Seed());
+        var rope = new RopeTable(Enumerable.Range(0, 8).Select(i => (float)Math.Pow(10000, -2.0 * i / 16)).ToArray());
+        (int Rows, int Pos0)[] shapes = [(1, 0), (1, 31), (2, 40), (1, 70), (6, 12), (1, 3), (3, 34), (1, 90), (1, 33), (1, 7)];
+        // The NVIDIA-like emulation (256 threads a group) takes the first shape only (~20 s for both).
+        foreach (var (heads, kvHeads, headDim) in kind.EndsWith("nvidia", StringComparison.Ordinal) ? [(4, 2, 16)] : new[] { (4, 2, 16), (8, 1, 16) })
+        {
+            int qDim = heads * headDim, kvDim = kvHeads * headDim;
+            int total = shapes.Sum(x => x.Rows) + 1; // one unused row (4) between the third and fourth sequences
+            var q = arena.Floats(total * qDim); var k = arena.Floats(total * kvDim); var v = arena.Floats(total * kvDim);
+            var caches = shapes.Select(x => (K: arena.Floats((x.Pos0 + x.Rows + 5) * kvDim), V: arena.Floats((x.Pos0 + x.Rows + 5) * kvDim))).ToArray();
+            var rows0 = new int[shapes.Length];
+            for (int i = 0, at = 0; i < shapes.Length; i++) { if (i == 3) at++; rows0[i] = at; at += shapes[i].Rows; }
+            var bufs = new List<DeviceBuffer>();
+            DeviceBuffer Buf(IBackend b, float[] x) { var d = Check.Buffer(b, x); bufs.Add(d); return d; }
+            // (1) many sequences at once; (2) one at a time on the same backend; (3) the reference, one at a time.
+            var runs = new (IBackend B, DeviceBuffer Q, DeviceBuffer K, DeviceBuffer V, DeviceBuffer O, SequenceRows[] S)[3];
+            for (int run = 0; run < 3; run++)
+            {
+                IBackend b = run < 2 ? g : r;
+                var o = Buf(b, Enumerable.Repeat(float.NaN, total * qDim).ToArray());
+                runs[run] = (b, Buf(b, q), Buf(b, k), Buf(b, v), o,
+                             shapes.Select((x, i) => new SequenceRows(rows0[i], x.Rows, x.Pos0, Buf(b, caches[i].K), Buf(b, caches[i].V))).ToArray());
+            }
+            int keep = g.ExactRows;
+            try
+            {
+                g.ExactRows = 4;
+                var m = runs[0];
+                var before = g.Counters;
+                g.RopeAndCacheSequences(m.Q, m.K, m.V, m.S, heads, kvHeads, headDim, rope);
+                long ropeLaunches = (g.Counters - before).Launches;
+                before = g.Counters;
+                g.AttentionSequences(m.Q, m.O, m.S, heads, kvHeads, headDim, 0.3f);
+                long attnLaunches = (g.Counters - before).Launches;
+                Assert.Equal(2, ropeLaunches);
+                Assert.Equal(3, attnLaunches);
+                for (int run = 1; run < 3; run++)
+                {
+                    var (b, qb, kb, vb, ob, seqs) = runs[run];
+                    foreach (var sq in seqs)
+                    {
+                        b.RopeAndCache(qb, kb, vb, sq.Row0, sq.Rows, heads, kvHeads, headDim, sq.Pos0, rope, sq.KCache, sq.VCache);
+                        b.AttentionRows(qb, sq.KCache, sq.VCache, ob, sq.Row0, sq.Rows, sq.Pos0, heads, kvHeads, headDim, 0.3f);
+                    }
+                }
+                string what = $"h={heads}/{kvHeads}";
+                var outMany = Check.Read(g, m.O, total * qDim);
+                Assert.Equal(Check.Read(g, runs[1].Q, total * qDim), Check.Read(g, m.Q, total * qDim));
+                Assert.Equal(Check.Read(g, runs[1].O, total * qDim), outMany);
+                for (int i = 0; i < shapes.Length; i++)
+                {
+                    long len = (long)(shapes[i].Pos0 + shapes[i].Rows + 5) * kvDim;
+                    Assert.Equal(Check.Read(g, runs[1].S[i].KCache, len), Check.Read(g, m.S[i].KCache, len));
+                    Assert.Equal(Check.Read(g, runs[1].S[i].VCache, len), Check.Read(g, m.S[i].VCache, len));
+                    Check.Close(Check.Read(g, m.S[i].KCache, len), Check.Read(r, runs[2].S[i].KCache, len), F32Tol, $"{what} k cache {i}");
+                }
+                // The gap row stays untouched (NaN); every sequence's rows match the reference.
+                Assert.All(outMany.AsSpan(4 * qDim, qDim).ToArray(), x => Assert.True(float.IsNaN(x)));
+                var outRef = Check.Read(r, runs[2].O, total * qDim);
+                for (int i = 0; i < shapes.Length; i++)
+                {
+                    int a = rows0[i] * qDim, len = shapes[i].Rows * qDim;
+                    Check.Close(outMany.AsSpan(a, len).ToArray(), outRef.AsSpan(a, len).ToArray(), F32Tol, $"{what} attention of sequence {i}");
+                }
+            }
+            finally
+            {
+                g.ExactRows = keep;
+                foreach (var d in bufs) d.Dispose();
+            }
+        }
+    }
+
     [Theory, MemberData(nameof(Kinds))]
     public void ElementwiseOpsMatchReference(string kind)
     {

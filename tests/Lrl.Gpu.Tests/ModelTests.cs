@@ -497,4 +497,43 @@ public class ModelTests
         Assert.Equal(0, d.Uploads);
         Assert.Equal(0, d.Allocations);
     }
+    /// <summary>
+    /// A batched decode step launches each op once for up to eight sequences (RoPE + cache writes and attention included:
+    /// one launch each per layer where they took one per sequence), so a step of 8 launches what a step of 2 does.
+    /// </summary>
+    [Fact]
+    public void BatchedDecodeStepLaunchesEachOpOnceForUpToEightSequences()
+    {
+        var backend = Backends.Get("cpu-accelerator");
+        var dir = SharedData.Model("stories260k");
+        using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 32, BatchSize = 8 });
+        int layers = ((Llama)model).Config.NumLayers, v = model.VocabSize;
+        long Step(int sequences)
+        {
+            var states = Enumerable.Range(0, sequences).Select(_ => model.CreateState()).ToArray();
+            try
+            {
+                var batch = new StepBatch();
+                var logits = new float[sequences * v];
+                for (int i = 0; i < sequences; i++) batch.Add(states[i], [1, 300 + i], 0);
+                model.Forward(batch, logits);
+                batch.Clear();
+                for (int i = 0; i < sequences; i++) batch.Add(states[i], [400 + i], 2);
+                model.Forward(batch, logits); // lazily made scratch and kernels
+                batch.Clear();
+                for (int i = 0; i < sequences; i++) batch.Add(states[i], [410 + i], 3);
+                var before = backend.Counters;
+                model.Forward(batch, logits);
+                return (backend.Counters - before).Launches;
+            }
+            finally { foreach (var s in states) s.Dispose(); }
+        }
+        long two = Step(2), eight = Step(8);
+        TestContext.Current.SendDiagnosticMessage($"stories260k ({layers} layers), one decode step: {two} launches for 2 sequences, {eight} for 8");
+        Assert.Equal(two, eight);
+        // Per layer, 12: the Q, K and V products (many-row GEMMs, one launch each), RoPE + cache writes (1), attention (1),
+        // O (1) and add+norm (1), gate and up (2) and SwiGLU (1), down (1) and add+norm (1); per step: embed, first norm,
+        // LM head. (One RoPE and one attention launch per sequence before: 26 per layer for 8 sequences.)
+        Assert.Equal(3 + 12L * layers, eight);
+    }
 }

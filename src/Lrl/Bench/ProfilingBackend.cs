@@ -140,6 +140,14 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         Time("rope+cache", 0, () => inner.RopeAndCache(q, k, v, row0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache));
     }
 
+    public void RopeAndCacheSequences(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences,
+                                      int heads, int kvHeads, int headDim, RopeTable rope)
+    {
+        if (!Enabled) { inner.RopeAndCacheSequences(q, k, v, sequences, heads, kvHeads, headDim, rope); return; }
+        var copy = sequences.ToArray();
+        Time("rope+cache", 0, () => inner.RopeAndCacheSequences(q, k, v, copy, heads, kvHeads, headDim, rope));
+    }
+
     public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (!Enabled) { inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope); return; }
