@@ -10,8 +10,28 @@ public static class ActivationKernels
     public static void SwiGlu(Index1D i, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> y, int n)
     {
         if (i >= n) return;
-        float g = gate[i];
-        y[i] = g * up[i] / (1f + XMath.Exp(-g));
+        y[i] = SwiGluOf(gate[i], up[i]);
+    }
+
+    /// <summary>silu(g)·u, as <see cref="SwiGlu"/> computes it.</summary>
+    internal static float SwiGluOf(float g, float u) => g * u / (1f + XMath.Exp(-g));
+
+    /// <summary>
+    /// <see cref="SwiGlu"/> in place (gate = silu(gate)·up over n elements) by the last group of a launch to finish (a
+    /// device-level fence and a ticket per group; the last resets it): the end of a launch that wrote gate and up. Every
+    /// thread of every group must call it (it holds group barriers).
+    /// </summary>
+    internal static void SwiGluByLastGroup(ArrayView<float> gate, ArrayView<float> up, int n, ArrayView<int> tickets, ArrayView<int> last)
+    {
+        MemoryFence.DeviceLevel();
+        Group.Barrier();
+        int groups = Grid.DimX * Grid.DimY;
+        if (Group.IdxX == 0) last[0] = Atomic.Add(ref tickets[0], 1) == groups - 1 ? 1 : 0;
+        Group.Barrier();
+        if (last[0] == 0) return; // uniform per group
+        MemoryFence.DeviceLevel();
+        for (int i = Group.IdxX; i < n; i += Group.DimX) gate[i] = SwiGluOf(gate[i], up[i]);
+        if (Group.IdxX == 0) tickets[0] = 0;
     }
 
     /// <summary>

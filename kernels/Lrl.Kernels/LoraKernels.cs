@@ -99,16 +99,21 @@ public static class LoraKernels
     /// <summary>
     /// Up to three updates over the same input in one launch (Q/K/V, gate/up: a decode step's adapters of one dispatch):
     /// group g belongs to the term whose groups hold it, and runs <see cref="Fused{TL}"/>'s arithmetic for it (so each
-    /// output gets the bits a launch of its own gives it). <paramref name="count"/> terms are live (2 or 3).
+    /// output gets the bits a launch of its own gives it). <paramref name="count"/> terms are live (2 or 3). Then the op
+    /// that consumes the updated outputs, by the launch's last group (<paramref name="e"/>: Q/K/V's RoPE and cache
+    /// writes, or gate/up's SwiGLU; its own launch's element code, the same bits), where it took a launch of its own.
     /// </summary>
-    public static void FusedTerms<TL>(ArrayView<float> x, int inF, LoraTerm<TL> t0, LoraTerm<TL> t1, LoraTerm<TL> t2, int count)
+    public static void FusedTerms<TL>(ArrayView<float> x, int inF, LoraTerm<TL> t0, LoraTerm<TL> t1, LoraTerm<TL> t2, int count, TermsEpilogue e)
         where TL : struct, ILoraMatrix
     {
         var t = SharedMemory.Allocate<float>(FusedMaxRank);
+        var last = SharedMemory.Allocate<int>(1);
         int g = Grid.IdxX;
         if (count > 2 && g >= t2.FirstGroup) FusedGroup(x, inF, t2, g - t2.FirstGroup, t);
         else if (g >= t1.FirstGroup) FusedGroup(x, inF, t1, g - t1.FirstGroup, t);
         else FusedGroup(x, inF, t0, g, t);
+        if (e.Kind == TermsEpilogue.Rope) RopeKernels.RopeQkvCacheByLastGroup(e.Q, e.K, e.V, e.RopeArgs, last); // uniform
+        else if (e.Kind == TermsEpilogue.SwiGlu) ActivationKernels.SwiGluByLastGroup(e.Gate, e.Up, e.N, e.Tickets, last);
     }
 
     /// <summary>Group <paramref name="g"/> of one term: <see cref="Fused{TL}"/>'s body.</summary>
@@ -190,4 +195,18 @@ public struct LoraTerm<TL> where TL : struct, ILoraMatrix
     public ArrayView<float> Y;
     public int Row0, Rank, OutF, Blocks, FirstGroup;
     public float Scale;
+}
+
+/// <summary>
+/// What <see cref="LoraKernels.FusedTerms{TL}"/> runs after the updates, by its last group: nothing, RoPE and the K/V
+/// cache writes of the updated Q/K/V (<see cref="RopeArgs"/>, its tickets), or SwiGLU of the updated gate and up
+/// (Gate = silu(Gate)·Up over N elements; Tickets: one int, zero between launches).
+/// </summary>
+public struct TermsEpilogue
+{
+    public const int None = 0, Rope = 1, SwiGlu = 2;
+    public int Kind, N;
+    public ArrayView<float> Q, K, V, Gate, Up;
+    public RopeArgs RopeArgs;
+    public ArrayView<int> Tickets;
 }

@@ -18,7 +18,7 @@ internal abstract class GpuLora(string name, int rank, int inF, int outF) : Lora
     public abstract void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y);
 
     /// <summary>Two or three staged updates over one input in one launch; every pair of <paramref name="terms"/> is of this pair's storage.</summary>
-    public abstract void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms);
+    public abstract void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms, TermsEpilogue epilogue);
 
     /// <summary>The update of rows 0 .. rows-1 followed by the residual block's add and norm, in one launch.</summary>
     public abstract void RowsAddRmsNorm(GpuBackend g, ArrayView<float> x, int rows, float scale, ArrayView<float> y, AddNormArgs args);
@@ -34,7 +34,7 @@ internal sealed class GpuLora<TL>(string name, int rank, int inF, int outF, TL a
     public override void Rows(GpuBackend g, ArrayView<float> x, int row0, int rows, float scale, ArrayView<float> y) => g.LoraRowsOf(this, x, row0, rows, scale, y);
     public override void EmbedRows(GpuBackend g, ArrayView<int> ids, int single, int row0, int rows, float scale, ArrayView<float> y) =>
         g.LoraEmbedOf(this, ids, single, row0, rows, scale, y);
-    public override void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms) => g.LoraTermsOf<TL>(terms);
+    public override void RunTerms(GpuBackend g, ReadOnlySpan<GpuBackend.StagedLora> terms, TermsEpilogue epilogue) => g.LoraTermsOf<TL>(terms, epilogue);
     public override void RowsAddRmsNorm(GpuBackend g, ArrayView<float> x, int rows, float scale, ArrayView<float> y, AddNormArgs args) =>
         g.LoraAddRmsNormOf(this, x, rows, scale, y, args);
     public override void Dispose() { foreach (var b in buffers) b.Dispose(); }
@@ -51,14 +51,14 @@ public sealed partial class GpuBackend : ILoraOps
         private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float>? _down;
         private Action<AcceleratorStream, Index1D, ArrayView<float>, TL, ArrayView<float>, int, int, int, int>? _up;
         private Action<AcceleratorStream, Index1D, ArrayView<int>, int, TL, TL, ArrayView<float>, int, int, int, int, int, float>? _embed;
-        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int>? _terms;
+        private Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int, TermsEpilogue>? _terms;
         private Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs>? _addNorm;
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs> AddNorm =>
             _addNorm ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float, AddNormArgs>(LoraKernels.FusedAddRmsNorm<TL>);
         /// <summary>The terms of one <see cref="Terms"/> launch (reused: nothing allocated per token).</summary>
         public readonly LoraTerm<TL>[] TermArgs = new LoraTerm<TL>[3];
-        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int> Terms =>
-            _terms ??= acc.LoadKernel<ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int>(LoraKernels.FusedTerms<TL>);
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int, TermsEpilogue> Terms =>
+            _terms ??= acc.LoadKernel<ArrayView<float>, int, LoraTerm<TL>, LoraTerm<TL>, LoraTerm<TL>, int, TermsEpilogue>(LoraKernels.FusedTerms<TL>);
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float> Fused =>
             _fused ??= acc.LoadKernel<ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, int, float>(LoraKernels.Fused<TL>);
         public Action<AcceleratorStream, KernelConfig, ArrayView<float>, TL, TL, ArrayView<float>, int, int, int, int, float> Down =>
@@ -260,12 +260,41 @@ public sealed partial class GpuBackend : ILoraOps
                     else i++;
                 }
             if (n == 1) first.W.Rows(this, B(first.X).View, first.Row0, first.Rows, first.Scale, B(first.Y).View);
-            else first.W.RunTerms(this, chunk[..n]);
+            else first.W.RunTerms(this, chunk[..n], default);
         }
         Array.Clear(_chunk);
     }
 
-    internal void LoraTermsOf<TL>(ReadOnlySpan<StagedLora> terms) where TL : struct, ILoraMatrix
+    /// <summary>
+    /// The staged updates of exactly the outputs <paramref name="y0"/>, <paramref name="y1"/> (and <paramref name="y2"/>),
+    /// one each, decode-sized, over one input, storage and width, on all <paramref name="rows"/> rows, as one launch that
+    /// ends with <paramref name="epilogue"/> (RoPE + cache writes, or SwiGLU) by its last group. False, with nothing run
+    /// or dropped, where the staged updates do not take that shape (then ApplyStaged and the op run apart).
+    /// </summary>
+    private bool TryTermsWithEpilogue(DeviceBuffer y0, DeviceBuffer y1, DeviceBuffer? y2, int rows, TermsEpilogue epilogue)
+    {
+        int outputs = y2 is null ? 2 : 3;
+        var chunk = _chunk.AsSpan(0, outputs);
+        int found = 0;
+        foreach (var t in _staged)
+        {
+            int slot = ReferenceEquals(t.Y, y0) ? 0 : ReferenceEquals(t.Y, y1) ? 1 : y2 is not null && ReferenceEquals(t.Y, y2) ? 2 : -1;
+            if (slot < 0) continue;
+            if (chunk[slot].W is not null || !t.Fusable || t.Row0 != 0 || t.Rows != rows) { Array.Clear(_chunk); return false; }
+            chunk[slot] = t;
+            found++;
+        }
+        bool ok = found == outputs;
+        for (int i = 1; ok && i < outputs; i++)
+            ok = ReferenceEquals(chunk[i].X, chunk[0].X) && chunk[i].W.GetType() == chunk[0].W.GetType() && chunk[i].W.InFeatures == chunk[0].W.InFeatures;
+        if (!ok) { Array.Clear(_chunk); return false; }
+        foreach (var t in chunk) _staged.Remove(t);
+        chunk[0].W.RunTerms(this, chunk, epilogue);
+        Array.Clear(_chunk);
+        return true;
+    }
+
+    internal void LoraTermsOf<TL>(ReadOnlySpan<StagedLora> terms, TermsEpilogue epilogue) where TL : struct, ILoraMatrix
     {
         var set = LoraSet<TL>();
         var ts = set.TermArgs;
@@ -283,7 +312,7 @@ public sealed partial class GpuBackend : ILoraOps
             groups += t.Rows * blocks;
         }
         if (terms.Length < 3) ts[2] = default;
-        set.Terms(Launch_, new KernelConfig(groups, _group), B(terms[0].X).View, terms[0].W.InFeatures, ts[0], ts[1], ts[2], terms.Length);
+        set.Terms(Launch_, new KernelConfig(groups, _group), B(terms[0].X).View, terms[0].W.InFeatures, ts[0], ts[1], ts[2], terms.Length, epilogue);
     }
 
     /// <summary>

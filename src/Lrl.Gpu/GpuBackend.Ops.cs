@@ -349,11 +349,18 @@ public sealed partial class GpuBackend : IDraftHeadOps
         if (rows > 1 && rows > _exactRows || StagedFor(gateOut) || StagedFor(upOut))
         {
             // Staged adapter updates land before the activation: both products, their updates (one launch where they
-            // share it), then SwiGLU.
+            // share it, SwiGLU by its last group), else the updates and then SwiGLU.
             MatMulCore(x, gate, gateOut, rows);
             MatMulCore(x, up, upOut, rows);
+            long n = (long)rows * gate.Rows;
+            if (rows <= FusedRopeRowsMax && n <= int.MaxValue)
+            {
+                CheckRange(gateOut, 0, n, "swiglu gate"); CheckRange(upOut, 0, n, "swiglu up");
+                var swiglu = new TermsEpilogue { Kind = TermsEpilogue.SwiGlu, Gate = B(gateOut).View, Up = B(upOut).View, N = (int)n, Tickets = Tickets(1).View };
+                if (TryTermsWithEpilogue(gateOut, upOut, null, rows, swiglu)) return;
+            }
             ApplyStaged(gateOut, upOut);
-            SwiGlu(gateOut, upOut, gateOut, (long)rows * gate.Rows);
+            SwiGlu(gateOut, upOut, gateOut, n);
             return;
         }
         MatMulSwiGlu(x, gate, up, gateOut, rows);
@@ -385,7 +392,7 @@ public sealed partial class GpuBackend : IDraftHeadOps
                                     DeviceBuffer kCache, DeviceBuffer vCache)
     {
         if (rows <= 0) return;
-        if (rows > FusedRopeRowsMax || StagedFor(q) || StagedFor(k) || StagedFor(v))
+        if (rows > FusedRopeRowsMax)
         {
             // One group rotating many rows would be a serial tail longer than the launch it saves.
             MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
@@ -397,13 +404,29 @@ public sealed partial class GpuBackend : IDraftHeadOps
         {
             KCache = B(kCache).View, VCache = B(vCache).View, Cos = cache.Cos!.View, Sin = cache.Sin!.View, Tickets = Tickets(1).View, Shape = shape,
         };
+        if (StagedFor(q) || StagedFor(k) || StagedFor(v))
+        {
+            // Adapter updates land before the rotation: the products, then the updates with RoPE and the cache writes
+            // by the update launch's last group (where the updates take one launch), else apart.
+            if (!TryQkv(x, rows, wq, q, bq, wk, k, bk, wv, v, bv, default))
+            {
+                MatMulCore(x, wq, q, rows, bq);
+                MatMulCore(x, wk, k, rows, bk);
+                MatMulCore(x, wv, v, rows, bv);
+            }
+            if (TryTermsWithEpilogue(q, k, v, rows, new TermsEpilogue { Kind = TermsEpilogue.Rope, Q = B(q).View, K = B(k).View, V = B(v).View, RopeArgs = args }))
+                return;
+            ApplyStaged(q, k, v);
+            RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
+            return;
+        }
         if (TryQkv(x, rows, wq, q, bq, wk, k, bk, wv, v, bv, args)) return;
         MatMul3(x, rows, wq, q, bq, wk, k, bk, wv, v, bv);
         RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
     }
 
     /// <summary>Most rows whose RoPE and cache writes ride on the Q/K/V launch (its last group does them all: a decode row's few thousand elements).</summary>
-    internal const int FusedRopeRowsMax = 4;
+    public const int FusedRopeRowsMax = 4;
 
     /// <summary>The fused Q/K/V launch (with <paramref name="rope"/>'s rotation when it has tickets); false where the weights do not fuse.</summary>
     private bool TryQkv(DeviceBuffer x, int rows, Weight w0, DeviceBuffer y0, Weight? b0, Weight w1, DeviceBuffer y1, Weight? b1,

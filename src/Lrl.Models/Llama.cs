@@ -141,9 +141,16 @@ public sealed class Llama : ModelBase
             var l = _layers[i];
             // Attention: project, rotate, append to the cache, attend causally, project back. Each sequence's rows
             // rotate by their own positions and attend over their own cache.
-            if (!adapted && pieces.Length == 1 && pieces[0] is { Parents: null, Row: 0 } one && one.Rows == rows)
+            if ((!adapted || fusedLora) && pieces.Length == 1 && pieces[0] is { Parents: null, Row: 0 } one && one.Rows == rows)
             {
-                // One sequence's consecutive rows: the products, RoPE and the cache writes as one op (one launch on a GPU).
+                // One sequence's consecutive rows: the products, RoPE and the cache writes as one op (one launch on a GPU;
+                // with staged adapter updates, the products, then the updates with RoPE and the cache writes).
+                if (adapted)
+                {
+                    Adapt(one.State, l.Lora, _xb, 0, rows, _q, after: false);
+                    Adapt(one.State, l.Lora + 1, _xb, 0, rows, _k, after: false);
+                    Adapt(one.State, l.Lora + 2, _xb, 0, rows, _v, after: false);
+                }
                 DeviceBuffer kc = one.State[l.KCache], vc = one.State[l.VCache];
                 _b.MatMul3RopeAndCache(_xb, rows, l.Wq, _q, l.Bq, l.Wk, _k, l.Bk, l.Wv, _v, l.Bv, c.NumHeads, c.NumKvHeads, c.HeadDim,
                                        one.Pos, _rope, kc, vc);

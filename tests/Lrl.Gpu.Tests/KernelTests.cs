@@ -572,6 +572,7 @@ public class KernelTests
         var (aq, ak, av) = (Pair(q, hidden, 16, DType.I8), Pair(kv, hidden, 4, DType.I8), Pair(kv, hidden, 8, DType.BF16));
         var (ag, au) = (Pair(inter, hidden, 16, DType.F32), Pair(inter, hidden, 5, DType.F32));
         var a2 = Pair(q, hidden, 3, DType.I8);
+        var av8 = Pair(kv, hidden, 8, DType.I8);
         try
         {
             foreach (int rows in new[] { 1, 2, 6 })
@@ -598,12 +599,45 @@ public class KernelTests
                 before = g.Counters;
                 lg.StageLora(xg, 0, rows, ag.G, 1f, gog); lg.StageLora(xg, 0, rows, au.G, 1.5f, uog);
                 g.GateUpSwiGlu(xg, rows, gg, gu, gog, uog);
-                // The two products, the updates (one launch decode-sized, two each past that), SwiGLU.
-                Assert.Equal(fused ? 4 : 7, (g.Counters - before).Launches);
+                // The two products, then the updates with SwiGLU by their launch's last group (decode-sized), or the
+                // updates (two launches each) and SwiGLU.
+                Assert.Equal(fused ? 3 : 7, (g.Counters - before).Launches);
                 r.MatMul(xr, rg, gor, rows); r.MatMul(xr, ru, uor, rows);
                 lr.LoraRows(xr, 0, rows, ag.R, 1f, gor); lr.LoraRows(xr, 0, rows, au.R, 1.5f, uor);
                 r.SwiGlu(gor, uor, gor, rows * inter);
                 Check.Close(Check.Read(g, gog, rows * inter), Check.Read(r, gor, rows * inter), F32Tol, $"staged gate/up + SwiGLU, {rows} rows");
+                // The same bits as the ops apart on this device.
+                using var gog2 = Check.Poisoned(g, rows * inter); using var uog2 = Check.Poisoned(g, rows * inter);
+                g.MatMul(xg, gg, gog2, rows); g.MatMul(xg, gu, uog2, rows);
+                lg.LoraRows(xg, 0, rows, ag.G, 1f, gog2); lg.LoraRows(xg, 0, rows, au.G, 1.5f, uog2);
+                g.SwiGlu(gog2, uog2, gog2, rows * inter);
+                Assert.Equal(Check.Read(g, gog2, rows * inter), Check.Read(g, gog, rows * inter));
+
+                // Q/K/V with RoPE and the cache writes, adapters of one storage on all three: at one row the products (one
+                // launch), then the updates with RoPE + cache writes by their launch's last group; at 2 rows three
+                // products and that launch; past FusedRopeRowsMax the products, the updates apart, then RoPE + cache.
+                var rope = new RopeTable(Enumerable.Range(0, 4).Select(i => (float)Math.Pow(10000, -2.0 * i / 8)).ToArray());
+                const int heads = 6, kvHeads = 2, headDim = 16, pos0 = 3, ctx = 12;
+                var cache0 = arena.Floats(ctx * kv);
+                var qkv = new List<DeviceBuffer>();
+                DeviceBuffer Make(float[]? data, long n) { var d = data is null ? Check.Poisoned(g, n) : Check.Buffer(g, data); qkv.Add(d); return d; }
+                try
+                {
+                    var (q1, k1, v1, kc1, vc1) = (Make(null, rows * q), Make(null, rows * kv), Make(null, rows * kv), Make(cache0, ctx * kv), Make(cache0, ctx * kv));
+                    var (q2, k2, v2, kc2, vc2) = (Make(null, rows * q), Make(null, rows * kv), Make(null, rows * kv), Make(cache0, ctx * kv), Make(cache0, ctx * kv));
+                    before = g.Counters;
+                    lg.StageLora(xg, 0, rows, aq.G, 0.5f, q1); lg.StageLora(xg, 0, rows, ak.G, 2f, k1); lg.StageLora(xg, 0, rows, av8.G, 1f, v1);
+                    g.MatMul3RopeAndCache(xg, rows, gq, q1, null, gk, k1, null, gv, v1, null, heads, kvHeads, headDim, pos0, rope, kc1, vc1);
+                    Assert.Equal(rows == 1 ? 2 : rows <= GpuBackend.FusedRopeRowsMax ? 4 : 3 + 6 + 1, (g.Counters - before).Launches);
+                    Assert.Equal(0, lg.PendingLora);
+                    g.MatMul3(xg, rows, gq, q2, null, gk, k2, null, gv, v2, null);
+                    lg.LoraRows(xg, 0, rows, aq.G, 0.5f, q2); lg.LoraRows(xg, 0, rows, ak.G, 2f, k2); lg.LoraRows(xg, 0, rows, av8.G, 1f, v2);
+                    g.RopeAndCache(q2, k2, v2, 0, rows, heads, kvHeads, headDim, pos0, rope, kc2, vc2);
+                    Assert.Equal(Check.Read(g, q2, rows * q), Check.Read(g, q1, rows * q));
+                    Assert.Equal(Check.Read(g, kc2, ctx * kv), Check.Read(g, kc1, ctx * kv));
+                    Assert.Equal(Check.Read(g, vc2, ctx * kv), Check.Read(g, vc1, ctx * kv));
+                }
+                finally { foreach (var d in qkv) d.Dispose(); }
 
                 // A residual block's end: the product, then one update and the add+norm in one launch when the update is
                 // decode-sized and covers every row (the bits of the three ops on this device), else the three ops.
@@ -637,7 +671,7 @@ public class KernelTests
                 Check.Close(Check.Read(g, yg, rows * q), Check.Read(r, yr, rows * q), F32Tol, $"two sequences' updates, {rows} rows");
             }
         }
-        finally { foreach (var p in new[] { aq, ak, av, ag, au, a2 }) p.G.Dispose(); }
+        finally { foreach (var p in new[] { aq, ak, av, ag, au, a2, av8 }) p.G.Dispose(); }
     }
 
     /// <summary>The fused position step (RoPE of Q and K, K/V cache writes) and fused Q/K/V GEMV equal the unfused reference.</summary>
