@@ -99,6 +99,9 @@ public class ModelTests
         // Chunks of 4 rows: the runs of one step straddle chunk boundaries.
         using var model = ModelRegistry.Load(dir, backend, new ModelLoadOptions { ContextLength = 32, BatchSize = 4 });
         int[][] prompts = [[1, 403, 407, 261, 378], [1, 300], [1, 378, 432, 260, 300, 261]];
+        // The NVIDIA-like emulation (256-thread groups: most of its time switching threads at barriers) takes the first
+        // two sequences (~55 s instead of ~95 s); its kernels have tests of their own at that shape.
+        if (kind.EndsWith("nvidia", StringComparison.Ordinal)) prompts = prompts[..2];
         int v = model.VocabSize;
         var alone = new List<float>();
         foreach (var p in prompts)
