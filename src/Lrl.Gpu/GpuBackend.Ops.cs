@@ -425,7 +425,10 @@ public sealed partial class GpuBackend : IDraftHeadOps
         RopeAndCache(q, k, v, 0, rows, heads, kvHeads, headDim, pos0, rope, kCache, vCache);
     }
 
-    /// <summary>Most rows whose RoPE and cache writes ride on the Q/K/V launch (its last group does them all: a decode row's few thousand elements).</summary>
+    /// <summary>
+    /// Most rows whose RoPE and cache writes ride on the Q/K/V launch, or on an adapter update launch with SwiGLU (its last
+    /// group does them all: a decode row's few thousand elements).
+    /// </summary>
     public const int FusedRopeRowsMax = 4;
 
     /// <summary>The fused Q/K/V launch (with <paramref name="rope"/>'s rotation when it has tickets); false where the weights do not fuse.</summary>
