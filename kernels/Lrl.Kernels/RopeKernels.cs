@@ -66,6 +66,7 @@ public static class RopeKernels
     /// <see cref="RopeQkvCache"/> for the rows of up to <see cref="SequenceCaches.Max"/> sequences at once, each at its own
     /// positions and into its own caches (<paramref name="s"/>.Rows: all their rows; Row0 and Pos0 unused): per launch row
     /// its Q pairs, then its K and V elements, each the same operations as <see cref="RopeQkvCache"/>'s (the same bits).
+    /// With Heads = 0 and Half = 0 (and HeadDim the row width) it is the plain cache writes of a model without RoPE.
     /// </summary>
     public static void RopeQkvCacheSequences(Index1D idx, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
                                              ArrayView<float> cos, ArrayView<float> sin, RopeCacheShape s, SequenceCaches c)

@@ -200,6 +200,20 @@ public interface IBackend : IDisposable
     }
 
     /// <summary>
+    /// The K/V cache writes of several sequences' rows of one batched step without rotation (GPT-2): rows Row0 .. of k and
+    /// v ([row, kvDim]) into each sequence's caches at Pos0 ... The default copies per sequence; a GPU runs them in one
+    /// launch.
+    /// </summary>
+    void CacheSequences(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, int kvDim)
+    {
+        foreach (var s in sequences)
+        {
+            Copy(k, (long)s.Row0 * kvDim, s.KCache, (long)s.Pos0 * kvDim, (long)s.Rows * kvDim);
+            Copy(v, (long)s.Row0 * kvDim, s.VCache, (long)s.Pos0 * kvDim, (long)s.Rows * kvDim);
+        }
+    }
+
+    /// <summary>
     /// One sequence's attention entry at rows 0 .. rows-1: Q/K/V products (<see cref="MatMul3"/>), then RoPE and the K/V
     /// cache writes (<see cref="RopeAndCache"/>) at positions pos0 ... A GPU runs a decode step's in one launch; by default
     /// the two ops.

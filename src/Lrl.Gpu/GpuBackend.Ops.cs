@@ -502,6 +502,55 @@ public sealed partial class GpuBackend : IDraftHeadOps
         if (count > 0) RopeGroup(q, k, v, sequences, group[..count], heads, kvHeads, headDim, rope);
     }
 
+    /// <summary>
+    /// The unrotated K/V cache writes of up to <see cref="SequenceCaches.Max"/> sequences in one launch
+    /// (<see cref="RopeKernels.RopeQkvCacheSequences"/> with no Q pairs and no rotated dimensions: its plain copies);
+    /// one sequence alone takes the two device copies.
+    /// </summary>
+    public void CacheSequences(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, int kvDim)
+    {
+        Span<int> group = stackalloc int[SequenceCaches.Max];
+        int count = 0;
+        for (int i = 0; i < sequences.Length; i++)
+        {
+            if (sequences[i].Rows <= 0) continue;
+            group[count++] = i;
+            if (count == SequenceCaches.Max) { CacheGroup(k, v, sequences, group, kvDim); count = 0; }
+        }
+        if (count > 0) CacheGroup(k, v, sequences, group[..count], kvDim);
+    }
+
+    private void CacheGroup(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group, int kvDim)
+    {
+        if (group.Length == 1)
+        {
+            var one = sequences[group[0]];
+            Copy(k, (long)one.Row0 * kvDim, one.KCache, (long)one.Pos0 * kvDim, (long)one.Rows * kvDim);
+            Copy(v, (long)one.Row0 * kvDim, one.VCache, (long)one.Pos0 * kvDim, (long)one.Rows * kvDim);
+            return;
+        }
+        if (kvDim <= 0) throw new ArgumentOutOfRangeException(nameof(kvDim), kvDim, "cache writes: kv dim must be ≥ 1");
+        var set = new SequenceCaches { Count = group.Length };
+        int rows = 0;
+        for (int i = 0; i < group.Length; i++)
+        {
+            var s = sequences[group[i]];
+            if (s.Row0 < 0 || s.Pos0 < 0) throw new ArgumentOutOfRangeException(nameof(sequences), $"cache writes: row {s.Row0} or position {s.Pos0} is negative");
+            CheckRange(k, (long)s.Row0 * kvDim, (long)s.Rows * kvDim, "cache k");
+            CheckRange(v, (long)s.Row0 * kvDim, (long)s.Rows * kvDim, "cache v");
+            CheckRange(s.KCache, (long)s.Pos0 * kvDim, (long)s.Rows * kvDim, "k cache");
+            CheckRange(s.VCache, (long)s.Pos0 * kvDim, (long)s.Rows * kvDim, "v cache");
+            set.Set(i, B(s.KCache).View, B(s.VCache).View, s.Row0, s.Rows, s.Pos0);
+            rows += s.Rows;
+        }
+        var shape = new RopeCacheShape { Rows = rows, Heads = 0, KvHeads = 1, HeadDim = kvDim, Half = 0 };
+        int total = checked(2 * rows * kvDim);
+        _ropeCacheSeqs ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, RopeCacheShape, SequenceCaches>(RopeKernels.RopeQkvCacheSequences);
+        // No Q pairs and no rotated dimension: q, cos and sin are never read.
+        _ropeCacheSeqs(Launch_, total, B(k).View, B(k).View, B(v).View, B(k).View, B(k).View, shape, set);
+    }
+
     private void RopeGroup(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group,
                            int heads, int kvHeads, int headDim, RopeTable rope)
     {

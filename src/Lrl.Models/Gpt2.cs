@@ -158,11 +158,10 @@ public sealed class Gpt2 : ModelBase
             foreach (var p in pieces)
             {
                 if (adapted) AdaptQkv(p, l, after: true);
-                DeviceBuffer kCache = p.State[l.KCache], vCache = p.State[l.VCache];
-                _b.Copy(_k, (long)p.Row * C, kCache, (long)p.Pos * C, (long)p.Rows * C);
-                _b.Copy(_v, (long)p.Row * C, vCache, (long)p.Pos * C, (long)p.Rows * C);
-                _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, kCache, vCache));
+                _seqRows.Add(new SequenceRows(p.Row, p.Rows, p.Pos, p.State[l.KCache], p.State[l.VCache]));
             }
+            // Every sequence's cache writes in one call (one launch on a GPU for up to eight).
+            _b.CacheSequences(_k, _v, CollectionsMarshal.AsSpan(_seqRows), C);
             _b.AttentionSequences(_q, _att, CollectionsMarshal.AsSpan(_seqRows), c.NumHeads, c.NumHeads, c.HeadDim, scale);
             _seqRows.Clear();
             if (adapted) foreach (var p in pieces) Adapt(p.State, l.Lora + 3, _att, p.Row, p.Rows, _delta, after: false);

@@ -436,6 +436,52 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// A batched step's unrotated cache writes (GPT-2) for ten sequences: two launches (8 + 2) and no device copies, where
+    /// each sequence took two copies; every cache equal to the per-sequence copies, the rows past them untouched.
+    /// </summary>
+    [Theory, MemberData(nameof(Kinds))]
+    public void ManySequencesCacheWritesInTwoLaunches(string kind)
+    {
+        var g = Backends.Get(kind);
+        using var arena = new RandomTensors(Seed());
+        const int kvDim = 48;
+        (int Rows, int Pos0)[] shapes = [(1, 0), (1, 31), (2, 40), (1, 70), (6, 12), (1, 3), (3, 34), (1, 90), (1, 33), (1, 7)];
+        int total = shapes.Sum(x => x.Rows) + 1;
+        var k = arena.Floats(total * kvDim); var v = arena.Floats(total * kvDim);
+        var bufs = new List<DeviceBuffer>();
+        DeviceBuffer Buf(float[] x) { var d = Check.Buffer(g, x); bufs.Add(d); return d; }
+        try
+        {
+            var caches = shapes.Select(x => arena.Floats((x.Pos0 + x.Rows + 5) * kvDim)).ToArray();
+            var rows0 = new int[shapes.Length];
+            for (int i = 0, at = 0; i < shapes.Length; i++) { if (i == 3) at++; rows0[i] = at; at += shapes[i].Rows; }
+            var (kb, vb) = (Buf(k), Buf(v));
+            var many = shapes.Select((x, i) => new SequenceRows(rows0[i], x.Rows, x.Pos0, Buf(caches[i]), Buf(caches[i]))).ToArray();
+            var alone = shapes.Select((x, i) => new SequenceRows(rows0[i], x.Rows, x.Pos0, Buf(caches[i]), Buf(caches[i]))).ToArray();
+            var before = g.Counters;
+            g.CacheSequences(kb, vb, many, kvDim);
+            var d = g.Counters - before;
+            Assert.Equal(2, d.Launches);
+            Assert.Equal(0, d.DeviceCopies);
+            ((IBackend)g).CacheSequences(kb, vb, [alone[0]], kvDim); // one sequence: its two copies
+            foreach (var sq in alone.Skip(1))
+            {
+                g.Copy(kb, (long)sq.Row0 * kvDim, sq.KCache, (long)sq.Pos0 * kvDim, (long)sq.Rows * kvDim);
+                g.Copy(vb, (long)sq.Row0 * kvDim, sq.VCache, (long)sq.Pos0 * kvDim, (long)sq.Rows * kvDim);
+            }
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                long len = (long)(shapes[i].Pos0 + shapes[i].Rows + 5) * kvDim;
+                Assert.Equal(Check.Read(g, alone[i].KCache, len), Check.Read(g, many[i].KCache, len));
+                Assert.Equal(Check.Read(g, alone[i].VCache, len), Check.Read(g, many[i].VCache, len));
+                Assert.Equal(caches[i].AsSpan((shapes[i].Pos0 + shapes[i].Rows) * kvDim).ToArray(),
+                             Check.Read(g, many[i].KCache, len).AsSpan((shapes[i].Pos0 + shapes[i].Rows) * kvDim).ToArray());
+            }
+        }
+        finally { foreach (var d in bufs) d.Dispose(); }
+    }
+
     [Theory, MemberData(nameof(Kinds))]
     public void ElementwiseOpsMatchReference(string kind)
     {

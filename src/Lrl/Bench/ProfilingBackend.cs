@@ -148,6 +148,13 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend, IQuantizedBacke
         Time("rope+cache", 0, () => inner.RopeAndCacheSequences(q, k, v, copy, heads, kvHeads, headDim, rope));
     }
 
+    public void CacheSequences(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, int kvDim)
+    {
+        if (!Enabled) { inner.CacheSequences(k, v, sequences, kvDim); return; }
+        var copy = sequences.ToArray();
+        Time("cache", 0, () => inner.CacheSequences(k, v, copy, kvDim));
+    }
+
     public void RopeRows(DeviceBuffer x, int row0, int rows, int heads, int headDim, int pos0, RopeTable rope)
     {
         if (!Enabled) { inner.RopeRows(x, row0, rows, heads, headDim, pos0, rope); return; }
