@@ -14,7 +14,9 @@
 #                                   Llama bf16 decode compiled at ILGPU's O1 (LRL_GPU_OPT=O1) beside the default O2;
 #                                5. decode with 0, 1 and 4 random rank-16 LoRA adapters (SmolLM2-135M q4: int8-held);
 #                                6. speculative decoding on CUDA: the verify-pass cost (exact rows: one-row kernels per
-#                                   row) and lookup end to end on the SmolLM2-135M q4 preset.
+#                                   row) and lookup end to end on the SmolLM2-135M q4 preset;
+#                                7. batched decode of 4 and 16 sequences (SmolLM2-135M q4): RoPE + cache writes and
+#                                   attention for up to eight sequences a launch.
 #                              It writes $OUT/gpu-check.md (the summary, also printed last) and each step's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -87,6 +89,9 @@ case "$mode" in
       && grep -E "^\| (decode|verify)" "$out/verify-cost.log" >> "$summary"
     step lookup 120 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda --speculative lookup -n 256 -r 3 \
       && grep -E "^\| (plain|lookup)" "$out/lookup.log" >> "$summary"
+    echo "## batched decode on CUDA (SmolLM2-135M q4, aggregate tok/s)" >> "$summary"
+    step batched 120 "${lrl[@]}" bench --preset SmolLM2-135M --dtype q4 --device cuda -p 0 -n 64 -r 3 --batch 4,16 \
+      && grep -E "^\| SmolLM2" "$out/batched.log" >> "$summary"
     cat "$summary"
     ;;
   *) echo "usage: bench/gpu-check.sh pack | run" >&2; exit 2 ;;
