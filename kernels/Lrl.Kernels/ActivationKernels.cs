@@ -23,13 +23,7 @@ public static class ActivationKernels
     /// </summary>
     internal static void SwiGluByLastGroup(ArrayView<float> gate, ArrayView<float> up, int n, ArrayView<int> tickets, ArrayView<int> last)
     {
-        MemoryFence.DeviceLevel();
-        Group.Barrier();
-        int groups = Grid.DimX * Grid.DimY;
-        if (Group.IdxX == 0) last[0] = Atomic.Add(ref tickets[0], 1) == groups - 1 ? 1 : 0;
-        Group.Barrier();
-        if (last[0] == 0) return; // uniform per group
-        MemoryFence.DeviceLevel();
+        if (!KernelMath.LastToFinish(tickets, 0, Grid.DimX * Grid.DimY, last)) return; // uniform per group
         for (int i = Group.IdxX; i < n; i += Group.DimX) gate[i] = SwiGluOf(gate[i], up[i]);
         if (Group.IdxX == 0) tickets[0] = 0;
     }

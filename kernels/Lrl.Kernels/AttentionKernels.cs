@@ -269,12 +269,7 @@ public static class AttentionKernels
             }
         }
         else Partial(q, k, v, partO, partML, masks, s, tree, sc, qs, scratch, split, r, qr, pos0, h0, nq, kh, n, chunk); // uniform per group
-        MemoryFence.DeviceLevel();
-        Group.Barrier();
-        if (t == 0) last[0] = Atomic.Add(ref tickets[ru], 1) == s.Splits - 1 ? 1 : 0;
-        Group.Barrier();
-        if (last[0] == 0) return; // uniform per group
-        MemoryFence.DeviceLevel();
+        if (!KernelMath.LastToFinish(tickets, ru, s.Splits, last)) return; // uniform per group
         for (int j = 0; j < nq; j++) CombineRow(partO, partML, output, s, r * s.Heads + h0 + j, qr * s.Heads + h0 + j);
         if (t == 0) tickets[ru] = 0;
     }

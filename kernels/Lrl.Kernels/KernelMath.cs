@@ -10,6 +10,23 @@ namespace Lrl.Kernels;
 public static class KernelMath
 {
     /// <summary>
+    /// The end of a launch whose last group to finish does one more step: the group publishes its writes (a device-level
+    /// fence) and takes ticket <paramref name="index"/>; true, uniformly within the group, in the group that takes the
+    /// last of <paramref name="arrivals"/> tickets (after a fence: it sees every other group's writes). That group resets
+    /// the ticket when done. Every thread of every group must call it (it holds group barriers).
+    /// </summary>
+    internal static bool LastToFinish(ArrayView<int> tickets, long index, int arrivals, ArrayView<int> last)
+    {
+        MemoryFence.DeviceLevel();
+        Group.Barrier();
+        if (Group.IdxX == 0) last[0] = Atomic.Add(ref tickets[index], 1) == arrivals - 1 ? 1 : 0;
+        Group.Barrier();
+        if (last[0] == 0) return false;
+        MemoryFence.DeviceLevel();
+        return true;
+    }
+
+    /// <summary>
     /// The output block of a one-row kernel (GEMV) and, in <paramref name="row"/>, its activation row. One row: grid X is
     /// the block. Several rows (<c>IBackend.ExactRows</c>): grid X is the activation row and grid Y the block (at least
     /// two blocks, so Y tells the layouts apart), so the groups that read the same weight rows run side by side and the

@@ -54,12 +54,7 @@ public static class NormKernels
     /// <summary><see cref="AddRmsNormByLastGroup(long, ArrayView{float}, int, AddNormArgs, ArrayView{float}, ArrayView{int})"/> for a launch whose rows each take <paramref name="groupsPerRow"/> groups.</summary>
     internal static void AddRmsNormByLastGroup(long r, ArrayView<float> delta, int n, AddNormArgs a, ArrayView<float> scratch, ArrayView<int> last, int groupsPerRow)
     {
-        MemoryFence.DeviceLevel();
-        Group.Barrier();
-        if (Group.IdxX == 0) last[0] = Atomic.Add(ref a.Tickets[r], 1) == groupsPerRow - 1 ? 1 : 0;
-        Group.Barrier();
-        if (last[0] == 0) return; // uniform per group
-        MemoryFence.DeviceLevel();
+        if (!KernelMath.LastToFinish(a.Tickets, r, groupsPerRow, last)) return; // uniform per group
         AddRmsNormRow(a.Residual, delta, a.Weight, a.Output, n, a.Eps, r * n, scratch);
         if (Group.IdxX == 0) a.Tickets[r] = 0;
     }

@@ -125,13 +125,7 @@ public static class RopeKernels
     internal static void RopeQkvCacheByLastGroup(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, RopeArgs a, ArrayView<int> last)
     {
         if (a.Tickets.Length == 0) return; // uniform: a plain Q/K/V launch
-        MemoryFence.DeviceLevel();
-        Group.Barrier();
-        int groups = Grid.DimX * Grid.DimY;
-        if (Group.IdxX == 0) last[0] = Atomic.Add(ref a.Tickets[0], 1) == groups - 1 ? 1 : 0;
-        Group.Barrier();
-        if (last[0] == 0) return; // uniform per group
-        MemoryFence.DeviceLevel();
+        if (!KernelMath.LastToFinish(a.Tickets, 0, Grid.DimX * Grid.DimY, last)) return; // uniform per group
         int n = Elements(a.Shape);
         for (int idx = Group.IdxX; idx < n; idx += Group.DimX)
             RopeQkvCacheElement(idx, q, k, v, a.KCache, a.VCache, a.Cos, a.Sin, a.Shape);

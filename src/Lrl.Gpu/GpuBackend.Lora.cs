@@ -194,6 +194,10 @@ public sealed partial class GpuBackend : ILoraOps
     {
         /// <summary>Whether it runs as one group-per-row-and-block launch (<see cref="LoraKernels.Fused{TL}"/>), so it can share one.</summary>
         public bool Fusable => Rows <= FusedLoraMaxRows && W.Rank <= LoraKernels.FusedMaxRank;
+
+        /// <summary>Whether both run in one <see cref="LoraKernels.FusedTerms{TL}"/> launch: decode-sized, one input, one storage and width.</summary>
+        public bool SharesLaunchWith(StagedLora o) =>
+            Fusable && o.Fusable && ReferenceEquals(X, o.X) && W.GetType() == o.W.GetType() && W.InFeatures == o.W.InFeatures;
     }
 
     private readonly List<StagedLora> _staged = [];
@@ -252,7 +256,7 @@ public sealed partial class GpuBackend : ILoraOps
                 for (int i = 0; i < _applying.Count && n < 3;)
                 {
                     var t = _applying[i];
-                    if (t.Fusable && ReferenceEquals(t.X, first.X) && t.W.GetType() == first.W.GetType() && t.W.InFeatures == first.W.InFeatures)
+                    if (t.SharesLaunchWith(first))
                     {
                         chunk[n++] = t;
                         _applying.RemoveAt(i);
@@ -286,7 +290,7 @@ public sealed partial class GpuBackend : ILoraOps
         }
         bool ok = found == outputs;
         for (int i = 1; ok && i < outputs; i++)
-            ok = ReferenceEquals(chunk[i].X, chunk[0].X) && chunk[i].W.GetType() == chunk[0].W.GetType() && chunk[i].W.InFeatures == chunk[0].W.InFeatures;
+            ok = chunk[i].SharesLaunchWith(chunk[0]);
         if (!ok) { Array.Clear(_chunk); return false; }
         foreach (var t in chunk) _staged.Remove(t);
         chunk[0].W.RunTerms(this, chunk, epilogue);

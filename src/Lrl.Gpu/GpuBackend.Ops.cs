@@ -491,15 +491,9 @@ public sealed partial class GpuBackend : IDraftHeadOps
     public void RopeAndCacheSequences(DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences,
                                       int heads, int kvHeads, int headDim, RopeTable rope)
     {
-        Span<int> group = stackalloc int[SequenceCaches.Max];
-        int count = 0;
-        for (int i = 0; i < sequences.Length; i++)
-        {
-            if (sequences[i].Rows <= 0) continue;
-            group[count++] = i;
-            if (count == SequenceCaches.Max) { RopeGroup(q, k, v, sequences, group, heads, kvHeads, headDim, rope); count = 0; }
-        }
-        if (count > 0) RopeGroup(q, k, v, sequences, group[..count], heads, kvHeads, headDim, rope);
+        int n = GroupedSequences(sequences, int.MaxValue);
+        for (int at = 0; at < n; at += SequenceCaches.Max)
+            RopeGroup(q, k, v, sequences, _grouped.AsSpan(at, Math.Min(SequenceCaches.Max, n - at)), heads, kvHeads, headDim, rope);
     }
 
     /// <summary>
@@ -509,15 +503,9 @@ public sealed partial class GpuBackend : IDraftHeadOps
     /// </summary>
     public void CacheSequences(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, int kvDim)
     {
-        Span<int> group = stackalloc int[SequenceCaches.Max];
-        int count = 0;
-        for (int i = 0; i < sequences.Length; i++)
-        {
-            if (sequences[i].Rows <= 0) continue;
-            group[count++] = i;
-            if (count == SequenceCaches.Max) { CacheGroup(k, v, sequences, group, kvDim); count = 0; }
-        }
-        if (count > 0) CacheGroup(k, v, sequences, group[..count], kvDim);
+        int n = GroupedSequences(sequences, int.MaxValue);
+        for (int at = 0; at < n; at += SequenceCaches.Max)
+            CacheGroup(k, v, sequences, _grouped.AsSpan(at, Math.Min(SequenceCaches.Max, n - at)), kvDim);
     }
 
     private void CacheGroup(DeviceBuffer k, DeviceBuffer v, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group, int kvDim)
@@ -753,22 +741,28 @@ public sealed partial class GpuBackend : IDraftHeadOps
     /// </summary>
     public void AttentionSequences(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, int heads, int kvHeads, int headDim, float scale)
     {
-        Span<int> group = stackalloc int[SequenceCaches.Max];
-        int count = 0;
-        for (int i = 0; i < sequences.Length; i++)
-        {
-            var s = sequences[i];
-            if (s.Rows <= 0) continue;
+        foreach (var s in sequences)
             if (s.Rows > 1 && s.Rows > _exactRows)
-            {
                 AttentionRows(q, s.KCache, s.VCache, output, s.Row0, s.Rows, s.Pos0, heads, kvHeads, headDim, scale);
-                continue;
-            }
-            group[count++] = i;
-            if (count == SequenceCaches.Max) { AttentionGroup(q, output, sequences, group, heads, kvHeads, headDim, scale); count = 0; }
-        }
-        if (count > 0) AttentionGroup(q, output, sequences, group[..count], heads, kvHeads, headDim, scale);
+        int n = GroupedSequences(sequences, _exactRows);
+        for (int at = 0; at < n; at += SequenceCaches.Max)
+            AttentionGroup(q, output, sequences, _grouped.AsSpan(at, Math.Min(SequenceCaches.Max, n - at)), heads, kvHeads, headDim, scale);
     }
+
+    /// <summary>
+    /// The indices of <paramref name="sequences"/> that share many-sequence launches, in order, into <see cref="_grouped"/>
+    /// (reused: nothing allocated per step): those with rows, one row or up to <paramref name="mostRows"/>. Returns their count.
+    /// </summary>
+    private int GroupedSequences(ReadOnlySpan<SequenceRows> sequences, int mostRows)
+    {
+        if (_grouped.Length < sequences.Length) _grouped = new int[Math.Max(sequences.Length, 2 * _grouped.Length)];
+        int n = 0;
+        for (int i = 0; i < sequences.Length; i++)
+            if (sequences[i].Rows == 1 || sequences[i].Rows > 1 && sequences[i].Rows <= mostRows) _grouped[n++] = i;
+        return n;
+    }
+
+    private int[] _grouped = new int[SequenceCaches.Max];
 
     private void AttentionGroup(DeviceBuffer q, DeviceBuffer output, ReadOnlySpan<SequenceRows> sequences, ReadOnlySpan<int> group,
                                 int heads, int kvHeads, int headDim, float scale)

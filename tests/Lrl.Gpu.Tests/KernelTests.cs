@@ -418,7 +418,9 @@ public class KernelTests
                     Assert.Equal(Check.Read(g, runs[1].S[i].KCache, len), Check.Read(g, m.S[i].KCache, len));
                     Assert.Equal(Check.Read(g, runs[1].S[i].VCache, len), Check.Read(g, m.S[i].VCache, len));
                     Check.Close(Check.Read(g, m.S[i].KCache, len), Check.Read(r, runs[2].S[i].KCache, len), F32Tol, $"{what} k cache {i}");
+                    Check.Close(Check.Read(g, m.S[i].VCache, len), Check.Read(r, runs[2].S[i].VCache, len), F32Tol, $"{what} v cache {i}");
                 }
+                Check.Close(Check.Read(g, m.Q, total * qDim), Check.Read(r, runs[2].Q, total * qDim), F32Tol, $"{what} rotated q");
                 // The gap row stays untouched (NaN); every sequence's rows match the reference.
                 Assert.All(outMany.AsSpan(4 * qDim, qDim).ToArray(), x => Assert.True(float.IsNaN(x)));
                 var outRef = Check.Read(r, runs[2].O, total * qDim);
