@@ -79,6 +79,20 @@ public abstract class ModelBase : ILanguageModel
     /// <summary>Positions a new state holds before it first grows.</summary>
     public const int InitialPositions = 256;
 
+    /// <summary>
+    /// The most bytes a sequence state's buffers take once it holds <paramref name="positions"/> positions (capped at the
+    /// context window), grown as the model grows states from what <paramref name="state"/> holds now (a new state:
+    /// <see cref="InitialPositions"/>): a step that needs one position more doubles the capacity, so a generation that
+    /// grows token by token ends at the first doubling that holds it. What its KV cache can come to.
+    /// </summary>
+    public long StateBytes(int positions, ISequenceState? state = null)
+    {
+        int cap = Math.Min(ContextLength, Math.Max(1, (state as SequenceState)?.Capacity ?? InitialPositions));
+        positions = Math.Min(ContextLength, positions);
+        while (cap < positions) cap = (int)Math.Min(ContextLength, 2L * cap);
+        return 4 * _slots.Sum(x => x.Fixed + x.PerPosition * cap);
+    }
+
     /// <summary>Declares a per-sequence buffer of <paramref name="floats"/> floats (a recurrent state); returns its slot.</summary>
     protected int StateSlot(long floats) { _slots.Add((floats, 0)); return _slots.Count - 1; }
 

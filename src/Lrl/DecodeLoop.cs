@@ -38,10 +38,27 @@ internal sealed class DecodeLoop : IDisposable
     /// <summary>The most sequences seen decoding in one step.</summary>
     public int MostInStep { get; private set; }
 
-    public DecodeLoop(ILanguageModel model, int maxSequences, int stepRows, int prefillRows)
+    /// <summary>
+    /// Most bytes the running generations' sequence states (their KV caches) may come to together; 0 = no budget (then
+    /// <see cref="MaxSequences"/> alone bounds them). A generation is admitted when the most its state can grow to
+    /// (<see cref="ModelBase.StateBytes"/> at its prompt plus its most new tokens) fits beside the others'; the next in
+    /// line waits until running ones finish (arrival order is kept); one that could never fit is refused up front
+    /// (<see cref="CheckFits"/>).
+    /// </summary>
+    public long KvBudget { get; }
+    /// <summary>Bytes reserved by the running generations now, and the most reserved at once (for tests and statistics).</summary>
+    public long KvReserved { get { lock (_gate) return _reserved; } }
+    public long MostKvReserved { get; private set; }
+    private long _reserved;
+
+    public DecodeLoop(ILanguageModel model, int maxSequences, int stepRows, int prefillRows, long kvBudget = 0)
     {
         if (maxSequences < 1) throw new LrlException($"--parallel must be ≥ 1, got {maxSequences}");
         if (stepRows < 1) throw new LrlException($"the step row budget must be ≥ 1, got {stepRows}");
+        if (kvBudget < 0) throw new LrlException($"--kv-memory must be ≥ 0 bytes, got {kvBudget}");
+        if (kvBudget > 0 && model is not ModelBase)
+            throw new LrlException($"--kv-memory: {model.Architecture} does not report its state sizes");
+        KvBudget = kvBudget;
         _model = model;
         MaxSequences = maxSequences;
         StepRows = Math.Max(stepRows, maxSequences);
@@ -83,12 +100,39 @@ internal sealed class DecodeLoop : IDisposable
         }
         public int LogitsRow = -1;
         public bool Decoding;
+        /// <summary>Bytes of <see cref="KvBudget"/> the job holds while it runs (0 without a budget).</summary>
+        public long Reserve;
     }
+
+    /// <summary>
+    /// The most bytes a generation's state can come to: its whole prompt and its most new tokens (and a speculative
+    /// step's drafts) held, grown from what the state holds now.
+    /// </summary>
+    private long NeedOf(ISequenceState state, int promptTokens, int maxTokens, int draftTokens) =>
+        KvBudget == 0 ? 0 : ((ModelBase)_model).StateBytes((int)Math.Min(int.MaxValue, (long)promptTokens + maxTokens + draftTokens + 1),
+                                                         state);
+
+    /// <summary>
+    /// Throws when a generation of <paramref name="promptTokens"/> and up to <paramref name="maxTokens"/> new tokens
+    /// could never fit <see cref="KvBudget"/>, naming both (callers check before they submit it).
+    /// </summary>
+    public void CheckFits(ISequenceState state, int promptTokens, int maxTokens, int draftTokens = 0)
+    {
+        long need = NeedOf(state, promptTokens, maxTokens, draftTokens);
+        if (need > KvBudget && KvBudget > 0)
+            throw new LrlException($"this generation ({promptTokens} prompt tokens and up to {maxTokens} new ones) can need {Mb(need)} of KV cache, more than the --kv-memory budget of {Mb(KvBudget)}; lower max_tokens or raise --kv-memory");
+    }
+
+    private static string Mb(long bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F1} MiB");
 
     /// <summary>Queues a generation; its tokens arrive on the returned job's channel, which completes when it ends.</summary>
     public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0, int[]? tree = null)
     {
         var job = new Job(state, generation, draft, draftTokens, tree);
+        // A draft tree's nodes sit past the kept tokens during its verification step.
+        job.Reserve = NeedOf(state, generation.Prompt.Length, generation.MaxTokens, draft is null ? 0 : tree is { Length: > 0 } ? tree.Length : draftTokens);
+        if (KvBudget > 0 && job.Reserve > KvBudget)
+            throw new LrlException($"this generation can need {Mb(job.Reserve)} of KV cache, more than the --kv-memory budget of {Mb(KvBudget)}");
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_stop, this);
@@ -106,14 +150,23 @@ internal sealed class DecodeLoop : IDisposable
             {
                 while (!_stop && _waiting.Count == 0 && _active.Count == 0) Monitor.Wait(_gate);
                 if (_stop) break;
-                while (_active.Count < MaxSequences && _waiting.Count > 0) _active.Add(_waiting.Dequeue());
+                while (_active.Count < MaxSequences && _waiting.Count > 0 && (KvBudget == 0 || _reserved + _waiting.Peek().Reserve <= KvBudget))
+                {
+                    var j = _waiting.Dequeue();
+                    _reserved += j.Reserve;
+                    _active.Add(j);
+                }
+                MostKvReserved = Math.Max(MostKvReserved, _reserved);
             }
             try { Step(); }
             catch (Exception e)
             {
                 // A failed step (e.g. a disposed model) fails every sequence in it; the loop goes on for later ones.
-                foreach (var j in _active) j.End(e);
-                _active.Clear();
+                lock (_gate)
+                {
+                    foreach (var j in _active) { j.End(e); _reserved -= j.Reserve; }
+                    _active.Clear();
+                }
             }
         }
         lock (_gate)
@@ -225,7 +278,7 @@ internal sealed class DecodeLoop : IDisposable
             if (g.Done)
             {
                 j.End();
-                _active.RemoveAt(i--);
+                lock (_gate) { _reserved -= j.Reserve; _active.RemoveAt(i--); }
             }
         }
     }

@@ -62,6 +62,8 @@ internal sealed class Generation
     /// <summary>Tokens the state holds (prompt tokens run so far, then the generated tokens fed back).</summary>
     public List<int> Held { get; }
     public int[] Prompt { get; }
+    /// <summary>Most new tokens this generation makes.</summary>
+    public int MaxTokens => _options.MaxTokens;
     /// <summary>Prompt tokens still to run before the first sample.</summary>
     public int PromptLeft => Prompt.Length - Math.Min(Held.Count, Prompt.Length);
     /// <summary>The token to feed next (valid after <see cref="Accept"/> returned true).</summary>

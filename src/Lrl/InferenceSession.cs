@@ -100,8 +100,13 @@ public sealed class InferenceSession : IDisposable
     {
         ThrowIfDisposed();
         var prompt = CheckPrompt(_owner.Model, promptIds, options);
+        _owner.Loop?.CheckFits(_state, prompt.Length, options.MaxTokens, DraftRows(options));
         return _owner.Loop is null ? OffContext.Stream(() => Run(prompt, options, cancellationToken)) : RunAsync(prompt, options, cancellationToken);
     }
+
+    /// <summary>Positions past the held tokens that a speculative step of these options writes (its drafts or tree nodes).</summary>
+    private static int DraftRows(GenerationOptions options) =>
+        options.Speculative == SpeculativeMethod.None ? 0 : options.DraftTree is { Length: > 0 } tree ? tree.Length : options.DraftTokens;
 
     /// <summary>Tokens at the start of <paramref name="prompt"/> whose state this session holds already.</summary>
     internal int SharedPrefix(ReadOnlySpan<int> prompt) => Generation.SharedPrefix(_held, prompt);
@@ -118,7 +123,9 @@ public sealed class InferenceSession : IDisposable
     public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return Run(CheckPrompt(_owner.Model, promptIds, options), options, cancellationToken);
+        var prompt = CheckPrompt(_owner.Model, promptIds, options);
+        _owner.Loop?.CheckFits(_state, prompt.Length, options.MaxTokens, DraftRows(options));
+        return Run(prompt, options, cancellationToken);
     }
 
     /// <summary>

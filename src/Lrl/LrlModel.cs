@@ -41,8 +41,11 @@ public sealed class LrlModel : IDisposable
         int stepRows = options.StepRows > 0 ? options.StepRows : 64;
         if (options.BatchInvariant)
             (model as ModelBase ?? throw new LrlException($"--batch-invariant: {model.Architecture} has no batched step")).KeepRowsExact(stepRows);
+        if (options.KvMemory < 0) throw new LrlException($"--kv-memory must be ≥ 0 bytes, got {options.KvMemory}");
+        if (options.KvMemory > 0 && options.Parallel <= 1)
+            throw new LrlException("--kv-memory budgets the generations decoded together: it needs --parallel above 1");
         if (options.Parallel > 1)
-            Loop = new DecodeLoop(model, options.Parallel, stepRows, options.BatchInvariant ? stepRows : options.BatchSize);
+            Loop = new DecodeLoop(model, options.Parallel, stepRows, options.BatchInvariant ? stepRows : options.BatchSize, options.KvMemory);
     }
 
     /// <summary>The continuous-batching loop every generation runs in (when <see cref="ModelOptions.Parallel"/> &gt; 1).</summary>
@@ -53,6 +56,12 @@ public sealed class LrlModel : IDisposable
 
     /// <summary>Batched steps the decode loop ran, the rows in them, and the most sequences decoding in one step.</summary>
     public (long Steps, long Rows, int MostSequences) BatchStatistics => Loop is { } l ? (l.Steps, l.Rows, l.MostInStep) : default;
+
+    /// <summary>
+    /// The KV cache budget of the decode loop (<see cref="ModelOptions.KvMemory"/>; 0: none), the bytes its running
+    /// generations hold reserved now, and the most they held at once.
+    /// </summary>
+    public (long Budget, long Reserved, long MostReserved) KvBudget => Loop is { } l ? (l.KvBudget, l.KvReserved, l.MostKvReserved) : default;
 
     /// <summary>Loads a model folder (config.json, safetensors, tokenizer files) onto the chosen device.</summary>
     public static LrlModel Load(string modelDir, ModelOptions? options = null) => Load(modelDir, options, null);

@@ -32,6 +32,12 @@ public sealed record ModelOptions
     /// 1 runs each generation on its caller's thread, one forward pass at a time.
     /// </summary>
     public int Parallel { get; init; } = 1;
+    /// <summary>
+    /// With <see cref="Parallel"/> above 1: the most bytes the running generations' KV caches may come to together
+    /// (0 = no budget). Each generation is admitted when the most its cache can grow to (its prompt plus its most new
+    /// tokens) fits beside the others'; later ones wait, and one that could never fit is refused with an error.
+    /// </summary>
+    public long KvMemory { get; init; }
     /// <summary>Most rows in one batched step while sequences are decoding (bounds the time between their tokens when
     /// prompts are being admitted); 0 = 64.</summary>
     public int StepRows { get; init; }

@@ -274,5 +274,55 @@ public class BatchingTests
         var dir = CliRunner.Model("stories260k");
         Assert.Contains("--parallel", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { Parallel = 0 })).Message);
         Assert.Contains("--step-rows", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { StepRows = -1 })).Message);
+        Assert.Contains("--kv-memory", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { Parallel = 2, KvMemory = -1 })).Message);
+        Assert.Contains("--parallel", Assert.Throws<LrlException>(() => LrlModel.Load(dir, new ModelOptions { KvMemory = 1 << 20 })).Message);
+    }
+
+    /// <summary>
+    /// A KV cache budget (ModelOptions.KvMemory, `serve --kv-memory`): generations run together only as far as what
+    /// their caches can grow to fits it (here two of four at a time, though four slots are free), each still gives its
+    /// output alone, the reservations return when they end, and a generation that could never fit is refused up front
+    /// with an error naming the budget.
+    /// </summary>
+    [Fact]
+    public async Task AKvMemoryBudgetAdmitsWhatFitsAndRefusesWhatNeverCould()
+    {
+        var dir = CliRunner.Model("stories260k");
+        var options = new GenerationOptions { MaxTokens = 40, IgnoreEos = true, Sampling = SamplingOptions.Greedy };
+        string[] prompts = [.. Prompts.Take(4)];
+        string[] alone;
+        long each;
+        using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 1 }))
+        {
+            alone = prompts.Select(p => Collect(serial.Generate(p, options)).Text).ToArray();
+            var mb = (Lrl.Models.ModelBase)serial.Model;
+            // Short prompts and 40 tokens: every state stays at its first capacity, one size for all four.
+            each = mb.StateBytes(serial.Tokenizer.Encode(prompts.MaxBy(p => p.Length)!, true).Length + options.MaxTokens + 1);
+            Assert.Equal(mb.StateBytes(1), each);
+            Assert.True(mb.StateBytes(mb.ContextLength) > each, "a whole window's state is larger than the first capacity");
+        }
+        long budget = 2 * each + each / 2;
+        using var model = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 4, KvMemory = budget });
+        var together = await Task.WhenAll(prompts.Select(p => Task.Run(async () =>
+        {
+            using var s = model.CreateSession();
+            return (await CollectAsync(s.GenerateAsync(p, options))).Text;
+        })));
+        Assert.Equal(alone, together);
+        var (b, reserved, most) = model.KvBudget;
+        Assert.Equal(budget, b);
+        Assert.Equal(0, reserved);
+        Assert.True(most <= budget && most >= each, $"reserved at most {most} bytes against a budget of {budget}");
+        Assert.True(model.BatchStatistics.MostSequences <= 2, $"{model.BatchStatistics.MostSequences} generations ran at once within a budget for two");
+
+        // Within a budget for one first-size state, one that could grow to the whole window (max_tokens past it, a
+        // doubled state) is refused up front, named; a short one still runs.
+        using var tight = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 2, KvMemory = each + each / 2 });
+        using var session = tight.CreateSession();
+        var tooLong = options with { MaxTokens = 100_000 };
+        var e = Assert.Throws<LrlException>(() => session.Generate(prompts[0], tooLong));
+        Assert.Contains("--kv-memory", e.Message);
+        Assert.Throws<LrlException>(() => session.GenerateAsync(prompts[0], tooLong));
+        Assert.Equal(alone[0], Collect(session.Generate(prompts[0], options)).Text);
     }
 }

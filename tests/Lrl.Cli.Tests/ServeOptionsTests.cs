@@ -95,3 +95,62 @@ public sealed class ServeOptionsTests(SecuredServerProcess server) : IClassFixtu
         Assert.NotEqual(first, banned.GetProperty("choices")[0].GetProperty("text").GetString());
     }
 }
+
+/// <summary>A server with a KV cache budget that holds one first-size state and a half (stories260k, two slots).</summary>
+public sealed class BudgetedServerProcess : ServerProcess
+{
+    protected override string[] ExtraArgs
+    {
+        get
+        {
+            using var model = LrlModel.Load(CliRunner.Model("stories260k"), new ModelOptions { Threads = 1 });
+            long each = ((Lrl.Models.ModelBase)model.Model).StateBytes(1);
+            return ["--parallel", "2", "--kv-memory", $"{(each + each / 2) / 1024}K"];
+        }
+    }
+}
+
+/// <summary>`serve --kv-memory`: requests that fit run; one whose cache could outgrow the budget is a 400 naming it.</summary>
+public sealed class ServeKvBudgetTests(BudgetedServerProcess server) : IClassFixture<BudgetedServerProcess>
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private async Task<(HttpStatusCode Status, JsonElement Json)> PostAsync(string body)
+    {
+        server.Start();
+        using var response = await server.Http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
+    }
+
+    [Fact]
+    public async Task ARequestThatCouldOutgrowTheBudgetIsA400_OthersRun()
+    {
+        var (status, json) = await PostAsync("""{"prompt": "Once upon a time", "max_tokens": 100000, "temperature": 0}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        var message = json.GetProperty("error").GetProperty("message").GetString()!;
+        Assert.Contains("--kv-memory", message);
+        Assert.Contains("max_tokens", message);
+        Assert.Contains("KV cache", server.Stderr); // the startup line states the budget
+        var ok = await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => PostAsync("""{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}""")));
+        Assert.All(ok, r => Assert.Equal(HttpStatusCode.OK, r.Status));
+        Assert.All(ok, r => Assert.Equal(ok[0].Json.GetProperty("choices")[0].GetProperty("text").GetString(), r.Json.GetProperty("choices")[0].GetProperty("text").GetString()));
+    }
+
+    [Theory]
+    [InlineData("1048576", 1L << 20)]
+    [InlineData("512M", 512L << 20)]
+    [InlineData("1.5G", 3L << 29)]
+    [InlineData("4GiB", 4L << 30)]
+    [InlineData("64kb", 64L << 10)]
+    [InlineData("0", 0L)]
+    public void SizesParse(string text, long bytes) => Assert.Equal(bytes, ModelVerbBase.ParseBytes(text, "kv-memory"));
+
+    [Theory]
+    [InlineData("12X")]
+    [InlineData("-1G")]
+    [InlineData("G")]
+    [InlineData("1e30T")]
+    [InlineData("NaN")]
+    public void BadSizesAreErrorsNamingTheOption(string text) =>
+        Assert.Contains("--kv-memory", Assert.Throws<LrlException>(() => ModelVerbBase.ParseBytes(text, "kv-memory")).Message);
+}

@@ -229,10 +229,37 @@ public abstract class ModelVerbBase
     public IReadOnlyList<Lrl.Models.LoraAdapter> LoadAdapters(LrlModel model) =>
         Lora.Select(ParseLora).Select(x => model.LoadAdapter(x.Dir, x.Scale, precision: LoraPrecision)).ToArray();
 
-    public LrlModel LoadModel(int parallel = 1, int stepRows = 0, bool batchInvariant = false) =>
+    public LrlModel LoadModel(int parallel = 1, int stepRows = 0, bool batchInvariant = false, long kvMemory = 0) =>
         LrlModel.Load(Model, new ModelOptions
         {
             Device = ParseDevice(DeviceName), Threads = Threads, ContextLength = Context, Mmap = !NoMmap,
-            Parallel = parallel, StepRows = stepRows, BatchInvariant = batchInvariant,
+            Parallel = parallel, StepRows = stepRows, BatchInvariant = batchInvariant, KvMemory = kvMemory,
         });
+
+    /// <summary>
+    /// A size in bytes from <paramref name="value"/>: a whole number of bytes or a number with a unit (K, M, G, T, with
+    /// or without "iB"/"B": powers of 1024), e.g. 512M, 1.5G, 4GiB; 0 = none. Anything else names the option.
+    /// </summary>
+    public static long ParseBytes(string? value, string option)
+    {
+        if (string.IsNullOrWhiteSpace(value)) return 0;
+        var v = value.Trim();
+        string upper = v.ToUpperInvariant();
+        int unitAt = upper.Length;
+        while (unitAt > 0 && char.IsLetter(upper[unitAt - 1])) unitAt--;
+        string unit = upper[unitAt..], number = v[..unitAt];
+        int shift = unit switch
+        {
+            "" or "B" => 0,
+            "K" or "KB" or "KIB" => 10,
+            "M" or "MB" or "MIB" => 20,
+            "G" or "GB" or "GIB" => 30,
+            "T" or "TB" or "TIB" => 40,
+            _ => -1,
+        };
+        if (shift < 0 || !double.TryParse(number, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double n)
+            || !double.IsFinite(n) || n < 0 || n * Math.Pow(2, shift) >= long.MaxValue)
+            throw new LrlException($"--{option} '{value}' is not a size: give bytes or a number with K, M, G or T (e.g. 512M, 4G)");
+        return (long)(n * Math.Pow(2, shift));
+    }
 }

@@ -44,6 +44,9 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("parallel", Default = 8, HelpText = "Requests decoded together (continuous batching: each step reads the weights once for all of them); 1 = one request at a time.")]
     public int Parallel { get; set; }
 
+    [Option("kv-memory", HelpText = "Most memory the running requests' KV caches may take together (e.g. 2G, 512M; default: no budget beyond --parallel × --context): a request waits until what its cache can grow to (prompt + max_tokens) fits, and one that never could gets 400.")]
+    public string? KvMemory { get; set; }
+
     [Option("step-rows", Default = 64, HelpText = "Most tokens in one batched step while requests decode (prompts are admitted in chunks of what is left): lower keeps the time between tokens short.")]
     public int StepRows { get; set; }
 
@@ -74,7 +77,9 @@ public sealed class ServeVerb : SamplingVerbBase
         foreach (var o in Cors)
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
-        using var model = LoadModel(Parallel, StepRows, BatchInvariant);
+        long kvMemory = ParseBytes(KvMemory, "kv-memory");
+        if (kvMemory > 0 && Parallel < 2) throw new LrlException("--kv-memory budgets the requests decoded together: it needs --parallel 2 or more");
+        using var model = LoadModel(Parallel, StepRows, BatchInvariant, kvMemory);
         defaults = WithSpeculation(defaults, out var draftModel);
         using var draftOwner = draftModel;
         var adapters = new Dictionary<string, Lrl.Models.LoraAdapter>(StringComparer.Ordinal);
@@ -91,7 +96,7 @@ public sealed class ServeVerb : SamplingVerbBase
         };
         if (adapters.ContainsKey(options.ModelId)) throw new LrlException($"--lora: adapter '{options.ModelId}' has the base model's id; rename its folder or pass --name");
         await using var server = await OpenAiServer.StartAsync(model, options);
-        Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, {model.Parallel} requests decoded together, chat template {server.ChatTemplateName})");
+        Console.Error.WriteLine($"lrlrun: serving {options.ModelId} ({model.Model.Backend.Name}, context {model.Model.ContextLength}, {model.Parallel} requests decoded together{(kvMemory > 0 ? $" within {kvMemory / 1048576.0:F0} MiB of KV cache" : "")}, chat template {server.ChatTemplateName})");
         foreach (var (id, a) in adapters) Console.Error.WriteLine($"lrlrun: adapter '{id}': {a}");
         Console.Error.WriteLine($"lrlrun: listening on {server.Address.GetLeftPart(UriPartial.Authority)}");
         await server.WaitForShutdownAsync();
