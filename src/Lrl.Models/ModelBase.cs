@@ -89,7 +89,7 @@ public abstract class ModelBase : ILanguageModel
     {
         int cap = Math.Min(ContextLength, Math.Max(1, (state as SequenceState)?.Capacity ?? InitialPositions));
         positions = Math.Min(ContextLength, positions);
-        while (cap < positions) cap = (int)Math.Min(ContextLength, 2L * cap);
+        while (cap < positions && cap < ContextLength) cap = (int)Math.Min(ContextLength, 2L * cap);
         return 4 * _slots.Sum(x => x.Fixed + x.PerPosition * cap);
     }
 
@@ -295,7 +295,9 @@ public abstract class ModelBase : ILanguageModel
     private void Reserve(SequenceState s, int positions)
     {
         if (positions <= s.Capacity) return;
-        int grown = (int)Math.Min(ContextLength, Math.Max(positions, 2L * s.Capacity));
+        // Doubling until it holds them, as StateBytes reckons (a KV budget reserves what a generation can grow to).
+        int grown = Math.Max(1, s.Capacity);
+        while (grown < positions && grown < ContextLength) grown = (int)Math.Min(ContextLength, 2L * grown);
         for (int i = 0; i < _slots.Count; i++)
         {
             long per = _slots[i].PerPosition;
