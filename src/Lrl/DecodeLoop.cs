@@ -119,11 +119,12 @@ internal sealed class DecodeLoop : IDisposable
     public void CheckFits(ISequenceState state, int promptTokens, int maxTokens, int draftTokens = 0)
     {
         long need = NeedOf(state, promptTokens, maxTokens, draftTokens);
-        if (need > KvBudget && KvBudget > 0)
-            throw new LrlException($"this generation ({promptTokens} prompt tokens and up to {maxTokens} new ones) can need {Mb(need)} of KV cache, more than the --kv-memory budget of {Mb(KvBudget)}; lower max_tokens or raise --kv-memory");
+        if (KvBudget > 0 && need > KvBudget) throw OverBudget(need, promptTokens, maxTokens);
     }
 
-    private static string Mb(long bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F1} MiB");
+    private LrlException OverBudget(long need, int promptTokens, int maxTokens) =>
+        new(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"this generation ({promptTokens} prompt tokens and up to {maxTokens} new ones) can need {need / 1048576.0:F1} MiB of KV cache, more than the --kv-memory budget of {KvBudget / 1048576.0:F1} MiB; lower max_tokens or raise --kv-memory"));
 
     /// <summary>Queues a generation; its tokens arrive on the returned job's channel, which completes when it ends.</summary>
     public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0, int[]? tree = null)
@@ -131,8 +132,7 @@ internal sealed class DecodeLoop : IDisposable
         var job = new Job(state, generation, draft, draftTokens, tree);
         // A draft tree's nodes sit past the kept tokens during its verification step.
         job.Reserve = NeedOf(state, generation.Prompt.Length, generation.MaxTokens, draft is null ? 0 : tree is { Length: > 0 } ? tree.Length : draftTokens);
-        if (KvBudget > 0 && job.Reserve > KvBudget)
-            throw new LrlException($"this generation can need {Mb(job.Reserve)} of KV cache, more than the --kv-memory budget of {Mb(KvBudget)}");
+        if (KvBudget > 0 && job.Reserve > KvBudget) throw OverBudget(job.Reserve, generation.Prompt.Length, generation.MaxTokens);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_stop, this);
