@@ -82,6 +82,9 @@ public sealed class BenchVerb
     [Option("batch-invariant", HelpText = "Products of up to --step-rows rows run each row's one-row arithmetic (as serve --batch-invariant): measures what batch invariance costs a float model in --batch steps and bench serve.")]
     public bool BatchInvariant { get; set; }
 
+    [Option("kv-memory", HelpText = "bench serve: the batched server's KV cache budget (as serve --kv-memory, e.g. 64M).")]
+    public string? KvMemory { get; set; }
+
     [Option("step-rows", Default = 64, HelpText = "bench serve: most tokens in one batched step while streams decode.")]
     public int StepRows { get; set; }
 
@@ -319,6 +322,8 @@ public sealed class BenchVerb
         var log = Console.Error;
         string dir = Model ?? Synthesizer.Cached(Preset!, DType, log);
         string name = Preset ?? Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'));
+        long kvMemory = ModelVerbBase.ParseBytes(KvMemory, "kv-memory");
+        if (kvMemory > 0 && streams.Max() < 2) throw new LrlException("bench serve: --kv-memory budgets the batched server: give --streams above 1");
         var results = new List<Lrl.Cli.Serve.LoadGenerator.Result>();
         foreach (var mode in modes)
         {
@@ -327,7 +332,7 @@ public sealed class BenchVerb
             {
                 Device = ModelVerbBase.ParseDevice(DeviceName), Threads = Threads, Mmap = !NoMmap,
                 ContextLength = Math.Min(4096, promptLen + GenTokens + 8), Parallel = parallel, StepRows = StepRows,
-                BatchInvariant = BatchInvariant,
+                BatchInvariant = BatchInvariant, KvMemory = mode == "batched" ? kvMemory : 0,
             });
             var rng = new Random(1);
             int[] prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(3, model.Model.VocabSize)).ToArray();
