@@ -51,6 +51,31 @@ internal sealed class DecodeLoop : IDisposable
     public long MostKvReserved { get; private set; }
     private long _reserved;
 
+    /// <summary>
+    /// States kept idle beside the loop (a server's session pool) whose memory counts in <see cref="KvBudget"/>: a
+    /// generation that does not fit beside the running ones and the idle states first has idle states released.
+    /// </summary>
+    internal interface IIdleStates
+    {
+        /// <summary>Bytes the idle states hold.</summary>
+        long IdleBytes { get; }
+        /// <summary>Releases idle states (least recently used first) until at least <paramref name="bytes"/> are freed or none is left.</summary>
+        void Release(long bytes);
+    }
+
+    /// <summary>The idle states counted in the budget (one holder: a server's session pool; null: none).</summary>
+    internal IIdleStates? Idle { get; set; }
+
+    /// <summary>Whether the next waiting generation fits the budget (releasing idle states to make room if need be).</summary>
+    private bool NextFits()
+    {
+        if (KvBudget == 0) return true;
+        long need = _reserved + _waiting.Peek().Reserve;
+        if (need > KvBudget) return false;
+        if (Idle is { } idle && need + idle.IdleBytes > KvBudget) idle.Release(need + idle.IdleBytes - KvBudget);
+        return true;
+    }
+
     public DecodeLoop(ILanguageModel model, int maxSequences, int stepRows, int prefillRows, long kvBudget = 0)
     {
         if (maxSequences < 1) throw new LrlException($"--parallel must be ≥ 1, got {maxSequences}");
@@ -150,7 +175,7 @@ internal sealed class DecodeLoop : IDisposable
             {
                 while (!_stop && _waiting.Count == 0 && _active.Count == 0) Monitor.Wait(_gate);
                 if (_stop) break;
-                while (_active.Count < MaxSequences && _waiting.Count > 0 && (KvBudget == 0 || _reserved + _waiting.Peek().Reserve <= KvBudget))
+                while (_active.Count < MaxSequences && _waiting.Count > 0 && NextFits())
                 {
                     var j = _waiting.Dequeue();
                     _reserved += j.Reserve;

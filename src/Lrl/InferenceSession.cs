@@ -65,6 +65,9 @@ public sealed class InferenceSession : IDisposable
     }
 
     /// <summary>Whether this session's state runs with exactly these adapters (null = its defaults).</summary>
+    /// <summary>Bytes this session's state holds now (its KV cache at its present capacity).</summary>
+    internal long StateBytes => _owner.Model is ModelBase mb ? mb.StateBytes(0, _state) : 0;
+
     internal bool RunsWith(IReadOnlyList<LoraAdapter>? adapters) => (adapters ?? _adapters).SequenceEqual(_stateAdapters);
 
     /// <summary>Counts and timings of this session's last generation.</summary>

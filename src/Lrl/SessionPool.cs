@@ -6,7 +6,7 @@ namespace Lrl;
 /// again), or a new one; on return the session is kept for later requests, up to <see cref="MaxIdle"/> of them (the
 /// least recently used beyond that are disposed, releasing their KV memory). Thread-safe.
 /// </summary>
-public sealed class SessionPool : IDisposable
+public sealed class SessionPool : IDisposable, DecodeLoop.IIdleStates
 {
     private readonly LrlModel _model;
     private readonly LinkedList<InferenceSession> _idle = new(); // most recently returned first
@@ -18,6 +18,29 @@ public sealed class SessionPool : IDisposable
         if (maxIdle < 0) throw new ArgumentOutOfRangeException(nameof(maxIdle), maxIdle, "must be ≥ 0");
         _model = model;
         MaxIdle = maxIdle;
+        // Under a KV budget the idle sessions' states count in it: the loop releases them to admit a generation.
+        if (model.Loop is { KvBudget: > 0 } loop) loop.Idle = this;
+    }
+
+    /// <summary>Bytes the idle sessions' states hold.</summary>
+    public long IdleBytes
+    {
+        get { lock (_idle) return _idle.Sum(s => s.StateBytes); }
+    }
+
+    void DecodeLoop.IIdleStates.Release(long bytes)
+    {
+        var released = new List<InferenceSession>();
+        lock (_idle)
+        {
+            while (bytes > 0 && _idle.Last is { } lru)
+            {
+                _idle.RemoveLast();
+                bytes -= lru.Value.StateBytes;
+                released.Add(lru.Value);
+            }
+        }
+        foreach (var s in released) s.Dispose();
     }
 
     /// <summary>Most sessions kept while idle.</summary>
@@ -55,17 +78,27 @@ public sealed class SessionPool : IDisposable
 
     private void Return(InferenceSession session)
     {
+        // Under a KV budget the idle states stay within what the running generations leave of it (read before the
+        // pool's lock: the loop takes its own lock, then this one's, when it admits a generation).
+        long room = _model.Loop is { KvBudget: > 0 } loop ? loop.KvBudget - loop.KvReserved : long.MaxValue;
+        var released = new List<InferenceSession>();
         lock (_idle)
         {
             if (!_disposed && MaxIdle > 0)
             {
                 _idle.AddFirst(session);
-                if (_idle.Count <= MaxIdle) return;
-                session = _idle.Last!.Value;
-                _idle.RemoveLast();
+                long idleBytes = room == long.MaxValue ? 0 : _idle.Sum(s => s.StateBytes);
+                while (_idle.Count > 0 && (_idle.Count > MaxIdle || idleBytes > room))
+                {
+                    var lru = _idle.Last!.Value;
+                    _idle.RemoveLast();
+                    if (room != long.MaxValue) idleBytes -= lru.StateBytes;
+                    released.Add(lru);
+                }
             }
+            else released.Add(session);
         }
-        session.Dispose();
+        foreach (var s in released) s.Dispose();
     }
 
     public void Dispose()
@@ -74,6 +107,7 @@ public sealed class SessionPool : IDisposable
         {
             if (_disposed) return;
             _disposed = true;
+            if (_model.Loop is { } loop && ReferenceEquals(loop.Idle, this)) loop.Idle = null;
             foreach (var s in _idle) s.Dispose();
             _idle.Clear();
         }

@@ -315,6 +315,35 @@ public class BatchingTests
         Assert.True(most <= budget && most >= each, $"reserved at most {most} bytes against a budget of {budget}");
         Assert.True(model.BatchStatistics.MostSequences <= 2, $"{model.BatchStatistics.MostSequences} generations ran at once within a budget for two");
 
+        // Sessions kept idle for prefix reuse (a server's pool) count in the budget too: admitting a generation
+        // releases the least recently used idle ones as far as it needs.
+        using (var pool = new SessionPool(model, 8))
+        {
+            var pooled = await Task.WhenAll(prompts.Select(p => Task.Run(async () =>
+            {
+                using var lease = pool.Acquire(model.Tokenizer.Encode(p, true));
+                return (await CollectAsync(lease.Session.GenerateAsync(p, options))).Text;
+            })));
+            Assert.Equal(alone, pooled);
+            Assert.True(pool.IdleCount < prompts.Length, $"all {pool.IdleCount} sessions were kept idle beside the budget");
+            Assert.True(pool.IdleBytes + model.KvBudget.Reserved <= budget, $"{pool.IdleBytes} idle bytes against a budget of {budget}");
+            Assert.True(model.BatchStatistics.MostSequences <= 2);
+
+            // Two sessions returned idle side by side, then two generations on sessions of their own: each admission
+            // releases an idle one (two idle states and a running one would pass 2.5).
+            var leases = new[] { pool.Acquire([]), pool.Acquire([]) };
+            foreach (var l in leases) Collect(l.Session.Generate(prompts[0], options));
+            foreach (var l in leases) l.Dispose();
+            Assert.Equal(2, pool.IdleCount);
+            var fresh = await Task.WhenAll(prompts.Take(2).Select(p => Task.Run(async () =>
+            {
+                using var s = model.CreateSession();
+                return (await CollectAsync(s.GenerateAsync(p, options))).Text;
+            })));
+            Assert.Equal(alone.Take(2), fresh);
+            Assert.Equal(0, pool.IdleCount);
+        }
+
         // Within a budget for one first-size state, one that could grow to the whole window (max_tokens past it, a
         // doubled state) is refused up front, named; a short one still runs.
         using var tight = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 2, KvMemory = each + each / 2 });
