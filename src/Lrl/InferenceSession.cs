@@ -64,10 +64,13 @@ public sealed class InferenceSession : IDisposable
         _held.Clear();
     }
 
-    /// <summary>Whether this session's state runs with exactly these adapters (null = its defaults).</summary>
     /// <summary>Bytes this session's state holds now (its KV cache at its present capacity).</summary>
     internal long StateBytes => _owner.Model is ModelBase mb ? mb.StateBytes(0, _state) : 0;
 
+    /// <summary>Whether a generation of this session is still in the decode loop (disposing it would wait for the loop).</summary>
+    internal bool InLoop => _job is { } job && !job.Finished.Task.IsCompleted;
+
+    /// <summary>Whether this session's state runs with exactly these adapters (null = its defaults).</summary>
     internal bool RunsWith(IReadOnlyList<LoraAdapter>? adapters) => (adapters ?? _adapters).SequenceEqual(_stateAdapters);
 
     /// <summary>Counts and timings of this session's last generation.</summary>

@@ -30,14 +30,21 @@ public sealed class SessionPool : IDisposable, DecodeLoop.IIdleStates
 
     void DecodeLoop.IIdleStates.Release(long bytes)
     {
+        // Runs on the loop's thread: a session whose generation the loop has not let go of yet stays (disposing it
+        // would wait for the loop).
         var released = new List<InferenceSession>();
         lock (_idle)
         {
-            while (bytes > 0 && _idle.Last is { } lru)
+            for (var n = _idle.Last; n is not null && bytes > 0;)
             {
-                _idle.RemoveLast();
-                bytes -= lru.Value.StateBytes;
-                released.Add(lru.Value);
+                var prev = n.Previous;
+                if (!n.Value.InLoop)
+                {
+                    _idle.Remove(n);
+                    bytes -= n.Value.StateBytes;
+                    released.Add(n.Value);
+                }
+                n = prev;
             }
         }
         foreach (var s in released) s.Dispose();

@@ -294,7 +294,7 @@ public class BatchingTests
         long each;
         using (var serial = LrlModel.Load(dir, new ModelOptions { Threads = 1 }))
         {
-            alone = prompts.Select(p => Collect(serial.Generate(p, options)).Text).ToArray();
+            alone = prompts.Select(p => Collect(serial.Generate(p, options, TestContext.Current.CancellationToken)).Text).ToArray();
             var mb = (Lrl.Models.ModelBase)serial.Model;
             // Short prompts and 40 tokens: every state stays at its first capacity, one size for all four.
             each = mb.StateBytes(serial.Tokenizer.Encode(prompts.MaxBy(p => p.Length)!, true).Length + options.MaxTokens + 1);
@@ -306,7 +306,7 @@ public class BatchingTests
         var together = await Task.WhenAll(prompts.Select(p => Task.Run(async () =>
         {
             using var s = model.CreateSession();
-            return (await CollectAsync(s.GenerateAsync(p, options))).Text;
+            return (await CollectAsync(s.GenerateAsync(p, options, TestContext.Current.CancellationToken))).Text;
         })));
         Assert.Equal(alone, together);
         var (b, reserved, most) = model.KvBudget;
@@ -322,7 +322,7 @@ public class BatchingTests
             var pooled = await Task.WhenAll(prompts.Select(p => Task.Run(async () =>
             {
                 using var lease = pool.Acquire(model.Tokenizer.Encode(p, true));
-                return (await CollectAsync(lease.Session.GenerateAsync(p, options))).Text;
+                return (await CollectAsync(lease.Session.GenerateAsync(p, options, TestContext.Current.CancellationToken))).Text;
             })));
             Assert.Equal(alone, pooled);
             Assert.True(pool.IdleCount < prompts.Length, $"all {pool.IdleCount} sessions were kept idle beside the budget");
@@ -332,13 +332,13 @@ public class BatchingTests
             // Two sessions returned idle side by side, then two generations on sessions of their own: each admission
             // releases an idle one (two idle states and a running one would pass 2.5).
             var leases = new[] { pool.Acquire([]), pool.Acquire([]) };
-            foreach (var l in leases) Collect(l.Session.Generate(prompts[0], options));
+            foreach (var l in leases) Collect(l.Session.Generate(prompts[0], options, TestContext.Current.CancellationToken));
             foreach (var l in leases) l.Dispose();
             Assert.Equal(2, pool.IdleCount);
             var fresh = await Task.WhenAll(prompts.Take(2).Select(p => Task.Run(async () =>
             {
                 using var s = model.CreateSession();
-                return (await CollectAsync(s.GenerateAsync(p, options))).Text;
+                return (await CollectAsync(s.GenerateAsync(p, options, TestContext.Current.CancellationToken))).Text;
             })));
             Assert.Equal(alone.Take(2), fresh);
             Assert.Equal(0, pool.IdleCount);
@@ -349,9 +349,9 @@ public class BatchingTests
         using var tight = LrlModel.Load(dir, new ModelOptions { Threads = 1, Parallel = 2, KvMemory = each + each / 2 });
         using var session = tight.CreateSession();
         var tooLong = options with { MaxTokens = 100_000 };
-        var e = Assert.Throws<LrlException>(() => session.Generate(prompts[0], tooLong));
+        var e = Assert.Throws<LrlException>(() => session.Generate(prompts[0], tooLong, TestContext.Current.CancellationToken));
         Assert.Contains("--kv-memory", e.Message);
-        Assert.Throws<LrlException>(() => session.GenerateAsync(prompts[0], tooLong));
-        Assert.Equal(alone[0], Collect(session.Generate(prompts[0], options)).Text);
+        Assert.Throws<LrlException>(() => session.GenerateAsync(prompts[0], tooLong, TestContext.Current.CancellationToken));
+        Assert.Equal(alone[0], Collect(session.Generate(prompts[0], options, TestContext.Current.CancellationToken)).Text);
     }
 }
