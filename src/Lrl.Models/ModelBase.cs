@@ -74,7 +74,21 @@ public abstract class ModelBase : ILanguageModel
     public virtual bool CanRewind => true;
 
     /// <summary>Floats of one sequence state holding the whole context window.</summary>
-    public long StateFloats => _slots.Sum(x => x.Fixed + x.PerPosition * ContextLength);
+    public long StateFloats => FloatsAt(ContextLength);
+
+    private long FloatsAt(int capacity) => _slots.Sum(x => x.Fixed + x.PerPosition * capacity);
+
+    /// <summary>
+    /// The capacity a state of <paramref name="capacity"/> positions grows to when it must hold <paramref name="positions"/>:
+    /// doubled until it holds them (capped at the context window). <see cref="Reserve"/> grows states so and
+    /// <see cref="StateBytes"/> reckons with it, so a KV budget reserves exactly what a generation can grow to.
+    /// </summary>
+    private int Grown(int capacity, int positions)
+    {
+        int cap = Math.Min(ContextLength, Math.Max(1, capacity));
+        while (cap < positions && cap < ContextLength) cap = (int)Math.Min(ContextLength, 2L * cap);
+        return cap;
+    }
 
     /// <summary>Positions a new state holds before it first grows.</summary>
     public const int InitialPositions = 256;
@@ -85,13 +99,8 @@ public abstract class ModelBase : ILanguageModel
     /// <see cref="InitialPositions"/>): a step that needs one position more doubles the capacity, so a generation that
     /// grows token by token ends at the first doubling that holds it. What its KV cache can come to.
     /// </summary>
-    public long StateBytes(int positions, ISequenceState? state = null)
-    {
-        int cap = Math.Min(ContextLength, Math.Max(1, (state as SequenceState)?.Capacity ?? InitialPositions));
-        positions = Math.Min(ContextLength, positions);
-        while (cap < positions && cap < ContextLength) cap = (int)Math.Min(ContextLength, 2L * cap);
-        return 4 * _slots.Sum(x => x.Fixed + x.PerPosition * cap);
-    }
+    public long StateBytes(int positions, ISequenceState? state = null) =>
+        sizeof(float) * FloatsAt(Grown((state as SequenceState)?.Capacity ?? InitialPositions, positions));
 
     /// <summary>Declares a per-sequence buffer of <paramref name="floats"/> floats (a recurrent state); returns its slot.</summary>
     protected int StateSlot(long floats) { _slots.Add((floats, 0)); return _slots.Count - 1; }
@@ -295,9 +304,7 @@ public abstract class ModelBase : ILanguageModel
     private void Reserve(SequenceState s, int positions)
     {
         if (positions <= s.Capacity) return;
-        // Doubling until it holds them, as StateBytes reckons (a KV budget reserves what a generation can grow to).
-        int grown = Math.Max(1, s.Capacity);
-        while (grown < positions && grown < ContextLength) grown = (int)Math.Min(ContextLength, 2L * grown);
+        int grown = Grown(s.Capacity, positions);
         for (int i = 0; i < _slots.Count; i++)
         {
             long per = _slots[i].PerPosition;

@@ -72,7 +72,7 @@ internal sealed class DecodeLoop : IDisposable
         if (KvBudget == 0) return true;
         long need = _reserved + _waiting.Peek().Reserve;
         if (need > KvBudget) return false;
-        if (Idle is { } idle && need + idle.IdleBytes > KvBudget) idle.Release(need + idle.IdleBytes - KvBudget);
+        if (Idle is { } idle && idle.IdleBytes is var held && need + held > KvBudget) idle.Release(need + held - KvBudget);
         return true;
     }
 
@@ -80,7 +80,6 @@ internal sealed class DecodeLoop : IDisposable
     {
         if (maxSequences < 1) throw new LrlException($"--parallel must be ≥ 1, got {maxSequences}");
         if (stepRows < 1) throw new LrlException($"the step row budget must be ≥ 1, got {stepRows}");
-        if (kvBudget < 0) throw new LrlException($"--kv-memory must be ≥ 0 bytes, got {kvBudget}");
         if (kvBudget > 0 && model is not ModelBase)
             throw new LrlException($"--kv-memory: {model.Architecture} does not report its state sizes");
         KvBudget = kvBudget;
@@ -129,6 +128,10 @@ internal sealed class DecodeLoop : IDisposable
         public long Reserve;
     }
 
+    /// <summary>Positions past the held tokens that a speculative step writes: its tree's nodes, else its drafts (none without speculation).</summary>
+    internal static int DraftRows(bool speculative, int[]? tree, int draftTokens) =>
+        !speculative ? 0 : tree is { Length: > 0 } ? tree.Length : draftTokens;
+
     /// <summary>
     /// The most bytes a generation's state can come to: its whole prompt and its most new tokens (and a speculative
     /// step's drafts) held, grown from what the state holds now.
@@ -155,8 +158,7 @@ internal sealed class DecodeLoop : IDisposable
     public Job Submit(ISequenceState state, Generation generation, IDraftSource? draft = null, int draftTokens = 0, int[]? tree = null)
     {
         var job = new Job(state, generation, draft, draftTokens, tree);
-        // A draft tree's nodes sit past the kept tokens during its verification step.
-        job.Reserve = NeedOf(state, generation.Prompt.Length, generation.MaxTokens, draft is null ? 0 : tree is { Length: > 0 } ? tree.Length : draftTokens);
+        job.Reserve = NeedOf(state, generation.Prompt.Length, generation.MaxTokens, DraftRows(draft is not null, tree, draftTokens));
         if (KvBudget > 0 && job.Reserve > KvBudget) throw OverBudget(job.Reserve, generation.Prompt.Length, generation.MaxTokens);
         lock (_gate)
         {

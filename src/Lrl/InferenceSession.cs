@@ -105,14 +105,21 @@ public sealed class InferenceSession : IDisposable
     public IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        var prompt = CheckPrompt(_owner.Model, promptIds, options);
-        _owner.Loop?.CheckFits(_state, prompt.Length, options.MaxTokens, DraftRows(options));
+        var prompt = CheckFits(promptIds, options);
         return _owner.Loop is null ? OffContext.Stream(() => Run(prompt, options, cancellationToken)) : RunAsync(prompt, options, cancellationToken);
     }
 
-    /// <summary>Positions past the held tokens that a speculative step of these options writes (its drafts or tree nodes).</summary>
-    private static int DraftRows(GenerationOptions options) =>
-        options.Speculative == SpeculativeMethod.None ? 0 : options.DraftTree is { Length: > 0 } tree ? tree.Length : options.DraftTokens;
+    /// <summary>
+    /// <see cref="CheckPrompt"/>, then (with a decode loop under a KV budget) whether the generation can ever fit it:
+    /// refused here, before it is queued, with the error naming max_tokens and the budget.
+    /// </summary>
+    private int[] CheckFits(int[] promptIds, GenerationOptions options)
+    {
+        var prompt = CheckPrompt(_owner.Model, promptIds, options);
+        _owner.Loop?.CheckFits(_state, prompt.Length, options.MaxTokens,
+                               DecodeLoop.DraftRows(options.Speculative != SpeculativeMethod.None, options.DraftTree, options.DraftTokens));
+        return prompt;
+    }
 
     /// <summary>Tokens at the start of <paramref name="prompt"/> whose state this session holds already.</summary>
     internal int SharedPrefix(ReadOnlySpan<int> prompt) => Generation.SharedPrefix(_held, prompt);
@@ -129,9 +136,7 @@ public sealed class InferenceSession : IDisposable
     public IEnumerable<GeneratedToken> Generate(int[] promptIds, GenerationOptions options, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        var prompt = CheckPrompt(_owner.Model, promptIds, options);
-        _owner.Loop?.CheckFits(_state, prompt.Length, options.MaxTokens, DraftRows(options));
-        return Run(prompt, options, cancellationToken);
+        return Run(CheckFits(promptIds, options), options, cancellationToken);
     }
 
     /// <summary>

@@ -44,7 +44,7 @@ public sealed class ServeVerb : SamplingVerbBase
     [Option("parallel", Default = 8, HelpText = "Requests decoded together (continuous batching: each step reads the weights once for all of them); 1 = one request at a time.")]
     public int Parallel { get; set; }
 
-    [Option("kv-memory", HelpText = "Most memory the running requests' KV caches may take together (e.g. 2G, 512M; default: no budget beyond --parallel × --context): a request waits until what its cache can grow to (prompt + max_tokens) fits, and one that never could gets 400.")]
+    [Option("kv-memory", HelpText = "Most memory the KV caches may take together, running requests' and idle sessions' (e.g. 2G, 512M; default: no budget beyond --parallel × --context): a request waits until what its cache can grow to (prompt + max_tokens) fits, and one that never could gets 400.")]
     public string? KvMemory { get; set; }
 
     [Option("step-rows", Default = 64, HelpText = "Most tokens in one batched step while requests decode (prompts are admitted in chunks of what is left): lower keeps the time between tokens short.")]
@@ -78,7 +78,6 @@ public sealed class ServeVerb : SamplingVerbBase
             if (o != "*" && !(Uri.TryCreate(o, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"))
                 throw new LrlException($"--cors '{o}' is not an origin like https://example.com (or *)");
         long kvMemory = ParseBytes(KvMemory, "kv-memory");
-        if (kvMemory > 0 && Parallel < 2) throw new LrlException("--kv-memory budgets the requests decoded together: it needs --parallel 2 or more");
         using var model = LoadModel(Parallel, StepRows, BatchInvariant, kvMemory);
         defaults = WithSpeculation(defaults, out var draftModel);
         using var draftOwner = draftModel;
